@@ -1,0 +1,4 @@
+//! Operator commands other than `serve`.
+
+pub mod hash_password;
+pub mod queue;

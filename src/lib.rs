@@ -1,0 +1,16 @@
+//! sluice: a store-and-forward SMTP mail transfer agent.
+//!
+//! Layout: `smtp` is the pure protocol core (no I/O); `server` accepts mail
+//! into the queue; `delivery` forwards it; `admin` serves the HTTP API and
+//! metrics; `cli` holds the operator commands; `serve` wires them together.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod delivery;
+pub mod logging;
+pub mod metrics;
+pub mod serve;
+pub mod server;
+pub mod smtp;

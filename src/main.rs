@@ -1,0 +1,82 @@
+//! The `sluice` command line: the only place errors become exit codes
+//! (0 success, 1 runtime or config error, 2 usage error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::cli;
+use sluice::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A store-and-forward SMTP mail transfer agent"
+)]
+struct Cli {
+    /// Configuration file (default: /etc/sluice/sluice.toml when it exists,
+    /// else embedded defaults).
+    #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server in the foreground.
+    Serve,
+    /// Validate the configuration and print the effective settings.
+    CheckConfig,
+    /// Read a password on stdin and print an argon2id hash for [[user]].
+    HashPassword,
+    /// Inspect and manage the queue.
+    Queue {
+        #[command(subcommand)]
+        command: cli::queue::QueueCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::HashPassword => {
+            cli::hash_password::run()?;
+            Ok(0)
+        }
+        Command::CheckConfig => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            match &loaded.path {
+                Some(path) => println!("# configuration from {} is valid", path.display()),
+                None => println!("# no configuration file: embedded defaults"),
+            }
+            print!("{}", loaded.config.to_toml());
+            Ok(0)
+        }
+        Command::Serve => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            sluice::logging::init(&loaded.config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(sluice::serve::run(loaded.config))?;
+            Ok(0)
+        }
+        Command::Queue { command } => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            let code = cli::queue::run(command, &loaded)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Prometheus metrics (`sluice_<thing>_<unit>`), shared by every part.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The process's metrics. Queue sizes are set from the queue's stats at
+/// scrape time by the admin API (`queue_messages`, `queue_recipients`).
+pub struct Metrics {
+    registry: Registry,
+    /// Messages accepted with a 250 after DATA/BDAT.
+    pub messages_received: Counter,
+    /// Recipients delivered (2xx from the next hop).
+    pub recipients_delivered: Counter,
+    /// Recipients deferred (4xx, connection, DNS or TLS failure).
+    pub recipients_deferred: Counter,
+    /// Recipients failed permanently (bounced).
+    pub recipients_bounced: Counter,
+    /// Inbound SMTP connections open now.
+    pub connections_active: Gauge,
+    /// Outbound SMTP transactions in progress now.
+    pub deliveries_in_flight: Gauge,
+    /// Time from acceptance to a final outcome, per recipient.
+    pub delivery_latency_seconds: Histogram,
+    /// Size of accepted messages.
+    pub message_size_bytes: Histogram,
+    /// Queued messages, by `state` (queued, held).
+    pub queue_messages: Family<Vec<(String, String)>, Gauge>,
+    /// Queued recipients, by `status` (pending, deferred, delivered, failed).
+    pub queue_recipients: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sluice");
+        let metrics = Metrics {
+            messages_received: Counter::default(),
+            recipients_delivered: Counter::default(),
+            recipients_deferred: Counter::default(),
+            recipients_bounced: Counter::default(),
+            connections_active: Gauge::default(),
+            deliveries_in_flight: Gauge::default(),
+            delivery_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 20)),
+            message_size_bytes: Histogram::new(exponential_buckets(512.0, 4.0, 12)),
+            queue_messages: Family::default(),
+            queue_recipients: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "Messages accepted into the queue",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "recipients_delivered",
+            "Recipients delivered to the next hop",
+            metrics.recipients_delivered.clone(),
+        );
+        registry.register(
+            "recipients_deferred",
+            "Delivery attempts deferred with a temporary failure",
+            metrics.recipients_deferred.clone(),
+        );
+        registry.register(
+            "recipients_bounced",
+            "Recipients failed permanently",
+            metrics.recipients_bounced.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Inbound SMTP connections open",
+            metrics.connections_active.clone(),
+        );
+        registry.register(
+            "deliveries_in_flight",
+            "Outbound SMTP transactions in progress",
+            metrics.deliveries_in_flight.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from acceptance to final outcome per recipient",
+            metrics.delivery_latency_seconds.clone(),
+        );
+        registry.register(
+            "message_size_bytes",
+            "Size of accepted messages",
+            metrics.message_size_bytes.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in the queue",
+            metrics.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_recipients",
+            "Recipients in the queue by status",
+            metrics.queue_recipients.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

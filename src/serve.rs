@@ -1,0 +1,93 @@
+//! `sluice serve`: opens the queue, binds the listeners and the admin API,
+//! starts the scheduler, reports readiness, and shuts down on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sluice_queue::{Queue, QueueOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::context::Context;
+use crate::delivery::Scheduler;
+use crate::metrics::Metrics;
+use crate::server::Server;
+
+/// Runs the server until a shutdown signal; returns once every task ended (or
+/// the grace period ran out) and the queue is flushed.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let spool = config.spool.path.clone();
+    let options = QueueOptions {
+        cache_capacity: config.spool.cache_capacity,
+    };
+    let queue = tokio::task::spawn_blocking(move || Queue::open(&spool, options))
+        .await
+        .context("opening the queue")??;
+    let ctx = Context {
+        config: config.clone(),
+        queue: queue.clone(),
+        metrics: Arc::new(Metrics::new()),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+
+    let server = Server::bind(&ctx).await?;
+    let admin = Admin::bind(&ctx).await?;
+    let scheduler = Scheduler::new(&ctx)?;
+    let smtp_addresses: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        hostname = %config.hostname,
+        smtp = %smtp_addresses.join(","),
+        admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        spool = %config.spool.path.display(),
+        "sluice started"
+    );
+
+    let mut parts = tokio::task::JoinSet::new();
+    parts.spawn(server.run());
+    parts.spawn(admin.run());
+    parts.spawn(scheduler.run());
+    // Readiness for systemd (Type=notify): listeners are bound.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: no new connections, finishing work in progress");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    ctx.shutdown.cancel();
+    ctx.tasks.close();
+    let grace = config.limits.shutdown_grace;
+    if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            grace = ?grace,
+            "tasks still running after the shutdown grace period; stopping them"
+        );
+    }
+    parts.abort_all();
+    while parts.join_next().await.is_some() {}
+    queue.close().await.context("flushing the queue")?;
+    tracing::info!("sluice stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,2 @@
+//! The SMTP protocol core: pure parsing, replies and the session state
+//! machine. No tokio, no sockets.
