@@ -1,0 +1,357 @@
+//! Shared test harness: starts the real `sluice` binary on loopback ports
+//! with its own spool, and talks SMTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `sluice serve` with its own spool and configuration.
+pub struct Sluice {
+    child: Option<Child>,
+    /// The temporary directory holding the config file and the spool.
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    /// The first SMTP listener's address; all of them in `smtp_addrs`.
+    pub smtp: SocketAddr,
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    /// Every line the server wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// A minimal config on free loopback ports; `extra` is appended verbatim
+/// (it may add tables such as `[routes]`, or top-level keys before any table
+/// when it starts with them: put top-level keys in `top`).
+pub fn config_text(dir: &Path, top: &str, extra: &str) -> String {
+    format!(
+        "hostname = \"sluice.test\"\n{top}\n\
+         [spool]\npath = \"{spool}\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"relay\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [log]\nlevel = \"info\"\n\n{extra}\n",
+        spool = dir.join("spool").display()
+    )
+}
+
+impl Sluice {
+    /// Starts sluice with [`config_text`]`(dir, "", extra)`.
+    pub fn start(extra: &str) -> Sluice {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let text = config_text(dir.path(), "", extra);
+        Sluice::start_with(dir, &text)
+    }
+
+    /// Starts sluice with the given full configuration text, in `dir`.
+    pub fn start_with(dir: tempfile::TempDir, config: &str) -> Sluice {
+        let config_path = dir.path().join("sluice.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Sluice::launch(dir, config_path)
+    }
+
+    fn launch(dir: tempfile::TempDir, config_path: PathBuf) -> Sluice {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SLUICE_TEST_VERBOSE").is_some() {
+                    eprintln!("[sluice] {line}");
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let started = wait_for("sluice to start", DEADLINE, || {
+            let lines = log.lock().expect("log lock");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "sluice exited with {status} before starting:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines
+                .iter()
+                .find(|line| line.contains("sluice started"))
+                .cloned()
+        });
+        let smtp_addrs: Vec<SocketAddr> = field(&started, "smtp")
+            .split(',')
+            .filter(|text| !text.is_empty())
+            .map(|text| text.parse().expect("smtp address in start line"))
+            .collect();
+        let admin = field(&started, "admin")
+            .parse()
+            .expect("admin address in start line");
+        Sluice {
+            child: Some(child),
+            dir,
+            config_path,
+            smtp: *smtp_addrs.first().expect("at least one SMTP listener"),
+            smtp_addrs,
+            admin,
+            log,
+        }
+    }
+
+    /// Restarts the server on the same spool and config (after a stop or a kill).
+    /// The ports may change when the config uses port 0.
+    pub fn restart(mut self) -> Sluice {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let config_path = self.config_path.clone();
+        Sluice::launch(dir, config_path)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (panics after the deadline).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("server is running");
+        signal(child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for sluice") {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("sluice did not exit within 60s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Every log line so far, joined.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until a log line contains every one of `needles`; returns it.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        wait_for(&format!("a log line with {needles:?}"), DEADLINE, || {
+            self.log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .cloned()
+        })
+    }
+
+    /// Runs `sluice <args>` with this server's config; returns (status code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run sluice cli");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// A new SMTP client connected to the first listener, greeting read.
+    pub fn connect(&self) -> SmtpClient {
+        let mut client = SmtpClient::connect(self.smtp);
+        let greeting = client.read_reply();
+        assert!(
+            greeting.starts_with("220 "),
+            "expected a 220 greeting, got {greeting:?}"
+        );
+        client
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal by name with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// The value of `key=value` in a log line (text format; quotes stripped).
+pub fn field(line: &str, key: &str) -> String {
+    let needle = format!("{key}=");
+    let start = line
+        .match_indices(&needle)
+        .find(|(index, _)| *index == 0 || line.as_bytes()[index - 1] == b' ')
+        .map(|(index, _)| index + needle.len())
+        .unwrap_or_else(|| panic!("no {key}= in log line {line:?}"));
+    let rest = &line[start..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next().unwrap_or("").to_string()
+    } else {
+        rest.split(' ').next().unwrap_or("").to_string()
+    }
+}
+
+/// A blocking, line-oriented SMTP client for tests.
+pub struct SmtpClient {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl SmtpClient {
+    /// Connects (no greeting read).
+    pub fn connect(address: SocketAddr) -> SmtpClient {
+        let stream = TcpStream::connect(address).expect("connect to SMTP listener");
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("set read timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone stream"));
+        SmtpClient { stream, reader }
+    }
+
+    /// Writes raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to server");
+    }
+
+    /// Writes `line` plus CRLF.
+    pub fn send_line(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// Reads one whole reply (all lines of a multi-line reply, joined by "\n").
+    /// Returns "" on EOF.
+    pub fn read_reply(&mut self) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return reply,
+                Ok(_) => {}
+                Err(error) => panic!("reading a reply failed: {error} (so far {reply:?})"),
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if !reply.is_empty() {
+                reply.push('\n');
+            }
+            reply.push_str(line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    }
+
+    /// Sends a command line and returns its reply.
+    pub fn command(&mut self, line: &str) -> String {
+        self.send_line(line);
+        self.read_reply()
+    }
+
+    /// Sends a command and asserts the reply starts with `code`.
+    pub fn expect(&mut self, line: &str, code: &str) -> String {
+        let reply = self.command(line);
+        assert!(
+            reply.starts_with(code),
+            "after {line:?} expected a {code} reply, got {reply:?}"
+        );
+        reply
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    pub fn read_to_end(&mut self) -> String {
+        let mut rest = String::new();
+        let _ = self.reader.read_to_string(&mut rest);
+        rest
+    }
+
+    /// EHLO, MAIL, RCPT…, DATA with `body` (CRLF lines, not dot-stuffed by the
+    /// caller: this does it), returns the queue ID from the final 250.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.expect("EHLO client.test", "250");
+        self.expect(&format!("MAIL FROM:<{from}>"), "250");
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), "250");
+        }
+        self.expect("DATA", "354");
+        let mut data = String::new();
+        for line in body.split("\r\n") {
+            if line.starts_with('.') {
+                data.push('.');
+            }
+            data.push_str(line);
+            data.push_str("\r\n");
+        }
+        if body.ends_with("\r\n") {
+            data.truncate(data.len() - 2);
+        }
+        data.push_str(".\r\n");
+        self.send_raw(data.as_bytes());
+        let reply = self.read_reply();
+        queue_id(&reply).unwrap_or_else(|| panic!("expected 250 queued as, got {reply:?}"))
+    }
+}
+
+/// The ID in "250 2.0.0 Ok: queued as <ID>".
+pub fn queue_id(reply: &str) -> Option<String> {
+    let id = reply.strip_prefix("250 2.0.0 Ok: queued as ")?.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_string())
+}
