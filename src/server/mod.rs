@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use crate::context::Context;
 
+pub mod policy;
+
 /// The bound SMTP listeners.
 pub struct Server {
     ctx: Context,
