@@ -473,7 +473,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let Some(envelope) = session.envelope() else {
             return MessageOutcome::StorageFailed;
         };
-        let sender = envelope.sender.clone();
+        let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         match ctx.queue.commit(envelope, body).await {
             Ok(id) => {
@@ -486,8 +486,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     sender = %sender,
                     size,
                     nrcpt = recipients,
-                    protocol = session.protocol(),
-                    user = session.user().unwrap_or(""),
+                    protocol = %session.protocol(),
+                    user = %session.user().unwrap_or("-"),
                     "message accepted"
                 );
                 MessageOutcome::Queued(id.to_string())
@@ -568,15 +568,24 @@ fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
 fn log_refused(session: &Session, reason: &str) {
     let sender = session
         .transaction()
-        .map(|t| t.sender.clone())
+        .map(|t| display_sender(&t.sender))
         .unwrap_or_default();
     tracing::info!(
         client = %session.client(),
         helo = %session.helo_name().unwrap_or(""),
         sender = %sender,
-        reason,
+        reason = %reason,
         "transaction refused"
     );
+}
+
+/// The sender for logs: `<>` for the null sender.
+fn display_sender(sender: &str) -> String {
+    if sender.is_empty() {
+        "<>".to_string()
+    } else {
+        sender.to_string()
+    }
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
