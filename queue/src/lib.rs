@@ -20,13 +20,14 @@
 //! spool/db/           the sled database, one tree "queue" (see store.rs):
 //!                       m<ID>            record: Message + where its body is (JSON)
 //!                       b<ID>/<u32 BE>   inline body chunk, 4 KiB each
+//!                       p<ID>            chunks of ID being written or removed
 //! spool/bodies/<ID>   bodies bigger than 64 KiB
 //! spool/tmp/<ID>      big bodies being received; emptied at open
 //! ```
 //!
 //! Bodies up to 64 KiB (most mail) are kept in memory while received and
-//! committed as 4 KiB chunks in the same atomic sled batch as the record, so
-//! they cost no fsync of their own. The chunks are that small because sled
+//! committed as 4 KiB chunks written just before the record, so they share
+//! its group fsync and cost none of their own. The chunks are that small because sled
 //! writes any page larger than 1/8 of a segment to a separate blob file that
 //! it never fsyncs; small entries keep every page inside the fsynced log.
 //! Bigger bodies spill to `tmp/<ID>` while received; at commit the file is
@@ -171,6 +172,13 @@ impl Queue {
         sync_dir(path).map_err(spool_error(path))?;
 
         clear_dir(&spool.tmp)?;
+        let interrupted = store.recover_interrupted()?;
+        if interrupted > 0 {
+            tracing::info!(
+                count = interrupted,
+                "removed body chunks of writes interrupted by a crash"
+            );
+        }
         let mut state = State {
             schedule: Schedule::default(),
             stats: QueueStats::default(),
