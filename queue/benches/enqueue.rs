@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p sluice-queue` (SLUICE_BENCH_SECS sets the time per
 //! round, default 3; SLUICE_BENCH_DIR the directory for the spools, default
 //! cargo's target tmp dir, which must be on a real disk: fsync on tmpfs is
-//! free and the figures would mean nothing).
+//! free and the figures would mean nothing; SLUICE_BENCH_WRITERS a comma
+//! separated list of writer counts instead of 1,16,64).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
 
 struct Round {
     writers: usize,
+    /// Bytes the process wrote (write/pwrite) during the round.
+    written: u64,
     messages: u64,
     flushes: u64,
     elapsed: Duration,
@@ -57,20 +60,30 @@ fn main() {
         raw_fsync_rate(&base, seconds)
     );
     println!(
-        "{:>7} {:>9} {:>11} {:>8} {:>12} {:>10}",
-        "writers", "messages", "messages/s", "fsyncs", "msgs/fsync", "fsyncs/msg"
+        "{:>7} {:>9} {:>11} {:>8} {:>12} {:>10} {:>13}",
+        "writers", "messages", "messages/s", "fsyncs", "msgs/fsync", "fsyncs/msg", "KiB write/msg"
     );
+    let writer_counts: Vec<usize> = std::env::var("SLUICE_BENCH_WRITERS")
+        .ok()
+        .map(|text| {
+            text.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .filter(|counts: &Vec<usize>| !counts.is_empty())
+        .unwrap_or_else(|| WRITER_COUNTS.to_vec());
     let mut rounds = Vec::new();
-    for writers in WRITER_COUNTS {
+    for writers in writer_counts {
         let round = runtime.block_on(run_round(&base, writers, Duration::from_secs_f64(seconds)));
         println!(
-            "{:>7} {:>9} {:>11.0} {:>8} {:>12.1} {:>10.3}",
+            "{:>7} {:>9} {:>11.0} {:>8} {:>12.1} {:>10.3} {:>13.1}",
             round.writers,
             round.messages,
             round.per_second(),
             round.flushes,
             round.per_flush(),
-            1.0 / round.per_flush()
+            1.0 / round.per_flush(),
+            round.written as f64 / 1024.0 / round.messages.max(1) as f64
         );
         rounds.push(round);
     }
@@ -90,6 +103,7 @@ async fn run_round(base: &std::path::Path, writers: usize, duration: Duration) -
     let body = Arc::new(message());
     let messages = Arc::new(AtomicU64::new(0));
     let flushes_before = queue.flush_count();
+    let written_before = bytes_written();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..writers)
@@ -120,10 +134,24 @@ async fn run_round(base: &std::path::Path, writers: usize, duration: Duration) -
         writers,
         messages: messages.load(Ordering::Relaxed),
         flushes: queue.flush_count() - flushes_before,
+        written: bytes_written().saturating_sub(written_before),
         elapsed,
     };
     queue.close().await.expect("queue closes");
     round
+}
+
+/// The process's `wchar` from /proc/self/io (0 where unavailable): bytes
+/// passed to write system calls, so the write amplification shows.
+fn bytes_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("wchar:"))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A 4 KiB message: headers, then filler lines.

@@ -75,21 +75,36 @@ pub enum QueueError {
     /// The spool directory could not be created or read.
     #[error("spool {path}: {source}")]
     Spool {
+        /// The file or directory involved.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// Another process (normally a running `sluice serve`) holds the spool.
     #[error("spool {path} is in use by another process")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The spool directory.
+        path: PathBuf,
+    },
     /// A read or write on a body file failed.
     #[error("queue {id}: body I/O: {source}")]
-    Body { id: String, source: std::io::Error },
+    Body {
+        /// The message whose body it is.
+        id: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
     /// The storage engine failed.
     #[error("queue storage: {0}")]
     Storage(String),
     /// A stored record could not be decoded.
     #[error("queue {id}: corrupt record: {reason}")]
-    Corrupt { id: String, reason: String },
+    Corrupt {
+        /// The message (or, for an undecodable key, the key as text).
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No message with this ID is queued.
     #[error("no such message: {0}")]
     NotFound(String),
@@ -116,11 +131,17 @@ impl Default for QueueOptions {
 /// Counts of queued messages and recipients, for metrics and `queue list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Messages in the queue (held ones included).
     pub messages: u64,
+    /// Messages parked by [`Queue::hold`].
     pub held: u64,
+    /// Recipients of queued messages not yet attempted.
     pub pending: u64,
+    /// Recipients of queued messages waiting for a retry.
     pub deferred: u64,
+    /// Recipients already delivered, of messages still queued for others.
     pub delivered: u64,
+    /// Recipients failed permanently, of messages still queued for others.
     pub failed: u64,
 }
 
@@ -154,6 +175,7 @@ struct State {
 /// restart, so work in flight at a crash becomes due again.
 #[derive(Debug, Clone)]
 pub struct Claim {
+    /// The message as it was when claimed.
     pub message: Message,
 }
 
