@@ -73,8 +73,16 @@ fn main() {
         .filter(|counts: &Vec<usize>| !counts.is_empty())
         .unwrap_or_else(|| WRITER_COUNTS.to_vec());
     let mut rounds = Vec::new();
+    let mut fullest: Option<(u64, tempfile::TempDir)> = None;
     for writers in writer_counts {
-        let round = runtime.block_on(run_round(&base, writers, Duration::from_secs_f64(seconds)));
+        let (round, spool) =
+            runtime.block_on(run_round(&base, writers, Duration::from_secs_f64(seconds)));
+        if fullest
+            .as_ref()
+            .is_none_or(|(messages, _)| round.messages > *messages)
+        {
+            fullest = Some((round.messages, spool));
+        }
         println!(
             "{:>7} {:>9} {:>11.0} {:>8} {:>12.1} {:>10.3} {:>13.1}",
             round.writers,
@@ -87,6 +95,20 @@ fn main() {
         );
         rounds.push(round);
     }
+    if let Some((messages, spool)) = fullest {
+        let start = Instant::now();
+        let queue = Queue::open(spool.path(), QueueOptions::default()).expect("queue reopens");
+        let opened = start.elapsed();
+        let start = Instant::now();
+        let stats = queue.stats().expect("stats");
+        let counted = start.elapsed();
+        assert_eq!(stats.messages, messages, "every message is still queued");
+        println!(
+            "reopening a spool of {messages} messages: {:.0} ms; stats(): {} ns",
+            opened.as_secs_f64() * 1000.0,
+            counted.as_nanos()
+        );
+    }
     let single = &rounds[0];
     let most = rounds.last().expect("at least one round");
     let speedup = most.per_second() / single.per_second();
@@ -97,7 +119,11 @@ fn main() {
     );
 }
 
-async fn run_round(base: &std::path::Path, writers: usize, duration: Duration) -> Round {
+async fn run_round(
+    base: &std::path::Path,
+    writers: usize,
+    duration: Duration,
+) -> (Round, tempfile::TempDir) {
     let dir = tempfile::tempdir_in(base).expect("spool directory");
     let queue = Queue::open(dir.path(), QueueOptions::default()).expect("queue opens");
     let body = Arc::new(message());
@@ -138,7 +164,7 @@ async fn run_round(base: &std::path::Path, writers: usize, duration: Duration) -
         elapsed,
     };
     queue.close().await.expect("queue closes");
-    round
+    (round, dir)
 }
 
 /// The process's `wchar` from /proc/self/io (0 where unavailable): bytes

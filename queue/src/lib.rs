@@ -503,7 +503,9 @@ impl Queue {
         .await
     }
 
-    /// Removes the message, body included. Durable.
+    /// Removes the message, body included. Durable. A claimed message is
+    /// removed too; its claimer's [`Queue::complete`] then fails with
+    /// [`QueueError::NotFound`].
     pub async fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
         self.change(id, Lease::Keep, |_| Disposition::Remove)
             .await
