@@ -10,8 +10,9 @@
 //! (fsync). Concurrent durable writes share fsyncs (group commit, see
 //! `commit.rs`): a writer applies its change to sled in memory, then waits for
 //! the next flush of the one flusher thread, which calls sled's flush and then
-//! fsyncs sled's data file (sled itself only issues `sync_file_range`). One
-//! flush serves every writer that was waiting when it started.
+//! fsyncs sled's files (sled itself only issues `sync_file_range`, see
+//! `store::Durability`). One flush serves every writer that was waiting when
+//! it started.
 //!
 //! # Layout of the spool directory
 //!
@@ -190,8 +191,10 @@ impl Queue {
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
         let store = Store::open(&db_dir, options.cache_capacity)?;
-        let data_file = Store::data_file(&db_dir)?;
-        sync_dir(path).map_err(spool_error(path))?;
+        let mut durability = store.durability(&db_dir)?;
+        for dir in [path, db_dir.as_path()] {
+            sync_dir(dir).map_err(spool_error(dir))?;
+        }
 
         clear_dir(&spool.tmp)?;
         let interrupted = store.recover_interrupted()?;
@@ -221,12 +224,7 @@ impl Queue {
         remove_orphan_bodies(&store, &spool)?;
 
         let ids = IdGenerator::new(store.last_id()?.as_ref());
-        let db = store.db();
-        let group = GroupCommit::start(move || {
-            db.flush().map_err(|error| error.to_string())?;
-            data_file.sync_data().map_err(|error| error.to_string())
-        })
-        .map_err(spool_error(path))?;
+        let group = GroupCommit::start(move || durability.flush()).map_err(spool_error(path))?;
         tracing::info!(spool = %path.display(), messages = state.stats.messages, "queue opened");
         Ok(Queue {
             inner: Arc::new(Inner {

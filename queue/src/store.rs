@@ -18,9 +18,12 @@
 //! chunks a crash may have orphaned; [`Store::recover_interrupted`] removes
 //! them at open.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
+use std::io::ErrorKind;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -88,26 +91,30 @@ impl Store {
         Ok(Store { db, tree })
     }
 
-    /// A clone of the database handle, for the flusher.
-    pub(crate) fn db(&self) -> sled::Db {
-        self.db.clone()
-    }
-
     /// A clone of the tree handle, for body readers.
     pub(crate) fn tree(&self) -> sled::Tree {
         self.tree.clone()
     }
 
-    /// The data file sled writes its log into, opened for fsync: sled's own
-    /// flush only issues `sync_file_range`, which neither persists the file's
-    /// size nor flushes the drive's cache.
-    pub(crate) fn data_file(dir: &Path) -> Result<File, QueueError> {
+    /// What the group-commit flusher calls to make every write so far
+    /// durable.
+    pub(crate) fn durability(&self, dir: &Path) -> Result<Durability, QueueError> {
         let path = dir.join("db");
-        std::fs::OpenOptions::new()
+        let data_file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|source| QueueError::Spool { path, source })
+            .map_err(|source| QueueError::Spool {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Durability {
+            db: self.db.clone(),
+            data_file,
+            data_path: path,
+            blobs: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        })
     }
 
     /// The record of message `id`, if queued.
@@ -251,6 +258,62 @@ impl Store {
             .transpose()
             .map_err(storage("reading the queue"))?;
         last.map(|(key, _)| id_from_prefixed_key(&key)).transpose()
+    }
+}
+
+/// Makes sled's writes durable. sled's own flush writes its log with
+/// `sync_file_range` only, which persists neither the file's size nor the
+/// drive's write cache, and it never fsyncs the blob files it writes for
+/// oversized pages (a record with thousands of recipients). So after sled's
+/// flush this fsyncs new blob files (and their directory), then the log file.
+pub(crate) struct Durability {
+    db: sled::Db,
+    data_file: File,
+    data_path: PathBuf,
+    blobs: PathBuf,
+    /// Blob files already fsynced, so each is synced once.
+    synced_blobs: HashSet<OsString>,
+}
+
+impl Durability {
+    /// Makes every write applied before the call durable.
+    pub(crate) fn flush(&mut self) -> Result<(), String> {
+        self.db
+            .flush()
+            .map_err(|error| format!("sled flush: {error}"))?;
+        self.sync_blobs()
+            .map_err(|error| format!("fsync of {}: {error}", self.blobs.display()))?;
+        self.data_file
+            .sync_data()
+            .map_err(|error| format!("fsync of {}: {error}", self.data_path.display()))
+    }
+
+    fn sync_blobs(&mut self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let mut present = HashSet::new();
+        let mut synced_new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()).and_then(|file| file.sync_data()) {
+                    Ok(()) => synced_new = true,
+                    // Garbage-collected by sled meanwhile.
+                    Err(error) if error.kind() == ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if synced_new {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 

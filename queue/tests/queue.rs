@@ -635,3 +635,24 @@ async fn unclaim_signals_changed() {
         .await
         .expect("unclaim signals changed()");
 }
+
+#[tokio::test]
+async fn message_with_thousands_of_recipients_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let recipients: Vec<String> = (0..3000)
+        .map(|i| format!("recipient-{i}@example.com"))
+        .collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    let id = queue.enqueue(envelope(&refs), b"x").await.expect("enqueue");
+    queue.close().await.expect("close");
+    drop(queue);
+    let queue = open(&dir);
+    let message = queue.get(&id).expect("get").expect("queued");
+    assert_eq!(message.recipients.len(), 3000);
+    assert_eq!(
+        message.recipients[2999].address,
+        "recipient-2999@example.com"
+    );
+    assert_eq!(queue.stats().expect("stats").pending, 3000);
+}
