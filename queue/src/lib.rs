@@ -28,15 +28,21 @@
 //!
 //! Bodies up to 64 KiB (most mail) are kept in memory while received and
 //! committed as 4 KiB chunks written just before the record, so they share
-//! its group fsync and cost none of their own. The chunks are that small because sled
-//! writes any page larger than 1/8 of a segment to a separate blob file that
-//! it never fsyncs; small entries keep every page inside the fsynced log.
-//! Bigger bodies spill to `tmp/<ID>` while received; at commit the file is
-//! fsynced, renamed into `bodies/` and the directory fsynced *before* the
-//! record is written, so a durable record always has its body. Readers stream
-//! either kind in chunks ([`BodyReader`]), so a 50 MiB message never needs
-//! 50 MiB of memory. A body file whose record is missing (crash between the two
-//! steps, or between a record's removal and its file's) is removed at open.
+//! its group fsync and cost none of their own. The chunks are that small
+//! because sled writes any page bigger than 1/8 of its segment as a separate
+//! blob file, which would cost a file creation and an fsync of its own
+//! (`store::Durability` syncs them; only records with thousands of
+//! recipients get that big). Bigger bodies spill to `tmp/<ID>` while
+//! received; at commit the file is fsynced, renamed into `bodies/` and the
+//! directory fsynced *before* the record is written, so a durable record
+//! always has its body. Readers stream either kind in chunks
+//! ([`BodyReader`]), so a 50 MiB message never needs 50 MiB of memory. A body
+//! file whose record is missing (a crash between the two steps, or between a
+//! record's removal and its file's) is removed at open.
+//!
+//! Queue IDs are 12 characters: 9 base62 digits of a strictly increasing
+//! microsecond clock (seeded at open from the newest ID on disk), then 3
+//! random ones; they sort in arrival order and do not repeat across restarts.
 //!
 //! # Scheduling
 //!
@@ -392,8 +398,8 @@ impl Queue {
                 // Deleted between the index and the read: nothing to deliver.
                 Ok(None) => self.inner.state().schedule.remove(id),
                 Err(QueueError::Corrupt { id: text, reason }) => {
-                    // Leave it claimed so it is not handed out in a loop; it
-                    // stays visible to the operator and is retried at restart.
+                    // Leave it claimed so it is not handed out in a loop; the
+                    // operator sees the error in `queue list` and can delete it.
                     tracing::error!(queue_id = %text, %reason, "corrupt record not delivered");
                 }
                 Err(error) => {
