@@ -327,15 +327,15 @@ async fn open_session(
         }
         TlsMode::Opportunistic => {}
     }
-    if hop.kind == NextHopKind::Smarthost {
-        if let Some(auth) = &engine.ctx.config.delivery.relay_auth {
-            if connection.tls().is_none() {
-                return Err(ClientError::TlsNotOffered);
-            }
-            connection
-                .authenticate(&auth.username, &auth.password)
-                .await?;
+    if let (NextHopKind::Smarthost, Some(auth)) = (hop.kind, &engine.ctx.config.delivery.relay_auth)
+    {
+        // Never send the password in clear.
+        if connection.tls().is_none() {
+            return Err(ClientError::TlsNotOffered);
         }
+        connection
+            .authenticate(&auth.username, &auth.password)
+            .await?;
     }
     Ok(connection)
 }
