@@ -315,7 +315,7 @@ pub fn log_outcome(
         .as_secs_f64();
     let attempts = recipient.attempts.saturating_add(1);
     let next = next_attempt
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| "-".into());
     tracing::info!(
         queue_id = %message.id,

@@ -35,6 +35,8 @@ pub struct Options {
     pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
     /// Require AUTH (offered only under TLS) with this user and password.
     pub auth: Option<(String, String)>,
+    /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
+    pub broken_starttls: bool,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             starttls: None,
             implicit_tls: None,
             auth: None,
+            broken_starttls: false,
         }
     }
 }
@@ -87,6 +90,7 @@ impl Transaction {
 struct State {
     transactions: Vec<Transaction>,
     rcpt_seen: HashMap<String, u32>,
+    rcpt_times: HashMap<String, Vec<std::time::Instant>>,
     mail_seen: HashMap<String, u32>,
     data_seen: u32,
     connections: usize,
@@ -215,6 +219,17 @@ impl Destination {
     /// Every command line received (AUTH payloads included), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state lock").commands.clone()
+    }
+
+    /// When each RCPT naming `recipient` arrived.
+    pub fn rcpt_times(&self, recipient: &str) -> Vec<std::time::Instant> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .rcpt_times
+            .get(&recipient.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How many RCPT commands named `recipient`.
@@ -357,7 +372,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 if options.smtputf8 {
                     lines.push("SMTPUTF8".into());
                 }
-                if options.starttls.is_some() && conn.tls.is_none() {
+                if (options.starttls.is_some() || options.broken_starttls) && conn.tls.is_none() {
                     lines.push("STARTTLS".into());
                 }
                 if options.auth.is_some() && conn.tls.is_some() {
@@ -377,6 +392,12 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             "HELO" => {
                 helo = text[4..].trim().to_string();
                 conn.send("250 dest.test")?;
+            }
+            "STARTTLS" if options.broken_starttls && conn.tls.is_none() => {
+                conn.send("220 2.0.0 go ahead")?;
+                conn.stream.write_all(b"this is not TLS\r\n")?;
+                shared.state.lock().expect("state lock").tls_failures += 1;
+                return Ok(());
             }
             "STARTTLS" => {
                 let Some(config) = options.starttls.clone().filter(|_| conn.tls.is_none()) else {
@@ -465,6 +486,14 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 }
                 let (address, _) = parse_path(&text, "RCPT TO:");
                 let attempt = bump(&shared.state, |s| &mut s.rcpt_seen, &address);
+                shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .rcpt_times
+                    .entry(address.to_ascii_lowercase())
+                    .or_default()
+                    .push(std::time::Instant::now());
                 let rule = shared.rules.lock().expect("rules lock").rcpt.clone();
                 match rule.and_then(|rule| rule(&address, attempt)) {
                     Some(reply) => {
@@ -643,4 +672,37 @@ impl TestCerts {
         std::fs::write(&path, &self.ca_pem).expect("write CA file");
         path
     }
+}
+
+/// Puts a message into the spool at `spool` while no server runs (the queue
+/// is locked while one does), as the SMTP server would have; returns its ID.
+pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[u8]) -> String {
+    with_queue(spool, |queue, runtime| {
+        let envelope = sluice_queue::Envelope {
+            sender: sender.to_string(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+            body_8bit: !body.is_ascii(),
+        };
+        runtime
+            .block_on(queue.enqueue(envelope, body))
+            .expect("enqueue")
+            .to_string()
+    })
+}
+
+/// Opens the spool (no server may be running), runs `f`, closes it.
+pub fn with_queue<T>(
+    spool: &Path,
+    f: impl FnOnce(&sluice_queue::Queue, &tokio::runtime::Runtime) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let queue = sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default())
+        .expect("open the spool");
+    let result = f(&queue, &runtime);
+    runtime.block_on(queue.close()).expect("close the spool");
+    result
 }
