@@ -260,8 +260,7 @@ async fn auth_plain_and_login_over_tls() {
     let error = connection
         .authenticate("user", "wrong")
         .await
-        .err()
-        .expect("wrong password refused");
+        .expect_err("wrong password refused");
     assert!(error.is_permanent(), "{error}");
     connection
         .authenticate("user", "secret")
