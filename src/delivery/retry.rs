@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use tokio::sync::Notify;
 
 use crate::config::DeliveryConfig;
 
@@ -16,6 +17,12 @@ use crate::config::DeliveryConfig;
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Signalled when the clock jumps (a [`ManualClock`] being advanced), so
+    /// a scheduler waiting for a due time looks again. `None` for real time.
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// The real wall clock.
@@ -32,6 +39,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<DateTime<Utc>>>,
+    jumped: Arc<Notify>,
 }
 
 impl ManualClock {
@@ -39,6 +47,7 @@ impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> ManualClock {
         ManualClock {
             now: Arc::new(Mutex::new(start)),
+            jumped: Arc::new(Notify::new()),
         }
     }
 
@@ -49,6 +58,9 @@ impl ManualClock {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        drop(now);
+        self.jumped.notify_waiters();
+        self.jumped.notify_one();
     }
 }
 
@@ -58,6 +70,10 @@ impl Clock for ManualClock {
             .now
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        Some(self.jumped.clone())
     }
 }
 

@@ -41,6 +41,10 @@ pub async fn run(engine: Arc<Engine>) {
         ctx.config.delivery.concurrency.saturating_mul(2).max(2),
     ));
     let changed = ctx.queue.changed();
+    let jumped = engine
+        .clock
+        .jumped()
+        .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
     loop {
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -61,6 +65,9 @@ pub async fn run(engine: Arc<Engine>) {
         let notified = changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let clock_jumped = jumped.notified();
+        tokio::pin!(clock_jumped);
+        clock_jumped.as_mut().enable();
 
         let now = engine.clock.now();
         let claims = match ctx.queue.claim_due(now, permits.len()) {
@@ -92,8 +99,10 @@ pub async fn run(engine: Arc<Engine>) {
                     Some(ERROR_PAUSE)
                 }
             };
+            tracing::debug!(wait = ?wait, "nothing due; waiting");
             tokio::select! {
                 _ = &mut notified => {}
+                _ = &mut clock_jumped => {}
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
                 _ = ctx.shutdown.cancelled() => break,
             }
