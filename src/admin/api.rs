@@ -332,7 +332,7 @@ async fn delete_one(
 async fn retry_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
     let count = ops::retry_all(&ctx).await?;
     tracing::info!(
-        action = "retry-all",
+        action = %"retry-all",
         messages = count,
         "deferred messages due now"
     );
@@ -341,7 +341,7 @@ async fn retry_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>
 
 async fn delete_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
     let count = ops::delete_all(&ctx).await?;
-    tracing::info!(action = "delete-all", messages = count, "queue emptied");
+    tracing::info!(action = %"delete-all", messages = count, "queue emptied");
     Ok(Json(serde_json::json!({ "deleted": count })))
 }
 

@@ -36,15 +36,17 @@ pub fn show(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
 /// Parks the message: it is never delivered until released. Holding a held
 /// message is not an error.
 pub async fn hold(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id)?;
     let message = ctx.queue.hold(id).await?;
-    tracing::info!(queue_id = %id, action = "hold", "message held");
+    tracing::info!(queue_id = %id, action = %"hold", "message held");
     Ok(message.into())
 }
 
 /// Un-parks the message. Releasing a message that is not held is not an error.
 pub async fn release(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id)?;
     let message = ctx.queue.release(id).await?;
-    tracing::info!(queue_id = %id, action = "release", "message released");
+    tracing::info!(queue_id = %id, action = %"release", "message released");
     Ok(message.into())
 }
 
@@ -55,7 +57,7 @@ pub async fn retry(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminErro
         return Err(AdminError::Held(id.clone()));
     }
     let message = ctx.queue.retry_now(id).await?;
-    tracing::info!(queue_id = %id, action = "retry", "message due now");
+    tracing::info!(queue_id = %id, action = %"retry", "message due now");
     Ok(message.into())
 }
 
@@ -63,7 +65,7 @@ pub async fn retry(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminErro
 pub async fn delete(ctx: &Context, id: &QueueId) -> Result<(), AdminError> {
     get(ctx, id)?;
     ctx.queue.delete(id).await?;
-    tracing::info!(queue_id = %id, action = "delete", "message deleted");
+    tracing::info!(queue_id = %id, action = %"delete", "message deleted");
     Ok(())
 }
 
@@ -82,7 +84,7 @@ pub async fn bounce(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminErr
                 },
             },
         )?;
-    tracing::info!(queue_id = %id, action = "bounce", "message bounced");
+    tracing::info!(queue_id = %id, action = %"bounce", "message bounced");
     Ok(message.into())
 }
 
@@ -123,7 +125,7 @@ pub async fn retry_all(ctx: &Context) -> Result<u64, AdminError> {
         .map(|id| async move {
             match ctx.queue.retry_now(&id).await {
                 Ok(_) => {
-                    tracing::info!(queue_id = %id, action = "retry", "message due now");
+                    tracing::info!(queue_id = %id, action = %"retry", "message due now");
                     Ok(1)
                 }
                 Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
@@ -143,7 +145,7 @@ pub async fn delete_all(ctx: &Context) -> Result<u64, AdminError> {
         .map(|id| async move {
             match ctx.queue.delete(&id).await {
                 Ok(()) => {
-                    tracing::info!(queue_id = %id, action = "delete", "message deleted");
+                    tracing::info!(queue_id = %id, action = %"delete", "message deleted");
                     Ok(1)
                 }
                 Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
