@@ -4,17 +4,69 @@
 //! answers "what is due". It knows nothing about SMTP or sockets: the binary
 //! decides what a delivery means and reports outcomes back.
 //!
-//! Durability: every method documented as durable returns only once its change
-//! is on disk (fsync). Concurrent durable writes share fsyncs (group commit).
+//! # Durability
+//!
+//! Every method documented as durable returns only once its change is on disk
+//! (fsync). Concurrent durable writes share fsyncs (group commit, see
+//! `commit.rs`): a writer applies its change to sled in memory, then waits for
+//! the next flush of the one flusher thread, which calls sled's flush and then
+//! fsyncs sled's data file (sled itself only issues `sync_file_range`). One
+//! flush serves every writer that was waiting when it started.
+//!
+//! # Layout of the spool directory
+//!
+//! ```text
+//! spool/lock          held (flock) by the process that has the queue open
+//! spool/db/           the sled database, one tree "queue" (see store.rs):
+//!                       m<ID>            record: Message + where its body is (JSON)
+//!                       b<ID>/<u32 BE>   inline body chunk, 4 KiB each
+//! spool/bodies/<ID>   bodies bigger than 64 KiB
+//! spool/tmp/<ID>      big bodies being received; emptied at open
+//! ```
+//!
+//! Bodies up to 64 KiB (most mail) are kept in memory while received and
+//! committed as 4 KiB chunks in the same atomic sled batch as the record, so
+//! they cost no fsync of their own. The chunks are that small because sled
+//! writes any page larger than 1/8 of a segment to a separate blob file that
+//! it never fsyncs; small entries keep every page inside the fsynced log.
+//! Bigger bodies spill to `tmp/<ID>` while received; at commit the file is
+//! fsynced, renamed into `bodies/` and the directory fsynced *before* the
+//! record is written, so a durable record always has its body. Readers stream
+//! either kind in chunks ([`BodyReader`]), so a 50 MiB message never needs
+//! 50 MiB of memory. A body file whose record is missing (crash between the two
+//! steps, or between a record's removal and its file's) is removed at open.
+//!
+//! # Scheduling
+//!
+//! The due-time index and the delivery leases live in memory (`schedule.rs`),
+//! rebuilt from the records at open together with the counters behind
+//! [`Queue::stats`]: leases therefore vanish on restart and work in flight at a
+//! crash is due again. A message is due at the earliest `next_attempt_at` of
+//! its pending or deferred recipients, unless held.
 
+mod body;
+mod commit;
 mod model;
+mod schedule;
+mod stats;
+mod store;
 
+pub use body::{BodyReader, BodyWriter};
 pub use model::{Envelope, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate};
 
+use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::body::{FinishedBody, Spool, sync_dir};
+use crate::commit::GroupCommit;
+use crate::model::IdGenerator;
+use crate::schedule::Schedule;
+use crate::store::{BodyPlace, Record, Store};
 
 /// Everything that can go wrong in the queue, in words an operator understands.
 #[derive(Debug, thiserror::Error)]
@@ -77,15 +129,24 @@ pub struct Queue {
     inner: Arc<Inner>,
 }
 
-struct Inner {}
+struct Inner {
+    store: Store,
+    spool: Arc<Spool>,
+    ids: IdGenerator,
+    /// The in-memory index and counters; also serialises read-modify-write
+    /// of records so that concurrent changes to one message do not race.
+    state: Mutex<State>,
+    group: GroupCommit,
+    changed: Arc<Notify>,
+    /// Held (flock) for as long as the queue is open; declared last so that
+    /// it is released only after sled closed its files.
+    _lock: File,
+}
 
-/// A message body being written, before it is committed.
-///
-/// Dropping it without [`Queue::commit`] removes every trace of it.
-pub struct BodyWriter {}
-
-/// Streams a committed body without holding it all in memory.
-pub struct BodyReader {}
+struct State {
+    schedule: Schedule,
+    stats: QueueStats,
+}
 
 /// A message claimed for delivery. Until [`Queue::complete`] or
 /// [`Queue::unclaim`] no other caller can claim it; claims do not survive a
@@ -99,14 +160,67 @@ impl Queue {
     /// Opens (creating if needed) the spool at `path`. Fails with
     /// [`QueueError::Locked`] when another process holds it.
     pub fn open(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
-        let _ = (path, options);
-        todo!()
+        let spool = Arc::new(Spool::new(path));
+        for dir in [path, spool.bodies.as_path(), spool.tmp.as_path()] {
+            std::fs::create_dir_all(dir).map_err(spool_error(dir))?;
+        }
+        let lock = lock_spool(path)?;
+        let db_dir = path.join("db");
+        let store = Store::open(&db_dir, options.cache_capacity)?;
+        let data_file = Store::data_file(&db_dir)?;
+        sync_dir(path).map_err(spool_error(path))?;
+
+        clear_dir(&spool.tmp)?;
+        let mut state = State {
+            schedule: Schedule::default(),
+            stats: QueueStats::default(),
+        };
+        for record in store.records(None) {
+            match record {
+                Ok(record) => {
+                    let message = &record.message;
+                    state.schedule.set(&message.id, message.due_at());
+                    state.stats.add(message);
+                }
+                Err(QueueError::Corrupt { id, reason }) => {
+                    tracing::error!(queue_id = %id, %reason, "skipping corrupt queue record");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        remove_orphan_bodies(&store, &spool)?;
+
+        let ids = IdGenerator::new(store.last_id()?.as_ref());
+        let db = store.db();
+        let group = GroupCommit::start(move || {
+            db.flush().map_err(|error| error.to_string())?;
+            data_file.sync_data().map_err(|error| error.to_string())
+        })
+        .map_err(spool_error(path))?;
+        tracing::info!(spool = %path.display(), messages = state.stats.messages, "queue opened");
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                store,
+                spool,
+                ids,
+                state: Mutex::new(state),
+                group,
+                changed: Arc::new(Notify::new()),
+                _lock: lock,
+            }),
+        })
     }
 
     /// Starts a new message body; its queue ID is allocated now so that a
     /// `Received:` header naming it can be written first.
     pub fn new_body(&self) -> Result<BodyWriter, QueueError> {
-        todo!()
+        if self.inner.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        Ok(BodyWriter::new(
+            self.inner.ids.next(),
+            self.inner.spool.clone(),
+        ))
     }
 
     /// Makes a message durable: returns its ID only once body, envelope and
@@ -116,20 +230,89 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        let _ = (envelope, body);
-        todo!()
+        if self.inner.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let (id, size, body) = body.finish()?;
+        let now = Utc::now();
+        let message = Message {
+            id: id.clone(),
+            sender: envelope.sender,
+            size,
+            received_at: now,
+            held: false,
+            smtputf8: envelope.smtputf8,
+            body_8bit: envelope.body_8bit,
+            recipients: envelope
+                .recipients
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
+                    status: RecipientStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: Some(now),
+                    last_reply: None,
+                })
+                .collect(),
+        };
+        let (place, inline) = match body {
+            FinishedBody::Inline(bytes) => (
+                BodyPlace::Inline {
+                    chunks: body::chunk_count(bytes.len()),
+                },
+                bytes,
+            ),
+            FinishedBody::Spilled { file, path } => {
+                let spool = self.inner.spool.clone();
+                let file_id = id.clone();
+                tokio::task::spawn_blocking(move || {
+                    FinishedBody::persist_file(file, &path, &spool, &file_id)
+                })
+                .await
+                .map_err(|error| QueueError::Body {
+                    id: id.to_string(),
+                    source: std::io::Error::other(error.to_string()),
+                })??;
+                (BodyPlace::File, Vec::new())
+            }
+        };
+        let record = Record {
+            message,
+            body: place,
+        };
+        if let Err(error) = self.inner.store.insert_new(&record, &inline) {
+            if place == BodyPlace::File {
+                let _ = std::fs::remove_file(self.inner.spool.body_path(&id));
+            }
+            return Err(error);
+        }
+        // Indexed before the fsync so that a cancelled commit cannot leave a
+        // stored but unscheduled message; claiming it early risks at most a
+        // duplicate delivery after a crash, never a loss.
+        {
+            let mut state = self.inner.state();
+            state.schedule.set(&id, record.message.due_at());
+            state.stats.add(&record.message);
+        }
+        self.inner.group.durable().await?;
+        tracing::debug!(queue_id = %id, size, recipients = record.message.recipients.len(), "queued");
+        self.inner.signal_changed();
+        Ok(id)
     }
 
     /// Convenience: [`Queue::new_body`], write `body`, [`Queue::commit`].
     pub async fn enqueue(&self, envelope: Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
-        let _ = (envelope, body);
-        todo!()
+        let mut writer = self.new_body()?;
+        writer.write_all(body).map_err(|source| QueueError::Body {
+            id: writer.id().to_string(),
+            source,
+        })?;
+        self.commit(envelope, writer).await
     }
 
     /// The message with this ID, or `None`.
     pub fn get(&self, id: &QueueId) -> Result<Option<Message>, QueueError> {
-        let _ = id;
-        todo!()
+        Ok(self.inner.store.get(id)?.map(|record| record.message))
     }
 
     /// Streams every queued message in ID order (which is arrival order),
@@ -138,125 +321,362 @@ impl Queue {
         &self,
         after: Option<&QueueId>,
     ) -> impl Iterator<Item = Result<Message, QueueError>> + '_ {
-        let _ = after;
-        std::iter::empty()
+        self.inner
+            .store
+            .records(after)
+            .map(|record| record.map(|record| record.message))
     }
 
     /// Opens the body of a queued message for reading.
     pub fn open_body(&self, id: &QueueId) -> Result<BodyReader, QueueError> {
-        let _ = id;
-        todo!()
+        let record = self
+            .inner
+            .store
+            .get(id)?
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        let size = record.message.size;
+        match record.body {
+            BodyPlace::Inline { chunks } => Ok(BodyReader::inline(
+                self.inner.store.tree(),
+                id.clone(),
+                size,
+                chunks,
+            )),
+            BodyPlace::File => BodyReader::file(&self.inner.spool.body_path(id), id, size),
+        }
     }
 
     /// The earliest time at which an unclaimed, unheld message is due.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
-        todo!()
+        Ok(self.inner.state().schedule.next_due())
     }
 
     /// Claims up to `max` messages due at or before `now`, oldest due first.
     /// Costs O(returned items), not a scan of the queue.
     pub fn claim_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Claim>, QueueError> {
-        let _ = (now, max);
-        todo!()
+        let ids = self.inner.state().schedule.claim_due(now, max);
+        let mut claims = Vec::with_capacity(ids.len());
+        for (position, id) in ids.iter().enumerate() {
+            match self.inner.store.get(id) {
+                Ok(Some(record)) => claims.push(Claim {
+                    message: record.message,
+                }),
+                // Deleted between the index and the read: nothing to deliver.
+                Ok(None) => self.inner.state().schedule.remove(id),
+                Err(QueueError::Corrupt { id: text, reason }) => {
+                    // Leave it claimed so it is not handed out in a loop; it
+                    // stays visible to the operator and is retried at restart.
+                    tracing::error!(queue_id = %text, %reason, "corrupt record not delivered");
+                }
+                Err(error) => {
+                    let mut state = self.inner.state();
+                    for id in &ids[position..] {
+                        state.schedule.unclaim(id);
+                    }
+                    for claim in &claims {
+                        state.schedule.unclaim(&claim.message.id);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(claims)
     }
 
     /// Signalled whenever work may have become due earlier than
-    /// [`Queue::next_due`] said before (enqueue, retry, release, unclaim).
+    /// [`Queue::next_due`] said before (enqueue, retry, release, unclaim, and
+    /// complete when recipients remain). Both wakes every current waiter and
+    /// stores a permit for the next one, so a scheduler that was busy when the
+    /// change happened does not miss it.
     pub fn changed(&self) -> Arc<tokio::sync::Notify> {
-        todo!()
+        self.inner.changed.clone()
     }
 
     /// Records delivery outcomes for a claimed message and ends the claim.
     /// Durable on return. When no recipient is left pending or deferred, the
     /// message leaves the queue; the returned message shows the final state.
+    ///
+    /// Updates for recipients that are already delivered or failed (say, the
+    /// operator bounced the message meanwhile) or that do not exist are
+    /// ignored.
     pub async fn complete(
         &self,
         id: &QueueId,
         updates: Vec<RecipientUpdate>,
     ) -> Result<Message, QueueError> {
-        let _ = (id, updates);
-        todo!()
+        self.change(id, Lease::End, |message| {
+            for update in updates {
+                let Some(recipient) = message.recipients.get_mut(update.index) else {
+                    tracing::warn!(queue_id = %message.id, index = update.index, "outcome for a recipient that does not exist");
+                    continue;
+                };
+                if !recipient.is_open() {
+                    continue;
+                }
+                recipient.attempts = recipient.attempts.saturating_add(1);
+                let (status, reply, next_attempt_at) = match update.outcome {
+                    Outcome::Delivered { reply } => (RecipientStatus::Delivered, reply, None),
+                    Outcome::Failed { reply } => (RecipientStatus::Failed, reply, None),
+                    Outcome::Deferred {
+                        reply,
+                        next_attempt_at,
+                    } => (RecipientStatus::Deferred, reply, Some(next_attempt_at)),
+                };
+                recipient.status = status;
+                recipient.last_reply = Some(reply);
+                recipient.next_attempt_at = next_attempt_at;
+            }
+            Disposition::Keep
+        })
+        .await
     }
 
     /// Ends a claim without recording anything; the message is due again at
     /// its previous time.
     pub fn unclaim(&self, id: &QueueId) {
-        let _ = id;
+        let due = self.inner.state().schedule.unclaim(id);
+        if due.is_some() {
+            self.inner.signal_changed();
+        }
     }
 
     /// Parks a message: it is never claimed until released. Durable.
     pub async fn hold(&self, id: &QueueId) -> Result<Message, QueueError> {
-        let _ = id;
-        todo!()
+        self.change(id, Lease::Keep, |message| {
+            message.held = true;
+            Disposition::Keep
+        })
+        .await
     }
 
     /// Un-parks a held message. Durable.
     pub async fn release(&self, id: &QueueId) -> Result<Message, QueueError> {
-        let _ = id;
-        todo!()
+        self.change(id, Lease::Keep, |message| {
+            message.held = false;
+            Disposition::Keep
+        })
+        .await
     }
 
-    /// Makes every deferred recipient of the message due now. Durable.
+    /// Makes every deferred recipient of the message due now. Durable. A held
+    /// message stays held (and so is not delivered until released).
     pub async fn retry_now(&self, id: &QueueId) -> Result<Message, QueueError> {
-        let _ = id;
-        todo!()
+        let now = Utc::now();
+        self.change(id, Lease::Keep, |message| {
+            for recipient in &mut message.recipients {
+                if recipient.status == RecipientStatus::Deferred {
+                    recipient.next_attempt_at = Some(now);
+                }
+            }
+            Disposition::Keep
+        })
+        .await
     }
 
     /// Removes the message, body included. Durable.
     pub async fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
-        let _ = id;
-        todo!()
+        self.change(id, Lease::Keep, |_| Disposition::Remove)
+            .await
+            .map(drop)
     }
 
-    /// Counts by status.
+    /// Counts by status. Cheap: the counters are kept up to date in memory.
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
-        todo!()
+        Ok(self.inner.state().stats.clone())
     }
 
-    /// Flushes everything to disk and stops the group-commit flusher.
+    /// Number of group flushes (each one fsync) since the queue was opened,
+    /// for metrics and benchmarks.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.group.count()
+    }
+
+    /// Flushes everything to disk and stops the group-commit flusher. Durable
+    /// methods called afterwards fail with [`QueueError::Closed`].
     pub async fn close(&self) -> Result<(), QueueError> {
-        todo!()
+        let Some(thread) = self.inner.group.shutdown() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|error| QueueError::Storage(format!("joining the flusher: {error}")))?
+            .map_err(|_| QueueError::Storage("the queue flusher panicked".into()))?;
+        match self.inner.group.last_error() {
+            None => Ok(()),
+            Some(error) => Err(QueueError::Storage(format!("final flush: {error}"))),
+        }
+    }
+
+    /// Read-modify-write of one record, then wait for durability.
+    async fn change(
+        &self,
+        id: &QueueId,
+        lease: Lease,
+        edit: impl FnOnce(&mut Message) -> Disposition,
+    ) -> Result<Message, QueueError> {
+        let changed = self.inner.apply(id, lease, edit)?;
+        self.inner.group.durable().await?;
+        if changed.removed_file {
+            let path = self.inner.spool.body_path(id);
+            let removal = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+            if let Ok(Err(error)) = removal {
+                // Harmless: open() removes body files without a record.
+                tracing::warn!(queue_id = %id, %error, "could not remove a body file");
+            }
+        }
+        if changed.due {
+            self.inner.signal_changed();
+        }
+        Ok(changed.message)
     }
 }
 
-impl BodyWriter {
-    /// The queue ID this body will be committed under.
-    pub fn id(&self) -> &QueueId {
-        todo!()
+/// Whether [`Queue::change`] ends the caller's claim on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    Keep,
+    End,
+}
+
+/// What a change decides about the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Keep it if any recipient is still open, else remove it.
+    Keep,
+    /// Remove it whatever its state.
+    Remove,
+}
+
+/// The outcome of [`Inner::apply`].
+struct Changed {
+    /// The message after the change.
+    message: Message,
+    /// The message left the queue and its body file is to be removed once
+    /// that is durable.
+    removed_file: bool,
+    /// The message is (again) in the due index.
+    due: bool,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update of State is completed before anything that can panic
+        // (sled writes come first), so a poisoned lock still holds a
+        // consistent index.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        todo!()
+    fn signal_changed(&self) {
+        self.changed.notify_waiters();
+        self.changed.notify_one();
     }
 
-    /// True when nothing has been written yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The synchronous part of a change: under the state lock, read the
+    /// record, edit it, write it back (or remove it), update index and
+    /// counters. Not yet durable.
+    fn apply(
+        &self,
+        id: &QueueId,
+        lease: Lease,
+        edit: impl FnOnce(&mut Message) -> Disposition,
+    ) -> Result<Changed, QueueError> {
+        if self.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let mut state = self.state();
+        let Some(mut record) = self.store.get(id)? else {
+            return Err(QueueError::NotFound(id.to_string()));
+        };
+        let before = record.message.clone();
+        let disposition = edit(&mut record.message);
+        if disposition == Disposition::Remove || record.message.is_finished() {
+            self.store.remove(&record)?;
+            state.schedule.remove(id);
+            state.stats.remove(&before);
+            return Ok(Changed {
+                removed_file: record.body == BodyPlace::File,
+                message: record.message,
+                due: false,
+            });
+        }
+        self.store.update(&record)?;
+        if lease == Lease::End {
+            state.schedule.unclaim(id);
+        }
+        let due = record.message.due_at();
+        state.schedule.set(id, due);
+        state.stats.remove(&before);
+        state.stats.add(&record.message);
+        Ok(Changed {
+            message: record.message,
+            removed_file: false,
+            due: due.is_some() && !state.schedule.is_claimed(id),
+        })
     }
 }
 
-impl std::io::Write for BodyWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = buf;
-        todo!()
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl BodyReader {
-    /// The body's total size in bytes.
-    pub fn size(&self) -> u64 {
-        todo!()
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(thread) = self.group.shutdown()
+            && thread.join().is_err()
+        {
+            tracing::error!("the queue flusher panicked");
+        }
     }
 }
 
-impl std::io::Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let _ = buf;
-        todo!()
+/// Takes the spool's lock file, or reports who has it.
+fn lock_spool(root: &Path) -> Result<File, QueueError> {
+    let path = root.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(spool_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Locked {
+            path: root.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(QueueError::Spool { path, source }),
+    }
+}
+
+/// Removes everything in `dir` (uncommitted bodies of a previous run).
+fn clear_dir(dir: &Path) -> Result<(), QueueError> {
+    for entry in std::fs::read_dir(dir).map_err(spool_error(dir))? {
+        let path = entry.map_err(spool_error(dir))?.path();
+        std::fs::remove_file(&path).map_err(spool_error(&path))?;
+    }
+    Ok(())
+}
+
+/// Removes body files whose record is gone: a crash struck between writing
+/// the file and its record, or between removing the record and the file.
+fn remove_orphan_bodies(store: &Store, spool: &Spool) -> Result<(), QueueError> {
+    let dir = &spool.bodies;
+    for entry in std::fs::read_dir(dir).map_err(spool_error(dir))? {
+        let entry = entry.map_err(spool_error(dir))?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(QueueId::parse) else {
+            tracing::warn!(path = %entry.path().display(), "unexpected file in the body spool");
+            continue;
+        };
+        if !store.contains(&id)? {
+            tracing::info!(queue_id = %id, "removing a body file without a record");
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(spool_error(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn spool_error(path: &Path) -> impl Fn(std::io::Error) -> QueueError + '_ {
+    move |source| QueueError::Spool {
+        path: path.to_path_buf(),
+        source,
     }
 }

@@ -99,3 +99,166 @@ pub struct RecipientUpdate {
     pub index: usize,
     pub outcome: Outcome,
 }
+
+/// Digits of [`IdGenerator`] IDs, in ASCII order so that text order is number order.
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Base62 digits of the time part: 62^9 microseconds reach past the year 2300.
+const TIME_DIGITS: usize = 9;
+
+/// Random base62 digits after the time part, so that an ID stays unique even
+/// if the clock steps back across a restart.
+const RANDOM_DIGITS: usize = 3;
+
+/// Allocates queue IDs: 9 base62 digits of a strictly increasing microsecond
+/// clock, then 3 random base62 digits. IDs therefore sort in allocation
+/// (arrival) order, and never repeat within a process even when many are
+/// allocated in the same microsecond.
+pub(crate) struct IdGenerator {
+    /// The time part of the last ID handed out, in microseconds since 1970.
+    last_micros: std::sync::atomic::AtomicU64,
+}
+
+impl IdGenerator {
+    /// A generator whose IDs all sort after `floor` (the newest ID on disk).
+    pub(crate) fn new(floor: Option<&QueueId>) -> IdGenerator {
+        let floor_micros = floor.and_then(|id| decode_time(id.as_str())).unwrap_or(0);
+        IdGenerator {
+            last_micros: std::sync::atomic::AtomicU64::new(floor_micros),
+        }
+    }
+
+    /// A fresh ID, greater than every ID this generator returned before.
+    pub(crate) fn next(&self) -> QueueId {
+        use rand::Rng;
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+        let previous = self
+            .last_micros
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("the update closure always returns Some");
+        let micros = now.max(previous + 1);
+        let mut text = String::with_capacity(TIME_DIGITS + RANDOM_DIGITS);
+        let mut digits = [0u8; TIME_DIGITS];
+        let mut rest = micros;
+        for digit in digits.iter_mut().rev() {
+            *digit = BASE62[(rest % 62) as usize];
+            rest /= 62;
+        }
+        text.extend(digits.iter().map(|&b| b as char));
+        let mut rng = rand::thread_rng();
+        for _ in 0..RANDOM_DIGITS {
+            text.push(BASE62[rng.gen_range(0..62)] as char);
+        }
+        QueueId(text)
+    }
+}
+
+/// The microsecond time encoded at the start of an ID this queue generated.
+fn decode_time(text: &str) -> Option<u64> {
+    let digits = text.as_bytes().get(..TIME_DIGITS)?;
+    digits.iter().try_fold(0u64, |acc, &b| {
+        let value = BASE62.iter().position(|&d| d == b)? as u64;
+        acc.checked_mul(62)?.checked_add(value)
+    })
+}
+
+impl Recipient {
+    /// True while the recipient still needs a delivery attempt.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(
+            self.status,
+            RecipientStatus::Pending | RecipientStatus::Deferred
+        )
+    }
+}
+
+impl Message {
+    /// True when no recipient is left pending or deferred: the message is done
+    /// and leaves the queue.
+    pub(crate) fn is_finished(&self) -> bool {
+        !self.recipients.iter().any(Recipient::is_open)
+    }
+
+    /// When the message is next due for delivery: the earliest next attempt
+    /// of its open recipients (a pending recipient without a time is due since
+    /// the message arrived). `None` when held or finished.
+    pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
+        if self.held {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter(|r| r.is_open())
+            .map(|r| r.next_attempt_at.unwrap_or(self.received_at))
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_alphanumeric_and_sort_in_allocation_order() {
+        let generator = IdGenerator::new(None);
+        let ids: Vec<QueueId> = (0..10_000).map(|_| generator.next()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+        }
+        for id in &ids {
+            assert_eq!(QueueId::parse(id.as_str()).as_ref(), Some(id));
+            assert_eq!(id.as_str().len(), TIME_DIGITS + RANDOM_DIGITS);
+        }
+    }
+
+    #[test]
+    fn ids_sort_after_the_floor_even_if_the_clock_is_behind_it() {
+        let far_future = IdGenerator {
+            last_micros: std::sync::atomic::AtomicU64::new(62u64.pow(9) - 10),
+        }
+        .next();
+        let generator = IdGenerator::new(Some(&far_future));
+        let next = generator.next();
+        assert!(next > far_future, "{next} should sort after {far_future}");
+    }
+
+    #[test]
+    fn due_time_is_the_earliest_open_recipient_and_none_when_held() {
+        let received_at = Utc::now();
+        let later = received_at + chrono::Duration::seconds(60);
+        let recipient = |status, next_attempt_at| Recipient {
+            address: "a@example.org".into(),
+            status,
+            attempts: 0,
+            next_attempt_at,
+            last_reply: None,
+        };
+        let mut message = Message {
+            id: QueueId("x".into()),
+            sender: String::new(),
+            size: 0,
+            received_at,
+            held: false,
+            smtputf8: false,
+            body_8bit: false,
+            recipients: vec![
+                recipient(RecipientStatus::Delivered, None),
+                recipient(RecipientStatus::Deferred, Some(later)),
+            ],
+        };
+        assert_eq!(message.due_at(), Some(later));
+        message
+            .recipients
+            .push(recipient(RecipientStatus::Pending, None));
+        assert_eq!(message.due_at(), Some(received_at));
+        message.held = true;
+        assert_eq!(message.due_at(), None);
+        message.held = false;
+        message.recipients.retain(|r| !r.is_open());
+        assert!(message.is_finished());
+        assert_eq!(message.due_at(), None);
+    }
+}

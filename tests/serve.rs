@@ -1,0 +1,56 @@
+//! `sluice serve` as a process: embedded defaults, readiness, clean shutdown.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Sluice, wait_for};
+
+#[test]
+fn sigterm_stops_the_server_cleanly_with_exit_0() {
+    let mut server = Sluice::start("");
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    let log = server.log_text();
+    assert!(log.contains("sluice stopped"), "no 'sluice stopped' in the log:\n{log}");
+}
+
+#[test]
+fn serve_without_config_uses_embedded_defaults() {
+    // The embedded defaults bind fixed loopback ports (2525, 8025); skip when
+    // something else on this machine already holds them.
+    for port in [2525, 8025] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("port {port} is busy; skipping");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("SLUICE_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let greeting = wait_for("the default listener on 127.0.0.1:2525", Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sluice exited early with {status}");
+        }
+        let stream = std::net::TcpStream::connect(("127.0.0.1", 2525)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
+        Some(line)
+    });
+    assert!(greeting.starts_with("220 "), "greeting: {greeting:?}");
+    assert!(dir.path().join("spool").is_dir(), "spool created in ./spool");
+    common::signal(child.id(), "TERM");
+    let status = wait_for("sluice to exit after SIGTERM", Duration::from_secs(60), || {
+        child.try_wait().expect("wait")
+    });
+    assert_eq!(status.code(), Some(0));
+}
