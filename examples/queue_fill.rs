@@ -29,10 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..count {
-        if tasks.len() >= IN_FLIGHT {
-            if let Some(result) = tasks.join_next().await {
-                result??;
-            }
+        if tasks.len() >= IN_FLIGHT
+            && let Some(result) = tasks.join_next().await
+        {
+            result??;
         }
         let queue = queue.clone();
         let body = body.clone();
