@@ -14,8 +14,9 @@ use crate::context::Context;
 /// flight, so they share fsyncs (group commit) instead of paying one each.
 const BULK_CONCURRENCY: usize = 64;
 
-/// The reason recorded for every recipient failed by `sluice queue bounce`.
-pub const BOUNCE_REASON: &str = "550 5.0.0 Message bounced by the mail administrator";
+/// The reason recorded for every recipient failed by `sluice queue bounce`
+/// (delivery prefixes the enhanced status code: `5.0.0 bounced by …`).
+pub const BOUNCE_REASON: &str = "bounced by the mail administrator";
 
 /// Parses a queue ID given by a user.
 pub fn parse_id(text: &str) -> Result<QueueId, AdminError> {
