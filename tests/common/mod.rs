@@ -355,3 +355,6 @@ pub fn queue_id(reply: &str) -> Option<String> {
     let id = reply.strip_prefix("250 2.0.0 Ok: queued as ")?.trim();
     (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_string())
 }
+
+pub mod destination;
+pub mod dns;

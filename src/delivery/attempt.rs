@@ -1,0 +1,555 @@
+//! One delivery attempt for one domain's recipients of one message: find
+//! the next hop, open (or reuse) a session with the TLS and AUTH it needs,
+//! run the transaction, and turn what happened into a verdict per recipient.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_queue::{Message, QueueId};
+
+use super::Engine;
+use super::client::{Body, ClientError, Connection, Transaction, server_name};
+use super::dsn::Diagnostic;
+use super::pool::PoolKey;
+use super::protocol::{EnhancedCode, Reply};
+use super::route::{Host, NextHop, NextHopKind, RouteError};
+use super::tls::TlsMode;
+
+/// Bodies up to this size are read into memory at once; larger ones stream
+/// from a reader thread in chunks of this size.
+const IN_MEMORY_BODY: u64 = 256 * 1024;
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted by the next hop (2xx).
+    Sent,
+    /// Try again later (4xx, connection, DNS or TLS trouble).
+    Deferred,
+    /// Permanent failure (5xx, null MX, NXDOMAIN, too big, ...).
+    Failed,
+}
+
+/// One recipient's result, with everything the log line and a DSN need.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Index in [`Message::recipients`].
+    pub index: usize,
+    pub verdict: Verdict,
+    pub status: EnhancedCode,
+    /// The remote reply, or our own reason, on one line (stored as
+    /// `last_reply`).
+    pub reply: String,
+    pub diagnostic: Diagnostic,
+    /// The host that answered, for Remote-MTA.
+    pub remote_mta: Option<String>,
+    /// `host[ip]:port`, or "none" when no server was reached.
+    pub relay: String,
+    /// `TLSv1.3/CIPHER`, "plaintext", or "none".
+    pub tls: String,
+}
+
+impl Attempt {
+    fn from_reply(index: usize, reply: &Reply, session: &Session) -> Attempt {
+        let verdict = if reply.is_positive() {
+            Verdict::Sent
+        } else if reply.is_permanent() {
+            Verdict::Failed
+        } else {
+            Verdict::Deferred
+        };
+        Attempt {
+            index,
+            verdict,
+            status: reply.status(),
+            reply: reply.one_line(),
+            diagnostic: Diagnostic::Smtp(reply.one_line()),
+            remote_mta: Some(session.host.clone()),
+            relay: session.relay.clone(),
+            tls: session.tls.clone(),
+        }
+    }
+
+    /// A result decided here, not by a remote reply.
+    pub fn local(index: usize, failure: &Failure) -> Attempt {
+        let verdict = if failure.permanent {
+            Verdict::Failed
+        } else {
+            Verdict::Deferred
+        };
+        let (reply, diagnostic) = match &failure.reply {
+            Some(reply) => (reply.one_line(), Diagnostic::Smtp(reply.one_line())),
+            None => (
+                format!("{} {}", failure.status, failure.reason),
+                Diagnostic::Local(failure.reason.clone()),
+            ),
+        };
+        Attempt {
+            index,
+            verdict,
+            status: failure.status,
+            reply,
+            diagnostic,
+            remote_mta: failure.remote_mta.clone(),
+            relay: failure.relay.clone().unwrap_or_else(|| "none".into()),
+            tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
+        }
+    }
+}
+
+/// Why a whole domain group could not be delivered in this attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub permanent: bool,
+    pub status: EnhancedCode,
+    pub reason: String,
+    /// The server's reply, when one refused.
+    pub reply: Option<Reply>,
+    pub remote_mta: Option<String>,
+    pub relay: Option<String>,
+    pub tls: Option<String>,
+}
+
+impl Failure {
+    /// A failure decided here (no remote involved).
+    pub fn local(permanent: bool, status: EnhancedCode, reason: impl Into<String>) -> Failure {
+        Failure {
+            permanent,
+            status,
+            reason: reason.into(),
+            reply: None,
+            remote_mta: None,
+            relay: None,
+            tls: None,
+        }
+    }
+
+    fn from_route(error: &RouteError) -> Failure {
+        Failure::local(error.is_permanent(), error.status(), error.to_string())
+    }
+
+    fn from_client(error: &ClientError, host: &str, relay: &str) -> Failure {
+        let status = match error {
+            ClientError::Rejected { reply, .. } => reply.status(),
+            ClientError::Connect(_) => EnhancedCode::new(4, 4, 1),
+            ClientError::Timeout { .. } => EnhancedCode::new(4, 4, 2),
+            ClientError::Io { .. } | ClientError::Closed { .. } => EnhancedCode::new(4, 4, 2),
+            ClientError::Protocol { .. } => EnhancedCode::new(4, 5, 0),
+            ClientError::TlsHandshake(_) => EnhancedCode::new(4, 7, 5),
+            ClientError::TlsNotOffered => EnhancedCode::new(4, 7, 4),
+            ClientError::TlsInjection => EnhancedCode::new(4, 7, 0),
+            ClientError::AuthNotOffered => EnhancedCode::new(4, 7, 4),
+            ClientError::Body(_) => EnhancedCode::new(4, 3, 0),
+        };
+        Failure {
+            permanent: error.is_permanent(),
+            status,
+            reason: format!("{relay}: {error}"),
+            reply: error.reply().cloned(),
+            remote_mta: Some(host.to_string()),
+            relay: Some(relay.to_string()),
+            tls: None,
+        }
+    }
+}
+
+/// Facts about the open session, for the log and the DSN.
+struct Session {
+    host: String,
+    relay: String,
+    tls: String,
+}
+
+/// The recipient's domain, lower case; an address literal loses its
+/// brackets (RFC 5321 §4.1.3). `None` when there is no domain part.
+pub fn recipient_domain(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    if domain.is_empty() {
+        return None;
+    }
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        let literal = literal
+            .strip_prefix("IPv6:")
+            .or_else(|| literal.strip_prefix("ipv6:"))
+            .unwrap_or(literal);
+        return Some(literal.to_ascii_lowercase());
+    }
+    Some(domain.to_ascii_lowercase())
+}
+
+/// Delivers `indices` (recipients of `message` in `domain`) in one
+/// transaction. Every index gets exactly one [`Attempt`].
+pub async fn deliver_domain(
+    engine: &Arc<Engine>,
+    message: &Message,
+    domain: &str,
+    indices: &[usize],
+) -> Vec<Attempt> {
+    let all = |failure: &Failure| -> Vec<Attempt> {
+        indices
+            .iter()
+            .map(|&index| Attempt::local(index, failure))
+            .collect()
+    };
+    let hop = match engine.router.next_hop(domain).await {
+        Ok(hop) => hop,
+        Err(error) => return all(&Failure::from_route(&error)),
+    };
+    let auth = match hop.kind {
+        NextHopKind::Smarthost => engine.ctx.config.delivery.relay_auth.clone(),
+        _ => None,
+    };
+    let policy = engine.ctx.config.tls_policy_for(domain);
+    let mut last_failure = Failure::local(
+        false,
+        EnhancedCode::new(4, 4, 0),
+        format!("no usable host for {domain}"),
+    );
+    for host in &hop.hosts {
+        let addresses = match engine.router.addresses(host).await {
+            Ok(addresses) => addresses,
+            Err(error) => {
+                let mut failure = Failure::from_route(&error);
+                // A missing MX host is the domain's DNS being broken, maybe
+                // for a while; only the implicit MX (the domain itself has no
+                // address) is final.
+                failure.permanent &= hop.kind == NextHopKind::ImplicitMx;
+                tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
+                last_failure = failure;
+                continue;
+            }
+        };
+        let mode = TlsMode::choose(policy, hop.kind, host.port, auth.is_some());
+        for ip in addresses {
+            let address = SocketAddr::new(ip, host.port);
+            let relay = format!("{}[{}]:{}", host.name, ip, host.port);
+            let key = PoolKey {
+                address,
+                host: host.name.clone(),
+                tls: mode,
+                auth_user: auth.as_ref().map(|auth| auth.username.clone()),
+            };
+            // A pooled connection may have been closed by the server while
+            // idle: on a failure before the transaction got going, open a
+            // fresh one and try again.
+            if let Some(connection) = engine.pool.take(&key) {
+                match transaction(engine, connection, host, &relay, &key, message, indices).await {
+                    Ok(attempts) => return attempts,
+                    Err(error) => {
+                        tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
+                    }
+                }
+            }
+            let connection = match open_session(engine, host, address, mode, &hop).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(domain, %relay, %error, "session setup failed");
+                    last_failure = Failure::from_client(&error, &host.name, &relay);
+                    continue;
+                }
+            };
+            return match transaction(engine, connection, host, &relay, &key, message, indices).await
+            {
+                Ok(attempts) => attempts,
+                Err(error) => all(&Failure::from_client(&error, &host.name, &relay)),
+            };
+        }
+    }
+    all(&last_failure)
+}
+
+/// Connects, reads the greeting, EHLO, then TLS and AUTH as `mode` and the
+/// smarthost settings say.
+async fn open_session(
+    engine: &Arc<Engine>,
+    host: &Host,
+    address: SocketAddr,
+    mode: TlsMode,
+    hop: &NextHop,
+) -> Result<Connection, ClientError> {
+    let hostname = engine.ctx.config.hostname.as_str();
+    let mut connection = Connection::connect(address, engine.timeouts).await?;
+    if mode == TlsMode::Implicit {
+        connection = connection
+            .start_implicit_tls(&engine.tls.verified, server_name(&host.name)?)
+            .await?;
+    }
+    connection.read_greeting().await?;
+    connection.ehlo(hostname).await?;
+    match mode {
+        TlsMode::Disabled | TlsMode::Implicit => {}
+        TlsMode::Required => {
+            if !connection.capabilities().starttls {
+                let _ = connection.quit().await;
+                return Err(ClientError::TlsNotOffered);
+            }
+            connection.send_starttls().await?;
+            connection = connection
+                .finish_starttls(&engine.tls.verified, server_name(&host.name)?, hostname)
+                .await?;
+        }
+        TlsMode::Opportunistic if connection.capabilities().starttls => {
+            match connection.send_starttls().await {
+                Ok(()) => {
+                    let name = server_name(&host.name)
+                        .or_else(|_| server_name(&address.ip().to_string()))?;
+                    match connection
+                        .finish_starttls(&engine.tls.unverified, name, hostname)
+                        .await
+                    {
+                        Ok(upgraded) => connection = upgraded,
+                        Err(
+                            error @ (ClientError::TlsHandshake(_) | ClientError::Timeout { .. }),
+                        ) => {
+                            // RFC 7435: fall back to plaintext on this host,
+                            // on a fresh connection without STARTTLS.
+                            tracing::info!(
+                                relay = %format!("{}[{}]:{}", host.name, address.ip(), address.port()),
+                                %error,
+                                "opportunistic TLS failed; retrying in plaintext"
+                            );
+                            connection = Connection::connect(address, engine.timeouts).await?;
+                            connection.read_greeting().await?;
+                            connection.ehlo(hostname).await?;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                // STARTTLS refused: the session goes on in plaintext.
+                Err(ClientError::Rejected { reply, .. }) if !reply.is_positive() => {
+                    tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        TlsMode::Opportunistic => {}
+    }
+    if let (NextHopKind::Smarthost, Some(auth)) = (hop.kind, &engine.ctx.config.delivery.relay_auth)
+    {
+        // Never send the password in clear.
+        if connection.tls().is_none() {
+            return Err(ClientError::TlsNotOffered);
+        }
+        connection
+            .authenticate(&auth.username, &auth.password)
+            .await?;
+    }
+    Ok(connection)
+}
+
+/// Runs the transaction on an open session. `Err` only for failures before
+/// anything was sent that could have been accepted (so a stale pooled
+/// connection can be replaced without risking a duplicate).
+async fn transaction(
+    engine: &Arc<Engine>,
+    mut connection: Connection,
+    host: &Host,
+    relay: &str,
+    key: &PoolKey,
+    message: &Message,
+    indices: &[usize],
+) -> Result<Vec<Attempt>, ClientError> {
+    let session = Session {
+        host: host.name.clone(),
+        relay: relay.to_string(),
+        tls: connection
+            .tls()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "plaintext".into()),
+    };
+    let local = |failure: Failure| -> Vec<Attempt> {
+        let failure = Failure {
+            remote_mta: Some(session.host.clone()),
+            relay: Some(session.relay.clone()),
+            tls: Some(session.tls.clone()),
+            ..failure
+        };
+        indices
+            .iter()
+            .map(|&index| Attempt::local(index, &failure))
+            .collect()
+    };
+    let capabilities = connection.capabilities().clone();
+    // RFC 1870 §6.1: a declared limit below the message size is final.
+    if capabilities.rejects_size(message.size) {
+        engine.pool.put(key.clone(), connection);
+        return Ok(local(Failure::local(
+            true,
+            EnhancedCode::new(5, 3, 4),
+            format!(
+                "message size {} exceeds the limit of {} bytes at {}",
+                message.size,
+                capabilities.size.unwrap_or(0),
+                session.host
+            ),
+        )));
+    }
+    let recipients: Vec<String> = indices
+        .iter()
+        .map(|&index| message.recipients[index].address.clone())
+        .collect();
+    let smtputf8_needed = message.smtputf8 && needs_smtputf8(engine, message, &recipients).await;
+    // RFC 6531 §3.4: no downgrade; the message cannot go to this server.
+    if smtputf8_needed && !capabilities.smtputf8 {
+        engine.pool.put(key.clone(), connection);
+        return Ok(local(Failure::local(
+            true,
+            EnhancedCode::new(5, 6, 7),
+            format!(
+                "{} does not support SMTPUTF8, which the message needs",
+                session.host
+            ),
+        )));
+    }
+    let mut body = match open_body(engine, &message.id, message.size) {
+        Ok(body) => body,
+        Err(error) => {
+            engine.pool.put(key.clone(), connection);
+            return Ok(local(Failure::local(
+                false,
+                EnhancedCode::new(4, 3, 0),
+                format!("cannot read the queued body: {error}"),
+            )));
+        }
+    };
+    let transaction = Transaction {
+        sender: &message.sender,
+        recipients: &recipients,
+        size: message.size,
+        eight_bit: message.body_8bit,
+        smtputf8: message.smtputf8 && capabilities.smtputf8,
+    };
+    engine.ctx.metrics.deliveries_in_flight.inc();
+    let result = connection.send(&transaction, &mut body).await;
+    engine.ctx.metrics.deliveries_in_flight.dec();
+    match result {
+        Ok(result) => {
+            if !engine.ctx.shutdown.is_cancelled() {
+                engine.pool.put(key.clone(), connection);
+            } else {
+                connection.quit().await;
+            }
+            Ok(indices
+                .iter()
+                .zip(result.replies.iter())
+                .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
+                .collect())
+        }
+        Err(error) if connection.transactions() > 0 && is_before_transaction(&error) => Err(error),
+        Err(error) => Ok(local(Failure::from_client(&error, &session.host, relay))),
+    }
+}
+
+/// True for a failure on the first command of a transaction, when the
+/// server cannot have accepted anything.
+fn is_before_transaction(error: &ClientError) -> bool {
+    match error {
+        ClientError::Io { stage, .. }
+        | ClientError::Closed { stage }
+        | ClientError::Timeout { stage } => {
+            matches!(
+                *stage,
+                "sending MAIL, RCPT and DATA" | "after MAIL" | "MAIL"
+            )
+        }
+        ClientError::Rejected { reply, .. } => reply.code == 421,
+        _ => false,
+    }
+}
+
+/// RFC 6531 §3.4: SMTPUTF8 is needed when an envelope address or the header
+/// section is not ASCII.
+async fn needs_smtputf8(engine: &Arc<Engine>, message: &Message, recipients: &[String]) -> bool {
+    if !message.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
+        return true;
+    }
+    let queue = engine.ctx.queue.clone();
+    let id = message.id.clone();
+    tokio::task::spawn_blocking(move || {
+        queue
+            .open_body(&id)
+            .ok()
+            .and_then(|reader| super::dsn::read_header_section(reader, 1024 * 1024).ok())
+            .is_none_or(|headers| !headers.is_ascii())
+    })
+    .await
+    .unwrap_or(true)
+}
+
+/// Opens the queued body: small ones at once, large ones streamed by a
+/// blocking reader so a 50 MiB message never sits in memory.
+fn open_body(engine: &Arc<Engine>, id: &QueueId, size: u64) -> std::io::Result<Body> {
+    let mut reader = engine
+        .ctx
+        .queue
+        .open_body(id)
+        .map_err(std::io::Error::other)?;
+    if size <= IN_MEMORY_BODY {
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader.read_to_end(&mut bytes)?;
+        return Ok(Body::Memory(Some(Bytes::from(bytes))));
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut chunk = vec![0u8; IN_MEMORY_BODY as usize];
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => {
+                    chunk.truncate(read);
+                    if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    break;
+                }
+            }
+        }
+    });
+    Ok(Body::Stream(receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_domains_are_lower_case_and_literals_unbracketed() {
+        assert_eq!(
+            recipient_domain("a@Example.NET"),
+            Some("example.net".into())
+        );
+        assert_eq!(recipient_domain("a@b@c.test"), Some("c.test".into()));
+        assert_eq!(recipient_domain("a@[127.0.0.1]"), Some("127.0.0.1".into()));
+        assert_eq!(recipient_domain("a@[IPv6:::1]"), Some("::1".into()));
+        assert_eq!(recipient_domain("postmaster"), None);
+        assert_eq!(recipient_domain("a@"), None);
+    }
+
+    #[test]
+    fn only_failures_on_the_first_command_allow_a_retry() {
+        assert!(is_before_transaction(&ClientError::Closed {
+            stage: "after MAIL"
+        }));
+        assert!(!is_before_transaction(&ClientError::Closed {
+            stage: "after the end of data"
+        }));
+        assert!(!is_before_transaction(&ClientError::TlsNotOffered));
+    }
+
+    #[test]
+    fn local_failures_read_like_status_and_reason() {
+        let failure = Failure::local(true, EnhancedCode::new(5, 1, 10), "null MX");
+        let attempt = Attempt::local(3, &failure);
+        assert_eq!(attempt.verdict, Verdict::Failed);
+        assert_eq!(attempt.reply, "5.1.10 null MX");
+        assert_eq!(attempt.relay, "none");
+        assert_eq!(attempt.diagnostic, Diagnostic::Local("null MX".into()));
+    }
+}

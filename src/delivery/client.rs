@@ -1,0 +1,616 @@
+//! The SMTP client's I/O shell: one connection to one remote server.
+//!
+//! Everything protocol-shaped (reply parsing, capabilities, command text,
+//! dot-stuffing) is in `protocol`; this file reads and writes bytes under the
+//! RFC 5321 §4.5.3.2 timeouts, upgrades to TLS, and runs one mail transaction
+//! per call so a connection can carry several messages.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::protocol::{
+    Capabilities, DotStuffer, Reply, ReplyError, auth_plain, base64_line, mail_from, parse_reply,
+    rcpt_to,
+};
+
+/// RFC 5321 §4.5.3.2 timeouts, from `[delivery]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect (and TLS handshake).
+    pub connect: Duration,
+    /// Greeting, EHLO, MAIL, RCPT, DATA, each body block written, RSET.
+    pub command: Duration,
+    /// The reply after the final dot.
+    pub data: Duration,
+}
+
+/// The negotiated TLS protocol version and cipher suite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: String,
+    /// e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+}
+
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.version, self.cipher)
+    }
+}
+
+/// Why talking to a remote server failed. Only a 5xx reply is permanent:
+/// connection, timeout and TLS problems are worth another try later.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+    #[error("timed out {stage}")]
+    Timeout { stage: &'static str },
+    #[error("I/O error {stage}: {source}")]
+    Io {
+        stage: &'static str,
+        source: io::Error,
+    },
+    #[error("connection closed by the server {stage}")]
+    Closed { stage: &'static str },
+    #[error("unreadable reply {stage}: {source}")]
+    Protocol {
+        stage: &'static str,
+        source: ReplyError,
+    },
+    #[error("{stage} rejected: {reply}")]
+    Rejected { stage: &'static str, reply: Reply },
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(String),
+    #[error("TLS is required but the server does not offer STARTTLS")]
+    TlsNotOffered,
+    #[error("the server sent data before the TLS handshake (STARTTLS injection)")]
+    TlsInjection,
+    #[error("AUTH is required but the server offers neither PLAIN nor LOGIN over TLS")]
+    AuthNotOffered,
+    #[error("the queued body could not be read: {0}")]
+    Body(io::Error),
+}
+
+impl ClientError {
+    /// True when the server refused with a 5xx reply (do not retry).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClientError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// The server's reply, when the failure was one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            ClientError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// A message body to send, in chunks, without holding a large one in memory.
+pub enum Body {
+    /// A small body read at once (`None` once sent).
+    Memory(Option<Bytes>),
+    /// Chunks from a reader thread; an `Err` aborts the transaction so a
+    /// truncated message is never ended with the final dot.
+    Stream(mpsc::Receiver<io::Result<Bytes>>),
+}
+
+impl Body {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        match self {
+            Body::Memory(bytes) => bytes.take().map(Ok),
+            Body::Stream(receiver) => receiver.recv().await,
+        }
+    }
+}
+
+/// One mail transaction: envelope and the facts that choose MAIL parameters.
+#[derive(Debug, Clone)]
+pub struct Transaction<'a> {
+    /// Reverse path; empty for the null sender.
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// Body size, for the SIZE parameter (RFC 1870).
+    pub size: u64,
+    /// Send BODY=8BITMIME when the server offers it (RFC 6152).
+    pub eight_bit: bool,
+    /// Send SMTPUTF8 (RFC 6531); the caller checked it is offered if needed.
+    pub smtputf8: bool,
+}
+
+/// What the server said for each recipient of a transaction, in order: the
+/// MAIL reply when MAIL failed, else the RCPT reply when RCPT failed, else
+/// the reply to the end of data.
+#[derive(Debug, Clone)]
+pub struct TransactionResult {
+    pub replies: Vec<Reply>,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Flush the outgoing body buffer once it holds this much.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// An open SMTP connection, greeted and (after [`Connection::ehlo`]) ready
+/// for transactions.
+pub struct Connection {
+    stream: Stream,
+    /// Received bytes not yet parsed into a reply.
+    buffer: Vec<u8>,
+    capabilities: Capabilities,
+    tls: Option<TlsInfo>,
+    timeouts: Timeouts,
+    peer: SocketAddr,
+    /// Transactions completed on this connection.
+    transactions: u32,
+}
+
+impl Connection {
+    /// Opens a TCP connection to `peer` (the greeting is not read yet).
+    pub async fn connect(peer: SocketAddr, timeouts: Timeouts) -> Result<Connection, ClientError> {
+        let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(peer)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(ClientError::Connect(error)),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    stage: "connecting",
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream: Stream::Plain(stream),
+            buffer: Vec::with_capacity(4096),
+            capabilities: Capabilities::default(),
+            tls: None,
+            timeouts,
+            peer,
+            transactions: 0,
+        })
+    }
+
+    /// Starts TLS at once, before the greeting (implicit TLS, RFC 8314 §3.3).
+    pub async fn start_implicit_tls(
+        self,
+        connector: &TlsConnector,
+        server_name: ServerName<'static>,
+    ) -> Result<Connection, ClientError> {
+        self.upgrade(connector, server_name).await
+    }
+
+    /// The remote address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// What the last EHLO reply offered.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// The TLS session, or `None` for plaintext.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Transactions completed on this connection so far.
+    pub fn transactions(&self) -> u32 {
+        self.transactions
+    }
+
+    /// Reads the 220 greeting (RFC 5321 §4.3.1); any other reply is an error.
+    pub async fn read_greeting(&mut self) -> Result<Reply, ClientError> {
+        let reply = self
+            .read_reply("reading the greeting", self.timeouts.command)
+            .await?;
+        if reply.code != 220 {
+            return Err(ClientError::Rejected {
+                stage: "greeting",
+                reply,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// EHLO, falling back to HELO when the server does not know EHLO
+    /// (RFC 5321 §3.2: a 500/502 reply); records the capabilities.
+    pub async fn ehlo(&mut self, hostname: &str) -> Result<(), ClientError> {
+        let reply = self
+            .command(&format!("EHLO {hostname}\r\n"), "EHLO")
+            .await?;
+        if reply.is_positive() {
+            self.capabilities = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        if !matches!(reply.code, 500 | 501 | 502 | 504 | 550) {
+            return Err(ClientError::Rejected {
+                stage: "EHLO",
+                reply,
+            });
+        }
+        let reply = self
+            .command(&format!("HELO {hostname}\r\n"), "HELO")
+            .await?;
+        if !reply.is_positive() {
+            return Err(ClientError::Rejected {
+                stage: "HELO",
+                reply,
+            });
+        }
+        self.capabilities = Capabilities::default();
+        Ok(())
+    }
+
+    /// Sends STARTTLS (RFC 3207) and checks the 220. On a refusal the
+    /// session goes on in plaintext, unchanged.
+    pub async fn send_starttls(&mut self) -> Result<(), ClientError> {
+        let reply = self.command("STARTTLS\r\n", "STARTTLS").await?;
+        if reply.code != 220 {
+            return Err(ClientError::Rejected {
+                stage: "STARTTLS",
+                reply,
+            });
+        }
+        // Anything already received came in plaintext after the 220 and must
+        // not be read as if it came over TLS.
+        if !self.buffer.is_empty() {
+            return Err(ClientError::TlsInjection);
+        }
+        Ok(())
+    }
+
+    /// After [`Connection::send_starttls`]: the handshake, then EHLO again
+    /// (RFC 3207 §4.2: everything learned before TLS is forgotten).
+    pub async fn finish_starttls(
+        self,
+        connector: &TlsConnector,
+        server_name: ServerName<'static>,
+        hostname: &str,
+    ) -> Result<Connection, ClientError> {
+        let mut connection = self.upgrade(connector, server_name).await?;
+        connection.ehlo(hostname).await?;
+        Ok(connection)
+    }
+
+    async fn upgrade(
+        self,
+        connector: &TlsConnector,
+        server_name: ServerName<'static>,
+    ) -> Result<Connection, ClientError> {
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(ClientError::TlsHandshake("TLS is already active".into()));
+        };
+        let stream =
+            match tokio::time::timeout(self.timeouts.connect, connector.connect(server_name, tcp))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return Err(ClientError::TlsHandshake(error.to_string())),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        stage: "in the TLS handshake",
+                    });
+                }
+            };
+        let (_, session) = stream.get_ref();
+        let tls = TlsInfo {
+            version: session
+                .protocol_version()
+                .map(|version| match version {
+                    rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+                    rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_else(|| "TLS".into()),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map(|suite| format!("{:?}", suite.suite()))
+                .unwrap_or_else(|| "unknown".into()),
+        };
+        Ok(Connection {
+            stream: Stream::Tls(Box::new(stream)),
+            buffer: Vec::with_capacity(4096),
+            capabilities: Capabilities::default(),
+            tls: Some(tls),
+            timeouts: self.timeouts,
+            peer: self.peer,
+            transactions: 0,
+        })
+    }
+
+    /// AUTH PLAIN, else AUTH LOGIN (RFC 4954). Only call this under TLS.
+    pub async fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let reply = if self.capabilities.offers_auth("PLAIN") {
+            self.command(&auth_plain(username, password), "AUTH PLAIN")
+                .await?
+        } else if self.capabilities.offers_auth("LOGIN") {
+            let reply = self.command("AUTH LOGIN\r\n", "AUTH LOGIN").await?;
+            if reply.code != 334 {
+                return Err(ClientError::Rejected {
+                    stage: "AUTH LOGIN",
+                    reply,
+                });
+            }
+            let reply = self
+                .command(&base64_line(username), "AUTH LOGIN user name")
+                .await?;
+            if reply.code != 334 {
+                return Err(ClientError::Rejected {
+                    stage: "AUTH LOGIN user name",
+                    reply,
+                });
+            }
+            self.command(&base64_line(password), "AUTH LOGIN password")
+                .await?
+        } else {
+            return Err(ClientError::AuthNotOffered);
+        };
+        if reply.code != 235 {
+            return Err(ClientError::Rejected {
+                stage: "AUTH",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs one mail transaction: MAIL, RCPT for every recipient, DATA and
+    /// the body, pipelined when the server offers PIPELINING (RFC 2920).
+    ///
+    /// Returns each recipient's reply. An `Err` means the outcome is unknown
+    /// for everyone (connection lost, timeout, unreadable body): the caller
+    /// defers them all, and the connection must not be reused.
+    pub async fn send(
+        &mut self,
+        transaction: &Transaction<'_>,
+        body: &mut Body,
+    ) -> Result<TransactionResult, ClientError> {
+        let capabilities = &self.capabilities;
+        let mail = mail_from(
+            transaction.sender,
+            capabilities.size.map(|_| transaction.size),
+            transaction.eight_bit && capabilities.eight_bit_mime,
+            transaction.smtputf8 && capabilities.smtputf8,
+        );
+        let count = transaction.recipients.len();
+        let (mail_reply, rcpt_replies, data_reply) = if self.capabilities.pipelining {
+            let mut batch = mail;
+            for recipient in transaction.recipients {
+                batch.push_str(&rcpt_to(recipient));
+            }
+            batch.push_str("DATA\r\n");
+            self.write(batch.as_bytes(), "sending MAIL, RCPT and DATA")
+                .await?;
+            let mail_reply = self.read_reply("after MAIL", self.timeouts.command).await?;
+            let mut rcpt_replies = Vec::with_capacity(count);
+            for _ in 0..count {
+                rcpt_replies.push(self.read_reply("after RCPT", self.timeouts.command).await?);
+            }
+            let data_reply = self.read_reply("after DATA", self.timeouts.command).await?;
+            (mail_reply, rcpt_replies, Some(data_reply))
+        } else {
+            let mail_reply = self.command(&mail, "MAIL").await?;
+            let mut rcpt_replies = Vec::with_capacity(count);
+            if mail_reply.is_positive() {
+                for recipient in transaction.recipients {
+                    rcpt_replies.push(self.command(&rcpt_to(recipient), "RCPT").await?);
+                }
+            }
+            let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
+            let data_reply = if any_accepted {
+                Some(self.command("DATA\r\n", "DATA").await?)
+            } else {
+                None
+            };
+            (mail_reply, rcpt_replies, data_reply)
+        };
+
+        if !mail_reply.is_positive() {
+            self.abort_transaction(data_reply.as_ref()).await?;
+            return Ok(TransactionResult {
+                replies: vec![mail_reply; count],
+            });
+        }
+        let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
+        let data_reply = match data_reply {
+            Some(reply) if reply.code == 354 && any_accepted => reply,
+            other => {
+                // No recipient left, or DATA refused: nothing is sent.
+                self.abort_transaction(other.as_ref()).await?;
+                let replies = rcpt_replies
+                    .into_iter()
+                    .map(|rcpt| match (&other, rcpt.is_positive()) {
+                        (Some(data), true) => data.clone(),
+                        _ => rcpt,
+                    })
+                    .collect();
+                return Ok(TransactionResult { replies });
+            }
+        };
+        let _ = data_reply;
+        self.send_body(body).await?;
+        let final_reply = self
+            .read_reply("after the end of data", self.timeouts.data)
+            .await?;
+        self.transactions += 1;
+        let replies = rcpt_replies
+            .into_iter()
+            .map(|rcpt| {
+                if rcpt.is_positive() {
+                    final_reply.clone()
+                } else {
+                    rcpt
+                }
+            })
+            .collect();
+        Ok(TransactionResult { replies })
+    }
+
+    /// After a transaction that sent no body: when the server still answered
+    /// DATA with 354 (RFC 2920 §3.1), end the empty data; then RSET so the
+    /// connection is clean for the next message.
+    async fn abort_transaction(&mut self, data_reply: Option<&Reply>) -> Result<(), ClientError> {
+        if data_reply.is_some_and(|reply| reply.code == 354) {
+            self.write(b".\r\n", "ending an empty DATA").await?;
+            let _ = self
+                .read_reply("after an empty DATA", self.timeouts.data)
+                .await?;
+        }
+        self.rset().await
+    }
+
+    async fn send_body(&mut self, body: &mut Body) -> Result<(), ClientError> {
+        let mut stuffer = DotStuffer::new();
+        let mut output = Vec::with_capacity(WRITE_CHUNK + 1024);
+        while let Some(chunk) = body.next_chunk().await {
+            let chunk = chunk.map_err(ClientError::Body)?;
+            stuffer.encode(&chunk, &mut output);
+            if output.len() >= WRITE_CHUNK {
+                self.write(&output, "sending the body").await?;
+                output.clear();
+            }
+        }
+        stuffer.finish(&mut output);
+        self.write(&output, "sending the body").await
+    }
+
+    /// RSET (RFC 5321 §4.1.1.5); a refusal makes the connection unusable.
+    pub async fn rset(&mut self) -> Result<(), ClientError> {
+        let reply = self.command("RSET\r\n", "RSET").await?;
+        if !reply.is_positive() {
+            return Err(ClientError::Rejected {
+                stage: "RSET",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// QUIT and close, without waiting long for the goodbye.
+    pub async fn quit(mut self) {
+        let quick = Duration::from_secs(2).min(self.timeouts.command);
+        let _ = tokio::time::timeout(quick, async {
+            if self.write(b"QUIT\r\n", "QUIT").await.is_ok() {
+                let _ = self.read_reply("after QUIT", quick).await;
+            }
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, ClientError> {
+        self.write(line.as_bytes(), stage).await?;
+        self.read_reply(stage, self.timeouts.command).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), ClientError> {
+        let stream = &mut self.stream;
+        match tokio::time::timeout(self.timeouts.command, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ClientError::Io { stage, source }),
+            Err(_) => Err(ClientError::Timeout { stage }),
+        }
+    }
+
+    async fn read_reply(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match parse_reply(&self.buffer) {
+                Ok(Some((reply, used))) => {
+                    self.buffer.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(source) => return Err(ClientError::Protocol { stage, source }),
+            }
+            self.buffer.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
+                Ok(Ok(0)) => return Err(ClientError::Closed { stage }),
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => return Err(ClientError::Io { stage, source }),
+                Err(_) => return Err(ClientError::Timeout { stage }),
+            }
+        }
+    }
+}
+
+/// The name to send in SNI and check the certificate against.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
+    ServerName::try_from(host.to_string())
+        .map_err(|error| ClientError::TlsHandshake(format!("{host:?} is not a TLS name: {error}")))
+}
+
+/// A connector from a shared client configuration.
+pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::from(config)
+}

@@ -1,0 +1,360 @@
+//! Delivery status notifications (bounces), RFC 3464.
+//!
+//! One DSN per message per failing delivery round: a multipart/report
+//! (RFC 6522) with a human-readable part, a message/delivery-status part
+//! (one per-recipient block for each failed recipient) and the original
+//! header section as text/rfc822-headers. It comes from
+//! `MAILER-DAEMON@<hostname>` with the null reverse path, so it can never
+//! bounce in turn (RFC 5321 §6.1).
+
+use std::io::{self, Read};
+
+use chrono::{DateTime, Utc};
+use mail_builder::MessageBuilder;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
+use sluice_queue::Envelope;
+
+use super::protocol::EnhancedCode;
+
+/// The most of the original header section a DSN carries.
+pub const MAX_ORIGINAL_HEADERS: usize = 256 * 1024;
+
+/// Why one recipient failed, as reported in `Diagnostic-Code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A remote server's reply, on one line (`smtp; 550 5.1.1 ...`).
+    Smtp(String),
+    /// A reason found here (DNS, expiry, operator), `X-Sluice; ...`.
+    Local(String),
+}
+
+/// One failed recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    pub address: String,
+    /// RFC 3463 status, e.g. 5.1.1 or 4.4.7.
+    pub status: EnhancedCode,
+    /// The host that gave the reply, if a remote one did.
+    pub remote_mta: Option<String>,
+    pub diagnostic: Diagnostic,
+}
+
+/// Everything a DSN reports.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    /// Our host name (Reporting-MTA, From, Message-ID).
+    pub reporting_mta: &'a str,
+    /// The queue ID of the failed message.
+    pub queue_id: &'a str,
+    /// The failed message's envelope sender: the DSN goes there.
+    pub sender: &'a str,
+    pub arrival: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+    pub recipients: &'a [FailedRecipient],
+    /// The original header section (up to the blank line).
+    pub original_headers: &'a [u8],
+}
+
+/// Builds the DSN: the envelope (null sender, to the original sender) and
+/// the message bytes, CRLF line endings.
+pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
+    let mailer_daemon = format!("MAILER-DAEMON@{}", report.reporting_mta);
+    let mut human = format!(
+        "This is the mail system at host {host}.\r\n\r\n\
+         I'm sorry to have to inform you that your message could not\r\n\
+         be delivered to one or more recipients. It's attached below.\r\n\r\n\
+         For further assistance, please send mail to postmaster.\r\n\r\n\
+         The mail system\r\n",
+        host = report.reporting_mta
+    );
+    for recipient in report.recipients {
+        human.push_str("\r\n<");
+        human.push_str(&recipient.address);
+        human.push_str(">: ");
+        match (&recipient.remote_mta, &recipient.diagnostic) {
+            (Some(host), Diagnostic::Smtp(reply)) => {
+                human.push_str(&format!("host {host} said: {}", one_line(reply)))
+            }
+            (_, Diagnostic::Smtp(text)) | (_, Diagnostic::Local(text)) => {
+                human.push_str(&one_line(text))
+            }
+        }
+        human.push_str("\r\n");
+    }
+
+    // RFC 3464 §2.2: per-message fields, then one block per recipient.
+    let mut status = format!(
+        "Reporting-MTA: dns; {}\r\nX-Sluice-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+        report.reporting_mta,
+        report.queue_id,
+        report.arrival.to_rfc2822()
+    );
+    for recipient in report.recipients {
+        // RFC 6533 §3: "utf-8" address type for internationalized addresses.
+        let address_type = if recipient.address.is_ascii() {
+            "rfc822"
+        } else {
+            "utf-8"
+        };
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: {address_type}; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            recipient.address, recipient.status
+        ));
+        if let Some(host) = &recipient.remote_mta {
+            status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+        }
+        match &recipient.diagnostic {
+            Diagnostic::Smtp(reply) => {
+                status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(reply)))
+            }
+            Diagnostic::Local(text) => status.push_str(&format!(
+                "Diagnostic-Code: X-Sluice; {}\r\n",
+                one_line(text)
+            )),
+        }
+        status.push_str(&format!(
+            "Last-Attempt-Date: {}\r\n",
+            report.now.to_rfc2822()
+        ));
+    }
+
+    let headers = normalise_crlf(report.original_headers);
+    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
+    let status_encoding = if status.is_ascii() { "7bit" } else { "8bit" };
+    let report_part = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new(
+                ContentType::new("text/plain").attribute("charset", "utf-8"),
+                human,
+            ),
+            MimePart::new("message/delivery-status", status.into_bytes())
+                .transfer_encoding(status_encoding),
+            MimePart::new("text/rfc822-headers", headers).transfer_encoding(headers_encoding),
+        ],
+    );
+    let message_id = format!(
+        "{}.{}@{}",
+        report.queue_id,
+        report.now.timestamp_micros(),
+        report.reporting_mta
+    );
+    let mut builder = MessageBuilder::new()
+        .from(("Mail Delivery System", mailer_daemon.as_str()))
+        .subject("Undelivered Mail Returned to Sender")
+        .date(Date::new(report.now.timestamp()))
+        .message_id(message_id)
+        // RFC 3834 §5: an automatic reply; nobody should answer it.
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(report_part);
+    if !report.sender.is_empty() {
+        builder = builder.to(report.sender);
+    }
+    let bytes = builder.write_to_vec()?;
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![report.sender.to_string()],
+        smtputf8: !report.sender.is_ascii(),
+        body_8bit: !bytes.is_ascii(),
+    };
+    Ok((envelope, bytes))
+}
+
+/// Reads a message's header section: everything up to and including the
+/// first empty line, at most `limit` bytes.
+pub fn read_header_section(mut reader: impl Read, limit: usize) -> io::Result<Vec<u8>> {
+    let mut headers = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = reader.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(headers);
+        }
+        let search_from = headers.len().saturating_sub(3);
+        headers.extend_from_slice(&chunk[..read]);
+        if headers.starts_with(b"\r\n") {
+            // No header section at all.
+            headers.truncate(2);
+            return Ok(headers);
+        }
+        let end = find_blank_line(&headers[search_from..]).map(|end| search_from + end);
+        if end.is_some() || headers.len() >= limit {
+            let end = end.unwrap_or(headers.len());
+            if end <= limit {
+                headers.truncate(end);
+            } else {
+                headers.truncate(limit);
+                // Do not cut a line in half.
+                let last = headers.iter().rposition(|&byte| byte == b'\n');
+                headers.truncate(last.map_or(0, |last| last + 1));
+            }
+            return Ok(headers);
+        }
+    }
+}
+
+/// The end of the header section (after the CRLF of the empty line).
+fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .map(|index| index + 4)
+        .or_else(|| {
+            bytes
+                .windows(2)
+                .position(|window| window == b"\n\n")
+                .map(|index| index + 2)
+        })
+}
+
+fn normalise_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut output = Vec::with_capacity(bytes.len() + 16);
+    let mut previous = 0u8;
+    for &byte in bytes {
+        if byte == b'\n' && previous != b'\r' {
+            output.push(b'\r');
+        }
+        output.push(byte);
+        previous = byte;
+    }
+    if !output.is_empty() && !output.ends_with(b"\r\n") {
+        output.extend_from_slice(b"\r\n");
+    }
+    output
+}
+
+fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::{MessageParser, MimeHeaders};
+
+    fn report_for(recipients: &[FailedRecipient], headers: &[u8]) -> (Envelope, Vec<u8>) {
+        let arrival = DateTime::from_timestamp(1_700_000_000, 0).expect("valid time");
+        build(&Report {
+            reporting_mta: "sluice.test",
+            queue_id: "ABC123",
+            sender: "alice@example.org",
+            arrival,
+            now: arrival + chrono::Duration::seconds(60),
+            recipients,
+            original_headers: headers,
+        })
+        .expect("DSN builds")
+    }
+
+    fn failed(address: &str) -> FailedRecipient {
+        FailedRecipient {
+            address: address.into(),
+            status: EnhancedCode::new(5, 1, 1),
+            remote_mta: Some("mx.example.net".into()),
+            diagnostic: Diagnostic::Smtp("550 5.1.1 <bob@example.net>: no such user".into()),
+        }
+    }
+
+    #[test]
+    fn dsn_is_a_delivery_status_report_from_mailer_daemon_with_null_sender() {
+        let headers = b"Subject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\n";
+        let (envelope, bytes) = report_for(&[failed("bob@example.net")], headers);
+        assert_eq!(envelope.sender, "");
+        assert_eq!(envelope.recipients, vec!["alice@example.org".to_string()]);
+
+        let message = MessageParser::default()
+            .parse(&bytes)
+            .expect("the DSN parses");
+        let content_type = message.content_type().expect("has a content type");
+        assert_eq!(content_type.ctype(), "multipart");
+        assert_eq!(content_type.subtype(), Some("report"));
+        assert_eq!(
+            content_type.attribute("report-type"),
+            Some("delivery-status")
+        );
+        assert_eq!(
+            message
+                .from()
+                .and_then(|from| from.first())
+                .and_then(|a| a.address()),
+            Some("MAILER-DAEMON@sluice.test")
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("Auto-Submitted: auto-replied"), "{text}");
+        for field in [
+            "Reporting-MTA: dns; sluice.test",
+            "Arrival-Date: ",
+            "Final-Recipient: rfc822; bob@example.net",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; mx.example.net",
+            "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: no such user",
+            "Content-Type: text/rfc822-headers",
+            "Message-ID: <m1@example.org>",
+        ] {
+            assert!(text.contains(field), "missing {field:?} in\n{text}");
+        }
+        let parts: Vec<String> = message
+            .parts
+            .iter()
+            .filter_map(|part| part.content_type())
+            .map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")))
+            .collect();
+        assert!(
+            parts.contains(&"message/delivery-status".to_string()),
+            "{parts:?}"
+        );
+        assert!(parts.contains(&"text/plain".to_string()), "{parts:?}");
+    }
+
+    #[test]
+    fn one_block_per_failed_recipient_and_local_diagnostics() {
+        let dns_failure = FailedRecipient {
+            address: "carol@nowhere.test".into(),
+            status: EnhancedCode::new(5, 1, 2),
+            remote_mta: None,
+            diagnostic: Diagnostic::Local("domain nowhere.test not found (NXDOMAIN)".into()),
+        };
+        let (_, bytes) = report_for(&[failed("bob@example.net"), dns_failure], b"");
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(text.matches("Final-Recipient:").count(), 2, "{text}");
+        assert!(text.contains("Status: 5.1.2"));
+        assert!(text.contains("Diagnostic-Code: X-Sluice; domain nowhere.test not found"));
+    }
+
+    #[test]
+    fn header_section_stops_at_the_blank_line() {
+        let message = b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n";
+        let headers = read_header_section(&message[..], 1000).unwrap();
+        assert_eq!(headers, b"A: 1\r\nB: 2\r\n\r\n");
+        let long = read_header_section(&message[..], 8).unwrap();
+        assert_eq!(long, b"A: 1\r\n");
+        assert_eq!(
+            read_header_section(&b"A: 1\r\n"[..], 100).unwrap(),
+            b"A: 1\r\n"
+        );
+    }
+
+    #[test]
+    fn header_section_found_across_read_boundaries() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((&first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let headers = read_header_section(Trickle(b"A: 1\r\n\r\nbody"), 1000).unwrap();
+        assert_eq!(headers, b"A: 1\r\n\r\n");
+    }
+}

@@ -1,0 +1,243 @@
+//! When to try again: the backoff policy and the clock the scheduler reads.
+//!
+//! Both are plain values so that backoff and expiry are unit-tested without
+//! sleeping: tests hand the scheduler a [`ManualClock`] and ask the policy
+//! for the next attempt time directly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::config::DeliveryConfig;
+
+/// Where the scheduler gets "now" from.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+
+    /// Signalled when the clock jumps (a [`ManualClock`] being advanced), so
+    /// a scheduler waiting for a due time looks again. `None` for real time.
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        None
+    }
+}
+
+/// The real wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to, for tests.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<DateTime<Utc>>>,
+    jumped: Arc<Notify>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock {
+            now: Arc::new(Mutex::new(start)),
+            jumped: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        drop(now);
+        self.jumped.notify_waiters();
+        self.jumped.notify_one();
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        Some(self.jumped.clone())
+    }
+}
+
+/// Exponential backoff: attempt `n` (1-based) that failed temporarily is
+/// retried after `initial * factor^(n-1)`, capped at `max`, plus up to
+/// `jitter` of that delay at random, so deferred mail to one destination does
+/// not come back in lockstep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failed attempt.
+    pub initial: Duration,
+    /// Upper bound of the delay (before jitter).
+    pub max: Duration,
+    /// Growth per attempt (>= 1.0).
+    pub factor: f64,
+    /// Extra random delay as a fraction of the delay (0.0 to 0.1).
+    pub jitter: f64,
+    /// After this long in the queue the remaining recipients fail (4.4.7).
+    pub max_queue_lifetime: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy from `[delivery]`, with 10% jitter.
+    pub fn from_config(config: &DeliveryConfig) -> RetryPolicy {
+        RetryPolicy {
+            initial: config.retry_initial,
+            max: config.retry_max,
+            factor: config.retry_factor,
+            jitter: 0.1,
+            max_queue_lifetime: config.max_queue_lifetime,
+        }
+    }
+
+    /// The delay after `attempts` failed attempts (attempts >= 1), without
+    /// jitter: `initial * factor^(attempts-1)`, capped at `max`.
+    pub fn base_delay(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(1024) as i32;
+        let seconds = self.initial.as_secs_f64() * self.factor.powi(exponent);
+        if !seconds.is_finite() || seconds >= self.max.as_secs_f64() {
+            return self.max;
+        }
+        Duration::from_secs_f64(seconds).min(self.max)
+    }
+
+    /// The delay after `attempts` failed attempts, with jitter drawn from `rng`.
+    pub fn delay(&self, attempts: u32, rng: &mut impl Rng) -> Duration {
+        let base = self.base_delay(attempts);
+        let jitter = if self.jitter > 0.0 {
+            rng.gen_range(0.0..=self.jitter)
+        } else {
+            0.0
+        };
+        base + base.mul_f64(jitter)
+    }
+
+    /// When a message received at `received_at` expires.
+    pub fn expires_at(&self, received_at: DateTime<Utc>) -> DateTime<Utc> {
+        received_at + to_chrono(self.max_queue_lifetime)
+    }
+
+    /// When to try again after `attempts` failed attempts at `now`. Never
+    /// later than the message's expiry (plus a moment), so expired mail is
+    /// returned to its sender on time rather than at the next backoff step.
+    pub fn next_attempt(
+        &self,
+        attempts: u32,
+        now: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+        rng: &mut impl Rng,
+    ) -> DateTime<Utc> {
+        let next = now + to_chrono(self.delay(attempts, rng));
+        let expiry = self.expires_at(received_at) + chrono::Duration::milliseconds(1);
+        next.min(expiry.max(now))
+    }
+
+    /// True once a message received at `received_at` is past its lifetime.
+    pub fn is_expired(&self, received_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now > self.expires_at(received_at)
+    }
+}
+
+/// A std duration as a chrono one, saturating.
+pub fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(60),
+            max: Duration::from_secs(3600),
+            factor: 2.0,
+            jitter: 0.1,
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+        }
+    }
+
+    #[test]
+    fn delay_doubles_per_attempt_from_initial() {
+        let policy = policy();
+        assert_eq!(policy.base_delay(1), Duration::from_secs(60));
+        assert_eq!(policy.base_delay(2), Duration::from_secs(120));
+        assert_eq!(policy.base_delay(3), Duration::from_secs(240));
+        assert_eq!(policy.base_delay(6), Duration::from_secs(1920));
+    }
+
+    #[test]
+    fn delay_is_capped_at_retry_max_even_for_huge_attempt_counts() {
+        let policy = policy();
+        assert_eq!(policy.base_delay(7), Duration::from_secs(3600));
+        assert_eq!(policy.base_delay(u32::MAX), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn jitter_adds_at_most_ten_percent() {
+        let policy = policy();
+        let mut rng = StdRng::seed_from_u64(7);
+        for attempts in 1..20 {
+            let base = policy.base_delay(attempts);
+            let delay = policy.delay(attempts, &mut rng);
+            assert!(delay >= base, "{delay:?} < {base:?}");
+            assert!(delay <= base + base / 10, "{delay:?} > {base:?} + 10%");
+        }
+    }
+
+    #[test]
+    fn next_attempt_never_goes_past_expiry() {
+        let policy = RetryPolicy {
+            max_queue_lifetime: Duration::from_secs(90),
+            jitter: 0.0,
+            ..policy()
+        };
+        let received = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let clock = ManualClock::new(received);
+        clock.advance(Duration::from_secs(60));
+        let mut rng = StdRng::seed_from_u64(1);
+        let next = policy.next_attempt(3, clock.now(), received, &mut rng);
+        assert_eq!(
+            next,
+            received + chrono::Duration::seconds(90) + chrono::Duration::milliseconds(1)
+        );
+        assert!(!policy.is_expired(received, clock.now()));
+        clock.advance(Duration::from_secs(31));
+        assert!(policy.is_expired(received, clock.now()));
+    }
+
+    #[test]
+    fn next_attempt_follows_backoff_on_a_manual_clock() {
+        let policy = RetryPolicy {
+            jitter: 0.0,
+            ..policy()
+        };
+        let start = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let clock = ManualClock::new(start);
+        let mut rng = StdRng::seed_from_u64(1);
+        let first = policy.next_attempt(1, clock.now(), start, &mut rng);
+        assert_eq!(first - start, chrono::Duration::seconds(60));
+        clock.advance(Duration::from_secs(60));
+        let second = policy.next_attempt(2, clock.now(), start, &mut rng);
+        assert_eq!(second - clock.now(), chrono::Duration::seconds(120));
+    }
+}

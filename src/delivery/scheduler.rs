@@ -1,0 +1,398 @@
+//! The scheduler: sleeps until the queue says something is due (or new mail
+//! arrives), claims due messages, delivers each message's due recipients in
+//! one transaction per domain under the concurrency limits, then records the
+//! outcomes, queues at most one DSN per message per round, and logs one line
+//! per recipient.
+//!
+//! Nothing here scans the queue: `next_due` and `claim_due` are O(due), so a
+//! queue of 100,000 deferred messages costs nothing while none is due.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sluice_queue::{Claim, Message, Outcome, RecipientStatus, RecipientUpdate};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Engine;
+use super::attempt::{Attempt, Failure, Verdict, deliver_domain, recipient_domain};
+use super::dsn::{self, Diagnostic, FailedRecipient};
+use super::protocol::EnhancedCode;
+use crate::context::Context;
+
+/// Messages claimed per `claim_due` call.
+const CLAIM_BATCH: usize = 64;
+/// Pause after a queue error before trying again.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The scheduler loop; returns at shutdown.
+pub async fn run(engine: Arc<Engine>) {
+    let ctx = engine.ctx.clone();
+    let reaper_engine = engine.clone();
+    let reaper_shutdown = ctx.shutdown.clone();
+    ctx.tasks.spawn(async move {
+        reaper_engine.pool.run_reaper(reaper_shutdown).await;
+    });
+
+    // Claimed messages in progress. Twice the transaction limit keeps the
+    // transaction slots busy while finished messages are being recorded.
+    let slots = Arc::new(Semaphore::new(
+        ctx.config.delivery.concurrency.saturating_mul(2).max(2),
+    ));
+    let changed = ctx.queue.changed();
+    let jumped = engine
+        .clock
+        .jumped()
+        .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
+    loop {
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < CLAIM_BATCH {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        // Registered before looking, so a wake-up between the look and the
+        // wait is not lost.
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let clock_jumped = jumped.notified();
+        tokio::pin!(clock_jumped);
+        clock_jumped.as_mut().enable();
+
+        let now = engine.clock.now();
+        let claims = match ctx.queue.claim_due(now, permits.len()) {
+            Ok(claims) => claims,
+            Err(error) => {
+                tracing::error!(%error, "cannot claim due messages");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                    _ = ctx.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        if claims.is_empty() {
+            drop(permits);
+            let wait = match ctx.queue.next_due() {
+                Ok(Some(due)) => Some(
+                    (due - now)
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        // Never spin if the queue's idea of "due" is a hair
+                        // behind ours.
+                        .max(Duration::from_millis(5)),
+                ),
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the next due time");
+                    Some(ERROR_PAUSE)
+                }
+            };
+            tracing::debug!(wait = ?wait, "nothing due; waiting");
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut clock_jumped => {}
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+                _ = ctx.shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let mut permits = permits.into_iter();
+        for claim in claims {
+            let Some(permit) = permits.next() else {
+                // claim_due returned more than asked: give the rest back.
+                ctx.queue.unclaim(&claim.message.id);
+                continue;
+            };
+            let engine = engine.clone();
+            ctx.tasks.spawn(deliver_message(engine, claim, permit));
+        }
+    }
+    tracing::debug!("scheduler stopped");
+}
+
+/// Delivers the due recipients of one claimed message and records the
+/// outcome. Holds `_slot` until done.
+async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphorePermit) {
+    let message = claim.message;
+    let ctx = &engine.ctx;
+    let now = engine.clock.now();
+    let expired = engine.policy.is_expired(message.received_at, now);
+
+    // Due recipients, grouped by domain; after expiry, every open one.
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    for (index, recipient) in message.recipients.iter().enumerate() {
+        let open = match recipient.status {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred => {
+                expired || recipient.next_attempt_at.is_none_or(|at| at <= now)
+            }
+            RecipientStatus::Delivered | RecipientStatus::Failed => false,
+        };
+        if !open {
+            continue;
+        }
+        if expired {
+            attempts.push(expired_attempt(&engine, &message, index));
+            continue;
+        }
+        match recipient_domain(&recipient.address) {
+            Some(domain) => groups.entry(domain).or_default().push(index),
+            None => attempts.push(Attempt::local(
+                index,
+                &Failure::local(
+                    true,
+                    EnhancedCode::new(5, 1, 3),
+                    format!("{:?} has no domain part", recipient.address),
+                ),
+            )),
+        }
+    }
+    if attempts.is_empty() && groups.is_empty() {
+        // Claimed, but nothing is due yet (another recipient made it due).
+        ctx.queue.unclaim(&message.id);
+        return;
+    }
+    if ctx.shutdown.is_cancelled() {
+        ctx.queue.unclaim(&message.id);
+        return;
+    }
+
+    let rounds = groups.iter().map(|(domain, indices)| {
+        let engine = engine.clone();
+        let message = &message;
+        async move {
+            let domain_limit = engine.domain_limit(domain);
+            let _domain_permit = domain_limit.acquire_owned().await;
+            let _permit = engine.transactions.clone().acquire_owned().await;
+            deliver_domain(&engine, message, domain, indices).await
+        }
+    });
+    for results in futures::future::join_all(rounds).await {
+        attempts.extend(results);
+    }
+    record(&engine, &message, attempts).await;
+}
+
+/// The 4.4.7 failure of an open recipient of an expired message.
+fn expired_attempt(engine: &Engine, message: &Message, index: usize) -> Attempt {
+    let recipient = &message.recipients[index];
+    let lifetime = humantime::format_duration(engine.policy.max_queue_lifetime);
+    let mut reason = format!("message expired after {lifetime} in the queue");
+    if let Some(last) = &recipient.last_reply {
+        reason.push_str("; last reply: ");
+        reason.push_str(last);
+    }
+    Attempt::local(
+        index,
+        &Failure::local(true, EnhancedCode::new(4, 4, 7), reason),
+    )
+}
+
+/// Turns attempts into queue updates, queues the DSN, completes the claim,
+/// logs and counts.
+async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attempt>) {
+    let ctx = &engine.ctx;
+    let now = engine.clock.now();
+    let expiry = engine.policy.expires_at(message.received_at);
+    let mut updates = Vec::with_capacity(attempts.len());
+    for attempt in &mut attempts {
+        let recipient = &message.recipients[attempt.index];
+        let outcome = match attempt.verdict {
+            Verdict::Sent => Outcome::Delivered {
+                reply: attempt.reply.clone(),
+            },
+            Verdict::Deferred if now >= expiry => {
+                // Deferred once more past the lifetime: give up now.
+                attempt.verdict = Verdict::Failed;
+                attempt.status = EnhancedCode::new(4, 4, 7);
+                let lifetime = humantime::format_duration(engine.policy.max_queue_lifetime);
+                attempt.diagnostic = match &attempt.diagnostic {
+                    Diagnostic::Smtp(reply) => Diagnostic::Smtp(reply.clone()),
+                    Diagnostic::Local(reason) => Diagnostic::Local(format!(
+                        "message expired after {lifetime} in the queue; last error: {reason}"
+                    )),
+                };
+                attempt.reply = format!(
+                    "4.4.7 message expired after {lifetime} in the queue; last reply: {}",
+                    attempt.reply
+                );
+                Outcome::Failed {
+                    reply: attempt.reply.clone(),
+                }
+            }
+            Verdict::Deferred => Outcome::Deferred {
+                reply: attempt.reply.clone(),
+                next_attempt_at: engine.policy.next_attempt(
+                    recipient.attempts.saturating_add(1),
+                    now,
+                    message.received_at,
+                    &mut rand::thread_rng(),
+                ),
+            },
+            Verdict::Failed => Outcome::Failed {
+                reply: attempt.reply.clone(),
+            },
+        };
+        updates.push(RecipientUpdate {
+            index: attempt.index,
+            outcome,
+        });
+    }
+
+    // The bounce is queued before the failure is recorded: after a crash in
+    // between, the sender may get two bounces, never none.
+    let failed: Vec<Attempt> = attempts
+        .iter()
+        .filter(|attempt| attempt.verdict == Verdict::Failed)
+        .cloned()
+        .collect();
+    if let Err(error) = queue_dsn(ctx, message, &failed, now).await {
+        tracing::error!(
+            queue_id = %message.id,
+            %error,
+            "cannot queue the bounce; the failure is not recorded and will be retried"
+        );
+        ctx.queue.unclaim(&message.id);
+        return;
+    }
+
+    let next_attempts: Vec<Option<DateTime<Utc>>> = updates
+        .iter()
+        .map(|update| match &update.outcome {
+            Outcome::Deferred {
+                next_attempt_at, ..
+            } => Some(*next_attempt_at),
+            _ => None,
+        })
+        .collect();
+    if let Err(error) = ctx.queue.complete(&message.id, updates).await {
+        tracing::error!(queue_id = %message.id, %error, "cannot record delivery outcomes");
+        ctx.queue.unclaim(&message.id);
+        return;
+    }
+    for (attempt, next_attempt) in attempts.iter().zip(next_attempts) {
+        let status = match attempt.verdict {
+            Verdict::Sent => {
+                ctx.metrics.recipients_delivered.inc();
+                "sent"
+            }
+            Verdict::Deferred => {
+                ctx.metrics.recipients_deferred.inc();
+                "deferred"
+            }
+            Verdict::Failed => {
+                ctx.metrics.recipients_bounced.inc();
+                "bounced"
+            }
+        };
+        if attempt.verdict != Verdict::Deferred {
+            let latency = (now - message.received_at).to_std().unwrap_or_default();
+            ctx.metrics
+                .delivery_latency_seconds
+                .observe(latency.as_secs_f64());
+        }
+        log_outcome(message, attempt, now, status, next_attempt);
+    }
+}
+
+/// Logs one outcome line (`status` is sent, deferred or bounced), with
+/// key=value fields so a grep on the queue ID tells the whole story.
+pub fn log_outcome(
+    message: &Message,
+    attempt: &Attempt,
+    now: DateTime<Utc>,
+    status: &str,
+    next_attempt: Option<DateTime<Utc>>,
+) {
+    let recipient = &message.recipients[attempt.index];
+    let delay = (now - message.received_at)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let attempts = recipient.attempts.saturating_add(1);
+    let next = next_attempt
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "-".into());
+    tracing::info!(
+        queue_id = %message.id,
+        recipient = %recipient.address,
+        relay = %attempt.relay,
+        delay = %format!("{delay:.2}"),
+        attempts,
+        status = %status,
+        dsn = %attempt.status,
+        tls = %attempt.tls,
+        next_attempt = %next,
+        reply = ?attempt.reply,
+        "delivery"
+    );
+}
+
+/// Queues one DSN for `failed` recipients to the message's sender. Returns
+/// only once it is durable; does nothing for a null sender (RFC 5321 §6.1:
+/// never bounce a bounce) or when nothing failed.
+pub async fn queue_dsn(
+    ctx: &Context,
+    message: &Message,
+    failed: &[Attempt],
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    if message.sender.is_empty() {
+        tracing::warn!(
+            queue_id = %message.id,
+            recipients = failed.len(),
+            "not bouncing a message with a null sender; the failure notice is dropped"
+        );
+        return Ok(());
+    }
+    let queue = ctx.queue.clone();
+    let id = message.id.clone();
+    let headers = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let reader = queue.open_body(&id)?;
+        Ok(dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?)
+    })
+    .await??;
+    let recipients: Vec<FailedRecipient> = failed
+        .iter()
+        .map(|attempt| FailedRecipient {
+            address: message.recipients[attempt.index].address.clone(),
+            status: attempt.status,
+            remote_mta: attempt.remote_mta.clone(),
+            diagnostic: attempt.diagnostic.clone(),
+        })
+        .collect();
+    let (envelope, bytes) = dsn::build(&dsn::Report {
+        reporting_mta: &ctx.config.hostname,
+        queue_id: message.id.as_str(),
+        sender: &message.sender,
+        arrival: message.received_at,
+        now,
+        recipients: &recipients,
+        original_headers: &headers,
+    })?;
+    let dsn_id = ctx.queue.enqueue(envelope, &bytes).await?;
+    tracing::info!(
+        queue_id = %message.id,
+        dsn_id = %dsn_id,
+        sender = %message.sender,
+        recipients = recipients.len(),
+        "bounce queued"
+    );
+    Ok(())
+}

@@ -1,0 +1,708 @@
+//! A real SMTP destination server for delivery tests: std sockets, one
+//! thread per connection, optional STARTTLS / implicit TLS (rustls) and
+//! AUTH PLAIN/LOGIN. Scriptable per recipient and per attempt, and it
+//! records every transaction: envelope, body bytes (un-stuffed), whether TLS
+//! was used, and the final reply it gave.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+
+/// A rule: given (address, how many times this address was seen at this
+/// stage, 1-based), `Some(reply line)` overrides the default reply.
+pub type Rule = Arc<dyn Fn(&str, u32) -> Option<String> + Send + Sync>;
+
+/// How the server behaves.
+#[derive(Clone)]
+pub struct Options {
+    pub greeting: String,
+    /// Answer EHLO (else 502, so the client must use HELO).
+    pub ehlo: bool,
+    pub pipelining: bool,
+    pub smtputf8: bool,
+    pub eight_bit_mime: bool,
+    /// Advertised SIZE limit.
+    pub size: Option<u64>,
+    /// Offer STARTTLS with this configuration.
+    pub starttls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte (port 465 style).
+    pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require AUTH (offered only under TLS) with this user and password.
+    pub auth: Option<(String, String)>,
+    /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
+    pub broken_starttls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            greeting: "220 dest.test ESMTP test destination".into(),
+            ehlo: true,
+            pipelining: true,
+            smtputf8: true,
+            eight_bit_mime: true,
+            size: None,
+            starttls: None,
+            implicit_tls: None,
+            auth: None,
+            broken_starttls: false,
+        }
+    }
+}
+
+/// One mail transaction as the destination saw it.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Which connection (0-based, in accept order) carried it.
+    pub connection: usize,
+    pub helo: String,
+    pub mail_from: String,
+    /// Parameters after the MAIL FROM address (SIZE=, BODY=, SMTPUTF8).
+    pub mail_params: Vec<String>,
+    /// Accepted recipients.
+    pub recipients: Vec<String>,
+    /// Refused recipients.
+    pub rejected: Vec<String>,
+    /// The body, dot-stuffing removed, terminator excluded.
+    pub body: Vec<u8>,
+    /// TLS protocol version when TLS was in use.
+    pub tls: Option<String>,
+    /// AUTH user, when authenticated.
+    pub auth: Option<String>,
+    /// The reply to the end of data.
+    pub final_reply: String,
+}
+
+impl Transaction {
+    /// True when the final reply was 2xx.
+    pub fn accepted(&self) -> bool {
+        self.final_reply.starts_with('2')
+    }
+}
+
+#[derive(Default)]
+struct State {
+    transactions: Vec<Transaction>,
+    rcpt_seen: HashMap<String, u32>,
+    rcpt_times: HashMap<String, Vec<std::time::Instant>>,
+    mail_seen: HashMap<String, u32>,
+    data_seen: u32,
+    connections: usize,
+    tls_failures: usize,
+    commands: Vec<String>,
+}
+
+#[derive(Default)]
+struct Rules {
+    mail: Option<Rule>,
+    rcpt: Option<Rule>,
+    /// Called with the first accepted recipient and the data attempt count.
+    data: Option<Rule>,
+}
+
+/// A running destination; stops accepting when dropped.
+pub struct Destination {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    rules: Arc<Mutex<Rules>>,
+    /// While set, the server holds the reply to the end of data.
+    pub stall_data: Arc<AtomicBool>,
+    /// Bodies received whose final reply is being held.
+    pub stalled: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Destination {
+    /// Listens on 127.0.0.1, a free port.
+    pub fn start(options: Options) -> Destination {
+        Destination::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+    }
+
+    /// Listens on `addr` (port 0 for a free one).
+    pub fn start_on(addr: SocketAddr, options: Options) -> Destination {
+        let listener = TcpListener::bind(addr).expect("bind destination");
+        Destination::with_listener(listener, options)
+    }
+
+    /// Listens on `ip` at the given port, when free; `None` if taken.
+    pub fn try_start_at(ip: IpAddr, port: u16, options: Options) -> Option<Destination> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, port)).ok()?;
+        Some(Destination::with_listener(listener, options))
+    }
+
+    fn with_listener(listener: TcpListener, options: Options) -> Destination {
+        let addr = listener.local_addr().expect("destination addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let stall_data = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
+            options: Arc::new(options),
+            state: state.clone(),
+            rules: rules.clone(),
+            stall_data: stall_data.clone(),
+            stalled: stalled.clone(),
+            stop: stop.clone(),
+        };
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let shared = shared.clone();
+                let number = {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.connections += 1;
+                    state.connections - 1
+                };
+                std::thread::spawn(move || {
+                    let _ = serve(stream, number, &shared);
+                });
+            }
+        });
+        Destination {
+            addr,
+            state,
+            rules,
+            stall_data,
+            stalled,
+            stop,
+        }
+    }
+
+    /// Overrides the RCPT reply: `rule(recipient, attempt)`.
+    pub fn on_rcpt(&self, rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static) {
+        self.rules.lock().expect("rules lock").rcpt = Some(Arc::new(rule));
+    }
+
+    /// Overrides the MAIL reply: `rule(sender, attempt)`.
+    pub fn on_mail(&self, rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static) {
+        self.rules.lock().expect("rules lock").mail = Some(Arc::new(rule));
+    }
+
+    /// Overrides the reply to the end of data: `rule(first recipient, attempt)`.
+    pub fn on_data(&self, rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static) {
+        self.rules.lock().expect("rules lock").data = Some(Arc::new(rule));
+    }
+
+    /// Every transaction that reached the end of data, in order.
+    pub fn transactions(&self) -> Vec<Transaction> {
+        self.state.lock().expect("state lock").transactions.clone()
+    }
+
+    /// Transactions the server accepted (2xx after the data).
+    pub fn delivered(&self) -> Vec<Transaction> {
+        self.transactions()
+            .into_iter()
+            .filter(Transaction::accepted)
+            .collect()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().expect("state lock").connections
+    }
+
+    /// TLS handshakes that failed.
+    pub fn tls_failures(&self) -> usize {
+        self.state.lock().expect("state lock").tls_failures
+    }
+
+    /// Every command line received (AUTH payloads included), in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.state.lock().expect("state lock").commands.clone()
+    }
+
+    /// When each RCPT naming `recipient` arrived.
+    pub fn rcpt_times(&self, recipient: &str) -> Vec<std::time::Instant> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .rcpt_times
+            .get(&recipient.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many RCPT commands named `recipient`.
+    pub fn rcpt_attempts(&self, recipient: &str) -> u32 {
+        self.state
+            .lock()
+            .expect("state lock")
+            .rcpt_seen
+            .get(&recipient.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.stall_data.store(false, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    options: Arc<Options>,
+    state: Arc<Mutex<State>>,
+    rules: Arc<Mutex<Rules>>,
+    stall_data: Arc<AtomicBool>,
+    stalled: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+struct Conn {
+    stream: Box<dyn ReadWrite>,
+    buffer: Vec<u8>,
+    tls: Option<String>,
+}
+
+impl Conn {
+    fn read_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(Some(line));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = self.stream.read(&mut chunk)?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn send(&mut self, line: &str) -> std::io::Result<()> {
+        self.stream.write_all(line.as_bytes())?;
+        self.stream.write_all(b"\r\n")?;
+        self.stream.flush()
+    }
+}
+
+fn tls_accept(
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    shared: &Shared,
+) -> Option<(Box<dyn ReadWrite>, String)> {
+    let mut connection = rustls::ServerConnection::new(config.clone()).ok()?;
+    let mut tcp = tcp;
+    while connection.is_handshaking() {
+        if connection.complete_io(&mut tcp).is_err() {
+            shared.state.lock().expect("state lock").tls_failures += 1;
+            return None;
+        }
+    }
+    let version = match connection.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    Some((Box::new(rustls::StreamOwned::new(connection, tcp)), version))
+}
+
+fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let _ = tcp.set_nodelay(true);
+    let options = shared.options.clone();
+    let plain = tcp.try_clone()?;
+    let mut conn = match &options.implicit_tls {
+        Some(config) => {
+            let Some((stream, version)) = tls_accept(tcp, config, shared) else {
+                return Ok(());
+            };
+            Conn {
+                stream,
+                buffer: Vec::new(),
+                tls: Some(version),
+            }
+        }
+        None => Conn {
+            stream: Box::new(tcp),
+            buffer: Vec::new(),
+            tls: None,
+        },
+    };
+    conn.send(&options.greeting)?;
+    if !options.greeting.starts_with("220") {
+        return Ok(());
+    }
+    let mut helo = String::new();
+    let mut authenticated: Option<String> = None;
+    let mut mail: Option<(String, Vec<String>)> = None;
+    let mut accepted: Vec<String> = Vec::new();
+    let mut rejected: Vec<String> = Vec::new();
+    while let Some(line) = conn.read_line()? {
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        shared
+            .state
+            .lock()
+            .expect("state lock")
+            .commands
+            .push(text.clone());
+        let upper = text.to_ascii_uppercase();
+        let verb = upper.split(' ').next().unwrap_or("").to_string();
+        match verb.as_str() {
+            "EHLO" if options.ehlo => {
+                helo = text[4..].trim().to_string();
+                let mut lines = vec!["dest.test hello".to_string()];
+                if options.pipelining {
+                    lines.push("PIPELINING".into());
+                }
+                if let Some(size) = options.size {
+                    lines.push(format!("SIZE {size}"));
+                }
+                if options.eight_bit_mime {
+                    lines.push("8BITMIME".into());
+                }
+                if options.smtputf8 {
+                    lines.push("SMTPUTF8".into());
+                }
+                if (options.starttls.is_some() || options.broken_starttls) && conn.tls.is_none() {
+                    lines.push("STARTTLS".into());
+                }
+                if options.auth.is_some() && conn.tls.is_some() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
+                lines.push("ENHANCEDSTATUSCODES".into());
+                let last = lines.len() - 1;
+                let mut reply = String::new();
+                for (index, line) in lines.iter().enumerate() {
+                    let separator = if index == last { ' ' } else { '-' };
+                    reply.push_str(&format!("250{separator}{line}\r\n"));
+                }
+                conn.stream.write_all(reply.as_bytes())?;
+                conn.stream.flush()?;
+            }
+            "EHLO" => conn.send("502 5.5.2 EHLO not implemented")?,
+            "HELO" => {
+                helo = text[4..].trim().to_string();
+                conn.send("250 dest.test")?;
+            }
+            "STARTTLS" if options.broken_starttls && conn.tls.is_none() => {
+                conn.send("220 2.0.0 go ahead")?;
+                conn.stream.write_all(b"this is not TLS\r\n")?;
+                shared.state.lock().expect("state lock").tls_failures += 1;
+                return Ok(());
+            }
+            "STARTTLS" => {
+                let Some(config) = options.starttls.clone().filter(|_| conn.tls.is_none()) else {
+                    conn.send("502 5.5.1 no STARTTLS here")?;
+                    continue;
+                };
+                conn.send("220 2.0.0 go ahead")?;
+                // RFC 3207 §4.2: discard anything pipelined before TLS.
+                conn.buffer.clear();
+                let Some((stream, version)) = tls_accept(plain.try_clone()?, &config, shared)
+                else {
+                    return Ok(());
+                };
+                conn.stream = stream;
+                conn.tls = Some(version);
+                helo.clear();
+                mail = None;
+                accepted.clear();
+                rejected.clear();
+            }
+            "AUTH" => {
+                let Some((user, password)) = options.auth.clone() else {
+                    conn.send("502 5.5.1 no AUTH")?;
+                    continue;
+                };
+                let words: Vec<&str> = text.split_whitespace().collect();
+                let mechanism = words.get(1).map(|m| m.to_ascii_uppercase());
+                let ok = match mechanism.as_deref() {
+                    Some("PLAIN") => {
+                        let token = match words.get(2) {
+                            Some(token) => token.to_string(),
+                            None => {
+                                conn.send("334 ")?;
+                                read_text(&mut conn)?
+                            }
+                        };
+                        let decoded = base64::engine::general_purpose::STANDARD
+                            .decode(token.trim())
+                            .unwrap_or_default();
+                        let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+                        parts.len() == 3
+                            && parts[1] == user.as_bytes()
+                            && parts[2] == password.as_bytes()
+                    }
+                    Some("LOGIN") => {
+                        conn.send("334 VXNlcm5hbWU6")?;
+                        let name = decode(&read_text(&mut conn)?);
+                        conn.send("334 UGFzc3dvcmQ6")?;
+                        let secret = decode(&read_text(&mut conn)?);
+                        name == user && secret == password
+                    }
+                    _ => {
+                        conn.send("504 5.5.4 unknown mechanism")?;
+                        continue;
+                    }
+                };
+                if ok && conn.tls.is_some() {
+                    authenticated = Some(user.clone());
+                    conn.send("235 2.7.0 Authentication successful")?;
+                } else {
+                    conn.send("535 5.7.8 Authentication credentials invalid")?;
+                }
+            }
+            "MAIL" => {
+                if options.auth.is_some() && authenticated.is_none() {
+                    conn.send("530 5.7.0 Authentication required")?;
+                    continue;
+                }
+                let (address, params) = parse_path(&text, "MAIL FROM:");
+                let attempt = bump(&shared.state, |s| &mut s.mail_seen, &address);
+                let rule = shared.rules.lock().expect("rules lock").mail.clone();
+                match rule.and_then(|rule| rule(&address, attempt)) {
+                    Some(reply) => conn.send(&reply)?,
+                    None => {
+                        mail = Some((address, params));
+                        accepted.clear();
+                        rejected.clear();
+                        conn.send("250 2.1.0 Ok")?;
+                    }
+                }
+            }
+            "RCPT" => {
+                if mail.is_none() {
+                    conn.send("503 5.5.1 need MAIL")?;
+                    continue;
+                }
+                let (address, _) = parse_path(&text, "RCPT TO:");
+                let attempt = bump(&shared.state, |s| &mut s.rcpt_seen, &address);
+                shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .rcpt_times
+                    .entry(address.to_ascii_lowercase())
+                    .or_default()
+                    .push(std::time::Instant::now());
+                let rule = shared.rules.lock().expect("rules lock").rcpt.clone();
+                match rule.and_then(|rule| rule(&address, attempt)) {
+                    Some(reply) => {
+                        if !reply.starts_with('2') {
+                            rejected.push(address);
+                        } else {
+                            accepted.push(address);
+                        }
+                        conn.send(&reply)?
+                    }
+                    None => {
+                        accepted.push(address);
+                        conn.send("250 2.1.5 Ok")?;
+                    }
+                }
+            }
+            "DATA" => {
+                let Some((mail_from, mail_params)) = mail.clone() else {
+                    conn.send("503 5.5.1 need MAIL")?;
+                    continue;
+                };
+                if accepted.is_empty() {
+                    conn.send("554 5.5.1 no valid recipients")?;
+                    continue;
+                }
+                conn.send("354 End data with <CR><LF>.<CR><LF>")?;
+                let mut body = Vec::new();
+                loop {
+                    let Some(line) = conn.read_line()? else {
+                        return Ok(());
+                    };
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    // RFC 5321 §4.5.2: remove one leading dot.
+                    body.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+                }
+                if shared.stall_data.load(Ordering::SeqCst) {
+                    shared.stalled.fetch_add(1, Ordering::SeqCst);
+                    while shared.stall_data.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    // The client is gone (killed); nothing was accepted.
+                    return Ok(());
+                }
+                let attempt = {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.data_seen += 1;
+                    state.data_seen
+                };
+                let rule = shared.rules.lock().expect("rules lock").data.clone();
+                let reply = rule
+                    .and_then(|rule| rule(&accepted[0], attempt))
+                    .unwrap_or_else(|| "250 2.0.0 Ok: queued".to_string());
+                shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .transactions
+                    .push(Transaction {
+                        connection: number,
+                        helo: helo.clone(),
+                        mail_from,
+                        mail_params,
+                        recipients: std::mem::take(&mut accepted),
+                        rejected: std::mem::take(&mut rejected),
+                        body,
+                        tls: conn.tls.clone(),
+                        auth: authenticated.clone(),
+                        final_reply: reply.clone(),
+                    });
+                mail = None;
+                conn.send(&reply)?;
+            }
+            "RSET" => {
+                mail = None;
+                accepted.clear();
+                rejected.clear();
+                conn.send("250 2.0.0 Ok")?;
+            }
+            "NOOP" => conn.send("250 2.0.0 Ok")?,
+            "QUIT" => {
+                conn.send("221 2.0.0 Bye")?;
+                return Ok(());
+            }
+            _ => conn.send("500 5.5.2 unknown command")?,
+        }
+    }
+    Ok(())
+}
+
+fn read_text(conn: &mut Conn) -> std::io::Result<String> {
+    Ok(conn
+        .read_line()?
+        .map(|line| String::from_utf8_lossy(&line).trim().to_string())
+        .unwrap_or_default())
+}
+
+fn decode(text: &str) -> String {
+    String::from_utf8_lossy(
+        &base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap_or_default(),
+    )
+    .into_owned()
+}
+
+fn bump(
+    state: &Arc<Mutex<State>>,
+    map: impl Fn(&mut State) -> &mut HashMap<String, u32>,
+    key: &str,
+) -> u32 {
+    let mut state = state.lock().expect("state lock");
+    let counter = map(&mut state).entry(key.to_ascii_lowercase()).or_insert(0);
+    *counter += 1;
+    *counter
+}
+
+/// "MAIL FROM:<a@b> SIZE=1" → ("a@b", ["SIZE=1"]).
+fn parse_path(text: &str, prefix: &str) -> (String, Vec<String>) {
+    let rest = text.get(prefix.len()..).unwrap_or("").trim_start();
+    let (path, params) = match rest.find('>') {
+        Some(end) => (&rest[..=end], &rest[end + 1..]),
+        None => (rest, ""),
+    };
+    let address = path
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string();
+    (
+        address,
+        params.split_whitespace().map(str::to_string).collect(),
+    )
+}
+
+/// A test CA and a server certificate it signed for `names` (DNS names or
+/// IP addresses). `ca_pem` goes in `delivery.tls_ca`.
+pub struct TestCerts {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCerts {
+    /// Generates the CA and a certificate for `names`.
+    pub fn new(names: &[&str]) -> TestCerts {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sluice test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("server params");
+        let certificate = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certificate.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server TLS config");
+        TestCerts {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+
+    /// Writes the CA to `dir/ca.pem` and returns the path.
+    pub fn write_ca(&self, dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).expect("write CA file");
+        path
+    }
+}
+
+/// Puts a message into the spool at `spool` while no server runs (the queue
+/// is locked while one does), as the SMTP server would have; returns its ID.
+pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[u8]) -> String {
+    with_queue(spool, |queue, runtime| {
+        let envelope = sluice_queue::Envelope {
+            sender: sender.to_string(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+            body_8bit: !body.is_ascii(),
+        };
+        runtime
+            .block_on(queue.enqueue(envelope, body))
+            .expect("enqueue")
+            .to_string()
+    })
+}
+
+/// Opens the spool (no server may be running), runs `f`, closes it.
+pub fn with_queue<T>(
+    spool: &Path,
+    f: impl FnOnce(&sluice_queue::Queue, &tokio::runtime::Runtime) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let queue = sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default())
+        .expect("open the spool");
+    let result = f(&queue, &runtime);
+    runtime.block_on(queue.close()).expect("close the spool");
+    result
+}

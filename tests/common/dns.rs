@@ -1,0 +1,253 @@
+//! A real DNS server for tests: hickory-server in-process on 127.0.0.1, UDP
+//! and TCP on the same free port, answering from a table each test fills
+//! (MX, A, AAAA, null MX, NXDOMAIN, SERVFAIL). Unknown names are NXDOMAIN;
+//! a known name without records of the asked type is an empty NOERROR.
+//!
+//! Point sluice at it with `[dns] nameservers = ["<addr>"]`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::ServerFuture;
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+
+/// How a name answers.
+#[derive(Debug, Clone)]
+enum Entry {
+    Records(HashMap<RecordType, Vec<RData>>),
+    NxDomain,
+    ServFail,
+}
+
+#[derive(Default)]
+struct Zone {
+    names: HashMap<String, Entry>,
+    queries: Vec<(String, RecordType)>,
+}
+
+/// A running test DNS server; stops when dropped.
+pub struct DnsServer {
+    /// UDP and TCP, same port.
+    pub addr: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+fn key(name: &str) -> String {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    format!("{name}.")
+}
+
+impl DnsServer {
+    /// Starts a server with an empty zone.
+    pub fn start() -> DnsServer {
+        let (udp, tcp) = bind_pair();
+        let addr = udp.local_addr().expect("udp local addr");
+        let zone = Arc::new(Mutex::new(Zone::default()));
+        let handler = Handler { zone: zone.clone() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("dns runtime");
+            runtime.block_on(async move {
+                udp.set_nonblocking(true).expect("nonblocking udp");
+                tcp.set_nonblocking(true).expect("nonblocking tcp");
+                let mut server = ServerFuture::new(handler);
+                server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp"));
+                server.register_listener(
+                    tokio::net::TcpListener::from_std(tcp).expect("tcp"),
+                    Duration::from_secs(5),
+                );
+                let _ = ready_tx.send(());
+                let _ = stopped.await;
+                let _ = server.shutdown_gracefully().await;
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("dns server started");
+        DnsServer {
+            addr,
+            zone,
+            stop: Some(stop),
+        }
+    }
+
+    fn add(&self, name: &str, rdata: RData) {
+        let mut zone = self.zone.lock().expect("zone lock");
+        let entry = zone
+            .names
+            .entry(key(name))
+            .or_insert_with(|| Entry::Records(HashMap::new()));
+        if !matches!(entry, Entry::Records(_)) {
+            *entry = Entry::Records(HashMap::new());
+        }
+        if let Entry::Records(records) = entry {
+            records.entry(rdata.record_type()).or_default().push(rdata);
+        }
+    }
+
+    /// Adds MX records `(preference, exchange)` for `domain`.
+    pub fn mx(&self, domain: &str, records: &[(u16, &str)]) {
+        for (preference, exchange) in records {
+            let exchange = Name::from_str(&key(exchange)).expect("valid MX host name");
+            self.add(domain, RData::MX(MX::new(*preference, exchange)));
+        }
+    }
+
+    /// Adds a null MX (RFC 7505: preference 0, exchange ".").
+    pub fn null_mx(&self, domain: &str) {
+        self.add(domain, RData::MX(MX::new(0, Name::root())));
+    }
+
+    /// Adds A records.
+    pub fn a(&self, name: &str, addresses: &[Ipv4Addr]) {
+        for address in addresses {
+            self.add(name, RData::A(A::from(*address)));
+        }
+    }
+
+    /// Adds AAAA records.
+    pub fn aaaa(&self, name: &str, addresses: &[Ipv6Addr]) {
+        for address in addresses {
+            self.add(name, RData::AAAA(AAAA::from(*address)));
+        }
+    }
+
+    /// Makes `name` exist with no records at all (NOERROR, empty answer).
+    pub fn empty(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .names
+            .insert(key(name), Entry::Records(HashMap::new()));
+    }
+
+    /// Answers NXDOMAIN for `name` (also the default for unknown names).
+    pub fn nxdomain(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .names
+            .insert(key(name), Entry::NxDomain);
+    }
+
+    /// Answers SERVFAIL for every query about `name`.
+    pub fn servfail(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .names
+            .insert(key(name), Entry::ServFail);
+    }
+
+    /// Forgets everything about `name` (it becomes NXDOMAIN).
+    pub fn remove(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .names
+            .remove(&key(name));
+    }
+
+    /// Every query received so far: (name with trailing dot, type).
+    pub fn queries(&self) -> Vec<(String, RecordType)> {
+        self.zone.lock().expect("zone lock").queries.clone()
+    }
+
+    /// The `[dns]` table pointing sluice here.
+    pub fn config(&self) -> String {
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// UDP and TCP sockets on the same free loopback port.
+fn bind_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("udp addr").port();
+        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
+            return (udp, tcp);
+        }
+    }
+    panic!("no free port for both UDP and TCP");
+}
+
+struct Handler {
+    zone: Arc<Mutex<Zone>>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let query = request.query();
+        let name = key(&query.name().to_string());
+        let record_type = query.query_type();
+        let entry = {
+            let mut zone = self.zone.lock().expect("zone lock");
+            zone.queries.push((name.clone(), record_type));
+            zone.names.get(&name).cloned()
+        };
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut header = Header::response_from_request(request.header());
+        header.set_message_type(MessageType::Response);
+        header.set_op_code(OpCode::Query);
+        header.set_authoritative(true);
+        header.set_recursion_available(true);
+        let owner = Name::from_str(&name).unwrap_or_else(|_| Name::root());
+        let result = match entry {
+            Some(Entry::ServFail) => {
+                let response = builder.error_msg(request.header(), ResponseCode::ServFail);
+                response_handle.send_response(response).await
+            }
+            None | Some(Entry::NxDomain) => {
+                header.set_response_code(ResponseCode::NXDomain);
+                let response = builder.build_no_records(header);
+                response_handle.send_response(response).await
+            }
+            Some(Entry::Records(records)) => {
+                let answers: Vec<Record> = records
+                    .get(&record_type)
+                    .map(|list| {
+                        list.iter()
+                            .map(|rdata| Record::from_rdata(owner.clone(), 60, rdata.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                header.set_response_code(ResponseCode::NoError);
+                let response = builder.build(header, answers.iter(), &[], &[], &[]);
+                response_handle.send_response(response).await
+            }
+        };
+        result.unwrap_or_else(|_| {
+            let mut header = Header::new();
+            header.set_response_code(ResponseCode::ServFail);
+            header.into()
+        })
+    }
+}

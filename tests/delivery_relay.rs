@@ -1,0 +1,592 @@
+//! Delivery end to end: the real binary delivers queued mail to a real SMTP
+//! destination found through a real DNS server (or a route / smarthost),
+//! retries, and bounces.
+//!
+//! Mail is put into the spool before the server starts (the queue is locked
+//! while it runs), exactly as the SMTP server would have queued it.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::destination::{Destination, Options, Transaction, enqueue_offline, with_queue};
+use common::dns::DnsServer;
+use common::{DEADLINE, Sluice, config_text, field, wait_for};
+use mail_parser::{MessageParser, MimeHeaders};
+use sluice_queue::{QueueId, RecipientStatus};
+
+const BODY: &[u8] = b"From: alice@origin.test\r\nTo: bob@dest.test\r\nSubject: test\r\nMessage-ID: <t1@origin.test>\r\n\r\nHello.\r\n";
+
+/// A temp dir with `messages` queued, and the config text to start on it.
+struct Setup {
+    dir: tempfile::TempDir,
+    extra: String,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("temp dir"),
+            extra: extra.to_string(),
+        }
+    }
+
+    fn enqueue(&self, sender: &str, recipients: &[&str], body: &[u8]) -> String {
+        enqueue_offline(&self.dir.path().join("spool"), sender, recipients, body)
+    }
+
+    fn start(self) -> Sluice {
+        let text = config_text(self.dir.path(), "", &self.extra);
+        Sluice::start_with(self.dir, &text)
+    }
+}
+
+fn route_to(destination: &Destination, domain: &str) -> String {
+    format!("\"{domain}\" = \"{}\"\n", destination.addr)
+}
+
+fn wait_delivered(destination: &Destination, count: usize) -> Vec<Transaction> {
+    wait_for(
+        &format!("{count} accepted transaction(s) at the destination"),
+        DEADLINE,
+        || {
+            let delivered = destination.delivered();
+            (delivered.len() >= count).then_some(delivered)
+        },
+    )
+}
+
+/// Log lines of delivery outcomes for `id`.
+fn outcome_lines(sluice: &Sluice, id: &str) -> Vec<String> {
+    sluice
+        .log_text()
+        .lines()
+        .filter(|line| line.contains(&format!("queue_id={id}")) && line.contains(" status="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The DSN the destination received for `sender`, parsed: (transaction, text).
+fn wait_dsn(destination: &Destination, sender: &str) -> (Transaction, String) {
+    wait_for(&format!("a DSN to {sender}"), DEADLINE, || {
+        destination
+            .delivered()
+            .into_iter()
+            .find(|t| t.mail_from.is_empty() && t.recipients == [sender.to_string()])
+            .map(|t| {
+                let text = String::from_utf8_lossy(&t.body).into_owned();
+                (t, text)
+            })
+    })
+}
+
+#[test]
+fn delivered_with_body_bytes_intact_including_8bit() {
+    let destination = Destination::start(Options::default());
+    let setup = Setup::new(&format!(
+        "[routes]\n{}",
+        route_to(&destination, "dest.test")
+    ));
+    let mut body = BODY.to_vec();
+    body.extend_from_slice(b".starts with a dot\r\n\xe2\x82\xac 8-bit \xff\r\n.\r\n..\r\nlast\r\n");
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], &body);
+    let sluice = setup.start();
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].body, body, "the body must arrive byte for byte");
+    assert_eq!(seen[0].mail_from, "alice@origin.test");
+    assert_eq!(seen[0].recipients, ["bob@dest.test"]);
+    assert!(seen[0].mail_params.iter().any(|p| p == "BODY=8BITMIME"));
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    assert_eq!(field(&line, "recipient"), "bob@dest.test");
+    assert_eq!(
+        field(&line, "relay"),
+        format!(
+            "{}[{}]:{}",
+            destination.addr.ip(),
+            destination.addr.ip(),
+            destination.addr.port()
+        )
+    );
+    assert_eq!(field(&line, "attempts"), "1");
+    assert_eq!(field(&line, "tls"), "plaintext");
+    assert!(field(&line, "reply").starts_with("250"), "{line}");
+    assert!(field(&line, "delay").parse::<f64>().is_ok(), "{line}");
+}
+
+/// A destination on another loopback address, and its port (DNS gives the
+/// address, `delivery.port` the port for every MX host).
+fn destination_pair(ip: [u8; 4]) -> (Destination, u16) {
+    let destination = Destination::start_on(SocketAddr::from((ip, 0)), Options::default());
+    let port = destination.addr.port();
+    (destination, port)
+}
+
+#[test]
+fn mx_preference_is_followed_and_a_down_host_skipped() {
+    let (destination, port) = destination_pair([127, 0, 0, 3]);
+    let dns = DnsServer::start();
+    // The preferred host has nothing listening on the port.
+    dns.mx("dest.test", &[(20, "mx2.dest.test"), (10, "mx1.dest.test")]);
+    dns.a("mx1.dest.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    dns.a("mx2.dest.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let setup = Setup::new(&format!("{}[delivery]\nport = {port}\n", dns.config()));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let sluice = setup.start();
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].recipients, ["bob@dest.test"]);
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    assert_eq!(
+        field(&line, "relay"),
+        format!("mx2.dest.test[127.0.0.3]:{port}")
+    );
+    let queries = dns.queries();
+    let mx1 = queries
+        .iter()
+        .position(|(name, _)| name == "mx1.dest.test.");
+    let mx2 = queries
+        .iter()
+        .position(|(name, _)| name == "mx2.dest.test.");
+    assert!(
+        mx1 < mx2 && mx1.is_some(),
+        "mx1 must be tried first: {queries:?}"
+    );
+}
+
+#[test]
+fn implicit_mx_delivers_to_the_domains_address() {
+    let (destination, port) = destination_pair([127, 0, 0, 4]);
+    let dns = DnsServer::start();
+    dns.a("plain.test", &[Ipv4Addr::new(127, 0, 0, 4)]);
+    let setup = Setup::new(&format!("{}[delivery]\nport = {port}\n", dns.config()));
+    let id = setup.enqueue("alice@origin.test", &["carol@plain.test"], BODY);
+    let sluice = setup.start();
+    wait_delivered(&destination, 1);
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    assert_eq!(
+        field(&line, "relay"),
+        format!("plain.test[127.0.0.4]:{port}")
+    );
+}
+
+#[test]
+fn tempfail_is_retried_with_backoff_and_succeeds_on_the_third_attempt() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, attempt| (attempt < 3).then(|| "451 4.3.0 try again later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1s\"\nretry_factor = 2.0\nretry_max = \"1h\"\n[routes]\n{}",
+        route_to(&destination, "dest.test")
+    ));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let spool = setup.dir.path().join("spool");
+    let mut sluice = setup.start();
+    wait_delivered(&destination, 1);
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    let lines = outcome_lines(&sluice, &id);
+    let statuses: Vec<(String, String)> = lines
+        .iter()
+        .map(|line| (field(line, "status"), field(line, "attempts")))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("deferred".to_string(), "1".to_string()),
+            ("deferred".to_string(), "2".to_string()),
+            ("sent".to_string(), "3".to_string())
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        field(&lines[0], "reply").starts_with("451 4.3.0"),
+        "{}",
+        lines[0]
+    );
+    // Backoff: 1s then 2s (up to +10% jitter), measured at the destination.
+    let times = destination.rcpt_times("bob@dest.test");
+    assert_eq!(times.len(), 3);
+    let first_gap = times[1] - times[0];
+    let second_gap = times[2] - times[1];
+    assert!(
+        first_gap >= Duration::from_millis(950) && first_gap < Duration::from_millis(1900),
+        "first retry after {first_gap:?}, expected about 1s"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(1950) && second_gap < Duration::from_millis(3500),
+        "second retry after {second_gap:?}, expected about 2s"
+    );
+    // The queue recorded the deferrals' schedule; the delivered message left.
+    sluice.terminate();
+    let remaining = with_queue(&spool, |queue, _| {
+        queue
+            .get(&QueueId::parse(&id).expect("valid id"))
+            .expect("read")
+    });
+    assert!(remaining.is_none(), "a delivered message leaves the queue");
+}
+
+#[test]
+fn deferred_state_shows_attempts_and_next_attempt_time() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, _| Some("421 4.7.0 try later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"2h\"\n[routes]\n{}",
+        route_to(&destination, "dest.test")
+    ));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let spool = setup.dir.path().join("spool");
+    let mut sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    let next: chrono::DateTime<chrono::Utc> = field(&line, "next_attempt")
+        .parse()
+        .expect("next_attempt is RFC 3339");
+    let wait = next - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::minutes(59) && wait < chrono::Duration::minutes(67),
+        "next attempt in {wait}, expected 1h (+10%)"
+    );
+    sluice.terminate();
+    let message = with_queue(&spool, |queue, _| {
+        queue
+            .get(&QueueId::parse(&id).expect("valid id"))
+            .expect("read")
+            .expect("deferred mail stays queued")
+    });
+    let recipient = &message.recipients[0];
+    assert_eq!(recipient.status, RecipientStatus::Deferred);
+    assert_eq!(recipient.attempts, 1);
+    assert_eq!(recipient.last_reply.as_deref(), Some("421 4.7.0 try later"));
+    let scheduled = recipient.next_attempt_at.expect("next attempt time");
+    assert!((scheduled - next).num_seconds().abs() <= 1);
+}
+
+#[test]
+fn permanent_failure_sends_a_dsn_to_the_sender() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| {
+        (rcpt == "nobody@dest.test").then(|| "550 5.1.1 <nobody@dest.test>: no such user".into())
+    });
+    let setup = Setup::new(&format!(
+        "[routes]\n{}{}",
+        route_to(&destination, "dest.test"),
+        route_to(&destination, "origin.test")
+    ));
+    let id = setup.enqueue("alice@origin.test", &["nobody@dest.test"], BODY);
+    let sluice = setup.start();
+    let (_, text) = wait_dsn(&destination, "alice@origin.test");
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=bounced"]);
+    assert_eq!(field(&line, "dsn"), "5.1.1");
+    let message = MessageParser::default()
+        .parse(text.as_bytes())
+        .expect("the DSN parses");
+    let content_type = message.content_type().expect("content type");
+    assert_eq!(
+        (content_type.ctype(), content_type.subtype()),
+        ("multipart", Some("report"))
+    );
+    assert_eq!(
+        content_type.attribute("report-type"),
+        Some("delivery-status")
+    );
+    assert_eq!(
+        message
+            .from()
+            .and_then(|from| from.first())
+            .and_then(|address| address.address()),
+        Some("MAILER-DAEMON@sluice.test")
+    );
+    for expected in [
+        "Reporting-MTA: dns; sluice.test",
+        "Arrival-Date:",
+        "Final-Recipient: rfc822; nobody@dest.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        &format!("Remote-MTA: dns; {}", destination.addr.ip()),
+        "Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: no such user",
+        "Content-Type: text/rfc822-headers",
+        "Message-ID: <t1@origin.test>",
+    ] {
+        assert!(text.contains(expected), "DSN lacks {expected:?}:\n{text}");
+    }
+    // The failed message left the queue and the DSN was delivered.
+    sluice.wait_log(&["status=sent", "recipient=alice@origin.test"]);
+}
+
+#[test]
+fn null_sender_is_never_bounced() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, _| Some("550 5.1.1 no such user".into()));
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let id = setup.enqueue("", &["nobody@dest.test"], BODY);
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=bounced"]);
+    sluice.wait_log(&[&format!("queue_id={id}"), "null sender"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        destination.transactions().is_empty(),
+        "nothing may be sent for a bounced null-sender message"
+    );
+    assert!(!sluice.log_text().contains("bounce queued"));
+}
+
+#[test]
+fn one_transaction_carries_all_recipients_of_a_domain() {
+    let destination = Destination::start(Options::default());
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    setup.enqueue(
+        "alice@origin.test",
+        &["a@dest.test", "b@dest.test", "c@dest.test", "d@other.test"],
+        BODY,
+    );
+    let _sluice = setup.start();
+    let seen = wait_delivered(&destination, 2);
+    let mut groups: Vec<Vec<String>> = seen.iter().map(|t| t.recipients.clone()).collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            vec![
+                "a@dest.test".to_string(),
+                "b@dest.test".into(),
+                "c@dest.test".into()
+            ],
+            vec!["d@other.test".to_string()],
+        ]
+    );
+}
+
+#[test]
+fn mixed_outcomes_in_one_message() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| match rcpt {
+        "temp@dest.test" => Some("452 4.2.2 mailbox full".into()),
+        "gone@dest.test" => Some("550 5.1.1 gone".into()),
+        _ => None,
+    });
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue(
+        "alice@origin.test",
+        &["ok@dest.test", "temp@dest.test", "gone@dest.test"],
+        BODY,
+    );
+    let spool = setup.dir.path().join("spool");
+    let mut sluice = setup.start();
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; gone@dest.test"),
+        "{dsn}"
+    );
+    assert!(
+        !dsn.contains("temp@dest.test"),
+        "only failed recipients are reported"
+    );
+    assert!(!dsn.contains("Final-Recipient: rfc822; ok@dest.test"));
+    let original = destination
+        .delivered()
+        .into_iter()
+        .find(|t| t.mail_from == "alice@origin.test")
+        .expect("the original was delivered to ok@");
+    assert_eq!(original.recipients, ["ok@dest.test"]);
+    assert_eq!(original.rejected.len(), 2);
+    sluice.terminate();
+    let message = with_queue(&spool, |queue, _| {
+        queue
+            .get(&QueueId::parse(&id).expect("id"))
+            .expect("read")
+            .expect("still queued for the deferred recipient")
+    });
+    let statuses: Vec<RecipientStatus> = message.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            RecipientStatus::Delivered,
+            RecipientStatus::Deferred,
+            RecipientStatus::Failed
+        ]
+    );
+}
+
+#[test]
+fn routes_beat_mx() {
+    let destination = Destination::start(Options::default());
+    let dns = DnsServer::start();
+    dns.mx("dest.test", &[(10, "mx.elsewhere.test")]);
+    dns.a("mx.elsewhere.test", &[Ipv4Addr::new(127, 0, 0, 9)]);
+    let setup = Setup::new(&format!(
+        "{}[routes]\n{}",
+        dns.config(),
+        route_to(&destination, "dest.test")
+    ));
+    setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let _sluice = setup.start();
+    wait_delivered(&destination, 1);
+    assert!(
+        dns.queries()
+            .iter()
+            .all(|(name, _)| !name.starts_with("dest.test")),
+        "no MX lookup for a routed domain: {:?}",
+        dns.queries()
+    );
+}
+
+#[test]
+fn smarthost_receives_mail_for_every_domain() {
+    let destination = Destination::start(Options::default());
+    let dns = DnsServer::start();
+    let setup = Setup::new(&format!(
+        "{}[delivery]\nrelay_host = \"{}\"\n[routes]\n\"one.test\" = \"127.0.0.1:1\"\n",
+        dns.config(),
+        destination.addr
+    ));
+    setup.enqueue("alice@origin.test", &["a@one.test", "b@two.test"], BODY);
+    let _sluice = setup.start();
+    let seen = wait_delivered(&destination, 2);
+    let mut recipients: Vec<String> = seen.iter().flat_map(|t| t.recipients.clone()).collect();
+    recipients.sort();
+    assert_eq!(recipients, ["a@one.test", "b@two.test"]);
+    assert!(
+        dns.queries().is_empty(),
+        "the smarthost needs no DNS: {:?}",
+        dns.queries()
+    );
+}
+
+#[test]
+fn expired_message_bounces_with_4_4_7() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| (rcpt == "slow@dest.test").then(|| "451 4.3.0 not today".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"30s\"\nmax_queue_lifetime = \"2s\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue("alice@origin.test", &["slow@dest.test"], BODY);
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
+    assert!(dsn.contains("Status: 4.4.7"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; slow@dest.test"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("451 4.3.0 not today"),
+        "last reply is reported: {dsn}"
+    );
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=bounced"]);
+    assert_eq!(field(&line, "dsn"), "4.4.7");
+}
+
+#[test]
+fn unresolvable_domain_is_deferred_not_lost() {
+    let (destination, port) = destination_pair([127, 0, 0, 5]);
+    let dns = DnsServer::start();
+    dns.servfail("flaky.test");
+    let setup = Setup::new(&format!(
+        "{}[delivery]\nport = {port}\nretry_initial = \"1s\"\n",
+        dns.config()
+    ));
+    let id = setup.enqueue("alice@origin.test", &["bob@flaky.test"], BODY);
+    let sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    assert_eq!(field(&line, "dsn"), "4.4.3", "{line}");
+    // DNS recovers: the deferred mail goes out on a later attempt.
+    dns.remove("flaky.test");
+    dns.mx("flaky.test", &[(10, "mx.flaky.test")]);
+    dns.a("mx.flaky.test", &[Ipv4Addr::new(127, 0, 0, 5)]);
+    wait_delivered(&destination, 1);
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+}
+
+#[test]
+fn null_mx_and_nxdomain_fail_at_once() {
+    let destination = Destination::start(Options::default());
+    let dns = DnsServer::start();
+    dns.null_mx("nomail.test");
+    let setup = Setup::new(&format!(
+        "{}[routes]\n{}",
+        dns.config(),
+        route_to(&destination, "origin.test")
+    ));
+    let id = setup.enqueue(
+        "alice@origin.test",
+        &["a@nomail.test", "b@nonexistent.test"],
+        BODY,
+    );
+    let sluice = setup.start();
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("Status: 5.1.2"), "{dsn}");
+    assert_eq!(
+        dsn.matches("Final-Recipient:").count(),
+        2,
+        "one DSN for both: {dsn}"
+    );
+    let lines = outcome_lines(&sluice, &id);
+    assert!(
+        lines.iter().all(|l| field(l, "status") == "bounced"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn remote_size_limit_below_the_message_fails_5_3_4() {
+    let destination = Destination::start(Options {
+        size: Some(100),
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let big = [BODY, &[b'x'; 200][..], b"\r\n"].concat();
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], &big);
+    let sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=bounced"]);
+    assert_eq!(field(&line, "dsn"), "5.3.4");
+    assert!(
+        destination
+            .transactions()
+            .iter()
+            .all(|t| t.mail_from != "alice@origin.test"),
+        "the oversized message must not be sent"
+    );
+}
+
+#[test]
+fn smtputf8_needed_but_not_offered_fails_5_6_7() {
+    let destination = Destination::start(Options {
+        smtputf8: false,
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let id = setup.enqueue("alice@origin.test", &["j\u{f6}rg@dest.test"], BODY);
+    let sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=bounced"]);
+    assert_eq!(field(&line, "dsn"), "5.6.7");
+}
+
+#[test]
+fn kill_9_during_delivery_then_delivered_after_restart() {
+    let destination = Destination::start(Options::default());
+    destination
+        .stall_data
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let mut sluice = setup.start();
+    wait_for("the body to reach the destination", DEADLINE, || {
+        (destination
+            .stalled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0)
+        .then_some(())
+    });
+    sluice.kill9();
+    destination
+        .stall_data
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let sluice = sluice.restart();
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].recipients, ["bob@dest.test"]);
+    assert_eq!(seen[0].body, BODY);
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+}
