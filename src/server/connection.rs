@@ -25,6 +25,8 @@ use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_COMMAND_LINE: usize = 512;
+/// How long the last replies may take to write when closing.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the input buffer grows by when it is full.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -207,10 +209,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// Writes what is pending and closes the write side.
+    /// Writes what is pending and closes the write side, giving a client
+    /// that does not read at most [`CLOSE_TIMEOUT`].
     async fn close(&mut self) {
-        let _ = self.flush().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self.flush().await.is_ok() {
+                let _ = self.stream.shutdown().await;
+            }
+        })
+        .await;
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
