@@ -549,7 +549,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 /// Formats a byte count the way [`parse_byte_size`] reads it back.
 pub fn format_byte_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1024 * MIB), ("MiB", MIB), ("KiB", 1024)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

@@ -2,8 +2,8 @@
 //! big, streamed back chunk by chunk.
 //!
 //! A [`BodyWriter`] keeps up to [`INLINE_MAX`] bytes in memory; those bodies
-//! are committed into the sled tree as [`CHUNK_SIZE`] chunks, in the same
-//! atomic batch as the record, and share the group fsync. Past the threshold
+//! are committed into the sled tree as [`CHUNK_SIZE`] chunks just before the
+//! record, and share its group fsync. Past the threshold
 //! the writer spills to `tmp/<id>`; at commit that file is fsynced, renamed to
 //! `bodies/<id>` and the directory fsynced, all before the record is written.
 

@@ -159,7 +159,11 @@ where
             // flush covers everything: it is the last one.
             (tickets.started, tickets.shutdown)
         };
-        let error = flush().err().map(Arc::from);
+        // A panic inside the storage engine must not leave writers waiting
+        // forever: it fails this flush like an I/O error would.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut flush))
+            .unwrap_or_else(|_| Err("the storage engine panicked while flushing".into()));
+        let error = result.err().map(Arc::from);
         if let Some(error) = &error {
             tracing::error!(flush = number, %error, "queue flush failed");
         }
@@ -207,6 +211,18 @@ mod tests {
         let result = group.durable().await;
         assert!(
             matches!(&result, Err(QueueError::Storage(text)) if text.contains("disk on fire")),
+            "got {result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flush_fails_its_writers_instead_of_hanging() {
+        let group = GroupCommit::start(|| panic!("engine bug")).expect("starts");
+        let result = tokio::time::timeout(Duration::from_secs(10), group.durable())
+            .await
+            .expect("writer is not left waiting");
+        assert!(
+            matches!(result, Err(QueueError::Storage(_))),
             "got {result:?}"
         );
     }

@@ -10,8 +10,9 @@
 //! (fsync). Concurrent durable writes share fsyncs (group commit, see
 //! `commit.rs`): a writer applies its change to sled in memory, then waits for
 //! the next flush of the one flusher thread, which calls sled's flush and then
-//! fsyncs sled's data file (sled itself only issues `sync_file_range`). One
-//! flush serves every writer that was waiting when it started.
+//! fsyncs sled's files (sled itself only issues `sync_file_range`, see
+//! `store::Durability`). One flush serves every writer that was waiting when
+//! it started.
 //!
 //! # Layout of the spool directory
 //!
@@ -20,21 +21,28 @@
 //! spool/db/           the sled database, one tree "queue" (see store.rs):
 //!                       m<ID>            record: Message + where its body is (JSON)
 //!                       b<ID>/<u32 BE>   inline body chunk, 4 KiB each
+//!                       p<ID>            chunks of ID being written or removed
 //! spool/bodies/<ID>   bodies bigger than 64 KiB
 //! spool/tmp/<ID>      big bodies being received; emptied at open
 //! ```
 //!
 //! Bodies up to 64 KiB (most mail) are kept in memory while received and
-//! committed as 4 KiB chunks in the same atomic sled batch as the record, so
-//! they cost no fsync of their own. The chunks are that small because sled
-//! writes any page larger than 1/8 of a segment to a separate blob file that
-//! it never fsyncs; small entries keep every page inside the fsynced log.
-//! Bigger bodies spill to `tmp/<ID>` while received; at commit the file is
-//! fsynced, renamed into `bodies/` and the directory fsynced *before* the
-//! record is written, so a durable record always has its body. Readers stream
-//! either kind in chunks ([`BodyReader`]), so a 50 MiB message never needs
-//! 50 MiB of memory. A body file whose record is missing (crash between the two
-//! steps, or between a record's removal and its file's) is removed at open.
+//! committed as 4 KiB chunks written just before the record, so they share
+//! its group fsync and cost none of their own. The chunks are that small
+//! because sled writes any page bigger than 1/8 of its segment as a separate
+//! blob file, which would cost a file creation and an fsync of its own
+//! (`store::Durability` syncs them; only records with thousands of
+//! recipients get that big). Bigger bodies spill to `tmp/<ID>` while
+//! received; at commit the file is fsynced, renamed into `bodies/` and the
+//! directory fsynced *before* the record is written, so a durable record
+//! always has its body. Readers stream either kind in chunks
+//! ([`BodyReader`]), so a 50 MiB message never needs 50 MiB of memory. A body
+//! file whose record is missing (a crash between the two steps, or between a
+//! record's removal and its file's) is removed at open.
+//!
+//! Queue IDs are 12 characters: 9 base62 digits of a strictly increasing
+//! microsecond clock (seeded at open from the newest ID on disk), then 3
+//! random ones; they sort in arrival order and do not repeat across restarts.
 //!
 //! # Scheduling
 //!
@@ -74,21 +82,36 @@ pub enum QueueError {
     /// The spool directory could not be created or read.
     #[error("spool {path}: {source}")]
     Spool {
+        /// The file or directory involved.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// Another process (normally a running `sluice serve`) holds the spool.
     #[error("spool {path} is in use by another process")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The spool directory.
+        path: PathBuf,
+    },
     /// A read or write on a body file failed.
     #[error("queue {id}: body I/O: {source}")]
-    Body { id: String, source: std::io::Error },
+    Body {
+        /// The message whose body it is.
+        id: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
     /// The storage engine failed.
     #[error("queue storage: {0}")]
     Storage(String),
     /// A stored record could not be decoded.
     #[error("queue {id}: corrupt record: {reason}")]
-    Corrupt { id: String, reason: String },
+    Corrupt {
+        /// The message (or, for an undecodable key, the key as text).
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No message with this ID is queued.
     #[error("no such message: {0}")]
     NotFound(String),
@@ -115,11 +138,17 @@ impl Default for QueueOptions {
 /// Counts of queued messages and recipients, for metrics and `queue list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Messages in the queue (held ones included).
     pub messages: u64,
+    /// Messages parked by [`Queue::hold`].
     pub held: u64,
+    /// Recipients of queued messages not yet attempted.
     pub pending: u64,
+    /// Recipients of queued messages waiting for a retry.
     pub deferred: u64,
+    /// Recipients already delivered, of messages still queued for others.
     pub delivered: u64,
+    /// Recipients failed permanently, of messages still queued for others.
     pub failed: u64,
 }
 
@@ -153,6 +182,7 @@ struct State {
 /// restart, so work in flight at a crash becomes due again.
 #[derive(Debug, Clone)]
 pub struct Claim {
+    /// The message as it was when claimed.
     pub message: Message,
 }
 
@@ -167,10 +197,19 @@ impl Queue {
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
         let store = Store::open(&db_dir, options.cache_capacity)?;
-        let data_file = Store::data_file(&db_dir)?;
-        sync_dir(path).map_err(spool_error(path))?;
+        let mut durability = store.durability(&db_dir)?;
+        for dir in [path, db_dir.as_path()] {
+            sync_dir(dir).map_err(spool_error(dir))?;
+        }
 
         clear_dir(&spool.tmp)?;
+        let interrupted = store.recover_interrupted()?;
+        if interrupted > 0 {
+            tracing::info!(
+                count = interrupted,
+                "removed body chunks of writes interrupted by a crash"
+            );
+        }
         let mut state = State {
             schedule: Schedule::default(),
             stats: QueueStats::default(),
@@ -191,12 +230,7 @@ impl Queue {
         remove_orphan_bodies(&store, &spool)?;
 
         let ids = IdGenerator::new(store.last_id()?.as_ref());
-        let db = store.db();
-        let group = GroupCommit::start(move || {
-            db.flush().map_err(|error| error.to_string())?;
-            data_file.sync_data().map_err(|error| error.to_string())
-        })
-        .map_err(spool_error(path))?;
+        let group = GroupCommit::start(move || durability.flush()).map_err(spool_error(path))?;
         tracing::info!(spool = %path.display(), messages = state.stats.messages, "queue opened");
         Ok(Queue {
             inner: Arc::new(Inner {
@@ -364,8 +398,8 @@ impl Queue {
                 // Deleted between the index and the read: nothing to deliver.
                 Ok(None) => self.inner.state().schedule.remove(id),
                 Err(QueueError::Corrupt { id: text, reason }) => {
-                    // Leave it claimed so it is not handed out in a loop; it
-                    // stays visible to the operator and is retried at restart.
+                    // Leave it claimed so it is not handed out in a loop; the
+                    // operator sees the error in `queue list` and can delete it.
                     tracing::error!(queue_id = %text, %reason, "corrupt record not delivered");
                 }
                 Err(error) => {
@@ -473,7 +507,9 @@ impl Queue {
         .await
     }
 
-    /// Removes the message, body included. Durable.
+    /// Removes the message, body included. Durable. A claimed message is
+    /// removed too; its claimer's [`Queue::complete`] then fails with
+    /// [`QueueError::NotFound`].
     pub async fn delete(&self, id: &QueueId) -> Result<(), QueueError> {
         self.change(id, Lease::Keep, |_| Disposition::Remove)
             .await

@@ -57,25 +57,36 @@ pub enum RecipientStatus {
 /// One recipient of a queued message and its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
+    /// The forward path, as given in RCPT TO.
     pub address: String,
+    /// Where delivery to it stands.
     pub status: RecipientStatus,
+    /// Delivery attempts made so far.
     pub attempts: u32,
+    /// When it is due (again); `None` once delivered or failed.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The last reply from the next hop, e.g. `451 4.3.0 try later`.
     pub last_reply: Option<String>,
 }
 
 /// A queued message as stored: envelope plus per-recipient state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// The queue ID.
     pub id: QueueId,
     /// Empty for the null sender.
     pub sender: String,
     /// Body size in bytes.
     pub size: u64,
+    /// When the message was committed.
     pub received_at: DateTime<Utc>,
+    /// Parked by the operator: never claimed until released.
     pub held: bool,
+    /// The client asked for SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// The client declared BODY=8BITMIME.
     pub body_8bit: bool,
+    /// Every recipient with its delivery state, in RCPT order.
     pub recipients: Vec<Recipient>,
 }
 
@@ -83,20 +94,30 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The next hop accepted it.
-    Delivered { reply: String },
+    Delivered {
+        /// The next hop's reply.
+        reply: String,
+    },
     /// Temporary failure; try again at `next_attempt_at`.
     Deferred {
+        /// The next hop's reply (or a description of the local error).
         reply: String,
+        /// When to try again.
         next_attempt_at: DateTime<Utc>,
     },
     /// Permanent failure.
-    Failed { reply: String },
+    Failed {
+        /// The next hop's reply (or a description of the local error).
+        reply: String,
+    },
 }
 
 /// An outcome for the recipient at `index` in [`Message::recipients`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientUpdate {
+    /// Index into [`Message::recipients`].
     pub index: usize,
+    /// What happened.
     pub outcome: Outcome,
 }
 

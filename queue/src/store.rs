@@ -1,17 +1,29 @@
-//! The on-disk layout in sled: one tree, keys by prefix, atomic batches.
-//!
-//! Everything lives in the tree `queue` so that a message's record and its
-//! inline body chunks are written by one atomic [`sled::Batch`]:
+//! The on-disk layout in sled: one tree, keys by prefix.
 //!
 //! - `m` ++ id: the [`Record`] (JSON): the [`Message`] and where its body is.
 //! - `b` ++ id ++ `/` ++ chunk number (u32 big-endian): one inline body chunk.
+//! - `p` ++ id: a message whose chunks are being written or removed.
 //!
 //! Queue IDs are `[A-Za-z0-9]+`, so `/` never occurs inside one and `m` keys
 //! sort in ID order.
+//!
+//! Writes are plain inserts and removals, not [`sled::Batch`]es: a batch takes
+//! sled's process-wide write lock, which waits for any flush in progress and
+//! so would stall every writer (and the async runtime threads they run on)
+//! for the length of each group flush. Instead the order of writes carries
+//! the meaning, relying on sled recovering a prefix of its log after a crash:
+//! a new message's chunks are written before its record, so a record always
+//! has its body; a removed message loses its record before its chunks. The
+//! `p` marker, written first and removed last, names the message whose
+//! chunks a crash may have orphaned; [`Store::recover_interrupted`] removes
+//! them at open.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
+use std::io::ErrorKind;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +41,7 @@ const TREE: &str = "queue";
 
 const RECORD_PREFIX: u8 = b'm';
 const CHUNK_PREFIX: u8 = b'b';
+const MARKER_PREFIX: u8 = b'p';
 
 /// Where a message's body is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,26 +91,30 @@ impl Store {
         Ok(Store { db, tree })
     }
 
-    /// A clone of the database handle, for the flusher.
-    pub(crate) fn db(&self) -> sled::Db {
-        self.db.clone()
-    }
-
     /// A clone of the tree handle, for body readers.
     pub(crate) fn tree(&self) -> sled::Tree {
         self.tree.clone()
     }
 
-    /// The data file sled writes its log into, opened for fsync: sled's own
-    /// flush only issues `sync_file_range`, which neither persists the file's
-    /// size nor flushes the drive's cache.
-    pub(crate) fn data_file(dir: &Path) -> Result<File, QueueError> {
+    /// What the group-commit flusher calls to make every write so far
+    /// durable.
+    pub(crate) fn durability(&self, dir: &Path) -> Result<Durability, QueueError> {
         let path = dir.join("db");
-        std::fs::OpenOptions::new()
+        let data_file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|source| QueueError::Spool { path, source })
+            .map_err(|source| QueueError::Spool {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Durability {
+            db: self.db.clone(),
+            data_file,
+            data_path: path,
+            blobs: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        })
     }
 
     /// The record of message `id`, if queued.
@@ -113,17 +130,23 @@ impl Store {
             .map_err(storage_for(id))
     }
 
-    /// Writes a new message: its inline body chunks (if any) and its record,
-    /// in one atomic batch. Not durable until the next group flush.
+    /// Writes a new message: its inline body chunks (if any), then its record.
+    /// Not durable until the next group flush.
     pub(crate) fn insert_new(&self, record: &Record, inline_body: &[u8]) -> Result<(), QueueError> {
         let id = &record.message.id;
-        let mut batch = sled::Batch::default();
+        let has_chunks = !inline_body.is_empty();
+        if has_chunks {
+            self.mark_interrupted(id)?;
+        }
         for (number, chunk) in inline_body.chunks(CHUNK_SIZE).enumerate() {
             let number = u32::try_from(number).expect("inline bodies have few chunks");
-            batch.insert(chunk_key(id, number), chunk);
+            self.insert(id, chunk_key(id, number), chunk)?;
         }
-        batch.insert(record_key(id), encode(record));
-        self.tree.apply_batch(batch).map_err(storage_for(id))
+        self.insert(id, record_key(id), &encode(record))?;
+        if has_chunks {
+            self.unmark_interrupted(id)?;
+        }
+        Ok(())
     }
 
     /// Overwrites a message's record. Not durable until the next group flush.
@@ -135,18 +158,68 @@ impl Store {
             .map_err(storage_for(id))
     }
 
-    /// Removes a message's record and inline chunks in one atomic batch. A
-    /// body file is left for the caller to remove once this is durable.
+    /// Removes a message's record, then its inline chunks. A body file is
+    /// left for the caller to remove once this is durable.
     pub(crate) fn remove(&self, record: &Record) -> Result<(), QueueError> {
         let id = &record.message.id;
-        let mut batch = sled::Batch::default();
-        if let BodyPlace::Inline { chunks } = record.body {
-            for number in 0..chunks {
-                batch.remove(chunk_key(id, number));
-            }
+        let chunks = match record.body {
+            BodyPlace::Inline { chunks } => chunks,
+            BodyPlace::File => 0,
+        };
+        if chunks > 0 {
+            self.mark_interrupted(id)?;
         }
-        batch.remove(record_key(id));
-        self.tree.apply_batch(batch).map_err(storage_for(id))
+        self.tree.remove(record_key(id)).map_err(storage_for(id))?;
+        for number in 0..chunks {
+            self.tree
+                .remove(chunk_key(id, number))
+                .map_err(storage_for(id))?;
+        }
+        if chunks > 0 {
+            self.unmark_interrupted(id)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes what a crash interrupted: removes the inline chunks of every
+    /// message whose insertion or removal was marked but whose record is
+    /// absent. Returns how many messages were cleaned up.
+    pub(crate) fn recover_interrupted(&self) -> Result<usize, QueueError> {
+        let mut cleaned = 0;
+        for entry in self.tree.scan_prefix([MARKER_PREFIX]) {
+            let (key, _) = entry.map_err(storage("reading interrupted writes"))?;
+            let id = id_from_prefixed_key(&key)?;
+            if !self.contains(&id)? {
+                let mut prefix = vec![CHUNK_PREFIX];
+                prefix.extend_from_slice(id.as_str().as_bytes());
+                prefix.push(b'/');
+                for chunk in self.tree.scan_prefix(&prefix) {
+                    let (chunk_key, _) = chunk.map_err(storage_for(&id))?;
+                    self.tree.remove(chunk_key).map_err(storage_for(&id))?;
+                }
+                cleaned += 1;
+            }
+            self.tree.remove(key).map_err(storage_for(&id))?;
+        }
+        Ok(cleaned)
+    }
+
+    fn insert(&self, id: &QueueId, key: Vec<u8>, value: &[u8]) -> Result<(), QueueError> {
+        self.tree
+            .insert(key, value)
+            .map(drop)
+            .map_err(storage_for(id))
+    }
+
+    fn mark_interrupted(&self, id: &QueueId) -> Result<(), QueueError> {
+        self.insert(id, marker_key(id), &[])
+    }
+
+    fn unmark_interrupted(&self, id: &QueueId) -> Result<(), QueueError> {
+        self.tree
+            .remove(marker_key(id))
+            .map(drop)
+            .map_err(storage_for(id))
     }
 
     /// Inline body chunk `number` of message `id`.
@@ -171,7 +244,7 @@ impl Store {
         let end = Bound::Excluded(vec![RECORD_PREFIX + 1]);
         self.tree.range::<Vec<u8>, _>((start, end)).map(|entry| {
             let (key, value) = entry.map_err(storage("reading the queue"))?;
-            let id = id_from_record_key(&key)?;
+            let id = id_from_prefixed_key(&key)?;
             decode(&id, &value)
         })
     }
@@ -184,7 +257,63 @@ impl Store {
             .next_back()
             .transpose()
             .map_err(storage("reading the queue"))?;
-        last.map(|(key, _)| id_from_record_key(&key)).transpose()
+        last.map(|(key, _)| id_from_prefixed_key(&key)).transpose()
+    }
+}
+
+/// Makes sled's writes durable. sled's own flush writes its log with
+/// `sync_file_range` only, which persists neither the file's size nor the
+/// drive's write cache, and it never fsyncs the blob files it writes for
+/// oversized pages (a record with thousands of recipients). So after sled's
+/// flush this fsyncs new blob files (and their directory), then the log file.
+pub(crate) struct Durability {
+    db: sled::Db,
+    data_file: File,
+    data_path: PathBuf,
+    blobs: PathBuf,
+    /// Blob files already fsynced, so each is synced once.
+    synced_blobs: HashSet<OsString>,
+}
+
+impl Durability {
+    /// Makes every write applied before the call durable.
+    pub(crate) fn flush(&mut self) -> Result<(), String> {
+        self.db
+            .flush()
+            .map_err(|error| format!("sled flush: {error}"))?;
+        self.sync_blobs()
+            .map_err(|error| format!("fsync of {}: {error}", self.blobs.display()))?;
+        self.data_file
+            .sync_data()
+            .map_err(|error| format!("fsync of {}: {error}", self.data_path.display()))
+    }
+
+    fn sync_blobs(&mut self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let mut present = HashSet::new();
+        let mut synced_new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()).and_then(|file| file.sync_data()) {
+                    Ok(()) => synced_new = true,
+                    // Garbage-collected by sled meanwhile.
+                    Err(error) if error.kind() == ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if synced_new {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -204,13 +333,20 @@ fn chunk_key(id: &QueueId, number: u32) -> Vec<u8> {
     key
 }
 
-fn id_from_record_key(key: &[u8]) -> Result<QueueId, QueueError> {
+fn marker_key(id: &QueueId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.as_str().len());
+    key.push(MARKER_PREFIX);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn id_from_prefixed_key(key: &[u8]) -> Result<QueueId, QueueError> {
     key.get(1..)
         .and_then(|rest| std::str::from_utf8(rest).ok())
         .and_then(QueueId::parse)
         .ok_or_else(|| QueueError::Corrupt {
             id: String::from_utf8_lossy(key).into_owned(),
-            reason: "record key is not a queue ID".into(),
+            reason: "key does not name a queue ID".into(),
         })
 }
 
@@ -238,4 +374,81 @@ fn storage(context: &'static str) -> impl Fn(sled::Error) -> QueueError {
 
 fn storage_for(id: &QueueId) -> impl Fn(sled::Error) -> QueueError + '_ {
     move |error| QueueError::Storage(format!("queue {id}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IdGenerator, Recipient, RecipientStatus};
+
+    fn record(id: &QueueId, chunks: u32) -> Record {
+        Record {
+            message: Message {
+                id: id.clone(),
+                sender: String::new(),
+                size: 0,
+                received_at: chrono::Utc::now(),
+                held: false,
+                smtputf8: false,
+                body_8bit: false,
+                recipients: vec![Recipient {
+                    address: "a@example.org".into(),
+                    status: RecipientStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: None,
+                    last_reply: None,
+                }],
+            },
+            body: BodyPlace::Inline { chunks },
+        }
+    }
+
+    fn keys(store: &Store) -> Vec<Vec<u8>> {
+        store
+            .tree
+            .iter()
+            .keys()
+            .map(|key| key.expect("key").to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_orphaned_by_an_interrupted_insert_are_removed_at_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store opens");
+        let ids = IdGenerator::new(None);
+        let (kept, orphaned) = (ids.next(), ids.next());
+        store
+            .insert_new(&record(&kept, 2), &[7u8; CHUNK_SIZE + 1])
+            .expect("insert");
+        // A crash after the marker and a chunk, before the record.
+        store.mark_interrupted(&orphaned).expect("mark");
+        store
+            .insert(&orphaned, chunk_key(&orphaned, 0), b"x")
+            .expect("chunk");
+        let before = keys(&store).len();
+
+        assert_eq!(store.recover_interrupted().expect("recovery"), 1);
+        let after = keys(&store);
+        assert_eq!(after.len(), before - 2, "marker and chunk removed");
+        assert_eq!(
+            after.len(),
+            3,
+            "the complete message keeps record and chunks"
+        );
+        assert!(store.get(&kept).expect("get").is_some());
+    }
+
+    #[test]
+    fn an_interrupted_removal_that_kept_the_record_keeps_the_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store opens");
+        let id = IdGenerator::new(None).next();
+        store.insert_new(&record(&id, 1), b"body").expect("insert");
+        store.mark_interrupted(&id).expect("mark");
+        assert_eq!(store.recover_interrupted().expect("recovery"), 0);
+        assert_eq!(keys(&store).len(), 2, "record and chunk kept, marker gone");
+        store.remove(&record(&id, 1)).expect("remove");
+        assert!(keys(&store).is_empty(), "removal leaves nothing");
+    }
 }

@@ -563,3 +563,96 @@ async fn concurrent_enqueues_share_fsyncs() {
     assert!(flushes < 64, "64 concurrent enqueues took {flushes} fsyncs");
     assert_eq!(queue.stats().expect("stats").messages, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_never_get_the_same_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    for _ in 0..200 {
+        queue
+            .enqueue(envelope(&["a@x.example"]), b"x")
+            .await
+            .expect("enqueue");
+    }
+    let claimers: Vec<_> = (0..8)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = claimed_ids(&queue, far_future(), 3);
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.expect("claimer"));
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a message was claimed twice");
+    assert_eq!(total, 200, "every message claimed once");
+}
+
+#[tokio::test]
+async fn commit_signals_changed_even_when_nobody_is_waiting_yet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let changed = queue.changed();
+    queue
+        .enqueue(envelope(&["a@x.example"]), b"x")
+        .await
+        .expect("enqueue");
+    // The scheduler was busy during the commit; it must still wake up.
+    tokio::time::timeout(Duration::from_secs(5), changed.notified())
+        .await
+        .expect("a permit was stored for the next waiter");
+}
+
+#[tokio::test]
+async fn unclaim_signals_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let id = queue
+        .enqueue(envelope(&["a@x.example"]), b"x")
+        .await
+        .expect("enqueue");
+    claimed_ids(&queue, far_future(), 1);
+    let changed = queue.changed();
+    // Consume the permit the commit left.
+    tokio::time::timeout(Duration::from_secs(5), changed.notified())
+        .await
+        .expect("commit permit");
+    let notified = changed.notified();
+    queue.unclaim(&id);
+    tokio::time::timeout(Duration::from_secs(5), notified)
+        .await
+        .expect("unclaim signals changed()");
+}
+
+#[tokio::test]
+async fn message_with_thousands_of_recipients_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let recipients: Vec<String> = (0..3000)
+        .map(|i| format!("recipient-{i}@example.com"))
+        .collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    let id = queue.enqueue(envelope(&refs), b"x").await.expect("enqueue");
+    queue.close().await.expect("close");
+    drop(queue);
+    let queue = open(&dir);
+    let message = queue.get(&id).expect("get").expect("queued");
+    assert_eq!(message.recipients.len(), 3000);
+    assert_eq!(
+        message.recipients[2999].address,
+        "recipient-2999@example.com"
+    );
+    assert_eq!(queue.stats().expect("stats").pending, 3000);
+}

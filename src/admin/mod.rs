@@ -1,26 +1,69 @@
 //! The admin HTTP API (`/v1/queue…`, `/health`, `/metrics`).
+//!
+//! `api` holds the routes, `ops` the queue actions (shared with the offline
+//! `sluice queue`), `view` the JSON shapes, `error` the error answers.
+//!
+//! Once bound, the server writes the address it listens on to
+//! `<spool>/admin.address` ([`ADDRESS_FILE`]), so `sluice queue` finds it even
+//! when `[admin] address` has port 0; the file is removed at shutdown.
+
+pub mod api;
+pub mod error;
+pub mod ops;
+pub mod view;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use crate::context::Context;
+
+/// The file in the spool directory naming the running admin API's address.
+pub const ADDRESS_FILE: &str = "admin.address";
+
+/// Where the running server records its admin address for `spool`.
+pub fn address_file(spool: &Path) -> PathBuf {
+    spool.join(ADDRESS_FILE)
+}
 
 /// The bound admin API.
 pub struct Admin {
     ctx: Context,
     listener: tokio::net::TcpListener,
+    address_file: Option<PathBuf>,
 }
 
 impl Admin {
-    /// Binds `[admin] address`.
+    /// Binds `[admin] address`. Refuses a non-loopback address without
+    /// `[admin] token`: the API can hold and delete mail, so it is never open
+    /// to the network unauthenticated.
     pub async fn bind(ctx: &Context) -> anyhow::Result<Admin> {
         let address = ctx.config.admin.address;
+        if !address.ip().is_loopback() && ctx.config.admin.token.is_none() {
+            anyhow::bail!(
+                "refusing to serve the admin API on non-loopback address {address} without \
+                 [admin] token: set a token or use a loopback address"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {address} (admin API): {error}"))?;
-        Ok(Admin {
+        let mut admin = Admin {
             ctx: ctx.clone(),
             listener,
-        })
+            address_file: None,
+        };
+        if let Some(bound) = admin.local_addr() {
+            let path = address_file(&ctx.config.spool.path);
+            match write_atomically(&path, &format!("{bound}\n")) {
+                Ok(()) => admin.address_file = Some(path),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "cannot record the admin address; `sluice queue` will use [admin] address"
+                ),
+            }
+        }
+        Ok(admin)
     }
 
     /// The address actually bound.
@@ -30,6 +73,61 @@ impl Admin {
 
     /// Serves requests until shutdown.
     pub async fn run(self) {
-        self.ctx.shutdown.cancelled().await;
+        let router = api::router(self.ctx.clone());
+        let shutdown = self.ctx.shutdown.clone();
+        if let Err(error) = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!(%error, "admin API stopped");
+        }
+        if let Some(path) = self.address_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("address.new");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn bind_refuses_a_non_loopback_address_without_a_token() {
+        let mut config = Config::default();
+        config.admin.address = SocketAddr::from(([0, 0, 0, 0], 0));
+        config.admin.token = None;
+        let error = bind_with(config).await;
+        assert!(error.contains("without [admin] token"), "{error}");
+    }
+
+    async fn bind_with(config: Config) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = match sluice_queue::Queue::open(
+            &dir.path().join("spool"),
+            sluice_queue::QueueOptions::default(),
+        ) {
+            Ok(queue) => queue,
+            Err(error) => return format!("queue unavailable: {error}"),
+        };
+        let ctx = Context {
+            config: Arc::new(config),
+            queue,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        };
+        match Admin::bind(&ctx).await {
+            Ok(_) => "bound".to_string(),
+            Err(error) => error.to_string(),
+        }
     }
 }

@@ -1,2 +1,7 @@
 //! The SMTP protocol core: pure parsing, replies and the session state
 //! machine. No tokio, no sockets.
+
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod session;

@@ -1,0 +1,402 @@
+//! The HTTP routes of the admin API, the bearer-token check, and the
+//! streaming queue listing.
+//!
+//! `GET /v1/queue` streams a JSON array built from `Queue::iter` in a
+//! blocking task, chunk by chunk through a bounded channel, so memory does not
+//! grow with the queue. With `?limit=N` it answers one page (at most
+//! [`MAX_PAGE`] messages) and, when more messages match, a `Link: <…>;
+//! rel="next"` header (RFC 8288) and a `Sluice-Next-After: <id>` header: the
+//! next page is `?after=<id>` with the same filters.
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sluice_queue::QueueId;
+
+use super::error::AdminError;
+use super::ops;
+use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
+use crate::context::Context;
+
+/// The largest `?limit=` (a page is built in memory before it is sent).
+pub const MAX_PAGE: usize = 10_000;
+
+/// Bytes of JSON gathered before a chunk of the listing is sent.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Chunks buffered between the queue scan and the socket.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The content type of `/metrics` (prometheus-client writes OpenMetrics text).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every route of the admin API over `ctx`. Every route but `/health`
+/// requires `Authorization: Bearer <token>` when `[admin] token` is set.
+pub fn router(ctx: Context) -> Router {
+    let protected = Router::new()
+        .route("/v1/queue", get(list).delete(delete_all))
+        .route("/v1/queue/retry", post(retry_all))
+        .route("/v1/queue/:id", get(show).delete(delete_one))
+        .route("/v1/queue/:id/retry", post(retry_one))
+        .route("/v1/queue/:id/hold", post(hold_one))
+        .route("/v1/queue/:id/release", post(release_one))
+        .route("/v1/queue/:id/bounce", post(bounce_one))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .fallback(|| async { AdminError::NoEndpoint })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .with_state(ctx)
+}
+
+async fn require_token(State(ctx): State<Context>, request: Request, next: Next) -> Response {
+    if let Some(token) = ctx.config.admin.token.as_deref() {
+        // RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme name is
+        // case-insensitive (RFC 7235 §2.1).
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim());
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+            tracing::warn!(path = %request.uri().path(), "admin API request without the right bearer token");
+            return AdminError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so response time does
+/// not tell how much of a guessed token was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(ctx): State<Context>) -> Result<Response, AdminError> {
+    let queue = ctx.queue.clone();
+    let stats = tokio::task::spawn_blocking(move || queue.stats())
+        .await
+        .map_err(|error| AdminError::Internal(format!("queue stats failed: {error}")))??;
+    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
+    let metrics = &ctx.metrics;
+    metrics
+        .queue_messages
+        .get_or_create(&label("state", "queued"))
+        .set(gauge(stats.messages.saturating_sub(stats.held)));
+    metrics
+        .queue_messages
+        .get_or_create(&label("state", "held"))
+        .set(gauge(stats.held));
+    for (status, count) in [
+        ("pending", stats.pending),
+        ("deferred", stats.deferred),
+        ("delivered", stats.delivered),
+        ("failed", stats.failed),
+    ] {
+        metrics
+            .queue_recipients
+            .get_or_create(&label("status", status))
+            .set(gauge(count));
+    }
+    Ok(([(header::CONTENT_TYPE, OPENMETRICS)], metrics.encode()).into_response())
+}
+
+/// The query of `GET /v1/queue`, validated.
+#[derive(Debug, Default)]
+struct ListQuery {
+    filter: ListFilter,
+    after: Option<QueueId>,
+    limit: Option<usize>,
+}
+
+fn parse_list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AdminError> {
+    let mut query = ListQuery::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => query.filter.status = Some(StatusFilter::parse(&value)?),
+            "domain" => query.filter.domain = Some(value),
+            "sender" => query.filter.sender = Some(value),
+            "after" => query.after = Some(ops::parse_id(&value)?),
+            "limit" => {
+                let limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| {
+                        AdminError::BadRequest(format!(
+                            "bad limit {value:?}: a number from 1 to {MAX_PAGE}"
+                        ))
+                    })?;
+                query.limit = Some(limit);
+            }
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown parameter {other:?} (known: status, domain, sender, limit, after)"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+async fn list(
+    State(ctx): State<Context>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, AdminError> {
+    let Query(pairs) = pairs.map_err(|error| AdminError::BadRequest(error.body_text()))?;
+    let query = parse_list_query(pairs)?;
+    match query.limit {
+        Some(limit) => page(ctx, query.filter, query.after, limit).await,
+        None => Ok(stream_all(ctx, query.filter, query.after)),
+    }
+}
+
+fn json_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Streams every matching message after `after`.
+fn stream_all(ctx: Context, filter: ListFilter, after: Option<QueueId>) -> Response {
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    let queue = ctx.queue.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut writer = JsonArrayWriter::new(Vec::with_capacity(CHUNK_BYTES))
+            .expect("writing to a Vec cannot fail");
+        for message in queue.iter(after.as_ref()) {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    // The 200 is sent already: end the body early so the
+                    // client sees a truncated array, never a complete lie.
+                    tracing::error!(%error, "queue listing failed midway");
+                    let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
+                    return;
+                }
+            };
+            if !filter.matches(&message) {
+                continue;
+            }
+            writer
+                .push(&MessageView::from(message))
+                .expect("writing to a Vec cannot fail");
+            if writer.get_mut().len() >= CHUNK_BYTES {
+                let chunk = std::mem::replace(writer.get_mut(), Vec::with_capacity(CHUNK_BYTES));
+                if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+        let rest = writer.finish().expect("writing to a Vec cannot fail");
+        let _ = sender.blocking_send(Ok(Bytes::from(rest)));
+    });
+    let stream = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+    json_response(Body::from_stream(stream))
+}
+
+/// One page of at most `limit` matching messages after `after`, with the
+/// next-page cursor in `Link` and `Sluice-Next-After` when more match.
+async fn page(
+    ctx: Context,
+    filter: ListFilter,
+    after: Option<QueueId>,
+    limit: usize,
+) -> Result<Response, AdminError> {
+    let queue = ctx.queue.clone();
+    let scan_filter = filter.clone();
+    let (views, more) = tokio::task::spawn_blocking(move || {
+        let mut views = Vec::new();
+        for message in queue.iter(after.as_ref()) {
+            let message = message?;
+            if !scan_filter.matches(&message) {
+                continue;
+            }
+            if views.len() == limit {
+                return Ok((views, true));
+            }
+            views.push(MessageView::from(message));
+        }
+        Ok::<_, AdminError>((views, false))
+    })
+    .await
+    .map_err(|error| AdminError::Internal(format!("queue scan failed: {error}")))??;
+    let mut writer = JsonArrayWriter::new(Vec::new()).expect("writing to a Vec cannot fail");
+    for view in &views {
+        writer.push(view).expect("writing to a Vec cannot fail");
+    }
+    let body = writer.finish().expect("writing to a Vec cannot fail");
+    let mut response = json_response(Body::from(body));
+    if let (true, Some(last)) = (more, views.last()) {
+        let mut pairs = filter.query_pairs();
+        pairs.push(("limit", limit.to_string()));
+        pairs.push(("after", last.id.clone()));
+        let query: Vec<String> = pairs
+            .iter()
+            .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+            .collect();
+        let link = format!("</v1/queue?{}>; rel=\"next\"", query.join("&"));
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&last.id) {
+            headers.insert("sluice-next-after", value);
+        }
+    }
+    Ok(response)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+async fn show(State(ctx): State<Context>, Path(id): Path<String>) -> Result<Response, AdminError> {
+    let id = ops::parse_id(&id)?;
+    let queue_ctx = ctx.clone();
+    let view = tokio::task::spawn_blocking(move || ops::show(&queue_ctx, &id))
+        .await
+        .map_err(|error| AdminError::Internal(format!("queue lookup failed: {error}")))??;
+    Ok(Json(view).into_response())
+}
+
+async fn retry_one(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, AdminError> {
+    Ok(Json(ops::retry(&ctx, &ops::parse_id(&id)?).await?))
+}
+
+async fn hold_one(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, AdminError> {
+    Ok(Json(ops::hold(&ctx, &ops::parse_id(&id)?).await?))
+}
+
+async fn release_one(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, AdminError> {
+    Ok(Json(ops::release(&ctx, &ops::parse_id(&id)?).await?))
+}
+
+async fn bounce_one(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, AdminError> {
+    Ok(Json(ops::bounce(&ctx, &ops::parse_id(&id)?).await?))
+}
+
+async fn delete_one(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    ops::delete(&ctx, &ops::parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn retry_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
+    let count = ops::retry_all(&ctx).await?;
+    tracing::info!(
+        action = %"retry-all",
+        messages = count,
+        "deferred messages due now"
+    );
+    Ok(Json(serde_json::json!({ "retried": count })))
+}
+
+async fn delete_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
+    let count = ops::delete_all(&ctx).await?;
+    tracing::info!(action = %"delete-all", messages = count, "queue emptied");
+    Ok(Json(serde_json::json!({ "deleted": count })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn list_query_accepts_filters_limit_and_cursor() {
+        let query = parse_list_query(pairs(&[
+            ("status", "deferred"),
+            ("domain", "example.net"),
+            ("sender", ""),
+            ("limit", "50"),
+            ("after", "AbC123"),
+        ]))
+        .unwrap();
+        assert_eq!(query.limit, Some(50));
+        assert_eq!(query.after.unwrap().as_str(), "AbC123");
+        assert_eq!(query.filter.sender.as_deref(), Some(""));
+        assert_eq!(query.filter.domain.as_deref(), Some("example.net"));
+    }
+
+    #[test]
+    fn list_query_refuses_bad_values_and_unknown_keys() {
+        for bad in [
+            ("limit", "0"),
+            ("limit", "10001"),
+            ("limit", "ten"),
+            ("after", "a-b"),
+            ("status", "stuck"),
+            ("colour", "red"),
+        ] {
+            let error = parse_list_query(pairs(&[bad])).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cres", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn percent_encoding_keeps_unreserved_only() {
+        assert_eq!(percent_encode("a+b@x.org"), "a%2Bb%40x.org");
+        assert_eq!(percent_encode(""), "");
+    }
+}

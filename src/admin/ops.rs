@@ -1,0 +1,160 @@
+//! Queue management actions, shared by the HTTP API and the offline
+//! `sluice queue` (which builds a [`Context`] around the spool it opened), so
+//! both behave identically. Every action is logged with `queue_id` and
+//! `action` fields.
+
+use futures::StreamExt;
+use sluice_queue::{Message, QueueId, RecipientStatus};
+
+use super::error::AdminError;
+use super::view::MessageView;
+use crate::context::Context;
+
+/// How many durable queue writes `retry --all` / `delete --all` keep in
+/// flight, so they share fsyncs (group commit) instead of paying one each.
+const BULK_CONCURRENCY: usize = 64;
+
+/// The reason recorded for every recipient failed by `sluice queue bounce`
+/// (delivery prefixes the enhanced status code: `5.0.0 bounced by …`).
+pub const BOUNCE_REASON: &str = "bounced by the mail administrator";
+
+/// Parses a queue ID given by a user.
+pub fn parse_id(text: &str) -> Result<QueueId, AdminError> {
+    QueueId::parse(text).ok_or_else(|| AdminError::BadId(text.to_string()))
+}
+
+fn get(ctx: &Context, id: &QueueId) -> Result<Message, AdminError> {
+    ctx.queue
+        .get(id)?
+        .ok_or_else(|| AdminError::NotFound(id.clone()))
+}
+
+/// The message with this ID.
+pub fn show(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id).map(MessageView::from)
+}
+
+/// Parks the message: it is never delivered until released. Holding a held
+/// message is not an error.
+pub async fn hold(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id)?;
+    let message = ctx.queue.hold(id).await?;
+    tracing::info!(queue_id = %id, action = %"hold", "message held");
+    Ok(message.into())
+}
+
+/// Un-parks the message. Releasing a message that is not held is not an error.
+pub async fn release(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id)?;
+    let message = ctx.queue.release(id).await?;
+    tracing::info!(queue_id = %id, action = %"release", "message released");
+    Ok(message.into())
+}
+
+/// Makes every deferred recipient due now. A held message is refused
+/// ([`AdminError::Held`]): it would not be delivered anyway.
+pub async fn retry(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    if get(ctx, id)?.held {
+        return Err(AdminError::Held(id.clone()));
+    }
+    let message = ctx.queue.retry_now(id).await?;
+    tracing::info!(queue_id = %id, action = %"retry", "message due now");
+    Ok(message.into())
+}
+
+/// Removes the message without notice to anyone.
+pub async fn delete(ctx: &Context, id: &QueueId) -> Result<(), AdminError> {
+    get(ctx, id)?;
+    ctx.queue.delete(id).await?;
+    tracing::info!(queue_id = %id, action = %"delete", "message deleted");
+    Ok(())
+}
+
+/// Fails every remaining recipient now and queues the DSN to the sender
+/// (none for the null sender). Returns the message's final state.
+pub async fn bounce(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
+    get(ctx, id)?;
+    let message = crate::delivery::bounce(ctx, id, BOUNCE_REASON)
+        .await
+        .map_err(
+            |reason| match reason.downcast::<sluice_queue::QueueError>() {
+                Ok(queue_error) => AdminError::from(queue_error),
+                Err(reason) => AdminError::Bounce {
+                    id: id.clone(),
+                    reason,
+                },
+            },
+        )?;
+    tracing::info!(queue_id = %id, action = %"bounce", "message bounced");
+    Ok(message.into())
+}
+
+/// IDs of every queued message passing `select`, collected in a blocking
+/// task (an ID is a few bytes, so 100,000 of them are no burden).
+async fn select_ids(
+    ctx: &Context,
+    select: fn(&Message) -> bool,
+) -> Result<Vec<QueueId>, AdminError> {
+    let queue = ctx.queue.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut ids = Vec::new();
+        for message in queue.iter(None) {
+            let message = message?;
+            if select(&message) {
+                ids.push(message.id);
+            }
+        }
+        Ok(ids)
+    })
+    .await
+    .map_err(|error| AdminError::Internal(format!("queue scan failed: {error}")))?
+}
+
+/// Makes every deferred recipient of every unheld message due now; returns
+/// how many messages were affected. Messages that left the queue meanwhile
+/// are skipped.
+pub async fn retry_all(ctx: &Context) -> Result<u64, AdminError> {
+    let ids = select_ids(ctx, |message| {
+        !message.held
+            && message
+                .recipients
+                .iter()
+                .any(|r| r.status == RecipientStatus::Deferred)
+    })
+    .await?;
+    let results = futures::stream::iter(ids)
+        .map(|id| async move {
+            match ctx.queue.retry_now(&id).await {
+                Ok(_) => {
+                    tracing::info!(queue_id = %id, action = %"retry", "message due now");
+                    Ok(1)
+                }
+                Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
+                Err(error) => Err(AdminError::from(error)),
+            }
+        })
+        .buffer_unordered(BULK_CONCURRENCY)
+        .collect::<Vec<Result<u64, AdminError>>>()
+        .await;
+    results.into_iter().sum()
+}
+
+/// Removes every queued message without notice; returns how many.
+pub async fn delete_all(ctx: &Context) -> Result<u64, AdminError> {
+    let ids = select_ids(ctx, |_| true).await?;
+    let results = futures::stream::iter(ids)
+        .map(|id| async move {
+            match ctx.queue.delete(&id).await {
+                Ok(()) => {
+                    tracing::info!(queue_id = %id, action = %"delete", "message deleted");
+                    Ok(1)
+                }
+                Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
+                Err(error) => Err(AdminError::from(error)),
+            }
+        })
+        .buffer_unordered(BULK_CONCURRENCY)
+        .collect::<Vec<Result<u64, AdminError>>>()
+        .await;
+    results.into_iter().sum()
+}

@@ -1,0 +1,377 @@
+//! The JSON views of queued messages (DESIGN.md "Queue inspection"), the
+//! streaming array writer shared by the API and the offline command, and the
+//! list filters.
+//!
+//! A message object is exactly
+//! `{"id","sender","size","received_at","held","recipients":[{"address",
+//! "status","attempts","next_attempt_at","last_reply"}]}`; times are RFC 3339
+//! UTC, `sender` is `""` for the null sender `<>`.
+
+use std::io::Write;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_queue::{Message, Recipient, RecipientStatus};
+
+use super::error::AdminError;
+
+/// One queued message as the API and `sluice queue --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: String,
+    /// The envelope sender; `""` for the null sender `<>` (bounces).
+    pub sender: String,
+    /// Body size in bytes.
+    pub size: u64,
+    #[serde(with = "rfc3339")]
+    pub received_at: DateTime<Utc>,
+    /// Held messages are never delivered until released.
+    pub held: bool,
+    pub recipients: Vec<RecipientView>,
+}
+
+/// One recipient's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientView {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    /// When the next attempt is due; `null` unless deferred.
+    #[serde(with = "rfc3339_option")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The last reply from a next hop (or the reason of a failure), or `null`.
+    pub last_reply: Option<String>,
+}
+
+impl From<Message> for MessageView {
+    fn from(message: Message) -> Self {
+        MessageView {
+            id: message.id.to_string(),
+            sender: message.sender,
+            size: message.size,
+            received_at: message.received_at,
+            held: message.held,
+            recipients: message
+                .recipients
+                .into_iter()
+                .map(RecipientView::from)
+                .collect(),
+        }
+    }
+}
+
+impl From<Recipient> for RecipientView {
+    fn from(recipient: Recipient) -> Self {
+        RecipientView {
+            address: recipient.address,
+            status: recipient.status,
+            attempts: recipient.attempts,
+            next_attempt_at: recipient.next_attempt_at,
+            last_reply: recipient.last_reply,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with whole seconds (`2026-11-25T09:44:21Z`).
+pub fn format_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text).map(|time| time.with_timezone(&Utc))
+}
+
+mod rfc3339 {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&super::format_time(time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(input)?;
+        super::parse_time(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod rfc3339_option {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<DateTime<Utc>>,
+        out: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => out.serialize_str(&super::format_time(time)),
+            None => out.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        input: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(input)? {
+            Some(text) => super::parse_time(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Writes a JSON array of message objects one element at a time, one object
+/// per line: `[\n{…},\n{…}\n]\n` (`[]\n` when empty). The API and the
+/// offline command use it, so both print byte-identical output.
+pub struct JsonArrayWriter<W: Write> {
+    out: W,
+    count: u64,
+}
+
+impl<W: Write> JsonArrayWriter<W> {
+    /// Starts the array (writes `[`).
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(b"[")?;
+        Ok(JsonArrayWriter { out, count: 0 })
+    }
+
+    /// Appends one message object.
+    pub fn push(&mut self, message: &MessageView) -> std::io::Result<()> {
+        self.out
+            .write_all(if self.count == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut self.out, message)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The messages written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The underlying writer (the API drains its buffer into chunks).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Closes the array and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out
+            .write_all(if self.count == 0 { b"]\n" } else { b"\n]\n" })?;
+        Ok(self.out)
+    }
+}
+
+/// Which messages `GET /v1/queue` (and `sluice queue list`) shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Messages with at least one recipient in this state, or held ones.
+    pub status: Option<StatusFilter>,
+    /// Messages with at least one recipient in this domain (case-insensitive).
+    pub domain: Option<String>,
+    /// Messages from this sender (case-insensitive); `""` selects the null
+    /// sender.
+    pub sender: Option<String>,
+}
+
+/// The values of `?status=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// A recipient has this status.
+    Recipient(RecipientStatus),
+    /// The message is held.
+    Held,
+}
+
+impl StatusFilter {
+    /// Parses `pending`, `deferred`, `delivered`, `failed` or `held`.
+    pub fn parse(text: &str) -> Result<StatusFilter, AdminError> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "pending" => StatusFilter::Recipient(RecipientStatus::Pending),
+            "deferred" => StatusFilter::Recipient(RecipientStatus::Deferred),
+            "delivered" => StatusFilter::Recipient(RecipientStatus::Delivered),
+            "failed" => StatusFilter::Recipient(RecipientStatus::Failed),
+            "held" => StatusFilter::Held,
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "bad status {text:?}: one of pending, deferred, delivered, failed, held"
+                )));
+            }
+        })
+    }
+}
+
+impl ListFilter {
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        self == &ListFilter::default()
+    }
+
+    /// Whether `message` passes every filter set.
+    pub fn matches(&self, message: &Message) -> bool {
+        let status_ok = match self.status {
+            None => true,
+            Some(StatusFilter::Held) => message.held,
+            Some(StatusFilter::Recipient(status)) => {
+                message.recipients.iter().any(|r| r.status == status)
+            }
+        };
+        let domain_ok = self.domain.as_deref().is_none_or(|domain| {
+            message.recipients.iter().any(|r| {
+                r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            })
+        });
+        let sender_ok = self
+            .sender
+            .as_deref()
+            .is_none_or(|sender| message.sender.eq_ignore_ascii_case(sender));
+        status_ok && domain_ok && sender_ok
+    }
+
+    /// The filters as URL query pairs (for the CLI and `Link` headers).
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(status) = self.status {
+            let text = match status {
+                StatusFilter::Held => "held",
+                StatusFilter::Recipient(RecipientStatus::Pending) => "pending",
+                StatusFilter::Recipient(RecipientStatus::Deferred) => "deferred",
+                StatusFilter::Recipient(RecipientStatus::Delivered) => "delivered",
+                StatusFilter::Recipient(RecipientStatus::Failed) => "failed",
+            };
+            pairs.push(("status", text.to_string()));
+        }
+        if let Some(domain) = &self.domain {
+            pairs.push(("domain", domain.clone()));
+        }
+        if let Some(sender) = &self.sender {
+            pairs.push(("sender", sender.clone()));
+        }
+        pairs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use sluice_queue::QueueId;
+
+    fn message() -> Message {
+        Message {
+            id: QueueId::parse("Q1a2B3").expect("valid id"),
+            sender: "a@example.org".into(),
+            size: 1234,
+            received_at: Utc.with_ymd_and_hms(2026, 11, 25, 9, 44, 21).unwrap(),
+            held: false,
+            smtputf8: false,
+            body_8bit: false,
+            recipients: vec![
+                Recipient {
+                    address: "b@example.net".into(),
+                    status: RecipientStatus::Deferred,
+                    attempts: 2,
+                    next_attempt_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()),
+                    last_reply: Some("421 4.7.0 try later".into()),
+                },
+                Recipient {
+                    address: "c@Example.COM".into(),
+                    status: RecipientStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: None,
+                    last_reply: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn message_object_has_exactly_the_contract_keys_in_order() {
+        let json = serde_json::to_string(&MessageView::from(message())).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"Q1a2B3","sender":"a@example.org","size":1234,"received_at":"2026-11-25T09:44:21Z","held":false,"recipients":[{"address":"b@example.net","status":"deferred","attempts":2,"next_attempt_at":"2026-11-25T10:00:00Z","last_reply":"421 4.7.0 try later"},{"address":"c@Example.COM","status":"pending","attempts":0,"next_attempt_at":null,"last_reply":null}]}"#
+        );
+    }
+
+    #[test]
+    fn null_sender_is_an_empty_string() {
+        let mut bounce = message();
+        bounce.sender = String::new();
+        let value = serde_json::to_value(MessageView::from(bounce)).unwrap();
+        assert_eq!(value["sender"], "");
+    }
+
+    #[test]
+    fn message_object_round_trips() {
+        let view = MessageView::from(message());
+        let text = serde_json::to_string(&view).unwrap();
+        let back: MessageView = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, view);
+    }
+
+    #[test]
+    fn array_writer_writes_one_object_per_line_and_a_valid_array() {
+        let mut writer = JsonArrayWriter::new(Vec::new()).unwrap();
+        let view = MessageView::from(message());
+        writer.push(&view).unwrap();
+        writer.push(&view).unwrap();
+        let bytes = writer.finish().unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let parsed: Vec<MessageView> = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, vec![view.clone(), view]);
+    }
+
+    #[test]
+    fn empty_array_is_brackets() {
+        let bytes = JsonArrayWriter::new(Vec::new()).unwrap().finish().unwrap();
+        assert_eq!(bytes, b"[]\n");
+    }
+
+    #[test]
+    fn filters_match_status_domain_and_sender() {
+        let message = message();
+        let by = |filter: ListFilter| filter.matches(&message);
+        assert!(by(ListFilter::default()));
+        assert!(by(ListFilter {
+            status: Some(StatusFilter::parse("deferred").unwrap()),
+            ..ListFilter::default()
+        }));
+        assert!(!by(ListFilter {
+            status: Some(StatusFilter::parse("failed").unwrap()),
+            ..ListFilter::default()
+        }));
+        assert!(!by(ListFilter {
+            status: Some(StatusFilter::Held),
+            ..ListFilter::default()
+        }));
+        assert!(by(ListFilter {
+            domain: Some("example.com".into()),
+            ..ListFilter::default()
+        }));
+        assert!(!by(ListFilter {
+            domain: Some("example.org".into()),
+            ..ListFilter::default()
+        }));
+        assert!(by(ListFilter {
+            sender: Some("A@example.org".into()),
+            ..ListFilter::default()
+        }));
+        assert!(!by(ListFilter {
+            sender: Some(String::new()),
+            ..ListFilter::default()
+        }));
+    }
+
+    #[test]
+    fn unknown_status_is_a_bad_request() {
+        assert!(matches!(
+            StatusFilter::parse("stuck"),
+            Err(AdminError::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,152 @@
+//! `sluice queue` on the spool itself, when no server runs. It builds the
+//! same [`Context`] the server has around the queue it opened, so every
+//! action goes through the same code (`admin::ops`) as the API.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use sluice_queue::{Queue, QueueId, QueueOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Access, Action};
+use crate::admin::error::AdminError;
+use crate::admin::ops;
+use crate::admin::view::{JsonArrayWriter, ListFilter, MessageView};
+use crate::config::Config;
+use crate::context::Context;
+use crate::metrics::Metrics;
+
+/// The spool opened by this process (or none: a spool that does not exist
+/// is an empty queue, and is not created by looking at it).
+pub struct Local {
+    runtime: tokio::runtime::Runtime,
+    ctx: Option<Context>,
+}
+
+/// Why the spool could not be opened.
+pub enum OpenError {
+    /// Another process holds it (a server whose API did not answer).
+    Locked,
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl Local {
+    /// Opens the spool of `config`.
+    pub fn open(config: &Config) -> Result<Local, OpenError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| OpenError::Other(error.into()))?;
+        let path = config.spool.path.clone();
+        if !path.exists() {
+            return Ok(Local { runtime, ctx: None });
+        }
+        let options = QueueOptions {
+            cache_capacity: config.spool.cache_capacity,
+        };
+        let queue = runtime.block_on(async { Queue::open(&path, options) });
+        let queue = match queue {
+            Ok(queue) => queue,
+            Err(sluice_queue::QueueError::Locked { .. }) => return Err(OpenError::Locked),
+            Err(error) => return Err(OpenError::Other(error.into())),
+        };
+        let ctx = Context {
+            config: Arc::new(config.clone()),
+            queue,
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        Ok(Local {
+            runtime,
+            ctx: Some(ctx),
+        })
+    }
+
+    fn scan(
+        &self,
+        filter: &ListFilter,
+        visit: &mut dyn FnMut(MessageView) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(());
+        };
+        let _guard = self.runtime.enter();
+        for message in ctx.queue.iter(None) {
+            let message = message?;
+            if filter.matches(&message) {
+                visit(MessageView::from(message))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn context(&self, id: &QueueId) -> Result<&Context, AdminError> {
+        self.ctx
+            .as_ref()
+            .ok_or_else(|| AdminError::NotFound(id.clone()))
+    }
+}
+
+impl Access for Local {
+    fn each(
+        &mut self,
+        filter: &ListFilter,
+        visit: &mut dyn FnMut(MessageView) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.scan(filter, visit)
+    }
+
+    fn json_list(&mut self, filter: &ListFilter, out: &mut dyn Write) -> anyhow::Result<()> {
+        let mut writer = JsonArrayWriter::new(out)?;
+        self.scan(filter, &mut |message| writer.push(&message))?;
+        writer.finish()?.flush()?;
+        Ok(())
+    }
+
+    fn show(&mut self, id: &QueueId) -> anyhow::Result<MessageView> {
+        let ctx = self.context(id)?;
+        let _guard = self.runtime.enter();
+        Ok(ops::show(ctx, id)?)
+    }
+
+    fn act(&mut self, action: Action, id: &QueueId) -> anyhow::Result<Option<MessageView>> {
+        let ctx = self.context(id)?;
+        let result = self.runtime.block_on(async {
+            match action {
+                Action::Retry => ops::retry(ctx, id).await.map(Some),
+                Action::Hold => ops::hold(ctx, id).await.map(Some),
+                Action::Release => ops::release(ctx, id).await.map(Some),
+                Action::Bounce => ops::bounce(ctx, id).await.map(Some),
+                Action::Delete => ops::delete(ctx, id).await.map(|()| None),
+            }
+        });
+        Ok(result?)
+    }
+
+    fn retry_all(&mut self) -> anyhow::Result<u64> {
+        let Some(ctx) = &self.ctx else { return Ok(0) };
+        Ok(self.runtime.block_on(ops::retry_all(ctx))?)
+    }
+
+    fn delete_all(&mut self) -> anyhow::Result<u64> {
+        let Some(ctx) = &self.ctx else { return Ok(0) };
+        Ok(self.runtime.block_on(ops::delete_all(ctx))?)
+    }
+
+    /// Waits for any task an action started (a bounce's DSN), then flushes
+    /// the queue to disk and releases the spool.
+    fn close(&mut self) -> anyhow::Result<()> {
+        let Some(ctx) = self.ctx.take() else {
+            return Ok(());
+        };
+        self.runtime.block_on(async {
+            ctx.tasks.close();
+            ctx.tasks.wait().await;
+            ctx.queue.close().await
+        })?;
+        Ok(())
+    }
+}

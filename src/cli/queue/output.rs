@@ -1,0 +1,213 @@
+//! What `sluice queue` prints: the mailq-like table, the `show` details, and
+//! the JSON forms (the same bytes whether they came from the API or the
+//! spool).
+
+use std::io::{self, Write};
+
+use chrono::{DateTime, Utc};
+
+use crate::admin::view::{MessageView, format_time};
+
+/// Prints the list table one message at a time and keeps the totals for the
+/// summary line.
+pub struct ListPrinter<W: Write> {
+    out: W,
+    now: DateTime<Utc>,
+    messages: u64,
+    bytes: u64,
+}
+
+impl<W: Write> ListPrinter<W> {
+    /// A printer whose ages are relative to `now`.
+    pub fn new(out: W, now: DateTime<Utc>) -> Self {
+        ListPrinter {
+            out,
+            now,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Prints one message: a line with ID (`!` when held), size, age and
+    /// sender (`<>` for the null sender), then one indented line per
+    /// recipient with its status and last reply. The header line comes
+    /// before the first message.
+    pub fn message(&mut self, message: &MessageView) -> io::Result<()> {
+        if self.messages == 0 {
+            writeln!(
+                self.out,
+                "{:<22} {:>9} {:>5}  SENDER / RECIPIENTS",
+                "QUEUE ID", "SIZE", "AGE"
+            )?;
+        }
+        let id = format!("{}{}", message.id, if message.held { "!" } else { "" });
+        writeln!(
+            self.out,
+            "{id:<22} {:>9} {:>5}  {}",
+            message.size,
+            age(self.now, message.received_at),
+            sender_text(&message.sender)
+        )?;
+        for recipient in &message.recipients {
+            let status = serde_json::to_value(recipient.status)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_string))
+                .unwrap_or_default();
+            write!(self.out, "{:<40}{status:<10} {}", "", recipient.address)?;
+            if let Some(reply) = &recipient.last_reply {
+                write!(self.out, " ({reply})")?;
+            }
+            writeln!(self.out)?;
+        }
+        self.messages += 1;
+        self.bytes += message.size;
+        Ok(())
+    }
+
+    /// Prints the summary (`-- N KiB in M messages`, or `Mail queue is
+    /// empty`) and flushes.
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.messages == 0 {
+            writeln!(self.out, "Mail queue is empty")?;
+        } else {
+            writeln!(
+                self.out,
+                "-- {} KiB in {} message{}",
+                self.bytes.div_ceil(1024),
+                self.messages,
+                if self.messages == 1 { "" } else { "s" }
+            )?;
+        }
+        self.out.flush()
+    }
+}
+
+/// `<>` for the null sender, else the address.
+pub fn sender_text(sender: &str) -> &str {
+    if sender.is_empty() { "<>" } else { sender }
+}
+
+/// A compact age: `42s`, `17m`, `5h`, `3d`.
+pub fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> String {
+    let seconds = (now - then).num_seconds().max(0);
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..172_800 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// The `show` details, one field per line.
+pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> io::Result<()> {
+    writeln!(out, "id:            {}", message.id)?;
+    writeln!(out, "sender:        {}", sender_text(&message.sender))?;
+    writeln!(out, "size:          {} bytes", message.size)?;
+    writeln!(
+        out,
+        "received:      {} ({} ago)",
+        format_time(&message.received_at),
+        age(now, message.received_at)
+    )?;
+    writeln!(
+        out,
+        "held:          {}",
+        if message.held { "yes" } else { "no" }
+    )?;
+    for recipient in &message.recipients {
+        let status = serde_json::to_value(recipient.status)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_string))
+            .unwrap_or_default();
+        writeln!(out, "recipient:     {}", recipient.address)?;
+        writeln!(out, "  status:      {status}")?;
+        writeln!(out, "  attempts:    {}", recipient.attempts)?;
+        if let Some(next) = recipient.next_attempt_at {
+            writeln!(out, "  next:        {}", format_time(&next))?;
+        }
+        if let Some(reply) = &recipient.last_reply {
+            writeln!(out, "  last reply:  {reply}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `show --json`: one pretty-printed message object.
+pub fn show_json(out: &mut dyn Write, message: &MessageView) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, message)?;
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::view::RecipientView;
+    use chrono::TimeZone;
+    use sluice_queue::RecipientStatus;
+
+    fn view(held: bool, sender: &str) -> MessageView {
+        MessageView {
+            id: "AbC123".into(),
+            sender: sender.into(),
+            size: 1500,
+            received_at: Utc.with_ymd_and_hms(2026, 11, 25, 9, 0, 0).unwrap(),
+            held,
+            recipients: vec![RecipientView {
+                address: "b@example.net".into(),
+                status: RecipientStatus::Deferred,
+                attempts: 2,
+                next_attempt_at: None,
+                last_reply: Some("421 4.7.0 try later".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn list_shows_held_mark_age_sender_recipients_and_summary() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 9, 12, 0).unwrap();
+        let mut out = Vec::new();
+        let mut printer = ListPrinter::new(&mut out, now);
+        printer.message(&view(true, "")).unwrap();
+        printer.message(&view(false, "a@example.org")).unwrap();
+        printer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("AbC123!"), "{text}");
+        assert!(
+            lines[1].contains("12m") && lines[1].ends_with("<>"),
+            "{text}"
+        );
+        assert!(lines[2].contains("deferred") && lines[2].contains("(421 4.7.0 try later)"));
+        assert!(lines[3].starts_with("AbC123 "), "{text}");
+    }
+
+    #[test]
+    fn summary_counts_kib_and_messages() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 9, 12, 0).unwrap();
+        let mut out = Vec::new();
+        let mut printer = ListPrinter::new(&mut out, now);
+        printer.message(&view(false, "a@example.org")).unwrap();
+        printer.message(&view(false, "a@example.org")).unwrap();
+        printer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("-- 3 KiB in 2 messages\n"), "{text}");
+    }
+
+    #[test]
+    fn empty_queue_says_so() {
+        let mut out = Vec::new();
+        ListPrinter::new(&mut out, Utc::now()).finish().unwrap();
+        assert_eq!(out, b"Mail queue is empty\n");
+    }
+
+    #[test]
+    fn ages_are_compact() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap();
+        let ago = |s: i64| age(now, now - chrono::Duration::seconds(s));
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(600), "10m");
+        assert_eq!(ago(7200), "2h");
+        assert_eq!(ago(3 * 86_400), "3d");
+        assert_eq!(ago(-5), "0s");
+    }
+}

@@ -1,0 +1,291 @@
+//! `sluice queue` through the running server's admin API (blocking HTTP/1.1
+//! with ureq; the listing is read and printed element by element).
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use sluice_queue::QueueId;
+
+use super::{Access, Action};
+use crate::admin::error::ErrorBody;
+use crate::admin::view::{ListFilter, MessageView};
+
+/// How long to wait for the admin API to accept a connection: it is local,
+/// so a server that does not answer within this is not going to.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a single read may stall (bulk actions on a big queue take a while).
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A client of one running server's admin API.
+pub struct Remote {
+    agent: ureq::Agent,
+    address: SocketAddr,
+    token: Option<String>,
+}
+
+impl Remote {
+    /// A client for the API at `address`, sending `token` as a bearer token.
+    pub fn new(address: SocketAddr, token: Option<String>) -> Remote {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout_read(READ_TIMEOUT)
+            .build();
+        Remote {
+            agent,
+            address,
+            token,
+        }
+    }
+
+    /// Whether a server answers `GET /health`; the error says why not.
+    pub fn ping(&self) -> Result<(), String> {
+        let request = self
+            .agent
+            .get(&self.url("/health"))
+            .timeout(CONNECT_TIMEOUT * 2);
+        match request.call() {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, _)) => Err(format!("/health answered HTTP {code}")),
+            Err(ureq::Error::Transport(error)) => Err(error.to_string()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<ureq::Response> {
+        let mut request = self.agent.request(method, &self.url(path));
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let result = if method == "GET" {
+            request.call()
+        } else {
+            request.send_bytes(&[])
+        };
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(code, response)) => {
+                let message = response
+                    .into_json::<ErrorBody>()
+                    .map(|body| body.error)
+                    .unwrap_or_else(|_| format!("HTTP {code}"));
+                if code == 401 {
+                    anyhow::bail!(
+                        "admin API at {}: {message} (check [admin] token in the config)",
+                        self.address
+                    )
+                }
+                anyhow::bail!("{message}")
+            }
+            Err(ureq::Error::Transport(error)) => {
+                anyhow::bail!("admin API at {}: {error}", self.address)
+            }
+        }
+    }
+
+    fn list_path(filter: &ListFilter) -> String {
+        let pairs: Vec<String> = filter
+            .query_pairs()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={}", encode(&value)))
+            .collect();
+        if pairs.is_empty() {
+            "/v1/queue".to_string()
+        } else {
+            format!("/v1/queue?{}", pairs.join("&"))
+        }
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986: unreserved characters stay).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+impl Access for Remote {
+    fn each(
+        &mut self,
+        filter: &ListFilter,
+        visit: &mut dyn FnMut(MessageView) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        let response = self.call("GET", &Self::list_path(filter))?;
+        let reader = BufReader::with_capacity(64 * 1024, response.into_reader());
+        for_each_element(reader, visit)
+    }
+
+    fn json_list(&mut self, filter: &ListFilter, out: &mut dyn Write) -> anyhow::Result<()> {
+        let response = self.call("GET", &Self::list_path(filter))?;
+        // The server writes exactly what the offline command writes; pass
+        // it through as it arrives. A body cut short is an error (exit 1).
+        io::copy(&mut response.into_reader(), out)?;
+        Ok(())
+    }
+
+    fn show(&mut self, id: &QueueId) -> anyhow::Result<MessageView> {
+        let response = self.call("GET", &format!("/v1/queue/{id}"))?;
+        response
+            .into_json::<MessageView>()
+            .context("reading the admin API's answer")
+    }
+
+    fn act(&mut self, action: Action, id: &QueueId) -> anyhow::Result<Option<MessageView>> {
+        let response = match action {
+            Action::Delete => {
+                self.call("DELETE", &format!("/v1/queue/{id}"))?;
+                return Ok(None);
+            }
+            Action::Retry => self.call("POST", &format!("/v1/queue/{id}/retry"))?,
+            Action::Hold => self.call("POST", &format!("/v1/queue/{id}/hold"))?,
+            Action::Release => self.call("POST", &format!("/v1/queue/{id}/release"))?,
+            Action::Bounce => self.call("POST", &format!("/v1/queue/{id}/bounce"))?,
+        };
+        let view = response
+            .into_json::<MessageView>()
+            .context("reading the admin API's answer")?;
+        Ok(Some(view))
+    }
+
+    fn retry_all(&mut self) -> anyhow::Result<u64> {
+        count_field(self.call("POST", "/v1/queue/retry")?, "retried")
+    }
+
+    fn delete_all(&mut self) -> anyhow::Result<u64> {
+        count_field(self.call("DELETE", "/v1/queue")?, "deleted")
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+fn count_field(response: ureq::Response, key: &str) -> anyhow::Result<u64> {
+    let value: serde_json::Value = response
+        .into_json()
+        .context("reading the admin API's answer")?;
+    value[key]
+        .as_u64()
+        .with_context(|| format!("the admin API's answer has no {key:?} count: {value}"))
+}
+
+/// Parses a JSON array of message objects from `reader`, calling `visit` for
+/// each element as soon as it is complete, so output starts at once and
+/// memory does not grow with the queue.
+pub fn for_each_element<R: Read>(
+    reader: R,
+    visit: &mut dyn FnMut(MessageView) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut visit_error = None;
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    let parsed = EachElement {
+        visit,
+        error: &mut visit_error,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end());
+    if let Some(error) = visit_error {
+        return Err(error.into());
+    }
+    parsed.context("reading the queue listing from the admin API")
+}
+
+struct EachElement<'a> {
+    visit: &'a mut dyn FnMut(MessageView) -> io::Result<()>,
+    error: &'a mut Option<io::Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for EachElement<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EachElement<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON array of message objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(message) = seq.next_element::<MessageView>()? {
+            if let Err(error) = (self.visit)(message) {
+                *self.error = Some(error);
+                return Err(serde::de::Error::custom("output failed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::view::JsonArrayWriter;
+
+    fn sample(id: &str) -> MessageView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "sender": "", "size": 10, "received_at": "2026-11-25T09:00:00Z",
+            "held": false, "recipients": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn elements_are_visited_in_order() {
+        let mut writer = JsonArrayWriter::new(Vec::new()).unwrap();
+        for id in ["A1", "B2", "C3"] {
+            writer.push(&sample(id)).unwrap();
+        }
+        let bytes = writer.finish().unwrap();
+        let mut seen = Vec::new();
+        for_each_element(&bytes[..], &mut |message| {
+            seen.push(message.id);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["A1", "B2", "C3"]);
+    }
+
+    #[test]
+    fn a_truncated_listing_is_an_error_after_the_complete_elements() {
+        let mut writer = JsonArrayWriter::new(Vec::new()).unwrap();
+        writer.push(&sample("A1")).unwrap();
+        writer.push(&sample("B2")).unwrap();
+        let bytes = writer.finish().unwrap();
+        let cut = &bytes[..bytes.len() - 10];
+        let mut seen = 0;
+        let result = for_each_element(cut, &mut |_| {
+            seen += 1;
+            Ok(())
+        });
+        assert!(result.is_err());
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn an_output_error_is_returned_as_such() {
+        let bytes = serde_json::to_vec(&[sample("A1")]).unwrap();
+        let error = for_each_element(&bytes[..], &mut |_| {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        })
+        .unwrap_err();
+        let io_error = error.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io_error.kind(), io::ErrorKind::BrokenPipe);
+    }
+}

@@ -1,0 +1,593 @@
+//! One inbound SMTP connection: reads command lines and message data, feeds
+//! them to the pure [`Session`], writes its replies, and stores messages in
+//! the queue. The only I/O around the protocol core.
+//!
+//! Replies to pipelined commands (RFC 2920) are collected and written
+//! whenever the input holds no further complete command, i.e. before the
+//! connection would wait for the client.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf as _, BytesMut};
+use sluice_queue::BodyWriter;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::context::Context;
+use crate::server::auth::Authenticator;
+use crate::smtp::data::{DataDecoder, DataProblem};
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+const MAX_COMMAND_LINE: usize = 512;
+/// How much the input buffer grows by when it is full.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every connection of a server shares.
+pub struct Shared {
+    /// The server context (config, queue, metrics, shutdown).
+    pub ctx: Context,
+    /// Session settings for relay listeners (`auth_required` false).
+    pub relay_config: Arc<SessionConfig>,
+    /// Session settings for submission listeners (`auth_required` true).
+    pub submission_config: Arc<SessionConfig>,
+    /// Present when `[tls]` is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// `[[user]]` checks and failure delays.
+    pub auth: Authenticator,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("client closed the connection")]
+    Eof,
+    #[error("timeout")]
+    Timeout,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// How a session over one stream ended.
+enum End {
+    /// Closed (QUIT, an error, EOF, timeout, shutdown).
+    Closed,
+    /// STARTTLS accepted: continue over TLS on the same socket.
+    StartTls,
+}
+
+/// What a read produced.
+enum Filled {
+    Data,
+    Shutdown,
+}
+
+/// Serves one accepted connection to its end. `implicit_tls` is set for
+/// `submissions` listeners (RFC 8314 §3.3): the handshake comes first.
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<SessionConfig>,
+    implicit_tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shared.ctx.config.limits.command_timeout;
+    if implicit_tls {
+        let Some(acceptor) = shared.tls.clone() else {
+            tracing::error!(client = %peer.ip(), "implicit TLS listener without [tls]");
+            return;
+        };
+        let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
+            return;
+        };
+        let mut session = Session::new(config, peer.ip(), true);
+        let mut connection = Connection::new(stream, &shared);
+        connection.output_reply(&session.greeting());
+        let _ = connection.run(&mut session).await;
+        connection.close().await;
+        return;
+    }
+    let mut session = Session::new(config, peer.ip(), false);
+    let mut connection = Connection::new(stream, &shared);
+    connection.output_reply(&session.greeting());
+    match connection.run(&mut session).await {
+        End::Closed => connection.close().await,
+        End::StartTls => {
+            let Some(acceptor) = shared.tls.clone() else {
+                return;
+            };
+            // RFC 3207 §4.2: plaintext pipelined after STARTTLS is discarded
+            // with the plaintext connection's buffers.
+            let Connection { stream, .. } = connection;
+            let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
+                return;
+            };
+            session.tls_started();
+            let mut connection = Connection::new(stream, &shared);
+            let _ = connection.run(&mut session).await;
+            connection.close().await;
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (_, state) = stream.get_ref();
+            tracing::debug!(
+                client = %peer.ip(),
+                version = ?state.protocol_version(),
+                cipher = ?state.negotiated_cipher_suite().map(|suite| suite.suite()),
+                "TLS established"
+            );
+            Some(stream)
+        }
+        Ok(Err(error)) => {
+            tracing::info!(client = %peer.ip(), %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(client = %peer.ip(), "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// A message being received with BDAT, across its chunks.
+struct Chunked {
+    /// `None` once the message is refused (too big, storage failed).
+    body: Option<BodyWriter>,
+    size: u64,
+    too_big: bool,
+    storage_failed: bool,
+}
+
+struct Connection<'a, S> {
+    stream: S,
+    shared: &'a Shared,
+    input: BytesMut,
+    output: Vec<u8>,
+    /// A command line is longer than allowed: its rest is being skipped.
+    skipping_long_line: bool,
+    chunked: Option<Chunked>,
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
+    fn new(stream: S, shared: &'a Shared) -> Connection<'a, S> {
+        Connection {
+            stream,
+            shared,
+            input: BytesMut::with_capacity(4096),
+            output: Vec::with_capacity(1024),
+            skipping_long_line: false,
+            chunked: None,
+        }
+    }
+
+    fn output_reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Runs the command loop until the session ends or asks for TLS.
+    async fn run(&mut self, session: &mut Session) -> End {
+        match self.commands(session).await {
+            Ok(end) => end,
+            Err(ConnectionError::Timeout) => {
+                tracing::info!(client = %session.client(), "timeout, closing");
+                self.output_reply(&session.timeout_reply());
+                End::Closed
+            }
+            Err(ConnectionError::Shutdown) => {
+                self.output_reply(&Session::shutdown_reply());
+                End::Closed
+            }
+            Err(error) => {
+                if session.transaction().is_some() {
+                    tracing::info!(
+                        client = %session.client(),
+                        reason = %error,
+                        "transaction abandoned: connection lost"
+                    );
+                }
+                End::Closed
+            }
+        }
+    }
+
+    /// Writes what is pending and closes the write side.
+    async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+    }
+
+    async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
+        let command_timeout = self.shared.ctx.config.limits.command_timeout;
+        loop {
+            while let Some(line) = self.next_line() {
+                let action = match line {
+                    Some(line) => {
+                        let was_chunking = session.transaction().is_some_and(|t| t.chunking);
+                        let action = session.handle_line(&line);
+                        if !was_chunking {
+                            // A new transaction (or none) starts from scratch.
+                            self.chunked = None;
+                        }
+                        action
+                    }
+                    None => session.line_too_long(),
+                };
+                if let Some(end) = self.act(session, action).await? {
+                    return Ok(end);
+                }
+            }
+            // Only an idle session may be interrupted by a shutdown.
+            match self.fill(command_timeout, session.is_idle()).await? {
+                Filled::Data => {}
+                Filled::Shutdown => return Err(ConnectionError::Shutdown),
+            }
+        }
+    }
+
+    /// The next complete line (CRLF or LF stripped), `Some(None)` for a line
+    /// that was too long, `None` when more input is needed.
+    fn next_line(&mut self) -> Option<Option<BytesMut>> {
+        match memchr_newline(&self.input) {
+            Some(end) => {
+                let mut line = self.input.split_to(end + 1);
+                if std::mem::take(&mut self.skipping_long_line) || line.len() > MAX_COMMAND_LINE {
+                    return Some(None);
+                }
+                line.truncate(end);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(end - 1);
+                }
+                Some(Some(line))
+            }
+            None => {
+                if self.input.len() > MAX_COMMAND_LINE {
+                    self.input.clear();
+                    self.skipping_long_line = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// Carries out one session action; `Some(end)` ends the command loop.
+    async fn act(
+        &mut self,
+        session: &mut Session,
+        action: Action,
+    ) -> Result<Option<End>, ConnectionError> {
+        match action {
+            Action::Reply(reply) => self.output_reply(&reply),
+            Action::Close(replies) => {
+                for reply in &replies {
+                    self.output_reply(reply);
+                }
+                return Ok(Some(End::Closed));
+            }
+            Action::StartTls(reply) => {
+                self.output_reply(&reply);
+                self.flush().await?;
+                self.input.clear();
+                return Ok(Some(End::StartTls));
+            }
+            Action::Authenticate(credentials) => {
+                let user = self.shared.auth.verify(credentials).await;
+                if user.is_none() {
+                    let delay = self.shared.auth.failure_delay(session.client());
+                    tokio::time::sleep(delay).await;
+                }
+                let next = session.auth_result(user);
+                return Box::pin(self.act(session, next)).await;
+            }
+            Action::ReceiveData(reply) => {
+                let outcome = match self.shared.ctx.queue.new_body() {
+                    Ok(body) => {
+                        self.output_reply(&reply);
+                        self.receive_data(session, body).await?
+                    }
+                    Err(error) => {
+                        tracing::error!(client = %session.client(), %error, "cannot start a queue file");
+                        MessageOutcome::StorageFailed
+                    }
+                };
+                let next = session.message_finished(outcome);
+                return Box::pin(self.act(session, next)).await;
+            }
+            Action::ReceiveChunk {
+                size,
+                last,
+                refusal,
+            } => {
+                if let Some(refusal) = refusal {
+                    self.skip_chunk(size).await?;
+                    self.output_reply(&refusal);
+                    return Ok(None);
+                }
+                self.receive_chunk(session, size).await?;
+                let next = if last {
+                    let outcome = self.finish_chunked(session).await;
+                    session.message_finished(outcome)
+                } else {
+                    match self.chunked.as_ref() {
+                        Some(chunked) if chunked.too_big => {
+                            self.chunked = None;
+                            log_refused(session, "message too big");
+                            session.message_finished(MessageOutcome::TooBig)
+                        }
+                        Some(chunked) if chunked.storage_failed => {
+                            self.chunked = None;
+                            session.message_finished(MessageOutcome::StorageFailed)
+                        }
+                        _ => session.chunk_received(size),
+                    }
+                };
+                return Box::pin(self.act(session, next)).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a DATA message into `body` up to the end marker, then commits it.
+    async fn receive_data(
+        &mut self,
+        session: &Session,
+        body: BodyWriter,
+    ) -> Result<MessageOutcome, ConnectionError> {
+        let ctx = &self.shared.ctx;
+        let header = session.received_header(body.id().as_str(), chrono::Utc::now());
+        let mut body = Some(body);
+        let mut storage_failed = write_body(&mut body, header.as_bytes());
+        let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
+        let mut decoded = Vec::with_capacity(READ_CHUNK);
+        loop {
+            let consumed = decoder.decode(&self.input, &mut decoded);
+            self.input.advance(consumed);
+            if decoder.problem().is_some() {
+                // The message is refused: stop storing anything of it.
+                body = None;
+            } else if !decoded.is_empty() {
+                storage_failed |= write_body(&mut body, &decoded);
+            }
+            decoded.clear();
+            if decoder.is_done() {
+                break;
+            }
+            self.fill(ctx.config.limits.data_timeout, false).await?;
+        }
+        match decoder.problem() {
+            Some(DataProblem::TooBig) => {
+                log_refused(session, "message too big");
+                return Ok(MessageOutcome::TooBig);
+            }
+            Some(DataProblem::BareLineEnding) => {
+                log_refused(session, "bare CR or LF in message data");
+                return Ok(MessageOutcome::BareLineEnding);
+            }
+            None => {}
+        }
+        match body {
+            Some(body) if !storage_failed => Ok(self.commit(session, body, decoder.size()).await),
+            _ => Ok(MessageOutcome::StorageFailed),
+        }
+    }
+
+    /// Reads one accepted BDAT chunk into the message being built.
+    async fn receive_chunk(&mut self, session: &Session, size: u64) -> Result<(), ConnectionError> {
+        if self.chunked.is_none() {
+            let chunked = match self.shared.ctx.queue.new_body() {
+                Ok(body) => {
+                    let header = session.received_header(body.id().as_str(), chrono::Utc::now());
+                    let mut body = Some(body);
+                    let storage_failed = write_body(&mut body, header.as_bytes());
+                    Chunked {
+                        body,
+                        size: 0,
+                        too_big: false,
+                        storage_failed,
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(client = %session.client(), %error, "cannot start a queue file");
+                    Chunked {
+                        body: None,
+                        size: 0,
+                        too_big: false,
+                        storage_failed: true,
+                    }
+                }
+            };
+            self.chunked = Some(chunked);
+        }
+        let max_size = self.shared.ctx.config.limits.max_message_size;
+        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut remaining = size;
+        loop {
+            let take = remaining.min(self.input.len() as u64) as usize;
+            let chunk = self.input.split_to(take);
+            remaining -= take as u64;
+            if let Some(chunked) = self.chunked.as_mut() {
+                chunked.size = chunked.size.saturating_add(take as u64);
+                if chunked.size > max_size {
+                    chunked.too_big = true;
+                    chunked.body = None;
+                } else if !chunk.is_empty() {
+                    chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+                }
+            }
+            if remaining == 0 {
+                return Ok(());
+            }
+            self.fill(data_timeout, false).await?;
+        }
+    }
+
+    /// Reads and drops `size` octets of a refused BDAT chunk.
+    async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
+        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut remaining = size;
+        loop {
+            let take = remaining.min(self.input.len() as u64) as usize;
+            self.input.advance(take);
+            remaining -= take as u64;
+            if remaining == 0 {
+                return Ok(());
+            }
+            self.fill(data_timeout, false).await?;
+        }
+    }
+
+    /// After `BDAT n LAST`: commit the message or say why not.
+    async fn finish_chunked(&mut self, session: &Session) -> MessageOutcome {
+        let Some(chunked) = self.chunked.take() else {
+            return MessageOutcome::StorageFailed;
+        };
+        if chunked.too_big {
+            log_refused(session, "message too big");
+            return MessageOutcome::TooBig;
+        }
+        match chunked.body {
+            Some(body) if !chunked.storage_failed => self.commit(session, body, chunked.size).await,
+            _ => MessageOutcome::StorageFailed,
+        }
+    }
+
+    /// Makes the message durable; returns only once the queue says so.
+    async fn commit(&mut self, session: &Session, body: BodyWriter, size: u64) -> MessageOutcome {
+        let ctx = &self.shared.ctx;
+        let Some(envelope) = session.envelope() else {
+            return MessageOutcome::StorageFailed;
+        };
+        let sender = display_sender(&envelope.sender);
+        let recipients = envelope.recipients.len();
+        match ctx.queue.commit(envelope, body).await {
+            Ok(id) => {
+                ctx.metrics.messages_received.inc();
+                ctx.metrics.message_size_bytes.observe(size as f64);
+                tracing::info!(
+                    queue_id = %id,
+                    client = %session.client(),
+                    helo = %session.helo_name().unwrap_or(""),
+                    sender = %sender,
+                    size,
+                    nrcpt = recipients,
+                    protocol = %session.protocol(),
+                    user = %session.user().unwrap_or("-"),
+                    "message accepted"
+                );
+                MessageOutcome::Queued(id.to_string())
+            }
+            Err(error) => {
+                tracing::error!(
+                    client = %session.client(),
+                    sender = %sender,
+                    %error,
+                    reason = "queue commit failed",
+                    "transaction refused"
+                );
+                MessageOutcome::StorageFailed
+            }
+        }
+    }
+
+    /// Writes out pending replies.
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.shared.ctx.config.limits.command_timeout;
+        let write = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectionError::Timeout),
+        }
+        self.output.clear();
+        Ok(())
+    }
+
+    /// Flushes replies, then waits for more input (at most `timeout`). When
+    /// `interruptible`, a server shutdown ends the wait.
+    async fn fill(
+        &mut self,
+        timeout: Duration,
+        interruptible: bool,
+    ) -> Result<Filled, ConnectionError> {
+        self.flush().await?;
+        if self.input.capacity() - self.input.len() < 1024 {
+            self.input.reserve(READ_CHUNK);
+        }
+        let shutdown = self.shared.ctx.shutdown.clone();
+        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input));
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if interruptible => Ok(Filled::Shutdown),
+            result = read => match result {
+                Err(_) => Err(ConnectionError::Timeout),
+                Ok(Ok(0)) => Err(ConnectionError::Eof),
+                Ok(Ok(_)) => Ok(Filled::Data),
+                Ok(Err(error)) => Err(ConnectionError::Io(error)),
+            },
+        }
+    }
+}
+
+/// Writes to the body unless it is gone; returns true when a write failed
+/// (the body is then dropped, removing every trace of it).
+fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
+    let Some(writer) = body.as_mut() else {
+        return false;
+    };
+    match writer.write_all(bytes) {
+        Ok(()) => false,
+        Err(error) => {
+            tracing::error!(queue_id = %writer.id(), %error, "writing the message body failed");
+            *body = None;
+            true
+        }
+    }
+}
+
+fn log_refused(session: &Session, reason: &str) {
+    let sender = session
+        .transaction()
+        .map(|t| display_sender(&t.sender))
+        .unwrap_or_default();
+    tracing::info!(
+        client = %session.client(),
+        helo = %session.helo_name().unwrap_or(""),
+        sender = %sender,
+        reason = %reason,
+        "transaction refused"
+    );
+}
+
+/// The sender for logs: `<>` for the null sender.
+fn display_sender(sender: &str) -> String {
+    if sender.is_empty() {
+        "<>".to_string()
+    } else {
+        sender.to_string()
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}

@@ -1,0 +1,1192 @@
+//! The SMTP session state machine (RFC 5321 §4.1.4 command order, §3.3 mail
+//! transactions), with PIPELINING (RFC 2920), SIZE (RFC 1870), CHUNKING
+//! (RFC 3030), STARTTLS (RFC 3207) and AUTH (RFC 4954).
+//!
+//! Pure: the connection layer feeds it command lines and events (TLS started,
+//! credentials checked, message stored) and does what the returned
+//! [`Action`] says. Every transition is a unit test below.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use sluice_queue::Envelope;
+
+use crate::server::policy::Policy;
+use crate::smtp::command::{
+    AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
+};
+use crate::smtp::reply::{EnhancedCode, Reply};
+
+/// What a session needs to know about its listener and limits.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our name, in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// `limits.max_message_size`, advertised with SIZE.
+    pub max_message_size: u64,
+    /// `limits.max_recipients`.
+    pub max_recipients: usize,
+    /// Protocol errors after which the connection is closed.
+    pub max_errors: u32,
+    /// Failed AUTH attempts after which the connection is closed.
+    pub max_auth_failures: u32,
+    /// A certificate is configured: STARTTLS may be offered.
+    pub tls_available: bool,
+    /// Submission listeners: MAIL needs AUTH first (RFC 6409 §4.3).
+    pub auth_required: bool,
+    /// The relay decision.
+    pub policy: Policy,
+}
+
+/// Checked by the connection layer (off the runtime), then handed back with
+/// [`Session::auth_result`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The authentication identity.
+    pub username: String,
+    /// The password as sent.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the connection layer must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the reply and read the next command.
+    Reply(Reply),
+    /// Send the replies, then close the connection.
+    Close(Vec<Reply>),
+    /// Send the 354 reply, then read the message with a
+    /// [`crate::smtp::data::DataDecoder`] and call [`Session::message_finished`].
+    ReceiveData(Reply),
+    /// Read exactly `size` octets of a BDAT chunk (RFC 3030 §2). When
+    /// `refusal` is set, discard them and send that reply; otherwise keep
+    /// them and call [`Session::chunk_received`] (or, after the last chunk,
+    /// [`Session::message_finished`]).
+    ReceiveChunk {
+        size: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
+    /// Send the reply, discard any input already read (RFC 3207 §4.2), do
+    /// the TLS handshake, then call [`Session::tls_started`].
+    StartTls(Reply),
+    /// Verify these credentials and call [`Session::auth_result`].
+    Authenticate(Credentials),
+}
+
+/// How a message read with DATA or BDAT ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Durably queued under this ID.
+    Queued(String),
+    /// Larger than `max_message_size`.
+    TooBig,
+    /// A bare CR or LF in DATA.
+    BareLineEnding,
+    /// The queue could not store it.
+    StorageFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    None,
+    /// AUTH PLAIN sent without an initial response: waiting for it.
+    PlainResponse,
+    LoginUsername,
+    LoginPassword {
+        username: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Greeted {
+    name: String,
+    extended: bool,
+}
+
+/// The mail transaction in progress (RFC 5321 §3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The reverse path; empty for `<>`.
+    pub sender: String,
+    /// Accepted forward paths, as given (domain lowercased).
+    pub recipients: Vec<String>,
+    /// `SMTPUTF8` was given on MAIL.
+    pub smtputf8: bool,
+    /// `BODY=8BITMIME` was given on MAIL.
+    pub body_8bit: bool,
+    /// A BDAT chunk was accepted: DATA and RCPT are out of sequence now.
+    pub chunking: bool,
+}
+
+/// One client's SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    client: IpAddr,
+    relay_client: bool,
+    tls: bool,
+    greeted: Option<Greeted>,
+    user: Option<String>,
+    transaction: Option<Transaction>,
+    auth: AuthStep,
+    errors: u32,
+    auth_failures: u32,
+}
+
+const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+    EnhancedCode(class, subject, detail)
+}
+
+impl Session {
+    /// A session for a client at `client`; `tls` is true on implicit-TLS
+    /// listeners (RFC 8314), where the handshake came first.
+    pub fn new(config: Arc<SessionConfig>, client: IpAddr, tls: bool) -> Session {
+        let relay_client = config.policy.is_relay_client(client);
+        Session {
+            config,
+            client,
+            relay_client,
+            tls,
+            greeted: None,
+            user: None,
+            transaction: None,
+            auth: AuthStep::None,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
+    /// `220 <hostname> ESMTP sluice`.
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(
+            220,
+            vec![format!("{} ESMTP sluice", self.config.hostname).into()],
+        )
+    }
+
+    /// `421 4.7.0` for a connection over `max_connections(_per_ip)`.
+    pub fn too_many_connections(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            code(4, 7, 0),
+            format!("{hostname} Error: too many connections, try again later"),
+        )
+    }
+
+    /// `421 4.4.2` when the client was silent too long (RFC 5321 §4.5.3.2).
+    pub fn timeout_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            code(4, 4, 2),
+            format!("{} Error: timeout exceeded", self.config.hostname),
+        )
+    }
+
+    /// `421 4.3.2` for idle connections when the server shuts down.
+    pub fn shutdown_reply() -> Reply {
+        Reply::new(421, code(4, 3, 2), "shutting down")
+    }
+
+    /// The client's address.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// The EHLO/HELO name, once given.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.greeted.as_ref().map(|greeted| greeted.name.as_str())
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// True when TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The transaction in progress, if any.
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.transaction.as_ref()
+    }
+
+    /// True between transactions and outside an AUTH exchange: a shutdown may
+    /// close the connection now without losing anything.
+    pub fn is_idle(&self) -> bool {
+        self.transaction.is_none() && self.auth == AuthStep::None
+    }
+
+    /// The envelope of the transaction in progress, for the queue.
+    pub fn envelope(&self) -> Option<Envelope> {
+        self.transaction.as_ref().map(|transaction| Envelope {
+            sender: transaction.sender.clone(),
+            recipients: transaction.recipients.clone(),
+            smtputf8: transaction.smtputf8,
+            body_8bit: transaction.body_8bit,
+        })
+    }
+
+    /// RFC 3848 protocol word for Received headers.
+    pub fn protocol(&self) -> &'static str {
+        let extended = self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended);
+        match (extended, self.tls, self.user.is_some()) {
+            (false, false, _) => "SMTP",
+            (false, true, _) => "SMTPS",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
+    /// The `Received:` header (RFC 5321 §4.4) for the message being received,
+    /// CRLF-terminated, to be written before the message.
+    pub fn received_header(&self, id: &str, now: DateTime<Utc>) -> String {
+        let helo = self.helo_name().unwrap_or("unknown");
+        let address = match self.client {
+            IpAddr::V4(v4) => format!("[{v4}]"),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => format!("[{v4}]"),
+                None => format!("[IPv6:{v6}]"),
+            },
+        };
+        let recipient = match self.transaction.as_ref().map(|t| t.recipients.as_slice()) {
+            // Naming the recipient only when there is one leaks no Bcc.
+            Some([single]) => format!("\r\n\tfor <{single}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ({address})\r\n\tby {host} (sluice) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
+            host = self.config.hostname,
+            protocol = self.protocol(),
+            date = now.to_rfc2822(),
+        )
+    }
+
+    /// Handles one command line (without CRLF), or an AUTH response line
+    /// while an AUTH exchange is in progress.
+    pub fn handle_line(&mut self, line: &[u8]) -> Action {
+        if self.auth != AuthStep::None {
+            return self.auth_response(line);
+        }
+        match Command::parse(line) {
+            Ok(command) => self.handle(command),
+            Err(error) => self.parse_error(error),
+        }
+    }
+
+    /// A command line longer than 512 octets (RFC 5321 §4.5.3.1.4).
+    pub fn line_too_long(&mut self) -> Action {
+        if self.auth != AuthStep::None {
+            self.auth = AuthStep::None;
+        }
+        self.error(Reply::new(500, code(5, 5, 2), "Error: line too long"))
+    }
+
+    /// TLS is now active: everything learned before is forgotten (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.greeted = None;
+        self.transaction = None;
+        self.auth = AuthStep::None;
+        self.user = None;
+    }
+
+    /// The result of checking [`Credentials`]: the user name when they were
+    /// right, `None` when wrong.
+    pub fn auth_result(&mut self, user: Option<String>) -> Action {
+        self.auth = AuthStep::None;
+        match user {
+            Some(user) => {
+                tracing::info!(client = %self.client, user = %user, "authenticated");
+                self.user = Some(user);
+                Action::Reply(Reply::new(235, code(2, 7, 0), "Authentication successful"))
+            }
+            None => self.auth_failed(),
+        }
+    }
+
+    /// Failed AUTH attempts so far (the connection layer delays accordingly).
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures
+    }
+
+    /// A non-final BDAT chunk of `size` octets was stored.
+    pub fn chunk_received(&mut self, size: u64) -> Action {
+        Action::Reply(Reply::new(
+            250,
+            code(2, 0, 0),
+            format!("{size} octets received"),
+        ))
+    }
+
+    /// The message of the current transaction was stored or refused; the
+    /// transaction ends either way.
+    pub fn message_finished(&mut self, outcome: MessageOutcome) -> Action {
+        self.transaction = None;
+        let reply = match outcome {
+            MessageOutcome::Queued(id) => {
+                Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
+            }
+            MessageOutcome::TooBig => Reply::new(
+                552,
+                code(5, 3, 4),
+                "Error: message exceeds fixed maximum message size",
+            ),
+            MessageOutcome::BareLineEnding => Reply::new(
+                550,
+                code(5, 5, 2),
+                "Error: bare CR or LF in message data (RFC 5321 section 2.3.8)",
+            ),
+            MessageOutcome::StorageFailed => Reply::new(
+                451,
+                code(4, 3, 0),
+                "Error: queue write error, try again later",
+            ),
+        };
+        Action::Reply(reply)
+    }
+
+    fn handle(&mut self, command: Command) -> Action {
+        match command {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Mail { sender, parameters } => self.mail(sender, parameters),
+            Command::Rcpt { recipient } => self.rcpt(recipient),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.transaction = None;
+                ok("Ok")
+            }
+            Command::Noop => ok("Ok"),
+            Command::Quit => Action::Close(vec![Reply::new(221, code(2, 0, 0), "Bye")]),
+            Command::Vrfy => Action::Reply(Reply::new(
+                252,
+                code(2, 1, 5),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => {
+                self.error(Reply::new(502, code(5, 5, 1), "Error: EXPN not supported"))
+            }
+            Command::Help => Action::Reply(Reply::new(
+                214,
+                code(2, 0, 0),
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+            )),
+            Command::StartTls => self.starttls(),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
+        }
+    }
+
+    fn parse_error(&mut self, error: CommandError) -> Action {
+        match error {
+            CommandError::Unrecognized => self.error(Reply::new(
+                500,
+                code(5, 5, 2),
+                "Error: command not recognized",
+            )),
+            CommandError::Syntax(what) => self.error(Reply::new(
+                501,
+                code(5, 5, 4),
+                format!("Syntax error: {what}"),
+            )),
+            CommandError::BdatSyntax(what) => {
+                // The chunk's length is unknown: its octets cannot be skipped.
+                Action::Close(vec![Reply::new(
+                    501,
+                    code(5, 5, 4),
+                    format!("Syntax error in BDAT: {what}; closing"),
+                )])
+            }
+            CommandError::UnknownParameter(parameter) => self.error(Reply::new(
+                555,
+                code(5, 5, 4),
+                format!("Error: parameter {parameter} not supported"),
+            )),
+            CommandError::UnknownMechanism(mechanism) => self.error(Reply::new(
+                504,
+                code(5, 5, 4),
+                format!("Error: authentication mechanism {mechanism} not supported"),
+            )),
+        }
+    }
+
+    /// Counts a protocol error; past `max_errors` the connection is closed.
+    fn error(&mut self, reply: Reply) -> Action {
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            tracing::info!(client = %self.client, errors = self.errors, "too many errors, closing");
+            return Action::Close(vec![
+                reply,
+                Reply::new(
+                    421,
+                    code(4, 7, 0),
+                    format!("{} Error: too many errors", self.config.hostname),
+                ),
+            ]);
+        }
+        Action::Reply(reply)
+    }
+
+    fn bad_sequence(&mut self, text: &'static str) -> Action {
+        self.error(Reply::new(503, code(5, 5, 1), text))
+    }
+
+    fn hello(&mut self, name: String, extended: bool) -> Action {
+        // RFC 5321 §4.1.4: EHLO/HELO also reset any transaction.
+        self.transaction = None;
+        self.greeted = Some(Greeted { name, extended });
+        let host = self.config.hostname.clone();
+        if !extended {
+            return Action::Reply(Reply::plain(250, vec![host.into()]));
+        }
+        let mut lines: Vec<Cow<'static, str>> = vec![
+            host.into(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size).into(),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.config.tls_available && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        // RFC 4954 §4: passwords only ever travel encrypted.
+        if self.tls && self.user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        Action::Reply(Reply::plain(250, lines))
+    }
+
+    fn mail(
+        &mut self,
+        sender: ReversePath,
+        parameters: crate::smtp::command::MailParameters,
+    ) -> Action {
+        if self.greeted.is_none() {
+            return self.bad_sequence("Error: send HELO/EHLO first");
+        }
+        if self.transaction.is_some() {
+            return self.bad_sequence("Error: nested MAIL command");
+        }
+        if self.config.auth_required && self.user.is_none() {
+            return self.error(Reply::new(530, code(5, 7, 0), "Authentication required"));
+        }
+        let sender = match sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(mailbox) => {
+                if !mailbox.is_ascii() && !parameters.smtputf8 {
+                    return self.refuse_utf8(&mailbox);
+                }
+                mailbox.to_string()
+            }
+        };
+        if parameters
+            .size
+            .is_some_and(|size| size > self.config.max_message_size)
+        {
+            tracing::info!(
+                client = %self.client,
+                sender = %sender,
+                reason = "declared size over limit",
+                "transaction refused"
+            );
+            return Action::Reply(Reply::new(
+                552,
+                code(5, 3, 4),
+                "Error: message size exceeds fixed maximum message size",
+            ));
+        }
+        self.transaction = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            smtputf8: parameters.smtputf8,
+            body_8bit: parameters.body == Some(BodyType::EightBitMime),
+            chunking: false,
+        });
+        Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
+    }
+
+    fn refuse_utf8(&mut self, mailbox: &Mailbox) -> Action {
+        // RFC 6531 §3.5 / RFC 6533 (5.6.7).
+        self.error(Reply::new(
+            553,
+            code(5, 6, 7),
+            format!("<{mailbox}>: non-ASCII address needs SMTPUTF8"),
+        ))
+    }
+
+    fn rcpt(&mut self, recipient: ForwardPath) -> Action {
+        let Some(transaction) = self.transaction.as_ref() else {
+            return self.bad_sequence("Error: need MAIL command");
+        };
+        if transaction.chunking {
+            return self.bad_sequence("Error: RCPT after BDAT");
+        }
+        if transaction.recipients.len() >= self.config.max_recipients {
+            return Action::Reply(Reply::new(452, code(4, 5, 3), "Error: too many recipients"));
+        }
+        let smtputf8 = transaction.smtputf8;
+        let address = match recipient {
+            // RFC 5321 §4.5.1: <postmaster> must be accepted; it is ours.
+            ForwardPath::Postmaster => format!("postmaster@{}", self.config.hostname),
+            ForwardPath::Mailbox(mailbox) => {
+                if !mailbox.is_ascii() && !smtputf8 {
+                    return self.refuse_utf8(&mailbox);
+                }
+                let our_postmaster = mailbox.local_part.eq_ignore_ascii_case("postmaster")
+                    && mailbox.domain.eq_ignore_ascii_case(&self.config.hostname);
+                let allowed = our_postmaster
+                    || self.config.policy.may_send_to(
+                        &mailbox.domain,
+                        self.relay_client,
+                        self.user.is_some(),
+                    );
+                if !allowed {
+                    tracing::info!(
+                        client = %self.client,
+                        helo = %self.helo_name().unwrap_or(""),
+                        sender = %transaction.sender,
+                        recipient = %mailbox,
+                        reason = "relay access denied",
+                        "transaction refused"
+                    );
+                    return self.error(Reply::new(
+                        554,
+                        code(5, 7, 1),
+                        format!("<{mailbox}>: Relay access denied"),
+                    ));
+                }
+                mailbox.to_string()
+            }
+        };
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.recipients.push(address);
+        }
+        Action::Reply(Reply::new(250, code(2, 1, 5), "Ok"))
+    }
+
+    fn data(&mut self) -> Action {
+        match &self.transaction {
+            None => self.bad_sequence("Error: need MAIL command"),
+            Some(transaction) if transaction.recipients.is_empty() => {
+                self.bad_sequence("Error: no valid recipients")
+            }
+            Some(transaction) if transaction.chunking => {
+                self.bad_sequence("Error: DATA after BDAT")
+            }
+            Some(_) => Action::ReceiveData(Reply::plain(
+                354,
+                vec!["End data with <CR><LF>.<CR><LF>".into()],
+            )),
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        let refusal = match &self.transaction {
+            None => Some("Error: need MAIL command"),
+            Some(transaction) if transaction.recipients.is_empty() => {
+                Some("Error: no valid recipients")
+            }
+            Some(_) => None,
+        };
+        match refusal {
+            Some(text) => {
+                // RFC 3030 §2: the chunk is read and discarded all the same.
+                let refusal = match self.bad_sequence(text) {
+                    Action::Reply(reply) => reply,
+                    Action::Close(replies) => {
+                        return Action::Close(replies);
+                    }
+                    other => unreachable!("bad_sequence only replies or closes, not {other:?}"),
+                };
+                Action::ReceiveChunk {
+                    size,
+                    last,
+                    refusal: Some(refusal),
+                }
+            }
+            None => {
+                if let Some(transaction) = self.transaction.as_mut() {
+                    transaction.chunking = true;
+                }
+                Action::ReceiveChunk {
+                    size,
+                    last,
+                    refusal: None,
+                }
+            }
+        }
+    }
+
+    fn starttls(&mut self) -> Action {
+        if self.tls {
+            return self.bad_sequence("Error: TLS already active");
+        }
+        if !self.config.tls_available {
+            return self.error(Reply::new(
+                502,
+                code(5, 5, 1),
+                "Error: STARTTLS not available",
+            ));
+        }
+        Action::StartTls(Reply::new(220, code(2, 0, 0), "Ready to start TLS"))
+    }
+
+    fn auth(&mut self, mechanism: AuthMechanism, initial_response: Option<String>) -> Action {
+        if !self.config.tls_available {
+            return self.error(Reply::new(
+                502,
+                code(5, 5, 1),
+                "Error: authentication not enabled",
+            ));
+        }
+        if !self.tls {
+            // RFC 4954 §6.
+            return self.error(Reply::new(
+                538,
+                code(5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if self.greeted.is_none() {
+            return self.bad_sequence("Error: send EHLO first");
+        }
+        if self.user.is_some() {
+            return self.bad_sequence("Error: already authenticated");
+        }
+        if self.transaction.is_some() {
+            return self.bad_sequence("Error: AUTH not allowed in a mail transaction");
+        }
+        match (mechanism, initial_response) {
+            (AuthMechanism::Plain, None) => {
+                self.auth = AuthStep::PlainResponse;
+                Action::Reply(Reply::plain(334, vec!["".into()]))
+            }
+            (AuthMechanism::Plain, Some(response)) => self.plain(response.as_bytes()),
+            (AuthMechanism::Login, None) => {
+                self.auth = AuthStep::LoginUsername;
+                Action::Reply(Reply::plain(334, vec!["VXNlcm5hbWU6".into()]))
+            }
+            (AuthMechanism::Login, Some(response)) => {
+                self.auth = AuthStep::LoginUsername;
+                self.auth_response(response.as_bytes())
+            }
+        }
+    }
+
+    /// A line sent in answer to a 334 challenge.
+    fn auth_response(&mut self, line: &[u8]) -> Action {
+        let step = std::mem::replace(&mut self.auth, AuthStep::None);
+        if line == b"*" {
+            // RFC 4954 §4: the client cancelled.
+            return self.error(Reply::new(501, code(5, 7, 0), "Authentication aborted"));
+        }
+        match step {
+            AuthStep::None => unreachable!("auth_response is only called during AUTH"),
+            AuthStep::PlainResponse => self.plain(line),
+            AuthStep::LoginUsername => match decode_text(line) {
+                Some(username) => {
+                    self.auth = AuthStep::LoginPassword { username };
+                    Action::Reply(Reply::plain(334, vec!["UGFzc3dvcmQ6".into()]))
+                }
+                None => self.bad_base64(),
+            },
+            AuthStep::LoginPassword { username } => match decode_text(line) {
+                Some(password) => Action::Authenticate(Credentials { username, password }),
+                None => self.bad_base64(),
+            },
+        }
+    }
+
+    /// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`.
+    fn plain(&mut self, response: &[u8]) -> Action {
+        let Some(text) = decode_text(response) else {
+            return self.bad_base64();
+        };
+        let mut parts = text.split('\0');
+        let (Some(authzid), Some(username), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return self.error(Reply::new(
+                501,
+                code(5, 5, 2),
+                "Error: malformed PLAIN response",
+            ));
+        };
+        if !authzid.is_empty() && authzid != username {
+            // Acting as another user is not supported: a failed attempt.
+            return self.auth_failed();
+        }
+        Action::Authenticate(Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
+    }
+
+    fn bad_base64(&mut self) -> Action {
+        self.auth = AuthStep::None;
+        self.error(Reply::new(
+            501,
+            code(5, 5, 2),
+            "Error: invalid base64 response",
+        ))
+    }
+
+    fn auth_failed(&mut self) -> Action {
+        self.auth = AuthStep::None;
+        self.auth_failures += 1;
+        tracing::info!(client = %self.client, failures = self.auth_failures, "authentication failed");
+        let reply = Reply::new(535, code(5, 7, 8), "Authentication credentials invalid");
+        if self.auth_failures >= self.config.max_auth_failures {
+            return Action::Close(vec![
+                reply,
+                Reply::new(
+                    421,
+                    code(4, 7, 0),
+                    format!(
+                        "{} Error: too many failed authentications",
+                        self.config.hostname
+                    ),
+                ),
+            ]);
+        }
+        Action::Reply(reply)
+    }
+}
+
+fn ok(text: &'static str) -> Action {
+    Action::Reply(Reply::new(250, code(2, 0, 0), text))
+}
+
+/// Base64 to UTF-8 text; `=` stands for an empty response (RFC 4954 §4).
+fn decode_text(line: &[u8]) -> Option<String> {
+    if line == b"=" {
+        return Some(String::new());
+    }
+    let bytes = BASE64.decode(line).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 1000,
+            max_recipients: 3,
+            max_errors: 5,
+            max_auth_failures: 2,
+            tls_available: true,
+            auth_required: false,
+            policy: Policy::new(&PolicyConfig {
+                relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
+                accept_domains: vec!["example.org".into()],
+            }),
+        }
+    }
+
+    fn session_from(ip: &str, config: SessionConfig) -> Session {
+        Session::new(Arc::new(config), ip.parse().unwrap(), false)
+    }
+
+    fn relay_session() -> Session {
+        session_from("127.0.0.1", config())
+    }
+
+    fn stranger() -> Session {
+        session_from("192.0.2.7", config())
+    }
+
+    /// The wire form of the first reply of an action.
+    fn wire(action: &Action) -> String {
+        match action {
+            Action::Reply(reply) | Action::ReceiveData(reply) | Action::StartTls(reply) => {
+                reply.to_wire()
+            }
+            Action::Close(replies) => replies.iter().map(Reply::to_wire).collect(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn send(session: &mut Session, line: &str) -> String {
+        wire(&session.handle_line(line.as_bytes()))
+    }
+
+    fn expect(session: &mut Session, line: &str, start: &str) -> String {
+        let reply = send(session, line);
+        assert!(
+            reply.starts_with(start),
+            "{line:?}: expected {start:?}, got {reply:?}"
+        );
+        reply
+    }
+
+    #[test]
+    fn greeting_names_host() {
+        assert_eq!(
+            relay_session().greeting().to_wire(),
+            "220 mx.test ESMTP sluice\r\n"
+        );
+    }
+
+    #[test]
+    fn ehlo_advertises_extensions_without_auth_before_tls() {
+        let mut session = relay_session();
+        let reply = expect(&mut session, "EHLO c.test", "250-mx.test");
+        for keyword in [
+            "PIPELINING",
+            "SIZE 1000",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+            "STARTTLS",
+        ] {
+            assert!(
+                reply.contains(&format!("250-{keyword}\r\n"))
+                    || reply.contains(&format!("250 {keyword}\r\n")),
+                "{keyword} in {reply}"
+            );
+        }
+        assert!(!reply.contains("AUTH"), "{reply}");
+    }
+
+    #[test]
+    fn after_tls_auth_is_offered_and_starttls_is_not() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        assert!(matches!(
+            session.handle_line(b"STARTTLS"),
+            Action::StartTls(_)
+        ));
+        session.tls_started();
+        // The session starts over: MAIL needs a new EHLO.
+        expect(&mut session, "MAIL FROM:<a@b.test>", "503 5.5.1");
+        let reply = expect(&mut session, "EHLO c.test", "250");
+        assert!(reply.contains("AUTH PLAIN LOGIN"), "{reply}");
+        assert!(!reply.contains("STARTTLS"), "{reply}");
+        expect(&mut session, "STARTTLS", "503 5.5.1");
+    }
+
+    #[test]
+    fn no_starttls_without_certificate() {
+        let mut session = session_from(
+            "127.0.0.1",
+            SessionConfig {
+                tls_available: false,
+                ..config()
+            },
+        );
+        let reply = expect(&mut session, "EHLO c.test", "250");
+        assert!(!reply.contains("STARTTLS"));
+        expect(&mut session, "STARTTLS", "502 5.5.1");
+        expect(&mut session, "AUTH PLAIN AGEAYg==", "502 5.5.1");
+    }
+
+    #[test]
+    fn full_transaction() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=100", "250 2.1.0");
+        expect(&mut session, "RCPT TO:<x@Remote.TEST>", "250 2.1.5");
+        assert!(matches!(
+            session.handle_line(b"DATA"),
+            Action::ReceiveData(_)
+        ));
+        let envelope = session.envelope().unwrap();
+        assert_eq!(envelope.sender, "a@b.test");
+        assert_eq!(envelope.recipients, vec!["x@remote.test".to_string()]);
+        let header = session.received_header("ABC123", DateTime::from_timestamp(0, 0).unwrap());
+        assert_eq!(
+            header,
+            "Received: from c.test ([127.0.0.1])\r\n\tby mx.test (sluice) with ESMTP id ABC123\r\n\tfor <x@remote.test>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+        let reply = wire(&session.message_finished(MessageOutcome::Queued("ABC123".into())));
+        assert_eq!(reply, "250 2.0.0 Ok: queued as ABC123\r\n");
+        assert!(session.is_idle());
+        expect(&mut session, "MAIL FROM:<>", "250");
+    }
+
+    #[test]
+    fn commands_out_of_sequence_get_503() {
+        let mut session = relay_session();
+        expect(&mut session, "MAIL FROM:<a@b.test>", "503 5.5.1");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "RCPT TO:<a@b.test>", "503 5.5.1");
+        expect(&mut session, "DATA", "503 5.5.1");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "503 5.5.1");
+        expect(&mut session, "DATA", "503 5.5.1");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_commands() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "FROB", "500 5.5.2");
+        expect(&mut session, "MAIL FROM:<a@b", "501 5.5.4");
+        expect(&mut session, "MAIL FROM:<a@b.test> FOO=BAR", "555 5.5.4");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<a@b.test> NOTIFY=NEVER", "555 5.5.4");
+    }
+
+    #[test]
+    fn too_many_errors_closes() {
+        let mut session = relay_session();
+        for _ in 0..4 {
+            assert!(matches!(session.handle_line(b"FROB"), Action::Reply(_)));
+        }
+        let Action::Close(replies) = session.handle_line(b"FROB") else {
+            panic!("the fifth error closes");
+        };
+        assert_eq!(replies.last().unwrap().code(), 421);
+    }
+
+    #[test]
+    fn strangers_may_not_relay_but_may_send_to_accepted_domains() {
+        let mut session = stranger();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let reply = expect(&mut session, "RCPT TO:<x@elsewhere.test>", "554 5.7.1");
+        assert_eq!(
+            reply,
+            "554 5.7.1 <x@elsewhere.test>: Relay access denied\r\n"
+        );
+        expect(&mut session, "RCPT TO:<x@Example.org>", "250");
+        expect(&mut session, "RCPT TO:<postmaster>", "250");
+        expect(&mut session, "RCPT TO:<PostMaster@mx.test>", "250");
+        assert_eq!(
+            session.envelope().unwrap().recipients,
+            vec![
+                "x@example.org".to_string(),
+                "postmaster@mx.test".into(),
+                "PostMaster@mx.test".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn recipient_limit_gives_452() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        for n in 0..3 {
+            expect(&mut session, &format!("RCPT TO:<r{n}@x.test>"), "250");
+        }
+        expect(&mut session, "RCPT TO:<r4@x.test>", "452 4.5.3");
+    }
+
+    #[test]
+    fn declared_size_over_limit_gives_552() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1001", "552 5.3.4");
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1000", "250");
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<jöran@b.test>", "553 5.6.7");
+        expect(&mut session, "MAIL FROM:<jöran@b.test> SMTPUTF8", "250");
+        expect(&mut session, "RCPT TO:<δοκιμή@παράδειγμα.test>", "250");
+        let envelope = session.envelope().unwrap();
+        assert!(envelope.smtputf8);
+        assert_eq!(
+            envelope.recipients,
+            vec!["δοκιμή@παράδειγμα.test".to_string()]
+        );
+    }
+
+    #[test]
+    fn bdat_transaction_and_mixing_with_data() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        assert!(matches!(
+            session.handle_line(b"BDAT 5"),
+            Action::ReceiveChunk {
+                size: 5,
+                last: false,
+                refusal: Some(_)
+            }
+        ));
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<x@y.test>", "250");
+        assert_eq!(
+            session.handle_line(b"BDAT 5"),
+            Action::ReceiveChunk {
+                size: 5,
+                last: false,
+                refusal: None
+            }
+        );
+        expect(&mut session, "DATA", "503 5.5.1");
+        expect(&mut session, "RCPT TO:<z@y.test>", "503 5.5.1");
+        assert_eq!(
+            session.handle_line(b"BDAT 0 LAST"),
+            Action::ReceiveChunk {
+                size: 0,
+                last: true,
+                refusal: None
+            }
+        );
+        assert!(
+            wire(&session.message_finished(MessageOutcome::Queued("Q1".into())))
+                .starts_with("250 2.0.0")
+        );
+        assert!(matches!(session.handle_line(b"BDAT x"), Action::Close(_)));
+    }
+
+    #[test]
+    fn submission_requires_auth_before_mail() {
+        let mut session = Session::new(
+            Arc::new(SessionConfig {
+                auth_required: true,
+                ..config()
+            }),
+            "127.0.0.1".parse().unwrap(),
+            true,
+        );
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "530 5.7.0");
+        let Action::Authenticate(credentials) = session.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ=")
+        else {
+            panic!("PLAIN with initial response asks for a check");
+        };
+        assert_eq!(credentials.username, "app");
+        assert_eq!(credentials.password, "secret");
+        expect_action(session.auth_result(Some("app".into())), "235 2.7.0");
+        assert_eq!(session.protocol(), "ESMTPSA");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        // Authenticated sessions may relay anywhere.
+        let mut stranger_authenticated =
+            Session::new(Arc::new(config()), "192.0.2.9".parse().unwrap(), true);
+        expect(&mut stranger_authenticated, "EHLO c.test", "250");
+        assert!(matches!(
+            stranger_authenticated.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ="),
+            Action::Authenticate(_)
+        ));
+        stranger_authenticated.auth_result(Some("app".into()));
+        expect(&mut stranger_authenticated, "MAIL FROM:<a@b.test>", "250");
+        expect(
+            &mut stranger_authenticated,
+            "RCPT TO:<x@anywhere.test>",
+            "250",
+        );
+    }
+
+    fn expect_action(action: Action, start: &str) {
+        let reply = wire(&action);
+        assert!(
+            reply.starts_with(start),
+            "expected {start:?}, got {reply:?}"
+        );
+    }
+
+    #[test]
+    fn auth_needs_tls() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "AUTH PLAIN AGFwcABzZWNyZXQ=", "538 5.7.11");
+    }
+
+    #[test]
+    fn auth_login_exchange_and_failures_close() {
+        let mut session = Session::new(Arc::new(config()), "127.0.0.1".parse().unwrap(), true);
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "AUTH LOGIN", "334 VXNlcm5hbWU6");
+        assert!(!session.is_idle());
+        expect(&mut session, "YXBw", "334 UGFzc3dvcmQ6");
+        assert_eq!(
+            session.handle_line(b"d3Jvbmc="),
+            Action::Authenticate(Credentials {
+                username: "app".into(),
+                password: "wrong".into()
+            })
+        );
+        expect_action(session.auth_result(None), "535 5.7.8");
+        // PLAIN without initial response, then a cancel.
+        expect(&mut session, "AUTH PLAIN", "334 ");
+        expect(&mut session, "*", "501");
+        expect(&mut session, "AUTH LOGIN YXBw", "334 UGFzc3dvcmQ6");
+        assert!(matches!(
+            session.handle_line(b"d3Jvbmc="),
+            Action::Authenticate(_)
+        ));
+        let Action::Close(replies) = session.auth_result(None) else {
+            panic!("the second failure closes");
+        };
+        assert_eq!(replies[0].code(), 535);
+        assert_eq!(replies[1].code(), 421);
+    }
+
+    #[test]
+    fn every_reply_but_greeting_ehlo_and_intermediate_has_enhanced_code() {
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250 mx.test");
+        for line in [
+            "NOOP",
+            "RSET",
+            "VRFY x",
+            "HELP",
+            "EXPN x",
+            "FROB",
+            "MAIL FROM:<a@b.test>",
+            "RCPT TO:<c@d.test>",
+            "QUIT",
+        ] {
+            let reply = send(&mut session, line);
+            let status = reply[4..].split(' ').next().unwrap();
+            assert!(
+                status.split('.').count() == 3
+                    && status.split('.').all(|n| n.parse::<u16>().is_ok()),
+                "{line}: {reply}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_outcomes_map_to_replies() {
+        let mut session = relay_session();
+        expect_action(
+            session.message_finished(MessageOutcome::TooBig),
+            "552 5.3.4",
+        );
+        expect_action(
+            session.message_finished(MessageOutcome::BareLineEnding),
+            "550 5.5.2",
+        );
+        expect_action(
+            session.message_finished(MessageOutcome::StorageFailed),
+            "451 4.3.0",
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! The admin HTTP API of a running server: JSON shapes, filters and paging,
+//! actions, errors, the bearer token, metrics, and the refusal to serve a
+//! non-loopback address without a token.
+
+mod common;
+mod queue_common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Sluice, field, wait_for};
+use queue_common::{Seed, Sink, SinkMode, assert_message_shape, config_text, fill, http};
+use serde_json::Value;
+
+/// Starts a server on a spool pre-filled with `seeds`, routing all mail to a
+/// sink in `mode`.
+fn server(seeds: &[Seed], admin_extra: &str, mode: SinkMode) -> (Sluice, Sink, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start(mode);
+    let ids = fill(&dir.path().join("spool"), seeds);
+    let text = config_text(dir.path(), sink.address, admin_extra, "");
+    (Sluice::start_with(dir, &text), sink, ids)
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {list}"))
+        .iter()
+        .map(|message| message["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+fn assert_error(reply: &queue_common::HttpReply, status: u16, words: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    let body = reply.json();
+    let keys: Vec<&String> = body.as_object().expect("error object").keys().collect();
+    assert_eq!(keys, ["error"], "error body is {{\"error\": …}}: {body}");
+    let message = body["error"].as_str().expect("error text");
+    assert!(
+        message.contains(words),
+        "expected {words:?} in the error, got {message:?}"
+    );
+}
+
+#[test]
+fn queue_list_is_a_json_array_of_contract_message_objects() {
+    let (sluice, _sink, ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["b@example.net", "c@example.com"],
+                held: false,
+            },
+            Seed {
+                sender: "",
+                recipients: &["a@example.org"],
+                held: true,
+            },
+        ],
+        "",
+        SinkMode::TempFail,
+    );
+    let reply = http("GET", sluice.admin, "/v1/queue", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{reply:?}"
+    );
+    let list = reply.json();
+    assert_eq!(ids_of(&list), ids, "arrival order");
+    for message in list.as_array().expect("array") {
+        assert_message_shape(message);
+    }
+    assert_eq!(list[0]["sender"], "a@example.org");
+    assert_eq!(list[0]["held"], false);
+    assert_eq!(list[0]["recipients"][1]["address"], "c@example.com");
+    assert_eq!(list[1]["sender"], "", "the null sender is \"\"");
+    assert_eq!(list[1]["held"], true);
+}
+
+#[test]
+fn show_answers_one_object_and_errors_are_json_with_the_right_status() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: true,
+        }],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let reply = http("GET", admin, &format!("/v1/queue/{}", ids[0]), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let message = reply.json();
+    assert_message_shape(&message);
+    assert_eq!(message["id"], ids[0].as_str());
+
+    assert_error(
+        &http("GET", admin, "/v1/queue/NoSuchId1", None),
+        404,
+        "no such message",
+    );
+    for (method, action) in [
+        ("POST", "/retry"),
+        ("POST", "/hold"),
+        ("POST", "/release"),
+        ("POST", "/bounce"),
+        ("DELETE", ""),
+    ] {
+        assert_error(
+            &http(method, admin, &format!("/v1/queue/NoSuchId1{action}"), None),
+            404,
+            "no such message",
+        );
+    }
+    assert_error(
+        &http("GET", admin, "/v1/queue/not-an-id", None),
+        400,
+        "bad queue ID",
+    );
+    assert_error(
+        &http("POST", admin, &format!("/v1/queue/{}/retry", ids[0]), None),
+        409,
+        "held",
+    );
+    assert_error(
+        &http("GET", admin, "/v1/nothing", None),
+        404,
+        "no such endpoint",
+    );
+    assert_error(
+        &http("PUT", admin, "/v1/queue", None),
+        405,
+        "method not allowed",
+    );
+    assert_error(
+        &http("GET", admin, "/v1/queue?status=stuck", None),
+        400,
+        "bad status",
+    );
+}
+
+#[test]
+fn list_filters_and_pages_with_a_next_cursor() {
+    let (sluice, _sink, ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["x@example.net"],
+                held: true,
+            },
+            Seed {
+                sender: "",
+                recipients: &["y@example.com"],
+                held: true,
+            },
+            Seed {
+                sender: "B@Example.org",
+                recipients: &["z@example.net"],
+                held: false,
+            },
+        ],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let get = |path: &str| {
+        let reply = http("GET", admin, path, None);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        ids_of(&reply.json())
+    };
+    assert_eq!(get("/v1/queue?status=held"), ids[..2]);
+    assert_eq!(get("/v1/queue?status=failed"), Vec::<String>::new());
+    assert_eq!(get("/v1/queue?domain=example.com"), ids[1..2]);
+    assert_eq!(
+        get("/v1/queue?domain=EXAMPLE.NET"),
+        [ids[0].clone(), ids[2].clone()]
+    );
+    assert_eq!(get("/v1/queue?sender="), ids[1..2], "empty sender = <>");
+    assert_eq!(get("/v1/queue?sender=b%40example.org"), ids[2..3]);
+    assert_eq!(get(&format!("/v1/queue?after={}", ids[0])), ids[1..]);
+
+    // Paging: follow the cursor until no `Link` comes back.
+    let mut seen = Vec::new();
+    let mut path = "/v1/queue?limit=2".to_string();
+    loop {
+        let reply = http("GET", admin, &path, None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let page = ids_of(&reply.json());
+        assert!(page.len() <= 2, "{page:?}");
+        seen.extend(page.clone());
+        match reply.link {
+            Some(link) => {
+                assert!(link.ends_with("; rel=\"next\""), "{link}");
+                let next = link
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .expect("link target")
+                    .to_string();
+                let after = reply.next_after.expect("Sluice-Next-After with Link");
+                assert_eq!(&after, page.last().expect("a full page"));
+                assert!(next.contains(&format!("after={after}")), "{next}");
+                path = next;
+            }
+            None => {
+                assert!(reply.next_after.is_none());
+                break;
+            }
+        }
+        assert!(seen.len() <= ids.len(), "paging does not end: {seen:?}");
+    }
+    assert_eq!(seen, ids);
+    assert_error(&http("GET", admin, "/v1/queue?limit=0", None), 400, "limit");
+}
+
+#[test]
+fn actions_change_the_message_and_are_logged_with_the_queue_id() {
+    let (sluice, _sink, ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["b@example.net"],
+                held: false,
+            },
+            Seed {
+                sender: "a@example.org",
+                recipients: &["c@example.net"],
+                held: false,
+            },
+        ],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let id = &ids[0];
+    let reply = http("POST", admin, &format!("/v1/queue/{id}/hold"), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_message_shape(&reply.json());
+    assert_eq!(reply.json()["held"], true);
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "action=hold"]);
+    assert_eq!(field(&line, "action"), "hold");
+
+    let reply = http("POST", admin, &format!("/v1/queue/{id}/release"), None);
+    assert_eq!(reply.json()["held"], false, "{reply:?}");
+    sluice.wait_log(&[&format!("queue_id={id}"), "action=release"]);
+
+    let reply = http("POST", admin, &format!("/v1/queue/{id}/retry"), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    sluice.wait_log(&[&format!("queue_id={id}"), "action=retry"]);
+
+    let reply = http("POST", admin, "/v1/queue/retry", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.json()["retried"].is_u64(), "{reply:?}");
+
+    let reply = http("DELETE", admin, &format!("/v1/queue/{id}"), None);
+    assert_eq!(reply.status, 204, "{reply:?}");
+    sluice.wait_log(&[&format!("queue_id={id}"), "action=delete"]);
+    assert_eq!(
+        http("GET", admin, &format!("/v1/queue/{id}"), None).status,
+        404
+    );
+
+    let reply = http("DELETE", admin, "/v1/queue", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["deleted"], 1);
+    sluice.wait_log(&[&format!("queue_id={}", ids[1]), "action=delete"]);
+    assert_eq!(http("GET", admin, "/v1/queue", None).body, "[]\n");
+}
+
+#[test]
+fn bearer_token_is_required_on_every_endpoint_but_health() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: true,
+        }],
+        "token = \"s3cret-token\"",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let show = format!("/v1/queue/{}", ids[0]);
+    for (method, path) in [
+        ("GET", "/v1/queue"),
+        ("GET", show.as_str()),
+        ("POST", "/v1/queue/retry"),
+        ("DELETE", show.as_str()),
+        ("GET", "/metrics"),
+    ] {
+        for token in [None, Some("wrong"), Some("s3cret-token2")] {
+            let reply = http(method, admin, path, token);
+            assert_error(&reply, 401, "bearer token");
+            assert!(
+                reply
+                    .www_authenticate
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{reply:?}"
+            );
+        }
+    }
+    assert_eq!(http("GET", admin, "/health", None).status, 200);
+    assert_eq!(http("GET", admin, &show, Some("s3cret-token")).status, 200);
+    assert_eq!(
+        http("GET", admin, "/metrics", Some("s3cret-token")).status,
+        200
+    );
+    // Nothing was deleted by the refused DELETE.
+    assert_eq!(http("GET", admin, &show, Some("s3cret-token")).status, 200);
+
+    // The CLI sends the configured token...
+    let (code, stdout, stderr) = sluice.cli(&["queue", "list"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&ids[0]), "{stdout}");
+    // ...and says so when it is wrong.
+    let wrong = sluice.dir.path().join("wrong.toml");
+    let text = std::fs::read_to_string(&sluice.config_path)
+        .expect("config")
+        .replace("s3cret-token", "not-the-token");
+    std::fs::write(&wrong, text).expect("write config");
+    let (code, _, stderr) = queue_common::cli(&wrong, &["queue", "list"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("token"), "{stderr}");
+}
+
+#[test]
+fn server_refuses_a_non_loopback_admin_address_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start(SinkMode::Accept);
+    // 192.0.2.1 (TEST-NET-1, RFC 5737): not loopback, and never bindable
+    // here, so even a server that wrongly accepted it could not listen.
+    let text = config_text(dir.path(), sink.address, "", "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"192.0.2.1:8025\"",
+    );
+    let config = queue_common::write_config(dir.path(), &text);
+    let mut child = Command::new(common::binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("sluice kept running with a non-loopback admin address and no token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("admin") && stderr.contains("token") && stderr.contains("192.0.2.1"),
+        "a clear message naming the address and the token: {stderr}"
+    );
+}
+
+/// The value of an unlabelled or labelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.split(' ').next() == Some(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn metrics_show_queue_sizes_and_change_after_delivery() {
+    let (sluice, sink, _ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["held@example.net"],
+                held: true,
+            },
+            Seed {
+                sender: "a@example.org",
+                recipients: &["go@example.net"],
+                held: false,
+            },
+        ],
+        "",
+        SinkMode::Accept,
+    );
+    let admin = sluice.admin;
+    let reply = http("GET", admin, "/metrics", None);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        sample(&reply.body, "sluice_queue_messages{state=\"held\"}"),
+        Some(1.0),
+        "{}",
+        reply.body
+    );
+    wait_for("delivery to the sink", DEADLINE, || {
+        sink.got_mail_for("go@example.net").then_some(())
+    });
+    let text = wait_for("metrics after delivery", DEADLINE, || {
+        let text = http("GET", admin, "/metrics", None).body;
+        (sample(&text, "sluice_recipients_delivered_total") == Some(1.0)
+            && sample(&text, "sluice_queue_messages{state=\"queued\"}") == Some(0.0))
+        .then_some(text)
+    });
+    assert_eq!(
+        sample(&text, "sluice_queue_messages{state=\"held\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sluice_queue_recipients{status=\"pending\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn metrics_count_messages_received_over_smtp() {
+    let (sluice, _sink, _) = server(&[], "", SinkMode::TempFail);
+    let before = http("GET", sluice.admin, "/metrics", None).body;
+    assert_eq!(
+        sample(&before, "sluice_messages_received_total"),
+        Some(0.0),
+        "{before}"
+    );
+    let mut client = sluice.connect();
+    client.send_message(
+        "a@example.org",
+        &["b@example.net"],
+        "Subject: metrics\r\n\r\nHello.\r\n",
+    );
+    wait_for("messages_received to count the message", DEADLINE, || {
+        let text = http("GET", sluice.admin, "/metrics", None).body;
+        (sample(&text, "sluice_messages_received_total") == Some(1.0)).then_some(())
+    });
+}

@@ -1,0 +1,452 @@
+//! `sluice queue` against a running server (through the admin API) and
+//! offline (on the spool), with the same results.
+
+mod common;
+mod queue_common;
+
+use std::path::{Path, PathBuf};
+
+use common::{DEADLINE, Sluice, wait_for};
+use queue_common::{
+    Seed, Sink, SinkMode, assert_message_shape, cli, cli_ok, config_text, fill, http, write_config,
+};
+use serde_json::Value;
+
+/// A spool in a temp dir pre-filled with `seeds`, and its config (all mail
+/// routed to `sink`); no server yet.
+fn offline(seeds: &[Seed], sink: &Sink) -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = fill(&dir.path().join("spool"), seeds);
+    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    (dir, config, ids)
+}
+
+fn online(seeds: &[Seed], sink: &Sink) -> (Sluice, Vec<String>) {
+    let (dir, config, ids) = offline(seeds, sink);
+    let text = std::fs::read_to_string(config).expect("config");
+    (Sluice::start_with(dir, &text), ids)
+}
+
+fn show_json(config: &Path, id: &str) -> Value {
+    let text = cli_ok(config, &["queue", "show", id, "--json"]);
+    let value: Value = serde_json::from_str(&text).expect("show --json is JSON");
+    assert_message_shape(&value);
+    value
+}
+
+fn list_json(config: &Path) -> Vec<Value> {
+    let text = cli_ok(config, &["queue", "list", "--json"]);
+    let value: Value = serde_json::from_str(&text).expect("list --json is JSON");
+    let list = value.as_array().expect("list --json is an array").clone();
+    for message in &list {
+        assert_message_shape(message);
+    }
+    list
+}
+
+fn four_messages() -> Vec<Seed<'static>> {
+    vec![
+        Seed {
+            sender: "alice@example.org",
+            recipients: &["bob@example.net", "carol@example.com"],
+            held: false,
+        },
+        Seed {
+            sender: "dave@example.org",
+            recipients: &["erin@example.net"],
+            held: true,
+        },
+        Seed {
+            sender: "",
+            recipients: &["frank@example.org"],
+            held: true,
+        },
+        Seed {
+            sender: "grace@example.org",
+            recipients: &["heidi@example.net"],
+            held: false,
+        },
+    ]
+}
+
+/// Runs every command against `config` (a running server or the bare
+/// spool) and checks each effect with `show --json` / `list --json`.
+fn every_command(config: &Path, ids: &[String]) {
+    let table = cli_ok(config, &["queue", "list"]);
+    for id in ids {
+        assert!(table.contains(id.as_str()), "{id} listed: {table}");
+    }
+    assert!(
+        table.contains(&format!("{}!", ids[1])),
+        "held mark: {table}"
+    );
+    assert!(!table.contains(&format!("{}!", ids[0])), "{table}");
+    assert!(
+        table.contains("alice@example.org") && table.contains("<>"),
+        "{table}"
+    );
+    assert!(table.contains("carol@example.com"), "recipients: {table}");
+    assert!(table.contains("in 4 messages"), "summary: {table}");
+    assert_eq!(list_json(config).len(), 4);
+
+    let text = cli_ok(config, &["queue", "show", &ids[0]]);
+    assert!(
+        text.contains(&ids[0]) && text.contains("bob@example.net"),
+        "{text}"
+    );
+    assert_eq!(show_json(config, &ids[0])["sender"], "alice@example.org");
+
+    cli_ok(config, &["queue", "hold", &ids[0]]);
+    assert_eq!(show_json(config, &ids[0])["held"], true);
+    cli_ok(config, &["queue", "release", &ids[0]]);
+    assert_eq!(show_json(config, &ids[0])["held"], false);
+
+    cli_ok(config, &["queue", "retry", &ids[3]]);
+    let (code, _, stderr) = cli(config, &["queue", "retry", &ids[1]]);
+    assert_eq!(code, 1, "retry of a held message is refused: {stderr}");
+    assert!(stderr.contains("held"), "{stderr}");
+    let text = cli_ok(config, &["queue", "retry", "--all"]);
+    assert!(text.contains("due now"), "{text}");
+
+    cli_ok(config, &["queue", "delete", &ids[2]]);
+    let (code, _, stderr) = cli(config, &["queue", "show", &ids[2]]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no such message"), "{stderr}");
+
+    // Bounce: the message leaves the queue, and a DSN to dave@ is queued or
+    // delivered (the caller checks where it went).
+    let text = cli_ok(config, &["queue", "bounce", &ids[1]]);
+    assert!(text.contains("bounced"), "{text}");
+    let (code, _, _) = cli(config, &["queue", "show", &ids[1]]);
+    assert_eq!(code, 1, "a bounced message leaves the queue");
+}
+
+#[test]
+fn every_command_works_against_a_running_server() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(&four_messages(), &sink);
+    let config = sluice.config_path.clone();
+    every_command(&config, &ids);
+    // The server did the work (the spool is its own): it logged each action.
+    for (id, action) in [
+        (&ids[0], "hold"),
+        (&ids[0], "release"),
+        (&ids[3], "retry"),
+        (&ids[2], "delete"),
+        (&ids[1], "bounce"),
+    ] {
+        sluice.wait_log(&[&format!("queue_id={id}"), &format!("action={action}")]);
+    }
+    // The DSN for dave@ is in the queue (the sink defers everything).
+    let dsn = wait_for("the DSN in the queue", DEADLINE, || {
+        list_json(&config).into_iter().find(|message| {
+            message["sender"] == "" && message["recipients"][0]["address"] == "dave@example.org"
+        })
+    });
+    assert_message_shape(&dsn);
+    let text = cli_ok(&config, &["queue", "delete", "--all"]);
+    assert!(text.contains("deleted"), "{text}");
+    assert_eq!(cli_ok(&config, &["queue", "list"]), "Mail queue is empty\n");
+    assert_eq!(cli_ok(&config, &["queue", "list", "--json"]), "[]\n");
+}
+
+#[test]
+fn every_command_works_offline_on_the_spool() {
+    let sink = Sink::start(SinkMode::Accept);
+    let (dir, config, ids) = offline(&four_messages(), &sink);
+    every_command(&config, &ids);
+    let dsn = list_json(&config)
+        .into_iter()
+        .find(|message| {
+            message["sender"] == "" && message["recipients"][0]["address"] == "dave@example.org"
+        })
+        .expect("offline bounce queues the DSN to the sender");
+    assert_message_shape(&dsn);
+    let text = cli_ok(&config, &["queue", "delete", "--all"]);
+    assert!(text.contains("deleted"), "{text}");
+    assert_eq!(cli_ok(&config, &["queue", "list", "--json"]), "[]\n");
+    assert!(
+        sink.messages().is_empty(),
+        "offline commands deliver nothing"
+    );
+    drop(dir);
+}
+
+#[test]
+fn unknown_id_exits_1_with_no_such_message_online_and_offline() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (dir, config, _) = offline(&four_messages()[..1], &sink);
+    let check = |config: &Path| {
+        for args in [
+            &["show", "NoSuchId1"][..],
+            &["show", "NoSuchId1", "--json"],
+            &["hold", "NoSuchId1"],
+            &["release", "NoSuchId1"],
+            &["retry", "NoSuchId1"],
+            &["delete", "NoSuchId1"],
+            &["bounce", "NoSuchId1"],
+            &["show", "not-an-id"],
+        ] {
+            let mut argv = vec!["queue"];
+            argv.extend_from_slice(args);
+            let (code, stdout, stderr) = cli(config, &argv);
+            assert_eq!(code, 1, "{argv:?}: {stdout}{stderr}");
+            assert!(stderr.contains("no such message"), "{argv:?}: {stderr}");
+        }
+    };
+    check(&config);
+    let text = std::fs::read_to_string(&config).expect("config");
+    let sluice = Sluice::start_with(dir, &text);
+    check(&sluice.config_path);
+}
+
+#[test]
+fn all_with_an_id_or_neither_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start(SinkMode::TempFail);
+    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    for args in [
+        &["queue", "retry", "ABC", "--all"][..],
+        &["queue", "delete", "ABC", "--all"],
+        &["queue", "retry"],
+        &["queue", "delete"],
+        &["queue", "show"],
+        &["queue", "hold", "--all"],
+        &["queue", "frobnicate"],
+    ] {
+        let (code, _, stderr) = cli(&config, args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("spool").exists(),
+        "usage errors touch nothing"
+    );
+}
+
+#[test]
+fn json_is_identical_through_the_api_and_offline() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let seeds: Vec<Seed> = four_messages()
+        .into_iter()
+        .map(|seed| Seed { held: true, ..seed })
+        .collect();
+    let (dir, config, ids) = offline(&seeds, &sink);
+    let list_offline = cli_ok(&config, &["queue", "list", "--json"]);
+    let show_offline = cli_ok(&config, &["queue", "show", &ids[0], "--json"]);
+    let table_offline = cli_ok(&config, &["queue", "list"]);
+    let text = std::fs::read_to_string(&config).expect("config");
+    let sluice = Sluice::start_with(dir, &text);
+    let list_online = cli_ok(&sluice.config_path, &["queue", "list", "--json"]);
+    assert_eq!(list_online, list_offline);
+    assert_eq!(
+        http("GET", sluice.admin, "/v1/queue", None).body,
+        list_offline
+    );
+    assert_eq!(
+        cli_ok(&sluice.config_path, &["queue", "show", &ids[0], "--json"]),
+        show_offline
+    );
+    let table_online = cli_ok(&sluice.config_path, &["queue", "list"]);
+    // Ages may tick between the two runs; compare all but the age column.
+    let is_age = |word: &str| {
+        word.len() > 1
+            && word.ends_with(['s', 'm', 'h', 'd'])
+            && word[..word.len() - 1].bytes().all(|b| b.is_ascii_digit())
+    };
+    let strip = |table: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .filter(|word| !is_age(word))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(strip(&table_online), strip(&table_offline));
+}
+
+#[test]
+fn a_spool_held_by_a_process_whose_api_does_not_answer_is_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start(SinkMode::TempFail);
+    let spool = dir.path().join("spool");
+    let ids = fill(
+        &spool,
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: false,
+        }],
+    );
+    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // This test process holds the spool, as a hung server would.
+    let queue = runtime.block_on(async {
+        sluice_queue::Queue::open(&spool, sluice_queue::QueueOptions::default())
+            .expect("open the spool")
+    });
+    let (code, _, stderr) = cli(&config, &["queue", "list"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("in use") && stderr.contains("does not answer"),
+        "{stderr}"
+    );
+    // A recorded address that does not answer is named.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_address = dead.local_addr().expect("address");
+    drop(dead);
+    std::fs::write(spool.join("admin.address"), format!("{dead_address}\n")).expect("write");
+    let (code, _, stderr) = cli(&config, &["queue", "delete", &ids[0]]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&dead_address.to_string()), "{stderr}");
+    let id = sluice_queue::QueueId::parse(&ids[0]).expect("id");
+    assert!(
+        queue.get(&id).expect("read the spool").is_some(),
+        "the message is untouched"
+    );
+    runtime.block_on(queue.close()).expect("close");
+}
+
+#[test]
+fn hold_prevents_delivery_until_release() {
+    let sink = Sink::start(SinkMode::Accept);
+    let (sluice, ids) = online(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["parked@example.net"],
+                held: true,
+            },
+            Seed {
+                sender: "a@example.org",
+                recipients: &["control@example.net"],
+                held: false,
+            },
+        ],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    // The unheld message goes: the scheduler ran and passed the held one by.
+    wait_for("the control message at the sink", DEADLINE, || {
+        sink.got_mail_for("control@example.net").then_some(())
+    });
+    wait_for("the control message to leave the queue", DEADLINE, || {
+        (list_json(&config).len() == 1).then_some(())
+    });
+    assert!(
+        !sink.got_mail_for("parked@example.net"),
+        "a held message was delivered"
+    );
+    let parked = show_json(&config, &ids[0]);
+    assert_eq!(parked["held"], true);
+    assert_eq!(parked["recipients"][0]["status"], "pending");
+    assert_eq!(parked["recipients"][0]["attempts"], 0);
+
+    cli_ok(&config, &["queue", "release", &ids[0]]);
+    wait_for("the released message at the sink", DEADLINE, || {
+        sink.got_mail_for("parked@example.net").then_some(())
+    });
+    wait_for("the released message to leave the queue", DEADLINE, || {
+        (cli(&config, &["queue", "show", &ids[0]]).0 == 1).then_some(())
+    });
+}
+
+#[test]
+fn retry_makes_a_deferred_message_due_now() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["later@example.net"],
+            held: false,
+        }],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    let deferred = wait_for("the first attempt to defer", DEADLINE, || {
+        let message = show_json(&config, &ids[0]);
+        (message["recipients"][0]["status"] == "deferred").then_some(message)
+    });
+    let recipient = &deferred["recipients"][0];
+    assert!(recipient["attempts"].as_u64() >= Some(1), "{deferred}");
+    assert!(recipient["next_attempt_at"].is_string(), "{deferred}");
+    assert!(
+        recipient["last_reply"]
+            .as_str()
+            .is_some_and(|reply| reply.contains("451")),
+        "{deferred}"
+    );
+    let table = cli_ok(&config, &["queue", "list"]);
+    assert!(
+        table.contains("deferred") && table.contains("451"),
+        "{table}"
+    );
+
+    // retry_initial is 1h: only `queue retry` can bring it back in time.
+    sink.set_mode(SinkMode::Accept);
+    cli_ok(&config, &["queue", "retry", &ids[0]]);
+    wait_for("the retried message at the sink", DEADLINE, || {
+        sink.got_mail_for("later@example.net").then_some(())
+    });
+}
+
+#[test]
+fn bounce_sends_the_dsn_to_the_sender() {
+    let sink = Sink::start(SinkMode::Accept);
+    let (sluice, ids) = online(
+        &[Seed {
+            sender: "alice@example.org",
+            recipients: &["bob@example.net"],
+            held: true,
+        }],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    let text = cli_ok(&config, &["queue", "bounce", &ids[0]]);
+    assert!(text.contains("alice@example.org"), "{text}");
+    let dsn = wait_for("the DSN at the sink", DEADLINE, || {
+        sink.messages()
+            .into_iter()
+            .find(|message| message.to == ["alice@example.org"])
+    });
+    assert_eq!(dsn.from, "", "a DSN has the null sender");
+    assert!(
+        dsn.data.to_ascii_lowercase().contains("multipart/report"),
+        "{}",
+        dsn.data
+    );
+    assert!(!sink.got_mail_for("bob@example.net"));
+    assert_eq!(cli(&config, &["queue", "show", &ids[0]]).0, 1);
+}
+
+#[test]
+fn list_of_a_big_queue_streams_every_message() {
+    let sink = Sink::start(SinkMode::TempFail);
+    const COUNT: usize = 3000;
+    let seeds: Vec<Seed> = (0..COUNT)
+        .map(|_| Seed {
+            sender: "bulk@example.org",
+            recipients: &["r@example.net"],
+            held: true,
+        })
+        .collect();
+    let (dir, config, ids) = offline(&seeds, &sink);
+    let table = cli_ok(&config, &["queue", "list"]);
+    assert!(
+        table.ends_with(&format!("in {COUNT} messages\n")),
+        "{}",
+        &table[table.len().saturating_sub(200)..]
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    let sluice = Sluice::start_with(dir, &text);
+    let table = cli_ok(&sluice.config_path, &["queue", "list"]);
+    assert!(table.ends_with(&format!("in {COUNT} messages\n")));
+    let list = list_json(&sluice.config_path);
+    let listed: Vec<&str> = list.iter().map(|m| m["id"].as_str().expect("id")).collect();
+    assert_eq!(listed, ids);
+}

@@ -1,0 +1,511 @@
+//! Inbound TLS and AUTH against the real binary: STARTTLS (RFC 3207),
+//! implicit TLS (RFC 8314), TLS versions, AUTH PLAIN/LOGIN (RFC 4954),
+//! submission listeners. Certificates are made here with rcgen.
+
+mod common;
+mod smtp_common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{DEADLINE, Sluice, config_text, queue_id};
+use rustls::pki_types::ServerName;
+use smtp_common::{LOOPBACK_DELIVERY, stop_and_read_queue};
+
+const PASSWORD: &str = "correct horse";
+
+/// A cheap argon2id hash (tests need speed, not strength).
+fn cheap_hash(password: &str) -> String {
+    let params = argon2::Params::new(1024, 1, 1, None).expect("argon2 params");
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"sluice-test-salt").expect("salt");
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
+}
+
+/// A server with a fresh certificate for "sluice.test", user "app", and
+/// listeners: [0] relay, [1] submission, [2] submissions (implicit TLS).
+struct TlsServer {
+    server: Sluice,
+    certificate: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn start_tls(policy: &str, limits: &str) -> TlsServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["sluice.test".to_string()]).expect("certificate");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+    let extra = format!(
+        "[tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submissions\"\n\n\
+         [[user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n\n{policy}\n{limits}\n{LOOPBACK_DELIVERY}",
+        cert = cert_path.display(),
+        key = key_path.display(),
+        hash = cheap_hash(PASSWORD),
+    );
+    let text = config_text(dir.path(), "", &extra);
+    let server = Sluice::start_with(dir, &text);
+    assert_eq!(server.smtp_addrs.len(), 3, "three listeners bound");
+    TlsServer {
+        server,
+        certificate: certified.cert.der().clone(),
+    }
+}
+
+fn client_config(
+    certificate: &rustls::pki_types::CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate.clone()).expect("add root");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// Reads one reply byte by byte (no read-ahead, so nothing is lost when the
+/// stream switches to TLS).
+fn read_reply(stream: &mut impl Read) -> String {
+    let mut reply = Vec::new();
+    let mut line_start = 0;
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => reply.push(byte[0]),
+        }
+        if reply.ends_with(b"\r\n") {
+            let line = &reply[line_start..];
+            if line.len() < 4 || line[3] != b'-' {
+                break;
+            }
+            line_start = reply.len();
+        }
+    }
+    String::from_utf8_lossy(&reply).trim_end().to_string()
+}
+
+/// A blocking SMTP client that may switch to TLS.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Client {
+    fn connect(address: SocketAddr) -> Client {
+        let stream = TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("read timeout");
+        Client::Plain(stream)
+    }
+
+    /// Implicit TLS: handshake right after connecting.
+    fn connect_tls(address: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        let Client::Plain(stream) = Client::connect(address) else {
+            unreachable!()
+        };
+        Client::Plain(stream).start_tls(config)
+    }
+
+    fn start_tls(self, config: Arc<rustls::ClientConfig>) -> Client {
+        let Client::Plain(stream) = self else {
+            panic!("already TLS");
+        };
+        let name = ServerName::try_from("sluice.test").expect("server name");
+        let connection = rustls::ClientConnection::new(config, name).expect("client connection");
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        Client::Tls(Box::new(tls))
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        match self {
+            Client::Plain(stream) => stream.write_all(bytes),
+            Client::Tls(stream) => stream.write_all(bytes).and_then(|()| stream.flush()),
+        }
+        .expect("write");
+    }
+
+    fn read_reply(&mut self) -> String {
+        match self {
+            Client::Plain(stream) => read_reply(stream),
+            Client::Tls(stream) => read_reply(stream.as_mut()),
+        }
+    }
+
+    fn expect(&mut self, line: &str, code: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        let reply = self.read_reply();
+        assert!(
+            reply.starts_with(code),
+            "after {line:?} expected {code}, got {reply:?}"
+        );
+        reply
+    }
+
+    fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        match self {
+            Client::Plain(_) => None,
+            Client::Tls(stream) => stream.conn.protocol_version(),
+        }
+    }
+}
+
+fn plain_auth(user: &str, password: &str) -> String {
+    BASE64.encode(format!("\0{user}\0{password}"))
+}
+
+/// Connects to the relay listener, EHLO, STARTTLS, handshake, EHLO again.
+fn relay_over_tls(tls: &TlsServer) -> Client {
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    assert!(
+        client
+            .read_reply()
+            .starts_with("220 sluice.test ESMTP sluice")
+    );
+    client.expect("EHLO client.test", "250");
+    client.expect("STARTTLS", "220 2.0.0");
+    let mut client = client.start_tls(client_config(&tls.certificate, rustls::ALL_VERSIONS));
+    client.expect("EHLO client.test", "250");
+    client
+}
+
+#[test]
+fn starttls_handshake_restarts_the_session_and_offers_auth() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    client.read_reply();
+    let before = client.expect("EHLO client.test", "250");
+    assert!(
+        before.contains("250-STARTTLS") || before.contains("250 STARTTLS"),
+        "{before}"
+    );
+    assert!(
+        !before.contains("AUTH"),
+        "AUTH must not be offered before TLS: {before}"
+    );
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("STARTTLS", "220 2.0.0");
+    let mut client = client.start_tls(client_config(&tls.certificate, rustls::ALL_VERSIONS));
+    assert_eq!(client.tls_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    // RFC 3207 §4.2: everything before is forgotten, EHLO is needed again.
+    client.expect("RCPT TO:<b@example.net>", "503 5.5.1");
+    client.expect("MAIL FROM:<a@example.org>", "503 5.5.1");
+    let after = client.expect("EHLO client.test", "250");
+    assert!(after.contains("AUTH PLAIN LOGIN"), "{after}");
+    assert!(!after.contains("STARTTLS"), "{after}");
+    client.expect("STARTTLS", "503 5.5.1");
+}
+
+#[test]
+fn tls_1_2_is_accepted() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    client.read_reply();
+    client.expect("EHLO client.test", "250");
+    client.expect("STARTTLS", "220");
+    let mut client = client.start_tls(client_config(&tls.certificate, &[&rustls::version::TLS12]));
+    assert_eq!(client.tls_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    client.expect("EHLO client.test", "250");
+}
+
+/// A minimal TLS 1.1 ClientHello (record version 3.1, client version 3.2).
+fn tls_1_1_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // two AES-CBC suites
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut handshake = vec![0x01, 0x00, (body.len() >> 8) as u8, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![
+        0x16,
+        0x03,
+        0x01,
+        (handshake.len() >> 8) as u8,
+        handshake.len() as u8,
+    ];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[test]
+fn tls_1_1_is_refused() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    client.read_reply();
+    client.expect("EHLO client.test", "250");
+    client.expect("STARTTLS", "220");
+    let Client::Plain(mut stream) = client else {
+        unreachable!()
+    };
+    stream
+        .write_all(&tls_1_1_client_hello())
+        .expect("send hello");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    // Either a fatal alert record (type 21) or a plain close; never a ServerHello.
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "a TLS 1.1 ClientHello got a handshake answer: {:02x?}",
+        &answer[..answer.len().min(16)]
+    );
+    if answer.len() >= 7 {
+        // A fatal alert: protocol_version (70) or handshake_failure (40).
+        assert_eq!(answer[5], 2, "alert level should be fatal: {answer:02x?}");
+        assert!(
+            matches!(answer[6], 40 | 70),
+            "unexpected alert: {answer:02x?}"
+        );
+    }
+}
+
+#[test]
+fn auth_is_refused_before_tls() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    client.read_reply();
+    client.expect("EHLO client.test", "250");
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", PASSWORD)),
+        "538 5.7.11",
+    );
+}
+
+const NO_RELAY: &str = "[policy]\nrelay_networks = []\n";
+
+#[test]
+fn auth_plain_right_and_wrong_and_authenticated_sessions_may_relay() {
+    let mut tls = start_tls(NO_RELAY, "");
+    let mut client = relay_over_tls(&tls);
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@elsewhere.test>", "554 5.7.1");
+    client.expect("RSET", "250");
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", "wrong")),
+        "535 5.7.8",
+    );
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("nobody", PASSWORD)),
+        "535 5.7.8",
+    );
+    // Without an initial response: an empty 334 challenge first.
+    client.expect("AUTH PLAIN", "334");
+    client.expect(&plain_auth("app", PASSWORD), "235 2.7.0");
+    client.expect("AUTH PLAIN", "503 5.5.1");
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@elsewhere.test>", "250");
+    client.expect("DATA", "354");
+    client.send_raw(b"Subject: authenticated\r\n\r\nhi\r\n.\r\n");
+    let reply = client.read_reply();
+    assert!(queue_id(&reply).is_some(), "{reply}");
+    tls.server
+        .wait_log(&["message accepted", "protocol=ESMTPSA", "user=app"]);
+    let queued = stop_and_read_queue(&mut tls.server);
+    assert!(
+        queued[0].body.contains("with ESMTPSA id"),
+        "{}",
+        queued[0].body
+    );
+}
+
+#[test]
+fn auth_login_right_and_wrong() {
+    let tls = start_tls("", "");
+    let mut client = relay_over_tls(&tls);
+    client.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    client.expect(&BASE64.encode("app"), "334 UGFzc3dvcmQ6");
+    client.expect(&BASE64.encode("wrong"), "535 5.7.8");
+    client.expect(
+        &format!("AUTH LOGIN {}", BASE64.encode("app")),
+        "334 UGFzc3dvcmQ6",
+    );
+    client.expect(&BASE64.encode(PASSWORD), "235 2.7.0");
+}
+
+#[test]
+fn repeated_auth_failures_close_the_connection() {
+    let tls = start_tls("", "[limits]\nmax_auth_failures = 2\n");
+    let mut client = relay_over_tls(&tls);
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", "bad1")),
+        "535 5.7.8",
+    );
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", "bad2")),
+        "535 5.7.8",
+    );
+    let closing = client.read_reply();
+    assert!(
+        closing.starts_with("421"),
+        "expected 421 and close, got {closing:?}"
+    );
+    assert_eq!(client.read_reply(), "", "connection closed");
+}
+
+#[test]
+fn submission_listener_refuses_mail_without_auth() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[1]);
+    assert!(
+        client
+            .read_reply()
+            .starts_with("220 sluice.test ESMTP sluice")
+    );
+    client.expect("EHLO client.test", "250");
+    // Even from a relay network: submission needs AUTH.
+    client.expect("MAIL FROM:<a@example.org>", "530 5.7.0");
+    client.expect("STARTTLS", "220");
+    let mut client = client.start_tls(client_config(&tls.certificate, rustls::ALL_VERSIONS));
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@example.org>", "530 5.7.0");
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", PASSWORD)),
+        "235",
+    );
+    client.expect("MAIL FROM:<a@example.org>", "250");
+}
+
+#[test]
+fn implicit_tls_listener_greets_over_tls_and_requires_auth() {
+    let mut tls = start_tls("", "");
+    let config = client_config(&tls.certificate, rustls::ALL_VERSIONS);
+    let mut client = Client::connect_tls(tls.server.smtp_addrs[2], config);
+    assert!(
+        client
+            .read_reply()
+            .starts_with("220 sluice.test ESMTP sluice")
+    );
+    let ehlo = client.expect("EHLO client.test", "250");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    client.expect("MAIL FROM:<a@example.org>", "530 5.7.0");
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", PASSWORD)),
+        "235",
+    );
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@elsewhere.test>", "250");
+    client.expect("DATA", "354");
+    client.send_raw(b"Subject: 465\r\n\r\nx\r\n.\r\n");
+    assert!(queue_id(&client.read_reply()).is_some());
+    let queued = stop_and_read_queue(&mut tls.server);
+    assert!(queued[0].body.contains("with ESMTPSA id"));
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    let tls = start_tls("", "");
+    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    client.read_reply();
+    client.expect("EHLO client.test", "250");
+    // An attacker's injection rides along after STARTTLS in the same packet.
+    client.send_raw(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\nRCPT TO:<x@example.net>\r\n");
+    assert!(client.read_reply().starts_with("220"));
+    let mut client = client.start_tls(client_config(&tls.certificate, rustls::ALL_VERSIONS));
+    // The first reply over TLS answers our EHLO, not the injected commands.
+    let ehlo = client.expect("EHLO client.test", "250-sluice.test");
+    assert!(ehlo.contains("AUTH"));
+    client.expect("RCPT TO:<y@example.net>", "503 5.5.1");
+}
+
+#[test]
+fn hash_password_output_authenticates() {
+    let mut hash_password = std::process::Command::new(common::binary())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hash-password");
+    hash_password
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"s3cret\n")
+        .expect("write password");
+    let output = hash_password
+        .wait_with_output()
+        .expect("hash-password output");
+    let hash = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["sluice.test".to_string()]).expect("certificate");
+    std::fs::write(dir.path().join("c.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), certified.key_pair.serialize_pem()).unwrap();
+    let extra = format!(
+        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[user]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n\n{LOOPBACK_DELIVERY}",
+        dir.path().join("c.pem").display(),
+        dir.path().join("k.pem").display(),
+    );
+    let text = config_text(dir.path(), "", &extra);
+    let server = Sluice::start_with(dir, &text);
+    let tls = TlsServer {
+        server,
+        certificate: certified.cert.der().clone(),
+    };
+    let mut client = relay_over_tls(&tls);
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("ops", "s3cret")),
+        "235",
+    );
+}
+
+#[test]
+fn missing_or_bad_certificate_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.pem");
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    for (cert, needle) in [
+        (missing.as_path(), "missing.pem"),
+        (&dir.path().join("garbage.pem") as &Path, "garbage.pem"),
+    ] {
+        let extra = format!(
+            "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            cert.display(),
+            dir.path().join("garbage.pem").display()
+        );
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(&config, config_text(dir.path(), "", &extra)).unwrap();
+        let output = std::process::Command::new(common::binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run sluice");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("tls"),
+            "stderr should name {needle}: {stderr}"
+        );
+    }
+}
