@@ -17,6 +17,7 @@
 #
 # Usage: bench/relay.sh            (MESSAGES=20000 SESSIONS=20 SIZE=4096)
 #        ONLY=sluice bench/relay.sh   (skip Postfix)
+#        PERF=1 KEEP=1 ONLY=sluice bench/relay.sh   (profile sluice with perf)
 
 set -euo pipefail
 
@@ -166,7 +167,12 @@ address = "127.0.0.1:$admin_port"
 [log]
 level = "info"
 EOF
-    "$ROOT/target/release/sluice" serve --config "$WORK/sluice/sluice.toml" \
+    local wrapper=()
+    if [ -n "${PERF:-}" ]; then
+        # PERF=1: profile the server (report with perf report -i $WORK/perf.data).
+        wrapper=(perf record -F 999 -g -o "$WORK/perf.data" --)
+    fi
+    NO_COLOR=1 "${wrapper[@]}" "$ROOT/target/release/sluice" serve --config "$WORK/sluice/sluice.toml" \
         2>"$WORK/sluice/log" &
     local server=$!
     PIDS+=($server)
