@@ -129,7 +129,7 @@ async fn handshake(
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let (_, state) = stream.get_ref();
-            tracing::debug!(
+            tracing::info!(
                 client = %peer.ip(),
                 version = ?state.protocol_version(),
                 cipher = ?state.negotiated_cipher_suite().map(|suite| suite.suite()),
