@@ -583,7 +583,8 @@ impl Session {
                 let our_postmaster = mailbox.local_part.eq_ignore_ascii_case("postmaster")
                     && mailbox.domain.eq_ignore_ascii_case(&self.config.hostname);
                 let allowed = our_postmaster
-                    || self.config.policy.may_send_to(
+                    || self.config.policy.may_send_to_mailbox(
+                        &mailbox.local_part,
                         &mailbox.domain,
                         self.relay_client,
                         self.user.is_some(),
@@ -1003,6 +1004,11 @@ mod tests {
             "554 5.7.1 <x@elsewhere.test>: Relay access denied\r\n"
         );
         expect(&mut session, "RCPT TO:<x@Example.org>", "250");
+        expect(
+            &mut session,
+            "RCPT TO:<x%elsewhere.test@example.org>",
+            "554 5.7.1",
+        );
         expect(&mut session, "RCPT TO:<postmaster>", "250");
         expect(&mut session, "RCPT TO:<PostMaster@mx.test>", "250");
         assert_eq!(
