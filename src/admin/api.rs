@@ -302,7 +302,10 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-async fn show(State(ctx): State<Context>, QueuePath(id): QueuePath) -> Result<Response, AdminError> {
+async fn show(
+    State(ctx): State<Context>,
+    QueuePath(id): QueuePath,
+) -> Result<Response, AdminError> {
     let id = ops::parse_id(&id)?;
     let queue_ctx = ctx.clone();
     let view = tokio::task::spawn_blocking(move || ops::show(&queue_ctx, &id))
