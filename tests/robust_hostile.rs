@@ -158,7 +158,9 @@ fn fixed_cases() -> Vec<Case> {
         line.extend_from_slice(b"\r\nNOOP\r\n");
         line
     };
-    let mut tls_hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut tls_hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     tls_hello.extend((0..=255u8).cycle().take(500));
     let transaction = b"EHLO x\r\nMAIL FROM:<a@origin.test>\r\nRCPT TO:<b@dest.test>\r\n".to_vec();
     let with = |tail: &[u8]| {
@@ -200,10 +202,38 @@ fn fixed_cases() -> Vec<Case> {
 /// line endings.
 fn random_case(rng: &mut rand::rngs::StdRng, number: usize) -> Case {
     const WORDS: &[&str] = &[
-        "EHLO", "HELO", "MAIL FROM:", "RCPT TO:", "DATA", "BDAT", "LAST", "RSET", "NOOP",
-        "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "PLAIN", "LOGIN", "SIZE=",
-        "BODY=8BITMIME", "BODY=BINARYMIME", "SMTPUTF8", "<", ">", "<>", "@", ":", ".", " ",
-        "a@b.test", "postmaster", "[127.0.0.1]", "[IPv6:::1]",
+        "EHLO",
+        "HELO",
+        "MAIL FROM:",
+        "RCPT TO:",
+        "DATA",
+        "BDAT",
+        "LAST",
+        "RSET",
+        "NOOP",
+        "QUIT",
+        "VRFY",
+        "EXPN",
+        "HELP",
+        "STARTTLS",
+        "AUTH",
+        "PLAIN",
+        "LOGIN",
+        "SIZE=",
+        "BODY=8BITMIME",
+        "BODY=BINARYMIME",
+        "SMTPUTF8",
+        "<",
+        ">",
+        "<>",
+        "@",
+        ":",
+        ".",
+        " ",
+        "a@b.test",
+        "postmaster",
+        "[127.0.0.1]",
+        "[IPv6:::1]",
     ];
     const ENDINGS: &[&[u8]] = &[b"\r\n", b"\n", b"\r", b"", b"\r\n.\r\n", b"\r\r\n"];
     let mut bytes = Vec::new();
@@ -262,7 +292,9 @@ fn play(address: SocketAddr, case: &Case, timeout: Duration) -> Result<(), Strin
     let stream = TcpStream::connect(address).map_err(|error| format!("connect: {error}"))?;
     // Every case must end by a close from the server within its timeouts.
     let limit = timeout * 3 + Duration::from_secs(8);
-    stream.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
     stream
         .set_write_timeout(Some(limit))
         .map_err(|e| e.to_string())?;
@@ -388,7 +420,10 @@ fn half_closed_pipelined_commands_are_all_answered_before_the_close() {
         .filter(|line| line.len() > 3 && line.as_bytes()[3] == b' ')
         .collect();
     assert_eq!(finals.len(), 5, "greeting and four replies: {text:?}");
-    assert!(finals[1..].iter().all(|line| line.starts_with("250")), "{text:?}");
+    assert!(
+        finals[1..].iter().all(|line| line.starts_with("250")),
+        "{text:?}"
+    );
     assert_healthy(&mut sluice);
 }
 
@@ -421,7 +456,9 @@ fn slowloris_connections_do_not_block_others_and_are_dropped_with_421() {
         assert!(line.starts_with("220"), "greeting {line:?}");
         if let Trickle::Data = kind {
             stream
-                .write_all(b"EHLO slow\r\nMAIL FROM:<s@origin.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n")
+                .write_all(
+                    b"EHLO slow\r\nMAIL FROM:<s@origin.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n",
+                )
                 .expect("write");
             loop {
                 line.clear();
@@ -489,13 +526,19 @@ fn slowloris_connections_do_not_block_others_and_are_dropped_with_421() {
             result.is_ok(),
             "an ordinary client failed among slowloris connections: {result:?}"
         );
-        assert!(*took < Duration::from_secs(5), "an ordinary transaction took {took:?}");
+        assert!(
+            *took < Duration::from_secs(5),
+            "an ordinary transaction took {took:?}"
+        );
     }
     let mut problems = Vec::new();
     for (kind, _, received, closed) in &connections {
         let text = String::from_utf8_lossy(received);
         match closed {
-            None => problems.push(format!("{kind:?}: still open after {:?}", started.elapsed())),
+            None => problems.push(format!(
+                "{kind:?}: still open after {:?}",
+                started.elapsed()
+            )),
             Some(_) if !text.contains("421 4.4.2") => {
                 problems.push(format!("{kind:?}: closed without 421 4.4.2: {text:?}"))
             }
@@ -525,7 +568,11 @@ fn http_raw(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
         && response.is_empty()
         && error.kind() != std::io::ErrorKind::ConnectionReset
     {
-        return (0, String::new(), format!("no answer within {DEADLINE:?}: {error}"));
+        return (
+            0,
+            String::new(),
+            format!("no answer within {DEADLINE:?}: {error}"),
+        );
     }
     let text = String::from_utf8_lossy(&response).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
@@ -613,10 +660,22 @@ fn admin_api_answers_hostile_requests_with_json_errors() {
         b"BLAH\r\n\r\n".to_vec(),
         b"\x16\x03\x01\x00\x05hello\r\n\r\n".to_vec(),
         b"GET /v1/queue HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
-        format!("GET /v1/queue?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2_000_000)).into_bytes(),
-        format!("GET /v1/queue HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(1_000_000)).into_bytes(),
+        format!(
+            "GET /v1/queue?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(2_000_000)
+        )
+        .into_bytes(),
+        format!(
+            "GET /v1/queue HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(1_000_000)
+        )
+        .into_bytes(),
         // Over hyper's URI limit: it answers 414 itself.
-        format!("GET /v1/queue/{} HTTP/1.1\r\nHost: x\r\n\r\n", "A".repeat(70_000)).into_bytes(),
+        format!(
+            "GET /v1/queue/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "A".repeat(70_000)
+        )
+        .into_bytes(),
     ];
     for bytes in &garbage {
         let (status, _, body) = http_raw(sluice.admin, bytes);
