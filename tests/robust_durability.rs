@@ -157,17 +157,38 @@ fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// With the server stopped: the stored body of `id`.
-fn stored_body(spool: &Path, id: &str) -> Vec<u8> {
-    common::destination::with_queue(spool, |queue, _| {
-        let id = sluice_queue::QueueId::parse(id).expect("queue ID");
-        let mut reader = queue
-            .open_body(&id)
-            .expect("body of an acknowledged message");
-        let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes).expect("read the body");
-        bytes
-    })
+/// With the server stopped: the stored bodies of `ids`, in order.
+///
+/// The spool lock is an flock, shared with any child a parallel test forks
+/// until that child execs: opening is retried for a moment.
+fn stored_bodies(spool: &Path, ids: &[&str]) -> Vec<Vec<u8>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let queue = wait_for(
+        "the spool lock",
+        DEADLINE,
+        || match sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default()) {
+            Ok(queue) => Some(queue),
+            Err(sluice_queue::QueueError::Locked { .. }) => None,
+            Err(error) => panic!("opening the spool: {error}"),
+        },
+    );
+    let bodies = ids
+        .iter()
+        .map(|id| {
+            let id = sluice_queue::QueueId::parse(id).expect("queue ID");
+            let mut reader = queue
+                .open_body(&id)
+                .expect("body of an acknowledged message");
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).expect("read the body");
+            bytes
+        })
+        .collect();
+    runtime.block_on(queue.close()).expect("close the spool");
+    bodies
 }
 
 #[test]
@@ -217,9 +238,9 @@ fn a_body_file_write_failure_gets_451_leaves_nothing_and_the_server_keeps_accept
     }
     assert_eq!(ids.len(), 3, "only acknowledged mail is queued: {ids:?}");
     sluice.terminate();
-    let medium_stored = stored_body(&spool, &after_medium);
-    assert!(medium_stored.ends_with(&medium), "spooled body changed");
-    assert!(stored_body(&spool, &before).ends_with(&small));
+    let stored = stored_bodies(&spool, &[&after_medium, &before]);
+    assert!(stored[0].ends_with(&medium), "spooled body changed");
+    assert!(stored[1].ends_with(&small), "inline body changed");
 }
 
 #[test]
@@ -326,11 +347,9 @@ fn a_database_write_failure_gets_451_never_250_and_acknowledged_mail_survives() 
         .expect("mail is accepted again once writes succeed");
     sluice.terminate();
     let spool = sluice.dir.path().join("spool");
-    for (id, message) in &acked {
-        assert!(
-            stored_body(&spool, id).ends_with(message),
-            "{id} body changed"
-        );
+    let ids: Vec<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
+    for ((id, message), stored) in acked.iter().zip(stored_bodies(&spool, &ids)) {
+        assert!(stored.ends_with(message), "{id} body changed");
     }
 }
 
