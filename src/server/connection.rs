@@ -431,12 +431,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.chunked = Some(chunked);
         }
         let max_size = self.shared.ctx.config.limits.max_message_size;
-        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
             let chunk = self.input.split_to(take);
             remaining -= take as u64;
+            deadline.received(take);
             if let Some(chunked) = self.chunked.as_mut() {
                 chunked.size = chunked.size.saturating_add(take as u64);
                 if chunked.size > max_size {
@@ -449,22 +450,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if remaining == 0 {
                 return Ok(());
             }
-            self.fill(data_timeout, false).await?;
+            self.fill(deadline.left(), false).await?;
         }
     }
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
             self.input.advance(take);
             remaining -= take as u64;
+            deadline.received(take);
             if remaining == 0 {
                 return Ok(());
             }
-            self.fill(data_timeout, false).await?;
+            self.fill(deadline.left(), false).await?;
         }
     }
 
@@ -562,6 +564,44 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Ok(Err(error)) => Err(ConnectionError::Io(error)),
             },
         }
+    }
+}
+
+/// BDAT data must keep arriving at this many octets per data timeout, the
+/// most a text line may have (RFC 5321 §4.5.3.1.6), as DATA must send a
+/// line per data timeout.
+const PROGRESS_OCTETS: usize = 1000;
+
+/// The deadline for BDAT chunk data: restarted whenever another
+/// [`PROGRESS_OCTETS`] have arrived, so that a client trickling a byte at a
+/// time cannot hold the connection open (slowloris).
+struct ChunkDeadline {
+    timeout: Duration,
+    deadline: Instant,
+    /// Octets received since the deadline was last restarted.
+    progress: usize,
+}
+
+impl ChunkDeadline {
+    fn new(timeout: Duration) -> ChunkDeadline {
+        ChunkDeadline {
+            timeout,
+            deadline: Instant::now() + timeout,
+            progress: 0,
+        }
+    }
+
+    fn received(&mut self, octets: usize) {
+        self.progress = self.progress.saturating_add(octets);
+        if self.progress >= PROGRESS_OCTETS {
+            self.progress = 0;
+            self.deadline = Instant::now() + self.timeout;
+        }
+    }
+
+    /// Time left until the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
