@@ -436,14 +436,21 @@ enum Trickle {
     Data,
     /// Command lines, each finished, one byte at a time.
     Lines,
+    /// A BDAT chunk that never completes.
+    Bdat,
 }
 
 #[test]
 fn slowloris_connections_do_not_block_others_and_are_dropped_with_421() {
     let mut sluice = Sluice::start(&hostile_config("1s"));
-    let kinds = [Trickle::Command, Trickle::Data, Trickle::Lines];
+    let kinds = [
+        Trickle::Command,
+        Trickle::Data,
+        Trickle::Lines,
+        Trickle::Bdat,
+    ];
     let mut connections = Vec::new();
-    for number in 0..90 {
+    for number in 0..100 {
         let kind = kinds[number % kinds.len()];
         let mut stream = TcpStream::connect(sluice.smtp).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
@@ -454,18 +461,24 @@ fn slowloris_connections_do_not_block_others_and_are_dropped_with_421() {
         let mut line = String::new();
         reader.read_line(&mut line).expect("greeting");
         assert!(line.starts_with("220"), "greeting {line:?}");
-        if let Trickle::Data = kind {
+        if let Trickle::Data | Trickle::Bdat = kind {
             stream
-                .write_all(
-                    b"EHLO slow\r\nMAIL FROM:<s@origin.test>\r\nRCPT TO:<r@dest.test>\r\nDATA\r\n",
-                )
+                .write_all(b"EHLO slow\r\nMAIL FROM:<s@origin.test>\r\nRCPT TO:<r@dest.test>\r\n")
                 .expect("write");
-            loop {
+            let mut finals = 0;
+            while finals < 3 {
                 line.clear();
                 reader.read_line(&mut line).expect("reply");
-                if line.starts_with("354") {
-                    break;
-                }
+                assert!(line.starts_with("250"), "setting up: {line:?}");
+                finals += usize::from(line.as_bytes().get(3) == Some(&b' '));
+            }
+            if let Trickle::Data = kind {
+                stream.write_all(b"DATA\r\n").expect("write");
+                line.clear();
+                reader.read_line(&mut line).expect("reply");
+                assert!(line.starts_with("354"), "DATA: {line:?}");
+            } else {
+                stream.write_all(b"BDAT 100000 LAST\r\n").expect("write");
             }
         }
         stream.set_nonblocking(true).expect("nonblocking");
@@ -474,7 +487,7 @@ fn slowloris_connections_do_not_block_others_and_are_dropped_with_421() {
     let pattern = |kind: Trickle, index: usize| -> u8 {
         match kind {
             Trickle::Command => b"EHLO aaaaaaaaaaaaaaaaaaaaaaaa"[index.min(27)],
-            Trickle::Data => b"x"[0],
+            Trickle::Data | Trickle::Bdat => b"x"[0],
             Trickle::Lines => b"NOOP\r\n"[index % 6],
         }
     };
