@@ -292,7 +292,7 @@ async fn open_session(
                 .await?;
         }
         TlsMode::Opportunistic if connection.capabilities().starttls => {
-            match connection.send_starttls().await {
+            connection = match connection.send_starttls().await {
                 Ok(()) => {
                     let name = server_name(&host.name)
                         .or_else(|_| server_name(&address.ip().to_string()))?;
@@ -300,30 +300,26 @@ async fn open_session(
                         .finish_starttls(&engine.tls.unverified, name, hostname)
                         .await
                     {
-                        Ok(upgraded) => connection = upgraded,
+                        Ok(upgraded) => upgraded,
                         Err(
                             error @ (ClientError::TlsHandshake(_) | ClientError::Timeout { .. }),
-                        ) => {
-                            // RFC 7435: fall back to plaintext on this host,
-                            // on a fresh connection without STARTTLS.
-                            tracing::info!(
-                                relay = %format!("{}[{}]:{}", host.name, address.ip(), address.port()),
-                                %error,
-                                "opportunistic TLS failed; retrying in plaintext"
-                            );
-                            connection = Connection::connect(address, engine.timeouts).await?;
-                            connection.read_greeting().await?;
-                            connection.ehlo(hostname).await?;
-                        }
+                        ) => plaintext_fallback(engine, host, address, &error).await?,
                         Err(error) => return Err(error),
                     }
                 }
                 // STARTTLS refused: the session goes on in plaintext.
-                Err(ClientError::Rejected { reply, .. }) if !reply.is_positive() => {
+                Err(ClientError::Rejected { reply, .. }) => {
                     tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
+                    connection
+                }
+                // Plaintext arrived where the handshake should start: this
+                // connection cannot be trusted, a fresh plaintext one can.
+                Err(error @ ClientError::TlsInjection) => {
+                    drop(connection);
+                    plaintext_fallback(engine, host, address, &error).await?
                 }
                 Err(error) => return Err(error),
-            }
+            };
         }
         TlsMode::Opportunistic => {}
     }
@@ -337,6 +333,25 @@ async fn open_session(
             .authenticate(&auth.username, &auth.password)
             .await?;
     }
+    Ok(connection)
+}
+
+/// RFC 7435: when opportunistic TLS fails on a host, deliver to that host
+/// in plaintext, on a fresh connection that does not try STARTTLS.
+async fn plaintext_fallback(
+    engine: &Arc<Engine>,
+    host: &Host,
+    address: SocketAddr,
+    error: &ClientError,
+) -> Result<Connection, ClientError> {
+    tracing::info!(
+        relay = %format!("{}[{}]:{}", host.name, address.ip(), address.port()),
+        %error,
+        "opportunistic TLS failed; retrying in plaintext"
+    );
+    let mut connection = Connection::connect(address, engine.timeouts).await?;
+    connection.read_greeting().await?;
+    connection.ehlo(&engine.ctx.config.hostname).await?;
     Ok(connection)
 }
 

@@ -177,11 +177,20 @@ async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphor
             let domain_limit = engine.domain_limit(domain);
             let _domain_permit = domain_limit.acquire_owned().await;
             let _permit = engine.transactions.clone().acquire_owned().await;
+            // Shutting down: leave these recipients as they are; they are
+            // due again after the restart.
+            if engine.ctx.shutdown.is_cancelled() {
+                return Vec::new();
+            }
             deliver_domain(&engine, message, domain, indices).await
         }
     });
     for results in futures::future::join_all(rounds).await {
         attempts.extend(results);
+    }
+    if attempts.is_empty() {
+        ctx.queue.unclaim(&message.id);
+        return;
     }
     record(&engine, &message, attempts).await;
 }
