@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::cli;
 use sluice::config::Config;
@@ -72,6 +73,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
+            // Files named by the config are loaded as `serve` would; a
+            // problem is a warning (like `postfix check`), so a config
+            // written for another machine still checks.
+            if let Some(tls) = &loaded.config.tls {
+                if let Err(error) =
+                    sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
+                {
+                    eprintln!("sluice: warning: {}", render(&error));
+                }
+            }
+            if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
+                eprintln!("sluice: warning: {}", render(&error.into()));
+            }
             match &loaded.path {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),
