@@ -707,8 +707,7 @@ mod tests {
             assert!(Config::parse(&text, path).is_ok(), "{good}");
         }
         let error = Config::parse("[log]\nlevel = \"warnig\"\n", path)
-            .err()
-            .expect("a typo is an error")
+            .expect_err("a typo is an error")
             .to_string();
         assert!(
             error.contains("log.level") && error.contains("warnig"),

@@ -76,12 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             // Files named by the config are loaded as `serve` would; a
             // problem is a warning (like `postfix check`), so a config
             // written for another machine still checks.
-            if let Some(tls) = &loaded.config.tls {
-                if let Err(error) =
-                    sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
-                {
-                    eprintln!("sluice: warning: {}", render(&error));
-                }
+            if let Some(Err(error)) = loaded.config.tls.as_ref().map(|tls| {
+                sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
+            }) {
+                eprintln!("sluice: warning: {}", render(&error));
             }
             if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
                 eprintln!("sluice: warning: {}", render(&error.into()));

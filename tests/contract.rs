@@ -332,12 +332,20 @@ fn usage_errors_exit_2() {
 fn help_and_version_exit_0_and_list_every_command() {
     let (code, stdout, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["serve", "check-config", "hash-password", "queue", "--config"] {
+    for command in [
+        "serve",
+        "check-config",
+        "hash-password",
+        "queue",
+        "--config",
+    ] {
         assert!(stdout.contains(command), "--help lacks {command}: {stdout}");
     }
     let (code, stdout, _) = run(&["queue", "--help"]);
     assert_eq!(code, 0);
-    for command in ["list", "show", "retry", "hold", "release", "delete", "bounce"] {
+    for command in [
+        "list", "show", "retry", "hold", "release", "delete", "bounce",
+    ] {
         assert!(stdout.contains(command), "queue --help lacks {command}");
     }
     let (code, stdout, _) = run(&["--version"]);
@@ -411,7 +419,11 @@ fn check_config_warns_about_certificate_files_it_cannot_load() {
 /// The EHLO keywords after the host name line.
 fn ehlo_keywords(client: &mut SmtpClient) -> Vec<String> {
     let reply = client.expect("EHLO client.test", "250");
-    reply.lines().skip(1).map(|line| line[4..].to_string()).collect()
+    reply
+        .lines()
+        .skip(1)
+        .map(|line| line[4..].to_string())
+        .collect()
 }
 
 #[test]
@@ -529,4 +541,46 @@ fn queued_as_reply_names_the_id_that_queue_show_knows() {
     assert_eq!(shown["id"], id.as_str());
     assert_eq!(shown["sender"], "a@example.org");
     assert_eq!(shown["recipients"][0]["address"], "b@example.net");
+}
+
+#[test]
+fn operator_bounce_of_a_null_sender_message_sends_nothing() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, _| Some("451 4.3.0 try later".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let id = enqueue_offline(
+        &dir.path().join("spool"),
+        "",
+        &["bob@dest.test"],
+        b"Subject: a bounce\r\n\r\nbody\r\n",
+    );
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "[delivery]\nretry_initial = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ),
+    );
+    let sluice = Sluice::start_with(dir, &text);
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    let (code, _, stderr) = sluice.cli(&["queue", "bounce", &id]);
+    assert_eq!(code, 0, "{stderr}");
+    sluice.wait_log(&[&format!("queue_id={id}"), "null sender"]);
+    wait_for("the bounced message to leave the queue", DEADLINE, || {
+        (sluice.cli(&["queue", "show", &id]).0 == 1).then_some(())
+    });
+    // A DSN would be queued durably before the bounce returns, and stay
+    // deferred (the destination answers 451): the queue must be empty.
+    let (code, stdout, stderr) = sluice.cli(&["queue", "list", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "[]", "nothing may be bounced to <>");
+    assert!(
+        destination
+            .transactions()
+            .iter()
+            .all(|t| !t.mail_from.is_empty()),
+        "nothing may be bounced to <>: {:?}",
+        destination.transactions()
+    );
 }
