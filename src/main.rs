@@ -37,17 +37,59 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
+    /// Submit a message read on stdin, like sendmail(1) (`sendmail --help`).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail options and recipients (-f SENDER, -F NAME, -t, -i, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
+    // Installed as `sendmail` (a symlink to this binary): behave as
+    // `sluice sendmail`, the configuration from SLUICE_CONFIG.
+    let mut args = std::env::args_os();
+    let invoked_as = args.next().map(PathBuf::from);
+    if invoked_as
+        .as_deref()
+        .and_then(|path| path.file_name())
+        .is_some_and(|name| name == "sendmail")
+    {
+        let args: Option<Vec<String>> = args.map(|arg| arg.into_string().ok()).collect();
+        let config = std::env::var_os("SLUICE_CONFIG").map(PathBuf::from);
+        let result = match args {
+            Some(args) => sendmail(&args, config.as_deref()),
+            None => sendmail_usage_error("arguments must be UTF-8"),
+        };
+        return exit(result);
+    }
     let cli = Cli::parse();
-    match run(cli) {
+    exit(run(cli))
+}
+
+/// Turns a command's result into the exit status, printing any error.
+fn exit(result: anyhow::Result<u8>) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("sluice: {}", render(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// `sluice sendmail`: usage errors exit 2 with the usage text.
+fn sendmail(args: &[String], config: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    match cli::sendmail::run(args, config) {
+        Err(error) if error.is_usage() => sendmail_usage_error(&error.to_string()),
+        result => Ok(result?),
+    }
+}
+
+fn sendmail_usage_error(message: &str) -> anyhow::Result<u8> {
+    eprintln!("sluice: {message}\n\n{}", cli::sendmail::USAGE);
+    Ok(2)
 }
 
 /// The error and its causes joined by ": ", leaving out a cause whose text
@@ -100,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             runtime.block_on(sluice::serve::run(loaded.config))?;
             Ok(0)
         }
+        Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;
             let code = cli::queue::run(command, &loaded)?;

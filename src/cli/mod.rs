@@ -2,3 +2,4 @@
 
 pub mod hash_password;
 pub mod queue;
+pub mod sendmail;
