@@ -1,0 +1,420 @@
+//! `sluice sendmail`: local submission on stdin, run as the real binary
+//! against a real server, which relays to a real SMTP destination.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::destination::{Destination, Options, Transaction};
+use common::{field, wait_for, Sluice, DEADLINE};
+
+/// A server relaying everything to a destination, and a client config for
+/// `sluice sendmail` naming the server's listener (the server's own config
+/// says port 0; the client's says the port it got, as a wildcard address to
+/// check that a wildcard is reached on loopback).
+struct Setup {
+    destination: Destination,
+    server: Sluice,
+    client_config: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup::with("")
+    }
+
+    fn with(extra: &str) -> Setup {
+        let destination = Destination::start(Options::default());
+        let server = Sluice::start(&format!(
+            "{extra}\n[routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ));
+        let client_config = server.dir.path().join("client.toml");
+        write_client_config(&client_config, server.smtp.port());
+        Setup {
+            destination,
+            server,
+            client_config,
+        }
+    }
+
+    fn sendmail(&self, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+        sendmail(&self.client_config, args, stdin)
+    }
+
+    /// Waits for the destination to have received `count` transactions.
+    fn delivered(&self, count: usize) -> Vec<Transaction> {
+        wait_for("deliveries at the destination", DEADLINE, || {
+            let delivered = self.destination.delivered();
+            (delivered.len() >= count).then_some(delivered)
+        })
+    }
+}
+
+fn write_client_config(path: &Path, port: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "hostname = \"sluice.test\"\n\n[[listener]]\naddress = \"0.0.0.0:{port}\"\nkind = \"relay\"\n"
+        ),
+    )
+    .expect("write client config");
+}
+
+/// Runs `sluice sendmail --config <config> <args>` with `stdin`.
+fn sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(common::binary())
+        .arg("sendmail")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SLUICE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice sendmail");
+    let mut input = child.stdin.take().expect("stdin piped");
+    let stdin = stdin.to_vec();
+    // A usage error exits before reading: a write error is not a failure.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().expect("wait for sluice sendmail");
+    writer.join().expect("stdin writer");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// The header section of a delivered body (up to the first empty line).
+fn header_section(body: &[u8]) -> String {
+    let body = text(body);
+    body.split("\r\n\r\n").next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn message_is_queued_with_the_envelope_from_arguments_and_delivered() {
+    let setup = Setup::new();
+    let (code, stdout, stderr) = setup.sendmail(
+        &["-f", "alice@origin.test", "-v", "bob@dest.test"],
+        b"Subject: hello\n\nHi Bob.\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let id = stdout
+        .trim()
+        .strip_prefix("queued as ")
+        .unwrap_or_else(|| panic!("-v prints the queue ID: {stdout:?}"))
+        .to_string();
+    assert!(!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    // The server logged the same ID for the delivery.
+    let line = setup
+        .server
+        .wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    assert_eq!(field(&line, "recipient"), "bob@dest.test", "{line}");
+    let delivered = setup.delivered(1);
+    assert_eq!(delivered[0].mail_from, "alice@origin.test");
+    assert_eq!(delivered[0].recipients, vec!["bob@dest.test".to_string()]);
+    assert!(text(&delivered[0].body).contains("Subject: hello\r\n"));
+    assert!(text(&delivered[0].body).ends_with("\r\n\r\nHi Bob.\r\n"));
+}
+
+#[test]
+fn success_is_silent_without_v() {
+    let setup = Setup::new();
+    let (code, stdout, stderr) =
+        setup.sendmail(&["-oi", "-f", "a@origin.test", "b@dest.test"], b"Subject: s\n\nx\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(stderr, "");
+    setup.delivered(1);
+}
+
+#[test]
+fn t_takes_recipients_from_to_cc_bcc_and_removes_bcc() {
+    let setup = Setup::new();
+    let message = b"From: Alice <alice@origin.test>\n\
+        To: Bob <bob@dest.test>, carol@dest.test\n\
+        Cc: team: dave@dest.test;\n\
+        Bcc: secret@dest.test,\n  hidden@dest.test\n\
+        Subject: -t\n\nbody\n";
+    let (code, _, stderr) = setup.sendmail(&["-t", "-i", "-f", "alice@origin.test"], message);
+    assert_eq!(code, 0, "{stderr}");
+    let delivered = setup.delivered(1);
+    let mut recipients = delivered[0].recipients.clone();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["bob@dest.test", "carol@dest.test", "dave@dest.test", "hidden@dest.test", "secret@dest.test"]
+    );
+    let body = text(&delivered[0].body);
+    assert!(!body.to_ascii_lowercase().contains("bcc:"), "{body}");
+    assert!(!body.contains("secret@") && !body.contains("hidden@"), "{body}");
+    assert!(body.contains("To: Bob <bob@dest.test>, carol@dest.test\r\n"), "{body}");
+    assert!(body.contains("\r\nSubject: -t\r\n"), "{body}");
+    assert!(body.ends_with("\r\n\r\nbody\r\n"), "{body}");
+}
+
+#[test]
+fn t_adds_command_line_recipients_to_the_header_ones() {
+    let setup = Setup::new();
+    let (code, _, stderr) = setup.sendmail(
+        &["-t", "-f", "a@origin.test", "extra@dest.test"],
+        b"To: b@dest.test\n\nx\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut recipients = setup.delivered(1)[0].recipients.clone();
+    recipients.sort();
+    assert_eq!(recipients, ["b@dest.test", "extra@dest.test"]);
+}
+
+#[test]
+fn bare_lf_becomes_crlf_and_leading_dots_survive() {
+    let setup = Setup::new();
+    let (code, _, stderr) = setup.sendmail(
+        &["-f", "a@origin.test", "b@dest.test"],
+        b"Subject: lines\n\nfirst\n.\n..two dots\nmixed\r\nbare\rcr\nlast line without newline",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let body = setup.delivered(1)[0].body.clone();
+    // The destination un-stuffs: the content arrives as it was written.
+    assert!(
+        text(&body).ends_with(
+            "\r\n\r\nfirst\r\n.\r\n..two dots\r\nmixed\r\nbare\r\ncr\r\nlast line without newline\r\n"
+        ),
+        "{:?}",
+        text(&body)
+    );
+    for (index, byte) in body.iter().enumerate() {
+        match byte {
+            b'\n' => assert!(index > 0 && body[index - 1] == b'\r', "bare LF at {index}"),
+            b'\r' => assert_eq!(body.get(index + 1), Some(&b'\n'), "bare CR at {index}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn missing_from_date_and_message_id_are_added() {
+    let setup = Setup::new();
+    let (code, _, stderr) = setup.sendmail(
+        &["-F", "Ann Example", "-fann@origin.test", "b@dest.test"],
+        b"Subject: bare\n\nbody\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let body = setup.delivered(1)[0].body.clone();
+    let headers = header_section(&body);
+    assert!(headers.contains("\r\nFrom: Ann Example <ann@origin.test>"), "{headers}");
+    let date = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("Date: "))
+        .unwrap_or_else(|| panic!("Date: added: {headers}"));
+    chrono::DateTime::parse_from_rfc2822(date.trim()).expect("Date: is RFC 5322");
+    let message_id = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("Message-ID: "))
+        .unwrap_or_else(|| panic!("Message-ID: added: {headers}"));
+    assert!(
+        message_id.starts_with('<') && message_id.trim_end().ends_with("@sluice.test>"),
+        "{message_id}"
+    );
+    assert!(text(&body).ends_with("\r\n\r\nbody\r\n"));
+}
+
+#[test]
+fn present_headers_are_kept_and_not_duplicated() {
+    let setup = Setup::new();
+    let message = b"From: Me <me@origin.test>\nDate: Mon, 2 Mar 2026 10:00:00 +0000\n\
+        Message-ID: <given@origin.test>\nSubject: full\n\nbody\n";
+    let (code, _, stderr) = setup.sendmail(&["-F", "Other", "-f", "me@origin.test", "b@dest.test"], message);
+    assert_eq!(code, 0, "{stderr}");
+    let headers = header_section(&setup.delivered(1)[0].body);
+    for name in ["From: ", "Date: ", "Message-ID: "] {
+        assert_eq!(headers.matches(&format!("\n{name}")).count(), 1, "{name} once: {headers}");
+    }
+    assert!(headers.contains("From: Me <me@origin.test>"), "{headers}");
+    assert!(headers.contains("Message-ID: <given@origin.test>"), "{headers}");
+}
+
+#[test]
+fn default_sender_is_the_login_name_at_the_configured_hostname() {
+    let setup = Setup::new();
+    let (code, _, stderr) = setup.sendmail(&["b@dest.test"], b"Subject: who\n\nx\n");
+    assert_eq!(code, 0, "{stderr}");
+    let delivered = setup.delivered(1);
+    let sender = &delivered[0].mail_from;
+    let (login, domain) = sender.split_once('@').expect("sender has a domain");
+    assert!(!login.is_empty(), "{sender}");
+    assert_eq!(domain, "sluice.test");
+    assert!(
+        header_section(&delivered[0].body).contains(&format!("<{sender}>"))
+            || header_section(&delivered[0].body).contains(&format!("From: {sender}")),
+        "From: names the sender"
+    );
+}
+
+#[test]
+fn unqualified_sender_and_recipient_get_the_hostname() {
+    let setup = Setup::with("[policy]\naccept_domains = [\"sluice.test\"]\n");
+    let (code, _, stderr) = setup.sendmail(&["-f", "cron", "root"], b"Subject: q\n\nx\n");
+    assert_eq!(code, 0, "{stderr}");
+    let delivered = setup.delivered(1);
+    assert_eq!(delivered[0].mail_from, "cron@sluice.test");
+    assert_eq!(delivered[0].recipients, vec!["root@sluice.test".to_string()]);
+}
+
+#[test]
+fn no_server_exits_1_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = dir.path().join("client.toml");
+    write_client_config(&config, port);
+    let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: x\n\nx\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "sluice: cannot submit: no server answers on 127.0.0.1:{port} (connection refused); \
+             is sluice serve running?"
+        )
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    write_client_config(&config, 9);
+    for args in [&["-x", "b@dest.test"][..], &["-bs"], &["-f"], &["--bogus", "b@dest.test"]] {
+        let (code, _, stderr) = sendmail(&config, args, b"");
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("sluice: sendmail: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage: sluice sendmail"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn no_recipients_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    write_client_config(&config, 9);
+    let (code, _, stderr) = sendmail(&config, &["-f", "a@origin.test"], b"Subject: x\n\nx\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.starts_with("sluice: sendmail: no recipients"), "{stderr}");
+    // -t with no address headers: still none.
+    let (code, _, stderr) = sendmail(&config, &["-t"], b"Subject: x\n\nx\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no recipients"), "{stderr}");
+}
+
+#[test]
+fn help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    write_client_config(&config, 9);
+    let (code, stdout, _) = sendmail(&config, &["--help"], b"");
+    assert_eq!(code, 0);
+    assert!(stdout.contains("-t") && stdout.contains("-f SENDER"), "{stdout}");
+}
+
+#[test]
+fn oversize_message_exits_1_with_the_server_reply() {
+    let setup = Setup::with("[limits]\nmax_message_size = \"4KiB\"\n");
+    let mut message = b"Subject: big\n\n".to_vec();
+    for _ in 0..200 {
+        message.extend_from_slice(b"0123456789012345678901234567890123456789012345678901234567890123\n");
+    }
+    let (code, stdout, stderr) = setup.sendmail(&["-v", "-f", "a@origin.test", "b@dest.test"], &message);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "", "nothing was queued");
+    assert!(stderr.starts_with("sluice: cannot submit: "), "{stderr}");
+    assert!(stderr.contains("552 5.3.4"), "the server's reply is printed: {stderr}");
+    let (code, stdout, _) = setup.server.cli(&["queue", "list", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "[]");
+}
+
+#[test]
+fn refused_recipient_exits_1_with_the_server_reply() {
+    // Without relay_networks, loopback may not relay: RCPT gets 554 5.7.1.
+    let setup = Setup::with("[policy]\nrelay_networks = []\n");
+    let (code, _, stderr) = setup.sendmail(&["-f", "a@origin.test", "b@dest.test"], b"x\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("RCPT TO:<b@dest.test>"), "{stderr}");
+    assert!(stderr.contains("554 5.7.1"), "{stderr}");
+}
+
+/// A 40 MiB message is streamed: the sendmail process never holds it.
+#[test]
+fn a_large_message_is_streamed_not_buffered() {
+    const SIZE: usize = 40 << 20;
+    let setup = Setup::with(
+        "[limits]\nmax_message_size = \"64MiB\"\n[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n",
+    );
+    let log = setup.server.dir.path().join("sendmail.err");
+    let mut child = Command::new(common::binary())
+        .args(["sendmail", "-v", "-f", "a@origin.test", "b@dest.test", "--config"])
+        .arg(&setup.client_config)
+        .env_remove("SLUICE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sluice sendmail");
+    let pid = child.id() as libc::pid_t;
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        input.write_all(b"Subject: large\n\n").unwrap();
+        let line = [b'x'; 99];
+        let mut written = 0;
+        while written < SIZE {
+            input.write_all(&line).unwrap();
+            input.write_all(b"\n").unwrap();
+            written += 100;
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our un-reaped child; the pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    writer.join().unwrap();
+    let stdout = reader.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let max_rss_kib = usage.ru_maxrss;
+    assert!(
+        max_rss_kib < 20 * 1024,
+        "sendmail peaked at {max_rss_kib} KiB for a {} MiB message",
+        SIZE >> 20
+    );
+    let id = stdout.trim().strip_prefix("queued as ").expect("queue ID").to_string();
+    let delivered = setup.delivered(1);
+    assert!(delivered[0].body.len() > SIZE, "{}", delivered[0].body.len());
+    eprintln!(
+        "sendmail: {} MiB message, queue ID {id}, peak RSS {max_rss_kib} KiB",
+        SIZE >> 20
+    );
+}
