@@ -222,8 +222,8 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
             options.recipients.push(arg.clone());
             continue;
         };
-        let mut chars = flags.char_indices();
-        while let Some((at, flag)) = chars.next() {
+        let chars = flags.char_indices();
+        for (at, flag) in chars {
             match flag {
                 't' => options.extract_recipients = true,
                 'v' => options.verbose = true,
