@@ -503,3 +503,34 @@ fn a_large_message_is_streamed_not_buffered() {
         "the large message arrived whole"
     );
 }
+
+#[test]
+fn invoked_as_sendmail_it_is_sluice_sendmail_with_sluice_config() {
+    let setup = Setup::new();
+    let link = setup.server.dir.path().join("sendmail");
+    std::os::unix::fs::symlink(common::binary(), &link).expect("symlink the binary");
+    let mut child = Command::new(&link)
+        .args(["-oi", "-f", "a@origin.test", "b@dest.test"])
+        .env("SLUICE_CONFIG", &setup.client_config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sendmail");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: via link\n\nx\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let delivered = setup.delivered(1);
+    assert_eq!(delivered[0].mail_from, "a@origin.test");
+    assert!(text(&delivered[0].body).contains("Subject: via link\r\n"));
+}
