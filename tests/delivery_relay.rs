@@ -180,6 +180,39 @@ fn tempfail_is_retried_with_backoff_and_succeeds_on_the_third_attempt() {
     let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
     let spool = setup.dir.path().join("spool");
     let mut sluice = setup.start();
+    // The queue shows the first deferral and when the next attempt is due.
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred", "attempts=1"]);
+    let (code, out, err) = sluice.cli(&["queue", "show", &id, "--json"]);
+    if code == 0 {
+        let shown: serde_json::Value = serde_json::from_str(&out).expect("queue show --json");
+        let recipient = &shown["recipients"][0];
+        if recipient["attempts"] == 1 {
+            assert_eq!(recipient["status"], "deferred", "{shown}");
+            assert!(
+                recipient["last_reply"]
+                    .as_str()
+                    .is_some_and(|reply| reply.starts_with("451 4.3.0")),
+                "{shown}"
+            );
+            let next: chrono::DateTime<chrono::Utc> = recipient["next_attempt_at"]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| panic!("next_attempt_at in {shown}"));
+            let received: chrono::DateTime<chrono::Utc> = shown["received_at"]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .expect("received_at");
+            let backoff = next - received;
+            assert!(
+                backoff >= chrono::Duration::milliseconds(900)
+                    && backoff <= chrono::Duration::milliseconds(2500),
+                "next attempt {backoff} after arrival, expected about 1s: {shown}"
+            );
+        }
+    } else {
+        // Already delivered between the log line and the query.
+        assert!(err.contains("no such message"), "queue show failed: {err}");
+    }
     wait_delivered(&destination, 1);
     sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
     let lines = outcome_lines(&sluice, &id);
@@ -589,4 +622,87 @@ fn kill_9_during_delivery_then_delivered_after_restart() {
     assert_eq!(seen[0].recipients, ["bob@dest.test"]);
     assert_eq!(seen[0].body, BODY);
     sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+}
+
+#[test]
+fn outcomes_are_counted_in_metrics() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| match rcpt {
+        "temp@dest.test" => Some("451 4.3.0 later".into()),
+        "gone@dest.test" => Some("550 5.1.1 gone".into()),
+        _ => None,
+    });
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue(
+        "",
+        &["ok@dest.test", "temp@dest.test", "gone@dest.test"],
+        BODY,
+    );
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "recipient=gone@dest.test"]);
+    let metrics = wait_for("metrics with the outcomes", DEADLINE, || {
+        let text = http_get(sluice.admin, "/metrics")?;
+        let value = |name: &str| -> Option<f64> {
+            text.lines()
+                .find(|line| line.starts_with(name) && !line.starts_with('#'))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|number| number.parse().ok())
+        };
+        let counts = (
+            value("sluice_recipients_delivered_total")?,
+            value("sluice_recipients_deferred_total")?,
+            value("sluice_recipients_bounced_total")?,
+        );
+        (counts == (1.0, 1.0, 1.0)).then_some(text)
+    });
+    assert!(metrics.contains("sluice_deliveries_in_flight"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_delivery_latency_seconds"),
+        "{metrics}"
+    );
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body, or `None` on any failure.
+fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+#[test]
+fn mail_received_over_smtp_is_relayed_with_a_trace_header() {
+    let destination = Destination::start(Options::default());
+    let sluice = Sluice::start(&format!(
+        "[routes]\n{}",
+        route_to(&destination, "dest.test")
+    ));
+    let body = "Subject: via smtp\r\n\r\n.dot line\r\ncaf\u{e9}\r\n";
+    let id = sluice.connect().send_message(
+        "alice@origin.test",
+        &["bob@dest.test", "carol@dest.test"],
+        body,
+    );
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].recipients, ["bob@dest.test", "carol@dest.test"]);
+    let text = String::from_utf8_lossy(&seen[0].body);
+    assert!(text.starts_with("Received: "), "trace header first: {text}");
+    assert!(
+        text.ends_with(body),
+        "original body intact at the end: {text}"
+    );
+    sluice.wait_log(&[
+        &format!("queue_id={id}"),
+        "recipient=carol@dest.test",
+        "status=sent",
+    ]);
 }
