@@ -706,3 +706,41 @@ fn mail_received_over_smtp_is_relayed_with_a_trace_header() {
         "status=sent",
     ]);
 }
+
+#[test]
+fn a_host_refusing_to_talk_defers_rather_than_bounces() {
+    let destination = Destination::start(Options {
+        greeting: "554 5.7.1 go away".into(),
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status="]);
+    assert_eq!(field(&line, "status"), "deferred", "{line}");
+    assert_eq!(field(&line, "dsn"), "4.7.1", "{line}");
+    assert!(
+        field(&line, "reply").contains("554 5.7.1 go away"),
+        "{line}"
+    );
+}
+
+#[test]
+fn large_body_is_streamed_intact() {
+    let destination = Destination::start(Options::default());
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut line_number = 0u32;
+    while body.len() < 3 * 1024 * 1024 {
+        line_number += 1;
+        // Leading dots and 8-bit bytes all the way through.
+        body.extend_from_slice(format!(".{line_number} \u{e9}\u{e8} ").as_bytes());
+        body.extend_from_slice(&[b'x'; 90]);
+        body.extend_from_slice(b"\r\n");
+    }
+    setup.enqueue("alice@origin.test", &["bob@dest.test"], &body);
+    let _sluice = setup.start();
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].body.len(), body.len());
+    assert!(seen[0].body == body, "the 3 MiB body changed in transit");
+}

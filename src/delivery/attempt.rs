@@ -126,6 +126,15 @@ impl Failure {
         }
     }
 
+    /// The same failure, but worth another try later (class 4).
+    pub fn temporary(self) -> Failure {
+        Failure {
+            permanent: false,
+            status: EnhancedCode::new(4, self.status.subject, self.status.detail),
+            ..self
+        }
+    }
+
     fn from_route(error: &RouteError) -> Failure {
         Failure::local(error.is_permanent(), error.status(), error.to_string())
     }
@@ -247,7 +256,11 @@ pub async fn deliver_domain(
                 Ok(connection) => connection,
                 Err(error) => {
                     tracing::debug!(domain, %relay, %error, "session setup failed");
-                    last_failure = Failure::from_client(&error, &host.name, &relay);
+                    // A host that will not talk to us (5xx greeting, EHLO or
+                    // AUTH refused) says nothing about the recipients: try
+                    // the next host, and defer if none works (as Postfix's
+                    // smtp_skip_5xx_greeting and smtp_sasl_auth_soft_bounce).
+                    last_failure = Failure::from_client(&error, &host.name, &relay).temporary();
                     continue;
                 }
             };
