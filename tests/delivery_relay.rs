@@ -491,7 +491,7 @@ fn expired_message_bounces_with_4_4_7() {
     let destination = Destination::start(Options::default());
     destination.on_rcpt(|rcpt, _| (rcpt == "slow@dest.test").then(|| "451 4.3.0 not today".into()));
     let setup = Setup::new(&format!(
-        "[delivery]\nretry_initial = \"30s\"\nmax_queue_lifetime = \"2s\"\n[routes]\n\"*\" = \"{}\"\n",
+        "[delivery]\nretry_initial = \"30s\"\nmax_queue_lifetime = \"3s\"\n[routes]\n\"*\" = \"{}\"\n",
         destination.addr
     ));
     let id = setup.enqueue("alice@origin.test", &["slow@dest.test"], BODY);

@@ -37,6 +37,8 @@ pub struct Options {
     pub auth: Option<(String, String)>,
     /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
     pub broken_starttls: bool,
+    /// The AUTH mechanisms advertised (when `auth` is set).
+    pub auth_mechanisms: String,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             implicit_tls: None,
             auth: None,
             broken_starttls: false,
+            auth_mechanisms: "PLAIN LOGIN".into(),
         }
     }
 }
@@ -376,7 +379,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     lines.push("STARTTLS".into());
                 }
                 if options.auth.is_some() && conn.tls.is_some() {
-                    lines.push("AUTH PLAIN LOGIN".into());
+                    lines.push(format!("AUTH {}", options.auth_mechanisms));
                 }
                 lines.push("ENHANCEDSTATUSCODES".into());
                 let last = lines.len() - 1;
