@@ -37,11 +37,14 @@ pub enum Verdict {
 pub struct Attempt {
     /// Index in [`Message::recipients`].
     pub index: usize,
+    /// Sent, deferred or failed.
     pub verdict: Verdict,
+    /// The RFC 3463 status (the reply's, or ours).
     pub status: EnhancedCode,
     /// The remote reply, or our own reason, on one line (stored as
     /// `last_reply`).
     pub reply: String,
+    /// What a DSN reports as Diagnostic-Code.
     pub diagnostic: Diagnostic,
     /// The host that answered, for Remote-MTA.
     pub remote_mta: Option<String>,
@@ -102,13 +105,19 @@ impl Attempt {
 /// Why a whole domain group could not be delivered in this attempt.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// True when retrying cannot help.
     pub permanent: bool,
+    /// The RFC 3463 status to report.
     pub status: EnhancedCode,
+    /// In words, naming the host or domain involved.
     pub reason: String,
     /// The server's reply, when one refused.
     pub reply: Option<Reply>,
+    /// The host involved, when one was reached.
     pub remote_mta: Option<String>,
+    /// `host[ip]:port`, when a connection was attempted.
     pub relay: Option<String>,
+    /// The TLS state of the session, when one was open.
     pub tls: Option<String>,
 }
 

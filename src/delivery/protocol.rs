@@ -15,7 +15,10 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 pub struct EnhancedCode {
     /// 2 (success), 4 (persistent transient) or 5 (permanent).
     pub class: u8,
+    /// The subject (1 addressing, 2 mailbox, 3 mail system, 4 network, 5
+    /// protocol, 6 content, 7 security).
     pub subject: u16,
+    /// The detail within the subject.
     pub detail: u16,
 }
 

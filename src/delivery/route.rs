@@ -43,6 +43,7 @@ pub struct Host {
     /// The name (or IP literal) as configured or found in DNS, without a
     /// trailing dot; TLS certificates are checked against it.
     pub name: String,
+    /// The TCP port to connect to.
     pub port: u16,
 }
 
@@ -56,7 +57,9 @@ impl Host {
 /// Where to deliver mail for one domain: hosts in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
+    /// How the hop was chosen.
     pub kind: NextHopKind,
+    /// Hosts in the order to try them (at least one).
     pub hosts: Vec<Host>,
 }
 
