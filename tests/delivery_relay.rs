@@ -744,3 +744,85 @@ fn large_body_is_streamed_intact() {
     assert_eq!(seen[0].body.len(), body.len());
     assert!(seen[0].body == body, "the 3 MiB body changed in transit");
 }
+
+/// CPU time (user + system, in clock ticks) the process used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let after_name = stat.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after the ")" that ends field 2.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Run by hand (it takes a while to fill the queue):
+/// `SLUICE_IDLE_MESSAGES=100000 cargo test --release --test delivery_relay -- --ignored idle`
+#[test]
+#[ignore]
+fn idle_queue_of_deferred_mail_costs_no_cpu() {
+    let count: usize = std::env::var("SLUICE_IDLE_MESSAGES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20_000);
+    let setup = Setup::new("[routes]\n\"*\" = \"127.0.0.1:1\"\n");
+    let spool = setup.dir.path().join("spool");
+    with_queue(&spool, |queue, runtime| {
+        runtime.block_on(async {
+            let later = chrono::Utc::now() + chrono::Duration::hours(1);
+            let mut pending = futures::stream::FuturesUnordered::new();
+            use futures::StreamExt;
+            for index in 0..count {
+                let queue = queue.clone();
+                pending.push(async move {
+                    let envelope = sluice_queue::Envelope {
+                        sender: "alice@origin.test".into(),
+                        recipients: vec![format!("r{index}@dest.test")],
+                        smtputf8: false,
+                        body_8bit: false,
+                    };
+                    queue.enqueue(envelope, BODY).await.expect("enqueue")
+                });
+                if pending.len() >= 256 {
+                    pending.next().await;
+                }
+            }
+            while pending.next().await.is_some() {}
+            // Defer everything by an hour.
+            loop {
+                let claims = queue
+                    .claim_due(chrono::Utc::now() + chrono::Duration::seconds(5), 1024)
+                    .expect("claim");
+                if claims.is_empty() {
+                    break;
+                }
+                let mut completions = futures::stream::FuturesUnordered::new();
+                for claim in claims {
+                    let queue = queue.clone();
+                    completions.push(async move {
+                        let update = sluice_queue::RecipientUpdate {
+                            index: 0,
+                            outcome: sluice_queue::Outcome::Deferred {
+                                reply: "451 4.3.0 later".into(),
+                                next_attempt_at: later,
+                            },
+                        };
+                        queue
+                            .complete(&claim.message.id, vec![update])
+                            .await
+                            .expect("defer");
+                    });
+                }
+                while completions.next().await.is_some() {}
+            }
+        });
+    });
+    let sluice = setup.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ticks(sluice.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_ticks(sluice.pid()) - before;
+    eprintln!("{count} deferred messages: {used} clock ticks of CPU in 10 s idle");
+    assert!(
+        used <= 2,
+        "an idle queue must cost no CPU: {used} ticks in 10 s"
+    );
+}
