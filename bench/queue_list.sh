@@ -4,7 +4,8 @@
 #
 #   bench/queue_list.sh [COUNT]      (default 100000; release build)
 #
-# Prints wall time and peak RSS of each command (GNU time), and the server's
+# Prints wall and CPU time and peak RSS of each command (GNU time; on a busy
+# machine CPU time is the steadier figure), and the server's
 # peak RSS before and after a full listing.
 set -eu
 count=${1:-100000}
@@ -41,7 +42,7 @@ first=$("$sluice" queue list --json --config "$work/sluice.toml" | sed -n '2s/.*
 
 measure() {
     label=$1; shift
-    /usr/bin/time -f "$label: %es wall, %MKiB max RSS" "$@" >/dev/null
+    /usr/bin/time -f "$label: %es wall, %Us user, %Ss sys, %MKiB max RSS" "$@" >/dev/null
 }
 
 echo "== offline (no server)"

@@ -428,14 +428,9 @@ fn bounce_sends_the_dsn_to_the_sender() {
 fn list_of_a_big_queue_streams_every_message() {
     let sink = Sink::start(SinkMode::TempFail);
     const COUNT: usize = 3000;
-    let seeds: Vec<Seed> = (0..COUNT)
-        .map(|_| Seed {
-            sender: "bulk@example.org",
-            recipients: &["r@example.net"],
-            held: true,
-        })
-        .collect();
-    let (dir, config, ids) = offline(&seeds, &sink);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = queue_common::fill_many_held(&dir.path().join("spool"), COUNT);
+    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
     let table = cli_ok(&config, &["queue", "list"]);
     assert!(
         table.ends_with(&format!("in {COUNT} messages\n")),

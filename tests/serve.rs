@@ -11,9 +11,16 @@ use common::{Sluice, wait_for};
 fn sigterm_stops_the_server_cleanly_with_exit_0() {
     let mut server = Sluice::start("");
     let status = server.terminate();
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
     let log = server.log_text();
-    assert!(log.contains("sluice stopped"), "no 'sluice stopped' in the log:\n{log}");
+    assert!(
+        log.contains("sluice stopped"),
+        "no 'sluice stopped' in the log:\n{log}"
+    );
 }
 
 #[test]
@@ -36,21 +43,30 @@ fn serve_without_config_uses_embedded_defaults() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn sluice");
-    let greeting = wait_for("the default listener on 127.0.0.1:2525", Duration::from_secs(20), || {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("sluice exited early with {status}");
-        }
-        let stream = std::net::TcpStream::connect(("127.0.0.1", 2525)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
-        Some(line)
-    });
+    let greeting = wait_for(
+        "the default listener on 127.0.0.1:2525",
+        Duration::from_secs(20),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("sluice exited early with {status}");
+            }
+            let stream = std::net::TcpStream::connect(("127.0.0.1", 2525)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
+            Some(line)
+        },
+    );
     assert!(greeting.starts_with("220 "), "greeting: {greeting:?}");
-    assert!(dir.path().join("spool").is_dir(), "spool created in ./spool");
+    assert!(
+        dir.path().join("spool").is_dir(),
+        "spool created in ./spool"
+    );
     common::signal(child.id(), "TERM");
-    let status = wait_for("sluice to exit after SIGTERM", Duration::from_secs(60), || {
-        child.try_wait().expect("wait")
-    });
+    let status = wait_for(
+        "sluice to exit after SIGTERM",
+        Duration::from_secs(60),
+        || child.try_wait().expect("wait"),
+    );
     assert_eq!(status.code(), Some(0));
 }

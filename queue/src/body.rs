@@ -47,7 +47,11 @@ impl Spool {
 /// A message body being written, before it is committed.
 ///
 /// Dropping it without [`Queue::commit`](crate::Queue::commit) removes every
-/// trace of it.
+/// trace of it. The first 64 KiB stay in memory; past that, writes go to a
+/// spool file through a 64 KiB buffer: plain `write(2)`s into the page cache,
+/// no fsync (that happens at commit, off the async runtime), so writing from
+/// an async task is fine. After a failed write the body is discarded and
+/// cannot be committed.
 pub struct BodyWriter {
     id: QueueId,
     spool: Arc<Spool>,
@@ -229,6 +233,10 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Streams a committed body without holding it all in memory.
+///
+/// Reads of a small body come from sled (usually its cache); a big body is
+/// read from its file through a 64 KiB buffer, so a read may wait for the
+/// disk once per 64 KiB.
 pub struct BodyReader {
     size: u64,
     source: ReaderSource,

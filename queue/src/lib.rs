@@ -681,11 +681,11 @@ fn lock_spool(root: &Path) -> Result<File, QueueError> {
     }
 }
 
-/// Removes everything in `dir` (uncommitted bodies of a previous run).
+/// Removes everything in `dir` (uncommitted bodies of a previous run). A file
+/// that cannot be removed only wastes space, so that is a warning.
 fn clear_dir(dir: &Path) -> Result<(), QueueError> {
     for entry in std::fs::read_dir(dir).map_err(spool_error(dir))? {
-        let path = entry.map_err(spool_error(dir))?.path();
-        std::fs::remove_file(&path).map_err(spool_error(&path))?;
+        remove_leftover(&entry.map_err(spool_error(dir))?.path());
     }
     Ok(())
 }
@@ -703,11 +703,16 @@ fn remove_orphan_bodies(store: &Store, spool: &Spool) -> Result<(), QueueError> 
         };
         if !store.contains(&id)? {
             tracing::info!(queue_id = %id, "removing a body file without a record");
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(spool_error(&path))?;
+            remove_leftover(&entry.path());
         }
     }
     Ok(())
+}
+
+fn remove_leftover(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), %error, "could not remove a leftover spool file");
+    }
 }
 
 fn spool_error(path: &Path) -> impl Fn(std::io::Error) -> QueueError + '_ {

@@ -656,3 +656,33 @@ async fn message_with_thousands_of_recipients_survives_reopen() {
     );
     assert_eq!(queue.stats().expect("stats").pending, 3000);
 }
+
+#[tokio::test]
+async fn open_removes_uncommitted_and_orphaned_body_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let kept = queue
+        .enqueue(envelope(&["a@x.example"]), &vec![b'k'; 100_000])
+        .await
+        .expect("enqueue");
+    queue.close().await.expect("close");
+    drop(queue);
+    // What a crash can leave behind: a body being received, and a body file
+    // whose record never became durable.
+    std::fs::write(dir.path().join("tmp").join("0000000001abc"), b"partial").expect("tmp file");
+    std::fs::write(dir.path().join("bodies").join("0000000002abc"), b"orphan").expect("orphan");
+
+    let queue = open(&dir);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+    let bodies: Vec<_> = std::fs::read_dir(dir.path().join("bodies"))
+        .expect("bodies")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(bodies, vec![std::ffi::OsString::from(kept.as_str())]);
+    assert_eq!(read_body(&queue, &kept), vec![b'k'; 100_000]);
+}

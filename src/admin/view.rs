@@ -18,23 +18,29 @@ use super::error::AdminError;
 /// One queued message as the API and `sluice queue --json` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
+    /// The queue ID (`[A-Za-z0-9]+`, sorting in arrival order).
     pub id: String,
     /// The envelope sender; `""` for the null sender `<>` (bounces).
     pub sender: String,
     /// Body size in bytes.
     pub size: u64,
+    /// When the message was accepted (RFC 3339, UTC).
     #[serde(with = "rfc3339")]
     pub received_at: DateTime<Utc>,
     /// Held messages are never delivered until released.
     pub held: bool,
+    /// Every recipient, in the order given at RCPT time.
     pub recipients: Vec<RecipientView>,
 }
 
 /// One recipient's delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientView {
+    /// The forward path.
     pub address: String,
+    /// `pending`, `deferred`, `delivered` or `failed`.
     pub status: RecipientStatus,
+    /// Delivery attempts made so far.
     pub attempts: u32,
     /// When the next attempt is due; `null` unless deferred.
     #[serde(with = "rfc3339_option")]

@@ -85,10 +85,15 @@ pub enum QueueCommand {
 /// The values of `queue list --status`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StatusArg {
+    /// A recipient not yet attempted.
     Pending,
+    /// A recipient waiting for its next attempt.
     Deferred,
+    /// A recipient delivered (others remain).
     Delivered,
+    /// A recipient failed (others remain).
     Failed,
+    /// The message is held.
     Held,
 }
 
@@ -107,10 +112,15 @@ impl From<StatusArg> for StatusFilter {
 /// A per-message action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Deferred recipients become due now.
     Retry,
+    /// Park the message.
     Hold,
+    /// Un-park the message.
     Release,
+    /// Remove it without notice.
     Delete,
+    /// Fail what remains and notify the sender.
     Bounce,
 }
 

@@ -58,6 +58,39 @@ pub fn fill(spool: &Path, seeds: &[Seed]) -> Vec<String> {
     })
 }
 
+/// Writes `count` held messages concurrently (they share fsyncs); returns
+/// their IDs sorted (= arrival order, as listed).
+pub fn fill_many_held(spool: &Path, count: usize) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let queue = Queue::open(spool, QueueOptions::default()).expect("open the test spool");
+        let one = |index: usize| {
+            let queue = queue.clone();
+            async move {
+                let envelope = Envelope {
+                    sender: "bulk@example.org".to_string(),
+                    recipients: vec![format!("r{index}@example.net")],
+                    smtputf8: false,
+                    body_8bit: false,
+                };
+                let id = queue
+                    .enqueue(envelope, b"Subject: bulk\r\n\r\nHello.\r\n")
+                    .await
+                    .expect("enqueue a test message");
+                queue.hold(&id).await.expect("hold a test message");
+                id.to_string()
+            }
+        };
+        let mut ids = futures::future::join_all((0..count).map(one)).await;
+        queue.close().await.expect("close the test spool");
+        ids.sort();
+        ids
+    })
+}
+
 /// A complete config in `dir`: spool `dir/spool`, listeners and admin API on
 /// loopback port 0, `admin_extra` inside `[admin]`, every domain routed to
 /// `route` (a loopback address), DNS pointed at a dead loopback port so nothing

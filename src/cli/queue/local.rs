@@ -100,7 +100,10 @@ impl Access for Local {
     }
 
     fn json_list(&mut self, filter: &ListFilter, out: &mut dyn Write) -> anyhow::Result<()> {
-        let mut writer = JsonArrayWriter::new(out)?;
+        // A concrete buffer in front of the `dyn Write`: serde_json writes
+        // many small pieces per object.
+        let buffered = io::BufWriter::with_capacity(256 * 1024, out);
+        let mut writer = JsonArrayWriter::new(buffered)?;
         self.scan(filter, &mut |message| writer.push(&message))?;
         writer.finish()?.flush()?;
         Ok(())
