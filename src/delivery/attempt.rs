@@ -234,7 +234,9 @@ pub async fn deliver_domain(
                 // A missing MX host is the domain's DNS being broken, maybe
                 // for a while; only the implicit MX (the domain itself has no
                 // address) is final.
-                failure.permanent &= hop.kind == NextHopKind::ImplicitMx;
+                if hop.kind != NextHopKind::ImplicitMx {
+                    failure = failure.temporary();
+                }
                 tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
                 last_failure = failure;
                 continue;
@@ -254,7 +256,13 @@ pub async fn deliver_domain(
             // idle: on a failure before the transaction got going, open a
             // fresh one and try again.
             if let Some(connection) = engine.pool.take(&key) {
-                match transaction(engine, connection, host, &relay, &key, message, indices).await {
+                let target = Target {
+                    host,
+                    relay: &relay,
+                    key: &key,
+                    reused: true,
+                };
+                match transaction(engine, connection, &target, message, indices).await {
                     Ok(attempts) => return attempts,
                     Err(error) => {
                         tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
@@ -273,8 +281,13 @@ pub async fn deliver_domain(
                     continue;
                 }
             };
-            return match transaction(engine, connection, host, &relay, &key, message, indices).await
-            {
+            let target = Target {
+                host,
+                relay: &relay,
+                key: &key,
+                reused: false,
+            };
+            return match transaction(engine, connection, &target, message, indices).await {
                 Ok(attempts) => attempts,
                 Err(error) => all(&Failure::from_client(&error, &host.name, &relay)),
             };
@@ -377,21 +390,29 @@ async fn plaintext_fallback(
     Ok(connection)
 }
 
-/// Runs the transaction on an open session. `Err` only for failures before
-/// anything was sent that could have been accepted (so a stale pooled
-/// connection can be replaced without risking a duplicate).
+/// Where a session goes: the host, its `host[ip]:port` for logs, the pool
+/// key, and whether the connection came from the pool.
+struct Target<'a> {
+    host: &'a Host,
+    relay: &'a str,
+    key: &'a PoolKey,
+    reused: bool,
+}
+
+/// Runs the transaction on an open session. `Err` only on a reused
+/// (pooled) connection, for failures before anything was sent that could
+/// have been accepted, so a stale connection can be replaced without risking
+/// a duplicate.
 async fn transaction(
     engine: &Arc<Engine>,
     mut connection: Connection,
-    host: &Host,
-    relay: &str,
-    key: &PoolKey,
+    target: &Target<'_>,
     message: &Message,
     indices: &[usize],
 ) -> Result<Vec<Attempt>, ClientError> {
     let session = Session {
-        host: host.name.clone(),
-        relay: relay.to_string(),
+        host: target.host.name.clone(),
+        relay: target.relay.to_string(),
         tls: connection
             .tls()
             .map(ToString::to_string)
@@ -412,7 +433,7 @@ async fn transaction(
     let capabilities = connection.capabilities().clone();
     // RFC 1870 §6.1: a declared limit below the message size is final.
     if capabilities.rejects_size(message.size) {
-        engine.pool.put(key.clone(), connection);
+        engine.pool.put(target.key.clone(), connection);
         return Ok(local(Failure::local(
             true,
             EnhancedCode::new(5, 3, 4),
@@ -431,7 +452,7 @@ async fn transaction(
     let smtputf8_needed = message.smtputf8 && needs_smtputf8(engine, message, &recipients).await;
     // RFC 6531 §3.4: no downgrade; the message cannot go to this server.
     if smtputf8_needed && !capabilities.smtputf8 {
-        engine.pool.put(key.clone(), connection);
+        engine.pool.put(target.key.clone(), connection);
         return Ok(local(Failure::local(
             true,
             EnhancedCode::new(5, 6, 7),
@@ -444,7 +465,7 @@ async fn transaction(
     let mut body = match open_body(engine, &message.id, message.size) {
         Ok(body) => body,
         Err(error) => {
-            engine.pool.put(key.clone(), connection);
+            engine.pool.put(target.key.clone(), connection);
             return Ok(local(Failure::local(
                 false,
                 EnhancedCode::new(4, 3, 0),
@@ -465,7 +486,7 @@ async fn transaction(
     match result {
         Ok(result) => {
             if !engine.ctx.shutdown.is_cancelled() {
-                engine.pool.put(key.clone(), connection);
+                engine.pool.put(target.key.clone(), connection);
             } else {
                 connection.quit().await;
             }
@@ -475,8 +496,12 @@ async fn transaction(
                 .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
                 .collect())
         }
-        Err(error) if connection.transactions() > 0 && is_before_transaction(&error) => Err(error),
-        Err(error) => Ok(local(Failure::from_client(&error, &session.host, relay))),
+        Err(error) if target.reused && is_before_transaction(&error) => Err(error),
+        Err(error) => Ok(local(Failure::from_client(
+            &error,
+            &session.host,
+            target.relay,
+        ))),
     }
 }
 
