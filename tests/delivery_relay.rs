@@ -826,3 +826,24 @@ fn idle_queue_of_deferred_mail_costs_no_cpu() {
         "an idle queue must cost no CPU: {used} ticks in 10 s"
     );
 }
+
+#[test]
+fn connection_is_reused_for_the_next_message_to_the_same_host() {
+    let destination = Destination::start(Options::default());
+    let sluice = Sluice::start(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    for round in 1..=3 {
+        sluice.connect().send_message(
+            "alice@origin.test",
+            &[&format!("r{round}@dest.test")],
+            "Subject: again\r\n\r\nhi\r\n",
+        );
+        wait_delivered(&destination, round);
+    }
+    let connections: Vec<usize> = destination
+        .delivered()
+        .iter()
+        .map(|t| t.connection)
+        .collect();
+    assert_eq!(connections, [0, 0, 0], "one connection for all three");
+    assert_eq!(destination.connections(), 1);
+}

@@ -19,7 +19,7 @@ use super::client::Connection;
 use super::tls::TlsMode;
 
 /// How long an idle connection is kept.
-pub const MAX_IDLE: Duration = Duration::from_secs(2);
+pub const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Transactions after which a connection is closed rather than reused.
 pub const MAX_TRANSACTIONS: u32 = 200;
 
