@@ -847,3 +847,31 @@ fn connection_is_reused_for_the_next_message_to_the_same_host() {
     assert_eq!(connections, [0, 0, 0], "one connection for all three");
     assert_eq!(destination.connections(), 1);
 }
+
+#[test]
+fn deferred_mail_resumes_at_its_time_after_a_restart() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, attempt| (attempt == 1).then(|| "450 4.2.0 later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"3s\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let mut sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    sluice.terminate();
+    let sluice = sluice.restart();
+    wait_delivered(&destination, 1);
+    let times = destination.rcpt_times("bob@dest.test");
+    assert_eq!(
+        times.len(),
+        2,
+        "one attempt before and one after the restart"
+    );
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "retried after {gap:?}, before its time (3s)"
+    );
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=sent", "attempts=2"]);
+}
