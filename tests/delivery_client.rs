@@ -286,7 +286,7 @@ async fn auth_plain_and_login_over_tls() {
 }
 
 fn router(dns: &DnsServer, extra: &str) -> Router {
-    Router::new(&config(&format!("{}{extra}", dns.config()))).expect("router")
+    Router::new(&config(&format!("{}{extra}", dns.config())))
 }
 
 #[tokio::test]
