@@ -875,3 +875,27 @@ fn deferred_mail_resumes_at_its_time_after_a_restart() {
     );
     sluice.wait_log(&[&format!("queue_id={id}"), "status=sent", "attempts=2"]);
 }
+
+#[test]
+fn queue_bounce_returns_deferred_mail_to_its_sender_now() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| (rcpt == "stuck@dest.test").then(|| "451 4.3.0 later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue("alice@origin.test", &["stuck@dest.test"], BODY);
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    let (code, out, err) = sluice.cli(&["queue", "bounce", &id]);
+    assert_eq!(code, 0, "queue bounce failed: {out} {err}");
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; stuck@dest.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.0.0"), "{dsn}");
+    let (code, _, err) = sluice.cli(&["queue", "show", &id]);
+    assert_eq!(code, 1, "the bounced message left the queue");
+    assert!(err.contains("no such message"), "{err}");
+}
