@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::{DEADLINE, Sluice, wait_for};
 use queue_common::{
-    Seed, Sink, SinkMode, assert_message_shape, cli, cli_ok, config_text, fill, http, write_config,
+    Seed, Sink, SinkMode, assert_message_shape, cli, cli_ok, config_text, fill, http, open_spool,
+    write_config,
 };
 use serde_json::Value;
 
@@ -286,10 +287,7 @@ fn a_spool_held_by_a_process_whose_api_does_not_answer_is_left_alone() {
         .build()
         .expect("runtime");
     // This test process holds the spool, as a hung server would.
-    let queue = runtime.block_on(async {
-        sluice_queue::Queue::open(&spool, sluice_queue::QueueOptions::default())
-            .expect("open the spool")
-    });
+    let queue = runtime.block_on(async { open_spool(&spool) });
     let (code, _, stderr) = cli(&config, &["queue", "list"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(

@@ -328,7 +328,10 @@ impl Queue {
             state.schedule.set(&id, record.message.due_at());
             state.stats.add(&record.message);
         }
-        self.inner.group.durable().await?;
+        if let Err(error) = self.inner.group.durable().await {
+            self.inner.forget(&record);
+            return Err(error);
+        }
         tracing::debug!(queue_id = %id, size, recipients = record.message.recipients.len(), "queued");
         self.inner.signal_changed();
         Ok(id)
@@ -607,6 +610,28 @@ impl Inner {
     fn signal_changed(&self) {
         self.changed.notify_waiters();
         self.changed.notify_one();
+    }
+
+    /// Takes back a message whose commit failed: its sender is told it was
+    /// not accepted (and will send it again), so it must neither be
+    /// delivered nor listed. Best effort: when the storage refuses the
+    /// removal too (sled refuses every write after an I/O error), the record
+    /// stays in sled's memory, but it never reaches the disk either.
+    fn forget(&self, record: &Record) {
+        let id = &record.message.id;
+        let mut state = self.state();
+        state.schedule.remove(id);
+        state.stats.remove(&record.message);
+        match self.store.remove(record) {
+            Ok(()) => {
+                if record.body == BodyPlace::File {
+                    let _ = std::fs::remove_file(self.spool.body_path(id));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
+            }
+        }
     }
 
     /// The synchronous part of a change: under the state lock, read the

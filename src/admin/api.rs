@@ -12,7 +12,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -271,6 +272,23 @@ async fn page(
     Ok(response)
 }
 
+/// The `:id` segment of a queue path, as text. Unlike a bare `Path`, a
+/// segment that cannot be decoded (bad percent-encoding, invalid UTF-8) is
+/// answered like any other bad request: a JSON error, not axum's plain text.
+struct QueuePath(String);
+
+#[axum::async_trait]
+impl<S: Send + Sync> FromRequestParts<S> for QueuePath {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(QueuePath(id)),
+            Err(rejection) => Err(AdminError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -284,7 +302,10 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-async fn show(State(ctx): State<Context>, Path(id): Path<String>) -> Result<Response, AdminError> {
+async fn show(
+    State(ctx): State<Context>,
+    QueuePath(id): QueuePath,
+) -> Result<Response, AdminError> {
     let id = ops::parse_id(&id)?;
     let queue_ctx = ctx.clone();
     let view = tokio::task::spawn_blocking(move || ops::show(&queue_ctx, &id))
@@ -295,35 +316,35 @@ async fn show(State(ctx): State<Context>, Path(id): Path<String>) -> Result<Resp
 
 async fn retry_one(
     State(ctx): State<Context>,
-    Path(id): Path<String>,
+    QueuePath(id): QueuePath,
 ) -> Result<Json<MessageView>, AdminError> {
     Ok(Json(ops::retry(&ctx, &ops::parse_id(&id)?).await?))
 }
 
 async fn hold_one(
     State(ctx): State<Context>,
-    Path(id): Path<String>,
+    QueuePath(id): QueuePath,
 ) -> Result<Json<MessageView>, AdminError> {
     Ok(Json(ops::hold(&ctx, &ops::parse_id(&id)?).await?))
 }
 
 async fn release_one(
     State(ctx): State<Context>,
-    Path(id): Path<String>,
+    QueuePath(id): QueuePath,
 ) -> Result<Json<MessageView>, AdminError> {
     Ok(Json(ops::release(&ctx, &ops::parse_id(&id)?).await?))
 }
 
 async fn bounce_one(
     State(ctx): State<Context>,
-    Path(id): Path<String>,
+    QueuePath(id): QueuePath,
 ) -> Result<Json<MessageView>, AdminError> {
     Ok(Json(ops::bounce(&ctx, &ops::parse_id(&id)?).await?))
 }
 
 async fn delete_one(
     State(ctx): State<Context>,
-    Path(id): Path<String>,
+    QueuePath(id): QueuePath,
 ) -> Result<StatusCode, AdminError> {
     ops::delete(&ctx, &ops::parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)

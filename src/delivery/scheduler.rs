@@ -199,6 +199,19 @@ async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphor
     record(&engine, &message, attempts).await;
 }
 
+/// Gives back the claim of a message whose outcomes could not be recorded,
+/// after `retry_initial` (at least [`ERROR_PAUSE`]): the queue is failing
+/// (disk full, I/O errors), and a message due again at once would be
+/// redelivered in a busy loop.
+async fn unclaim_after_pause(engine: &Engine, message: &Message) {
+    let pause = engine.ctx.config.delivery.retry_initial.max(ERROR_PAUSE);
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = engine.ctx.shutdown.cancelled() => {}
+    }
+    engine.ctx.queue.unclaim(&message.id);
+}
+
 /// The 4.4.7 failure of an open recipient of an expired message.
 fn expired_attempt(engine: &Engine, message: &Message, index: usize) -> Attempt {
     let recipient = &message.recipients[index];
@@ -278,7 +291,7 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
             %error,
             "cannot queue the bounce; the failure is not recorded and will be retried"
         );
-        ctx.queue.unclaim(&message.id);
+        unclaim_after_pause(engine, message).await;
         return;
     }
 
@@ -293,7 +306,7 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
         .collect();
     if let Err(error) = ctx.queue.complete(&message.id, updates).await {
         tracing::error!(queue_id = %message.id, %error, "cannot record delivery outcomes");
-        ctx.queue.unclaim(&message.id);
+        unclaim_after_pause(engine, message).await;
         return;
     }
     for (attempt, next_attempt) in attempts.iter().zip(next_attempts) {

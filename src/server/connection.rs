@@ -15,6 +15,7 @@ use bytes::{Buf as _, BytesMut};
 use sluice_queue::BodyWriter;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
@@ -215,6 +216,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
         let command_timeout = self.shared.ctx.config.limits.command_timeout;
+        // The timeout bounds the wait for a whole command line (RFC 5321
+        // §4.5.3.2.7), not each read: a client trickling a byte at a time
+        // cannot hold the connection open (slowloris).
+        let mut deadline = Instant::now() + command_timeout;
         loop {
             while let Some(line) = self.next_line() {
                 let action = match line {
@@ -232,9 +237,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 if let Some(end) = self.act(session, action).await? {
                     return Ok(end);
                 }
+                deadline = Instant::now() + command_timeout;
             }
             // Only an idle session may be interrupted by a shutdown.
-            match self.fill(command_timeout, session.is_idle()).await? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.fill(left, session.is_idle()).await? {
                 Filled::Data => {}
                 Filled::Shutdown => return Err(ConnectionError::Shutdown),
             }
@@ -355,8 +362,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let mut storage_failed = write_body(&mut body, header.as_bytes());
         let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
         let mut decoded = Vec::with_capacity(READ_CHUNK);
+        // The data timeout bounds the wait for each line of the message, not
+        // each read (as Postfix's smtpd_per_record_deadline): a client
+        // trickling a byte at a time cannot hold the connection open.
+        let data_timeout = ctx.config.limits.data_timeout;
+        let mut deadline = Instant::now() + data_timeout;
         loop {
             let consumed = decoder.decode(&self.input, &mut decoded);
+            if memchr_newline(&self.input[..consumed]).is_some() {
+                deadline = Instant::now() + data_timeout;
+            }
             self.input.advance(consumed);
             if decoder.problem().is_some() {
                 // The message is refused: stop storing anything of it.
@@ -368,7 +383,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if decoder.is_done() {
                 break;
             }
-            self.fill(ctx.config.limits.data_timeout, false).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.fill(left, false).await?;
         }
         match decoder.problem() {
             Some(DataProblem::TooBig) => {
@@ -415,12 +431,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.chunked = Some(chunked);
         }
         let max_size = self.shared.ctx.config.limits.max_message_size;
-        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
             let chunk = self.input.split_to(take);
             remaining -= take as u64;
+            deadline.received(take);
             if let Some(chunked) = self.chunked.as_mut() {
                 chunked.size = chunked.size.saturating_add(take as u64);
                 if chunked.size > max_size {
@@ -433,22 +450,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if remaining == 0 {
                 return Ok(());
             }
-            self.fill(data_timeout, false).await?;
+            self.fill(deadline.left(), false).await?;
         }
     }
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let data_timeout = self.shared.ctx.config.limits.data_timeout;
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
             self.input.advance(take);
             remaining -= take as u64;
+            deadline.received(take);
             if remaining == 0 {
                 return Ok(());
             }
-            self.fill(data_timeout, false).await?;
+            self.fill(deadline.left(), false).await?;
         }
     }
 
@@ -546,6 +564,44 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Ok(Err(error)) => Err(ConnectionError::Io(error)),
             },
         }
+    }
+}
+
+/// BDAT data must keep arriving at this many octets per data timeout, the
+/// most a text line may have (RFC 5321 §4.5.3.1.6), as DATA must send a
+/// line per data timeout.
+const PROGRESS_OCTETS: usize = 1000;
+
+/// The deadline for BDAT chunk data: restarted whenever another
+/// [`PROGRESS_OCTETS`] have arrived, so that a client trickling a byte at a
+/// time cannot hold the connection open (slowloris).
+struct ChunkDeadline {
+    timeout: Duration,
+    deadline: Instant,
+    /// Octets received since the deadline was last restarted.
+    progress: usize,
+}
+
+impl ChunkDeadline {
+    fn new(timeout: Duration) -> ChunkDeadline {
+        ChunkDeadline {
+            timeout,
+            deadline: Instant::now() + timeout,
+            progress: 0,
+        }
+    }
+
+    fn received(&mut self, octets: usize) {
+        self.progress = self.progress.saturating_add(octets);
+        if self.progress >= PROGRESS_OCTETS {
+            self.progress = 0;
+            self.deadline = Instant::now() + self.timeout;
+        }
+    }
+
+    /// Time left until the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 

@@ -71,11 +71,29 @@ impl Sluice {
     pub fn start_with(dir: tempfile::TempDir, config: &str) -> Sluice {
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Sluice::launch(dir, config_path)
+        Sluice::launch(dir, config_path, |_| {})
     }
 
-    fn launch(dir: tempfile::TempDir, config_path: PathBuf) -> Sluice {
-        let mut child = Command::new(binary())
+    /// Like [`Sluice::start_with`], letting `configure` adjust the command
+    /// before it is spawned (resource limits in `pre_exec`, environment).
+    pub fn start_with_command(
+        dir: tempfile::TempDir,
+        config: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Sluice {
+        let config_path = dir.path().join("sluice.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Sluice::launch(dir, config_path, configure)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        configure: impl FnOnce(&mut Command),
+    ) -> Sluice {
+        let mut command = Command::new(binary());
+        configure(&mut command);
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -139,7 +157,7 @@ impl Sluice {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let config_path = self.config_path.clone();
-        Sluice::launch(dir, config_path)
+        Sluice::launch(dir, config_path, |_| {})
     }
 
     /// SIGKILL, no chance to flush anything.
@@ -165,6 +183,13 @@ impl Sluice {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// True while the server process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The process ID.

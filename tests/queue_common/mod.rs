@@ -14,6 +14,24 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_queue::{Envelope, Queue, QueueOptions};
 
+/// Opens the spool in this test process. Retries while it reports `Locked`:
+/// a process that another test thread is forking at that moment holds a copy
+/// of the previous holder's flock until it execs.
+pub fn open_spool(spool: &Path) -> Queue {
+    let start = std::time::Instant::now();
+    loop {
+        match Queue::open(spool, QueueOptions::default()) {
+            Ok(queue) => return queue,
+            Err(sluice_queue::QueueError::Locked { .. })
+                if start.elapsed() < Duration::from_secs(20) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("open the test spool: {error}"),
+        }
+    }
+}
+
 /// One message to put in the spool before the test.
 pub struct Seed<'a> {
     pub sender: &'a str,
@@ -29,7 +47,7 @@ pub fn fill(spool: &Path, seeds: &[Seed]) -> Vec<String> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let queue = Queue::open(spool, QueueOptions::default()).expect("open the test spool");
+        let queue = open_spool(spool);
         let mut ids = Vec::new();
         for seed in seeds {
             let envelope = Envelope {
@@ -66,7 +84,7 @@ pub fn fill_many_held(spool: &Path, count: usize) -> Vec<String> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let queue = Queue::open(spool, QueueOptions::default()).expect("open the test spool");
+        let queue = open_spool(spool);
         let one = |index: usize| {
             let queue = queue.clone();
             async move {

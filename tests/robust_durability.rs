@@ -1,0 +1,487 @@
+//! "Nothing accepted is ever lost", end to end on the real binary: write
+//! failures at acceptance (the file size limit makes writes fail with
+//! EFBIG), and SIGKILL at random points while clients send and while
+//! deliveries are in flight.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::destination::{Destination, Options};
+use common::{DEADLINE, Sluice, config_text, wait_for};
+use rand::{Rng as _, SeedableRng as _};
+
+/// Delivery that never succeeds: connection refused, so mail is deferred.
+const NO_DELIVERY: &str = "[routes]\n\"*\" = \"127.0.0.1:9\"\n\n[delivery]\nport = 9\n";
+
+/// A seed for the random kill points: `SLUICE_TEST_SEED` or the clock.
+fn seed() -> u64 {
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("random seed {seed} (set SLUICE_TEST_SEED to replay)");
+    seed
+}
+
+/// A client that reports failures instead of panicking: the server may be
+/// killed under it.
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(address: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let mut client = Client { stream, reader };
+        let greeting = client.reply()?;
+        if !greeting.starts_with("220 ") {
+            return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+        }
+        client.command("EHLO robust.test")?;
+        Ok(client)
+    }
+
+    fn reply(&mut self) -> std::io::Result<String> {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Ok(reply.trim_end().to_string());
+            }
+        }
+    }
+
+    fn command(&mut self, line: &str) -> std::io::Result<String> {
+        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
+        self.reply()
+    }
+
+    /// One transaction; the final reply to the data (any code).
+    fn transaction(&mut self, body: &[u8]) -> std::io::Result<String> {
+        for (line, code) in [
+            ("MAIL FROM:<sender@origin.test>", "250"),
+            ("RCPT TO:<rcpt@dest.test>", "250"),
+            ("DATA", "354"),
+        ] {
+            let reply = self.command(line)?;
+            if !reply.starts_with(code) {
+                return Err(std::io::Error::other(format!("{line} got {reply:?}")));
+            }
+        }
+        self.stream.write_all(body)?;
+        self.stream.write_all(b".\r\n")?;
+        self.reply()
+    }
+}
+
+/// A message body of about `size` bytes in 78-octet lines, tagged with `tag`.
+fn body(tag: &str, size: usize) -> Vec<u8> {
+    let mut body = format!("Subject: {tag}\r\n\r\n").into_bytes();
+    let line = format!("{tag} {}\r\n", "x".repeat(76 - tag.len().min(60)));
+    while body.len() < size {
+        body.extend_from_slice(line.as_bytes());
+    }
+    body
+}
+
+/// The queue ID in a final 250, or `None` for any other reply.
+fn acknowledged(reply: &str) -> Option<String> {
+    common::queue_id(reply)
+}
+
+/// Every queue ID `sluice queue list --json` shows.
+fn listed(sluice: &Sluice) -> BTreeSet<String> {
+    let (code, stdout, stderr) = sluice.cli(&["queue", "list", "--json"]);
+    assert_eq!(code, 0, "queue list failed: {stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("queue list JSON");
+    list.as_array()
+        .expect("queue list is an array")
+        .iter()
+        .map(|message| message["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Spawns the server with a file size limit: any write past `bytes` in any
+/// file fails with EFBIG (SIGXFSZ is ignored, so it does not kill).
+fn start_with_file_limit(extra: &str, bytes: u64) -> Sluice {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config_text(dir.path(), "", extra);
+    Sluice::start_with_command(dir, &text, move |command| {
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    })
+}
+
+/// Files in a spool subdirectory.
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With the server stopped: the stored bodies of `ids`, in order.
+///
+/// The spool lock is an flock, shared with any child a parallel test forks
+/// until that child execs: opening is retried for a moment.
+fn stored_bodies(spool: &Path, ids: &[&str]) -> Vec<Vec<u8>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let queue = wait_for(
+        "the spool lock",
+        DEADLINE,
+        || match sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default()) {
+            Ok(queue) => Some(queue),
+            Err(sluice_queue::QueueError::Locked { .. }) => None,
+            Err(error) => panic!("opening the spool: {error}"),
+        },
+    );
+    let bodies = ids
+        .iter()
+        .map(|id| {
+            let id = sluice_queue::QueueId::parse(id).expect("queue ID");
+            let mut reader = queue
+                .open_body(&id)
+                .expect("body of an acknowledged message");
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).expect("read the body");
+            bytes
+        })
+        .collect();
+    runtime.block_on(queue.close()).expect("close the spool");
+    bodies
+}
+
+#[test]
+fn a_body_file_write_failure_gets_451_leaves_nothing_and_the_server_keeps_accepting() {
+    // Bodies over 64 KiB are spooled to files: a 1 MiB size limit fails the
+    // write of a 2 MiB message half way, while the database stays small.
+    let mut sluice = start_with_file_limit(NO_DELIVERY, 1024 * 1024);
+    let spool = sluice.dir.path().join("spool");
+    let small = body("before", 2_000);
+    let mut client = Client::connect(sluice.smtp).expect("connect");
+    let before = acknowledged(&client.transaction(&small).expect("send"))
+        .expect("a small message is accepted");
+
+    let big = body("toobig", 2 * 1024 * 1024);
+    let reply = client
+        .transaction(&big)
+        .expect("a reply, not a hang or a close");
+    assert!(
+        reply.starts_with("451 4.3.0"),
+        "a message that cannot be written must get 451 4.3.0, got {reply:?}"
+    );
+    assert!(
+        files_in(&spool.join("tmp")).is_empty(),
+        "half-written body left in tmp/"
+    );
+    assert_eq!(files_in(&spool.join("bodies")), Vec::<String>::new());
+    assert_eq!(listed(&sluice), BTreeSet::from([before.clone()]));
+
+    // Space "is available again" for what fits: the same connection and a
+    // new one get their mail accepted, a spooled body under the limit too.
+    let medium = body("medium", 300_000);
+    let after_same = acknowledged(&client.transaction(&small).expect("send"))
+        .expect("the same session accepts mail after the failure");
+    let mut fresh = Client::connect(sluice.smtp).expect("connect");
+    let after_medium = acknowledged(&fresh.transaction(&medium).expect("send"))
+        .expect("a spooled body under the limit is accepted");
+    assert!(sluice.is_running());
+    assert!(!sluice.log_text().contains("panicked"));
+
+    let mut sluice = sluice.restart();
+    let ids = listed(&sluice);
+    for id in [&before, &after_same, &after_medium] {
+        assert!(
+            ids.contains(id),
+            "acknowledged {id} lost; queue has {ids:?}"
+        );
+    }
+    assert_eq!(ids.len(), 3, "only acknowledged mail is queued: {ids:?}");
+    sluice.terminate();
+    let stored = stored_bodies(&spool, &[&after_medium, &before]);
+    assert!(stored[0].ends_with(&medium), "spooled body changed");
+    assert!(stored[1].ends_with(&small), "inline body changed");
+}
+
+#[test]
+fn a_database_write_failure_gets_451_never_250_and_acknowledged_mail_survives() {
+    // 60 KB bodies are stored inline in sled: its log file hits the 1 MiB
+    // limit after a dozen or so. Deferred mail is retried every second, so
+    // the scheduler tries to record outcomes on the failed database too.
+    let extra = format!("{NO_DELIVERY}retry_initial = \"1s\"\nretry_max = \"1s\"\n");
+    let mut sluice = start_with_file_limit(&extra, 1024 * 1024);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut client = Client::connect(sluice.smtp).expect("connect");
+    for number in 0..60 {
+        let message = body(&format!("m{number}"), 60_000);
+        let reply = client.transaction(&message).expect("a reply, not a hang");
+        match acknowledged(&reply) {
+            // (sled refuses every write after its first I/O error, so in
+            // practice no 250 follows a 451 until a restart.)
+            Some(id) => acked.push((id, message)),
+            None => {
+                assert!(
+                    reply.starts_with("451 4.3.0"),
+                    "a failed write must get 451 4.3.0, got {reply:?}"
+                );
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "the file size limit was never reached");
+    assert!(
+        acked.len() >= 3,
+        "only {} accepted before failing",
+        acked.len()
+    );
+
+    // Still serving: commands are answered at once.
+    let mut probe = Client::connect(sluice.smtp).expect("the server still accepts connections");
+    assert!(probe.command("NOOP").expect("NOOP").starts_with("250"));
+
+    // Deferred messages come due every second and their outcomes cannot be
+    // recorded: that must not turn into a busy loop of delivery attempts.
+    let failures = || {
+        sluice
+            .log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|line| line.contains("cannot record delivery outcomes"))
+            .count()
+    };
+    let start = failures();
+    std::thread::sleep(Duration::from_secs(3));
+    let spun = failures() - start;
+    assert!(
+        spun < 10 * acked.len(),
+        "{spun} failed outcome recordings in 3 s for {} messages: retry loop spins",
+        acked.len()
+    );
+    assert!(sluice.is_running(), "server died on write errors");
+    // A message refused with 451 is not delivered behind the sender's back.
+    // The queue indexes a message before its flush (by design: a claim
+    // before durability risks a duplicate, never a loss), so the scheduler
+    // may catch it in that window once; it must not come back for more.
+    let acked_ids: BTreeSet<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
+    let lines: Vec<String> = sluice.log.lock().expect("log lock").clone();
+    let mut refused_attempts = std::collections::BTreeMap::<String, Vec<&String>>::new();
+    for line in &lines {
+        if line.contains("sluice::delivery") && line.contains("queue_id=") {
+            let id = common::field(line, "queue_id");
+            if !acked_ids.contains(id.as_str()) {
+                refused_attempts.entry(id).or_default().push(line);
+            }
+        }
+    }
+    for (id, attempts) in &refused_attempts {
+        assert!(
+            attempts.len() <= 1,
+            "{id} was refused with 451 and still delivered again and again: {attempts:#?}"
+        );
+    }
+    let log = sluice.log_text();
+    assert!(!log.contains("panicked"), "panic in the log:\n{log}");
+
+    // "Space is available again": restart without the limit.
+    let mut sluice = sluice.restart();
+    let ids = listed(&sluice);
+    for (id, _) in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged {id} lost after the write failure"
+        );
+    }
+    assert_eq!(
+        ids.len(),
+        acked.len(),
+        "mail that got 451 must not be queued: {ids:?}"
+    );
+    let mut client = Client::connect(sluice.smtp).expect("connect after restart");
+    acknowledged(&client.transaction(&body("later", 60_000)).expect("send"))
+        .expect("mail is accepted again once writes succeed");
+    sluice.terminate();
+    let spool = sluice.dir.path().join("spool");
+    let ids: Vec<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
+    for ((id, message), stored) in acked.iter().zip(stored_bodies(&spool, &ids)) {
+        assert!(stored.ends_with(message), "{id} body changed");
+    }
+}
+
+/// Clients sending in a loop on `threads` connections until the server goes
+/// away; every acknowledged ID is pushed to `acked`.
+fn load(
+    address: SocketAddr,
+    threads: usize,
+    round: usize,
+    acked: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|thread| {
+            let acked = acked.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(mut client) = Client::connect(address) else {
+                    return;
+                };
+                for number in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    // Mostly inline bodies, now and then a spooled one.
+                    let size = if number % 7 == 3 { 100_000 } else { 1_500 };
+                    let message = body(&format!("r{round}t{thread}n{number}"), size);
+                    match client.transaction(&message) {
+                        Ok(reply) => match acknowledged(&reply) {
+                            Some(id) => acked.lock().expect("acked lock").push(id),
+                            None => return,
+                        },
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_acknowledged_message_survives_kill_9_at_random_points_under_load() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut sluice = Sluice::start(NO_DELIVERY);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    for round in 0..5 {
+        let before = acked.lock().expect("acked lock").len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load(sluice.smtp, 6, round, &acked, &stop);
+        let target = before + rng.gen_range(5..40);
+        wait_for("acknowledged messages", DEADLINE, || {
+            (acked.lock().expect("acked lock").len() >= target).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..30)));
+        sluice.kill9();
+        stop.store(true, Ordering::SeqCst);
+        for client in clients {
+            client.join().expect("client thread");
+        }
+        sluice = sluice.restart();
+        let ids = listed(&sluice);
+        let acked = acked.lock().expect("acked lock");
+        let lost: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} of {} acknowledged messages lost: {lost:?}",
+            lost.len(),
+            acked.len()
+        );
+        eprintln!(
+            "round {round}: {} acknowledged in all, {} queued",
+            acked.len(),
+            ids.len()
+        );
+    }
+}
+
+#[test]
+fn kill_9_with_deliveries_in_flight_delivers_everything_at_least_once_and_drains() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let destination = Destination::start(Options::default());
+    destination.stall_data.store(true, Ordering::SeqCst);
+    let extra = format!(
+        "[routes]\n\"*\" = \"{}\"\n\n[delivery]\nretry_initial = \"1s\"\nretry_max = \"1s\"\n",
+        destination.addr
+    );
+    let mut sluice = Sluice::start(&extra);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(sluice.smtp, 4, 0, &acked, &stop);
+    // Deliveries are under way (the destination holds its final replies)
+    // while clients are still sending.
+    let in_flight = rng.gen_range(2..8);
+    wait_for("deliveries in flight", DEADLINE, || {
+        (destination.stalled.load(Ordering::SeqCst) >= in_flight).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(rng.gen_range(0..30)));
+    sluice.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    destination.stall_data.store(false, Ordering::SeqCst);
+    let acked: Vec<String> = acked.lock().expect("acked lock").clone();
+    assert!(!acked.is_empty());
+
+    let sluice = sluice.restart();
+    let missing = || {
+        let delivered = destination.delivered();
+        acked
+            .iter()
+            .filter(|id| {
+                let marker = format!(" id {id}");
+                !delivered
+                    .iter()
+                    .any(|transaction| String::from_utf8_lossy(&transaction.body).contains(&marker))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = Duration::from_secs(30);
+    let start = std::time::Instant::now();
+    while !missing().is_empty() && start.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let missing = missing();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages never delivered: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    wait_for("the queue to drain", DEADLINE, || {
+        listed(&sluice).is_empty().then_some(())
+    });
+}
