@@ -562,3 +562,17 @@ mod tests {
         }
     }
 }
+
+// RFC 5321 §4.2, the reply grammar `parse_reply` implements:
+//
+//   Reply-line     = *( Reply-code "-" [ textstring ] CRLF )
+//                    Reply-code [ SP textstring ] CRLF
+//   Reply-code     = %x32-35 %x30-35 %x30-39
+//   textstring     = 1*(%d09 / %d32-126) ; HT, SP, Printable US-ASCII
+//
+// RFC 3463 §2, the enhanced status code at the start of the text:
+//
+//   status-code    = class "." subject "." detail
+//   class          = "2" / "4" / "5"
+//   subject        = 1*3digit
+//   detail         = 1*3digit
