@@ -899,3 +899,34 @@ fn queue_bounce_returns_deferred_mail_to_its_sender_now() {
     assert_eq!(code, 1, "the bounced message left the queue");
     assert!(err.contains("no such message"), "{err}");
 }
+
+#[test]
+fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
+    let destination = Destination::start(Options {
+        max_recipients: Some(2),
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let recipients = [
+        "a@dest.test",
+        "b@dest.test",
+        "c@dest.test",
+        "d@dest.test",
+        "e@dest.test",
+    ];
+    let id = setup.enqueue("alice@origin.test", &recipients, BODY);
+    let sluice = setup.start();
+    let seen = wait_delivered(&destination, 3);
+    let groups: Vec<usize> = seen.iter().map(|t| t.recipients.len()).collect();
+    assert_eq!(groups, [2, 2, 1]);
+    for recipient in recipients {
+        let line = sluice.wait_log(&[&format!("queue_id={id}"), &format!("recipient={recipient}")]);
+        assert_eq!(field(&line, "status"), "sent", "{line}");
+        assert_eq!(field(&line, "attempts"), "1", "{line}");
+    }
+    assert_eq!(
+        destination.connections(),
+        1,
+        "the follow-ups reuse the connection"
+    );
+}

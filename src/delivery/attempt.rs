@@ -198,9 +198,53 @@ pub fn recipient_domain(address: &str) -> Option<String> {
     Some(domain.to_ascii_lowercase())
 }
 
+/// Follow-up transactions after "too many recipients", at most.
+const MAX_FOLLOW_UPS: usize = 100;
+
 /// Delivers `indices` (recipients of `message` in `domain`) in one
 /// transaction. Every index gets exactly one [`Attempt`].
+///
+/// RFC 5321 §4.5.3.1.10: a server may take only some recipients per
+/// transaction and answer `452 4.5.3` for the rest; those go in a new
+/// transaction at once (over the pooled connection) rather than waiting
+/// for a retry, as long as each transaction makes progress.
 pub async fn deliver_domain(
+    engine: &Arc<Engine>,
+    message: &Message,
+    domain: &str,
+    indices: &[usize],
+) -> Vec<Attempt> {
+    let too_many = |attempt: &Attempt| {
+        attempt.verdict == Verdict::Deferred && attempt.status == EnhancedCode::new(4, 5, 3)
+    };
+    let mut done = Vec::with_capacity(indices.len());
+    let mut todo = indices.to_vec();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let (over, finished): (Vec<Attempt>, Vec<Attempt>) =
+            deliver_domain_once(engine, message, domain, &todo)
+                .await
+                .into_iter()
+                .partition(too_many);
+        let progress = !finished.is_empty();
+        done.extend(finished);
+        if over.is_empty() || !progress || rounds >= MAX_FOLLOW_UPS {
+            // What is left is deferred like any 4xx.
+            done.extend(over);
+            return done;
+        }
+        todo = over.iter().map(|attempt| attempt.index).collect();
+        tracing::debug!(
+            queue_id = %message.id,
+            domain,
+            remaining = todo.len(),
+            "too many recipients for one transaction; sending the rest in another"
+        );
+    }
+}
+
+async fn deliver_domain_once(
     engine: &Arc<Engine>,
     message: &Message,
     domain: &str,

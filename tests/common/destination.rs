@@ -39,6 +39,8 @@ pub struct Options {
     pub broken_starttls: bool,
     /// The AUTH mechanisms advertised (when `auth` is set).
     pub auth_mechanisms: String,
+    /// Recipients accepted per transaction; more get `452 4.5.3`.
+    pub max_recipients: Option<usize>,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             auth: None,
             broken_starttls: false,
             auth_mechanisms: "PLAIN LOGIN".into(),
+            max_recipients: None,
         }
     }
 }
@@ -497,6 +500,14 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     .entry(address.to_ascii_lowercase())
                     .or_default()
                     .push(std::time::Instant::now());
+                if options
+                    .max_recipients
+                    .is_some_and(|max| accepted.len() >= max)
+                {
+                    rejected.push(address);
+                    conn.send("452 4.5.3 Too many recipients")?;
+                    continue;
+                }
                 let rule = shared.rules.lock().expect("rules lock").rcpt.clone();
                 match rule.and_then(|rule| rule(&address, attempt)) {
                     Some(reply) => {
