@@ -3,7 +3,9 @@
 #
 # Both servers listen on free loopback ports, keep their spool/queue under
 # one temporary directory, fsync every accepted message before the 250, and
-# relay to the same smtp-sink on loopback (nothing leaves 127.0.0.1).
+# relay to the same smtp-sink on loopback (nothing leaves 127.0.0.1), so
+# each measures inject with its own delivery running, as in production.
+# Between phases the script waits until both queues are empty.
 # Load: Postfix's smtp-source, 4 KiB single-recipient messages, a new
 # connection per message, at 1, 20 and 100 concurrent sessions. Then
 # bench/latency.py measures the time from the end of DATA to the 250 at 20
@@ -11,7 +13,8 @@
 #
 # Usage: bench/inject.sh             (builds sluice --release first)
 #   SLUICE_BIN=path   use this binary instead of building
-#   MESSAGES_1=500 MESSAGES_N=5000 LATENCY_MESSAGES=3000   message counts
+#   MESSAGES_1=500 MESSAGES_N=5000 LATENCY_MESSAGES=3000 WARMUP=500  message counts
+#   ROUNDS=3          runs per concurrency level (medians are printed)
 #   KEEP=1            keep the temporary directory
 # Needs root for Postfix (its daemons drop to the postfix user); installs
 # postfix (for postfix, smtp-source, smtp-sink) and python3 with apt if missing.
@@ -21,6 +24,8 @@ cd "$(dirname "$0")/.."
 MESSAGES_1=${MESSAGES_1:-500}
 MESSAGES_N=${MESSAGES_N:-5000}
 LATENCY_MESSAGES=${LATENCY_MESSAGES:-3000}
+WARMUP=${WARMUP:-500}
+ROUNDS=${ROUNDS:-3}
 SIZE=4096
 
 need=()
@@ -169,21 +174,61 @@ inject() { # port sessions messages
     python3 -c "print(f'{$3 / ($end - $start):.0f}')"
 }
 
+# Waits until both servers have relayed everything to the sink, so no phase
+# runs against the other server's leftover delivery work.
+drain() {
+    for _ in $(seq 1 600); do
+        local sluice_left postfix_left
+        sluice_left=$("$SLUICE_BIN" queue list --json --config "$work/sluice/sluice.toml" 2>/dev/null |
+            python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 1)
+        postfix_left=$(find "$pf/queue/incoming" "$pf/queue/active" "$pf/queue/deferred" \
+            "$pf/queue/maildrop" -type f 2>/dev/null | wc -l)
+        if [ "$sluice_left" = 0 ] && [ "$postfix_left" = 0 ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "warning: queues not drained after 60s (sluice $sluice_left, postfix $postfix_left)" >&2
+}
+
+# Warm-up, not measured: first connections, caches, Postfix's smtpd processes.
+inject "$sluice_port" 10 "$WARMUP" >/dev/null
+inject "$postfix_port" 10 "$WARMUP" >/dev/null
+drain
+
 echo
-echo "== inject rate: smtp-source, ${SIZE}-byte messages, one connection per message"
-printf '%-9s %12s %12s %8s\n' sessions "sluice/s" "postfix/s" ratio
+echo "== inject rate: smtp-source, ${SIZE}-byte messages, one connection per message, median of $ROUNDS runs"
+printf '%-9s %12s %12s %8s   %s\n' sessions "sluice/s" "postfix/s" ratio "(each run: sluice/postfix)"
+median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.0f}")' "$@"; }
 for sessions in 1 20 100; do
     count=$MESSAGES_N
     [ "$sessions" = 1 ] && count=$MESSAGES_1
-    sluice_rate=$(inject "$sluice_port" "$sessions" "$count")
-    postfix_rate=$(inject "$postfix_port" "$sessions" "$count")
+    sluice_rates=()
+    postfix_rates=()
+    runs=""
+    for round in $(seq 1 "$ROUNDS"); do
+        # Alternate who goes first: neither always meets the busier machine.
+        if [ $((round % 2)) = 1 ]; then
+            s=$(inject "$sluice_port" "$sessions" "$count"); drain
+            p=$(inject "$postfix_port" "$sessions" "$count"); drain
+        else
+            p=$(inject "$postfix_port" "$sessions" "$count"); drain
+            s=$(inject "$sluice_port" "$sessions" "$count"); drain
+        fi
+        sluice_rates+=("$s")
+        postfix_rates+=("$p")
+        runs="$runs $s/$p"
+    done
+    sluice_rate=$(median "${sluice_rates[@]}")
+    postfix_rate=$(median "${postfix_rates[@]}")
     ratio=$(python3 -c "print(f'{$sluice_rate / $postfix_rate:.1f}x')")
-    printf '%-9s %12s %12s %8s\n' "$sessions" "$sluice_rate" "$postfix_rate" "$ratio"
+    printf '%-9s %12s %12s %8s  %s\n' "$sessions" "$sluice_rate" "$postfix_rate" "$ratio" "$runs"
 done
 
 echo
 echo "== latency from end of DATA to the 250, 20 sessions, $LATENCY_MESSAGES messages"
 echo -n "sluice : "; python3 bench/latency.py 127.0.0.1:"$sluice_port" 20 "$LATENCY_MESSAGES" "$SIZE"
+drain
 echo -n "postfix: "; python3 bench/latency.py 127.0.0.1:"$postfix_port" 20 "$LATENCY_MESSAGES" "$SIZE"
 
 accepted=$(grep -c "message accepted" "$work/sluice/log" || true)

@@ -475,6 +475,21 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|error| invalid("log.level", error.to_string()))?;
+        // A bare word that is no level parses as a target name and would
+        // silently switch every log line off ("warnig"): refuse it.
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        if let Some(word) = self.log.level.split(',').map(str::trim).find(|part| {
+            !part.is_empty()
+                && !part.contains('=')
+                && !LEVELS.contains(&part.to_ascii_lowercase().as_str())
+        }) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{word:?} is not a level (trace, debug, info, warn, error, off) or a target=level directive"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -682,5 +697,21 @@ mod tests {
         );
         assert_eq!(parse_host_port("[::1]:2526", 25), Ok(("::1".into(), 2526)));
         assert!(parse_host_port("a.example:x", 25).is_err());
+    }
+
+    #[test]
+    fn log_level_typo_is_refused_but_directives_are_accepted() {
+        let path = Path::new("t.toml");
+        for good in ["info", "DEBUG", "sluice=debug,info", "off"] {
+            let text = format!("[log]\nlevel = \"{good}\"\n");
+            assert!(Config::parse(&text, path).is_ok(), "{good}");
+        }
+        let error = Config::parse("[log]\nlevel = \"warnig\"\n", path)
+            .expect_err("a typo is an error")
+            .to_string();
+        assert!(
+            error.contains("log.level") && error.contains("warnig"),
+            "{error}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::cli;
 use sluice::config::Config;
@@ -43,10 +44,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("sluice: {error:#}");
+            eprintln!("sluice: {}", render(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text
+/// the message already contains (many of our error types print their
+/// source inline, and `{:#}` would repeat it).
+fn render(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -57,6 +73,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
+            // Files named by the config are loaded as `serve` would; a
+            // problem is a warning (like `postfix check`), so a config
+            // written for another machine still checks.
+            if let Some(Err(error)) = loaded.config.tls.as_ref().map(|tls| {
+                sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
+            }) {
+                eprintln!("sluice: warning: {}", render(&error));
+            }
+            if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
+                eprintln!("sluice: warning: {}", render(&error.into()));
+            }
             match &loaded.path {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),

@@ -193,3 +193,51 @@ fn sigterm_lets_a_transaction_in_progress_finish_and_exits_0() {
     let queued = stop_and_read_queue(&mut server);
     assert_eq!(queued.len(), 1);
 }
+
+/// GET `path` from the admin API; returns the body.
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to admin API");
+    stream
+        .set_read_timeout(Some(common::DEADLINE))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
+
+#[test]
+fn metrics_count_messages_and_open_connections() {
+    let server = start("");
+    let mut client = server.connect();
+    client.send_message(
+        "a@example.org",
+        &["b@example.net"],
+        "Subject: m\r\n\r\n0123456789\r\n",
+    );
+    let metrics = admin_get(server.admin, "/metrics");
+    assert!(
+        metrics.contains("sluice_messages_received_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_connections_active 1"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_message_size_bytes_count 1"),
+        "{metrics}"
+    );
+    client.expect("QUIT", "221");
+    wait_for(
+        "connections_active back to 0",
+        Duration::from_secs(10),
+        || {
+            admin_get(server.admin, "/metrics")
+                .contains("sluice_connections_active 0")
+                .then_some(())
+        },
+    );
+}

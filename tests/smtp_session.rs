@@ -220,6 +220,8 @@ fn relay_is_denied_to_clients_outside_relay_networks() {
         "554 5.7.1 <victim@elsewhere.test>: Relay access denied"
     );
     client.expect("RCPT TO:<local@example.org>", "250 2.1.5");
+    // The percent hack would let the next hop relay onwards: refused too.
+    client.expect("RCPT TO:<victim%elsewhere.test@example.org>", "554 5.7.1");
     server.wait_log(&[
         "transaction refused",
         "victim@elsewhere.test",

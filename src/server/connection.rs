@@ -26,6 +26,8 @@ use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_COMMAND_LINE: usize = 512;
+/// How long the last replies may take to write when closing.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the input buffer grows by when it is full.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -128,7 +130,7 @@ async fn handshake(
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let (_, state) = stream.get_ref();
-            tracing::debug!(
+            tracing::info!(
                 client = %peer.ip(),
                 version = ?state.protocol_version(),
                 cipher = ?state.negotiated_cipher_suite().map(|suite| suite.suite()),
@@ -208,10 +210,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// Writes what is pending and closes the write side.
+    /// Writes what is pending and closes the write side, giving a client
+    /// that does not read at most [`CLOSE_TIMEOUT`].
     async fn close(&mut self) {
-        let _ = self.flush().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self.flush().await.is_ok() {
+                let _ = self.stream.shutdown().await;
+            }
+        })
+        .await;
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
@@ -646,4 +653,126 @@ fn display_sender(sender: &str) -> String {
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use sluice_queue::{Queue, QueueOptions};
+    use tokio::io::{AsyncBufReadExt as _, BufReader, DuplexStream};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// A connection over an in-memory stream, served by a task; returns the
+    /// client end and the spool's queue.
+    fn serve_in_memory(spool: &std::path::Path) -> (BufReader<DuplexStream>, Queue) {
+        let mut config = Config::default();
+        config.spool.path = spool.to_path_buf();
+        let queue = Queue::open(spool, QueueOptions::default()).expect("open queue");
+        let ctx = Context {
+            config: Arc::new(config),
+            queue: queue.clone(),
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        let session_config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 1 << 20,
+            max_recipients: 10,
+            max_errors: 20,
+            max_auth_failures: 3,
+            tls_available: false,
+            auth_required: false,
+            policy: crate::server::policy::Policy::new(&ctx.config.policy),
+        });
+        let shared = Arc::new(Shared {
+            ctx,
+            relay_config: session_config.clone(),
+            submission_config: session_config.clone(),
+            tls: None,
+            auth: Authenticator::new(&[]),
+        });
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
+            let mut connection = Connection::new(server, &shared);
+            connection.output_reply(&session.greeting());
+            connection.run(&mut session).await;
+            connection.close().await;
+        });
+        (BufReader::new(client), queue)
+    }
+
+    async fn reply(client: &mut BufReader<DuplexStream>) -> String {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            client.read_line(&mut line).await.expect("read reply");
+            reply.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    }
+
+    async fn start_transaction(client: &mut BufReader<DuplexStream>) {
+        client
+            .get_mut()
+            .write_all(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n")
+            .await
+            .expect("write");
+        for expected in ["220", "250", "250", "250"] {
+            let got = reply(client).await;
+            assert!(
+                got.starts_with(expected),
+                "expected {expected}, got {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_failure_at_data_answers_451() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut client, queue) = serve_in_memory(dir.path());
+        start_transaction(&mut client).await;
+        queue.close().await.expect("close queue");
+        client
+            .get_mut()
+            .write_all(b"DATA\r\n")
+            .await
+            .expect("write");
+        let got = reply(&mut client).await;
+        assert!(got.starts_with("451 4.3.0"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_commit_answers_451_and_leaves_nothing_queued() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut client, queue) = serve_in_memory(dir.path());
+        start_transaction(&mut client).await;
+        client
+            .get_mut()
+            .write_all(b"DATA\r\n")
+            .await
+            .expect("write");
+        assert!(reply(&mut client).await.starts_with("354"));
+        // The queue stops accepting writes between 354 and the final dot.
+        queue.close().await.expect("close queue");
+        client
+            .get_mut()
+            .write_all(b"Subject: lost\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            .await
+            .expect("write");
+        let got = reply(&mut client).await;
+        assert!(got.starts_with("451 4.3.0"), "{got:?}");
+        assert!(reply(&mut client).await.starts_with("221"));
+        assert_eq!(
+            queue.iter(None).count(),
+            0,
+            "nothing half-written is queued"
+        );
+    }
 }

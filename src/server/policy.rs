@@ -57,6 +57,25 @@ impl Policy {
     pub fn may_send_to(&self, domain: &str, relay_client: bool, authenticated: bool) -> bool {
         relay_client || authenticated || self.accepts_domain(domain)
     }
+
+    /// The relay decision for one recipient. A local part that carries its
+    /// own routing (`user%elsewhere`, `host!user`, `"user@elsewhere"`) is
+    /// refused to strangers even for an accepted domain: the next hop might
+    /// honour it and relay onwards (the "percent hack", RFC 5321 §3.6.1 and
+    /// Appendix C), as Postfix refuses with `allow_untrusted_routing = no`.
+    pub fn may_send_to_mailbox(
+        &self,
+        local_part: &str,
+        domain: &str,
+        relay_client: bool,
+        authenticated: bool,
+    ) -> bool {
+        if relay_client || authenticated {
+            return true;
+        }
+        let routed = local_part.contains(['%', '!', '@']);
+        !routed && self.accepts_domain(domain)
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +116,29 @@ mod tests {
         assert!(policy.may_send_to("elsewhere.example", true, false));
         assert!(policy.may_send_to("elsewhere.example", false, true));
         assert!(policy.may_send_to("example.org", false, false));
+    }
+
+    #[test]
+    fn routing_in_the_local_part_is_refused_to_strangers() {
+        let policy = policy();
+        assert!(policy.may_send_to_mailbox("user", "example.org", false, false));
+        for local in [
+            "user%elsewhere.example",
+            "elsewhere!user",
+            "\"user@elsewhere.example\"",
+        ] {
+            assert!(
+                !policy.may_send_to_mailbox(local, "example.org", false, false),
+                "{local}"
+            );
+            assert!(
+                policy.may_send_to_mailbox(local, "example.org", true, false),
+                "{local}"
+            );
+            assert!(
+                policy.may_send_to_mailbox(local, "example.org", false, true),
+                "{local}"
+            );
+        }
     }
 }

@@ -5,6 +5,24 @@
 //! Pure: the connection layer feeds it command lines and events (TLS started,
 //! credentials checked, message stored) and does what the returned
 //! [`Action`] says. Every transition is a unit test below.
+//!
+//! Decisions where the RFCs leave a choice:
+//! - EHLO/HELO is required before MAIL (RFC 5321 §4.1.4), else `503 5.5.1`.
+//! - `RCPT TO:<postmaster>` (unqualified, any case; RFC 5321 §4.5.1) is
+//!   always accepted and stored as `postmaster@<hostname>`, which is then
+//!   delivered like any other address (give it a `[routes]` entry).
+//!   `postmaster@<hostname>` is accepted from anyone, as are all addresses
+//!   in `accept_domains`, postmaster included.
+//! - Every reply carries an RFC 3463 enhanced code except those RFC 2034 §3
+//!   exempts or that cannot carry one: the `220` greeting (its text is fixed
+//!   by the contract), the EHLO/HELO `250` (an enhanced code would break EHLO
+//!   keyword parsing), and the intermediate `354` and `334` replies (a `334`
+//!   carries the base64 challenge).
+//! - DATA with no accepted recipient is `503 5.5.1` (RFC 5321 §3.3 allows
+//!   503 or 554); a bare CR or LF in DATA refuses the message with
+//!   `550 5.5.2` after reading it to its end.
+//! - Protocol errors (5xx replies to commands) are counted; at
+//!   `limits.max_errors` the connection is closed with `421 4.7.0`.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -493,6 +511,11 @@ impl Session {
             return self.bad_sequence("Error: nested MAIL command");
         }
         if self.config.auth_required && self.user.is_none() {
+            tracing::info!(
+                client = %self.client,
+                reason = "authentication required",
+                "transaction refused"
+            );
             return self.error(Reply::new(530, code(5, 7, 0), "Authentication required"));
         }
         let sender = match sender {
@@ -560,7 +583,8 @@ impl Session {
                 let our_postmaster = mailbox.local_part.eq_ignore_ascii_case("postmaster")
                     && mailbox.domain.eq_ignore_ascii_case(&self.config.hostname);
                 let allowed = our_postmaster
-                    || self.config.policy.may_send_to(
+                    || self.config.policy.may_send_to_mailbox(
+                        &mailbox.local_part,
                         &mailbox.domain,
                         self.relay_client,
                         self.user.is_some(),
@@ -980,6 +1004,11 @@ mod tests {
             "554 5.7.1 <x@elsewhere.test>: Relay access denied\r\n"
         );
         expect(&mut session, "RCPT TO:<x@Example.org>", "250");
+        expect(
+            &mut session,
+            "RCPT TO:<x%elsewhere.test@example.org>",
+            "554 5.7.1",
+        );
         expect(&mut session, "RCPT TO:<postmaster>", "250");
         expect(&mut session, "RCPT TO:<PostMaster@mx.test>", "250");
         assert_eq!(
