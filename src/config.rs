@@ -655,7 +655,10 @@ mod tests {
     fn max_hops_defaults_to_50_and_must_be_positive() {
         assert_eq!(parse("").expect("defaults").limits.max_hops, 50);
         assert_eq!(
-            parse("[limits]\nmax_hops = 7\n").expect("valid").limits.max_hops,
+            parse("[limits]\nmax_hops = 7\n")
+                .expect("valid")
+                .limits
+                .max_hops,
             7
         );
         assert!(parse("[limits]\nmax_hops = 0\n").is_err());
