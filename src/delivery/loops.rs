@@ -83,7 +83,10 @@ mod tests {
     #[test]
     fn exact_listener_address_loops_for_every_kind_of_next_hop() {
         for kind in ALL {
-            assert!(check(&["127.0.0.1:2525"], kind, "127.0.0.1:2525"), "{kind:?}");
+            assert!(
+                check(&["127.0.0.1:2525"], kind, "127.0.0.1:2525"),
+                "{kind:?}"
+            );
             assert!(check(&["[::1]:25", "192.0.2.7:25"], kind, "192.0.2.7:25"));
             assert!(check(&["[::1]:25"], kind, "[::1]:25"), "{kind:?}");
             // IPv4-mapped IPv6 is the same socket.
@@ -94,7 +97,10 @@ mod tests {
     #[test]
     fn another_port_or_address_is_not_ourselves() {
         for kind in ALL {
-            assert!(!check(&["127.0.0.1:2525"], kind, "127.0.0.1:25"), "{kind:?}");
+            assert!(
+                !check(&["127.0.0.1:2525"], kind, "127.0.0.1:25"),
+                "{kind:?}"
+            );
             assert!(!check(&["127.0.0.1:25"], kind, "127.0.0.2:25"), "{kind:?}");
             assert!(!check(&["0.0.0.0:25"], kind, "192.0.2.1:25"), "{kind:?}");
             assert!(!check(&[], kind, "127.0.0.1:25"), "{kind:?}");
