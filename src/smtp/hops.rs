@@ -7,6 +7,10 @@
 //! header section (up to the first empty line, RFC 5322 §2.1) and keeps a few
 //! bytes of state, never the message. Once the header has ended every call
 //! returns at once.
+//!
+//! The fields counted are those the message arrived with; the one sluice
+//! prepends itself is not, so `limits.max_hops = 50` accepts a message that
+//! already passed 50 MTAs.
 
 /// The field name counted, lower case (names are case-insensitive,
 /// RFC 5322 §1.2.2).
