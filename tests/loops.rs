@@ -187,3 +187,40 @@ fn next_hop_pointing_back_at_ourselves_fails_5_4_6_with_a_dsn() {
         sluice.log_text()
     );
 }
+
+#[test]
+fn ourselves_as_backup_mx_defers_while_the_better_mx_is_down() {
+    // RFC 5321 §5.1: hosts less preferred than ourselves are never used, and
+    // a failing better host means "try again later", not a bounce.
+    let dns = DnsServer::start();
+    dns.mx(
+        "backup.test",
+        &[(10, "primary.backup.test"), (20, "us.backup.test")],
+    );
+    // Nothing listens on 127.0.0.2 at our port: the primary is down.
+    dns.a("primary.backup.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    dns.a("us.backup.test", &[Ipv4Addr::LOCALHOST]);
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_text(
+        dir.path(),
+        "",
+        &format!("{}\n[delivery]\nport = {port}\n", dns.config()),
+    )
+    .replace(
+        "address = \"127.0.0.1:0\"\nkind = \"relay\"",
+        &format!("address = \"127.0.0.1:{port}\"\nkind = \"relay\""),
+    );
+    let sluice = Sluice::start_with(dir, &config);
+    let mut client = sluice.connect();
+    let id = client.send_message(
+        "alice@origin.test",
+        &["bob@backup.test"],
+        "Subject: x\r\n\r\nHello.\r\n",
+    );
+    client.expect("QUIT", "221");
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    assert!(field(&line, "dsn").starts_with("4."), "{line}");
+    assert!(!sluice.log_text().contains("status=bounced"));
+    assert_eq!(accepted_count(&sluice), 1, "{}", sluice.log_text());
+}
