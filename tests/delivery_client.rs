@@ -286,7 +286,7 @@ async fn auth_plain_and_login_over_tls() {
 }
 
 fn router(dns: &DnsServer, extra: &str) -> Router {
-    Router::new(&config(&format!("{}{extra}", dns.config()))).expect("router")
+    Router::new(&config(&format!("{}{extra}", dns.config())))
 }
 
 #[tokio::test]
@@ -347,4 +347,75 @@ async fn routes_and_smarthost_need_no_dns() {
         dns.queries().is_empty(),
         "a route must beat MX without a lookup"
     );
+}
+
+#[tokio::test]
+async fn auth_login_is_used_when_plain_is_not_offered() {
+    let certs = TestCerts::new(&["127.0.0.1"]);
+    let destination = Destination::start(Options {
+        starttls: Some(certs.server.clone()),
+        auth: Some(("user".into(), "pass word".into())),
+        auth_mechanisms: "LOGIN".into(),
+        ..Options::default()
+    });
+    let tls = TlsClients::from_config(&Config::default()).expect("TLS clients");
+    let mut connection = session(&destination).await;
+    connection.send_starttls().await.expect("STARTTLS");
+    let mut connection = connection
+        .finish_starttls(
+            &tls.unverified,
+            server_name("127.0.0.1").unwrap(),
+            "sluice.test",
+        )
+        .await
+        .expect("handshake");
+    connection
+        .authenticate("user", "pass word")
+        .await
+        .expect("AUTH LOGIN");
+    assert!(
+        destination.commands().iter().any(|c| c == "AUTH LOGIN"),
+        "{:?}",
+        destination.commands()
+    );
+}
+
+#[tokio::test]
+async fn implicit_tls_starts_before_the_greeting() {
+    let certs = TestCerts::new(&["smart.test"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs.write_ca(dir.path());
+    let destination = Destination::start(Options {
+        implicit_tls: Some(certs.server.clone()),
+        ..Options::default()
+    });
+    let tls = TlsClients::from_config(&config(&format!(
+        "[delivery]\ntls_ca = \"{}\"\n",
+        ca.display()
+    )))
+    .expect("TLS clients");
+    let connection = Connection::connect(destination.addr, timeouts())
+        .await
+        .expect("connect");
+    let mut connection = connection
+        .start_implicit_tls(&tls.verified, server_name("smart.test").unwrap())
+        .await
+        .expect("implicit TLS handshake");
+    connection.read_greeting().await.expect("greeting over TLS");
+    connection.ehlo("sluice.test").await.expect("EHLO");
+    let recipients = vec!["x@dest.test".to_string()];
+    connection
+        .send(
+            &Transaction {
+                sender: "s@example.org",
+                recipients: &recipients,
+                size: 4,
+                eight_bit: false,
+                smtputf8: false,
+            },
+            &mut body(b"hi\r\n"),
+        )
+        .await
+        .expect("transaction over implicit TLS");
+    assert!(destination.delivered()[0].tls.is_some());
 }

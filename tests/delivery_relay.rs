@@ -180,6 +180,39 @@ fn tempfail_is_retried_with_backoff_and_succeeds_on_the_third_attempt() {
     let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
     let spool = setup.dir.path().join("spool");
     let mut sluice = setup.start();
+    // The queue shows the first deferral and when the next attempt is due.
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred", "attempts=1"]);
+    let (code, out, err) = sluice.cli(&["queue", "show", &id, "--json"]);
+    if code == 0 {
+        let shown: serde_json::Value = serde_json::from_str(&out).expect("queue show --json");
+        let recipient = &shown["recipients"][0];
+        if recipient["attempts"] == 1 {
+            assert_eq!(recipient["status"], "deferred", "{shown}");
+            assert!(
+                recipient["last_reply"]
+                    .as_str()
+                    .is_some_and(|reply| reply.starts_with("451 4.3.0")),
+                "{shown}"
+            );
+            let next: chrono::DateTime<chrono::Utc> = recipient["next_attempt_at"]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| panic!("next_attempt_at in {shown}"));
+            let received: chrono::DateTime<chrono::Utc> = shown["received_at"]
+                .as_str()
+                .and_then(|text| text.parse().ok())
+                .expect("received_at");
+            let backoff = next - received;
+            assert!(
+                backoff >= chrono::Duration::milliseconds(900)
+                    && backoff <= chrono::Duration::milliseconds(2500),
+                "next attempt {backoff} after arrival, expected about 1s: {shown}"
+            );
+        }
+    } else {
+        // Already delivered between the log line and the query.
+        assert!(err.contains("no such message"), "queue show failed: {err}");
+    }
     wait_delivered(&destination, 1);
     sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
     let lines = outcome_lines(&sluice, &id);
@@ -458,7 +491,7 @@ fn expired_message_bounces_with_4_4_7() {
     let destination = Destination::start(Options::default());
     destination.on_rcpt(|rcpt, _| (rcpt == "slow@dest.test").then(|| "451 4.3.0 not today".into()));
     let setup = Setup::new(&format!(
-        "[delivery]\nretry_initial = \"30s\"\nmax_queue_lifetime = \"2s\"\n[routes]\n\"*\" = \"{}\"\n",
+        "[delivery]\nretry_initial = \"30s\"\nmax_queue_lifetime = \"3s\"\n[routes]\n\"*\" = \"{}\"\n",
         destination.addr
     ));
     let id = setup.enqueue("alice@origin.test", &["slow@dest.test"], BODY);
@@ -589,4 +622,311 @@ fn kill_9_during_delivery_then_delivered_after_restart() {
     assert_eq!(seen[0].recipients, ["bob@dest.test"]);
     assert_eq!(seen[0].body, BODY);
     sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+}
+
+#[test]
+fn outcomes_are_counted_in_metrics() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| match rcpt {
+        "temp@dest.test" => Some("451 4.3.0 later".into()),
+        "gone@dest.test" => Some("550 5.1.1 gone".into()),
+        _ => None,
+    });
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue(
+        "",
+        &["ok@dest.test", "temp@dest.test", "gone@dest.test"],
+        BODY,
+    );
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "recipient=gone@dest.test"]);
+    let metrics = wait_for("metrics with the outcomes", DEADLINE, || {
+        let text = http_get(sluice.admin, "/metrics")?;
+        let value = |name: &str| -> Option<f64> {
+            text.lines()
+                .find(|line| line.starts_with(name) && !line.starts_with('#'))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|number| number.parse().ok())
+        };
+        let counts = (
+            value("sluice_recipients_delivered_total")?,
+            value("sluice_recipients_deferred_total")?,
+            value("sluice_recipients_bounced_total")?,
+        );
+        (counts == (1.0, 1.0, 1.0)).then_some(text)
+    });
+    assert!(metrics.contains("sluice_deliveries_in_flight"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_delivery_latency_seconds"),
+        "{metrics}"
+    );
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body, or `None` on any failure.
+fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+#[test]
+fn mail_received_over_smtp_is_relayed_with_a_trace_header() {
+    let destination = Destination::start(Options::default());
+    let sluice = Sluice::start(&format!(
+        "[routes]\n{}",
+        route_to(&destination, "dest.test")
+    ));
+    let body = "Subject: via smtp\r\n\r\n.dot line\r\ncaf\u{e9}\r\n";
+    let id = sluice.connect().send_message(
+        "alice@origin.test",
+        &["bob@dest.test", "carol@dest.test"],
+        body,
+    );
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].recipients, ["bob@dest.test", "carol@dest.test"]);
+    let text = String::from_utf8_lossy(&seen[0].body);
+    assert!(text.starts_with("Received: "), "trace header first: {text}");
+    assert!(
+        text.ends_with(body),
+        "original body intact at the end: {text}"
+    );
+    sluice.wait_log(&[
+        &format!("queue_id={id}"),
+        "recipient=carol@dest.test",
+        "status=sent",
+    ]);
+}
+
+#[test]
+fn a_host_refusing_to_talk_defers_rather_than_bounces() {
+    let destination = Destination::start(Options {
+        greeting: "554 5.7.1 go away".into(),
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let sluice = setup.start();
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status="]);
+    assert_eq!(field(&line, "status"), "deferred", "{line}");
+    assert_eq!(field(&line, "dsn"), "4.7.1", "{line}");
+    assert!(
+        field(&line, "reply").contains("554 5.7.1 go away"),
+        "{line}"
+    );
+}
+
+#[test]
+fn large_body_is_streamed_intact() {
+    let destination = Destination::start(Options::default());
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut line_number = 0u32;
+    while body.len() < 3 * 1024 * 1024 {
+        line_number += 1;
+        // Leading dots and 8-bit bytes all the way through.
+        body.extend_from_slice(format!(".{line_number} \u{e9}\u{e8} ").as_bytes());
+        body.extend_from_slice(&[b'x'; 90]);
+        body.extend_from_slice(b"\r\n");
+    }
+    setup.enqueue("alice@origin.test", &["bob@dest.test"], &body);
+    let _sluice = setup.start();
+    let seen = wait_delivered(&destination, 1);
+    assert_eq!(seen[0].body.len(), body.len());
+    assert!(seen[0].body == body, "the 3 MiB body changed in transit");
+}
+
+/// CPU time (user + system, in clock ticks) the process used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let after_name = stat.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after the ")" that ends field 2.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Run by hand (it takes a while to fill the queue):
+/// `SLUICE_IDLE_MESSAGES=100000 cargo test --release --test delivery_relay -- --ignored idle`
+#[test]
+#[ignore]
+fn idle_queue_of_deferred_mail_costs_no_cpu() {
+    let count: usize = std::env::var("SLUICE_IDLE_MESSAGES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20_000);
+    let setup = Setup::new("[routes]\n\"*\" = \"127.0.0.1:1\"\n");
+    let spool = setup.dir.path().join("spool");
+    with_queue(&spool, |queue, runtime| {
+        runtime.block_on(async {
+            let later = chrono::Utc::now() + chrono::Duration::hours(1);
+            let mut pending = futures::stream::FuturesUnordered::new();
+            use futures::StreamExt;
+            for index in 0..count {
+                let queue = queue.clone();
+                pending.push(async move {
+                    let envelope = sluice_queue::Envelope {
+                        sender: "alice@origin.test".into(),
+                        recipients: vec![format!("r{index}@dest.test")],
+                        smtputf8: false,
+                        body_8bit: false,
+                    };
+                    queue.enqueue(envelope, BODY).await.expect("enqueue")
+                });
+                if pending.len() >= 256 {
+                    pending.next().await;
+                }
+            }
+            while pending.next().await.is_some() {}
+            // Defer everything by an hour.
+            loop {
+                let claims = queue
+                    .claim_due(chrono::Utc::now() + chrono::Duration::seconds(5), 1024)
+                    .expect("claim");
+                if claims.is_empty() {
+                    break;
+                }
+                let mut completions = futures::stream::FuturesUnordered::new();
+                for claim in claims {
+                    let queue = queue.clone();
+                    completions.push(async move {
+                        let update = sluice_queue::RecipientUpdate {
+                            index: 0,
+                            outcome: sluice_queue::Outcome::Deferred {
+                                reply: "451 4.3.0 later".into(),
+                                next_attempt_at: later,
+                            },
+                        };
+                        queue
+                            .complete(&claim.message.id, vec![update])
+                            .await
+                            .expect("defer");
+                    });
+                }
+                while completions.next().await.is_some() {}
+            }
+        });
+    });
+    let sluice = setup.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ticks(sluice.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_ticks(sluice.pid()) - before;
+    eprintln!("{count} deferred messages: {used} clock ticks of CPU in 10 s idle");
+    assert!(
+        used <= 2,
+        "an idle queue must cost no CPU: {used} ticks in 10 s"
+    );
+}
+
+#[test]
+fn connection_is_reused_for_the_next_message_to_the_same_host() {
+    let destination = Destination::start(Options::default());
+    let sluice = Sluice::start(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    for round in 1..=3 {
+        sluice.connect().send_message(
+            "alice@origin.test",
+            &[&format!("r{round}@dest.test")],
+            "Subject: again\r\n\r\nhi\r\n",
+        );
+        wait_delivered(&destination, round);
+    }
+    let connections: Vec<usize> = destination
+        .delivered()
+        .iter()
+        .map(|t| t.connection)
+        .collect();
+    assert_eq!(connections, [0, 0, 0], "one connection for all three");
+    assert_eq!(destination.connections(), 1);
+}
+
+#[test]
+fn deferred_mail_resumes_at_its_time_after_a_restart() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|_, attempt| (attempt == 1).then(|| "450 4.2.0 later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"3s\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue("alice@origin.test", &["bob@dest.test"], BODY);
+    let mut sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    sluice.terminate();
+    let sluice = sluice.restart();
+    wait_delivered(&destination, 1);
+    let times = destination.rcpt_times("bob@dest.test");
+    assert_eq!(
+        times.len(),
+        2,
+        "one attempt before and one after the restart"
+    );
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "retried after {gap:?}, before its time (3s)"
+    );
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=sent", "attempts=2"]);
+}
+
+#[test]
+fn queue_bounce_returns_deferred_mail_to_its_sender_now() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| (rcpt == "stuck@dest.test").then(|| "451 4.3.0 later".into()));
+    let setup = Setup::new(&format!(
+        "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n[routes]\n\"*\" = \"{}\"\n",
+        destination.addr
+    ));
+    let id = setup.enqueue("alice@origin.test", &["stuck@dest.test"], BODY);
+    let sluice = setup.start();
+    sluice.wait_log(&[&format!("queue_id={id}"), "status=deferred"]);
+    let (code, out, err) = sluice.cli(&["queue", "bounce", &id]);
+    assert_eq!(code, 0, "queue bounce failed: {out} {err}");
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; stuck@dest.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.0.0"), "{dsn}");
+    let (code, _, err) = sluice.cli(&["queue", "show", &id]);
+    assert_eq!(code, 1, "the bounced message left the queue");
+    assert!(err.contains("no such message"), "{err}");
+}
+
+#[test]
+fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
+    let destination = Destination::start(Options {
+        max_recipients: Some(2),
+        ..Options::default()
+    });
+    let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    let recipients = [
+        "a@dest.test",
+        "b@dest.test",
+        "c@dest.test",
+        "d@dest.test",
+        "e@dest.test",
+    ];
+    let id = setup.enqueue("alice@origin.test", &recipients, BODY);
+    let sluice = setup.start();
+    let seen = wait_delivered(&destination, 3);
+    let groups: Vec<usize> = seen.iter().map(|t| t.recipients.len()).collect();
+    assert_eq!(groups, [2, 2, 1]);
+    for recipient in recipients {
+        let line = sluice.wait_log(&[&format!("queue_id={id}"), &format!("recipient={recipient}")]);
+        assert_eq!(field(&line, "status"), "sent", "{line}");
+        assert_eq!(field(&line, "attempts"), "1", "{line}");
+    }
+    assert_eq!(
+        destination.connections(),
+        1,
+        "the follow-ups reuse the connection"
+    );
 }

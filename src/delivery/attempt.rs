@@ -38,11 +38,14 @@ pub enum Verdict {
 pub struct Attempt {
     /// Index in [`Message::recipients`].
     pub index: usize,
+    /// Sent, deferred or failed.
     pub verdict: Verdict,
+    /// The RFC 3463 status (the reply's, or ours).
     pub status: EnhancedCode,
     /// The remote reply, or our own reason, on one line (stored as
     /// `last_reply`).
     pub reply: String,
+    /// What a DSN reports as Diagnostic-Code.
     pub diagnostic: Diagnostic,
     /// The host that answered, for Remote-MTA.
     pub remote_mta: Option<String>,
@@ -103,13 +106,19 @@ impl Attempt {
 /// Why a whole domain group could not be delivered in this attempt.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// True when retrying cannot help.
     pub permanent: bool,
+    /// The RFC 3463 status to report.
     pub status: EnhancedCode,
+    /// In words, naming the host or domain involved.
     pub reason: String,
     /// The server's reply, when one refused.
     pub reply: Option<Reply>,
+    /// The host involved, when one was reached.
     pub remote_mta: Option<String>,
+    /// `host[ip]:port`, when a connection was attempted.
     pub relay: Option<String>,
+    /// The TLS state of the session, when one was open.
     pub tls: Option<String>,
 }
 
@@ -124,6 +133,15 @@ impl Failure {
             remote_mta: None,
             relay: None,
             tls: None,
+        }
+    }
+
+    /// The same failure, but worth another try later (class 4).
+    pub fn temporary(self) -> Failure {
+        Failure {
+            permanent: false,
+            status: EnhancedCode::new(4, self.status.subject, self.status.detail),
+            ..self
         }
     }
 
@@ -181,9 +199,53 @@ pub fn recipient_domain(address: &str) -> Option<String> {
     Some(domain.to_ascii_lowercase())
 }
 
+/// Follow-up transactions after "too many recipients", at most.
+const MAX_FOLLOW_UPS: usize = 100;
+
 /// Delivers `indices` (recipients of `message` in `domain`) in one
 /// transaction. Every index gets exactly one [`Attempt`].
+///
+/// RFC 5321 §4.5.3.1.10: a server may take only some recipients per
+/// transaction and answer `452 4.5.3` for the rest; those go in a new
+/// transaction at once (over the pooled connection) rather than waiting
+/// for a retry, as long as each transaction makes progress.
 pub async fn deliver_domain(
+    engine: &Arc<Engine>,
+    message: &Message,
+    domain: &str,
+    indices: &[usize],
+) -> Vec<Attempt> {
+    let too_many = |attempt: &Attempt| {
+        attempt.verdict == Verdict::Deferred && attempt.status == EnhancedCode::new(4, 5, 3)
+    };
+    let mut done = Vec::with_capacity(indices.len());
+    let mut todo = indices.to_vec();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let (over, finished): (Vec<Attempt>, Vec<Attempt>) =
+            deliver_domain_once(engine, message, domain, &todo)
+                .await
+                .into_iter()
+                .partition(too_many);
+        let progress = !finished.is_empty();
+        done.extend(finished);
+        if over.is_empty() || !progress || rounds >= MAX_FOLLOW_UPS {
+            // What is left is deferred like any 4xx.
+            done.extend(over);
+            return done;
+        }
+        todo = over.iter().map(|attempt| attempt.index).collect();
+        tracing::debug!(
+            queue_id = %message.id,
+            domain,
+            remaining = todo.len(),
+            "too many recipients for one transaction; sending the rest in another"
+        );
+    }
+}
+
+async fn deliver_domain_once(
     engine: &Arc<Engine>,
     message: &Message,
     domain: &str,
@@ -219,7 +281,9 @@ pub async fn deliver_domain(
                 // A missing MX host is the domain's DNS being broken, maybe
                 // for a while; only the implicit MX (the domain itself has no
                 // address) is final.
-                failure.permanent &= hop.kind == NextHopKind::ImplicitMx;
+                if hop.kind != NextHopKind::ImplicitMx {
+                    failure = failure.temporary();
+                }
                 tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
                 last_failure = failure;
                 tried = true;
@@ -250,7 +314,13 @@ pub async fn deliver_domain(
             // idle: on a failure before the transaction got going, open a
             // fresh one and try again.
             if let Some(connection) = engine.pool.take(&key) {
-                match transaction(engine, connection, host, &relay, &key, message, indices).await {
+                let target = Target {
+                    host,
+                    relay: &relay,
+                    key: &key,
+                    reused: true,
+                };
+                match transaction(engine, connection, &target, message, indices).await {
                     Ok(attempts) => return attempts,
                     Err(error) => {
                         tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
@@ -261,12 +331,21 @@ pub async fn deliver_domain(
                 Ok(connection) => connection,
                 Err(error) => {
                     tracing::debug!(domain, %relay, %error, "session setup failed");
-                    last_failure = Failure::from_client(&error, &host.name, &relay);
+                    // A host that will not talk to us (5xx greeting, EHLO or
+                    // AUTH refused) says nothing about the recipients: try
+                    // the next host, and defer if none works (as Postfix's
+                    // smtp_skip_5xx_greeting and smtp_sasl_auth_soft_bounce).
+                    last_failure = Failure::from_client(&error, &host.name, &relay).temporary();
                     continue;
                 }
             };
-            return match transaction(engine, connection, host, &relay, &key, message, indices).await
-            {
+            let target = Target {
+                host,
+                relay: &relay,
+                key: &key,
+                reused: false,
+            };
+            return match transaction(engine, connection, &target, message, indices).await {
                 Ok(attempts) => attempts,
                 Err(error) => all(&Failure::from_client(&error, &host.name, &relay)),
             };
@@ -369,21 +448,29 @@ async fn plaintext_fallback(
     Ok(connection)
 }
 
-/// Runs the transaction on an open session. `Err` only for failures before
-/// anything was sent that could have been accepted (so a stale pooled
-/// connection can be replaced without risking a duplicate).
+/// Where a session goes: the host, its `host[ip]:port` for logs, the pool
+/// key, and whether the connection came from the pool.
+struct Target<'a> {
+    host: &'a Host,
+    relay: &'a str,
+    key: &'a PoolKey,
+    reused: bool,
+}
+
+/// Runs the transaction on an open session. `Err` only on a reused
+/// (pooled) connection, for failures before anything was sent that could
+/// have been accepted, so a stale connection can be replaced without risking
+/// a duplicate.
 async fn transaction(
     engine: &Arc<Engine>,
     mut connection: Connection,
-    host: &Host,
-    relay: &str,
-    key: &PoolKey,
+    target: &Target<'_>,
     message: &Message,
     indices: &[usize],
 ) -> Result<Vec<Attempt>, ClientError> {
     let session = Session {
-        host: host.name.clone(),
-        relay: relay.to_string(),
+        host: target.host.name.clone(),
+        relay: target.relay.to_string(),
         tls: connection
             .tls()
             .map(ToString::to_string)
@@ -404,7 +491,7 @@ async fn transaction(
     let capabilities = connection.capabilities().clone();
     // RFC 1870 §6.1: a declared limit below the message size is final.
     if capabilities.rejects_size(message.size) {
-        engine.pool.put(key.clone(), connection);
+        engine.pool.put(target.key.clone(), connection);
         return Ok(local(Failure::local(
             true,
             EnhancedCode::new(5, 3, 4),
@@ -423,7 +510,7 @@ async fn transaction(
     let smtputf8_needed = message.smtputf8 && needs_smtputf8(engine, message, &recipients).await;
     // RFC 6531 §3.4: no downgrade; the message cannot go to this server.
     if smtputf8_needed && !capabilities.smtputf8 {
-        engine.pool.put(key.clone(), connection);
+        engine.pool.put(target.key.clone(), connection);
         return Ok(local(Failure::local(
             true,
             EnhancedCode::new(5, 6, 7),
@@ -436,7 +523,7 @@ async fn transaction(
     let mut body = match open_body(engine, &message.id, message.size) {
         Ok(body) => body,
         Err(error) => {
-            engine.pool.put(key.clone(), connection);
+            engine.pool.put(target.key.clone(), connection);
             return Ok(local(Failure::local(
                 false,
                 EnhancedCode::new(4, 3, 0),
@@ -457,7 +544,7 @@ async fn transaction(
     match result {
         Ok(result) => {
             if !engine.ctx.shutdown.is_cancelled() {
-                engine.pool.put(key.clone(), connection);
+                engine.pool.put(target.key.clone(), connection);
             } else {
                 connection.quit().await;
             }
@@ -467,8 +554,12 @@ async fn transaction(
                 .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
                 .collect())
         }
-        Err(error) if connection.transactions() > 0 && is_before_transaction(&error) => Err(error),
-        Err(error) => Ok(local(Failure::from_client(&error, &session.host, relay))),
+        Err(error) if target.reused && is_before_transaction(&error) => Err(error),
+        Err(error) => Ok(local(Failure::from_client(
+            &error,
+            &session.host,
+            target.relay,
+        ))),
     }
 }
 

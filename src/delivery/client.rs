@@ -55,32 +55,43 @@ impl std::fmt::Display for TlsInfo {
 /// connection, timeout and TLS problems are worth another try later.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The TCP connection could not be opened.
     #[error("connect failed: {0}")]
     Connect(io::Error),
+    /// No reply (or no progress writing) within the RFC 5321 §4.5.3.2 timeout.
     #[error("timed out {stage}")]
     Timeout { stage: &'static str },
+    /// Reading or writing the socket failed.
     #[error("I/O error {stage}: {source}")]
     Io {
         stage: &'static str,
         source: io::Error,
     },
+    /// The server closed the connection.
     #[error("connection closed by the server {stage}")]
     Closed { stage: &'static str },
+    /// The server's reply was not SMTP.
     #[error("unreadable reply {stage}: {source}")]
     Protocol {
         stage: &'static str,
         source: ReplyError,
     },
+    /// The server refused a session command (greeting, EHLO, STARTTLS, AUTH, RSET).
     #[error("{stage} rejected: {reply}")]
     Rejected { stage: &'static str, reply: Reply },
+    /// The TLS handshake failed (including certificate verification).
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
+    /// The policy requires TLS and the server does not offer STARTTLS.
     #[error("TLS is required but the server does not offer STARTTLS")]
     TlsNotOffered,
+    /// Bytes arrived after the STARTTLS 220 before the handshake (RFC 3207 §4.2).
     #[error("the server sent data before the TLS handshake (STARTTLS injection)")]
     TlsInjection,
+    /// `relay_auth` is set and the smarthost offers no usable mechanism.
     #[error("AUTH is required but the server offers neither PLAIN nor LOGIN over TLS")]
     AuthNotOffered,
+    /// The queued body could not be read: the transaction was abandoned.
     #[error("the queued body could not be read: {0}")]
     Body(io::Error),
 }
@@ -123,6 +134,7 @@ impl Body {
 pub struct Transaction<'a> {
     /// Reverse path; empty for the null sender.
     pub sender: &'a str,
+    /// Forward paths, one RCPT each.
     pub recipients: &'a [String],
     /// Body size, for the SIZE parameter (RFC 1870).
     pub size: u64,
@@ -137,6 +149,7 @@ pub struct Transaction<'a> {
 /// the reply to the end of data.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
+    /// One reply per recipient, in the order given.
     pub replies: Vec<Reply>,
 }
 

@@ -34,11 +34,13 @@ pub enum Diagnostic {
 /// One failed recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRecipient {
+    /// The recipient address as given in the envelope.
     pub address: String,
     /// RFC 3463 status, e.g. 5.1.1 or 4.4.7.
     pub status: EnhancedCode,
     /// The host that gave the reply, if a remote one did.
     pub remote_mta: Option<String>,
+    /// Why it failed.
     pub diagnostic: Diagnostic,
 }
 
@@ -51,8 +53,11 @@ pub struct Report<'a> {
     pub queue_id: &'a str,
     /// The failed message's envelope sender: the DSN goes there.
     pub sender: &'a str,
+    /// When the message was accepted (Arrival-Date).
     pub arrival: DateTime<Utc>,
+    /// Now (Date, Last-Attempt-Date).
     pub now: DateTime<Utc>,
+    /// The recipients being reported, one block each.
     pub recipients: &'a [FailedRecipient],
     /// The original header section (up to the blank line).
     pub original_headers: &'a [u8],

@@ -24,7 +24,6 @@ pub mod tls;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
 use sluice_queue::{Message, Outcome, QueueId, RecipientStatus, RecipientUpdate};
 use tokio::sync::Semaphore;
 
@@ -56,7 +55,7 @@ pub struct Engine {
 impl Engine {
     fn new(ctx: &Context, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
         let delivery = &ctx.config.delivery;
-        let router = Router::new(&ctx.config).context("setting up the DNS resolver")?;
+        let router = Router::new(&ctx.config);
         let tls = TlsClients::from_config(&ctx.config)?;
         Ok(Engine {
             ctx: ctx.clone(),

@@ -19,16 +19,20 @@ use super::client::Connection;
 use super::tls::TlsMode;
 
 /// How long an idle connection is kept.
-pub const MAX_IDLE: Duration = Duration::from_secs(2);
+pub const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Transactions after which a connection is closed rather than reused.
 pub const MAX_TRANSACTIONS: u32 = 200;
 
 /// What a pooled connection was set up for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The remote address.
     pub address: SocketAddr,
+    /// The host name the session was opened for (TLS identity).
     pub host: String,
+    /// The TLS mode it was opened with.
     pub tls: TlsMode,
+    /// The AUTH user, when authenticated.
     pub auth_user: Option<String>,
 }
 

@@ -15,7 +15,10 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 pub struct EnhancedCode {
     /// 2 (success), 4 (persistent transient) or 5 (permanent).
     pub class: u8,
+    /// The subject (1 addressing, 2 mailbox, 3 mail system, 4 network, 5
+    /// protocol, 6 content, 7 security).
     pub subject: u16,
+    /// The detail within the subject.
     pub detail: u16,
 }
 
@@ -559,3 +562,17 @@ mod tests {
         }
     }
 }
+
+// RFC 5321 §4.2, the reply grammar `parse_reply` implements:
+//
+//   Reply-line     = *( Reply-code "-" [ textstring ] CRLF )
+//                    Reply-code [ SP textstring ] CRLF
+//   Reply-code     = %x32-35 %x30-35 %x30-39
+//   textstring     = 1*(%d09 / %d32-126) ; HT, SP, Printable US-ASCII
+//
+// RFC 3463 §2, the enhanced status code at the start of the text:
+//
+//   status-code    = class "." subject "." detail
+//   class          = "2" / "4" / "5"
+//   subject        = 1*3digit
+//   detail         = 1*3digit

@@ -43,6 +43,7 @@ pub struct Host {
     /// The name (or IP literal) as configured or found in DNS, without a
     /// trailing dot; TLS certificates are checked against it.
     pub name: String,
+    /// The TCP port to connect to.
     pub port: u16,
 }
 
@@ -56,7 +57,9 @@ impl Host {
 /// Where to deliver mail for one domain: hosts in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
+    /// How the hop was chosen.
     pub kind: NextHopKind,
+    /// Hosts in the order to try them (at least one).
     pub hosts: Vec<Host>,
 }
 
@@ -204,8 +207,8 @@ pub struct Router {
 
 impl Router {
     /// A router using `[dns] nameservers` (UDP and TCP each), else the
-    /// system resolver configuration.
-    pub fn new(config: &Config) -> Result<Router, RouteError> {
+    /// system resolver configuration (else 127.0.0.1:53, with a warning).
+    pub fn new(config: &Config) -> Router {
         let mut options = ResolverOpts::default();
         options.timeout = config.dns.timeout;
         options.attempts = 2;
@@ -213,14 +216,30 @@ impl Router {
         options.use_hosts_file = false;
         options.negative_max_ttl = Some(Duration::from_secs(60));
         let resolver = if config.dns.nameservers.is_empty() {
-            let (system, mut system_options) = hickory_resolver::system_conf::read_system_conf()
-                .map_err(|error| RouteError::Temporary {
-                    name: "/etc/resolv.conf".into(),
-                    reason: error.to_string(),
-                })?;
-            system_options.timeout = config.dns.timeout;
-            system_options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
-            TokioAsyncResolver::tokio(system, system_options)
+            match hickory_resolver::system_conf::read_system_conf() {
+                Ok((system, mut system_options)) => {
+                    system_options.timeout = config.dns.timeout;
+                    system_options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+                    TokioAsyncResolver::tokio(system, system_options)
+                }
+                Err(error) => {
+                    // Routes and a smarthost work without DNS, so this is no
+                    // reason to refuse to start: MX lookups will defer.
+                    tracing::warn!(
+                        %error,
+                        "cannot read the system resolver configuration; using 127.0.0.1:53"
+                    );
+                    let group = NameServerConfigGroup::from_ips_clear(
+                        &[std::net::IpAddr::from([127, 0, 0, 1])],
+                        53,
+                        true,
+                    );
+                    TokioAsyncResolver::tokio(
+                        ResolverConfig::from_parts(None, vec![], group),
+                        options,
+                    )
+                }
+            }
         } else {
             let mut group = NameServerConfigGroup::with_capacity(config.dns.nameservers.len() * 2);
             for address in &config.dns.nameservers {
@@ -232,10 +251,10 @@ impl Router {
             }
             TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], group), options)
         };
-        Ok(Router {
+        Router {
             statics: StaticRoutes::from_config(config),
             resolver,
-        })
+        }
     }
 
     /// Where mail for `domain` goes.

@@ -137,7 +137,11 @@ async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphor
         let open = match recipient.status {
             RecipientStatus::Pending => true,
             RecipientStatus::Deferred => {
-                expired || recipient.next_attempt_at.is_none_or(|at| at <= now)
+                // Millisecond precision, as the queue's due index keeps it.
+                expired
+                    || recipient
+                        .next_attempt_at
+                        .is_none_or(|at| at.timestamp_millis() <= now.timestamp_millis())
             }
             RecipientStatus::Delivered | RecipientStatus::Failed => false,
         };

@@ -22,8 +22,10 @@ use super::route::NextHopKind;
 /// Problems building the TLS client configuration (reported at startup).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    /// The extra CA file is missing, unreadable or holds no certificate.
     #[error("delivery.tls_ca {path}: {reason}")]
     CaFile { path: String, reason: String },
+    /// rustls refused the configuration.
     #[error("TLS client configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }

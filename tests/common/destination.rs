@@ -37,6 +37,10 @@ pub struct Options {
     pub auth: Option<(String, String)>,
     /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
     pub broken_starttls: bool,
+    /// The AUTH mechanisms advertised (when `auth` is set).
+    pub auth_mechanisms: String,
+    /// Recipients accepted per transaction; more get `452 4.5.3`.
+    pub max_recipients: Option<usize>,
 }
 
 impl Default for Options {
@@ -52,6 +56,8 @@ impl Default for Options {
             implicit_tls: None,
             auth: None,
             broken_starttls: false,
+            auth_mechanisms: "PLAIN LOGIN".into(),
+            max_recipients: None,
         }
     }
 }
@@ -376,7 +382,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     lines.push("STARTTLS".into());
                 }
                 if options.auth.is_some() && conn.tls.is_some() {
-                    lines.push("AUTH PLAIN LOGIN".into());
+                    lines.push(format!("AUTH {}", options.auth_mechanisms));
                 }
                 lines.push("ENHANCEDSTATUSCODES".into());
                 let last = lines.len() - 1;
@@ -494,6 +500,14 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     .entry(address.to_ascii_lowercase())
                     .or_default()
                     .push(std::time::Instant::now());
+                if options
+                    .max_recipients
+                    .is_some_and(|max| accepted.len() >= max)
+                {
+                    rejected.push(address);
+                    conn.send("452 4.5.3 Too many recipients")?;
+                    continue;
+                }
                 let rule = shared.rules.lock().expect("rules lock").rcpt.clone();
                 match rule.and_then(|rule| rule(&address, attempt)) {
                     Some(reply) => {
