@@ -116,6 +116,10 @@ pub struct LimitsConfig {
     /// How long in-progress transactions may run after SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// A message whose header carries more `Received:` fields than this is
+    /// refused with 554 5.4.6 (RFC 5321 §6.3 mail loop); as Postfix's
+    /// `hopcount_limit`.
+    pub max_hops: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +267,7 @@ impl Default for LimitsConfig {
             max_auth_failures: 3,
             max_errors: 20,
             shutdown_grace: Duration::from_secs(30),
+            max_hops: 50,
         }
     }
 }
@@ -407,6 +412,7 @@ impl Config {
         for (key, value) in [
             ("limits.max_recipients", self.limits.max_recipients),
             ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_hops", self.limits.max_hops),
             (
                 "limits.max_connections_per_ip",
                 self.limits.max_connections_per_ip,
@@ -643,6 +649,19 @@ mod tests {
             .to_string();
         assert!(error.contains("test.toml"), "{error}");
         assert!(error.contains("max_recipents"), "{error}");
+    }
+
+    #[test]
+    fn max_hops_defaults_to_50_and_must_be_positive() {
+        assert_eq!(parse("").expect("defaults").limits.max_hops, 50);
+        assert_eq!(
+            parse("[limits]\nmax_hops = 7\n")
+                .expect("valid")
+                .limits
+                .max_hops,
+            7
+        );
+        assert!(parse("[limits]\nmax_hops = 0\n").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sluice_queue::{Message, QueueId};
 use super::Engine;
 use super::client::{Body, ClientError, Connection, Transaction, server_name};
 use super::dsn::Diagnostic;
+use super::loops;
 use super::pool::PoolKey;
 use super::protocol::{EnhancedCode, Reply};
 use super::route::{Host, NextHop, NextHopKind, RouteError};
@@ -270,6 +271,8 @@ async fn deliver_domain_once(
         EnhancedCode::new(4, 4, 0),
         format!("no usable host for {domain}"),
     );
+    // Hosts before ourselves in the list were tried (RFC 5321 §5.1).
+    let mut tried = false;
     for host in &hop.hosts {
         let addresses = match engine.router.addresses(host).await {
             Ok(addresses) => addresses,
@@ -283,6 +286,7 @@ async fn deliver_domain_once(
                 }
                 tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
                 last_failure = failure;
+                tried = true;
                 continue;
             }
         };
@@ -290,6 +294,16 @@ async fn deliver_domain_once(
         for ip in addresses {
             let address = SocketAddr::new(ip, host.port);
             let relay = format!("{}[{}]:{}", host.name, ip, host.port);
+            if loops::loops_back(&engine.ctx.config.listeners, hop.kind, address) {
+                // RFC 5321 §5.1: ourselves and anything after us is out.
+                tracing::warn!(domain, %relay, "next hop is this server: mail loop");
+                if tried {
+                    return all(&last_failure);
+                }
+                let status = EnhancedCode::new(5, 4, 6);
+                return all(&Failure::local(true, status, loops::reason(domain)));
+            }
+            tried = true;
             let key = PoolKey {
                 address,
                 host: host.name.clone(),

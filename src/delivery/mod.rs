@@ -7,11 +7,13 @@
 //! - `route`: relay_host, `[routes]`, MX and implicit MX;
 //! - `protocol` (pure) and `client` (I/O): the SMTP client;
 //! - `tls`: outbound TLS policy; `pool`: connection reuse;
-//! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces.
+//! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
+//! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
 
 pub mod attempt;
 pub mod client;
 pub mod dsn;
+pub mod loops;
 pub mod pool;
 pub mod protocol;
 pub mod retry;

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::context::Context;
 use crate::server::auth::Authenticator;
 use crate::smtp::data::{DataDecoder, DataProblem};
+use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
 
@@ -156,6 +157,8 @@ struct Chunked {
     size: u64,
     too_big: bool,
     storage_failed: bool,
+    /// `Received:` fields in the header so far (RFC 5321 §6.3).
+    hops: HopCounter,
 }
 
 struct Connection<'a, S> {
@@ -344,6 +347,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                             log_refused(session, "message too big");
                             session.message_finished(MessageOutcome::TooBig)
                         }
+                        Some(chunked) if chunked.hops.exceeds(self.max_hops()) => {
+                            self.chunked = None;
+                            log_refused(session, "too many hops");
+                            session.message_finished(MessageOutcome::TooManyHops)
+                        }
                         Some(chunked) if chunked.storage_failed => {
                             self.chunked = None;
                             session.message_finished(MessageOutcome::StorageFailed)
@@ -368,6 +376,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let mut body = Some(body);
         let mut storage_failed = write_body(&mut body, header.as_bytes());
         let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
+        let mut hops = HopCounter::new();
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
@@ -380,7 +389,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 deadline = Instant::now() + data_timeout;
             }
             self.input.advance(consumed);
-            if decoder.problem().is_some() {
+            hops.feed(&decoded);
+            if decoder.problem().is_some() || hops.exceeds(ctx.config.limits.max_hops) {
                 // The message is refused: stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
@@ -404,6 +414,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             None => {}
         }
+        if hops.exceeds(ctx.config.limits.max_hops) {
+            log_refused(session, "too many hops");
+            return Ok(MessageOutcome::TooManyHops);
+        }
         match body {
             Some(body) if !storage_failed => Ok(self.commit(session, body, decoder.size()).await),
             _ => Ok(MessageOutcome::StorageFailed),
@@ -423,6 +437,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         size: 0,
                         too_big: false,
                         storage_failed,
+                        hops: HopCounter::new(),
                     }
                 }
                 Err(error) => {
@@ -432,12 +447,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         size: 0,
                         too_big: false,
                         storage_failed: true,
+                        hops: HopCounter::new(),
                     }
                 }
             };
             self.chunked = Some(chunked);
         }
         let max_size = self.shared.ctx.config.limits.max_message_size;
+        let max_hops = self.max_hops();
         let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
         let mut remaining = size;
         loop {
@@ -447,8 +464,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             deadline.received(take);
             if let Some(chunked) = self.chunked.as_mut() {
                 chunked.size = chunked.size.saturating_add(take as u64);
+                chunked.hops.feed(&chunk);
                 if chunked.size > max_size {
                     chunked.too_big = true;
+                    chunked.body = None;
+                } else if chunked.hops.exceeds(max_hops) {
                     chunked.body = None;
                 } else if !chunk.is_empty() {
                     chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
@@ -485,6 +505,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if chunked.too_big {
             log_refused(session, "message too big");
             return MessageOutcome::TooBig;
+        }
+        if chunked.hops.exceeds(self.max_hops()) {
+            log_refused(session, "too many hops");
+            return MessageOutcome::TooManyHops;
         }
         match chunked.body {
             Some(body) if !chunked.storage_failed => self.commit(session, body, chunked.size).await,
@@ -528,6 +552,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 MessageOutcome::StorageFailed
             }
         }
+    }
+
+    /// `limits.max_hops`: more `Received:` fields than this is a loop.
+    fn max_hops(&self) -> usize {
+        self.shared.ctx.config.limits.max_hops
     }
 
     /// Writes out pending replies.

@@ -3,5 +3,6 @@
 
 pub mod command;
 pub mod data;
+pub mod hops;
 pub mod reply;
 pub mod session;

@@ -113,6 +113,9 @@ pub enum MessageOutcome {
     TooBig,
     /// A bare CR or LF in DATA.
     BareLineEnding,
+    /// More `Received:` fields than `limits.max_hops`: a mail loop
+    /// (RFC 5321 §6.3).
+    TooManyHops,
     /// The queue could not store it.
     StorageFailed,
 }
@@ -374,6 +377,9 @@ impl Session {
                 code(5, 5, 2),
                 "Error: bare CR or LF in message data (RFC 5321 section 2.3.8)",
             ),
+            MessageOutcome::TooManyHops => {
+                Reply::new(554, code(5, 4, 6), "Error: too many hops (mail loop)")
+            }
             MessageOutcome::StorageFailed => Reply::new(
                 451,
                 code(4, 3, 0),
@@ -1216,6 +1222,10 @@ mod tests {
         expect_action(
             session.message_finished(MessageOutcome::StorageFailed),
             "451 4.3.0",
+        );
+        expect_action(
+            session.message_finished(MessageOutcome::TooManyHops),
+            "554 5.4.6",
         );
     }
 }
