@@ -122,35 +122,41 @@ pub async fn retry_all(ctx: &Context) -> Result<u64, AdminError> {
                 .any(|r| r.status == RecipientStatus::Deferred)
     })
     .await?;
-    let results = futures::stream::iter(ids)
-        .map(|id| async move {
-            match ctx.queue.retry_now(&id).await {
-                Ok(_) => {
-                    tracing::info!(queue_id = %id, action = %"retry", "message due now");
-                    Ok(1)
-                }
-                Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
-                Err(error) => Err(AdminError::from(error)),
-            }
-        })
-        .buffer_unordered(BULK_CONCURRENCY)
-        .collect::<Vec<Result<u64, AdminError>>>()
-        .await;
-    results.into_iter().sum()
+    for_each(ids, |id| async move {
+        ctx.queue.retry_now(&id).await?;
+        tracing::info!(queue_id = %id, action = %"retry", "message due now");
+        Ok(())
+    })
+    .await
 }
 
 /// Removes every queued message without notice; returns how many.
 pub async fn delete_all(ctx: &Context) -> Result<u64, AdminError> {
     let ids = select_ids(ctx, |_| true).await?;
+    for_each(ids, |id| async move {
+        ctx.queue.delete(&id).await?;
+        tracing::info!(queue_id = %id, action = %"delete", "message deleted");
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `action` on every ID, `BULK_CONCURRENCY` at a time; returns how many
+/// succeeded. IDs whose message left the queue meanwhile are skipped.
+async fn for_each<F, Fut>(ids: Vec<QueueId>, action: F) -> Result<u64, AdminError>
+where
+    F: Fn(QueueId) -> Fut,
+    Fut: Future<Output = Result<(), sluice_queue::QueueError>>,
+{
     let results = futures::stream::iter(ids)
-        .map(|id| async move {
-            match ctx.queue.delete(&id).await {
-                Ok(()) => {
-                    tracing::info!(queue_id = %id, action = %"delete", "message deleted");
-                    Ok(1)
+        .map(|id| {
+            let done = action(id);
+            async move {
+                match done.await {
+                    Ok(()) => Ok(1),
+                    Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
+                    Err(error) => Err(AdminError::from(error)),
                 }
-                Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
-                Err(error) => Err(AdminError::from(error)),
             }
         })
         .buffer_unordered(BULK_CONCURRENCY)
