@@ -10,26 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Sluice};
+use common::{DEADLINE, NO_DELIVERY, Sluice, seed};
 use rand::{Rng as _, SeedableRng as _};
-
-/// Delivery that never succeeds: connection refused, so mail is deferred.
-const NO_DELIVERY: &str = "[routes]\n\"*\" = \"127.0.0.1:9\"\n\n[delivery]\nport = 9\n";
-
-/// A seed for the generators: `SLUICE_TEST_SEED` or the clock.
-fn seed() -> u64 {
-    let seed = std::env::var("SLUICE_TEST_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("random seed {seed} (set SLUICE_TEST_SEED to replay)");
-    seed
-}
 
 /// Small timeouts so that every stuck state ends quickly.
 fn hostile_config(timeout: &str) -> String {

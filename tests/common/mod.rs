@@ -9,6 +9,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Delivery that never succeeds: connection refused, so mail is deferred.
+pub const NO_DELIVERY: &str = "[routes]\n\"*\" = \"127.0.0.1:9\"\n\n[delivery]\nport = 9\n";
+
+/// A seed for randomised tests: `SLUICE_TEST_SEED`, or the clock (printed so
+/// a failure can be replayed).
+pub fn seed() -> u64 {
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("random seed {seed} (set SLUICE_TEST_SEED to replay)");
+    seed
+}
+
 /// How long a test waits for a condition before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
