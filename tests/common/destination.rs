@@ -16,7 +16,18 @@ use base64::Engine as _;
 
 /// A rule: given (address, how many times this address was seen at this
 /// stage, 1-based), `Some(reply line)` overrides the default reply.
+///
+/// A reply (or the greeting, or `Options::ehlo_reply`) is sent as given,
+/// so it may hold several lines joined by CRLF; these special values act
+/// instead of replying: [`DROP`], [`HANG`], [`FLOOD`].
 pub type Rule = Arc<dyn Fn(&str, u32) -> Option<String> + Send + Sync>;
+
+/// Close the connection instead of replying.
+pub const DROP: &str = "<drop>";
+/// Never reply (until the client gives up or the destination stops).
+pub const HANG: &str = "<hang>";
+/// Send `250-` continuation lines without end (until the client gives up).
+pub const FLOOD: &str = "<flood>";
 
 /// How the server behaves.
 #[derive(Clone)]
@@ -41,6 +52,8 @@ pub struct Options {
     pub auth_mechanisms: String,
     /// Recipients accepted per transaction; more get `452 4.5.3`.
     pub max_recipients: Option<usize>,
+    /// Sent instead of the usual EHLO reply (raw lines, or a special value).
+    pub ehlo_reply: Option<String>,
 }
 
 impl Default for Options {
@@ -58,6 +71,7 @@ impl Default for Options {
             broken_starttls: false,
             auth_mechanisms: "PLAIN LOGIN".into(),
             max_recipients: None,
+            ehlo_reply: None,
         }
     }
 }
@@ -99,6 +113,7 @@ struct State {
     rcpt_times: HashMap<String, Vec<std::time::Instant>>,
     mail_seen: HashMap<String, u32>,
     data_seen: u32,
+    data_command_seen: u32,
     connections: usize,
     tls_failures: usize,
     commands: Vec<String>,
@@ -110,6 +125,8 @@ struct Rules {
     rcpt: Option<Rule>,
     /// Called with the first accepted recipient and the data attempt count.
     data: Option<Rule>,
+    /// The reply to the DATA command: (first accepted recipient, attempt).
+    data_command: Option<Rule>,
 }
 
 /// A running destination; stops accepting when dropped.
@@ -197,6 +214,15 @@ impl Destination {
     /// Overrides the reply to the end of data: `rule(first recipient, attempt)`.
     pub fn on_data(&self, rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static) {
         self.rules.lock().expect("rules lock").data = Some(Arc::new(rule));
+    }
+
+    /// Overrides the reply to the DATA command (354 by default):
+    /// `rule(first accepted recipient, attempt)`.
+    pub fn on_data_command(
+        &self,
+        rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.rules.lock().expect("rules lock").data_command = Some(Arc::new(rule));
     }
 
     /// Every transaction that reached the end of data, in order.
@@ -298,6 +324,32 @@ impl Conn {
         self.stream.write_all(b"\r\n")?;
         self.stream.flush()
     }
+
+    /// Sends a scripted reply; `Ok(false)` when the connection must end
+    /// ([`DROP`], or a [`HANG`] / [`FLOOD`] the client gave up on).
+    fn answer(&mut self, reply: &str, stop: &AtomicBool) -> std::io::Result<bool> {
+        match reply {
+            DROP => Ok(false),
+            HANG => {
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(false)
+            }
+            FLOOD => {
+                let line = format!("250-{}\r\n", "x".repeat(70));
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                    if self.stream.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                Ok(false)
+            }
+            _ => self.send(reply).map(|()| true),
+        }
+    }
 }
 
 fn tls_accept(
@@ -343,8 +395,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             tls: None,
         },
     };
-    conn.send(&options.greeting)?;
-    if !options.greeting.starts_with("220") {
+    if !conn.answer(&options.greeting, &shared.stop)? || !options.greeting.starts_with("220") {
         return Ok(());
     }
     let mut helo = String::new();
@@ -363,6 +414,13 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
         let upper = text.to_ascii_uppercase();
         let verb = upper.split(' ').next().unwrap_or("").to_string();
         match verb.as_str() {
+            "EHLO" if options.ehlo && options.ehlo_reply.is_some() => {
+                helo = text[4..].trim().to_string();
+                let reply = options.ehlo_reply.clone().unwrap_or_default();
+                if !conn.answer(&reply, &shared.stop)? {
+                    return Ok(());
+                }
+            }
             "EHLO" if options.ehlo => {
                 helo = text[4..].trim().to_string();
                 let mut lines = vec!["dest.test hello".to_string()];
@@ -476,7 +534,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 let attempt = bump(&shared.state, |s| &mut s.mail_seen, &address);
                 let rule = shared.rules.lock().expect("rules lock").mail.clone();
                 match rule.and_then(|rule| rule(&address, attempt)) {
-                    Some(reply) => conn.send(&reply)?,
+                    Some(reply) => {
+                        if !conn.answer(&reply, &shared.stop)? {
+                            return Ok(());
+                        }
+                    }
                     None => {
                         mail = Some((address, params));
                         accepted.clear();
@@ -516,7 +578,9 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         } else {
                             accepted.push(address);
                         }
-                        conn.send(&reply)?
+                        if !conn.answer(&reply, &shared.stop)? {
+                            return Ok(());
+                        }
                     }
                     None => {
                         accepted.push(address);
@@ -533,7 +597,27 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     conn.send("554 5.5.1 no valid recipients")?;
                     continue;
                 }
-                conn.send("354 End data with <CR><LF>.<CR><LF>")?;
+                let attempt = {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.data_command_seen += 1;
+                    state.data_command_seen
+                };
+                let rule = shared
+                    .rules
+                    .lock()
+                    .expect("rules lock")
+                    .data_command
+                    .clone();
+                if let Some(reply) = rule.and_then(|rule| rule(&accepted[0], attempt)) {
+                    if !conn.answer(&reply, &shared.stop)? {
+                        return Ok(());
+                    }
+                    if !reply.starts_with("354") {
+                        continue;
+                    }
+                } else {
+                    conn.send("354 End data with <CR><LF>.<CR><LF>")?;
+                }
                 let mut body = Vec::new();
                 loop {
                     let Some(line) = conn.read_line()? else {
@@ -580,7 +664,9 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         final_reply: reply.clone(),
                     });
                 mail = None;
-                conn.send(&reply)?;
+                if !conn.answer(&reply, &shared.stop)? {
+                    return Ok(());
+                }
             }
             "RSET" => {
                 mail = None;
