@@ -10,9 +10,11 @@ use base64::Engine as _;
 /// allows 512 octets per line; multi-line EHLO replies are a few KiB).
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
-/// Longest reply text kept for the queue, logs and DSNs (RFC 5321
-/// §4.5.3.1.5 allows 512 octets per reply line; a few lines are kept).
-pub const MAX_REPLY_TEXT: usize = 1024;
+/// Longest reply text kept for the queue, logs and DSNs: RFC 5321
+/// §4.5.3.1.5 allows 512 octets per reply line; this keeps the usual
+/// multi-line refusals whole while a DSN's `Diagnostic-Code: smtp; ...` line
+/// stays below RFC 5322's 998 octets.
+pub const MAX_REPLY_TEXT: usize = 900;
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
