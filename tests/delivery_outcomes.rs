@@ -384,6 +384,27 @@ fn a_recipient_refused_at_the_first_mx_is_not_offered_to_the_second() {
 }
 
 #[test]
+fn all_refused_at_the_first_mx_then_a_drop_tries_no_other_host() {
+    let (mx1, mx2, port) = two_hosts(37, 38, Options::default(), Options::default());
+    mx1.on_rcpt(|rcpt, _| Some(format!("550 5.1.1 <{rcpt}>: no such user")));
+    mx1.on_data_command(|_, _| Some(DROP.into()));
+    let dns = two_mx(37, 38);
+    let inbox = inbox();
+    let (sluice, id) = start(
+        None,
+        &inbox,
+        &format!("port = {port}\n"),
+        &dns.config(),
+        &["a@dest.test", "b@dest.test"],
+    );
+    for recipient in ["a@dest.test", "b@dest.test"] {
+        assert_outcome(&sluice, &id, recipient, "bounced", "550 5.1.1");
+    }
+    wait_dsn(&inbox);
+    assert_eq!(mx2.connections(), 0, "nothing was left for mx2");
+}
+
+#[test]
 fn a_drop_after_the_end_of_data_is_not_retried_at_the_next_mx() {
     // The first host may have the message: sending it to the second now
     // could deliver it twice (RFC 1047). It waits for the next attempt.

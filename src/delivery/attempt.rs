@@ -395,6 +395,9 @@ async fn deliver_domain_once(
                         "transaction broke off; trying the next host for the rest"
                     );
                     settled.extend(now_settled);
+                    if still_open.is_empty() {
+                        return settled;
+                    }
                     open = still_open;
                     last_failure = failure;
                 }
@@ -450,8 +453,9 @@ async fn open_session(
                         Err(error) => return Err(error),
                     }
                 }
-                // STARTTLS refused: the session goes on in plaintext.
-                Err(ClientError::Rejected { reply, .. }) => {
+                // STARTTLS refused: the session goes on in plaintext,
+                // unless the server is closing it (RFC 5321 §3.8).
+                Err(ClientError::Rejected { reply, .. }) if reply.code != 421 => {
                     tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
                     connection
                 }

@@ -301,9 +301,11 @@ impl Connection {
     }
 
     /// True while the session is in a known, clean state between
-    /// transactions, so it may carry another one.
+    /// transactions (nothing unread, no error, no 421), so it may carry
+    /// another one.
     pub fn is_usable(&self) -> bool {
-        self.usable
+        // Bytes nobody asked for would be read as the next command's reply.
+        self.usable && self.buffer.is_empty()
     }
 
     /// Transactions completed on this connection so far.
@@ -641,7 +643,7 @@ impl Connection {
             .read_reply("after the end of data", self.timeouts.data)
             .await
             .map_err(|error| broken_off(error, &rcpt_replies, true))?;
-        if final_reply.code == 421 {
+        if final_reply.code == 421 || final_reply.is_intermediate() {
             self.usable = false;
         }
         self.transactions += 1;

@@ -216,8 +216,9 @@ impl Destination {
         self.rules.lock().expect("rules lock").data = Some(Arc::new(rule));
     }
 
-    /// Overrides the reply to the DATA command (354 by default):
-    /// `rule(first accepted recipient, attempt)`.
+    /// Overrides the reply to the DATA command (354 by default, 554 when no
+    /// recipient was accepted): `rule(first accepted recipient or "",
+    /// attempt)`.
     pub fn on_data_command(
         &self,
         rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static,
@@ -593,10 +594,6 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     conn.send("503 5.5.1 need MAIL")?;
                     continue;
                 };
-                if accepted.is_empty() {
-                    conn.send("554 5.5.1 no valid recipients")?;
-                    continue;
-                }
                 let attempt = {
                     let mut state = shared.state.lock().expect("state lock");
                     state.data_command_seen += 1;
@@ -608,13 +605,17 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     .expect("rules lock")
                     .data_command
                     .clone();
-                if let Some(reply) = rule.and_then(|rule| rule(&accepted[0], attempt)) {
+                let first = accepted.first().map(String::as_str).unwrap_or("");
+                if let Some(reply) = rule.and_then(|rule| rule(first, attempt)) {
                     if !conn.answer(&reply, &shared.stop)? {
                         return Ok(());
                     }
-                    if !reply.starts_with("354") {
+                    if !reply.starts_with("354") || accepted.is_empty() {
                         continue;
                     }
+                } else if accepted.is_empty() {
+                    conn.send("554 5.5.1 no valid recipients")?;
+                    continue;
                 } else {
                     conn.send("354 End data with <CR><LF>.<CR><LF>")?;
                 }
