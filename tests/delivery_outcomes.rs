@@ -586,3 +586,36 @@ fn garbage_size_in_ehlo_is_ignored_and_mail_delivered() {
     let delivered: Vec<Transaction> = remote.delivered();
     assert_eq!(delivered.len(), 1);
 }
+
+#[test]
+fn mx_hosts_past_the_address_limit_wait_for_the_next_attempt() {
+    // DNS answers are remote input too: past ten addresses an attempt
+    // stops (as Postfix's smtp_mx_address_limit) and defers.
+    let live = Destination::start_on(SocketAddr::from(([127, 0, 0, 61], 0)), Options::default());
+    let port = live.addr.port();
+    let dns = DnsServer::start();
+    let mut records = Vec::new();
+    for number in 1..=11u8 {
+        let name = format!("mx{number}.dest.test");
+        // mx1..mx10 have nothing listening; mx11 would accept.
+        dns.a(&name, &[Ipv4Addr::new(127, 0, 0, 50 + number)]);
+        records.push((u16::from(number) * 10, name));
+    }
+    let records: Vec<(u16, &str)> = records.iter().map(|(p, n)| (*p, n.as_str())).collect();
+    dns.mx("dest.test", &records);
+    let inbox = inbox();
+    let (sluice, id) = start(
+        None,
+        &inbox,
+        &format!("port = {port}\n"),
+        &dns.config(),
+        &["ok@dest.test"],
+    );
+    let line = outcome(&sluice, &id, "ok@dest.test");
+    assert_eq!(field(&line, "status"), "deferred", "{line}");
+    assert!(
+        field(&line, "reply").contains("mx10.dest.test[127.0.0.60]"),
+        "{line}"
+    );
+    assert_eq!(live.connections(), 0, "the 11th address was tried");
+}

@@ -201,6 +201,14 @@ pub fn recipient_domain(address: &str) -> Option<String> {
     Some(domain.to_ascii_lowercase())
 }
 
+/// MX hosts looked at per attempt, at most: DNS answers come from the
+/// remote side too, and a thousand MX records must not keep one delivery
+/// busy for hours.
+pub const MAX_HOSTS: usize = 10;
+/// Addresses connected to per attempt, at most, over all hosts (as
+/// Postfix's `smtp_mx_address_limit`); the rest wait for the next attempt.
+pub const MAX_ADDRESSES: usize = 10;
+
 /// Follow-up transactions after "too many recipients", at most.
 const MAX_FOLLOW_UPS: usize = 100;
 
@@ -288,7 +296,8 @@ async fn deliver_domain_once(
     };
     // Hosts before ourselves in the list were tried (RFC 5321 §5.1).
     let mut tried = false;
-    for host in &hop.hosts {
+    let mut connections = 0;
+    for host in hop.hosts.iter().take(MAX_HOSTS) {
         let addresses = match engine.router.addresses(host).await {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -307,6 +316,10 @@ async fn deliver_domain_once(
         };
         let mode = TlsMode::choose(policy, hop.kind, host.port, auth.is_some());
         for ip in addresses {
+            if connections >= MAX_ADDRESSES {
+                tracing::debug!(domain, "address limit reached for this attempt");
+                return finish(settled, &open, &last_failure);
+            }
             let address = SocketAddr::new(ip, host.port);
             let relay = format!("{}[{}]:{}", host.name, ip, host.port);
             if loops::loops_back(&engine.ctx.config.listeners, hop.kind, address) {
@@ -319,6 +332,7 @@ async fn deliver_domain_once(
                 return all(&Failure::local(true, status, loops::reason(domain)));
             }
             tried = true;
+            connections += 1;
             let key = PoolKey {
                 address,
                 host: host.name.clone(),

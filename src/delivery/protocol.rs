@@ -198,16 +198,16 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             || !(b'0'..=b'5').contains(&bytes[1])
             || !bytes[2].is_ascii_digit()
         {
-            return Err(ReplyError::Malformed(printable(&line)));
+            return Err(ReplyError::Malformed(quoted(&line)));
         }
         let this_code: u16 = line[..3]
             .parse()
-            .map_err(|_| ReplyError::Malformed(printable(&line)))?;
+            .map_err(|_| ReplyError::Malformed(quoted(&line)))?;
         let (last, text) = match bytes.get(3) {
             None => (true, ""),
             Some(b' ') => (true, &line[4..]),
             Some(b'-') => (false, &line[4..]),
-            Some(_) => return Err(ReplyError::Malformed(printable(&line))),
+            Some(_) => return Err(ReplyError::Malformed(quoted(&line))),
         };
         match code {
             None => code = Some(this_code),
@@ -241,14 +241,23 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
 
 /// Reply text made safe to store, log and put in a DSN header: RFC 5321
 /// §4.2 allows only HT, SP and printable characters, so control characters
-/// (a bare CR could start a new header line) become spaces, and a
-/// quoted malformed line is cut to [`MAX_REPLY_TEXT`].
+/// (a bare CR could start a new header line) become spaces; a line is cut
+/// to [`MAX_REPLY_TEXT`] characters.
 fn printable(text: &str) -> String {
     text.chars()
         .take(MAX_REPLY_TEXT)
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
 }
+
+/// A malformed line as quoted in an error: printable and short, since the
+/// error ends up in logs, the queue and maybe a DSN.
+fn quoted(line: &str) -> String {
+    printable(&line.chars().take(MAX_QUOTED).collect::<String>())
+}
+
+/// Characters of a malformed reply line kept in the error.
+const MAX_QUOTED: usize = 128;
 
 /// What the server offered in its EHLO reply (RFC 5321 §4.1.1.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -481,6 +490,18 @@ mod tests {
             parse_reply(b"250-a\r\n251 b\r\n"),
             Err(ReplyError::CodeChanged { .. })
         ));
+    }
+
+    #[test]
+    fn a_malformed_line_is_quoted_short_and_printable() {
+        let line = format!("hello\x1b[2J{}\r\n", "w".repeat(10_000));
+        match parse_reply(line.as_bytes()) {
+            Err(ReplyError::Malformed(quoted)) => {
+                assert_eq!(quoted.chars().count(), MAX_QUOTED);
+                assert!(!quoted.chars().any(char::is_control), "{quoted:?}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
     }
 
     #[test]
