@@ -385,7 +385,7 @@ async fn deliver_domain_once(
                         Err(error) => Ran::BrokenOff {
                             settled: Vec::new(),
                             open: open.clone(),
-                            failure: Failure::from_client(&error, &host.name, &relay),
+                            failure: Failure::from_client(&error, &host.name, &relay).temporary(),
                         },
                     }
                 }
