@@ -534,3 +534,67 @@ fn invoked_as_sendmail_it_is_sluice_sendmail_with_sluice_config() {
     assert_eq!(delivered[0].mail_from, "a@origin.test");
     assert!(text(&delivered[0].body).contains("Subject: via link\r\n"));
 }
+
+#[test]
+fn listener_on_port_0_is_found_through_the_address_the_server_recorded() {
+    let destination = Destination::start(Options::default());
+    let mut server = Sluice::start(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    // The server's own config says 127.0.0.1:0; only the spool knows the port.
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    assert!(config.contains("address = \"127.0.0.1:0\""), "{config}");
+    let record = server.dir.path().join("spool").join("smtp.address");
+    let recorded = std::fs::read_to_string(&record).expect("smtp.address written at startup");
+    assert_eq!(recorded, format!("relay {}\n", server.smtp), "{recorded}");
+
+    let (code, stdout, stderr) = sendmail(
+        &server.config_path,
+        &["-v", "-f", "a@origin.test", "b@dest.test"],
+        b"Subject: found\n\nx\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("queued as "), "{stdout}");
+    let delivered = wait_for("the delivery", DEADLINE, || {
+        let delivered = destination.delivered();
+        (!delivered.is_empty()).then_some(delivered)
+    });
+    assert_eq!(delivered[0].recipients, ["b@dest.test"]);
+
+    // A clean shutdown removes the record; sendmail then says what is missing.
+    assert!(server.terminate().success());
+    assert!(!record.exists(), "smtp.address removed at shutdown");
+    let admin_record = server.dir.path().join("spool").join("admin.address");
+    assert!(!admin_record.exists(), "admin.address removed at shutdown");
+    let (code, _, stderr) = sendmail(&server.config_path, &["b@dest.test"], b"x\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("port 0") && stderr.contains("smtp.address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_stale_record_falls_back_to_the_configured_listener() {
+    let setup = Setup::new();
+    // A record left by a crashed server: its port answers no more.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let spool = setup.server.dir.path().join("client-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("smtp.address"), format!("relay {dead}\n")).unwrap();
+    let config = setup.server.dir.path().join("stale.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"sluice.test\"\n[spool]\npath = \"{}\"\n\n[[listener]]\n\
+             address = \"127.0.0.1:{}\"\nkind = \"relay\"\n",
+            spool.display(),
+            setup.server.smtp.port()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: s\n\nx\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(setup.delivered(1)[0].recipients, ["b@dest.test"]);
+}
