@@ -639,7 +639,7 @@ pub fn format_duration(duration: Duration) -> String {
     }
     let (unit, size) = UNITS
         .into_iter()
-        .find(|(_, size)| nanos % size == 0)
+        .find(|(_, size)| nanos.is_multiple_of(*size))
         .expect("every count of nanoseconds is a multiple of 1");
     format!("{}{unit}", nanos / size)
 }
