@@ -44,8 +44,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request head (request line and header fields); larger is
-/// answered `431`.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// answered `431`. As large as hyper's URI limit, so any URI it accepts is
+/// answered by the API itself.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// The largest request body accepted; no endpoint takes one.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -111,6 +112,8 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             }
         }
     }
+    // New connections are refused from now on.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
