@@ -70,7 +70,15 @@ pub fn format_listeners(listeners: &[(ListenerKind, SocketAddr)]) -> String {
 /// Reads the SMTP listeners a running server recorded in `spool`; `None`
 /// when there is no such file (no server, or an older one) or it cannot be
 /// read. Lines that do not parse are skipped.
+///
+/// A relative spool path (the embedded default `./spool`) is resolved
+/// against the working directory, which may be anyone's (`/tmp`): a file
+/// found there would let its owner receive the mail submitted, so it is not
+/// read (`None`); the configured address is used instead.
 pub fn read_listeners(spool: &Path) -> Option<Vec<(ListenerKind, SocketAddr)>> {
+    if !spool.is_absolute() {
+        return None;
+    }
     let text = std::fs::read_to_string(smtp_address_file(spool)).ok()?;
     Some(parse_listeners(&text))
 }
@@ -116,6 +124,14 @@ mod tests {
             parse_listeners("garbage\nrelay nowhere\nlmtp 127.0.0.1:24\nrelay 127.0.0.1:1\n"),
             vec![(ListenerKind::Relay, "127.0.0.1:1".parse().unwrap())]
         );
+    }
+
+    #[test]
+    fn a_record_under_a_relative_spool_path_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(smtp_address_file(dir.path()), "relay 127.0.0.1:1\n").expect("write");
+        assert_eq!(read_listeners(dir.path()).map(|l| l.len()), Some(1));
+        assert_eq!(read_listeners(Path::new("./spool")), None);
     }
 
     #[test]

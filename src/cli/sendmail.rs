@@ -79,7 +79,9 @@
 //! The message goes over SMTP to the running server's first `relay`-kind
 //! listener (submission listeners require TLS and AUTH): the address the
 //! server recorded in `<spool>/smtp.address` when it started (so a listener
-//! on port 0, or a configuration edited since, is still found), else the
+//! on port 0, or a configuration edited since, is still found; only with an
+//! absolute spool path, since a relative one depends on the working
+//! directory, which may be anyone's), else the
 //! first relay `[[listener]]` of the configuration. When the recorded
 //! address does not answer (a stale file after a crash), the configured one
 //! is tried. A wildcard listener address (`0.0.0.0`, `::`) is reached on
