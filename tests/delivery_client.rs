@@ -8,8 +8,7 @@ mod common {
     pub mod dns;
     pub mod server;
     pub mod smtp;
-    pub use server::*;
-    pub use smtp::*;
+    pub use {server::*, smtp::*};
 }
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -8,8 +8,7 @@ mod common {
     pub mod server;
     pub mod smtp;
     pub mod spool;
-    pub use server::*;
-    pub use smtp::*;
+    pub use {server::*, smtp::*};
 }
 
 use std::path::{Path, PathBuf};

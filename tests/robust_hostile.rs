@@ -6,8 +6,7 @@
 mod common {
     pub mod server;
     pub mod smtp;
-    pub use server::*;
-    pub use smtp::*;
+    pub use {server::*, smtp::*};
 }
 
 use std::io::{BufRead, BufReader, Read, Write};

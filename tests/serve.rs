@@ -4,8 +4,7 @@
 mod common {
     pub mod server;
     pub mod smtp;
-    pub use server::*;
-    pub use smtp::*;
+    pub use {server::*, smtp::*};
 }
 
 use std::process::{Command, Stdio};

@@ -6,8 +6,7 @@ mod common {
     pub mod server;
     pub mod smtp;
     pub mod spool;
-    pub use server::*;
-    pub use smtp::*;
+    pub use {server::*, smtp::*};
 }
 
 use common::spool::stop_and_read_queue;

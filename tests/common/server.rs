@@ -1,6 +1,21 @@
 //! The server under test: starts the real `sluice` binary on loopback ports
 //! with its own spool and config, signals it, reads its log, and runs its
 //! command line. Also the polling helpers every test waits with.
+//!
+//! The test harness is `tests/common/`: this module and `smtp` (the client)
+//! always, plus what a test binary needs of `spool` (the spool offline),
+//! `admin` (the HTTP API), `destination` (SMTP servers to deliver to) and
+//! `dns` (a DNS server). Each binary compiles only the parts it names:
+//!
+//! ```ignore
+//! #[allow(dead_code, unused_imports)]
+//! mod common {
+//!     pub mod destination;
+//!     pub mod server;
+//!     pub mod smtp;
+//!     pub use {server::*, smtp::*};
+//! }
+//! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
