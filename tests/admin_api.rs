@@ -2,14 +2,23 @@
 //! actions, errors, the bearer token, metrics, and the refusal to serve a
 //! non-loopback address without a token.
 
-mod common;
-mod queue_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod admin;
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Sluice, field, wait_for};
-use queue_common::{Seed, Sink, SinkMode, assert_message_shape, config_text, fill, http};
+use common::admin::{HttpReply, assert_message_shape, http};
+use common::destination::{Sink, SinkMode};
+use common::spool::{Seed, fill};
+use common::{DEADLINE, Sluice, field, routed_config_text, wait_for};
 use serde_json::Value;
 
 /// Starts a server on a spool pre-filled with `seeds`, routing all mail to a
@@ -18,7 +27,7 @@ fn server(seeds: &[Seed], admin_extra: &str, mode: SinkMode) -> (Sluice, Sink, V
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Sink::start(mode);
     let ids = fill(&dir.path().join("spool"), seeds);
-    let text = config_text(dir.path(), sink.address, admin_extra, "");
+    let text = routed_config_text(dir.path(), sink.address, admin_extra, "");
     (Sluice::start_with(dir, &text), sink, ids)
 }
 
@@ -30,7 +39,7 @@ fn ids_of(list: &Value) -> Vec<String> {
         .collect()
 }
 
-fn assert_error(reply: &queue_common::HttpReply, status: u16, words: &str) {
+fn assert_error(reply: &HttpReply, status: u16, words: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
     let body = reply.json();
     let keys: Vec<&String> = body.as_object().expect("error object").keys().collect();
@@ -323,7 +332,7 @@ fn bearer_token_is_required_on_every_endpoint_but_health() {
         .expect("config")
         .replace("s3cret-token", "not-the-token");
     std::fs::write(&wrong, text).expect("write config");
-    let (code, _, stderr) = queue_common::cli(&wrong, &["queue", "list"]);
+    let (code, _, stderr) = common::cli(&wrong, &["queue", "list"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("token"), "{stderr}");
 }
@@ -334,11 +343,11 @@ fn server_refuses_a_non_loopback_admin_address_without_a_token() {
     let sink = Sink::start(SinkMode::Accept);
     // 192.0.2.1 (TEST-NET-1, RFC 5737): not loopback, and never bindable
     // here, so even a server that wrongly accepted it could not listen.
-    let text = config_text(dir.path(), sink.address, "", "").replace(
+    let text = routed_config_text(dir.path(), sink.address, "", "").replace(
         "[admin]\naddress = \"127.0.0.1:0\"",
         "[admin]\naddress = \"192.0.2.1:8025\"",
     );
-    let config = queue_common::write_config(dir.path(), &text);
+    let config = common::write_config(dir.path(), &text);
     let mut child = Command::new(common::binary())
         .args(["serve", "--config"])
         .arg(&config)

@@ -1,30 +1,16 @@
 //! The command line outside the server: check-config, hash-password, usage.
 
-mod common;
-
-use std::process::Command;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 fn sluice(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(common::binary())
-        .args(args)
-        .env_remove("SLUICE_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let mut input = child.stdin.take().expect("stdin piped");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write stdin");
-    drop(input);
-    let output = child.wait_with_output().expect("wait for sluice");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run(Some(stdin.unwrap_or("").as_bytes()), |command| {
+        command.args(args);
+    })
 }
 
 #[test]

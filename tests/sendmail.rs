@@ -1,15 +1,21 @@
 //! `sluice sendmail`: local submission on stdin, run as the real binary
 //! against a real server, which relays to a real SMTP destination.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::destination::{Destination, Options, Transaction};
-use common::{DEADLINE, Sluice, field, wait_for};
+use common::destination::{Destination, Options, Transaction, wait_delivered};
+use common::{Sluice, field};
 
 /// A server relaying everything to a destination, and a client config for
 /// `sluice sendmail` naming the server's listener (the server's own config
@@ -47,10 +53,7 @@ impl Setup {
 
     /// Waits for the destination to have received `count` transactions.
     fn delivered(&self, count: usize) -> Vec<Transaction> {
-        wait_for("deliveries at the destination", DEADLINE, || {
-            let delivered = self.destination.delivered();
-            (delivered.len() >= count).then_some(delivered)
-        })
+        wait_delivered(&self.destination, count)
     }
 }
 
@@ -66,30 +69,14 @@ fn write_client_config(path: &Path, port: u16) {
 
 /// Runs `sluice sendmail --config <config> <args>` with `stdin`.
 fn sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(common::binary())
-        .arg("sendmail")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("SLUICE_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice sendmail");
-    let mut input = child.stdin.take().expect("stdin piped");
-    let stdin = stdin.to_vec();
-    // A usage error exits before reading: a write error is not a failure.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let output = child.wait_with_output().expect("wait for sluice sendmail");
-    writer.join().expect("stdin writer");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    // A usage error exits before reading: `run` ignores a write error.
+    common::run(Some(stdin), |command| {
+        command
+            .arg("sendmail")
+            .arg("--config")
+            .arg(config)
+            .args(args);
+    })
 }
 
 fn text(body: &[u8]) -> String {
