@@ -540,10 +540,7 @@ fn listener_on_port_0_is_found_through_the_address_the_server_recorded() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("queued as "), "{stdout}");
-    let delivered = wait_for("the delivery", DEADLINE, || {
-        let delivered = destination.delivered();
-        (!delivered.is_empty()).then_some(delivered)
-    });
+    let delivered = wait_delivered(&destination, 1);
     assert_eq!(delivered[0].recipients, ["b@dest.test"]);
 
     // A clean shutdown removes the record; sendmail then says what is missing.
