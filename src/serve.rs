@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::delivery::Scheduler;
 use crate::metrics::Metrics;
+use crate::runfile::{self, RunFile};
 use crate::server::Server;
 
 /// Runs the server until a shutdown signal; returns once every task ended (or
@@ -42,6 +43,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    // Kept until the server stops: `sluice sendmail` reads it.
+    let _smtp_address_file = record_smtp_listeners(&config, &server.local_addrs());
     tracing::info!(
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
@@ -74,6 +77,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     queue.close().await.context("flushing the queue")?;
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// Writes `<spool>/smtp.address` (see [`crate::runfile`]); the listeners
+/// were bound in `[[listener]]` order. A failure is only a warning:
+/// `sluice sendmail` then uses the configured address.
+fn record_smtp_listeners(config: &Config, bound: &[std::net::SocketAddr]) -> Option<RunFile> {
+    let path = runfile::smtp_address_file(&config.spool.path);
+    if bound.len() != config.listeners.len() {
+        tracing::warn!(path = %path.display(), "cannot tell which address each listener got; not recording them");
+        return None;
+    }
+    let listeners: Vec<_> = config
+        .listeners
+        .iter()
+        .zip(bound)
+        .map(|(listener, address)| (listener.kind, *address))
+        .collect();
+    match RunFile::write(path.clone(), &runfile::format_listeners(&listeners)) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot record the SMTP listener addresses; `sluice sendmail` will use [[listener]] address"
+            );
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {

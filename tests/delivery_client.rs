@@ -2,7 +2,14 @@
 //! against the test destination server (plaintext, STARTTLS, AUTH), and the
 //! router against the test DNS server.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;

@@ -2,7 +2,8 @@
 //! thread per connection, optional STARTTLS / implicit TLS (rustls) and
 //! AUTH PLAIN/LOGIN. Scriptable per recipient and per attempt, and it
 //! records every transaction: envelope, body bytes (un-stuffed), whether TLS
-//! was used, and the final reply it gave.
+//! was used, and the final reply it gave. [`Sink`] is the same server
+//! with a switch between accepting and deferring every recipient.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+
+use super::server::{DEADLINE, wait_for};
 
 /// A rule: given (address, how many times this address was seen at this
 /// stage, 1-based), `Some(reply line)` overrides the default reply.
@@ -263,6 +266,13 @@ impl Destination {
             .get(&recipient.to_ascii_lowercase())
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Whether a message to `recipient` was accepted.
+    pub fn got_mail_for(&self, recipient: &str) -> bool {
+        self.delivered()
+            .iter()
+            .any(|transaction| transaction.recipients.iter().any(|to| to == recipient))
     }
 
     /// How many RCPT commands named `recipient`.
@@ -775,35 +785,93 @@ impl TestCerts {
     }
 }
 
-/// Puts a message into the spool at `spool` while no server runs (the queue
-/// is locked while one does), as the SMTP server would have; returns its ID.
-pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[u8]) -> String {
-    with_queue(spool, |queue, runtime| {
-        let envelope = sluice_queue::Envelope {
-            sender: sender.to_string(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
-            body_8bit: !body.is_ascii(),
-        };
-        runtime
-            .block_on(queue.enqueue(envelope, body))
-            .expect("enqueue")
-            .to_string()
+/// Waits until the destination accepted `count` transactions; returns all
+/// it accepted.
+pub fn wait_delivered(destination: &Destination, count: usize) -> Vec<Transaction> {
+    wait_for(
+        &format!("{count} accepted transaction(s) at the destination"),
+        DEADLINE,
+        || {
+            let delivered = destination.delivered();
+            (delivered.len() >= count).then_some(delivered)
+        },
+    )
+}
+
+/// Waits for the DSN (null sender) to `sender`: (transaction, body text).
+pub fn wait_dsn(destination: &Destination, sender: &str) -> (Transaction, String) {
+    wait_for(&format!("a DSN to {sender}"), DEADLINE, || {
+        destination
+            .delivered()
+            .into_iter()
+            .find(|t| t.mail_from.is_empty() && t.recipients == [sender.to_string()])
+            .map(|t| {
+                let text = String::from_utf8_lossy(&t.body).into_owned();
+                (t, text)
+            })
     })
 }
 
-/// Opens the spool (no server may be running), runs `f`, closes it.
-pub fn with_queue<T>(
-    spool: &Path,
-    f: impl FnOnce(&sluice_queue::Queue, &tokio::runtime::Runtime) -> T,
-) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let queue = sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default())
-        .expect("open the spool");
-    let result = f(&queue, &runtime);
-    runtime.block_on(queue.close()).expect("close the spool");
-    result
+/// What a [`Sink`] answers to RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    /// 250 to everything.
+    Accept,
+    /// 451 to every RCPT: the recipient is deferred.
+    TempFail,
+}
+
+/// A message a [`Sink`] accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The body, dot-stuffing removed.
+    pub data: String,
+}
+
+/// A [`Destination`] with default options on a loopback port that accepts
+/// or defers every recipient, as set: the destination of every delivery in
+/// the queue-management tests.
+pub struct Sink {
+    pub address: SocketAddr,
+    destination: Destination,
+}
+
+impl Sink {
+    /// Starts a sink on 127.0.0.1, port 0.
+    pub fn start(mode: SinkMode) -> Sink {
+        let destination = Destination::start(Options::default());
+        let sink = Sink {
+            address: destination.addr,
+            destination,
+        };
+        sink.set_mode(mode);
+        sink
+    }
+
+    /// Changes what the sink answers from the next RCPT on.
+    pub fn set_mode(&self, mode: SinkMode) {
+        self.destination.on_rcpt(move |_, _| {
+            (mode == SinkMode::TempFail).then(|| "451 4.3.0 sink says try later".to_string())
+        });
+    }
+
+    /// Messages accepted so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.destination
+            .delivered()
+            .into_iter()
+            .map(|transaction| Received {
+                from: transaction.mail_from,
+                to: transaction.recipients,
+                data: String::from_utf8_lossy(&transaction.body).into_owned(),
+            })
+            .collect()
+    }
+
+    /// Whether a message to `recipient` has arrived.
+    pub fn got_mail_for(&self, recipient: &str) -> bool {
+        self.destination.got_mail_for(recipient)
+    }
 }
