@@ -9,13 +9,22 @@
 //! with the transaction's failure as a readable last reply. Never a panic,
 //! never a hang.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::destination::{DROP, Destination, FLOOD, HANG, Options, Transaction, enqueue_offline};
+use common::destination::{DROP, Destination, FLOOD, HANG, Options, Transaction};
 use common::dns::DnsServer;
+use common::spool::enqueue_offline;
 use common::{DEADLINE, Sluice, config_text, field, wait_for};
 
 const BODY: &[u8] = b"From: alice@origin.test\r\nTo: bob@dest.test\r\nSubject: test\r\nMessage-ID: <o1@origin.test>\r\n\r\nHello.\r\n";
