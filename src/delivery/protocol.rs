@@ -657,6 +657,29 @@ mod tests {
 
     proptest! {
         #[test]
+        fn any_bytes_from_a_peer_parse_without_panic(
+            bytes in "([2-5][0-5][0-9][ -]?[^\n]{0,40}\r?\n){0,12}"
+                .prop_map(String::into_bytes)
+                .prop_flat_map(|lines| {
+                    // Then anything at all: binary noise, bare CR, NUL.
+                    proptest::collection::vec(any::<u8>(), 0..64).prop_map(move |noise| {
+                        let mut bytes = lines.clone();
+                        bytes.extend(noise);
+                        bytes
+                    })
+                }),
+        ) {
+            if let Ok(Some((reply, used))) = parse_reply(&bytes) {
+                prop_assert!(used <= bytes.len());
+                prop_assert!((200..600).contains(&reply.code));
+                let text = reply.one_line();
+                prop_assert!(text.len() <= MAX_REPLY_TEXT);
+                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'));
+                let _ = Capabilities::from_ehlo(&reply);
+            }
+        }
+
+        #[test]
         fn stuffing_round_trips_crlf_bodies(
             lines in proptest::collection::vec("[.a-z\u{e9} ]{0,8}", 0..12),
             split in 0usize..200,
