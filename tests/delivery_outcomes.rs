@@ -30,9 +30,9 @@ use common::{DEADLINE, Sluice, config_text, field, wait_for};
 const BODY: &[u8] = b"From: alice@origin.test\r\nTo: bob@dest.test\r\nSubject: test\r\nMessage-ID: <o1@origin.test>\r\n\r\nHello.\r\n";
 
 /// Retries far away (one attempt per test) and short RFC 5321 §4.5.3.2
-/// timeouts so a silent server costs a second, not minutes.
+/// timeouts so a silent server costs seconds, not minutes.
 const FAST: &str = "[delivery]\nretry_initial = \"1h\"\nretry_max = \"1h\"\n\
-                    connect_timeout = \"2s\"\ncommand_timeout = \"1s\"\ndata_timeout = \"1s\"\n";
+                    connect_timeout = \"3s\"\ncommand_timeout = \"3s\"\ndata_timeout = \"3s\"\n";
 
 /// The sender's own mailbox server, where bounces arrive.
 fn inbox() -> Destination {
