@@ -628,3 +628,17 @@ fn mx_hosts_past_the_address_limit_wait_for_the_next_attempt() {
     );
     assert_eq!(live.connections(), 0, "the 11th address was tried");
 }
+
+#[test]
+fn a_421_answering_starttls_defers_instead_of_going_on_in_plaintext() {
+    // Opportunistic TLS goes on in plaintext when STARTTLS is refused, but
+    // a 421 closes the session (RFC 5321 §3.8): its reply is the reason.
+    assert_deferred_by(
+        Options {
+            starttls_reply: Some("421 4.3.2 no more sessions".into()),
+            ..Options::default()
+        },
+        |_| {},
+        "421 4.3.2 no more sessions",
+    );
+}

@@ -57,6 +57,8 @@ pub struct Options {
     pub max_recipients: Option<usize>,
     /// Sent instead of the usual EHLO reply (raw lines, or a special value).
     pub ehlo_reply: Option<String>,
+    /// Offer STARTTLS and answer it with this (then close the connection).
+    pub starttls_reply: Option<String>,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             auth_mechanisms: "PLAIN LOGIN".into(),
             max_recipients: None,
             ehlo_reply: None,
+            starttls_reply: None,
         }
     }
 }
@@ -447,7 +450,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 if options.smtputf8 {
                     lines.push("SMTPUTF8".into());
                 }
-                if (options.starttls.is_some() || options.broken_starttls) && conn.tls.is_none() {
+                if (options.starttls.is_some()
+                    || options.broken_starttls
+                    || options.starttls_reply.is_some())
+                    && conn.tls.is_none()
+                {
                     lines.push("STARTTLS".into());
                 }
                 if options.auth.is_some() && conn.tls.is_some() {
@@ -467,6 +474,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             "HELO" => {
                 helo = text[4..].trim().to_string();
                 conn.send("250 dest.test")?;
+            }
+            "STARTTLS" if options.starttls_reply.is_some() => {
+                let reply = options.starttls_reply.clone().unwrap_or_default();
+                conn.answer(&reply, &shared.stop)?;
+                return Ok(());
             }
             "STARTTLS" if options.broken_starttls && conn.tls.is_none() => {
                 conn.send("220 2.0.0 go ahead")?;
