@@ -580,8 +580,8 @@ fn admin_api_answers_hostile_requests_with_json_errors() {
     let mut sluice = Sluice::start(NO_DELIVERY);
     let id = full_transaction(sluice.smtp, DEADLINE).expect("queue one message");
     let id = common::queue_id(id.trim()).expect("queue ID");
-    // A request that never ends its headers (the admin API has no header
-    // timeout: it stays open) must not hold up the others.
+    // A request that never ends its headers (open until the admin API's
+    // 10 s header timeout) must not hold up the others.
     let mut stalled = TcpStream::connect(sluice.admin).expect("connect to admin");
     stalled
         .write_all(b"GET /v1/queue HTTP/1.1\r\nHost: x\r\n")
