@@ -187,3 +187,61 @@ async fn operator_bounce_fails_open_recipients_and_queues_one_dsn() {
             .is_err()
     );
 }
+
+/// Messages deleted by the operator while their delivery is in flight must
+/// not keep their delivery slots: the scheduler has nothing to record or give
+/// back for them, and new mail must go out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_mail_in_flight_frees_its_slot_for_new_mail_at_once() {
+    use std::sync::atomic::Ordering;
+    let destination = Destination::start(Options::default());
+    destination.stall_data.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One transaction at a time, so two claimed messages fill every slot.
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nconcurrency = 1\nretry_initial = \"1h\"\nretry_max = \"2h\"\n\
+             [routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ),
+    );
+    let scheduler = Scheduler::new(&ctx).expect("scheduler");
+    let running = tokio::spawn(scheduler.run());
+    let mut doomed = Vec::new();
+    for n in 0..2 {
+        let id = ctx
+            .queue
+            .enqueue(
+                envelope("a@origin.test", &[&format!("doomed{n}@dest.test")]),
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await
+            .expect("enqueue");
+        doomed.push(id);
+    }
+    wait_until("the first body to stall at the destination", || {
+        (destination.stalled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    for id in &doomed {
+        ctx.queue.delete(id).await.expect("delete");
+    }
+    destination.stall_data.store(false, Ordering::SeqCst);
+    let fresh = ctx
+        .queue
+        .enqueue(
+            envelope("a@origin.test", &["fresh@dest.test"]),
+            b"Subject: y\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    wait_until("the new message to be delivered", || {
+        destination.got_mail_for("fresh@dest.test").then_some(())
+    })
+    .await;
+    assert!(ctx.queue.get(&fresh).expect("read").is_none());
+    assert_eq!(ctx.queue.stats().expect("stats").messages, 0);
+    ctx.shutdown.cancel();
+    running.await.expect("scheduler ends at shutdown");
+}

@@ -212,6 +212,23 @@ async fn unclaim_after_pause(engine: &Engine, message: &Message) {
     engine.ctx.queue.unclaim(&message.id);
 }
 
+/// True when the message was deleted or bounced by the operator while its
+/// delivery was in flight: its outcomes have nowhere to go, and its claim
+/// went with it, so there is nothing to give back (and no reason to keep a
+/// delivery slot through [`unclaim_after_pause`]).
+fn left_the_queue(engine: &Engine, message: &Message) -> bool {
+    match engine.ctx.queue.get(&message.id) {
+        Ok(None) => {
+            tracing::info!(
+                queue_id = %message.id,
+                "message left the queue during delivery (deleted or bounced); outcomes not recorded"
+            );
+            true
+        }
+        Ok(Some(_)) | Err(_) => false,
+    }
+}
+
 /// The 4.4.7 failure of an open recipient of an expired message.
 fn expired_attempt(engine: &Engine, message: &Message, index: usize) -> Attempt {
     let recipient = &message.recipients[index];
@@ -286,6 +303,9 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
         .cloned()
         .collect();
     if let Err(error) = queue_dsn(ctx, message, &failed, now).await {
+        if left_the_queue(engine, message) {
+            return;
+        }
         tracing::error!(
             queue_id = %message.id,
             %error,
@@ -305,6 +325,9 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
         })
         .collect();
     if let Err(error) = ctx.queue.complete(&message.id, updates).await {
+        if left_the_queue(engine, message) {
+            return;
+        }
         tracing::error!(queue_id = %message.id, %error, "cannot record delivery outcomes");
         unclaim_after_pause(engine, message).await;
         return;
