@@ -115,7 +115,9 @@ impl RetryPolicy {
         if !seconds.is_finite() || seconds >= self.max.as_secs_f64() {
             return self.max;
         }
-        Duration::from_secs_f64(seconds).min(self.max)
+        Duration::try_from_secs_f64(seconds)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 
     /// The delay after `attempts` failed attempts, with jitter drawn from `rng`.
@@ -126,12 +128,14 @@ impl RetryPolicy {
         } else {
             0.0
         };
-        base + base.mul_f64(jitter)
+        base.saturating_add(
+            Duration::try_from_secs_f64(base.as_secs_f64() * jitter).unwrap_or_default(),
+        )
     }
 
     /// When a message received at `received_at` expires.
     pub fn expires_at(&self, received_at: DateTime<Utc>) -> DateTime<Utc> {
-        received_at + to_chrono(self.max_queue_lifetime)
+        add_saturating(received_at, self.max_queue_lifetime)
     }
 
     /// When to try again after `attempts` failed attempts at `now`. Never
@@ -144,8 +148,8 @@ impl RetryPolicy {
         received_at: DateTime<Utc>,
         rng: &mut impl Rng,
     ) -> DateTime<Utc> {
-        let next = now + to_chrono(self.delay(attempts, rng));
-        let expiry = self.expires_at(received_at) + chrono::Duration::milliseconds(1);
+        let next = add_saturating(now, self.delay(attempts, rng));
+        let expiry = add_saturating(self.expires_at(received_at), Duration::from_millis(1));
         next.min(expiry.max(now))
     }
 
@@ -153,6 +157,19 @@ impl RetryPolicy {
     pub fn is_expired(&self, received_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         now > self.expires_at(received_at)
     }
+}
+
+/// The latest time the scheduler deals in: 9999-12-31T23:59:59Z, the last
+/// second RFC 3339 (the queue's JSON) can write.
+const FAR_FUTURE_SECONDS: i64 = 253_402_300_799;
+
+/// `time + duration`, saturating at [`FAR_FUTURE_SECONDS`] (a lifetime of a
+/// million years means "never", not a panic past chrono's calendar).
+fn add_saturating(time: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    let far_future =
+        DateTime::from_timestamp(FAR_FUTURE_SECONDS, 0).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    time.checked_add_signed(to_chrono(duration))
+        .map_or(far_future, |sum| sum.min(far_future))
 }
 
 /// A std duration as a chrono one, saturating.
@@ -223,6 +240,43 @@ mod tests {
         assert!(!policy.is_expired(received, clock.now()));
         clock.advance(Duration::from_secs(31));
         assert!(policy.is_expired(received, clock.now()));
+    }
+
+    #[test]
+    fn lifetimes_and_delays_past_the_calendar_do_not_panic() {
+        // An operator's "never expire": a million years is past chrono's
+        // last representable date.
+        let config = crate::config::Config::parse(
+            "hostname = \"sluice.test\"\n[delivery]\nmax_queue_lifetime = \"1000000y\"\n",
+            std::path::Path::new("test.toml"),
+        )
+        .expect("a valid config");
+        let forever = config.delivery.max_queue_lifetime;
+        let policy = RetryPolicy {
+            max: forever,
+            ..RetryPolicy::from_config(&config.delivery)
+        };
+        let now = Utc::now();
+        let mut rng = StdRng::seed_from_u64(3);
+        assert!(!policy.is_expired(now, now));
+        assert!(policy.expires_at(now) > now + chrono::Duration::days(365 * 1000));
+        let next = policy.next_attempt(u32::MAX, now, now, &mut rng);
+        assert!(next > now + chrono::Duration::days(365 * 1000), "{next}");
+        let huge = RetryPolicy {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            ..policy
+        };
+        assert_eq!(huge.base_delay(1), Duration::MAX);
+        assert!(huge.delay(5, &mut rng) >= huge.base_delay(5));
+        let far = huge.next_attempt(5, now, now, &mut rng);
+        assert!(far > now);
+        // Still a time the queue's JSON can write and read back.
+        let text = far.to_rfc3339();
+        assert_eq!(
+            DateTime::parse_from_rfc3339(&text).map(|t| t.to_utc()),
+            Ok(far)
+        );
     }
 
     #[test]
