@@ -3,7 +3,9 @@
 //! One DSN per message per failing delivery round: a multipart/report
 //! (RFC 6522) with a human-readable part, a message/delivery-status part
 //! (one per-recipient block for each failed recipient) and the original
-//! header section as text/rfc822-headers. It comes from
+//! header section as text/rfc822-headers; when addresses or headers are
+//! UTF-8 (SMTPUTF8 mail), message/global-delivery-status and
+//! message/global-headers instead (RFC 6533 §6). It comes from
 //! `MAILER-DAEMON@<hostname>` with the null reverse path, so it can never
 //! bounce in turn (RFC 5321 §6.1).
 
@@ -129,9 +131,20 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
         ));
     }
 
+    // RFC 6533 §6: message/delivery-status and text/rfc822-headers are
+    // 7-bit; UTF-8 (an SMTPUTF8 message's addresses or headers) goes in
+    // their "global" counterparts, 8bit.
     let headers = normalise_crlf(report.original_headers);
-    let headers_encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
-    let status_encoding = if status.is_ascii() { "7bit" } else { "8bit" };
+    let (headers_type, headers_encoding) = if headers.is_ascii() {
+        ("text/rfc822-headers", "7bit")
+    } else {
+        ("message/global-headers", "8bit")
+    };
+    let (status_type, status_encoding) = if status.is_ascii() {
+        ("message/delivery-status", "7bit")
+    } else {
+        ("message/global-delivery-status", "8bit")
+    };
     let report_part = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         vec![
@@ -139,9 +152,8 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
                 ContentType::new("text/plain").attribute("charset", "utf-8"),
                 human,
             ),
-            MimePart::new("message/delivery-status", status.into_bytes())
-                .transfer_encoding(status_encoding),
-            MimePart::new("text/rfc822-headers", headers).transfer_encoding(headers_encoding),
+            MimePart::new(status_type, status.into_bytes()).transfer_encoding(status_encoding),
+            MimePart::new(headers_type, headers).transfer_encoding(headers_encoding),
         ],
     );
     let message_id = format!(
@@ -183,9 +195,9 @@ pub fn read_header_section(mut reader: impl Read, limit: usize) -> io::Result<Ve
         }
         let search_from = headers.len().saturating_sub(3);
         headers.extend_from_slice(&chunk[..read]);
-        if headers.starts_with(b"\r\n") {
+        if headers.starts_with(b"\r\n") || headers.starts_with(b"\n") {
             // No header section at all.
-            headers.truncate(2);
+            headers.truncate(if headers[0] == b'\n' { 1 } else { 2 });
             return Ok(headers);
         }
         let end = find_blank_line(&headers[search_from..]).map(|end| search_from + end);
@@ -346,6 +358,53 @@ mod tests {
         assert_eq!(
             read_header_section(&b"A: 1\r\n"[..], 100).unwrap(),
             b"A: 1\r\n"
+        );
+    }
+
+    #[test]
+    fn internationalized_addresses_and_headers_use_the_global_types() {
+        // RFC 6533 §6: UTF-8 in the report or the original headers goes in
+        // message/global-delivery-status and message/global-headers;
+        // message/delivery-status and text/rfc822-headers are 7-bit.
+        let headers = "Subject: grüße\r\nFrom: grüße@exämple.org\r\n\r\n";
+        let (_, bytes) = report_for(&[failed("bjørn@exämple.net")], headers.as_bytes());
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("Final-Recipient: utf-8; bjørn@exämple.net"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: message/global-delivery-status"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: message/global-headers"),
+            "{text}"
+        );
+        assert!(!text.contains("message/delivery-status"), "{text}");
+        assert!(!text.contains("text/rfc822-headers"), "{text}");
+        assert!(text.contains("report-type=\"delivery-status\""), "{text}");
+
+        // ASCII everywhere: the classic types, 7bit.
+        let (_, bytes) = report_for(&[failed("bob@example.net")], b"Subject: hi\r\n\r\n");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("Content-Type: message/delivery-status"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+        assert!(!text.contains("global"), "{text}");
+    }
+
+    #[test]
+    fn a_message_starting_with_an_empty_line_has_no_header_section() {
+        assert_eq!(
+            read_header_section(&b"\nbody only\n"[..], 100).unwrap(),
+            b"\n"
+        );
+        assert_eq!(
+            read_header_section(&b"\r\nbody only\r\n"[..], 100).unwrap(),
+            b"\r\n"
         );
     }
 
