@@ -245,3 +245,68 @@ async fn deleting_mail_in_flight_frees_its_slot_for_new_mail_at_once() {
     ctx.shutdown.cancel();
     running.await.expect("scheduler ends at shutdown");
 }
+
+/// A backlog to one slow domain waits for that domain's
+/// `per_domain_concurrency` without taking every delivery slot: mail to
+/// other domains still goes out while the total `concurrency` has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_to_one_slow_domain_does_not_starve_other_domains() {
+    use std::sync::atomic::Ordering;
+    let slow = Destination::start(Options::default());
+    slow.stall_data.store(true, Ordering::SeqCst);
+    let fast = Destination::start(Options::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nconcurrency = 2\nper_domain_concurrency = 1\n\
+             [routes]\n\"slow.test\" = \"{}\"\n\"fast.test\" = \"{}\"\n",
+            slow.addr, fast.addr
+        ),
+    );
+    let scheduler = Scheduler::new(&ctx).expect("scheduler");
+    let running = tokio::spawn(scheduler.run());
+    for n in 0..8 {
+        ctx.queue
+            .enqueue(
+                envelope("a@origin.test", &[&format!("r{n}@slow.test")]),
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await
+            .expect("enqueue");
+    }
+    wait_until("a body to stall at the slow domain", || {
+        (slow.stalled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    ctx.queue
+        .enqueue(
+            envelope("a@origin.test", &["someone@fast.test"]),
+            b"Subject: y\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    wait_until("the fast domain's mail to be delivered", || {
+        fast.got_mail_for("someone@fast.test").then_some(())
+    })
+    .await;
+    assert_eq!(
+        slow.stalled.load(Ordering::SeqCst),
+        1,
+        "one transaction at a time to the slow domain"
+    );
+    // The stalled transaction ends without a reply (deferred); the rest of
+    // the backlog follows one at a time.
+    slow.stall_data.store(false, Ordering::SeqCst);
+    wait_until("the slow backlog to drain", || {
+        (slow.delivered().len() == 7).then_some(())
+    })
+    .await;
+    wait_until("only the stalled message to be left, deferred", || {
+        let stats = ctx.queue.stats().ok()?;
+        (stats.messages == 1 && stats.deferred == 1).then_some(())
+    })
+    .await;
+    ctx.shutdown.cancel();
+    running.await.expect("scheduler ends at shutdown");
+}

@@ -23,6 +23,10 @@ use crate::context::Context;
 
 /// Messages claimed per `claim_due` call.
 const CLAIM_BATCH: usize = 64;
+/// Claimed messages that may wait, without a slot, for a busy domain's
+/// `per_domain_concurrency` (see [`deliver_message`]). Bounds the memory a
+/// backlog to slow domains takes.
+const WAITING_FOR_DOMAIN: usize = 10_000;
 /// Pause after a queue error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -40,6 +44,7 @@ pub async fn run(engine: Arc<Engine>) {
     let slots = Arc::new(Semaphore::new(
         ctx.config.delivery.concurrency.saturating_mul(2).max(2),
     ));
+    let waiting = Arc::new(Semaphore::new(WAITING_FOR_DOMAIN));
     let changed = ctx.queue.changed();
     let jumped = engine
         .clock
@@ -116,15 +121,25 @@ pub async fn run(engine: Arc<Engine>) {
                 continue;
             };
             let engine = engine.clone();
-            ctx.tasks.spawn(deliver_message(engine, claim, permit));
+            ctx.tasks
+                .spawn(deliver_message(engine, claim, permit, waiting.clone()));
         }
     }
     tracing::debug!("scheduler stopped");
 }
 
 /// Delivers the due recipients of one claimed message and records the
-/// outcome. Holds `_slot` until done.
-async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphorePermit) {
+/// outcome. Holds `slot` until done, except when every domain it goes to is
+/// at its `per_domain_concurrency`: then it trades the slot for a `waiting`
+/// permit (when one is left), so that a backlog to one slow domain does not
+/// take every slot and starve mail to the others. The transactions it starts
+/// later are still bounded by `concurrency`.
+async fn deliver_message(
+    engine: Arc<Engine>,
+    claim: Claim,
+    slot: OwnedSemaphorePermit,
+    waiting: Arc<Semaphore>,
+) {
     let message = claim.message;
     let ctx = &engine.ctx;
     let now = engine.clock.now();
@@ -173,6 +188,20 @@ async fn deliver_message(engine: Arc<Engine>, claim: Claim, _slot: OwnedSemaphor
         ctx.queue.unclaim(&message.id);
         return;
     }
+
+    let all_busy = attempts.is_empty()
+        && groups
+            .keys()
+            .all(|domain| engine.domain_limit(domain).available_permits() == 0);
+    // Held until the end of this function, whichever it is.
+    let waiting_permit = all_busy.then(|| waiting.try_acquire_owned().ok()).flatten();
+    let _held = match waiting_permit {
+        Some(waiting_permit) => {
+            drop(slot);
+            waiting_permit
+        }
+        None => slot,
+    };
 
     let rounds = groups.iter().map(|(domain, indices)| {
         let engine = engine.clone();
