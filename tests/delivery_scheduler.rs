@@ -310,3 +310,71 @@ async fn a_backlog_to_one_slow_domain_does_not_starve_other_domains() {
     ctx.shutdown.cancel();
     running.await.expect("scheduler ends at shutdown");
 }
+
+/// Mail already claimed but still waiting for its domain's turn honours an
+/// operator's hold given meanwhile: it is not delivered, and stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_given_while_mail_waits_for_its_domain_is_honoured() {
+    use std::sync::atomic::Ordering;
+    let slow = Destination::start(Options::default());
+    slow.stall_data.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nconcurrency = 4\nper_domain_concurrency = 1\n\
+             [routes]\n\"slow.test\" = \"{}\"\n",
+            slow.addr
+        ),
+    );
+    let scheduler = Scheduler::new(&ctx).expect("scheduler");
+    let running = tokio::spawn(scheduler.run());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = ctx
+            .queue
+            .enqueue(
+                envelope("a@origin.test", &[&format!("r{n}@slow.test")]),
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await
+            .expect("enqueue");
+        ids.push(id);
+    }
+    wait_until("a body to stall at the slow domain", || {
+        (slow.stalled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // The other two are claimed and waiting for the domain.
+    let in_flight = (0..3)
+        .find(|n| slow.rcpt_attempts(&format!("r{n}@slow.test")) == 1)
+        .expect("the stalled one was offered");
+    let held: Vec<usize> = (0..3).filter(|n| *n != in_flight).collect();
+    for &n in &held {
+        ctx.queue.hold(&ids[n]).await.expect("hold");
+    }
+    slow.stall_data.store(false, Ordering::SeqCst);
+    let last = ctx
+        .queue
+        .enqueue(
+            envelope("a@origin.test", &["last@slow.test"]),
+            b"Subject: y\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    wait_until(
+        "the mail queued after the held ones to be delivered",
+        || slow.got_mail_for("last@slow.test").then_some(()),
+    )
+    .await;
+    assert!(ctx.queue.get(&last).expect("read").is_none());
+    for &n in &held {
+        let recipient = format!("r{n}@slow.test");
+        assert_eq!(slow.rcpt_attempts(&recipient), 0, "{recipient} was held");
+        let message = ctx.queue.get(&ids[n]).expect("read").expect("still queued");
+        assert!(message.held);
+        assert_eq!(message.recipients[0].status, RecipientStatus::Pending);
+    }
+    ctx.shutdown.cancel();
+    running.await.expect("scheduler ends at shutdown");
+}

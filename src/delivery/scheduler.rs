@@ -215,6 +215,15 @@ async fn deliver_message(
             if engine.ctx.shutdown.is_cancelled() {
                 return Vec::new();
             }
+            // The wait for the permits can be long: if the operator held,
+            // deleted or bounced the message meanwhile, leave it alone (its
+            // claim is given back, or went with it).
+            if let Ok(current) = engine.ctx.queue.get(&message.id)
+                && current.is_none_or(|current| current.held)
+            {
+                tracing::debug!(queue_id = %message.id, domain, "held or removed while waiting; not delivered");
+                return Vec::new();
+            }
             deliver_domain(&engine, message, domain, indices).await
         }
     });
