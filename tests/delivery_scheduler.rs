@@ -378,3 +378,92 @@ async fn a_hold_given_while_mail_waits_for_its_domain_is_honoured() {
     ctx.shutdown.cancel();
     running.await.expect("scheduler ends at shutdown");
 }
+
+/// One message to four domains: delivered, deferred, and failed at two
+/// domains. One DSN names both failures (not one per domain); the retry goes
+/// only to the deferred recipient, never again to the delivered one; each
+/// recipient counts its own attempts; no second DSN follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_outcomes_across_domains_give_one_dsn_and_retry_only_the_deferred() {
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, attempt| match rcpt {
+        "t@temp.test" if attempt == 1 => Some("451 4.3.0 later".into()),
+        "g@gone.test" => Some("550 5.1.1 gone".into()),
+        "h@gone2.test" => Some("554 5.7.1 refused".into()),
+        _ => None,
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nretry_initial = \"10m\"\n[routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ),
+    );
+    let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::seconds(1));
+    let scheduler = Scheduler::with_clock(&ctx, Arc::new(clock.clone())).expect("scheduler");
+    let running = tokio::spawn(scheduler.run());
+    let id = ctx
+        .queue
+        .enqueue(
+            envelope(
+                "alice@origin.test",
+                &["o@ok.test", "t@temp.test", "g@gone.test", "h@gone2.test"],
+            ),
+            b"Subject: mixed\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    // DSNs are delivered to the same destination.
+    let dsns = || -> Vec<common::destination::Transaction> {
+        destination
+            .delivered()
+            .into_iter()
+            .filter(|t| t.mail_from.is_empty())
+            .collect()
+    };
+    let first = wait_until("the first round to be recorded", || {
+        let message = ctx.queue.get(&id).ok()??;
+        (message.recipients[1].status == RecipientStatus::Deferred).then_some(message)
+    })
+    .await;
+    let statuses: Vec<RecipientStatus> = first.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            RecipientStatus::Delivered,
+            RecipientStatus::Deferred,
+            RecipientStatus::Failed,
+            RecipientStatus::Failed
+        ]
+    );
+    assert!(first.recipients.iter().all(|r| r.attempts == 1));
+    let due = first.recipients[1].next_attempt_at.expect("deferred");
+    assert!(due - clock.now() >= chrono::Duration::minutes(10));
+    let bounces = wait_until("the DSN", || {
+        let bounces = dsns();
+        (!bounces.is_empty()).then_some(bounces)
+    })
+    .await;
+    assert_eq!(bounces.len(), 1, "one DSN for both failed domains");
+    assert_eq!(bounces[0].recipients, ["alice@origin.test"]);
+    let text = String::from_utf8_lossy(&bounces[0].body);
+    assert_eq!(text.matches("Final-Recipient:").count(), 2, "{text}");
+    assert!(text.contains("rfc822; g@gone.test") && text.contains("rfc822; h@gone2.test"));
+    assert!(
+        !text.contains("o@ok.test") && !text.contains("t@temp.test"),
+        "{text}"
+    );
+
+    clock.advance(Duration::from_secs(11 * 60));
+    wait_until("the retry to deliver the deferred recipient", || {
+        ctx.queue.get(&id).ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(destination.rcpt_attempts("o@ok.test"), 1, "never re-sent");
+    assert_eq!(destination.rcpt_attempts("t@temp.test"), 2);
+    assert_eq!(destination.rcpt_attempts("g@gone.test"), 1);
+    assert_eq!(dsns().len(), 1, "no second DSN");
+    ctx.shutdown.cancel();
+    running.await.expect("scheduler ends at shutdown");
+}
