@@ -467,3 +467,60 @@ async fn mixed_outcomes_across_domains_give_one_dsn_and_retry_only_the_deferred(
     ctx.shutdown.cancel();
     running.await.expect("scheduler ends at shutdown");
 }
+
+/// Shutdown with a delivery in flight and more mail waiting for it: the
+/// scheduler stops, the transaction in flight ends and is recorded, and
+/// every message is still in the queue, due after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_deliveries_in_flight_loses_nothing() {
+    use std::sync::atomic::Ordering;
+    let destination = Destination::start(Options::default());
+    destination.stall_data.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nper_domain_concurrency = 1\n[routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ),
+    );
+    let scheduler = Scheduler::new(&ctx).expect("scheduler");
+    let running = ctx.tasks.spawn(scheduler.run());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = ctx
+            .queue
+            .enqueue(
+                envelope("a@origin.test", &[&format!("r{n}@dest.test")]),
+                b"Subject: x\r\n\r\nhi\r\n",
+            )
+            .await
+            .expect("enqueue");
+        ids.push(id);
+    }
+    wait_until("a body to stall at the destination", || {
+        (destination.stalled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    ctx.shutdown.cancel();
+    ctx.tasks.close();
+    running.await.expect("scheduler ends at shutdown");
+    // The transaction in flight ends (without a reply: deferred).
+    destination.stall_data.store(false, Ordering::SeqCst);
+    tokio::time::timeout(DEADLINE, ctx.tasks.wait())
+        .await
+        .expect("delivery tasks end");
+    assert!(destination.delivered().is_empty());
+    ctx.queue.close().await.expect("close");
+    drop(ctx);
+    let queue = Queue::open(&dir.path().join("spool"), QueueOptions::default()).expect("reopen");
+    for id in &ids {
+        let message = queue.get(id).expect("read").expect("still queued");
+        assert!(matches!(
+            message.recipients[0].status,
+            RecipientStatus::Pending | RecipientStatus::Deferred
+        ));
+    }
+    let far = chrono::Utc::now() + chrono::Duration::days(1);
+    assert_eq!(queue.claim_due(far, 10).expect("claim").len(), 3);
+}
