@@ -40,6 +40,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under the `sluice_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Metrics {

@@ -203,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fractional_factor_grows_the_delay_by_that_factor() {
+        let policy = RetryPolicy {
+            factor: 1.5,
+            ..policy()
+        };
+        assert_eq!(policy.base_delay(1), Duration::from_secs(60));
+        assert_eq!(policy.base_delay(2), Duration::from_secs(90));
+        assert_eq!(policy.base_delay(3), Duration::from_secs(135));
+        assert_eq!(policy.base_delay(4), Duration::from_millis(202_500));
+        // 60 * 1.5^10 = 3459.96s, just under the cap; one more step is over.
+        assert!(policy.base_delay(11) < Duration::from_secs(3600));
+        assert_eq!(policy.base_delay(12), Duration::from_secs(3600));
+    }
+
+    #[test]
     fn delay_is_capped_at_retry_max_even_for_huge_attempt_counts() {
         let policy = policy();
         assert_eq!(policy.base_delay(7), Duration::from_secs(3600));
