@@ -311,10 +311,11 @@ async fn a_backlog_to_one_slow_domain_does_not_starve_other_domains() {
     running.await.expect("scheduler ends at shutdown");
 }
 
-/// Mail already claimed but still waiting for its domain's turn honours an
-/// operator's hold given meanwhile: it is not delivered, and stays held.
+/// Mail already claimed, waiting for its domain's turn or in flight, honours an
+/// operator's hold given meanwhile: waiting mail is not delivered, and all of
+/// it stays held after the attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_given_while_mail_waits_for_its_domain_is_honoured() {
+async fn a_hold_given_while_mail_waits_or_is_in_flight_is_honoured() {
     use std::sync::atomic::Ordering;
     let slow = Destination::start(Options::default());
     slow.stall_data.store(true, Ordering::SeqCst);
@@ -353,6 +354,8 @@ async fn a_hold_given_while_mail_waits_for_its_domain_is_honoured() {
     for &n in &held {
         ctx.queue.hold(&ids[n]).await.expect("hold");
     }
+    // And the one in flight: its outcome is recorded, the hold stays.
+    ctx.queue.hold(&ids[in_flight]).await.expect("hold");
     slow.stall_data.store(false, Ordering::SeqCst);
     let last = ctx
         .queue
@@ -375,6 +378,14 @@ async fn a_hold_given_while_mail_waits_for_its_domain_is_honoured() {
         assert!(message.held);
         assert_eq!(message.recipients[0].status, RecipientStatus::Pending);
     }
+    let attempted = wait_until("the outcome of the transaction in flight", || {
+        let message = ctx.queue.get(&ids[in_flight]).ok()??;
+        (message.recipients[0].status == RecipientStatus::Deferred).then_some(message)
+    })
+    .await;
+    assert!(attempted.held, "held during its attempt, held after it");
+    assert_eq!(attempted.recipients[0].attempts, 1);
+    assert_eq!(ctx.queue.next_due().expect("next due"), None);
     ctx.shutdown.cancel();
     running.await.expect("scheduler ends at shutdown");
 }
