@@ -535,3 +535,70 @@ async fn shutdown_with_deliveries_in_flight_loses_nothing() {
     let far = chrono::Utc::now() + chrono::Duration::days(1);
     assert_eq!(queue.claim_due(far, 10).expect("claim").len(), 3);
 }
+
+/// `sluice queue bounce` of a message whose delivery is in flight: one DSN,
+/// the message stays gone when the attempt ends, and delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounce_during_an_attempt_sends_one_dsn_and_does_not_resurrect_the_message() {
+    use std::sync::atomic::Ordering;
+    let destination = Destination::start(Options::default());
+    destination.on_rcpt(|rcpt, _| (rcpt == "r@dest.test").then(|| "550 5.1.1 gone".into()));
+    destination.stall_data.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "[delivery]\nconcurrency = 1\nretry_initial = \"1h\"\nretry_max = \"1h\"\n\
+             [routes]\n\"*\" = \"{}\"\n",
+            destination.addr
+        ),
+    );
+    let scheduler = Scheduler::new(&ctx).expect("scheduler");
+    let running = tokio::spawn(scheduler.run());
+    // One recipient refused at RCPT (a failure this attempt will report
+    // too), one whose body stalls.
+    let id = ctx
+        .queue
+        .enqueue(
+            envelope("alice@origin.test", &["r@dest.test", "s@dest.test"]),
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    wait_until("the body to stall", || {
+        (destination.stalled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    bounce(&ctx, &id, "").await.expect("bounce");
+    destination.stall_data.store(false, Ordering::SeqCst);
+    let next = ctx
+        .queue
+        .enqueue(
+            envelope("alice@origin.test", &["next@dest.test"]),
+            b"Subject: y\r\n\r\nhi\r\n",
+        )
+        .await
+        .expect("enqueue");
+    wait_until("later mail and the DSN to be delivered", || {
+        (destination.got_mail_for("next@dest.test")
+            && destination.got_mail_for("alice@origin.test"))
+        .then_some(())
+    })
+    .await;
+    wait_until("the queue to be empty", || {
+        (ctx.queue.stats().ok()?.messages == 0).then_some(())
+    })
+    .await;
+    assert!(ctx.queue.get(&id).expect("read").is_none());
+    assert!(ctx.queue.get(&next).expect("read").is_none());
+    let dsns: Vec<_> = destination
+        .delivered()
+        .into_iter()
+        .filter(|t| t.mail_from.is_empty())
+        .collect();
+    assert_eq!(dsns.len(), 1, "one DSN");
+    let text = String::from_utf8_lossy(&dsns[0].body);
+    assert_eq!(text.matches("Final-Recipient:").count(), 2, "{text}");
+    ctx.shutdown.cancel();
+    running.await.expect("scheduler ends at shutdown");
+}
