@@ -8,6 +8,8 @@
 //!
 //! Decisions where the RFCs leave a choice:
 //! - EHLO/HELO is required before MAIL (RFC 5321 §4.1.4), else `503 5.5.1`.
+//! - After HELO (not EHLO) no extension is in effect: MAIL parameters
+//!   (SIZE, BODY, SMTPUTF8) get `555 5.5.4`.
 //! - `RCPT TO:<postmaster>` (unqualified, any case; RFC 5321 §4.5.1) is
 //!   always accepted and stored as `postmaster@<hostname>`, which is then
 //!   delivered like any other address (give it a `[routes]` entry).
@@ -523,6 +525,22 @@ impl Session {
                 "transaction refused"
             );
             return self.error(Reply::new(530, code(5, 7, 0), "Authentication required"));
+        }
+        // RFC 5321 §4.1.1.11, RFC 1869 §4: service extensions are in effect
+        // only after EHLO; after HELO their parameters are not accepted (a
+        // BODY=8BITMIME or SMTPUTF8 would otherwise be recorded and relied on).
+        let extended = self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended);
+        if !extended
+            && (parameters.size.is_some() || parameters.body.is_some() || parameters.smtputf8)
+        {
+            return self.error(Reply::new(
+                555,
+                code(5, 5, 4),
+                "Error: MAIL parameters need EHLO, not HELO",
+            ));
         }
         let sender = match sender {
             ReversePath::Null => String::new(),
@@ -1044,6 +1062,33 @@ mod tests {
         expect(&mut session, "EHLO c.test", "250");
         expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1001", "552 5.3.4");
         expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1000", "250");
+    }
+
+    #[test]
+    fn mail_parameters_after_helo_get_555() {
+        // RFC 5321 §4.1.1.11, RFC 1869 §4: after HELO no service extension
+        // is in effect, so their MAIL parameters are not accepted.
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        for line in [
+            "MAIL FROM:<a@b.test> BODY=8BITMIME",
+            "MAIL FROM:<a@b.test> BODY=7BIT",
+            "MAIL FROM:<jöran@b.test> SMTPUTF8",
+            "MAIL FROM:<a@b.test> SIZE=10",
+        ] {
+            expect(&mut session, line, "555 5.5.4");
+            assert!(session.transaction().is_none(), "{line}");
+        }
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250 2.1.0");
+        assert!(!session.envelope().unwrap().body_8bit);
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> BODY=8BITMIME",
+            "250 2.1.0",
+        );
+        assert!(session.envelope().unwrap().body_8bit);
     }
 
     #[test]
