@@ -283,7 +283,9 @@ impl Session {
     /// The `Received:` header (RFC 5321 §4.4) for the message being received,
     /// CRLF-terminated, to be written before the message.
     pub fn received_header(&self, id: &str, now: DateTime<Utc>) -> String {
-        let helo = self.helo_name().unwrap_or("unknown");
+        let helo = self
+            .helo_name()
+            .map_or(Cow::Borrowed("unknown"), trace_name);
         let address = match self.client {
             IpAddr::V4(v4) => format!("[{v4}]"),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -826,6 +828,22 @@ impl Session {
     }
 }
 
+/// The HELO name as shown in a `Received:` field (RFC 5321 §4.4
+/// `Extended-Domain`): letters, digits and `-._:[]` as given, any other
+/// character as `?`, so a hostile name can neither end the field's tokens
+/// early (`;`, quotes, angle brackets) nor put 8-bit octets in the header.
+fn trace_name(name: &str) -> Cow<'_, str> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+    if name.chars().all(safe) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .map(|c| if safe(c) { c } else { '?' })
+            .collect(),
+    )
+}
+
 fn ok(text: &'static str) -> Action {
     Action::Reply(Reply::new(250, code(2, 0, 0), text))
 }
@@ -980,6 +998,32 @@ mod tests {
         assert_eq!(reply, "250 2.0.0 Ok: queued as ABC123\r\n");
         assert!(session.is_idle());
         expect(&mut session, "MAIL FROM:<>", "250");
+    }
+
+    #[test]
+    fn received_header_shows_a_hostile_helo_name_only_in_safe_characters() {
+        // The HELO name is the client's to choose: quotes, semicolons and
+        // non-ASCII would break the Received field's syntax (RFC 5322 §3.6.7:
+        // the date follows the ";") or put 8-bit octets in the header of a
+        // message that did not ask for SMTPUTF8.
+        for (helo, shown) in [
+            ("evil;Thu,1Jan1970", "evil?Thu?1Jan1970"),
+            ("\"open", "?open"),
+            ("jöran.test", "j?ran.test"),
+            ("a<b>@c\\d", "a?b??c?d"),
+            ("host_name.example", "host_name.example"),
+            ("[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]"),
+        ] {
+            let mut session = relay_session();
+            expect(&mut session, &format!("EHLO {helo}"), "250");
+            let header = session.received_header("ID1", DateTime::from_timestamp(0, 0).unwrap());
+            assert!(
+                header.starts_with(&format!("Received: from {shown} ([127.0.0.1])\r\n")),
+                "{helo:?}: {header:?}"
+            );
+            assert!(header.is_ascii(), "{header:?}");
+            assert_eq!(header.matches(';').count(), 1, "{header:?}");
+        }
     }
 
     #[test]
