@@ -5,7 +5,7 @@
 //! Replies to pipelined commands (RFC 2920) are collected and written
 //! whenever the input holds no further complete command, i.e. before the
 //! connection would wait for the client, and as soon as more than
-//! [`MAX_PENDING_OUTPUT`] octets of them are pending.
+//! `MAX_PENDING_OUTPUT` octets of them are pending.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
