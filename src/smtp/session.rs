@@ -9,7 +9,7 @@
 //! Decisions where the RFCs leave a choice:
 //! - EHLO/HELO is required before MAIL (RFC 5321 §4.1.4), else `503 5.5.1`.
 //! - After HELO (not EHLO) no extension is in effect: MAIL parameters
-//!   (SIZE, BODY, SMTPUTF8) get `555 5.5.4`.
+//!   (SIZE, BODY, SMTPUTF8) get `555 5.5.4`, AUTH gets `503 5.5.1`.
 //! - `RCPT TO:<postmaster>` (unqualified, any case; RFC 5321 §4.5.1) is
 //!   always accepted and stored as `postmaster@<hostname>`, which is then
 //!   delivered like any other address (give it a `[routes]` entry).
@@ -722,7 +722,12 @@ impl Session {
                 "Encryption required for requested authentication mechanism",
             ));
         }
-        if self.greeted.is_none() {
+        // RFC 4954 is a service extension: in effect only after EHLO.
+        if !self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended)
+        {
             return self.bad_sequence("Error: send EHLO first");
         }
         if self.user.is_some() {
@@ -1225,6 +1230,20 @@ mod tests {
             "RCPT TO:<x@anywhere.test>",
             "250",
         );
+    }
+
+    #[test]
+    fn auth_after_helo_gets_503() {
+        // RFC 4954 is a service extension: not in effect after HELO.
+        let mut session = Session::new(Arc::new(config()), "192.0.2.9".parse().unwrap(), true);
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "AUTH PLAIN AGFwcABzZWNyZXQ=", "503 5.5.1");
+        expect(&mut session, "AUTH LOGIN", "503 5.5.1");
+        expect(&mut session, "EHLO c.test", "250");
+        assert!(matches!(
+            session.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ="),
+            Action::Authenticate(_)
+        ));
     }
 
     fn expect_action(action: Action, start: &str) {
