@@ -15,6 +15,8 @@
 //!   delivered like any other address (give it a `[routes]` entry).
 //!   `postmaster@<hostname>` is accepted from anyone, as are all addresses
 //!   in `accept_domains`, postmaster included.
+//! - A recipient given twice in one transaction (the same text after the
+//!   domain is lowercased) is answered 250 and stored once.
 //! - Every reply carries an RFC 3463 enhanced code except those RFC 2034 §3
 //!   exempts or that cannot carry one: the `220` greeting (its text is fixed
 //!   by the contract), the EHLO/HELO `250` (an enhanced code would break EHLO
@@ -634,7 +636,11 @@ impl Session {
             }
         };
         if let Some(transaction) = self.transaction.as_mut() {
-            transaction.recipients.push(address);
+            // A repeated recipient is one recipient: stored twice it would
+            // get the message twice (RFC 5321 §3.3 leaves this to us).
+            if !transaction.recipients.contains(&address) {
+                transaction.recipients.push(address);
+            }
         }
         Action::Reply(Reply::new(250, code(2, 1, 5), "Ok"))
     }
@@ -1103,6 +1109,35 @@ mod tests {
             expect(&mut session, &format!("RCPT TO:<r{n}@x.test>"), "250");
         }
         expect(&mut session, "RCPT TO:<r4@x.test>", "452 4.5.3");
+    }
+
+    #[test]
+    fn a_repeated_recipient_is_accepted_once() {
+        // Two entries would deliver the message twice and use up the
+        // recipient limit; `<postmaster>` and `postmaster@<hostname>` are
+        // one address.
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        for line in [
+            "RCPT TO:<r@x.test>",
+            "RCPT TO:<r@X.test>",
+            "RCPT TO:<postmaster>",
+            "RCPT TO:<PostMaster>",
+            "RCPT TO:<postmaster@mx.test>",
+            "RCPT TO:<R@x.test>",
+        ] {
+            expect(&mut session, line, "250 2.1.5");
+        }
+        assert_eq!(
+            session.envelope().unwrap().recipients,
+            vec![
+                "r@x.test".to_string(),
+                "postmaster@mx.test".into(),
+                "R@x.test".into()
+            ]
+        );
+        expect(&mut session, "RCPT TO:<s@x.test>", "452 4.5.3");
     }
 
     #[test]
