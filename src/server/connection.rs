@@ -24,7 +24,7 @@ use crate::server::auth::Authenticator;
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
+use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_COMMAND_LINE: usize = 512;
@@ -680,13 +680,10 @@ fn log_refused(session: &Session, reason: &str) {
     );
 }
 
-/// The sender for logs: `<>` for the null sender.
+/// The sender for logs: `<>` for the null sender, quoted when it is not
+/// one plain token ([`log_address`]).
 fn display_sender(sender: &str) -> String {
-    if sender.is_empty() {
-        "<>".to_string()
-    } else {
-        sender.to_string()
-    }
+    log_address(sender).into_owned()
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {

@@ -561,7 +561,7 @@ impl Session {
         {
             tracing::info!(
                 client = %self.client,
-                sender = %sender,
+                sender = %log_address(&sender),
                 reason = "declared size over limit",
                 "transaction refused"
             );
@@ -621,8 +621,8 @@ impl Session {
                     tracing::info!(
                         client = %self.client,
                         helo = %self.helo_name().unwrap_or(""),
-                        sender = %transaction.sender,
-                        recipient = %mailbox,
+                        sender = %log_address(&transaction.sender),
+                        recipient = %log_address(&mailbox.to_string()),
                         reason = "relay access denied",
                         "transaction refused"
                     );
@@ -837,6 +837,38 @@ impl Session {
         }
         Action::Reply(reply)
     }
+}
+
+/// An address as a log field value: `<>` for the null sender, the address
+/// as it is when it is one plain token, else in double quotes with `"` and
+/// `\` escaped by a backslash and white space and control characters as
+/// `\u{..}`. A field value then never holds white space, so a quoted local
+/// part such as `"x client=192.0.2.1"@example.org` cannot add a field of the
+/// client's choosing to a text log line.
+pub fn log_address(address: &str) -> Cow<'_, str> {
+    if address.is_empty() {
+        return Cow::Borrowed("<>");
+    }
+    let plain = |c: char| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\';
+    if address.chars().all(plain) {
+        return Cow::Borrowed(address);
+    }
+    let mut quoted = String::with_capacity(address.len() + 8);
+    quoted.push('"');
+    for c in address.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            c if c.is_whitespace() || c.is_control() => {
+                quoted.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    Cow::Owned(quoted)
 }
 
 /// The HELO name as shown in a `Received:` field (RFC 5321 §4.4
@@ -1138,6 +1170,24 @@ mod tests {
             ]
         );
         expect(&mut session, "RCPT TO:<s@x.test>", "452 4.5.3");
+    }
+
+    #[test]
+    fn log_address_keeps_plain_addresses_and_quotes_the_rest_without_white_space() {
+        assert_eq!(log_address(""), "<>");
+        assert_eq!(log_address("a.b+c@example.org"), "a.b+c@example.org");
+        assert_eq!(
+            log_address("δοκιμή@παράδειγμα.test"),
+            "δοκιμή@παράδειγμα.test"
+        );
+        assert_eq!(
+            log_address("\"a b\\\"c\"@x.test"),
+            "\"\\\"a\\u{20}b\\\\\\\"c\\\"@x.test\""
+        );
+        assert_eq!(
+            log_address("\"a\u{85}\"@x.test"),
+            "\"\\\"a\\u{85}\\\"@x.test\""
+        );
     }
 
     #[test]
