@@ -1002,6 +1002,22 @@ mod tests {
         assert!(reply.contains("AUTH PLAIN LOGIN"), "{reply}");
         assert!(!reply.contains("STARTTLS"), "{reply}");
         expect(&mut session, "STARTTLS", "503 5.5.1");
+        // RFC 3848: the trace names TLS, then TLS and AUTH.
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPS id Q")
+        );
+        expect(&mut session, "RSET", "250");
+        session.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ=");
+        session.auth_result(Some("app".into()));
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPSA id Q")
+        );
     }
 
     #[test]
