@@ -266,19 +266,20 @@ impl Session {
         })
     }
 
-    /// RFC 3848 protocol word for Received headers.
+    /// RFC 3848 protocol word for Received headers: only registered words
+    /// (RFC 5321 §4.4), so a HELO session over TLS says ESMTPS (there is no
+    /// "SMTPS"): TLS and AUTH are extensions, so ESMTP was in use.
     pub fn protocol(&self) -> &'static str {
         let extended = self
             .greeted
             .as_ref()
             .is_some_and(|greeted| greeted.extended);
         match (extended, self.tls, self.user.is_some()) {
-            (false, false, _) => "SMTP",
-            (false, true, _) => "SMTPS",
-            (true, false, false) => "ESMTP",
-            (true, true, false) => "ESMTPS",
-            (true, false, true) => "ESMTPA",
-            (true, true, true) => "ESMTPSA",
+            (false, false, false) => "SMTP",
+            (_, false, false) => "ESMTP",
+            (_, true, false) => "ESMTPS",
+            (_, false, true) => "ESMTPA",
+            (_, true, true) => "ESMTPSA",
         }
     }
 
@@ -1018,6 +1019,26 @@ mod tests {
                 .received_header("Q", at)
                 .contains(" with ESMTPSA id Q")
         );
+    }
+
+    #[test]
+    fn received_header_uses_only_registered_protocol_words() {
+        // RFC 5321 §4.4: no unregistered WITH names; "SMTPS" is not one
+        // (IANA "WITH Protocol Types", RFC 3848). HELO over TLS is ESMTPS,
+        // TLS having been negotiated (STARTTLS is itself an extension).
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let mut session = Session::new(Arc::new(config()), "127.0.0.1".parse().unwrap(), true);
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        assert_eq!(session.protocol(), "ESMTPS");
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPS id Q")
+        );
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        assert_eq!(session.protocol(), "SMTP");
     }
 
     #[test]
