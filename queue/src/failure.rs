@@ -44,10 +44,14 @@ impl Failure {
     /// Resolves with the first failure once there is one.
     pub(crate) async fn wait(&self) -> String {
         let mut receiver = self.first.subscribe();
-        match receiver.wait_for(Option::is_some).await {
-            Ok(first) => first.clone().unwrap_or_default(),
-            // The sender lives in `self`, so the channel cannot close.
-            Err(_) => std::future::pending().await,
+        // The sender lives in `self`, so the channel cannot close.
+        let first = match receiver.wait_for(Option::is_some).await {
+            Ok(first) => first.clone(),
+            Err(_) => None,
+        };
+        match first {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 }
