@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 /// The embedded defaults used when no configuration file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";
 
+/// What `sluice check-config` prints in place of a secret; refused as a
+/// value, so a saved copy of that output cannot run with it.
+pub const REDACTED: &str = "<redacted>";
+
 /// A configuration problem, naming the file and the key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -377,9 +381,29 @@ impl Config {
         Ok(config)
     }
 
-    /// The effective configuration as TOML, defaults included.
+    /// The effective configuration as TOML, defaults included, secrets too.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the config tree always serializes")
+    }
+
+    /// A copy with every secret replaced by [`REDACTED`]: `[admin] token`,
+    /// the `delivery.relay_auth` password and each `[[user]]`
+    /// `password_hash` (a hash is not the password, but it allows offline
+    /// guessing). What `sluice check-config` prints, so its output can be
+    /// pasted into a ticket; a saved copy is refused by [`Config::parse`]
+    /// until the real secrets are put back.
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        if let Some(token) = &mut copy.admin.token {
+            *token = REDACTED.to_string();
+        }
+        if let Some(auth) = &mut copy.delivery.relay_auth {
+            auth.password = REDACTED.to_string();
+        }
+        for user in &mut copy.users {
+            user.password_hash = REDACTED.to_string();
+        }
+        copy
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -388,6 +412,25 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        let mut secrets: Vec<(String, &str)> = Vec::new();
+        if let Some(token) = &self.admin.token {
+            secrets.push(("admin.token".into(), token));
+        }
+        if let Some(auth) = &self.delivery.relay_auth {
+            secrets.push(("delivery.relay_auth.password".into(), &auth.password));
+        }
+        for (index, user) in self.users.iter().enumerate() {
+            secrets.push((format!("user[{index}].password_hash"), &user.password_hash));
+        }
+        if let Some((key, _)) = secrets.iter().find(|(_, value)| *value == REDACTED) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{REDACTED:?} is the placeholder `sluice check-config` prints for a secret; \
+                     put the real value back"
+                ),
+            ));
+        }
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return Err(invalid("hostname", "must be a host name".into()));
         }
@@ -577,6 +620,30 @@ pub fn format_byte_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Formats a duration the way the configuration writes them: one number in
+/// the largest unit that is exact ("5d", "1h", "90m", "90s", "250ms"), which
+/// the parser reads back to the same value.
+pub fn format_duration(duration: Duration) -> String {
+    const UNITS: [(&str, u128); 7] = [
+        ("d", 86_400_000_000_000),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    let (unit, size) = UNITS
+        .into_iter()
+        .find(|(_, size)| nanos.is_multiple_of(*size))
+        .expect("every count of nanoseconds is a multiple of 1");
+    format!("{}{unit}", nanos / size)
+}
+
 /// Serde for sizes: a string like "35MiB", or a plain integer of bytes.
 mod byte_size {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
@@ -608,7 +675,7 @@ mod duration {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        serializer.serialize_str(&super::format_duration(*value))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -702,6 +769,66 @@ mod tests {
         assert_eq!(again.hostname, "mx.example.org");
         assert_eq!(again.routes["example.test"], "127.0.0.1:2526");
         assert_eq!(again.delivery.retry_max, config.delivery.retry_max);
+    }
+
+    #[test]
+    fn durations_print_in_the_largest_exact_unit_and_read_back() {
+        for (seconds, text) in [
+            (5 * 86400, "5d"),
+            (3600, "1h"),
+            (5400, "90m"),
+            (90, "90s"),
+            (300, "5m"),
+            (0, "0s"),
+        ] {
+            let duration = Duration::from_secs(seconds);
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), duration);
+        }
+        let odd = Duration::from_millis(1500);
+        assert_eq!(format_duration(odd), "1500ms");
+        assert_eq!(humantime::parse_duration("1500ms").unwrap(), odd);
+        let odd = Duration::new(1, 1);
+        assert_eq!(
+            humantime::parse_duration(&format_duration(odd)).unwrap(),
+            odd
+        );
+    }
+
+    #[test]
+    fn redacted_copy_hides_every_secret_and_cannot_be_loaded() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$4cYoOKWeX7KncVmUYDcGLQ$Ibxani10KQs/tI7K6KRKUxVRJw7csoR+L/ZbR2fUkyM";
+        let text = format!(
+            "[admin]\ntoken = \"t0ken\"\n[delivery]\nrelay_host = \"smart.example\"\n\
+             relay_auth = {{ username = \"u\", password = \"pa55\" }}\n\
+             [[user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
+        );
+        let config = parse(&text).expect("valid");
+        let printed = config.redacted().to_toml();
+        for secret in ["t0ken", "pa55", hash] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("username = \"u\""), "{printed}");
+        assert!(printed.contains("name = \"app\""), "{printed}");
+        assert_eq!(printed.matches(REDACTED).count(), 3, "{printed}");
+        let error = parse(&printed)
+            .expect_err("placeholders refused")
+            .to_string();
+        assert!(
+            error.contains("admin.token") && error.contains(REDACTED),
+            "{error}"
+        );
+        // Each secret on its own.
+        let only_hash = printed
+            .replace("token = \"<redacted>\"", "token = \"t0ken\"")
+            .replace("password = \"<redacted>\"", "password = \"pa55\"");
+        let error = parse(&only_hash)
+            .expect_err("hash placeholder refused")
+            .to_string();
+        assert!(error.contains("user[0].password_hash"), "{error}");
+        // The unredacted config is untouched and round-trips.
+        assert_eq!(config.admin.token.as_deref(), Some("t0ken"));
+        parse(&config.to_toml()).expect("the full config parses again");
     }
 
     #[test]

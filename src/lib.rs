@@ -11,6 +11,7 @@ pub mod context;
 pub mod delivery;
 pub mod logging;
 pub mod metrics;
+pub mod runfile;
 pub mod serve;
 pub mod server;
 pub mod smtp;

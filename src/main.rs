@@ -131,7 +131,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),
             }
-            print!("{}", loaded.config.to_toml());
+            // Secrets are shown as "<redacted>" (see Config::redacted).
+            let printed = loaded.config.redacted().to_toml();
+            if printed.contains(sluice::config::REDACTED) {
+                println!(
+                    "# secrets are shown as {:?}; put them back before using a copy",
+                    sluice::config::REDACTED
+                );
+            }
+            print!("{printed}");
             Ok(0)
         }
         Command::Serve => {

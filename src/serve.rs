@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::delivery::Scheduler;
 use crate::metrics::Metrics;
+use crate::runfile::{self, RunFile};
 use crate::server::Server;
 
 /// Why [`run`] returned.
@@ -58,6 +59,8 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    // Kept until the server stops: `sluice sendmail` reads it.
+    let _smtp_address_file = record_smtp_listeners(&config, &server.local_addrs());
     tracing::info!(
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
@@ -113,6 +116,34 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     closed.context("flushing the queue")?;
     tracing::info!("sluice stopped");
     Ok(stopped)
+}
+
+/// Writes `<spool>/smtp.address` (see [`crate::runfile`]); the listeners
+/// were bound in `[[listener]]` order. A failure is only a warning:
+/// `sluice sendmail` then uses the configured address.
+fn record_smtp_listeners(config: &Config, bound: &[std::net::SocketAddr]) -> Option<RunFile> {
+    let path = runfile::smtp_address_file(&config.spool.path);
+    if bound.len() != config.listeners.len() {
+        tracing::warn!(path = %path.display(), "cannot tell which address each listener got; not recording them");
+        return None;
+    }
+    let listeners: Vec<_> = config
+        .listeners
+        .iter()
+        .zip(bound)
+        .map(|(listener, address)| (listener.kind, *address))
+        .collect();
+    match RunFile::write(path.clone(), &runfile::format_listeners(&listeners)) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot record the SMTP listener addresses; `sluice sendmail` will use [[listener]] address"
+            );
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {

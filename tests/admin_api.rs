@@ -2,14 +2,23 @@
 //! actions, errors, the bearer token, metrics, and the refusal to serve a
 //! non-loopback address without a token.
 
-mod common;
-mod queue_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod admin;
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Sluice, field, wait_for};
-use queue_common::{Seed, Sink, SinkMode, assert_message_shape, config_text, fill, http};
+use common::admin::{HttpReply, assert_message_shape, http};
+use common::destination::{Sink, SinkMode};
+use common::spool::{Seed, fill};
+use common::{DEADLINE, Sluice, field, routed_config_text, wait_for};
 use serde_json::Value;
 
 /// Starts a server on a spool pre-filled with `seeds`, routing all mail to a
@@ -18,7 +27,7 @@ fn server(seeds: &[Seed], admin_extra: &str, mode: SinkMode) -> (Sluice, Sink, V
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Sink::start(mode);
     let ids = fill(&dir.path().join("spool"), seeds);
-    let text = config_text(dir.path(), sink.address, admin_extra, "");
+    let text = routed_config_text(dir.path(), sink.address, admin_extra, "");
     (Sluice::start_with(dir, &text), sink, ids)
 }
 
@@ -30,7 +39,7 @@ fn ids_of(list: &Value) -> Vec<String> {
         .collect()
 }
 
-fn assert_error(reply: &queue_common::HttpReply, status: u16, words: &str) {
+fn assert_error(reply: &HttpReply, status: u16, words: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
     let body = reply.json();
     let keys: Vec<&String> = body.as_object().expect("error object").keys().collect();
@@ -323,7 +332,7 @@ fn bearer_token_is_required_on_every_endpoint_but_health() {
         .expect("config")
         .replace("s3cret-token", "not-the-token");
     std::fs::write(&wrong, text).expect("write config");
-    let (code, _, stderr) = queue_common::cli(&wrong, &["queue", "list"]);
+    let (code, _, stderr) = common::cli(&wrong, &["queue", "list"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("token"), "{stderr}");
 }
@@ -334,11 +343,11 @@ fn server_refuses_a_non_loopback_admin_address_without_a_token() {
     let sink = Sink::start(SinkMode::Accept);
     // 192.0.2.1 (TEST-NET-1, RFC 5737): not loopback, and never bindable
     // here, so even a server that wrongly accepted it could not listen.
-    let text = config_text(dir.path(), sink.address, "", "").replace(
+    let text = routed_config_text(dir.path(), sink.address, "", "").replace(
         "[admin]\naddress = \"127.0.0.1:0\"",
         "[admin]\naddress = \"192.0.2.1:8025\"",
     );
-    let config = queue_common::write_config(dir.path(), &text);
+    let config = common::write_config(dir.path(), &text);
     let mut child = Command::new(common::binary())
         .args(["serve", "--config"])
         .arg(&config)
@@ -449,4 +458,130 @@ fn metrics_count_messages_received_over_smtp() {
         let text = http("GET", sluice.admin, "/metrics", None).body;
         (sample(&text, "sluice_messages_received_total") == Some(1.0)).then_some(())
     });
+}
+
+/// Sends `request` as is on a new connection and reads the answer to the
+/// end of the connection; returns (status, body).
+fn raw_http(admin: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin API");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head:?}"));
+    (status, body.to_string())
+}
+
+/// Waits until the server closes `stream` (end of file or reset); returns
+/// how long that took. Panics when it stays open for `limit`.
+fn closed_after(mut stream: std::net::TcpStream, started: Instant, limit: Duration) -> Duration {
+    use std::io::{ErrorKind, Read};
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue, // a 408 answer before the close is fine
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the connection is still open after {limit:?}")
+            }
+            Err(_) => return started.elapsed(), // reset
+        }
+    }
+}
+
+#[test]
+fn slow_and_silent_clients_are_disconnected_while_requests_still_succeed() {
+    use std::io::Write;
+    let (sluice, _sink, _) = server(&[], "", SinkMode::Accept);
+    let admin = sluice.admin;
+    let started = Instant::now();
+    let silent = std::net::TcpStream::connect(admin).expect("connect");
+    // A keep-alive connection that asks once, then idles.
+    let mut idle = std::net::TcpStream::connect(admin).expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: sluice\r\n\r\n")
+        .expect("request");
+    let mut slow = std::net::TcpStream::connect(admin).expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: sluice\r\n")
+        .expect("request line");
+    // Slowloris: a header field every 200 ms, never the end of the head.
+    let mut trickle = slow.try_clone().expect("clone");
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..150 {
+            if trickle.write_all(b"X-Slow: 1\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    // Meanwhile the API answers everyone else.
+    for _ in 0..3 {
+        assert_eq!(http("GET", admin, "/health", None).status, 200);
+        assert_eq!(http("GET", admin, "/v1/queue", None).status, 200);
+    }
+    let limit = Duration::from_secs(25);
+    for (what, stream) in [("slow", slow), ("silent", silent), ("idle", idle)] {
+        let elapsed = closed_after(stream, started, limit);
+        // The head must come within 10 s of the connection's start.
+        assert!(
+            elapsed >= Duration::from_secs(9) && elapsed <= Duration::from_secs(16),
+            "the {what} client was disconnected after {elapsed:?}, expected about 10 s"
+        );
+    }
+    trickler.join().expect("trickler");
+    assert_eq!(http("GET", admin, "/health", None).status, 200);
+}
+
+#[test]
+fn connections_over_the_limit_get_503_and_service_resumes_when_they_close() {
+    let (sluice, _sink, _) = server(&[], "", SinkMode::Accept);
+    let admin = sluice.admin;
+    // sluice serves at most 64 admin connections at once.
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(admin).expect("connect"))
+        .collect();
+    let reply = http("GET", admin, "/health", None);
+    assert_error(&reply, 503, "too many admin API connections");
+    drop(idle);
+    wait_for("the API to answer again", DEADLINE, || {
+        (http("GET", admin, "/health", None).status == 200).then_some(())
+    });
+}
+
+#[test]
+fn an_oversized_body_gets_413_with_a_json_error_and_a_small_one_is_fine() {
+    let (sluice, _sink, _) = server(&[], "", SinkMode::Accept);
+    let admin = sluice.admin;
+    let (status, body) = raw_http(
+        admin,
+        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 1048576\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(status, 413, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|text| text.contains("too large")),
+        "{body}"
+    );
+    let (status, body) = raw_http(
+        admin,
+        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 2\r\n\
+          Connection: close\r\n\r\n{}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["retried"],
+        0
+    );
 }

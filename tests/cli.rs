@@ -1,30 +1,16 @@
 //! The command line outside the server: check-config, hash-password, usage.
 
-mod common;
-
-use std::process::Command;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 fn sluice(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(common::binary())
-        .args(args)
-        .env_remove("SLUICE_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let mut input = child.stdin.take().expect("stdin piped");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write stdin");
-    drop(input);
-    let output = child.wait_with_output().expect("wait for sluice");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run(Some(stdin.unwrap_or("").as_bytes()), |command| {
+        command.args(args);
+    })
 }
 
 #[test]
@@ -82,5 +68,96 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
         argon2::Argon2::default()
             .verify_password(b"wrong", &parsed)
             .is_err()
+    );
+}
+
+/// An argon2id PHC hash (of "pw").
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$4cYoOKWeX7KncVmUYDcGLQ$Ibxani10KQs/tI7K6KRKUxVRJw7csoR+L/ZbR2fUkyM";
+
+#[test]
+fn check_config_redacts_secrets_and_a_saved_copy_names_the_placeholder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\ntoken = \"adm1n-t0ken\"\n\n[delivery]\nrelay_host = \"smart.example:587\"\n\
+             relay_auth = {{ username = \"relayuser\", password = \"relay-pa55\" }}\n\n\
+             [[user]]\nname = \"app\"\npassword_hash = \"{HASH}\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        sluice(&["check-config", "--config", path.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stderr}");
+    for secret in ["adm1n-t0ken", "relay-pa55", HASH] {
+        assert!(!stdout.contains(secret), "{secret:?} printed:\n{stdout}");
+    }
+    let printed: toml::Table = stdout.parse().expect("check-config prints TOML");
+    assert_eq!(printed["admin"]["token"].as_str(), Some("<redacted>"));
+    let auth = &printed["delivery"]["relay_auth"];
+    assert_eq!(auth["username"].as_str(), Some("relayuser"));
+    assert_eq!(auth["password"].as_str(), Some("<redacted>"));
+    let user = &printed["user"].as_array().expect("[[user]]")[0];
+    assert_eq!(user["name"].as_str(), Some("app"));
+    assert_eq!(user["password_hash"].as_str(), Some("<redacted>"));
+    assert!(stdout.contains("# secrets are shown as"), "{stdout}");
+
+    // A saved copy is refused until the secrets are put back: it cannot run
+    // with a guessable placeholder token.
+    let copy = dir.path().join("copy.toml");
+    std::fs::write(&copy, &stdout).unwrap();
+    let (code, _, stderr) = sluice(&["check-config", "--config", copy.to_str().unwrap()], None);
+    assert_eq!(code, 1, "a copy with placeholders must not load");
+    assert!(
+        stderr.contains("admin.token") && stderr.contains("<redacted>"),
+        "{stderr}"
+    );
+    let restored = stdout
+        .replace("token = \"<redacted>\"", "token = \"adm1n-t0ken\"")
+        .replace("password = \"<redacted>\"", "password = \"relay-pa55\"")
+        .replace(
+            "password_hash = \"<redacted>\"",
+            &format!("password_hash = \"{HASH}\""),
+        );
+    std::fs::write(&copy, restored).unwrap();
+    let (code, again, stderr) = sluice(&["check-config", "--config", copy.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stderr}");
+    let again: toml::Table = again.parse().unwrap();
+    assert_eq!(again, printed, "the restored copy is the same config");
+}
+
+#[test]
+fn check_config_prints_durations_and_sizes_in_the_config_style() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("units.toml");
+    std::fs::write(
+        &path,
+        "[limits]\ncommand_timeout = \"90s\"\ndata_timeout = \"1h 30m\"\n\
+         max_message_size = \"10MiB\"\n\n[delivery]\nmax_queue_lifetime = \"7d\"\n\
+         retry_initial = \"1500ms\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        sluice(&["check-config", "--config", path.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "command_timeout = \"90s\"",
+        "data_timeout = \"90m\"",
+        "max_message_size = \"10MiB\"",
+        "max_queue_lifetime = \"7d\"",
+        "retry_initial = \"1500ms\"",
+        "retry_max = \"1h\"",
+        "shutdown_grace = \"30s\"",
+        "cache_capacity = \"64MiB\"",
+    ] {
+        assert!(
+            stdout.lines().any(|printed| printed == line),
+            "{line:?} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("days"),
+        "humantime style leaked:\n{stdout}"
     );
 }

@@ -2,14 +2,21 @@
 //! against the test destination server (plaintext, STARTTLS, AUTH), and the
 //! router against the test DNS server.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::destination::{Destination, Options, TestCerts};
+use common::destination::{DROP, Destination, Options, TestCerts};
 use common::dns::DnsServer;
 use sluice::config::Config;
 use sluice::delivery::client::{Body, ClientError, Connection, Timeouts, Transaction, server_name};
@@ -123,6 +130,86 @@ async fn each_recipient_gets_its_own_reply() {
         assert_eq!(again.replies[0].code, 250);
         assert_eq!(destination.connections(), 1);
     }
+}
+
+#[tokio::test]
+async fn a_broken_off_transaction_keeps_the_refusals_and_says_if_data_was_sent() {
+    let recipients: Vec<String> = ["ok@dest.test", "temp@dest.test", "gone@dest.test"]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    // (pipelining, drop at the DATA command or after the end of data)
+    for (pipelining, after_data) in [(true, false), (false, false), (true, true), (false, true)] {
+        let destination = Destination::start(Options {
+            pipelining,
+            ..Options::default()
+        });
+        destination.on_rcpt(|rcpt, _| match rcpt {
+            "temp@dest.test" => Some("450 4.2.1 mailbox busy".into()),
+            "gone@dest.test" => Some("550 5.1.1 no such user".into()),
+            _ => None,
+        });
+        if after_data {
+            destination.on_data(|_, _| Some(DROP.into()));
+        } else {
+            destination.on_data_command(|_, _| Some(DROP.into()));
+        }
+        let mut connection = session(&destination).await;
+        let error = connection
+            .send(
+                &Transaction {
+                    sender: "s@example.org",
+                    recipients: &recipients,
+                    size: 10,
+                    eight_bit: false,
+                    smtputf8: false,
+                },
+                &mut body(b"hello\r\n"),
+            )
+            .await
+            .expect_err("the server dropped the connection");
+        let case = format!("pipelining={pipelining} after_data={after_data}");
+        assert!(
+            matches!(error.error, ClientError::Closed { .. }),
+            "{case}: {error}"
+        );
+        let codes: Vec<Option<u16>> = error
+            .replies
+            .iter()
+            .map(|reply| reply.as_ref().map(|reply| reply.code))
+            .collect();
+        assert_eq!(codes, vec![None, Some(450), Some(550)], "{case}");
+        assert_eq!(error.data_sent, after_data, "{case}");
+        assert!(!connection.is_usable(), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_421_ends_the_transaction_as_a_failure_not_a_verdict() {
+    let destination = Destination::start(Options::default());
+    destination.on_mail(|_, _| Some("421 4.3.2 shutting down".into()));
+    let mut connection = session(&destination).await;
+    let recipients = vec!["x@dest.test".to_string()];
+    let error = connection
+        .send(
+            &Transaction {
+                sender: "s@example.org",
+                recipients: &recipients,
+                size: 10,
+                eight_bit: false,
+                smtputf8: false,
+            },
+            &mut body(b"hello\r\n"),
+        )
+        .await
+        .expect_err("421 closes the session");
+    match &error.error {
+        ClientError::Rejected { reply, .. } => assert_eq!(reply.code, 421),
+        other => panic!("expected the 421, got {other}"),
+    }
+    assert_eq!(error.replies.len(), 1);
+    assert!(error.replies[0].is_none() && !error.data_sent);
+    assert!(!connection.is_usable());
 }
 
 #[tokio::test]

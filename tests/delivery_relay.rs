@@ -5,14 +5,25 @@
 //! Mail is put into the spool before the server starts (the queue is locked
 //! while it runs), exactly as the SMTP server would have queued it.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod admin;
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::destination::{Destination, Options, Transaction, enqueue_offline, with_queue};
+use common::admin::try_http;
+use common::destination::{Destination, Options, wait_delivered, wait_dsn};
 use common::dns::DnsServer;
-use common::{DEADLINE, Sluice, config_text, field, wait_for};
+use common::spool::{enqueue_offline, with_queue};
+use common::{DEADLINE, Sluice, field, wait_for};
 use mail_parser::{MessageParser, MimeHeaders};
 use sluice_queue::{QueueId, RecipientStatus};
 
@@ -37,24 +48,12 @@ impl Setup {
     }
 
     fn start(self) -> Sluice {
-        let text = config_text(self.dir.path(), "", &self.extra);
-        Sluice::start_with(self.dir, &text)
+        Sluice::start_in(self.dir, &self.extra)
     }
 }
 
 fn route_to(destination: &Destination, domain: &str) -> String {
     format!("\"{domain}\" = \"{}\"\n", destination.addr)
-}
-
-fn wait_delivered(destination: &Destination, count: usize) -> Vec<Transaction> {
-    wait_for(
-        &format!("{count} accepted transaction(s) at the destination"),
-        DEADLINE,
-        || {
-            let delivered = destination.delivered();
-            (delivered.len() >= count).then_some(delivered)
-        },
-    )
 }
 
 /// Log lines of delivery outcomes for `id`.
@@ -65,20 +64,6 @@ fn outcome_lines(sluice: &Sluice, id: &str) -> Vec<String> {
         .filter(|line| line.contains(&format!("queue_id={id}")) && line.contains(" status="))
         .map(str::to_string)
         .collect()
-}
-
-/// The DSN the destination received for `sender`, parsed: (transaction, text).
-fn wait_dsn(destination: &Destination, sender: &str) -> (Transaction, String) {
-    wait_for(&format!("a DSN to {sender}"), DEADLINE, || {
-        destination
-            .delivered()
-            .into_iter()
-            .find(|t| t.mail_from.is_empty() && t.recipients == [sender.to_string()])
-            .map(|t| {
-                let text = String::from_utf8_lossy(&t.body).into_owned();
-                (t, text)
-            })
-    })
 }
 
 #[test]
@@ -644,7 +629,10 @@ fn outcomes_are_counted_in_metrics() {
     let sluice = setup.start();
     sluice.wait_log(&[&format!("queue_id={id}"), "recipient=gone@dest.test"]);
     let metrics = wait_for("metrics with the outcomes", DEADLINE, || {
-        let text = http_get(sluice.admin, "/metrics")?;
+        let text = try_http("GET", sluice.admin, "/metrics", None)
+            .ok()
+            .filter(|reply| reply.status == 200)?
+            .body;
         let value = |name: &str| -> Option<f64> {
             text.lines()
                 .find(|line| line.starts_with(name) && !line.starts_with('#'))
@@ -663,20 +651,6 @@ fn outcomes_are_counted_in_metrics() {
         metrics.contains("sluice_delivery_latency_seconds"),
         "{metrics}"
     );
-}
-
-/// A plain HTTP/1.0 GET on loopback; the body, or `None` on any failure.
-fn http_get(address: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?;
-    (status == "200").then(|| body.to_string())
 }
 
 #[test]

@@ -2,7 +2,13 @@
 //! without waiting for it, and `delivery::bounce` (used by `sluice queue
 //! bounce`) is checked against a real queue.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,20 +2,24 @@
 //! per-domain overrides, and the authenticated smarthost (always TLS).
 //! Certificates come from rcgen; `delivery.tls_ca` trusts the test CA.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::destination::{Destination, Options, TestCerts, Transaction, enqueue_offline};
+use common::destination::{Destination, Options, TestCerts, wait_delivered};
 use common::dns::DnsServer;
-use common::{DEADLINE, Sluice, config_text, field, wait_for};
+use common::spool::enqueue_offline;
+use common::{Sluice, field};
 
 const BODY: &[u8] = b"From: alice@origin.test\r\nSubject: tls\r\n\r\nsecret stuff\r\n";
-
-fn start(dir: tempfile::TempDir, extra: &str) -> Sluice {
-    let text = config_text(dir.path(), "", extra);
-    Sluice::start_with(dir, &text)
-}
 
 fn enqueue(dir: &tempfile::TempDir, recipients: &[&str]) -> String {
     enqueue_offline(
@@ -23,17 +27,6 @@ fn enqueue(dir: &tempfile::TempDir, recipients: &[&str]) -> String {
         "alice@origin.test",
         recipients,
         BODY,
-    )
-}
-
-fn wait_delivered(destination: &Destination, count: usize) -> Vec<Transaction> {
-    wait_for(
-        &format!("{count} delivered transaction(s)"),
-        DEADLINE,
-        || {
-            let delivered = destination.delivered();
-            (delivered.len() >= count).then_some(delivered)
-        },
     )
 }
 
@@ -58,7 +51,7 @@ fn opportunistic_tls_is_used_when_offered() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let id = enqueue(&dir, &["bob@dest.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!("[routes]\n\"*\" = \"{}\"\n", destination.addr),
     );
@@ -81,7 +74,7 @@ fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let id = enqueue(&dir, &["bob@dest.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!("[routes]\n\"*\" = \"{}\"\n", destination.addr),
     );
@@ -101,7 +94,7 @@ fn disabled_tls_never_uses_starttls() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     enqueue(&dir, &["bob@dest.test"]);
-    let _sluice = start(
+    let _sluice = Sluice::start_in(
         dir,
         &format!(
             "[delivery]\ntls = \"disabled\"\n[routes]\n\"*\" = \"{}\"\n",
@@ -118,7 +111,7 @@ fn required_tls_defers_a_plaintext_only_destination_without_sending() {
     let destination = Destination::start(Options::default());
     let dir = tempfile::tempdir().expect("temp dir");
     let id = enqueue(&dir, &["bob@dest.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "[delivery]\ntls = \"required\"\n[routes]\n\"*\" = \"{}\"\n",
@@ -155,7 +148,7 @@ fn required_tls_with_a_certificate_for_the_wrong_name_defers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = certs.write_ca(dir.path());
     let id = enqueue(&dir, &["bob@secure.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "{}[delivery]\nport = {port}\ntls = \"required\"\ntls_ca = \"{}\"\n",
@@ -175,7 +168,7 @@ fn required_tls_delivers_when_the_certificate_matches_the_mx_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = certs.write_ca(dir.path());
     let id = enqueue(&dir, &["bob@secure.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "{}[delivery]\nport = {port}\ntls = \"required\"\ntls_ca = \"{}\"\n",
@@ -194,7 +187,7 @@ fn tls_policy_table_overrides_the_default_per_domain() {
     let destination = Destination::start(Options::default());
     let dir = tempfile::tempdir().expect("temp dir");
     let id = enqueue(&dir, &["a@secure.test", "b@relaxed.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "[tls_policy]\n\"secure.test\" = \"required\"\n[routes]\n\"*\" = \"{}\"\n",
@@ -218,7 +211,7 @@ fn smarthost_with_auth_over_tls_receives_the_message() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = certs.write_ca(dir.path());
     let id = enqueue(&dir, &["bob@anywhere.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "[delivery]\ntls = \"disabled\"\ntls_ca = \"{}\"\nrelay_host = \"{}\"\n\
@@ -255,7 +248,7 @@ fn smarthost_with_auth_never_sends_credentials_in_plaintext() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let id = enqueue(&dir, &["bob@anywhere.test"]);
-    let sluice = start(
+    let sluice = Sluice::start_in(
         dir,
         &format!(
             "[delivery]\nrelay_host = \"{}\"\nrelay_auth = {{ username = \"relayuser\", password = \"pw\" }}\n",

@@ -5,11 +5,18 @@
 //!   5.4.6 "mail for <domain> loops back to myself" and a DSN, instead of
 //!   delivering the message to ourselves (RFC 5321 §5.1).
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod dns;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::net::{Ipv4Addr, TcpListener};
 
-use common::destination::{Destination, Options};
+use common::destination::{Destination, Options, wait_dsn};
 use common::dns::DnsServer;
 use common::{DEADLINE, Sluice, SmtpClient, config_text, field, queue_id, wait_for};
 
@@ -151,13 +158,7 @@ fn next_hop_pointing_back_at_ourselves_fails_5_4_6_with_a_dsn() {
     );
     client.expect("QUIT", "221");
 
-    let dsn = wait_for("a DSN to alice@origin.test", DEADLINE, || {
-        destination
-            .delivered()
-            .into_iter()
-            .find(|t| t.mail_from.is_empty() && t.recipients == ["alice@origin.test"])
-            .map(|t| String::from_utf8_lossy(&t.body).into_owned())
-    });
+    let (_, dsn) = wait_dsn(&destination, "alice@origin.test");
     for expected in [
         "Final-Recipient: rfc822; bob@loop.test",
         "Final-Recipient: rfc822; carol@self.test",

@@ -1,16 +1,22 @@
 //! `sluice queue` against a running server (through the admin API) and
 //! offline (on the spool), with the same results.
 
-mod common;
-mod queue_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod admin;
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::path::{Path, PathBuf};
 
-use common::{DEADLINE, Sluice, wait_for};
-use queue_common::{
-    Seed, Sink, SinkMode, assert_message_shape, cli, cli_ok, config_text, fill, http, open_spool,
-    write_config,
-};
+use common::admin::{assert_message_shape, http};
+use common::destination::{Sink, SinkMode};
+use common::spool::{Seed, fill, fill_many_held, open_spool};
+use common::{DEADLINE, Sluice, cli, cli_ok, routed_config_text, wait_for, write_config};
 use serde_json::Value;
 
 /// A spool in a temp dir pre-filled with `seeds`, and its config (all mail
@@ -18,7 +24,10 @@ use serde_json::Value;
 fn offline(seeds: &[Seed], sink: &Sink) -> (tempfile::TempDir, PathBuf, Vec<String>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ids = fill(&dir.path().join("spool"), seeds);
-    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
     (dir, config, ids)
 }
 
@@ -205,7 +214,10 @@ fn unknown_id_exits_1_with_no_such_message_online_and_offline() {
 fn all_with_an_id_or_neither_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Sink::start(SinkMode::TempFail);
-    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
     for args in [
         &["queue", "retry", "ABC", "--all"][..],
         &["queue", "delete", "ABC", "--all"],
@@ -281,7 +293,10 @@ fn a_spool_held_by_a_process_whose_api_does_not_answer_is_left_alone() {
             held: false,
         }],
     );
-    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -427,8 +442,11 @@ fn list_of_a_big_queue_streams_every_message() {
     let sink = Sink::start(SinkMode::TempFail);
     const COUNT: usize = 3000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let ids = queue_common::fill_many_held(&dir.path().join("spool"), COUNT);
-    let config = write_config(dir.path(), &config_text(dir.path(), sink.address, "", ""));
+    let ids = fill_many_held(&dir.path().join("spool"), COUNT);
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
     let table = cli_ok(&config, &["queue", "list"]);
     assert!(
         table.ends_with(&format!("in {COUNT} messages\n")),

@@ -4,11 +4,17 @@
 //! supervisor to restart it), and SIGKILL at random points while clients
 //! send and while deliveries are in flight.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,65 +22,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::destination::{Destination, Options};
-use common::{DEADLINE, NO_DELIVERY, Sluice, config_text, seed, wait_for};
+use common::spool::{read_body, with_queue};
+use common::{DEADLINE, NO_DELIVERY, Sluice, SmtpClient, config_text, seed, wait_for};
 use rand::{Rng as _, SeedableRng as _};
+use sluice_queue::QueueId;
 
-/// A client that reports failures instead of panicking: the server may be
-/// killed under it.
-struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+/// A client that reports failures instead of panicking (the server may be
+/// killed under it): connected, greeted and EHLO sent.
+fn connect(address: SocketAddr) -> std::io::Result<SmtpClient> {
+    let mut client = SmtpClient::try_connect(address, DEADLINE)?;
+    let greeting = client.try_read_reply()?;
+    if !greeting.starts_with("220 ") {
+        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+    }
+    client.try_command("EHLO robust.test")?;
+    Ok(client)
 }
 
-impl Client {
-    fn connect(address: SocketAddr) -> std::io::Result<Client> {
-        let stream = TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(DEADLINE))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        let mut client = Client { stream, reader };
-        let greeting = client.reply()?;
-        if !greeting.starts_with("220 ") {
-            return Err(std::io::Error::other(format!("greeting {greeting:?}")));
-        }
-        client.command("EHLO robust.test")?;
-        Ok(client)
-    }
-
-    fn reply(&mut self) -> std::io::Result<String> {
-        let mut reply = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            reply.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return Ok(reply.trim_end().to_string());
-            }
-        }
-    }
-
-    fn command(&mut self, line: &str) -> std::io::Result<String> {
-        self.stream.write_all(format!("{line}\r\n").as_bytes())?;
-        self.reply()
-    }
-
-    /// One transaction; the final reply to the data (any code).
-    fn transaction(&mut self, body: &[u8]) -> std::io::Result<String> {
-        for (line, code) in [
-            ("MAIL FROM:<sender@origin.test>", "250"),
-            ("RCPT TO:<rcpt@dest.test>", "250"),
-            ("DATA", "354"),
-        ] {
-            let reply = self.command(line)?;
-            if !reply.starts_with(code) {
-                return Err(std::io::Error::other(format!("{line} got {reply:?}")));
-            }
-        }
-        self.stream.write_all(body)?;
-        self.stream.write_all(b".\r\n")?;
-        self.reply()
-    }
+/// One transaction; the final reply to the data (any code).
+fn transaction(client: &mut SmtpClient, body: &[u8]) -> std::io::Result<String> {
+    client.try_transaction("sender@origin.test", &["rcpt@dest.test"], body)
 }
 
 /// A message body of about `size` bytes in 78-octet lines, tagged with `tag`.
@@ -145,33 +112,11 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// The spool lock is an flock, shared with any child a parallel test forks
 /// until that child execs: opening is retried for a moment.
 fn stored_bodies(spool: &Path, ids: &[&str]) -> Vec<Vec<u8>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let queue = wait_for(
-        "the spool lock",
-        DEADLINE,
-        || match sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default()) {
-            Ok(queue) => Some(queue),
-            Err(sluice_queue::QueueError::Locked { .. }) => None,
-            Err(error) => panic!("opening the spool: {error}"),
-        },
-    );
-    let bodies = ids
-        .iter()
-        .map(|id| {
-            let id = sluice_queue::QueueId::parse(id).expect("queue ID");
-            let mut reader = queue
-                .open_body(&id)
-                .expect("body of an acknowledged message");
-            let mut bytes = Vec::new();
-            reader.read_to_end(&mut bytes).expect("read the body");
-            bytes
-        })
-        .collect();
-    runtime.block_on(queue.close()).expect("close the spool");
-    bodies
+    with_queue(spool, |queue, _| {
+        ids.iter()
+            .map(|id| read_body(queue, &QueueId::parse(id).expect("queue ID")))
+            .collect()
+    })
 }
 
 #[test]
@@ -181,14 +126,12 @@ fn a_body_file_write_failure_gets_451_leaves_nothing_and_the_server_keeps_accept
     let mut sluice = start_with_file_limit(NO_DELIVERY, 1024 * 1024);
     let spool = sluice.dir.path().join("spool");
     let small = body("before", 2_000);
-    let mut client = Client::connect(sluice.smtp).expect("connect");
-    let before = acknowledged(&client.transaction(&small).expect("send"))
+    let mut client = connect(sluice.smtp).expect("connect");
+    let before = acknowledged(&transaction(&mut client, &small).expect("send"))
         .expect("a small message is accepted");
 
     let big = body("toobig", 2 * 1024 * 1024);
-    let reply = client
-        .transaction(&big)
-        .expect("a reply, not a hang or a close");
+    let reply = transaction(&mut client, &big).expect("a reply, not a hang or a close");
     assert!(
         reply.starts_with("451 4.3.0"),
         "a message that cannot be written must get 451 4.3.0, got {reply:?}"
@@ -203,10 +146,10 @@ fn a_body_file_write_failure_gets_451_leaves_nothing_and_the_server_keeps_accept
     // Space "is available again" for what fits: the same connection and a
     // new one get their mail accepted, a spooled body under the limit too.
     let medium = body("medium", 300_000);
-    let after_same = acknowledged(&client.transaction(&small).expect("send"))
+    let after_same = acknowledged(&transaction(&mut client, &small).expect("send"))
         .expect("the same session accepts mail after the failure");
-    let mut fresh = Client::connect(sluice.smtp).expect("connect");
-    let after_medium = acknowledged(&fresh.transaction(&medium).expect("send"))
+    let mut fresh = connect(sluice.smtp).expect("connect");
+    let after_medium = acknowledged(&transaction(&mut fresh, &medium).expect("send"))
         .expect("a spooled body under the limit is accepted");
     assert!(sluice.is_running());
     assert!(!sluice.log_text().contains("panicked"));
@@ -236,21 +179,21 @@ fn a_database_write_failure_gets_451_then_the_server_exits_75_and_a_restart_acce
     let spool = sluice.dir.path().join("spool");
     // A session in the middle of a transaction when the failure strikes: it
     // may finish, and gets its 451, before the server stops.
-    let mut in_flight = Client::connect(sluice.smtp).expect("connect");
+    let mut in_flight = connect(sluice.smtp).expect("connect");
     for (line, code) in [
         ("MAIL FROM:<sender@origin.test>", "250"),
         ("RCPT TO:<rcpt@dest.test>", "250"),
     ] {
-        let reply = in_flight.command(line).expect("reply");
+        let reply = in_flight.try_command(line).expect("reply");
         assert!(reply.starts_with(code), "{line} got {reply:?}");
     }
 
     let mut acked = Vec::new();
-    let mut client = Client::connect(sluice.smtp).expect("connect");
+    let mut client = connect(sluice.smtp).expect("connect");
     let mut refusal = None;
     for number in 0..60 {
         let message = body(&format!("m{number}"), 60_000);
-        match client.transaction(&message) {
+        match transaction(&mut client, &message) {
             Ok(reply) => match acknowledged(&reply) {
                 Some(id) => acked.push((id, message)),
                 None => {
@@ -278,21 +221,18 @@ fn a_database_write_failure_gets_451_then_the_server_exits_75_and_a_restart_acce
 
     // Stopping: new connections are told to come back later.
     let greeting = wait_for("new connections to get 421 4.3.0", DEADLINE, || {
-        let stream = TcpStream::connect(sluice.smtp).ok()?;
-        stream.set_read_timeout(Some(DEADLINE)).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        line.starts_with("421").then_some(line)
+        let mut probe = SmtpClient::try_connect(sluice.smtp, DEADLINE).ok()?;
+        let greeting = probe.try_read_reply().ok()?;
+        greeting.starts_with("421").then_some(greeting)
     });
     assert!(greeting.starts_with("421 4.3.0"), "got {greeting:?}");
     // The transaction in flight finishes: 451, never 250, then 421.
     let reply = in_flight
-        .command("DATA")
-        .and_then(|reply| {
-            assert!(reply.starts_with("354"), "DATA got {reply:?}");
-            in_flight.stream.write_all(&body("inflight", 60_000))?;
-            in_flight.stream.write_all(b".\r\n")?;
-            in_flight.reply()
+        .try_expect("DATA", "354")
+        .and_then(|_| {
+            in_flight.try_send_raw(&body("inflight", 60_000))?;
+            in_flight.try_send_raw(b".\r\n")?;
+            in_flight.try_read_reply()
         })
         .expect("the transaction in flight gets its reply");
     assert!(
@@ -329,8 +269,8 @@ fn a_database_write_failure_gets_451_then_the_server_exits_75_and_a_restart_acce
         acked.len(),
         "mail that got 451 must not be queued: {ids:?}"
     );
-    let mut client = Client::connect(sluice.smtp).expect("connect after restart");
-    let later = acknowledged(&client.transaction(&body("later", 60_000)).expect("send"))
+    let mut client = connect(sluice.smtp).expect("connect after restart");
+    let later = acknowledged(&transaction(&mut client, &body("later", 60_000)).expect("send"))
         .expect("mail is accepted again once writes succeed");
     assert!(listed(&sluice).contains(&later));
     assert_eq!(sluice.terminate().code(), Some(0), "a clean stop exits 0");
@@ -354,7 +294,7 @@ fn load(
             let acked = acked.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let Ok(mut client) = Client::connect(address) else {
+                let Ok(mut client) = connect(address) else {
                     return;
                 };
                 for number in 0.. {
@@ -364,7 +304,7 @@ fn load(
                     // Mostly inline bodies, now and then a spooled one.
                     let size = if number % 7 == 3 { 100_000 } else { 1_500 };
                     let message = body(&format!("r{round}t{thread}n{number}"), size);
-                    match client.transaction(&message) {
+                    match transaction(&mut client, &message) {
                         Ok(reply) => match acknowledged(&reply) {
                             Some(id) => acked.lock().expect("acked lock").push(id),
                             None => return,

@@ -1,15 +1,21 @@
 //! `sluice sendmail`: local submission on stdin, run as the real binary
 //! against a real server, which relays to a real SMTP destination.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod destination;
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::destination::{Destination, Options, Transaction};
-use common::{DEADLINE, Sluice, field, wait_for};
+use common::destination::{Destination, Options, Transaction, wait_delivered};
+use common::{Sluice, field};
 
 /// A server relaying everything to a destination, and a client config for
 /// `sluice sendmail` naming the server's listener (the server's own config
@@ -47,10 +53,7 @@ impl Setup {
 
     /// Waits for the destination to have received `count` transactions.
     fn delivered(&self, count: usize) -> Vec<Transaction> {
-        wait_for("deliveries at the destination", DEADLINE, || {
-            let delivered = self.destination.delivered();
-            (delivered.len() >= count).then_some(delivered)
-        })
+        wait_delivered(&self.destination, count)
     }
 }
 
@@ -66,30 +69,14 @@ fn write_client_config(path: &Path, port: u16) {
 
 /// Runs `sluice sendmail --config <config> <args>` with `stdin`.
 fn sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(common::binary())
-        .arg("sendmail")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("SLUICE_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice sendmail");
-    let mut input = child.stdin.take().expect("stdin piped");
-    let stdin = stdin.to_vec();
-    // A usage error exits before reading: a write error is not a failure.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let output = child.wait_with_output().expect("wait for sluice sendmail");
-    writer.join().expect("stdin writer");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    // A usage error exits before reading: `run` ignores a write error.
+    common::run(Some(stdin), |command| {
+        command
+            .arg("sendmail")
+            .arg("--config")
+            .arg(config)
+            .args(args);
+    })
 }
 
 fn text(body: &[u8]) -> String {
@@ -533,4 +520,65 @@ fn invoked_as_sendmail_it_is_sluice_sendmail_with_sluice_config() {
     let delivered = setup.delivered(1);
     assert_eq!(delivered[0].mail_from, "a@origin.test");
     assert!(text(&delivered[0].body).contains("Subject: via link\r\n"));
+}
+
+#[test]
+fn listener_on_port_0_is_found_through_the_address_the_server_recorded() {
+    let destination = Destination::start(Options::default());
+    let mut server = Sluice::start(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
+    // The server's own config says 127.0.0.1:0; only the spool knows the port.
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    assert!(config.contains("address = \"127.0.0.1:0\""), "{config}");
+    let record = server.dir.path().join("spool").join("smtp.address");
+    let recorded = std::fs::read_to_string(&record).expect("smtp.address written at startup");
+    assert_eq!(recorded, format!("relay {}\n", server.smtp), "{recorded}");
+
+    let (code, stdout, stderr) = sendmail(
+        &server.config_path,
+        &["-v", "-f", "a@origin.test", "b@dest.test"],
+        b"Subject: found\n\nx\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("queued as "), "{stdout}");
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].recipients, ["b@dest.test"]);
+
+    // A clean shutdown removes the record; sendmail then says what is missing.
+    assert!(server.terminate().success());
+    assert!(!record.exists(), "smtp.address removed at shutdown");
+    let admin_record = server.dir.path().join("spool").join("admin.address");
+    assert!(!admin_record.exists(), "admin.address removed at shutdown");
+    let (code, _, stderr) = sendmail(&server.config_path, &["b@dest.test"], b"x\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("port 0") && stderr.contains("smtp.address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_stale_record_falls_back_to_the_configured_listener() {
+    let setup = Setup::new();
+    // A record left by a crashed server: its port answers no more.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let spool = setup.server.dir.path().join("client-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("smtp.address"), format!("relay {dead}\n")).unwrap();
+    let config = setup.server.dir.path().join("stale.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"sluice.test\"\n[spool]\npath = \"{}\"\n\n[[listener]]\n\
+             address = \"127.0.0.1:{}\"\nkind = \"relay\"\n",
+            spool.display(),
+            setup.server.smtp.port()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: s\n\nx\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(setup.delivered(1)[0].recipients, ["b@dest.test"]);
 }

@@ -1,6 +1,11 @@
 //! `sluice serve` as a process: embedded defaults, readiness, clean shutdown.
 
-mod common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub use {server::*, smtp::*};
+}
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,17 +1,26 @@
 //! Connections against the real binary: concurrency, limits, timeouts,
 //! disconnects, crash safety and graceful shutdown.
 
-mod common;
-mod smtp_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod admin;
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
 use std::time::{Duration, Instant};
 
-use common::{SmtpClient, queue_id, wait_for};
-use smtp_common::{read_spool, start, stop_and_read_queue};
+use common::admin::http;
+use common::spool::{read_spool, stop_and_read_queue};
+use common::{Sluice, SmtpClient, queue_id, wait_for};
 
 #[test]
 fn three_hundred_simultaneous_connections_are_all_served() {
-    let mut server = start("[limits]\nmax_connections = 1000\nmax_connections_per_ip = 1000\n");
+    let mut server = Sluice::start_no_delivery(
+        "[limits]\nmax_connections = 1000\nmax_connections_per_ip = 1000\n",
+    );
     // All 300 are connected and greeted before any sends a message.
     let mut clients: Vec<SmtpClient> = (0..300).map(|_| server.connect()).collect();
     let handles: Vec<_> = clients
@@ -37,7 +46,7 @@ fn three_hundred_simultaneous_connections_are_all_served() {
 
 #[test]
 fn a_silent_client_does_not_delay_others() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let _silent = SmtpClient::connect(server.smtp);
     let _silent_mid_data = {
         let mut client = server.connect();
@@ -64,7 +73,7 @@ fn a_silent_client_does_not_delay_others() {
 
 #[test]
 fn connections_over_the_per_ip_limit_get_421() {
-    let server = start("[limits]\nmax_connections_per_ip = 2\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_connections_per_ip = 2\n");
     let _first = server.connect();
     let _second = server.connect();
     let mut third = SmtpClient::connect(server.smtp);
@@ -81,7 +90,7 @@ fn connections_over_the_per_ip_limit_get_421() {
 
 #[test]
 fn connections_over_the_global_limit_get_421() {
-    let server = start("[limits]\nmax_connections = 1\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_connections = 1\n");
     let _first = server.connect();
     let mut second = SmtpClient::connect(server.smtp);
     let reply = second.read_reply();
@@ -90,7 +99,7 @@ fn connections_over_the_global_limit_get_421() {
 
 #[test]
 fn command_timeout_gives_421_and_closes() {
-    let server = start("[limits]\ncommand_timeout = \"1s\"\n");
+    let server = Sluice::start_no_delivery("[limits]\ncommand_timeout = \"1s\"\n");
     let mut client = server.connect();
     let start = Instant::now();
     let reply = client.read_reply();
@@ -101,7 +110,7 @@ fn command_timeout_gives_421_and_closes() {
 
 #[test]
 fn data_timeout_gives_421_and_closes() {
-    let mut server = start("[limits]\ndata_timeout = \"1s\"\n");
+    let mut server = Sluice::start_no_delivery("[limits]\ndata_timeout = \"1s\"\n");
     let mut client = server.connect();
     client.expect("EHLO c.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -115,7 +124,7 @@ fn data_timeout_gives_421_and_closes() {
 
 #[test]
 fn a_client_disconnecting_mid_data_leaves_nothing_queued() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     {
         let mut client = server.connect();
         client.expect("EHLO c.test", "250");
@@ -130,7 +139,7 @@ fn a_client_disconnecting_mid_data_leaves_nothing_queued() {
 
 #[test]
 fn a_message_acknowledged_with_250_survives_sigkill() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     let id = client.send_message(
         "a@example.org",
@@ -159,7 +168,7 @@ fn a_message_acknowledged_with_250_survives_sigkill() {
 
 #[test]
 fn sigterm_lets_a_transaction_in_progress_finish_and_exits_0() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut busy = server.connect();
     busy.expect("EHLO c.test", "250");
     busy.expect("MAIL FROM:<a@example.org>", "250");
@@ -194,33 +203,16 @@ fn sigterm_lets_a_transaction_in_progress_finish_and_exits_0() {
     assert_eq!(queued.len(), 1);
 }
 
-/// GET `path` from the admin API; returns the body.
-fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(admin).expect("connect to admin API");
-    stream
-        .set_read_timeout(Some(common::DEADLINE))
-        .expect("read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
-}
-
 #[test]
 fn metrics_count_messages_and_open_connections() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.send_message(
         "a@example.org",
         &["b@example.net"],
         "Subject: m\r\n\r\n0123456789\r\n",
     );
-    let metrics = admin_get(server.admin, "/metrics");
+    let metrics = http("GET", server.admin, "/metrics", None).body;
     assert!(
         metrics.contains("sluice_messages_received_total 1"),
         "{metrics}"
@@ -235,7 +227,8 @@ fn metrics_count_messages_and_open_connections() {
         "connections_active back to 0",
         Duration::from_secs(10),
         || {
-            admin_get(server.admin, "/metrics")
+            http("GET", server.admin, "/metrics", None)
+                .body
                 .contains("sluice_connections_active 0")
                 .then_some(())
         },

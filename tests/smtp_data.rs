@@ -1,15 +1,20 @@
 //! Message data against the real binary: DATA end detection and
 //! dot-unstuffing, SMTP smuggling payloads, size limits, BDAT/CHUNKING.
 
-mod common;
-mod smtp_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
-use common::queue_id;
-use smtp_common::{start, stop_and_read_queue};
+use common::spool::stop_and_read_queue;
+use common::{Sluice, queue_id};
 
 #[test]
 fn dot_stuffed_lines_are_unstuffed() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -29,7 +34,7 @@ fn dot_stuffed_lines_are_unstuffed() {
 
 #[test]
 fn bare_lf_in_data_is_rejected_and_the_stream_stays_in_sync() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -55,7 +60,7 @@ fn bare_lf_in_data_is_rejected_and_the_stream_stays_in_sync() {
 
 #[test]
 fn bare_cr_in_data_is_rejected() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -71,7 +76,7 @@ fn bare_cr_in_data_is_rejected() {
 /// A body hiding an end marker a lenient server would accept, followed by a
 /// second transaction. It must never yield a second message.
 fn smuggle(marker: &[u8]) {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -125,7 +130,7 @@ fn smuggling_with_cr_dot_cr_never_yields_a_second_message() {
 
 #[test]
 fn oversize_declared_with_mail_size_gets_552() {
-    let server = start("[limits]\nmax_message_size = 1000\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_message_size = 1000\n");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org> SIZE=1001", "552 5.3.4");
@@ -134,7 +139,7 @@ fn oversize_declared_with_mail_size_gets_552() {
 
 #[test]
 fn oversize_data_gets_552_and_nothing_is_stored() {
-    let mut server = start("[limits]\nmax_message_size = 1000\n");
+    let mut server = Sluice::start_no_delivery("[limits]\nmax_message_size = 1000\n");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -155,7 +160,7 @@ fn oversize_data_gets_552_and_nothing_is_stored() {
 
 #[test]
 fn bdat_with_several_chunks_is_queued_byte_for_byte() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org> BODY=8BITMIME", "250");
@@ -189,7 +194,7 @@ fn bdat_with_several_chunks_is_queued_byte_for_byte() {
 
 #[test]
 fn bdat_pipelined_in_one_write() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.send_raw(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 5\r\nabc\r\nBDAT 0 LAST\r\nQUIT\r\n");
     for prefix in [
@@ -215,7 +220,7 @@ fn bdat_pipelined_in_one_write() {
 
 #[test]
 fn bdat_mixed_with_data_gets_503() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -233,7 +238,7 @@ fn bdat_mixed_with_data_gets_503() {
 
 #[test]
 fn bdat_over_the_size_limit_gets_552() {
-    let mut server = start("[limits]\nmax_message_size = 100\n");
+    let mut server = Sluice::start_no_delivery("[limits]\nmax_message_size = 100\n");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -248,7 +253,7 @@ fn bdat_over_the_size_limit_gets_552() {
 
 #[test]
 fn a_thousand_messages_on_one_connection() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     for n in 0..1000 {

@@ -1,15 +1,20 @@
 //! The inbound SMTP dialogue against the real binary: greeting, EHLO,
 //! replies and their codes, sequencing, relay policy, pipelining.
 
-mod common;
-mod smtp_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
-use common::{SmtpClient, queue_id};
-use smtp_common::{enhanced_code, start, stop_and_read_queue};
+use common::spool::stop_and_read_queue;
+use common::{Sluice, SmtpClient, enhanced_code, queue_id};
 
 #[test]
 fn greeting_and_ehlo_advertise_the_documented_extensions() {
-    let server = start("[limits]\nmax_message_size = \"1MiB\"\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_message_size = \"1MiB\"\n");
     let mut client = SmtpClient::connect(server.smtp);
     assert_eq!(client.read_reply(), "220 sluice.test ESMTP sluice");
     let ehlo = client.expect("EHLO client.test", "250");
@@ -34,7 +39,7 @@ fn greeting_and_ehlo_advertise_the_documented_extensions() {
 
 #[test]
 fn every_reply_carries_an_enhanced_status_code() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("HELO client.test", "250");
     for line in [
@@ -67,7 +72,7 @@ fn every_reply_carries_an_enhanced_status_code() {
 
 #[test]
 fn accepted_message_is_queued_with_a_received_header() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     let id = client.send_message(
         "alice@example.org",
@@ -105,7 +110,7 @@ fn accepted_message_is_queued_with_a_received_header() {
 
 #[test]
 fn pipelined_transaction_in_one_write_gets_every_reply_in_order() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.send_raw(
         b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n\
@@ -143,7 +148,7 @@ fn pipelined_transaction_in_one_write_gets_every_reply_in_order() {
 
 #[test]
 fn commands_out_of_sequence_get_503() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("MAIL FROM:<a@example.org>", "503 5.5.1");
     client.expect("EHLO client.test", "250");
@@ -156,7 +161,7 @@ fn commands_out_of_sequence_get_503() {
 
 #[test]
 fn syntax_errors_get_501_and_unknown_commands_500() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO", "501 5.5.4");
     client.expect("EHLO client.test", "250");
@@ -170,7 +175,7 @@ fn syntax_errors_get_501_and_unknown_commands_500() {
 
 #[test]
 fn unknown_mail_or_rcpt_parameter_gets_555() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org> RET=HDRS", "555 5.5.4");
@@ -180,7 +185,7 @@ fn unknown_mail_or_rcpt_parameter_gets_555() {
 
 #[test]
 fn command_line_over_512_octets_gets_500_and_the_session_continues() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     let long = format!("MAIL FROM:<{}@example.org>", "a".repeat(600));
@@ -193,7 +198,7 @@ fn command_line_over_512_octets_gets_500_and_the_session_continues() {
 
 #[test]
 fn vrfy_help_noop_rset_and_quit() {
-    let server = start("");
+    let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("VRFY postmaster", "252 2.1.5");
     client.expect("HELP", "214");
@@ -210,7 +215,7 @@ const STRANGER_POLICY: &str = "[policy]\nrelay_networks = []\naccept_domains = [
 
 #[test]
 fn relay_is_denied_to_clients_outside_relay_networks() {
-    let server = start(STRANGER_POLICY);
+    let server = Sluice::start_no_delivery(STRANGER_POLICY);
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@elsewhere.test>", "250");
@@ -231,7 +236,7 @@ fn relay_is_denied_to_clients_outside_relay_networks() {
 
 #[test]
 fn postmaster_is_always_accepted() {
-    let mut server = start(STRANGER_POLICY);
+    let mut server = Sluice::start_no_delivery(STRANGER_POLICY);
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<>", "250");
@@ -262,7 +267,7 @@ fn postmaster_is_always_accepted() {
 
 #[test]
 fn too_many_recipients_get_452() {
-    let server = start("[limits]\nmax_recipients = 2\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_recipients = 2\n");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org>", "250");
@@ -274,7 +279,7 @@ fn too_many_recipients_get_452() {
 
 #[test]
 fn smtputf8_addresses_are_accepted_with_the_parameter() {
-    let mut server = start("");
+    let mut server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<jöran@example.org>", "553 5.6.7");
@@ -294,7 +299,7 @@ fn smtputf8_addresses_are_accepted_with_the_parameter() {
 
 #[test]
 fn too_many_errors_close_the_connection_with_421() {
-    let server = start("[limits]\nmax_errors = 3\n");
+    let server = Sluice::start_no_delivery("[limits]\nmax_errors = 3\n");
     let mut client = server.connect();
     client.expect("FROB", "500");
     client.expect("FROB", "500");

@@ -2,11 +2,14 @@
 //! implicit TLS (RFC 8314), TLS versions, AUTH PLAIN/LOGIN (RFC 4954),
 //! submission listeners. Certificates are made here with rcgen.
 
-mod common;
-mod smtp_common;
+#[allow(dead_code, unused_imports)]
+mod common {
+    pub mod server;
+    pub mod smtp;
+    pub mod spool;
+    pub use {server::*, smtp::*};
+}
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,8 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{DEADLINE, Sluice, config_text, queue_id};
-use rustls::pki_types::ServerName;
-use smtp_common::{LOOPBACK_DELIVERY, stop_and_read_queue};
+use common::spool::stop_and_read_queue;
+use common::{NO_DELIVERY, Sluice, SmtpClient, config_text, queue_id};
 
 const PASSWORD: &str = "correct horse";
 
@@ -50,13 +52,12 @@ fn start_tls(policy: &str, limits: &str) -> TlsServer {
         "[tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submissions\"\n\n\
-         [[user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n\n{policy}\n{limits}\n{LOOPBACK_DELIVERY}",
+         [[user]]\nname = \"app\"\npassword_hash = \"{hash}\"\n\n{policy}\n{limits}\n{NO_DELIVERY}",
         cert = cert_path.display(),
         key = key_path.display(),
         hash = cheap_hash(PASSWORD),
     );
-    let text = config_text(dir.path(), "", &extra);
-    let server = Sluice::start_with(dir, &text);
+    let server = Sluice::start_in(dir, &extra);
     assert_eq!(server.smtp_addrs.len(), 3, "three listeners bound");
     TlsServer {
         server,
@@ -81,104 +82,13 @@ fn client_config(
     )
 }
 
-/// Reads one reply byte by byte (no read-ahead, so nothing is lost when the
-/// stream switches to TLS).
-fn read_reply(stream: &mut impl Read) -> String {
-    let mut reply = Vec::new();
-    let mut line_start = 0;
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => reply.push(byte[0]),
-        }
-        if reply.ends_with(b"\r\n") {
-            let line = &reply[line_start..];
-            if line.len() < 4 || line[3] != b'-' {
-                break;
-            }
-            line_start = reply.len();
-        }
-    }
-    String::from_utf8_lossy(&reply).trim_end().to_string()
-}
-
-/// A blocking SMTP client that may switch to TLS.
-enum Client {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(DEADLINE))
-            .expect("read timeout");
-        Client::Plain(stream)
-    }
-
-    /// Implicit TLS: handshake right after connecting.
-    fn connect_tls(address: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
-        let Client::Plain(stream) = Client::connect(address) else {
-            unreachable!()
-        };
-        Client::Plain(stream).start_tls(config)
-    }
-
-    fn start_tls(self, config: Arc<rustls::ClientConfig>) -> Client {
-        let Client::Plain(stream) = self else {
-            panic!("already TLS");
-        };
-        let name = ServerName::try_from("sluice.test").expect("server name");
-        let connection = rustls::ClientConnection::new(config, name).expect("client connection");
-        let mut tls = rustls::StreamOwned::new(connection, stream);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
-        }
-        Client::Tls(Box::new(tls))
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        match self {
-            Client::Plain(stream) => stream.write_all(bytes),
-            Client::Tls(stream) => stream.write_all(bytes).and_then(|()| stream.flush()),
-        }
-        .expect("write");
-    }
-
-    fn read_reply(&mut self) -> String {
-        match self {
-            Client::Plain(stream) => read_reply(stream),
-            Client::Tls(stream) => read_reply(stream.as_mut()),
-        }
-    }
-
-    fn expect(&mut self, line: &str, code: &str) -> String {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-        let reply = self.read_reply();
-        assert!(
-            reply.starts_with(code),
-            "after {line:?} expected {code}, got {reply:?}"
-        );
-        reply
-    }
-
-    fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
-        match self {
-            Client::Plain(_) => None,
-            Client::Tls(stream) => stream.conn.protocol_version(),
-        }
-    }
-}
-
 fn plain_auth(user: &str, password: &str) -> String {
     BASE64.encode(format!("\0{user}\0{password}"))
 }
 
 /// Connects to the relay listener, EHLO, STARTTLS, handshake, EHLO again.
-fn relay_over_tls(tls: &TlsServer) -> Client {
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+fn relay_over_tls(tls: &TlsServer) -> SmtpClient {
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     assert!(
         client
             .read_reply()
@@ -194,7 +104,7 @@ fn relay_over_tls(tls: &TlsServer) -> Client {
 #[test]
 fn starttls_handshake_restarts_the_session_and_offers_auth() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     client.read_reply();
     let before = client.expect("EHLO client.test", "250");
     assert!(
@@ -221,7 +131,7 @@ fn starttls_handshake_restarts_the_session_and_offers_auth() {
 #[test]
 fn tls_1_2_is_accepted() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     client.read_reply();
     client.expect("EHLO client.test", "250");
     client.expect("STARTTLS", "220");
@@ -253,21 +163,13 @@ fn tls_1_1_client_hello() -> Vec<u8> {
 #[test]
 fn tls_1_1_is_refused() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     client.read_reply();
     client.expect("EHLO client.test", "250");
     client.expect("STARTTLS", "220");
-    let Client::Plain(mut stream) = client else {
-        unreachable!()
-    };
-    stream
-        .write_all(&tls_1_1_client_hello())
-        .expect("send hello");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    client.send_raw(&tls_1_1_client_hello());
+    client.set_read_timeout(Duration::from_secs(10));
+    let answer = client.read_bytes_to_end();
     // Either a fatal alert record (type 21) or a plain close; never a ServerHello.
     assert!(
         answer.is_empty() || answer[0] == 0x15,
@@ -287,7 +189,7 @@ fn tls_1_1_is_refused() {
 #[test]
 fn auth_is_refused_before_tls() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     client.read_reply();
     client.expect("EHLO client.test", "250");
     client.expect(
@@ -370,7 +272,7 @@ fn repeated_auth_failures_close_the_connection() {
 #[test]
 fn submission_listener_refuses_mail_without_auth() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[1]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[1]);
     assert!(
         client
             .read_reply()
@@ -394,7 +296,7 @@ fn submission_listener_refuses_mail_without_auth() {
 fn implicit_tls_listener_greets_over_tls_and_requires_auth() {
     let mut tls = start_tls("", "");
     let config = client_config(&tls.certificate, rustls::ALL_VERSIONS);
-    let mut client = Client::connect_tls(tls.server.smtp_addrs[2], config);
+    let mut client = SmtpClient::connect_tls(tls.server.smtp_addrs[2], config);
     assert!(
         client
             .read_reply()
@@ -422,7 +324,7 @@ fn implicit_tls_listener_greets_over_tls_and_requires_auth() {
 #[test]
 fn starttls_discards_pipelined_plaintext() {
     let tls = start_tls("", "");
-    let mut client = Client::connect(tls.server.smtp_addrs[0]);
+    let mut client = SmtpClient::connect(tls.server.smtp_addrs[0]);
     client.read_reply();
     client.expect("EHLO client.test", "250");
     // An attacker's injection rides along after STARTTLS in the same packet.
@@ -437,25 +339,10 @@ fn starttls_discards_pipelined_plaintext() {
 
 #[test]
 fn hash_password_output_authenticates() {
-    let mut hash_password = std::process::Command::new(common::binary())
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run hash-password");
-    hash_password
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"s3cret\n")
-        .expect("write password");
-    let output = hash_password
-        .wait_with_output()
-        .expect("hash-password output");
-    let hash = String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
+    let (_, stdout, _) = common::run(Some(b"s3cret\n"), |command| {
+        command.arg("hash-password");
+    });
+    let hash = stdout.trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let dir = tempfile::tempdir().expect("temp dir");
     let certified =
@@ -463,12 +350,11 @@ fn hash_password_output_authenticates() {
     std::fs::write(dir.path().join("c.pem"), certified.cert.pem()).unwrap();
     std::fs::write(dir.path().join("k.pem"), certified.key_pair.serialize_pem()).unwrap();
     let extra = format!(
-        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[user]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n\n{LOOPBACK_DELIVERY}",
+        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[user]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n\n{NO_DELIVERY}",
         dir.path().join("c.pem").display(),
         dir.path().join("k.pem").display(),
     );
-    let text = config_text(dir.path(), "", &extra);
-    let server = Sluice::start_with(dir, &text);
+    let server = Sluice::start_in(dir, &extra);
     let tls = TlsServer {
         server,
         certificate: certified.cert.der().clone(),
@@ -496,13 +382,10 @@ fn missing_or_bad_certificate_is_a_clear_startup_error() {
         );
         let config = dir.path().join("sluice.toml");
         std::fs::write(&config, config_text(dir.path(), "", &extra)).unwrap();
-        let output = std::process::Command::new(common::binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .expect("run sluice");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let (code, _, stderr) = common::run(None, |command| {
+            command.args(["serve", "--config"]).arg(&config);
+        });
+        assert_eq!(code, 1, "{stderr}");
         assert!(
             stderr.contains(needle) && stderr.contains("tls"),
             "stderr should name {needle}: {stderr}"

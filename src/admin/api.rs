@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use sluice_queue::QueueId;
 
 use super::error::AdminError;
+use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
@@ -39,6 +40,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Every route of the admin API over `ctx`. Every route but `/health`
 /// requires `Authorization: Bearer <token>` when `[admin] token` is set.
+/// Every request's body is limited first (see [`limit_body`]).
 pub fn router(ctx: Context) -> Router {
     let protected = Router::new()
         .route("/v1/queue", get(list).delete(delete_all))
@@ -55,7 +57,53 @@ pub fn router(ctx: Context) -> Router {
         .merge(protected)
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .layer(middleware::from_fn(limit_body))
         .with_state(ctx)
+}
+
+/// Reads the request body, at most [`MAX_BODY_BYTES`] within
+/// [`BODY_TIMEOUT`], before any handler runs: a declared `Content-Length`
+/// over the limit is answered `413` at once, without reading; a chunked
+/// body is cut off at the limit (`413`); a body that trickles in is answered
+/// `408`. Handlers see the buffered body, so none can be made to wait on
+/// the network or to buffer without bound.
+async fn limit_body(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return AdminError::BodyTooLarge {
+            limit: MAX_BODY_BYTES,
+        }
+        .into_response();
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, read_limited(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => AdminError::BodyTimeout(BODY_TIMEOUT).into_response(),
+    }
+}
+
+/// The whole of `body` when it is at most `limit` bytes.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, AdminError> {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|error| AdminError::BadRequest(format!("cannot read the body: {error}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(AdminError::BodyTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
 }
 
 async fn require_token(State(ctx): State<Context>, request: Request, next: Next) -> Response {
@@ -413,6 +461,18 @@ mod tests {
         assert!(!same_secret(b"s3cres", b"s3cret"));
         assert!(!same_secret(b"s3cre", b"s3cret"));
         assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_is_cut_off_at_the_limit() {
+        let chunks = (0..5).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1000])));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let error = read_limited(body, 4096).await.unwrap_err();
+        assert_eq!(error.status(), StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+
+        let chunks = (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024])));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        assert_eq!(read_limited(body, 4096).await.unwrap().len(), 4096);
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum AdminError {
     /// The endpoint exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request body is larger than the API accepts.
+    #[error("request body too large: at most {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// The request body did not arrive in time.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The queue failed.
     #[error(transparent)]
     Queue(QueueError),
@@ -63,6 +69,8 @@ impl AdminError {
             AdminError::Held(_) => StatusCode::CONFLICT,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AdminError::Queue(QueueError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Queue(_) | AdminError::Bounce { .. } | AdminError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -1,7 +1,8 @@
 //! The admin HTTP API (`/v1/queue…`, `/health`, `/metrics`).
 //!
 //! `api` holds the routes, `ops` the queue actions (shared with the offline
-//! `sluice queue`), `view` the JSON shapes, `error` the error answers.
+//! `sluice queue`), `view` the JSON shapes, `error` the error answers, `http`
+//! the connections (limits and timeouts against hostile clients).
 //!
 //! Once bound, the server writes the address it listens on to
 //! `<spool>/admin.address` ([`ADDRESS_FILE`]), so `sluice queue` finds it even
@@ -9,6 +10,7 @@
 
 pub mod api;
 pub mod error;
+pub mod http;
 pub mod ops;
 pub mod view;
 
@@ -16,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::context::Context;
+use crate::runfile::RunFile;
 
 /// The file in the spool directory naming the running admin API's address.
 pub const ADDRESS_FILE: &str = "admin.address";
@@ -29,7 +32,8 @@ pub fn address_file(spool: &Path) -> PathBuf {
 pub struct Admin {
     ctx: Context,
     listener: tokio::net::TcpListener,
-    address_file: Option<PathBuf>,
+    /// `<spool>/admin.address`, removed when the admin API stops.
+    address_file: Option<RunFile>,
 }
 
 impl Admin {
@@ -54,8 +58,8 @@ impl Admin {
         };
         if let Some(bound) = admin.local_addr() {
             let path = address_file(&ctx.config.spool.path);
-            match write_atomically(&path, &format!("{bound}\n")) {
-                Ok(()) => admin.address_file = Some(path),
+            match RunFile::write(path.clone(), &format!("{bound}\n")) {
+                Ok(file) => admin.address_file = Some(file),
                 Err(error) => tracing::warn!(
                     path = %path.display(),
                     %error,
@@ -71,26 +75,13 @@ impl Admin {
         self.listener.local_addr().ok()
     }
 
-    /// Serves requests until shutdown.
+    /// Serves requests until shutdown, with the limits of [`http`]. The
+    /// address file is removed when this returns or is cancelled.
     pub async fn run(self) {
         let router = api::router(self.ctx.clone());
-        let shutdown = self.ctx.shutdown.clone();
-        if let Err(error) = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!(%error, "admin API stopped");
-        }
-        if let Some(path) = self.address_file {
-            let _ = std::fs::remove_file(path);
-        }
+        http::serve(self.listener, router, self.ctx.shutdown.clone()).await;
+        drop(self.address_file);
     }
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let temporary = path.with_extension("address.new");
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

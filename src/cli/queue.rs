@@ -2,8 +2,8 @@
 //! spool directly.
 //!
 //! Which applies: when an admin address is known (`<spool>/admin.address`,
-//! written by the running server, else `[admin] address` unless its port is
-//! 0) and `GET /health` answers there, the API is used. Otherwise the spool is
+//! written by the running server, if the spool path is absolute; else
+//! `[admin] address` unless its port is 0) and `GET /health` answers there, the API is used. Otherwise the spool is
 //! opened; sled lets only one process hold it, so if a server holds it but its
 //! API does not answer, the command says so and exits 1 without touching the
 //! spool.
@@ -179,9 +179,18 @@ pub fn run(command: QueueCommand, loaded: &Loaded) -> anyhow::Result<i32> {
 /// Where the running server's API should be: the address it recorded in the
 /// spool, else `[admin] address` (port 0 means unknown). A wildcard address
 /// is reached on loopback.
+///
+/// The record is trusted only under an absolute spool path: a relative one
+/// (the embedded default `./spool`) depends on the working directory, which
+/// may be anyone's (`/tmp`), and whoever wrote a record there would receive
+/// the bearer token (as for `sluice sendmail`, see [`crate::runfile`]).
 fn admin_address(config: &Config) -> Option<SocketAddr> {
-    let recorded = std::fs::read_to_string(crate::admin::address_file(&config.spool.path))
-        .ok()
+    let recorded = config
+        .spool
+        .path
+        .is_absolute()
+        .then(|| std::fs::read_to_string(crate::admin::address_file(&config.spool.path)).ok())
+        .flatten()
         .and_then(|text| text.trim().parse::<SocketAddr>().ok());
     let mut address = recorded.or_else(|| {
         let configured = config.admin.address;
@@ -380,5 +389,26 @@ mod tests {
         );
         config.admin.address = "127.0.0.1:0".parse().unwrap();
         assert_eq!(admin_address(&config), None);
+    }
+
+    #[test]
+    fn a_recorded_admin_address_is_trusted_only_under_an_absolute_spool_path() {
+        // Made under the working directory so that it has a relative name too.
+        let spool = tempfile::tempdir_in(".").unwrap();
+        std::fs::write(crate::admin::address_file(spool.path()), "127.0.0.9:4242\n").unwrap();
+        let mut config = Config::default();
+        config.admin.address = "127.0.0.1:8025".parse().unwrap();
+
+        config.spool.path = std::fs::canonicalize(spool.path()).unwrap();
+        assert_eq!(
+            admin_address(&config),
+            Some("127.0.0.9:4242".parse().unwrap())
+        );
+        config.spool.path = spool.path().file_name().unwrap().into();
+        assert!(config.spool.path.is_relative());
+        assert_eq!(
+            admin_address(&config),
+            Some("127.0.0.1:8025".parse().unwrap())
+        );
     }
 }

@@ -76,10 +76,17 @@
 //!
 //! # Submission
 //!
-//! The message goes over SMTP to the first `relay`-kind `[[listener]]` of the
-//! configuration (submission listeners require TLS and AUTH). A wildcard
-//! listener address (`0.0.0.0`, `::`) is reached on `127.0.0.1` / `::1`;
-//! loopback is in the default `relay_networks`, so no AUTH is needed. The
+//! The message goes over SMTP to the running server's first `relay`-kind
+//! listener (submission listeners require TLS and AUTH): the address the
+//! server recorded in `<spool>/smtp.address` when it started (so a listener
+//! on port 0, or a configuration edited since, is still found; only with an
+//! absolute spool path, since a relative one depends on the working
+//! directory, which may be anyone's), else the
+//! first relay `[[listener]]` of the configuration. When the recorded
+//! address does not answer (a stale file after a crash), the configured one
+//! is tried. A wildcard listener address (`0.0.0.0`, `::`) is reached on
+//! `127.0.0.1` / `::1`; loopback is in the default `relay_networks`, so no
+//! AUTH is needed. The
 //! transaction is EHLO (HELO when EHLO is refused), `MAIL FROM` (with
 //! `BODY=8BITMIME` and `SMTPUTF8` when the server offers them and, for
 //! SMTPUTF8, an address needs it), `RCPT TO` per recipient, then DATA. The
@@ -107,6 +114,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, ListenerKind};
+use crate::runfile;
 
 /// The usage text printed with `--help` and after a usage error.
 pub const USAGE: &str = "\
@@ -299,8 +307,7 @@ pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> 
 
     let full_name = options.full_name.clone().or(user.full_name);
     let added = missing_headers(&headers, &sender, full_name.as_deref(), hostname);
-    let address = listener_address(config)?;
-    let mut client = Client::connect(address, config.limits.command_timeout)?;
+    let mut client = connect(config)?;
     let id = client.submit(
         hostname,
         &sender,
@@ -735,7 +742,51 @@ impl DataWriter<'_> {
     }
 }
 
-/// The address of the first relay listener, wildcards mapped to loopback.
+/// Connects to the first of [`submission_addresses`] that answers; the
+/// error of the last one tried when none does.
+fn connect(config: &Config) -> Result<Client, SendmailError> {
+    let mut failure = None;
+    for address in submission_addresses(config)? {
+        match Client::connect(address, config.limits.command_timeout) {
+            Ok(client) => return Ok(client),
+            Err(error @ SendmailError::Connect { .. }) => failure = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(failure.expect("submission_addresses returns at least one address"))
+}
+
+/// Where to submit, in order: the first relay listener the running server
+/// recorded in the spool, then the first relay `[[listener]]` configured
+/// (when it differs and its port is known). Never empty.
+fn submission_addresses(config: &Config) -> Result<Vec<SocketAddr>, SendmailError> {
+    let recorded = runfile::read_listeners(&config.spool.path).and_then(|listeners| {
+        listeners
+            .into_iter()
+            .find(|(kind, _)| *kind == ListenerKind::Relay)
+            .map(|(_, address)| reachable(address))
+    });
+    match (recorded, listener_address(config)) {
+        (Some(recorded), Ok(configured)) if configured != recorded => {
+            Ok(vec![recorded, configured])
+        }
+        (Some(recorded), _) => Ok(vec![recorded]),
+        (None, configured) => configured.map(|address| vec![address]),
+    }
+}
+
+/// A wildcard address (`0.0.0.0`, `::`) as reached from this host.
+fn reachable(mut address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => address.set_ip(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) if ip.is_unspecified() => address.set_ip(Ipv6Addr::LOCALHOST.into()),
+        _ => {}
+    }
+    address
+}
+
+/// The address of the first configured relay listener, wildcards mapped to
+/// loopback.
 fn listener_address(config: &Config) -> Result<SocketAddr, SendmailError> {
     let listener = config
         .listeners
@@ -748,18 +799,15 @@ fn listener_address(config: &Config) -> Result<SocketAddr, SendmailError> {
                     .into(),
             )
         })?;
-    let mut address = listener.address;
+    let address = listener.address;
     if address.port() == 0 {
         return Err(SendmailError::NoListener(format!(
-            "the first relay [[listener]] address {address} has port 0, so its port is not known"
+            "the first relay [[listener]] address {address} has port 0 and no running server \
+             recorded its address in {}; is sluice serve running?",
+            runfile::smtp_address_file(&config.spool.path).display()
         )));
     }
-    match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => address.set_ip(Ipv4Addr::LOCALHOST.into()),
-        IpAddr::V6(ip) if ip.is_unspecified() => address.set_ip(Ipv6Addr::LOCALHOST.into()),
-        _ => {}
-    }
-    Ok(address)
+    Ok(reachable(address))
 }
 
 /// One SMTP reply: its code and its text lines joined by spaces.
@@ -1101,6 +1149,37 @@ mod tests {
         );
         config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
         assert!(listener_address(&config).is_err());
+    }
+
+    #[test]
+    fn recorded_relay_listener_comes_before_the_configured_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.spool.path = dir.path().to_path_buf();
+        config.listeners[0].address = "127.0.0.1:2525".parse().unwrap();
+        let configured: SocketAddr = "127.0.0.1:2525".parse().unwrap();
+        assert_eq!(submission_addresses(&config).unwrap(), [configured]);
+
+        std::fs::write(
+            runfile::smtp_address_file(dir.path()),
+            "submission 127.0.0.1:587\nrelay 0.0.0.0:40001\n",
+        )
+        .unwrap();
+        let recorded: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(
+            submission_addresses(&config).unwrap(),
+            [recorded, configured]
+        );
+
+        config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(submission_addresses(&config).unwrap(), [recorded]);
+
+        std::fs::remove_file(runfile::smtp_address_file(dir.path())).unwrap();
+        let error = submission_addresses(&config).unwrap_err().to_string();
+        assert!(
+            error.contains("port 0") && error.contains("smtp.address"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -155,7 +155,9 @@ impl Failure {
             ClientError::Connect(_) => EnhancedCode::new(4, 4, 1),
             ClientError::Timeout { .. } => EnhancedCode::new(4, 4, 2),
             ClientError::Io { .. } | ClientError::Closed { .. } => EnhancedCode::new(4, 4, 2),
-            ClientError::Protocol { .. } => EnhancedCode::new(4, 5, 0),
+            ClientError::Protocol { .. } | ClientError::Unexpected { .. } => {
+                EnhancedCode::new(4, 5, 0)
+            }
             ClientError::TlsHandshake(_) => EnhancedCode::new(4, 7, 5),
             ClientError::TlsNotOffered => EnhancedCode::new(4, 7, 4),
             ClientError::TlsInjection => EnhancedCode::new(4, 7, 0),
@@ -198,6 +200,14 @@ pub fn recipient_domain(address: &str) -> Option<String> {
     }
     Some(domain.to_ascii_lowercase())
 }
+
+/// MX hosts looked at per attempt, at most: DNS answers come from the
+/// remote side too, and a thousand MX records must not keep one delivery
+/// busy for hours.
+pub const MAX_HOSTS: usize = 10;
+/// Addresses connected to per attempt, at most, over all hosts (as
+/// Postfix's `smtp_mx_address_limit`); the rest wait for the next attempt.
+pub const MAX_ADDRESSES: usize = 10;
 
 /// Follow-up transactions after "too many recipients", at most.
 const MAX_FOLLOW_UPS: usize = 100;
@@ -245,6 +255,12 @@ pub async fn deliver_domain(
     }
 }
 
+/// One pass over the next hop's hosts, in order, each host's addresses in
+/// turn (RFC 5321 §5.1). A host that cannot be reached or will not talk to
+/// us passes the recipients on to the next one; so does a transaction that
+/// breaks off before the end of data, for the recipients it did not settle.
+/// A reply about a recipient (2xx, 4xx or 5xx at RCPT, DATA or the end of
+/// data) settles it for this attempt: it is never offered to another host.
 async fn deliver_domain_once(
     engine: &Arc<Engine>,
     message: &Message,
@@ -271,9 +287,17 @@ async fn deliver_domain_once(
         EnhancedCode::new(4, 4, 0),
         format!("no usable host for {domain}"),
     );
+    // Recipients settled so far, and those still to be tried.
+    let mut settled: Vec<Attempt> = Vec::with_capacity(indices.len());
+    let mut open: Vec<usize> = indices.to_vec();
+    let finish = |mut settled: Vec<Attempt>, open: &[usize], failure: &Failure| {
+        settled.extend(open.iter().map(|&index| Attempt::local(index, failure)));
+        settled
+    };
     // Hosts before ourselves in the list were tried (RFC 5321 §5.1).
     let mut tried = false;
-    for host in &hop.hosts {
+    let mut connections = 0;
+    for host in hop.hosts.iter().take(MAX_HOSTS) {
         let addresses = match engine.router.addresses(host).await {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -292,24 +316,30 @@ async fn deliver_domain_once(
         };
         let mode = TlsMode::choose(policy, hop.kind, host.port, auth.is_some());
         for ip in addresses {
+            if connections >= MAX_ADDRESSES {
+                tracing::debug!(domain, "address limit reached for this attempt");
+                return finish(settled, &open, &last_failure);
+            }
             let address = SocketAddr::new(ip, host.port);
             let relay = format!("{}[{}]:{}", host.name, ip, host.port);
             if loops::loops_back(&engine.ctx.config.listeners, hop.kind, address) {
                 // RFC 5321 §5.1: ourselves and anything after us is out.
                 tracing::warn!(domain, %relay, "next hop is this server: mail loop");
                 if tried {
-                    return all(&last_failure);
+                    return finish(settled, &open, &last_failure);
                 }
                 let status = EnhancedCode::new(5, 4, 6);
                 return all(&Failure::local(true, status, loops::reason(domain)));
             }
             tried = true;
+            connections += 1;
             let key = PoolKey {
                 address,
                 host: host.name.clone(),
                 tls: mode,
                 auth_user: auth.as_ref().map(|auth| auth.username.clone()),
             };
+            let mut ran = None;
             // A pooled connection may have been closed by the server while
             // idle: on a failure before the transaction got going, open a
             // fresh one and try again.
@@ -320,38 +350,75 @@ async fn deliver_domain_once(
                     key: &key,
                     reused: true,
                 };
-                match transaction(engine, connection, &target, message, indices).await {
-                    Ok(attempts) => return attempts,
+                match transaction(engine, connection, &target, message, &open).await {
+                    Ok(result) => ran = Some(result),
                     Err(error) => {
                         tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
                     }
                 }
             }
-            let connection = match open_session(engine, host, address, mode, &hop).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::debug!(domain, %relay, %error, "session setup failed");
-                    // A host that will not talk to us (5xx greeting, EHLO or
-                    // AUTH refused) says nothing about the recipients: try
-                    // the next host, and defer if none works (as Postfix's
-                    // smtp_skip_5xx_greeting and smtp_sasl_auth_soft_bounce).
-                    last_failure = Failure::from_client(&error, &host.name, &relay).temporary();
-                    continue;
+            let ran = match ran {
+                Some(ran) => ran,
+                None => {
+                    let connection = match open_session(engine, host, address, mode, &hop).await {
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            tracing::debug!(domain, %relay, %error, "session setup failed");
+                            // A host that will not talk to us (5xx greeting,
+                            // EHLO or AUTH refused) says nothing about the
+                            // recipients: try the next host, and defer if
+                            // none works (as Postfix's smtp_skip_5xx_greeting
+                            // and smtp_sasl_auth_soft_bounce).
+                            last_failure =
+                                Failure::from_client(&error, &host.name, &relay).temporary();
+                            continue;
+                        }
+                    };
+                    let target = Target {
+                        host,
+                        relay: &relay,
+                        key: &key,
+                        reused: false,
+                    };
+                    match transaction(engine, connection, &target, message, &open).await {
+                        Ok(ran) => ran,
+                        Err(error) => Ran::BrokenOff {
+                            settled: Vec::new(),
+                            open: open.clone(),
+                            failure: Failure::from_client(&error, &host.name, &relay).temporary(),
+                        },
+                    }
                 }
             };
-            let target = Target {
-                host,
-                relay: &relay,
-                key: &key,
-                reused: false,
-            };
-            return match transaction(engine, connection, &target, message, indices).await {
-                Ok(attempts) => attempts,
-                Err(error) => all(&Failure::from_client(&error, &host.name, &relay)),
-            };
+            match ran {
+                Ran::Done(attempts) => {
+                    settled.extend(attempts);
+                    return settled;
+                }
+                Ran::BrokenOff {
+                    settled: now_settled,
+                    open: still_open,
+                    failure,
+                } => {
+                    tracing::debug!(
+                        queue_id = %message.id,
+                        domain,
+                        %relay,
+                        reason = %failure.reason,
+                        open = still_open.len(),
+                        "transaction broke off; trying the next host for the rest"
+                    );
+                    settled.extend(now_settled);
+                    if still_open.is_empty() {
+                        return settled;
+                    }
+                    open = still_open;
+                    last_failure = failure;
+                }
+            }
         }
     }
-    all(&last_failure)
+    finish(settled, &open, &last_failure)
 }
 
 /// Connects, reads the greeting, EHLO, then TLS and AUTH as `mode` and the
@@ -400,8 +467,9 @@ async fn open_session(
                         Err(error) => return Err(error),
                     }
                 }
-                // STARTTLS refused: the session goes on in plaintext.
-                Err(ClientError::Rejected { reply, .. }) => {
+                // STARTTLS refused: the session goes on in plaintext,
+                // unless the server is closing it (RFC 5321 §3.8).
+                Err(ClientError::Rejected { reply, .. }) if reply.code != 421 => {
                     tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
                     connection
                 }
@@ -457,6 +525,20 @@ struct Target<'a> {
     reused: bool,
 }
 
+/// What a transaction on one host came to.
+enum Ran {
+    /// Every recipient has its attempt.
+    Done(Vec<Attempt>),
+    /// The transaction broke off before the end of data: `settled` got a
+    /// reply of their own before that, `open` may try the next host, and
+    /// `failure` is why they are still open.
+    BrokenOff {
+        settled: Vec<Attempt>,
+        open: Vec<usize>,
+        failure: Failure,
+    },
+}
+
 /// Runs the transaction on an open session. `Err` only on a reused
 /// (pooled) connection, for failures before anything was sent that could
 /// have been accepted, so a stale connection can be replaced without risking
@@ -467,7 +549,7 @@ async fn transaction(
     target: &Target<'_>,
     message: &Message,
     indices: &[usize],
-) -> Result<Vec<Attempt>, ClientError> {
+) -> Result<Ran, ClientError> {
     let session = Session {
         host: target.host.name.clone(),
         relay: target.relay.to_string(),
@@ -476,17 +558,22 @@ async fn transaction(
             .map(ToString::to_string)
             .unwrap_or_else(|| "plaintext".into()),
     };
-    let local = |failure: Failure| -> Vec<Attempt> {
-        let failure = Failure {
+    let with_session = |failure: Failure| -> Failure {
+        Failure {
             remote_mta: Some(session.host.clone()),
             relay: Some(session.relay.clone()),
             tls: Some(session.tls.clone()),
             ..failure
-        };
-        indices
-            .iter()
-            .map(|&index| Attempt::local(index, &failure))
-            .collect()
+        }
+    };
+    let local = |failure: Failure| -> Ran {
+        let failure = with_session(failure);
+        Ran::Done(
+            indices
+                .iter()
+                .map(|&index| Attempt::local(index, &failure))
+                .collect(),
+        )
     };
     let capabilities = connection.capabilities().clone();
     // RFC 1870 §6.1: a declared limit below the message size is final.
@@ -543,23 +630,53 @@ async fn transaction(
     engine.ctx.metrics.deliveries_in_flight.dec();
     match result {
         Ok(result) => {
-            if !engine.ctx.shutdown.is_cancelled() {
+            if connection.is_usable() && !engine.ctx.shutdown.is_cancelled() {
                 engine.pool.put(target.key.clone(), connection);
             } else {
                 connection.quit().await;
             }
-            Ok(indices
-                .iter()
-                .zip(result.replies.iter())
-                .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
-                .collect())
+            Ok(Ran::Done(
+                indices
+                    .iter()
+                    .zip(result.replies.iter())
+                    .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
+                    .collect(),
+            ))
         }
-        Err(error) if target.reused && is_before_transaction(&error) => Err(error),
-        Err(error) => Ok(local(Failure::from_client(
-            &error,
-            &session.host,
-            target.relay,
-        ))),
+        Err(broken) => {
+            let nothing_known = broken.replies.iter().all(Option::is_none);
+            if target.reused && nothing_known && is_before_transaction(&broken.error) {
+                return Err(broken.error);
+            }
+            // The session is in an unknown state: close it (a 421 asked
+            // for that anyway).
+            drop(connection);
+            let failure = with_session(
+                Failure::from_client(&broken.error, &session.host, target.relay).temporary(),
+            );
+            // RFC 5321 §3.3: a recipient refused at RCPT keeps its own
+            // reply, whatever happened to the transaction afterwards.
+            let mut settled = Vec::new();
+            let mut open = Vec::new();
+            for (&index, reply) in indices.iter().zip(broken.replies.iter()) {
+                match reply {
+                    Some(reply) => settled.push(Attempt::from_reply(index, reply, &session)),
+                    None => open.push(index),
+                }
+            }
+            // After the final dot the server may hold the message (RFC
+            // 5321 §6.1 and RFC 1047): no other host gets it in this
+            // attempt. A body we cannot read fails everywhere alike.
+            if broken.data_sent || matches!(broken.error, ClientError::Body(_)) {
+                settled.extend(open.iter().map(|&index| Attempt::local(index, &failure)));
+                return Ok(Ran::Done(settled));
+            }
+            Ok(Ran::BrokenOff {
+                settled,
+                open,
+                failure,
+            })
+        }
     }
 }
 
@@ -572,7 +689,7 @@ fn is_before_transaction(error: &ClientError) -> bool {
         | ClientError::Timeout { stage } => {
             matches!(
                 *stage,
-                "sending MAIL, RCPT and DATA" | "after MAIL" | "MAIL"
+                "sending MAIL, RCPT and DATA" | "sending MAIL" | "after MAIL"
             )
         }
         ClientError::Rejected { reply, .. } => reply.code == 421,

@@ -21,8 +21,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::protocol::{
-    Capabilities, DotStuffer, Reply, ReplyError, auth_plain, base64_line, mail_from, parse_reply,
-    rcpt_to,
+    Capabilities, DotStuffer, MAX_REPLY_BYTES, Reply, ReplyError, auth_plain, base64_line,
+    mail_from, parse_reply, rcpt_to,
 };
 
 /// RFC 5321 §4.5.3.2 timeouts, from `[delivery]`.
@@ -76,6 +76,10 @@ pub enum ClientError {
         stage: &'static str,
         source: ReplyError,
     },
+    /// A reply that makes no sense where it came (RFC 5321 §4.3.2), such as
+    /// a 2xx to DATA where 354 must come: nothing can be concluded from it.
+    #[error("unexpected reply {stage}: {reply}")]
+    Unexpected { stage: &'static str, reply: Reply },
     /// The server refused a session command (greeting, EHLO, STARTTLS, AUTH, RSET).
     #[error("{stage} rejected: {reply}")]
     Rejected { stage: &'static str, reply: Reply },
@@ -145,12 +149,40 @@ pub struct Transaction<'a> {
 }
 
 /// What the server said for each recipient of a transaction, in order: the
-/// MAIL reply when MAIL failed, else the RCPT reply when RCPT failed, else
-/// the reply to the end of data.
+/// MAIL reply when MAIL was refused, else the RCPT reply when RCPT was
+/// refused, else the DATA reply when DATA was refused, else the reply to the
+/// end of data.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
     /// One reply per recipient, in the order given.
     pub replies: Vec<Reply>,
+}
+
+/// A transaction that broke off before every recipient had a reply.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct TransactionError {
+    /// What went wrong.
+    pub error: ClientError,
+    /// One entry per recipient, in order: `Some` when the server already
+    /// refused that recipient at RCPT (a verdict that stands), `None` when
+    /// its outcome is unknown.
+    pub replies: Vec<Option<Reply>>,
+    /// True when the final dot was (being) sent: the server may have taken
+    /// the message, so sending it elsewhere now could duplicate it.
+    pub data_sent: bool,
+}
+
+/// RFC 5321 §3.8: a 421 reply, whatever the command, announces that the
+/// server is closing the session; nothing more will be answered.
+fn closing(reply: &Reply, stage: &'static str) -> Result<(), ClientError> {
+    if reply.code == 421 {
+        return Err(ClientError::Rejected {
+            stage,
+            reply: reply.clone(),
+        });
+    }
+    Ok(())
 }
 
 enum Stream {
@@ -213,6 +245,10 @@ pub struct Connection {
     peer: SocketAddr,
     /// Transactions completed on this connection.
     transactions: u32,
+    /// False once the session is in an unknown state (an I/O error, a
+    /// timeout, an unreadable reply, a 421, a refused RSET): it must not be
+    /// reused for another transaction.
+    usable: bool,
 }
 
 impl Connection {
@@ -236,6 +272,7 @@ impl Connection {
             timeouts,
             peer,
             transactions: 0,
+            usable: true,
         })
     }
 
@@ -261,6 +298,14 @@ impl Connection {
     /// The TLS session, or `None` for plaintext.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
+    }
+
+    /// True while the session is in a known, clean state between
+    /// transactions (nothing unread, no error, no 421), so it may carry
+    /// another one.
+    pub fn is_usable(&self) -> bool {
+        // Bytes nobody asked for would be read as the next command's reply.
+        self.usable && self.buffer.is_empty()
     }
 
     /// Transactions completed on this connection so far.
@@ -385,6 +430,7 @@ impl Connection {
             timeouts: self.timeouts,
             peer: self.peer,
             transactions: 0,
+            usable: true,
         })
     }
 
@@ -431,14 +477,29 @@ impl Connection {
     /// Runs one mail transaction: MAIL, RCPT for every recipient, DATA and
     /// the body, pipelined when the server offers PIPELINING (RFC 2920).
     ///
-    /// Returns each recipient's reply. An `Err` means the outcome is unknown
-    /// for everyone (connection lost, timeout, unreadable body): the caller
-    /// defers them all, and the connection must not be reused.
+    /// `Ok` gives every recipient its reply. An `Err` means the transaction
+    /// broke off (connection lost, timeout, unreadable reply, a `421`
+    /// closing the session, unreadable body): it still carries the replies
+    /// that settled some recipients before that (their own refusal at RCPT),
+    /// and says whether the end of data had been sent. Afterwards the
+    /// connection is no longer [usable](Connection::is_usable).
     pub async fn send(
         &mut self,
         transaction: &Transaction<'_>,
         body: &mut Body,
-    ) -> Result<TransactionResult, ClientError> {
+    ) -> Result<TransactionResult, TransactionError> {
+        let result = self.run_transaction(transaction, body).await;
+        if result.is_err() {
+            self.usable = false;
+        }
+        result
+    }
+
+    async fn run_transaction(
+        &mut self,
+        transaction: &Transaction<'_>,
+        body: &mut Body,
+    ) -> Result<TransactionResult, TransactionError> {
         let capabilities = &self.capabilities;
         let mail = mail_from(
             transaction.sender,
@@ -446,66 +507,145 @@ impl Connection {
             transaction.eight_bit && capabilities.eight_bit_mime,
             transaction.smtputf8 && capabilities.smtputf8,
         );
+        let pipelined = capabilities.pipelining;
         let count = transaction.recipients.len();
-        let (mail_reply, rcpt_replies, data_reply) = if self.capabilities.pipelining {
-            let mut batch = mail;
+        let mut rcpt_replies: Vec<Reply> = Vec::with_capacity(count);
+        // Only a recipient's own refusal survives a failure later on: an
+        // accepted recipient's fate is decided by the end of data.
+        let broken_off = |error: ClientError, rcpt_replies: &[Reply], data_sent: bool| {
+            let mut replies: Vec<Option<Reply>> = rcpt_replies
+                .iter()
+                .map(|reply| (!reply.is_positive() && reply.code != 421).then(|| reply.clone()))
+                .collect();
+            replies.resize(count, None);
+            TransactionError {
+                error,
+                replies,
+                data_sent,
+            }
+        };
+
+        if pipelined {
+            let mut batch = mail.clone();
             for recipient in transaction.recipients {
                 batch.push_str(&rcpt_to(recipient));
             }
             batch.push_str("DATA\r\n");
             self.write(batch.as_bytes(), "sending MAIL, RCPT and DATA")
-                .await?;
-            let mail_reply = self.read_reply("after MAIL", self.timeouts.command).await?;
-            let mut rcpt_replies = Vec::with_capacity(count);
-            for _ in 0..count {
-                rcpt_replies.push(self.read_reply("after RCPT", self.timeouts.command).await?);
-            }
-            let data_reply = self.read_reply("after DATA", self.timeouts.command).await?;
-            (mail_reply, rcpt_replies, Some(data_reply))
+                .await
+                .map_err(|error| broken_off(error, &[], false))?;
+        }
+        let mail_reply = if pipelined {
+            self.read_reply("after MAIL", self.timeouts.command).await
         } else {
-            let mail_reply = self.command(&mail, "MAIL").await?;
-            let mut rcpt_replies = Vec::with_capacity(count);
-            if mail_reply.is_positive() {
-                for recipient in transaction.recipients {
-                    rcpt_replies.push(self.command(&rcpt_to(recipient), "RCPT").await?);
-                }
-            }
-            let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
-            let data_reply = if any_accepted {
-                Some(self.command("DATA\r\n", "DATA").await?)
-            } else {
-                None
-            };
-            (mail_reply, rcpt_replies, data_reply)
-        };
-
+            self.command(&mail, "MAIL").await
+        }
+        .map_err(|error| broken_off(error, &[], false))?;
+        // RFC 5321 §3.8: 421 means the server is closing the session; no
+        // further reply will come.
+        closing(&mail_reply, "MAIL").map_err(|error| broken_off(error, &[], false))?;
         if !mail_reply.is_positive() {
-            self.abort_transaction(data_reply.as_ref()).await?;
+            if pipelined {
+                // Drain the RCPT and DATA replies (RFC 2920 §3.1); they say
+                // nothing about the recipients once MAIL was refused.
+                let mut data_reply = None;
+                for stage in std::iter::repeat_n("after RCPT", count).chain(["after DATA"]) {
+                    match self.read_reply(stage, self.timeouts.command).await {
+                        Ok(reply) if reply.code == 421 => {
+                            self.usable = false;
+                            break;
+                        }
+                        Ok(reply) => data_reply = Some(reply),
+                        Err(_) => {
+                            self.usable = false;
+                            break;
+                        }
+                    }
+                }
+                if self.usable {
+                    self.abort_transaction(data_reply.as_ref()).await;
+                }
+            } else {
+                self.abort_transaction(None).await;
+            }
             return Ok(TransactionResult {
                 replies: vec![mail_reply; count],
             });
         }
+
+        for recipient in transaction.recipients {
+            let reply = if pipelined {
+                self.read_reply("after RCPT", self.timeouts.command).await
+            } else {
+                self.command(&rcpt_to(recipient), "RCPT").await
+            }
+            .map_err(|error| broken_off(error, &rcpt_replies, false))?;
+            if let Err(error) = closing(&reply, "RCPT") {
+                return Err(broken_off(error, &rcpt_replies, false));
+            }
+            rcpt_replies.push(reply);
+        }
+
         let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
-        let data_reply = match data_reply {
-            Some(reply) if reply.code == 354 && any_accepted => reply,
+        let data_reply = if pipelined {
+            Some(self.read_reply("after DATA", self.timeouts.command).await)
+        } else if any_accepted {
+            Some(self.command("DATA\r\n", "DATA").await)
+        } else {
+            None
+        }
+        .transpose()
+        .map_err(|error| broken_off(error, &rcpt_replies, false))?;
+        if let Some(reply) = data_reply.as_ref().filter(|_| any_accepted) {
+            if reply.code == 421 {
+                let error = closing(reply, "DATA").expect_err("a 421 reply is closing");
+                return Err(broken_off(error, &rcpt_replies, false));
+            }
+            // RFC 5321 §4.3.2: DATA is answered 354, 4xx or 5xx. Taking a
+            // 2xx as the recipients' verdict would report mail as delivered
+            // whose body was never sent.
+            if reply.is_positive() || (reply.is_intermediate() && reply.code != 354) {
+                let error = ClientError::Unexpected {
+                    stage: "after DATA",
+                    reply: reply.clone(),
+                };
+                return Err(broken_off(error, &rcpt_replies, false));
+            }
+        }
+        match &data_reply {
+            Some(reply) if reply.code == 354 && any_accepted => {}
             other => {
-                // No recipient left, or DATA refused: nothing is sent.
-                self.abort_transaction(other.as_ref()).await?;
+                // No recipient left, or DATA refused: no body is sent.
+                // RFC 5321 §4.1.1.4: DATA after no valid recipient must be
+                // refused; pipelining made us send it anyway.
+                let data_refusal = other.clone();
+                if data_refusal.as_ref().is_some_and(|reply| reply.code == 421) {
+                    self.usable = false;
+                } else {
+                    self.abort_transaction(data_refusal.as_ref()).await;
+                }
                 let replies = rcpt_replies
                     .into_iter()
-                    .map(|rcpt| match (&other, rcpt.is_positive()) {
+                    .map(|rcpt| match (&data_refusal, rcpt.is_positive()) {
                         (Some(data), true) => data.clone(),
                         _ => rcpt,
                     })
                     .collect();
                 return Ok(TransactionResult { replies });
             }
-        };
-        let _ = data_reply;
-        self.send_body(body).await?;
+        }
+
+        let mut data_sent = false;
+        self.send_body(body, &mut data_sent)
+            .await
+            .map_err(|error| broken_off(error, &rcpt_replies, data_sent))?;
         let final_reply = self
             .read_reply("after the end of data", self.timeouts.data)
-            .await?;
+            .await
+            .map_err(|error| broken_off(error, &rcpt_replies, true))?;
+        if final_reply.code == 421 || final_reply.is_intermediate() {
+            self.usable = false;
+        }
         self.transactions += 1;
         let replies = rcpt_replies
             .into_iter()
@@ -522,18 +662,33 @@ impl Connection {
 
     /// After a transaction that sent no body: when the server still answered
     /// DATA with 354 (RFC 2920 §3.1), end the empty data; then RSET so the
-    /// connection is clean for the next message.
-    async fn abort_transaction(&mut self, data_reply: Option<&Reply>) -> Result<(), ClientError> {
-        if data_reply.is_some_and(|reply| reply.code == 354) {
-            self.write(b".\r\n", "ending an empty DATA").await?;
-            let _ = self
-                .read_reply("after an empty DATA", self.timeouts.data)
-                .await?;
+    /// connection is clean for the next message. The recipients' replies are
+    /// known already, so a failure here only makes the connection unusable.
+    async fn abort_transaction(&mut self, data_reply: Option<&Reply>) {
+        let result = async {
+            if data_reply.is_some_and(|reply| reply.code == 354) {
+                self.write(b".\r\n", "ending an empty DATA").await?;
+                let _ = self
+                    .read_reply("after an empty DATA", self.timeouts.data)
+                    .await?;
+            }
+            self.rset().await
         }
-        self.rset().await
+        .await;
+        if let Err(error) = result {
+            tracing::debug!(peer = %self.peer, %error, "cannot reset the session; closing it");
+            self.usable = false;
+        }
     }
 
-    async fn send_body(&mut self, body: &mut Body) -> Result<(), ClientError> {
+    /// Sends the body, dot-stuffed, and the final dot. `data_sent` is set
+    /// as the write carrying the final dot starts: from then on the server
+    /// may have the whole message.
+    async fn send_body(
+        &mut self,
+        body: &mut Body,
+        data_sent: &mut bool,
+    ) -> Result<(), ClientError> {
         let mut stuffer = DotStuffer::new();
         let mut output = Vec::with_capacity(WRITE_CHUNK + 1024);
         while let Some(chunk) = body.next_chunk().await {
@@ -545,6 +700,7 @@ impl Connection {
             }
         }
         stuffer.finish(&mut output);
+        *data_sent = true;
         self.write(&output, "sending the body").await
     }
 
@@ -552,6 +708,7 @@ impl Connection {
     pub async fn rset(&mut self) -> Result<(), ClientError> {
         let reply = self.command("RSET\r\n", "RSET").await?;
         if !reply.is_positive() {
+            self.usable = false;
             return Err(ClientError::Rejected {
                 stage: "RSET",
                 reply,
@@ -572,9 +729,12 @@ impl Connection {
         .await;
     }
 
-    async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, ClientError> {
-        self.write(line.as_bytes(), stage).await?;
-        self.read_reply(stage, self.timeouts.command).await
+    /// Sends one command and reads its reply; errors name the command as
+    /// "sending X" or "after X".
+    async fn command(&mut self, line: &str, command: &'static str) -> Result<Reply, ClientError> {
+        let (sending, after) = stages(command);
+        self.write(line.as_bytes(), sending).await?;
+        self.read_reply(after, self.timeouts.command).await
     }
 
     async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), ClientError> {
@@ -586,8 +746,14 @@ impl Connection {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(ClientError::Io { stage, source }),
-            Err(_) => Err(ClientError::Timeout { stage }),
+            Ok(Err(source)) => {
+                self.usable = false;
+                Err(ClientError::Io { stage, source })
+            }
+            Err(_) => {
+                self.usable = false;
+                Err(ClientError::Timeout { stage })
+            }
         }
     }
 
@@ -597,23 +763,61 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Parsing starts over from the first byte, so it only runs when a
+        // line was completed: a peer sending one byte at a time costs
+        // linear, not quadratic, work.
+        let mut parse = true;
         loop {
-            match parse_reply(&self.buffer) {
+            let result = if parse {
+                parse_reply(&self.buffer)
+            } else {
+                Ok(None)
+            };
+            let error = match result {
                 Ok(Some((reply, used))) => {
                     self.buffer.drain(..used);
                     return Ok(reply);
                 }
-                Ok(None) => {}
-                Err(source) => return Err(ClientError::Protocol { stage, source }),
-            }
-            self.buffer.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
-                Ok(Ok(0)) => return Err(ClientError::Closed { stage }),
-                Ok(Ok(_)) => {}
-                Ok(Err(source)) => return Err(ClientError::Io { stage, source }),
-                Err(_) => return Err(ClientError::Timeout { stage }),
-            }
+                Ok(None) => {
+                    self.buffer.reserve(4096);
+                    let before = self.buffer.len();
+                    match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer))
+                        .await
+                    {
+                        Ok(Ok(0)) => ClientError::Closed { stage },
+                        Ok(Ok(_)) => {
+                            parse = self.buffer[before..].contains(&b'\n')
+                                || self.buffer.len() > MAX_REPLY_BYTES;
+                            continue;
+                        }
+                        Ok(Err(source)) => ClientError::Io { stage, source },
+                        Err(_) => ClientError::Timeout { stage },
+                    }
+                }
+                Err(source) => ClientError::Protocol { stage, source },
+            };
+            self.usable = false;
+            return Err(error);
         }
+    }
+}
+
+/// How errors name the moments around `command`: (while sending it, while
+/// waiting for its reply).
+fn stages(command: &'static str) -> (&'static str, &'static str) {
+    match command {
+        "EHLO" => ("sending EHLO", "after EHLO"),
+        "HELO" => ("sending HELO", "after HELO"),
+        "STARTTLS" => ("sending STARTTLS", "after STARTTLS"),
+        "AUTH PLAIN" => ("sending AUTH PLAIN", "after AUTH PLAIN"),
+        "AUTH LOGIN" => ("sending AUTH LOGIN", "after AUTH LOGIN"),
+        "AUTH LOGIN user name" => ("sending the AUTH user name", "after the AUTH user name"),
+        "AUTH LOGIN password" => ("sending the AUTH password", "after the AUTH password"),
+        "MAIL" => ("sending MAIL", "after MAIL"),
+        "RCPT" => ("sending RCPT", "after RCPT"),
+        "DATA" => ("sending DATA", "after DATA"),
+        "RSET" => ("sending RSET", "after RSET"),
+        other => (other, other),
     }
 }
 

@@ -81,7 +81,10 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
         human.push_str(">: ");
         match (&recipient.remote_mta, &recipient.diagnostic) {
             (Some(host), Diagnostic::Smtp(reply)) => {
-                human.push_str(&format!("host {host} said: {}", one_line(reply)))
+                // The reply on a line of its own: with the address and host
+                // before it, a long reply would pass the 998-octet line
+                // limit (RFC 5322 §2.1.1).
+                human.push_str(&format!("host {host} said:\r\n    {}", one_line(reply)))
             }
             (_, Diagnostic::Smtp(text)) | (_, Diagnostic::Local(text)) => {
                 human.push_str(&one_line(text))

@@ -81,9 +81,10 @@ impl Pool {
     }
 
     /// Returns a connection after a clean transaction; closes it instead when
-    /// it has done enough or the key already has enough idle ones.
+    /// it is not [usable](Connection::is_usable), has done enough, or the key
+    /// already has enough idle ones.
     pub fn put(&self, key: PoolKey, connection: Connection) {
-        if connection.transactions() >= MAX_TRANSACTIONS {
+        if !connection.is_usable() || connection.transactions() >= MAX_TRANSACTIONS {
             close_later(connection);
             return;
         }

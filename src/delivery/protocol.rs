@@ -8,7 +8,13 @@ use base64::Engine as _;
 
 /// Longest reply we accept before calling the peer broken (RFC 5321 §4.5.3.1.5
 /// allows 512 octets per line; multi-line EHLO replies are a few KiB).
-const MAX_REPLY_BYTES: usize = 64 * 1024;
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Longest reply text kept for the queue, logs and DSNs: RFC 5321
+/// §4.5.3.1.5 allows 512 octets per reply line; this keeps the usual
+/// multi-line refusals whole while a DSN's `Diagnostic-Code: smtp; ...` line
+/// stays below RFC 5322's 998 octets.
+pub const MAX_REPLY_TEXT: usize = 900;
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,7 +108,8 @@ impl Reply {
     }
 
     /// The reply on one line: `"550 5.1.1 text more text"`. Repeated enhanced
-    /// codes on continuation lines are left out.
+    /// codes on continuation lines are left out; a reply longer than
+    /// [`MAX_REPLY_TEXT`] is cut there and ends in "...".
     pub fn one_line(&self) -> String {
         let mut text = self.code.to_string();
         for (index, line) in self.lines.iter().enumerate() {
@@ -115,6 +122,17 @@ impl Reply {
                 text.push(' ');
                 text.push_str(line);
             }
+            if text.len() > MAX_REPLY_TEXT {
+                break;
+            }
+        }
+        if text.len() > MAX_REPLY_TEXT {
+            let mut end = MAX_REPLY_TEXT - 3;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
         }
         text
     }
@@ -174,17 +192,22 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         }
         let line = String::from_utf8_lossy(raw);
         let bytes = line.as_bytes();
-        if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) || bytes[0] < b'2' {
-            return Err(ReplyError::Malformed(line.into_owned()));
+        // RFC 5321 §4.2: Reply-code = %x32-35 %x30-35 %x30-39.
+        if bytes.len() < 3
+            || !(b'2'..=b'5').contains(&bytes[0])
+            || !(b'0'..=b'5').contains(&bytes[1])
+            || !bytes[2].is_ascii_digit()
+        {
+            return Err(ReplyError::Malformed(quoted(&line)));
         }
         let this_code: u16 = line[..3]
             .parse()
-            .map_err(|_| ReplyError::Malformed(line.to_string()))?;
+            .map_err(|_| ReplyError::Malformed(quoted(&line)))?;
         let (last, text) = match bytes.get(3) {
             None => (true, ""),
             Some(b' ') => (true, &line[4..]),
             Some(b'-') => (false, &line[4..]),
-            Some(_) => return Err(ReplyError::Malformed(line.into_owned())),
+            Some(_) => return Err(ReplyError::Malformed(quoted(&line))),
         };
         match code {
             None => code = Some(this_code),
@@ -196,7 +219,7 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             }
             Some(_) => {}
         }
-        lines.push(text.to_string());
+        lines.push(printable(text));
         if last {
             let code = code.expect("set on the first line");
             let enhanced = lines
@@ -215,6 +238,26 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         }
     }
 }
+
+/// Reply text made safe to store, log and put in a DSN header: RFC 5321
+/// §4.2 allows only HT, SP and printable characters, so control characters
+/// (a bare CR could start a new header line) become spaces; a line is cut
+/// to [`MAX_REPLY_TEXT`] characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(MAX_REPLY_TEXT)
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
+/// A malformed line as quoted in an error: printable and short, since the
+/// error ends up in logs, the queue and maybe a DSN.
+fn quoted(line: &str) -> String {
+    printable(&line.chars().take(MAX_QUOTED).collect::<String>())
+}
+
+/// Characters of a malformed reply line kept in the error.
+const MAX_QUOTED: usize = 128;
 
 /// What the server offered in its EHLO reply (RFC 5321 §4.1.1.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -450,6 +493,18 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_line_is_quoted_short_and_printable() {
+        let line = format!("hello\x1b[2J{}\r\n", "w".repeat(10_000));
+        match parse_reply(line.as_bytes()) {
+            Err(ReplyError::Malformed(quoted)) => {
+                assert_eq!(quoted.chars().count(), MAX_QUOTED);
+                assert!(!quoted.chars().any(char::is_control), "{quoted:?}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn endless_reply_is_too_long() {
         let mut input = Vec::new();
         while input.len() <= MAX_REPLY_BYTES {
@@ -483,6 +538,64 @@ mod tests {
         assert!(!capabilities.rejects_size(1000));
         assert!(capabilities.eight_bit_mime && capabilities.smtputf8 && capabilities.starttls);
         assert!(capabilities.offers_auth("PLAIN") && capabilities.offers_auth("login"));
+    }
+
+    #[test]
+    fn reply_codes_outside_the_grammar_are_malformed() {
+        // RFC 5321 §4.2: first digit 2-5, second 0-5.
+        for bad in [
+            "199 x\r\n",
+            "600 x\r\n",
+            "290 x\r\n",
+            "25 x\r\n",
+            "2a0 x\r\n",
+        ] {
+            assert!(
+                matches!(parse_reply(bad.as_bytes()), Err(ReplyError::Malformed(_))),
+                "{bad:?} must be malformed"
+            );
+        }
+        assert_eq!(parse_all("559 x\r\n").code, 559);
+    }
+
+    #[test]
+    fn control_characters_in_reply_text_become_spaces() {
+        let reply = parse_all("550 5.1.1 a\rInjected: yes\x1b[31m\x00 end\r\n");
+        assert_eq!(reply.one_line(), "550 5.1.1 a Injected: yes [31m  end");
+        assert!(!reply.one_line().chars().any(char::is_control));
+    }
+
+    #[test]
+    fn long_replies_are_cut_for_storage() {
+        let long = format!("550 5.1.1 {}\r\n", "y".repeat(4000));
+        let reply = parse_all(&long);
+        let text = reply.one_line();
+        assert_eq!(text.len(), MAX_REPLY_TEXT);
+        assert!(text.starts_with("550 5.1.1 yyy") && text.ends_with("..."));
+        let mut many = String::new();
+        for _ in 0..200 {
+            many.push_str("451-4.3.0 more and more text\r\n");
+        }
+        many.push_str("451 4.3.0 end\r\n");
+        assert!(parse_all(&many).one_line().len() <= MAX_REPLY_TEXT);
+        // Multi-byte text is cut on a character boundary.
+        let wide = format!("550 {}\r\n", "\u{e9}".repeat(2000));
+        assert!(parse_all(&wide).one_line().ends_with("..."));
+    }
+
+    #[test]
+    fn garbage_size_limits_mean_no_limit() {
+        for size in [
+            "SIZE garbage",
+            "SIZE -5",
+            "SIZE 1e9",
+            "SIZE 99999999999999999999999",
+        ] {
+            let reply = parse_all(&format!("250-mx\r\n250 {size}\r\n"));
+            let capabilities = Capabilities::from_ehlo(&reply);
+            assert_eq!(capabilities.size, Some(0), "{size}");
+            assert!(!capabilities.rejects_size(u64::MAX), "{size}");
+        }
     }
 
     #[test]
@@ -543,6 +656,29 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_bytes_from_a_peer_parse_without_panic(
+            bytes in "([2-5][0-5][0-9][ -]?[^\n]{0,40}\r?\n){0,12}"
+                .prop_map(String::into_bytes)
+                .prop_flat_map(|lines| {
+                    // Then anything at all: binary noise, bare CR, NUL.
+                    proptest::collection::vec(any::<u8>(), 0..64).prop_map(move |noise| {
+                        let mut bytes = lines.clone();
+                        bytes.extend(noise);
+                        bytes
+                    })
+                }),
+        ) {
+            if let Ok(Some((reply, used))) = parse_reply(&bytes) {
+                prop_assert!(used <= bytes.len());
+                prop_assert!((200..600).contains(&reply.code));
+                let text = reply.one_line();
+                prop_assert!(text.len() <= MAX_REPLY_TEXT);
+                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'));
+                let _ = Capabilities::from_ehlo(&reply);
+            }
+        }
+
         #[test]
         fn stuffing_round_trips_crlf_bodies(
             lines in proptest::collection::vec("[.a-z\u{e9} ]{0,8}", 0..12),

@@ -2,7 +2,8 @@
 //! thread per connection, optional STARTTLS / implicit TLS (rustls) and
 //! AUTH PLAIN/LOGIN. Scriptable per recipient and per attempt, and it
 //! records every transaction: envelope, body bytes (un-stuffed), whether TLS
-//! was used, and the final reply it gave.
+//! was used, and the final reply it gave. [`Sink`] is the same server
+//! with a switch between accepting and deferring every recipient.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,9 +15,22 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use super::server::{DEADLINE, wait_for};
+
 /// A rule: given (address, how many times this address was seen at this
 /// stage, 1-based), `Some(reply line)` overrides the default reply.
+///
+/// A reply (or the greeting, or `Options::ehlo_reply`) is sent as given,
+/// so it may hold several lines joined by CRLF; these special values act
+/// instead of replying: [`DROP`], [`HANG`], [`FLOOD`].
 pub type Rule = Arc<dyn Fn(&str, u32) -> Option<String> + Send + Sync>;
+
+/// Close the connection instead of replying.
+pub const DROP: &str = "<drop>";
+/// Never reply (until the client gives up or the destination stops).
+pub const HANG: &str = "<hang>";
+/// Send `250-` continuation lines without end (until the client gives up).
+pub const FLOOD: &str = "<flood>";
 
 /// How the server behaves.
 #[derive(Clone)]
@@ -41,6 +55,10 @@ pub struct Options {
     pub auth_mechanisms: String,
     /// Recipients accepted per transaction; more get `452 4.5.3`.
     pub max_recipients: Option<usize>,
+    /// Sent instead of the usual EHLO reply (raw lines, or a special value).
+    pub ehlo_reply: Option<String>,
+    /// Offer STARTTLS and answer it with this (then close the connection).
+    pub starttls_reply: Option<String>,
 }
 
 impl Default for Options {
@@ -58,6 +76,8 @@ impl Default for Options {
             broken_starttls: false,
             auth_mechanisms: "PLAIN LOGIN".into(),
             max_recipients: None,
+            ehlo_reply: None,
+            starttls_reply: None,
         }
     }
 }
@@ -99,6 +119,7 @@ struct State {
     rcpt_times: HashMap<String, Vec<std::time::Instant>>,
     mail_seen: HashMap<String, u32>,
     data_seen: u32,
+    data_command_seen: u32,
     connections: usize,
     tls_failures: usize,
     commands: Vec<String>,
@@ -110,6 +131,8 @@ struct Rules {
     rcpt: Option<Rule>,
     /// Called with the first accepted recipient and the data attempt count.
     data: Option<Rule>,
+    /// The reply to the DATA command: (first accepted recipient, attempt).
+    data_command: Option<Rule>,
 }
 
 /// A running destination; stops accepting when dropped.
@@ -199,6 +222,16 @@ impl Destination {
         self.rules.lock().expect("rules lock").data = Some(Arc::new(rule));
     }
 
+    /// Overrides the reply to the DATA command (354 by default, 554 when no
+    /// recipient was accepted): `rule(first accepted recipient or "",
+    /// attempt)`.
+    pub fn on_data_command(
+        &self,
+        rule: impl Fn(&str, u32) -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.rules.lock().expect("rules lock").data_command = Some(Arc::new(rule));
+    }
+
     /// Every transaction that reached the end of data, in order.
     pub fn transactions(&self) -> Vec<Transaction> {
         self.state.lock().expect("state lock").transactions.clone()
@@ -236,6 +269,13 @@ impl Destination {
             .get(&recipient.to_ascii_lowercase())
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Whether a message to `recipient` was accepted.
+    pub fn got_mail_for(&self, recipient: &str) -> bool {
+        self.delivered()
+            .iter()
+            .any(|transaction| transaction.recipients.iter().any(|to| to == recipient))
     }
 
     /// How many RCPT commands named `recipient`.
@@ -298,6 +338,32 @@ impl Conn {
         self.stream.write_all(b"\r\n")?;
         self.stream.flush()
     }
+
+    /// Sends a scripted reply; `Ok(false)` when the connection must end
+    /// ([`DROP`], or a [`HANG`] / [`FLOOD`] the client gave up on).
+    fn answer(&mut self, reply: &str, stop: &AtomicBool) -> std::io::Result<bool> {
+        match reply {
+            DROP => Ok(false),
+            HANG => {
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(false)
+            }
+            FLOOD => {
+                let line = format!("250-{}\r\n", "x".repeat(70));
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                    if self.stream.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                Ok(false)
+            }
+            _ => self.send(reply).map(|()| true),
+        }
+    }
 }
 
 fn tls_accept(
@@ -343,8 +409,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             tls: None,
         },
     };
-    conn.send(&options.greeting)?;
-    if !options.greeting.starts_with("220") {
+    if !conn.answer(&options.greeting, &shared.stop)? || !options.greeting.starts_with("220") {
         return Ok(());
     }
     let mut helo = String::new();
@@ -363,6 +428,13 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
         let upper = text.to_ascii_uppercase();
         let verb = upper.split(' ').next().unwrap_or("").to_string();
         match verb.as_str() {
+            "EHLO" if options.ehlo && options.ehlo_reply.is_some() => {
+                helo = text[4..].trim().to_string();
+                let reply = options.ehlo_reply.clone().unwrap_or_default();
+                if !conn.answer(&reply, &shared.stop)? {
+                    return Ok(());
+                }
+            }
             "EHLO" if options.ehlo => {
                 helo = text[4..].trim().to_string();
                 let mut lines = vec!["dest.test hello".to_string()];
@@ -378,7 +450,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 if options.smtputf8 {
                     lines.push("SMTPUTF8".into());
                 }
-                if (options.starttls.is_some() || options.broken_starttls) && conn.tls.is_none() {
+                if (options.starttls.is_some()
+                    || options.broken_starttls
+                    || options.starttls_reply.is_some())
+                    && conn.tls.is_none()
+                {
                     lines.push("STARTTLS".into());
                 }
                 if options.auth.is_some() && conn.tls.is_some() {
@@ -398,6 +474,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             "HELO" => {
                 helo = text[4..].trim().to_string();
                 conn.send("250 dest.test")?;
+            }
+            "STARTTLS" if options.starttls_reply.is_some() => {
+                let reply = options.starttls_reply.clone().unwrap_or_default();
+                conn.answer(&reply, &shared.stop)?;
+                return Ok(());
             }
             "STARTTLS" if options.broken_starttls && conn.tls.is_none() => {
                 conn.send("220 2.0.0 go ahead")?;
@@ -476,7 +557,11 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 let attempt = bump(&shared.state, |s| &mut s.mail_seen, &address);
                 let rule = shared.rules.lock().expect("rules lock").mail.clone();
                 match rule.and_then(|rule| rule(&address, attempt)) {
-                    Some(reply) => conn.send(&reply)?,
+                    Some(reply) => {
+                        if !conn.answer(&reply, &shared.stop)? {
+                            return Ok(());
+                        }
+                    }
                     None => {
                         mail = Some((address, params));
                         accepted.clear();
@@ -516,7 +601,9 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         } else {
                             accepted.push(address);
                         }
-                        conn.send(&reply)?
+                        if !conn.answer(&reply, &shared.stop)? {
+                            return Ok(());
+                        }
                     }
                     None => {
                         accepted.push(address);
@@ -529,11 +616,31 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     conn.send("503 5.5.1 need MAIL")?;
                     continue;
                 };
-                if accepted.is_empty() {
+                let attempt = {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.data_command_seen += 1;
+                    state.data_command_seen
+                };
+                let rule = shared
+                    .rules
+                    .lock()
+                    .expect("rules lock")
+                    .data_command
+                    .clone();
+                let first = accepted.first().map(String::as_str).unwrap_or("");
+                if let Some(reply) = rule.and_then(|rule| rule(first, attempt)) {
+                    if !conn.answer(&reply, &shared.stop)? {
+                        return Ok(());
+                    }
+                    if !reply.starts_with("354") || accepted.is_empty() {
+                        continue;
+                    }
+                } else if accepted.is_empty() {
                     conn.send("554 5.5.1 no valid recipients")?;
                     continue;
+                } else {
+                    conn.send("354 End data with <CR><LF>.<CR><LF>")?;
                 }
-                conn.send("354 End data with <CR><LF>.<CR><LF>")?;
                 let mut body = Vec::new();
                 loop {
                     let Some(line) = conn.read_line()? else {
@@ -580,7 +687,9 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         final_reply: reply.clone(),
                     });
                 mail = None;
-                conn.send(&reply)?;
+                if !conn.answer(&reply, &shared.stop)? {
+                    return Ok(());
+                }
             }
             "RSET" => {
                 mail = None;
@@ -688,35 +797,93 @@ impl TestCerts {
     }
 }
 
-/// Puts a message into the spool at `spool` while no server runs (the queue
-/// is locked while one does), as the SMTP server would have; returns its ID.
-pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[u8]) -> String {
-    with_queue(spool, |queue, runtime| {
-        let envelope = sluice_queue::Envelope {
-            sender: sender.to_string(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
-            body_8bit: !body.is_ascii(),
-        };
-        runtime
-            .block_on(queue.enqueue(envelope, body))
-            .expect("enqueue")
-            .to_string()
+/// Waits until the destination accepted `count` transactions; returns all
+/// it accepted.
+pub fn wait_delivered(destination: &Destination, count: usize) -> Vec<Transaction> {
+    wait_for(
+        &format!("{count} accepted transaction(s) at the destination"),
+        DEADLINE,
+        || {
+            let delivered = destination.delivered();
+            (delivered.len() >= count).then_some(delivered)
+        },
+    )
+}
+
+/// Waits for the DSN (null sender) to `sender`: (transaction, body text).
+pub fn wait_dsn(destination: &Destination, sender: &str) -> (Transaction, String) {
+    wait_for(&format!("a DSN to {sender}"), DEADLINE, || {
+        destination
+            .delivered()
+            .into_iter()
+            .find(|t| t.mail_from.is_empty() && t.recipients == [sender.to_string()])
+            .map(|t| {
+                let text = String::from_utf8_lossy(&t.body).into_owned();
+                (t, text)
+            })
     })
 }
 
-/// Opens the spool (no server may be running), runs `f`, closes it.
-pub fn with_queue<T>(
-    spool: &Path,
-    f: impl FnOnce(&sluice_queue::Queue, &tokio::runtime::Runtime) -> T,
-) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let queue = sluice_queue::Queue::open(spool, sluice_queue::QueueOptions::default())
-        .expect("open the spool");
-    let result = f(&queue, &runtime);
-    runtime.block_on(queue.close()).expect("close the spool");
-    result
+/// What a [`Sink`] answers to RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    /// 250 to everything.
+    Accept,
+    /// 451 to every RCPT: the recipient is deferred.
+    TempFail,
+}
+
+/// A message a [`Sink`] accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The body, dot-stuffing removed.
+    pub data: String,
+}
+
+/// A [`Destination`] with default options on a loopback port that accepts
+/// or defers every recipient, as set: the destination of every delivery in
+/// the queue-management tests.
+pub struct Sink {
+    pub address: SocketAddr,
+    destination: Destination,
+}
+
+impl Sink {
+    /// Starts a sink on 127.0.0.1, port 0.
+    pub fn start(mode: SinkMode) -> Sink {
+        let destination = Destination::start(Options::default());
+        let sink = Sink {
+            address: destination.addr,
+            destination,
+        };
+        sink.set_mode(mode);
+        sink
+    }
+
+    /// Changes what the sink answers from the next RCPT on.
+    pub fn set_mode(&self, mode: SinkMode) {
+        self.destination.on_rcpt(move |_, _| {
+            (mode == SinkMode::TempFail).then(|| "451 4.3.0 sink says try later".to_string())
+        });
+    }
+
+    /// Messages accepted so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.destination
+            .delivered()
+            .into_iter()
+            .map(|transaction| Received {
+                from: transaction.mail_from,
+                to: transaction.recipients,
+                data: String::from_utf8_lossy(&transaction.body).into_owned(),
+            })
+            .collect()
+    }
+
+    /// Whether a message to `recipient` has arrived.
+    pub fn got_mail_for(&self, recipient: &str) -> bool {
+        self.destination.got_mail_for(recipient)
+    }
 }

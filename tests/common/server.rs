@@ -1,13 +1,30 @@
-//! Shared test harness: starts the real `sluice` binary on loopback ports
-//! with its own spool, and talks SMTP to it.
-#![allow(dead_code)]
+//! The server under test: starts the real `sluice` binary on loopback ports
+//! with its own spool and config, signals it, reads its log, and runs its
+//! command line. Also the polling helpers every test waits with.
+//!
+//! The test harness is `tests/common/`: this module and `smtp` (the client)
+//! always, plus what a test binary needs of `spool` (the spool offline),
+//! `admin` (the HTTP API), `destination` (SMTP servers to deliver to) and
+//! `dns` (a DNS server). Each binary compiles only the parts it names:
+//!
+//! ```ignore
+//! #[allow(dead_code, unused_imports)]
+//! mod common {
+//!     pub mod destination;
+//!     pub mod server;
+//!     pub mod smtp;
+//!     pub use {server::*, smtp::*};
+//! }
+//! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::smtp::SmtpClient;
 
 /// Delivery that never succeeds: connection refused, so mail is deferred.
 pub const NO_DELIVERY: &str = "[routes]\n\"*\" = \"127.0.0.1:9\"\n\n[delivery]\nport = 9\n";
@@ -68,29 +85,65 @@ pub fn binary() -> &'static str {
 /// (it may add tables such as `[routes]`, or top-level keys before any table
 /// when it starts with them: put top-level keys in `top`).
 pub fn config_text(dir: &Path, top: &str, extra: &str) -> String {
+    build_config(dir, top, "", "", extra)
+}
+
+/// A complete config in `dir` for the queue-management tests: like
+/// [`config_text`], plus `admin_extra` inside `[admin]`, every domain routed
+/// to `route` (a loopback address), retries an hour apart, and DNS pointed at
+/// a dead loopback port so nothing leaves the machine; `extra` is appended.
+pub fn routed_config_text(dir: &Path, route: SocketAddr, admin_extra: &str, extra: &str) -> String {
+    let tables = format!(
+        "\n[delivery]\ntls = \"disabled\"\nretry_initial = \"1h\"\nretry_max = \"2h\"\nconnect_timeout = \"2s\"\n\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\n\n\
+         [routes]\n\"*\" = \"{route}\"\n\n"
+    );
+    build_config(dir, "", admin_extra, &tables, extra)
+}
+
+/// The config text: `top` before any table, `admin_extra` inside `[admin]`,
+/// `tables` before `[log]`, `extra` after it.
+fn build_config(dir: &Path, top: &str, admin_extra: &str, tables: &str, extra: &str) -> String {
     format!(
         "hostname = \"sluice.test\"\n{top}\n\
          [spool]\npath = \"{spool}\"\n\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"relay\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n{admin_extra}\n{tables}\
          [log]\nlevel = \"info\"\n\n{extra}\n",
         spool = dir.join("spool").display()
     )
+}
+
+/// Writes `text` as `dir/sluice.toml`; returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
 }
 
 impl Sluice {
     /// Starts sluice with [`config_text`]`(dir, "", extra)`.
     pub fn start(extra: &str) -> Sluice {
         let dir = tempfile::tempdir().expect("create temp dir");
+        Sluice::start_in(dir, extra)
+    }
+
+    /// Starts sluice with `extra` tables plus [`NO_DELIVERY`]: nothing it
+    /// queues ever leaves loopback.
+    pub fn start_no_delivery(extra: &str) -> Sluice {
+        Sluice::start(&format!("{extra}\n{NO_DELIVERY}"))
+    }
+
+    /// Starts sluice with [`config_text`]`(dir, "", extra)` in `dir` (which
+    /// may already hold a spool).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Sluice {
         let text = config_text(dir.path(), "", extra);
         Sluice::start_with(dir, &text)
     }
 
     /// Starts sluice with the given full configuration text, in `dir`.
     pub fn start_with(dir: tempfile::TempDir, config: &str) -> Sluice {
-        let config_path = dir.path().join("sluice.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        Sluice::launch(dir, config_path, |_| {})
+        Sluice::start_with_command(dir, config, |_| {})
     }
 
     /// Like [`Sluice::start_with`], letting `configure` adjust the command
@@ -100,8 +153,7 @@ impl Sluice {
         config: &str,
         configure: impl FnOnce(&mut Command),
     ) -> Sluice {
-        let config_path = dir.path().join("sluice.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        let config_path = write_config(dir.path(), config);
         Sluice::launch(dir, config_path, configure)
     }
 
@@ -244,17 +296,7 @@ impl Sluice {
 
     /// Runs `sluice <args>` with this server's config; returns (status code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(binary())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .output()
-            .expect("run sluice cli");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        cli(&self.config_path, args)
     }
 
     /// A new SMTP client connected to the first listener, greeting read.
@@ -276,6 +318,59 @@ impl Drop for Sluice {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `sluice <args> --config <config>`; returns (exit code, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    run(None, |command| {
+        command.args(args).arg("--config").arg(config);
+    })
+}
+
+/// Like [`cli`], asserting exit 0; returns stdout.
+pub fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let (code, stdout, stderr) = cli(config, args);
+    assert_eq!(
+        code, 0,
+        "sluice {args:?} exited {code}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
+/// Runs the binary to completion once `build` added its arguments (and any
+/// environment or working directory; `SLUICE_CONFIG` is removed first).
+/// `stdin` is written from another thread (a process that exits without
+/// reading it is no failure); `None` is an empty stdin. Returns (exit code,
+/// stdout, stderr).
+pub fn run(stdin: Option<&[u8]>, build: impl FnOnce(&mut Command)) -> (i32, String, String) {
+    let mut command = Command::new(binary());
+    command.env_remove("SLUICE_CONFIG");
+    build(&mut command);
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let writer = child.stdin.take().map(|mut input| {
+        let bytes = stdin.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        })
+    });
+    let output = child.wait_with_output().expect("wait for sluice");
+    if let Some(writer) = writer {
+        writer.join().expect("stdin writer");
+    }
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Sends a signal by name with kill(1).
@@ -303,111 +398,3 @@ pub fn field(line: &str, key: &str) -> String {
         rest.split(' ').next().unwrap_or("").to_string()
     }
 }
-
-/// A blocking, line-oriented SMTP client for tests.
-pub struct SmtpClient {
-    pub stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl SmtpClient {
-    /// Connects (no greeting read).
-    pub fn connect(address: SocketAddr) -> SmtpClient {
-        let stream = TcpStream::connect(address).expect("connect to SMTP listener");
-        stream
-            .set_read_timeout(Some(DEADLINE))
-            .expect("set read timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone stream"));
-        SmtpClient { stream, reader }
-    }
-
-    /// Writes raw bytes.
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to server");
-    }
-
-    /// Writes `line` plus CRLF.
-    pub fn send_line(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-    }
-
-    /// Reads one whole reply (all lines of a multi-line reply, joined by "\n").
-    /// Returns "" on EOF.
-    pub fn read_reply(&mut self) -> String {
-        let mut reply = String::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return reply,
-                Ok(_) => {}
-                Err(error) => panic!("reading a reply failed: {error} (so far {reply:?})"),
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            if !reply.is_empty() {
-                reply.push('\n');
-            }
-            reply.push_str(line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return reply;
-            }
-        }
-    }
-
-    /// Sends a command line and returns its reply.
-    pub fn command(&mut self, line: &str) -> String {
-        self.send_line(line);
-        self.read_reply()
-    }
-
-    /// Sends a command and asserts the reply starts with `code`.
-    pub fn expect(&mut self, line: &str, code: &str) -> String {
-        let reply = self.command(line);
-        assert!(
-            reply.starts_with(code),
-            "after {line:?} expected a {code} reply, got {reply:?}"
-        );
-        reply
-    }
-
-    /// Reads until the server closes the connection; returns what came.
-    pub fn read_to_end(&mut self) -> String {
-        let mut rest = String::new();
-        let _ = self.reader.read_to_string(&mut rest);
-        rest
-    }
-
-    /// EHLO, MAIL, RCPT…, DATA with `body` (CRLF lines, not dot-stuffed by the
-    /// caller: this does it), returns the queue ID from the final 250.
-    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
-        self.expect("EHLO client.test", "250");
-        self.expect(&format!("MAIL FROM:<{from}>"), "250");
-        for rcpt in to {
-            self.expect(&format!("RCPT TO:<{rcpt}>"), "250");
-        }
-        self.expect("DATA", "354");
-        let mut data = String::new();
-        for line in body.split("\r\n") {
-            if line.starts_with('.') {
-                data.push('.');
-            }
-            data.push_str(line);
-            data.push_str("\r\n");
-        }
-        if body.ends_with("\r\n") {
-            data.truncate(data.len() - 2);
-        }
-        data.push_str(".\r\n");
-        self.send_raw(data.as_bytes());
-        let reply = self.read_reply();
-        queue_id(&reply).unwrap_or_else(|| panic!("expected 250 queued as, got {reply:?}"))
-    }
-}
-
-/// The ID in "250 2.0.0 Ok: queued as <ID>".
-pub fn queue_id(reply: &str) -> Option<String> {
-    let id = reply.strip_prefix("250 2.0.0 Ok: queued as ")?.trim();
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_string())
-}
-
-pub mod destination;
-pub mod dns;
