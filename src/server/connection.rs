@@ -203,7 +203,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 End::Closed
             }
             Err(ConnectionError::Shutdown) => {
-                self.output_reply(&Session::shutdown_reply());
+                let reply = super::listener::closing_reply(&self.shared.ctx);
+                self.output_reply(&reply);
                 End::Closed
             }
             Err(error) => {

@@ -89,8 +89,19 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// What a connection gets once shutdown started: `421 4.3.0` when the server
+/// stops because the spool failed, else `421 4.3.2`.
+pub(crate) fn closing_reply(ctx: &crate::context::Context) -> Reply {
+    if ctx.queue.failure().is_some() {
+        Session::storage_failure_reply()
+    } else {
+        Session::shutdown_reply()
+    }
+}
+
 /// Accepts on `listener` until the task is aborted. After shutdown starts,
-/// new connections are answered `421 4.3.2` and closed.
+/// new connections are answered `421 4.3.2` (`421 4.3.0` after a storage
+/// failure) and closed.
 pub async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
@@ -114,7 +125,7 @@ pub async fn accept_loop(
             }
         };
         if shared.ctx.shutdown.is_cancelled() {
-            tokio::spawn(refuse(stream, Session::shutdown_reply()));
+            tokio::spawn(refuse(stream, closing_reply(&shared.ctx)));
             continue;
         }
         let Some(slot) = limits.try_acquire(peer.ip()) else {

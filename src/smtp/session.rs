@@ -225,6 +225,17 @@ impl Session {
         Reply::new(421, code(4, 3, 2), "shutting down")
     }
 
+    /// `421 4.3.0` for idle and new connections when the server stops
+    /// because its spool cannot be written (RFC 3463 §3.4: mail system
+    /// status, other or undefined): the client keeps the mail and retries.
+    pub fn storage_failure_reply() -> Reply {
+        Reply::new(
+            421,
+            code(4, 3, 0),
+            "local storage failure, restarting: try again later",
+        )
+    }
+
     /// The client's address.
     pub fn client(&self) -> IpAddr {
         self.client
