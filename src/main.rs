@@ -1,5 +1,6 @@
 //! The `sluice` command line: the only place errors become exit codes
-//! (0 success, 1 runtime or config error, 2 usage error).
+//! (0 success, 1 runtime or config error, 2 usage error, 75 `serve` stopped
+//! after a storage failure and wants a restart).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,8 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(sluice::serve::run(loaded.config))?;
-            Ok(0)
+            match runtime.block_on(sluice::serve::run(loaded.config))? {
+                sluice::serve::Stopped::Requested => Ok(0),
+                // EX_TEMPFAIL (sysexits.h): systemd's Restart=on-failure
+                // restarts the server, which reopens the spool.
+                sluice::serve::Stopped::StorageFailed => Ok(75),
+            }
         }
         Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),
         Command::Queue { command } => {

@@ -1,5 +1,6 @@
 //! `sluice serve`: opens the queue, binds the listeners and the admin API,
-//! starts the scheduler, reports readiness, and shuts down on SIGTERM/SIGINT.
+//! starts the scheduler, reports readiness, and shuts down on SIGTERM/SIGINT
+//! or when the spool can no longer be written (see [`Stopped::StorageFailed`]).
 
 use std::sync::Arc;
 
@@ -16,9 +17,24 @@ use crate::metrics::Metrics;
 use crate::runfile::{self, RunFile};
 use crate::server::Server;
 
-/// Runs the server until a shutdown signal; returns once every task ended (or
-/// the grace period ran out) and the queue is flushed.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT: a clean stop.
+    Requested,
+    /// A write to the spool's database failed (disk full, I/O error). sled
+    /// refuses every later write until the database is opened again, so the
+    /// server stopped the way it does on SIGTERM (new connections got
+    /// `421 4.3.0`, sessions in a transaction got their `451 4.3.0`) for its
+    /// supervisor to restart it; the restart reopens the spool from what is
+    /// on disk, which holds every acknowledged message.
+    StorageFailed,
+}
+
+/// Runs the server until a shutdown signal or a storage failure; returns
+/// once every task ended (or the grace period ran out) and the queue is
+/// flushed.
+pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let config = Arc::new(config);
     let spool = config.spool.path.clone();
     let options = QueueOptions {
@@ -60,8 +76,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Readiness for systemd (Type=notify): listeners are bound.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    wait_for_signal().await;
-    tracing::info!("shutdown requested: no new connections, finishing work in progress");
+    let stopped = tokio::select! {
+        () = wait_for_signal() => Stopped::Requested,
+        reason = queue.failed() => {
+            tracing::error!(
+                spool = %config.spool.path.display(),
+                %reason,
+                "the spool cannot be written (disk full or I/O error): stopping; \
+                 acknowledged mail is safe on disk and a restart resumes once writes succeed"
+            );
+            Stopped::StorageFailed
+        }
+    };
+    if stopped == Stopped::Requested {
+        tracing::info!("shutdown requested: no new connections, finishing work in progress");
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     ctx.shutdown.cancel();
     ctx.tasks.close();
@@ -74,9 +103,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     parts.abort_all();
     while parts.join_next().await.is_some() {}
-    queue.close().await.context("flushing the queue")?;
+    let closed = queue.close().await;
+    if stopped == Stopped::StorageFailed {
+        // The final flush fails too; what it could not write was never
+        // acknowledged.
+        if let Err(error) = closed {
+            tracing::warn!(%error, "final flush of the failed spool");
+        }
+        tracing::error!(spool = %config.spool.path.display(), "sluice stopped after a storage failure");
+        return Ok(stopped);
+    }
+    closed.context("flushing the queue")?;
     tracing::info!("sluice stopped");
-    Ok(())
+    Ok(stopped)
 }
 
 /// Writes `<spool>/smtp.address` (see [`crate::runfile`]); the listeners

@@ -51,9 +51,30 @@
 //! [`Queue::stats`]: leases therefore vanish on restart and work in flight at a
 //! crash is due again. A message is due at the earliest `next_attempt_at` of
 //! its pending or deferred recipients, unless held.
+//!
+//! # Administrative handles
+//!
+//! [`Queue::open_admin`] opens the spool for `sluice queue` while no server
+//! runs: same lock, same records, same group commit, but no due index and no
+//! counters, so opening costs milliseconds however big the queue is. Since
+//! the records are the truth and a serving [`Queue::open`] rebuilds its index
+//! from them, whatever an administrative handle writes (hold, release, retry,
+//! delete, outcomes, a new DSN) is scheduled exactly as if the server had
+//! written it. Such a handle never hands out work ([`Queue::claim_due`] is
+//! empty) and counts [`Queue::stats`] by reading every record.
+//!
+//! # Storage failures
+//!
+//! sled refuses every write after an I/O error on its log, until the
+//! database is opened again. The queue remembers the first failed write or
+//! flush ([`Queue::failure`], [`Queue::failed`]) so that its owner can stop
+//! and restart instead of refusing mail forever. Errors on a body file being
+//! received ([`QueueError::Body`]) are not such failures: they fail that one
+//! message and leave the database untouched.
 
 mod body;
 mod commit;
+mod failure;
 mod model;
 mod schedule;
 mod stats;
@@ -162,8 +183,9 @@ struct Inner {
     store: Store,
     spool: Arc<Spool>,
     ids: IdGenerator,
-    /// The in-memory index and counters; also serialises read-modify-write
-    /// of records so that concurrent changes to one message do not race.
+    /// The in-memory index and counters (none in an administrative handle);
+    /// the lock also serialises read-modify-write of records so that
+    /// concurrent changes to one message do not race.
     state: Mutex<State>,
     group: GroupCommit,
     changed: Arc<Notify>,
@@ -172,9 +194,24 @@ struct Inner {
     _lock: File,
 }
 
-struct State {
+/// What [`Inner::state`] guards: the due index and counters of a serving
+/// handle; `None` for an administrative one ([`Queue::open_admin`]), which
+/// keeps neither and lets the next serving open rebuild them from the records.
+type State = Option<Index>;
+
+/// The due-time index and the counters, rebuilt from the records at open.
+struct Index {
     schedule: Schedule,
     stats: QueueStats,
+}
+
+/// Which kind of handle [`Queue::open_with`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The server's: due index, counters, leases, orphan cleanup.
+    Serve,
+    /// `sluice queue` offline: records only.
+    Admin,
 }
 
 /// A message claimed for delivery. Until [`Queue::complete`] or
@@ -187,9 +224,30 @@ pub struct Claim {
 }
 
 impl Queue {
-    /// Opens (creating if needed) the spool at `path`. Fails with
+    /// Opens (creating if needed) the spool at `path` for serving: rebuilds
+    /// the due index and the counters from every record and removes body
+    /// files without a record, so it reads the whole queue. Fails with
     /// [`QueueError::Locked`] when another process holds it.
     pub fn open(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
+        Queue::open_with(path, options, Mode::Serve)
+    }
+
+    /// Opens (creating if needed) the spool at `path` for administration
+    /// while no server runs (`sluice queue`): takes the same exclusive lock
+    /// and writes with the same durability, but reads no record at open, so
+    /// it costs the same on a queue of 100,000 messages as on an empty one.
+    ///
+    /// Everything but scheduling works: [`Queue::get`], [`Queue::iter`],
+    /// bodies, [`Queue::hold`], [`Queue::release`], [`Queue::retry_now`],
+    /// [`Queue::delete`], [`Queue::complete`] (a bounce) and enqueueing (its
+    /// DSN). [`Queue::claim_due`] returns nothing and [`Queue::next_due`]
+    /// `None`: the server delivers, from the records, once it opens the
+    /// spool. [`Queue::stats`] reads every record.
+    pub fn open_admin(path: &Path, options: QueueOptions) -> Result<Queue, QueueError> {
+        Queue::open_with(path, options, Mode::Admin)
+    }
+
+    fn open_with(path: &Path, options: QueueOptions, mode: Mode) -> Result<Queue, QueueError> {
         let spool = Arc::new(Spool::new(path));
         for dir in [path, spool.bodies.as_path(), spool.tmp.as_path()] {
             std::fs::create_dir_all(dir).map_err(spool_error(dir))?;
@@ -210,28 +268,24 @@ impl Queue {
                 "removed body chunks of writes interrupted by a crash"
             );
         }
-        let mut state = State {
-            schedule: Schedule::default(),
-            stats: QueueStats::default(),
-        };
-        for record in store.records(None) {
-            match record {
-                Ok(record) => {
-                    let message = &record.message;
-                    state.schedule.set(&message.id, message.due_at());
-                    state.stats.add(message);
-                }
-                Err(QueueError::Corrupt { id, reason }) => {
-                    tracing::error!(queue_id = %id, %reason, "skipping corrupt queue record");
-                }
-                Err(other) => return Err(other),
+        let state = match mode {
+            Mode::Serve => {
+                let index = Index::rebuild(&store)?;
+                remove_orphan_bodies(&store, &spool)?;
+                tracing::info!(spool = %path.display(), messages = index.stats.messages, "queue opened");
+                Some(index)
             }
-        }
-        remove_orphan_bodies(&store, &spool)?;
+            Mode::Admin => {
+                tracing::debug!(spool = %path.display(), "queue opened for administration");
+                None
+            }
+        };
 
         let ids = IdGenerator::new(store.last_id()?.as_ref());
-        let group = GroupCommit::start(move || durability.flush()).map_err(spool_error(path))?;
-        tracing::info!(spool = %path.display(), messages = state.stats.messages, "queue opened");
+        let failure = store.failure();
+        let group =
+            GroupCommit::start(move || durability.flush().inspect_err(|error| failure.set(error)))
+                .map_err(spool_error(path))?;
         Ok(Queue {
             inner: Arc::new(Inner {
                 store,
@@ -323,10 +377,9 @@ impl Queue {
         // Indexed before the fsync so that a cancelled commit cannot leave a
         // stored but unscheduled message; claiming it early risks at most a
         // duplicate delivery after a crash, never a loss.
-        {
-            let mut state = self.inner.state();
-            state.schedule.set(&id, record.message.due_at());
-            state.stats.add(&record.message);
+        if let Some(index) = self.inner.state().as_mut() {
+            index.schedule.set(&id, record.message.due_at());
+            index.stats.add(&record.message);
         }
         if let Err(error) = self.inner.group.durable().await {
             self.inner.forget(&record);
@@ -384,14 +437,23 @@ impl Queue {
     }
 
     /// The earliest time at which an unclaimed, unheld message is due.
+    /// Always `None` on an administrative handle.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
-        Ok(self.inner.state().schedule.next_due())
+        Ok(self
+            .inner
+            .state()
+            .as_ref()
+            .and_then(|index| index.schedule.next_due()))
     }
 
     /// Claims up to `max` messages due at or before `now`, oldest due first.
-    /// Costs O(returned items), not a scan of the queue.
+    /// Costs O(returned items), not a scan of the queue. Always empty on an
+    /// administrative handle, which does not deliver.
     pub fn claim_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Claim>, QueueError> {
-        let ids = self.inner.state().schedule.claim_due(now, max);
+        let ids = match self.inner.state().as_mut() {
+            Some(index) => index.schedule.claim_due(now, max),
+            None => return Ok(Vec::new()),
+        };
         let mut claims = Vec::with_capacity(ids.len());
         for (position, id) in ids.iter().enumerate() {
             match self.inner.store.get(id) {
@@ -399,19 +461,24 @@ impl Queue {
                     message: record.message,
                 }),
                 // Deleted between the index and the read: nothing to deliver.
-                Ok(None) => self.inner.state().schedule.remove(id),
+                Ok(None) => {
+                    if let Some(index) = self.inner.state().as_mut() {
+                        index.schedule.remove(id);
+                    }
+                }
                 Err(QueueError::Corrupt { id: text, reason }) => {
                     // Leave it claimed so it is not handed out in a loop; the
                     // operator sees the error in `queue list` and can delete it.
                     tracing::error!(queue_id = %text, %reason, "corrupt record not delivered");
                 }
                 Err(error) => {
-                    let mut state = self.inner.state();
-                    for id in &ids[position..] {
-                        state.schedule.unclaim(id);
-                    }
-                    for claim in &claims {
-                        state.schedule.unclaim(&claim.message.id);
+                    if let Some(index) = self.inner.state().as_mut() {
+                        for id in &ids[position..] {
+                            index.schedule.unclaim(id);
+                        }
+                        for claim in &claims {
+                            index.schedule.unclaim(&claim.message.id);
+                        }
                     }
                     return Err(error);
                 }
@@ -471,7 +538,11 @@ impl Queue {
     /// Ends a claim without recording anything; the message is due again at
     /// its previous time.
     pub fn unclaim(&self, id: &QueueId) {
-        let due = self.inner.state().schedule.unclaim(id);
+        let due = self
+            .inner
+            .state()
+            .as_mut()
+            .and_then(|index| index.schedule.unclaim(id));
         if due.is_some() {
             self.inner.signal_changed();
         }
@@ -520,8 +591,35 @@ impl Queue {
     }
 
     /// Counts by status. Cheap: the counters are kept up to date in memory.
+    /// An administrative handle keeps none and counts by reading every
+    /// record (corrupt ones are skipped).
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
-        Ok(self.inner.state().stats.clone())
+        if let Some(index) = self.inner.state().as_ref() {
+            return Ok(index.stats.clone());
+        }
+        let mut stats = QueueStats::default();
+        for record in self.inner.store.records(None) {
+            match record {
+                Ok(record) => stats.add(&record.message),
+                Err(QueueError::Corrupt { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Why the storage failed, once a write or a flush of the database
+    /// failed: sled then refuses every further write until the spool is
+    /// opened again (by a new process), so the owner should stop and
+    /// restart. `None` while healthy. A failed body file write
+    /// ([`QueueError::Body`]) does not count.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.store.failure().get()
+    }
+
+    /// Resolves once [`Queue::failure`] is set (at once if it already is).
+    pub async fn failed(&self) -> String {
+        self.inner.store.failure().wait().await
     }
 
     /// Number of group flushes (each one fsync) since the queue was opened,
@@ -597,6 +695,31 @@ struct Changed {
     due: bool,
 }
 
+impl Index {
+    /// Reads every record into a fresh index; corrupt records are logged
+    /// and skipped.
+    fn rebuild(store: &Store) -> Result<Index, QueueError> {
+        let mut index = Index {
+            schedule: Schedule::default(),
+            stats: QueueStats::default(),
+        };
+        for record in store.records(None) {
+            match record {
+                Ok(record) => {
+                    let message = &record.message;
+                    index.schedule.set(&message.id, message.due_at());
+                    index.stats.add(message);
+                }
+                Err(QueueError::Corrupt { id, reason }) => {
+                    tracing::error!(queue_id = %id, %reason, "skipping corrupt queue record");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(index)
+    }
+}
+
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update of State is completed before anything that can panic
@@ -619,9 +742,10 @@ impl Inner {
     /// stays in sled's memory, but it never reaches the disk either.
     fn forget(&self, record: &Record) {
         let id = &record.message.id;
-        let mut state = self.state();
-        state.schedule.remove(id);
-        state.stats.remove(&record.message);
+        if let Some(index) = self.state().as_mut() {
+            index.schedule.remove(id);
+            index.stats.remove(&record.message);
+        }
         match self.store.remove(record) {
             Ok(()) => {
                 if record.body == BodyPlace::File {
@@ -654,8 +778,10 @@ impl Inner {
         let disposition = edit(&mut record.message);
         if disposition == Disposition::Remove || record.message.is_finished() {
             self.store.remove(&record)?;
-            state.schedule.remove(id);
-            state.stats.remove(&before);
+            if let Some(index) = state.as_mut() {
+                index.schedule.remove(id);
+                index.stats.remove(&before);
+            }
             return Ok(Changed {
                 removed_file: record.body == BodyPlace::File,
                 message: record.message,
@@ -663,17 +789,24 @@ impl Inner {
             });
         }
         self.store.update(&record)?;
-        if lease == Lease::End {
-            state.schedule.unclaim(id);
-        }
         let due = record.message.due_at();
-        state.schedule.set(id, due);
-        state.stats.remove(&before);
-        state.stats.add(&record.message);
+        let Some(index) = state.as_mut() else {
+            return Ok(Changed {
+                message: record.message,
+                removed_file: false,
+                due: false,
+            });
+        };
+        if lease == Lease::End {
+            index.schedule.unclaim(id);
+        }
+        index.schedule.set(id, due);
+        index.stats.remove(&before);
+        index.stats.add(&record.message);
         Ok(Changed {
             message: record.message,
             removed_file: false,
-            due: due.is_some() && !state.schedule.is_claimed(id),
+            due: due.is_some() && !index.schedule.is_claimed(id),
         })
     }
 }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
+use crate::failure::Failure;
 use crate::model::{Message, QueueId};
 
 /// Bytes per inline body chunk. sled writes any page bigger than an eighth
@@ -64,6 +65,8 @@ pub(crate) struct Record {
 pub(crate) struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// Set by the first failed write: sled refuses every later one.
+    failure: Failure,
 }
 
 impl Store {
@@ -88,7 +91,27 @@ impl Store {
         let tree = db
             .open_tree(TREE)
             .map_err(storage("opening the queue tree"))?;
-        Ok(Store { db, tree })
+        Ok(Store {
+            db,
+            tree,
+            failure: Failure::default(),
+        })
+    }
+
+    /// The record of a failed write (or flush, reported by the group
+    /// commit), shared with the queue's owner.
+    pub(crate) fn failure(&self) -> Failure {
+        self.failure.clone()
+    }
+
+    /// Turns a sled write error about `id` into a [`QueueError`] and records
+    /// the failure: after an I/O error sled refuses every further write.
+    fn written<T>(&self, id: &QueueId, result: sled::Result<T>) -> Result<T, QueueError> {
+        result.map_err(|error| {
+            let error = QueueError::Storage(format!("queue {id}: {error}"));
+            self.failure.set(&error.to_string());
+            error
+        })
     }
 
     /// A clone of the tree handle, for body readers.
@@ -152,10 +175,8 @@ impl Store {
     /// Overwrites a message's record. Not durable until the next group flush.
     pub(crate) fn update(&self, record: &Record) -> Result<(), QueueError> {
         let id = &record.message.id;
-        self.tree
-            .insert(record_key(id), encode(record))
+        self.written(id, self.tree.insert(record_key(id), encode(record)))
             .map(drop)
-            .map_err(storage_for(id))
     }
 
     /// Removes a message's record, then its inline chunks. A body file is
@@ -169,11 +190,9 @@ impl Store {
         if chunks > 0 {
             self.mark_interrupted(id)?;
         }
-        self.tree.remove(record_key(id)).map_err(storage_for(id))?;
+        self.written(id, self.tree.remove(record_key(id)))?;
         for number in 0..chunks {
-            self.tree
-                .remove(chunk_key(id, number))
-                .map_err(storage_for(id))?;
+            self.written(id, self.tree.remove(chunk_key(id, number)))?;
         }
         if chunks > 0 {
             self.unmark_interrupted(id)?;
@@ -195,20 +214,17 @@ impl Store {
                 prefix.push(b'/');
                 for chunk in self.tree.scan_prefix(&prefix) {
                     let (chunk_key, _) = chunk.map_err(storage_for(&id))?;
-                    self.tree.remove(chunk_key).map_err(storage_for(&id))?;
+                    self.written(&id, self.tree.remove(chunk_key))?;
                 }
                 cleaned += 1;
             }
-            self.tree.remove(key).map_err(storage_for(&id))?;
+            self.written(&id, self.tree.remove(key))?;
         }
         Ok(cleaned)
     }
 
     fn insert(&self, id: &QueueId, key: Vec<u8>, value: &[u8]) -> Result<(), QueueError> {
-        self.tree
-            .insert(key, value)
-            .map(drop)
-            .map_err(storage_for(id))
+        self.written(id, self.tree.insert(key, value)).map(drop)
     }
 
     fn mark_interrupted(&self, id: &QueueId) -> Result<(), QueueError> {
@@ -216,10 +232,7 @@ impl Store {
     }
 
     fn unmark_interrupted(&self, id: &QueueId) -> Result<(), QueueError> {
-        self.tree
-            .remove(marker_key(id))
-            .map(drop)
-            .map_err(storage_for(id))
+        self.written(id, self.tree.remove(marker_key(id))).map(drop)
     }
 
     /// Inline body chunk `number` of message `id`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 
 use crate::config::UserConfig;
+use crate::server::listener::client_key;
 use crate::smtp::session::Credentials;
 
 /// Failures older than this no longer slow a client down.
@@ -64,8 +65,10 @@ impl Authenticator {
     }
 
     /// Records a failure from `client` and returns how long to wait before
-    /// answering it: 200 ms, doubling per recent failure, at most 8 s.
+    /// answering it: 200 ms, doubling per recent failure, at most 8 s. An
+    /// IPv6 client counts by its /64 ([`client_key`]).
     pub fn failure_delay(&self, client: IpAddr) -> Duration {
+        let client = client_key(client);
         let now = Instant::now();
         let Ok(mut failures) = self.failures.lock() else {
             return MAX_DELAY;
@@ -136,6 +139,18 @@ mod tests {
                 .verify(credentials("app", "right"))
                 .await,
             None
+        );
+    }
+
+    #[test]
+    fn failure_delay_counts_an_ipv6_client_by_its_64_network() {
+        let auth = authenticator();
+        let first = auth.failure_delay("2001:db8:0:1::1".parse().unwrap());
+        let second = auth.failure_delay("2001:db8:0:1::2".parse().unwrap());
+        assert!(second > first, "{first:?} then {second:?}");
+        assert_eq!(
+            auth.failure_delay("2001:db8:0:2::1".parse().unwrap()),
+            first
         );
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Replies to pipelined commands (RFC 2920) are collected and written
 //! whenever the input holds no further complete command, i.e. before the
-//! connection would wait for the client.
+//! connection would wait for the client, and as soon as more than
+//! `MAX_PENDING_OUTPUT` octets of them are pending.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use crate::server::auth::Authenticator;
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig};
+use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_COMMAND_LINE: usize = 512;
@@ -31,6 +32,11 @@ const MAX_COMMAND_LINE: usize = 512;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the input buffer grows by when it is full.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies held for the client at most: past this they are written out
+/// before the next pipelined command is read (RFC 2920 §3.1 lets a server
+/// flush whenever it likes), so a client that writes commands without ever
+/// reading the replies cannot make the server hold more than this.
+const MAX_PENDING_OUTPUT: usize = 32 * 1024;
 
 /// What every connection of a server shares.
 pub struct Shared {
@@ -197,7 +203,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 End::Closed
             }
             Err(ConnectionError::Shutdown) => {
-                self.output_reply(&Session::shutdown_reply());
+                let reply = super::listener::closing_reply(&self.shared.ctx);
+                self.output_reply(&reply);
                 End::Closed
             }
             Err(error) => {
@@ -246,6 +253,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 };
                 if let Some(end) = self.act(session, action).await? {
                     return Ok(end);
+                }
+                if self.output.len() >= MAX_PENDING_OUTPUT {
+                    self.flush().await?;
                 }
                 deadline = Instant::now() + command_timeout;
             }
@@ -671,13 +681,10 @@ fn log_refused(session: &Session, reason: &str) {
     );
 }
 
-/// The sender for logs: `<>` for the null sender.
+/// The sender for logs: `<>` for the null sender, quoted when it is not
+/// one plain token ([`log_address`]).
 fn display_sender(sender: &str) -> String {
-    if sender.is_empty() {
-        "<>".to_string()
-    } else {
-        sender.to_string()
-    }
+    log_address(sender).into_owned()
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
@@ -694,9 +701,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
-    /// A connection over an in-memory stream, served by a task; returns the
-    /// client end and the spool's queue.
-    fn serve_in_memory(spool: &std::path::Path) -> (BufReader<DuplexStream>, Queue) {
+    /// What a connection needs, over a queue in `spool`; no TLS, no users.
+    fn shared_in_memory(spool: &std::path::Path) -> (Arc<Shared>, Arc<SessionConfig>, Queue) {
         let mut config = Config::default();
         config.spool.path = spool.to_path_buf();
         let queue = Queue::open(spool, QueueOptions::default()).expect("open queue");
@@ -724,6 +730,13 @@ mod tests {
             tls: None,
             auth: Authenticator::new(&[]),
         });
+        (shared, session_config, queue)
+    }
+
+    /// A connection over an in-memory stream, served by a task; returns the
+    /// client end and the spool's queue.
+    fn serve_in_memory(spool: &std::path::Path) -> (BufReader<DuplexStream>, Queue) {
+        let (shared, session_config, queue) = shared_in_memory(spool);
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
@@ -733,6 +746,91 @@ mod tests {
             connection.close().await;
         });
         (BufReader::new(client), queue)
+    }
+
+    /// A client that pipelines `EHLO` lines without end and reads only the
+    /// first `readable` octets of the replies, then nothing more.
+    struct NeverReads {
+        readable: usize,
+        written: usize,
+        /// Where in the EHLO line the next read starts.
+        offset: usize,
+    }
+
+    impl AsyncRead for NeverReads {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            const LINE: &[u8] = b"EHLO client.test\r\n";
+            let this = self.get_mut();
+            while buf.remaining() > 0 {
+                let rest = &LINE[this.offset..];
+                let take = rest.len().min(buf.remaining());
+                buf.put_slice(&rest[..take]);
+                this.offset = (this.offset + take) % LINE.len();
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for NeverReads {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            let room = this.readable - this.written;
+            if room == 0 {
+                // Blocked for good: the client never reads again.
+                return std::task::Poll::Pending;
+            }
+            let take = room.min(data.len());
+            this.written += take;
+            std::task::Poll::Ready(Ok(take))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_to_a_client_that_never_reads_are_not_buffered_without_bound() {
+        use futures::FutureExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (shared, session_config, _queue) = shared_in_memory(dir.path());
+        let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
+        let stream = NeverReads {
+            readable: 64 * 1024,
+            written: 0,
+            offset: 0,
+        };
+        let mut connection = Connection::new(stream, &shared);
+        // One poll runs the connection until its write blocks for good.
+        assert!(connection.run(&mut session).now_or_never().is_none());
+        assert_eq!(
+            connection.stream.written,
+            64 * 1024,
+            "the client's window is full"
+        );
+        assert!(
+            connection.output.len() <= MAX_PENDING_OUTPUT + 1024,
+            "{} octets of replies held for a client that does not read",
+            connection.output.len()
+        );
     }
 
     async fn reply(client: &mut BufReader<DuplexStream>) -> String {

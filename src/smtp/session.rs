@@ -8,11 +8,15 @@
 //!
 //! Decisions where the RFCs leave a choice:
 //! - EHLO/HELO is required before MAIL (RFC 5321 §4.1.4), else `503 5.5.1`.
+//! - After HELO (not EHLO) no extension is in effect: MAIL parameters
+//!   (SIZE, BODY, SMTPUTF8) get `555 5.5.4`, AUTH gets `503 5.5.1`.
 //! - `RCPT TO:<postmaster>` (unqualified, any case; RFC 5321 §4.5.1) is
 //!   always accepted and stored as `postmaster@<hostname>`, which is then
 //!   delivered like any other address (give it a `[routes]` entry).
 //!   `postmaster@<hostname>` is accepted from anyone, as are all addresses
 //!   in `accept_domains`, postmaster included.
+//! - A recipient given twice in one transaction (the same text after the
+//!   domain is lowercased) is answered 250 and stored once.
 //! - Every reply carries an RFC 3463 enhanced code except those RFC 2034 §3
 //!   exempts or that cannot carry one: the `220` greeting (its text is fixed
 //!   by the contract), the EHLO/HELO `250` (an enhanced code would break EHLO
@@ -221,6 +225,17 @@ impl Session {
         Reply::new(421, code(4, 3, 2), "shutting down")
     }
 
+    /// `421 4.3.0` for idle and new connections when the server stops
+    /// because its spool cannot be written (RFC 3463 §3.4: mail system
+    /// status, other or undefined): the client keeps the mail and retries.
+    pub fn storage_failure_reply() -> Reply {
+        Reply::new(
+            421,
+            code(4, 3, 0),
+            "local storage failure, restarting: try again later",
+        )
+    }
+
     /// The client's address.
     pub fn client(&self) -> IpAddr {
         self.client
@@ -262,26 +277,29 @@ impl Session {
         })
     }
 
-    /// RFC 3848 protocol word for Received headers.
+    /// RFC 3848 protocol word for Received headers: only registered words
+    /// (RFC 5321 §4.4), so a HELO session over TLS says ESMTPS (there is no
+    /// "SMTPS"): TLS and AUTH are extensions, so ESMTP was in use.
     pub fn protocol(&self) -> &'static str {
         let extended = self
             .greeted
             .as_ref()
             .is_some_and(|greeted| greeted.extended);
         match (extended, self.tls, self.user.is_some()) {
-            (false, false, _) => "SMTP",
-            (false, true, _) => "SMTPS",
-            (true, false, false) => "ESMTP",
-            (true, true, false) => "ESMTPS",
-            (true, false, true) => "ESMTPA",
-            (true, true, true) => "ESMTPSA",
+            (false, false, false) => "SMTP",
+            (_, false, false) => "ESMTP",
+            (_, true, false) => "ESMTPS",
+            (_, false, true) => "ESMTPA",
+            (_, true, true) => "ESMTPSA",
         }
     }
 
     /// The `Received:` header (RFC 5321 §4.4) for the message being received,
     /// CRLF-terminated, to be written before the message.
     pub fn received_header(&self, id: &str, now: DateTime<Utc>) -> String {
-        let helo = self.helo_name().unwrap_or("unknown");
+        let helo = self
+            .helo_name()
+            .map_or(Cow::Borrowed("unknown"), trace_name);
         let address = match self.client {
             IpAddr::V4(v4) => format!("[{v4}]"),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -524,6 +542,22 @@ impl Session {
             );
             return self.error(Reply::new(530, code(5, 7, 0), "Authentication required"));
         }
+        // RFC 5321 §4.1.1.11, RFC 1869 §4: service extensions are in effect
+        // only after EHLO; after HELO their parameters are not accepted (a
+        // BODY=8BITMIME or SMTPUTF8 would otherwise be recorded and relied on).
+        let extended = self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended);
+        if !extended
+            && (parameters.size.is_some() || parameters.body.is_some() || parameters.smtputf8)
+        {
+            return self.error(Reply::new(
+                555,
+                code(5, 5, 4),
+                "Error: MAIL parameters need EHLO, not HELO",
+            ));
+        }
         let sender = match sender {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(mailbox) => {
@@ -539,7 +573,7 @@ impl Session {
         {
             tracing::info!(
                 client = %self.client,
-                sender = %sender,
+                sender = %log_address(&sender),
                 reason = "declared size over limit",
                 "transaction refused"
             );
@@ -599,8 +633,8 @@ impl Session {
                     tracing::info!(
                         client = %self.client,
                         helo = %self.helo_name().unwrap_or(""),
-                        sender = %transaction.sender,
-                        recipient = %mailbox,
+                        sender = %log_address(&transaction.sender),
+                        recipient = %log_address(&mailbox.to_string()),
                         reason = "relay access denied",
                         "transaction refused"
                     );
@@ -614,7 +648,11 @@ impl Session {
             }
         };
         if let Some(transaction) = self.transaction.as_mut() {
-            transaction.recipients.push(address);
+            // A repeated recipient is one recipient: stored twice it would
+            // get the message twice (RFC 5321 §3.3 leaves this to us).
+            if !transaction.recipients.contains(&address) {
+                transaction.recipients.push(address);
+            }
         }
         Action::Reply(Reply::new(250, code(2, 1, 5), "Ok"))
     }
@@ -702,7 +740,12 @@ impl Session {
                 "Encryption required for requested authentication mechanism",
             ));
         }
-        if self.greeted.is_none() {
+        // RFC 4954 is a service extension: in effect only after EHLO.
+        if !self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended)
+        {
             return self.bad_sequence("Error: send EHLO first");
         }
         if self.user.is_some() {
@@ -806,6 +849,54 @@ impl Session {
         }
         Action::Reply(reply)
     }
+}
+
+/// An address as a log field value: `<>` for the null sender, the address
+/// as it is when it is one plain token, else in double quotes with `"` and
+/// `\` escaped by a backslash and white space and control characters as
+/// `\u{..}`. A field value then never holds white space, so a quoted local
+/// part such as `"x client=192.0.2.1"@example.org` cannot add a field of the
+/// client's choosing to a text log line.
+pub fn log_address(address: &str) -> Cow<'_, str> {
+    if address.is_empty() {
+        return Cow::Borrowed("<>");
+    }
+    let plain = |c: char| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\';
+    if address.chars().all(plain) {
+        return Cow::Borrowed(address);
+    }
+    let mut quoted = String::with_capacity(address.len() + 8);
+    quoted.push('"');
+    for c in address.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            c if c.is_whitespace() || c.is_control() => {
+                quoted.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    Cow::Owned(quoted)
+}
+
+/// The HELO name as shown in a `Received:` field (RFC 5321 §4.4
+/// `Extended-Domain`): letters, digits and `-._:[]` as given, any other
+/// character as `?`, so a hostile name can neither end the field's tokens
+/// early (`;`, quotes, angle brackets) nor put 8-bit octets in the header.
+fn trace_name(name: &str) -> Cow<'_, str> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+    if name.chars().all(safe) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .map(|c| if safe(c) { c } else { '?' })
+            .collect(),
+    )
 }
 
 fn ok(text: &'static str) -> Action {
@@ -923,6 +1014,42 @@ mod tests {
         assert!(reply.contains("AUTH PLAIN LOGIN"), "{reply}");
         assert!(!reply.contains("STARTTLS"), "{reply}");
         expect(&mut session, "STARTTLS", "503 5.5.1");
+        // RFC 3848: the trace names TLS, then TLS and AUTH.
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPS id Q")
+        );
+        expect(&mut session, "RSET", "250");
+        session.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ=");
+        session.auth_result(Some("app".into()));
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPSA id Q")
+        );
+    }
+
+    #[test]
+    fn received_header_uses_only_registered_protocol_words() {
+        // RFC 5321 §4.4: no unregistered WITH names; "SMTPS" is not one
+        // (IANA "WITH Protocol Types", RFC 3848). HELO over TLS is ESMTPS,
+        // TLS having been negotiated (STARTTLS is itself an extension).
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let mut session = Session::new(Arc::new(config()), "127.0.0.1".parse().unwrap(), true);
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        assert_eq!(session.protocol(), "ESMTPS");
+        assert!(
+            session
+                .received_header("Q", at)
+                .contains(" with ESMTPS id Q")
+        );
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        assert_eq!(session.protocol(), "SMTP");
     }
 
     #[test]
@@ -962,6 +1089,32 @@ mod tests {
         assert_eq!(reply, "250 2.0.0 Ok: queued as ABC123\r\n");
         assert!(session.is_idle());
         expect(&mut session, "MAIL FROM:<>", "250");
+    }
+
+    #[test]
+    fn received_header_shows_a_hostile_helo_name_only_in_safe_characters() {
+        // The HELO name is the client's to choose: quotes, semicolons and
+        // non-ASCII would break the Received field's syntax (RFC 5322 §3.6.7:
+        // the date follows the ";") or put 8-bit octets in the header of a
+        // message that did not ask for SMTPUTF8.
+        for (helo, shown) in [
+            ("evil;Thu,1Jan1970", "evil?Thu?1Jan1970"),
+            ("\"open", "?open"),
+            ("jöran.test", "j?ran.test"),
+            ("a<b>@c\\d", "a?b??c?d"),
+            ("host_name.example", "host_name.example"),
+            ("[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]"),
+        ] {
+            let mut session = relay_session();
+            expect(&mut session, &format!("EHLO {helo}"), "250");
+            let header = session.received_header("ID1", DateTime::from_timestamp(0, 0).unwrap());
+            assert!(
+                header.starts_with(&format!("Received: from {shown} ([127.0.0.1])\r\n")),
+                "{helo:?}: {header:?}"
+            );
+            assert!(header.is_ascii(), "{header:?}");
+            assert_eq!(header.matches(';').count(), 1, "{header:?}");
+        }
     }
 
     #[test]
@@ -1039,11 +1192,85 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_recipient_is_accepted_once() {
+        // Two entries would deliver the message twice and use up the
+        // recipient limit; `<postmaster>` and `postmaster@<hostname>` are
+        // one address.
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        for line in [
+            "RCPT TO:<r@x.test>",
+            "RCPT TO:<r@X.test>",
+            "RCPT TO:<postmaster>",
+            "RCPT TO:<PostMaster>",
+            "RCPT TO:<postmaster@mx.test>",
+            "RCPT TO:<R@x.test>",
+        ] {
+            expect(&mut session, line, "250 2.1.5");
+        }
+        assert_eq!(
+            session.envelope().unwrap().recipients,
+            vec![
+                "r@x.test".to_string(),
+                "postmaster@mx.test".into(),
+                "R@x.test".into()
+            ]
+        );
+        expect(&mut session, "RCPT TO:<s@x.test>", "452 4.5.3");
+    }
+
+    #[test]
+    fn log_address_keeps_plain_addresses_and_quotes_the_rest_without_white_space() {
+        assert_eq!(log_address(""), "<>");
+        assert_eq!(log_address("a.b+c@example.org"), "a.b+c@example.org");
+        assert_eq!(
+            log_address("δοκιμή@παράδειγμα.test"),
+            "δοκιμή@παράδειγμα.test"
+        );
+        assert_eq!(
+            log_address("\"a b\\\"c\"@x.test"),
+            "\"\\\"a\\u{20}b\\\\\\\"c\\\"@x.test\""
+        );
+        assert_eq!(
+            log_address("\"a\u{85}\"@x.test"),
+            "\"\\\"a\\u{85}\\\"@x.test\""
+        );
+    }
+
+    #[test]
     fn declared_size_over_limit_gives_552() {
         let mut session = relay_session();
         expect(&mut session, "EHLO c.test", "250");
         expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1001", "552 5.3.4");
         expect(&mut session, "MAIL FROM:<a@b.test> SIZE=1000", "250");
+    }
+
+    #[test]
+    fn mail_parameters_after_helo_get_555() {
+        // RFC 5321 §4.1.1.11, RFC 1869 §4: after HELO no service extension
+        // is in effect, so their MAIL parameters are not accepted.
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        for line in [
+            "MAIL FROM:<a@b.test> BODY=8BITMIME",
+            "MAIL FROM:<a@b.test> BODY=7BIT",
+            "MAIL FROM:<jöran@b.test> SMTPUTF8",
+            "MAIL FROM:<a@b.test> SIZE=10",
+        ] {
+            expect(&mut session, line, "555 5.5.4");
+            assert!(session.transaction().is_none(), "{line}");
+        }
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250 2.1.0");
+        assert!(!session.envelope().unwrap().body_8bit);
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> BODY=8BITMIME",
+            "250 2.1.0",
+        );
+        assert!(session.envelope().unwrap().body_8bit);
     }
 
     #[test]
@@ -1136,6 +1363,20 @@ mod tests {
             "RCPT TO:<x@anywhere.test>",
             "250",
         );
+    }
+
+    #[test]
+    fn auth_after_helo_gets_503() {
+        // RFC 4954 is a service extension: not in effect after HELO.
+        let mut session = Session::new(Arc::new(config()), "192.0.2.9".parse().unwrap(), true);
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "AUTH PLAIN AGFwcABzZWNyZXQ=", "503 5.5.1");
+        expect(&mut session, "AUTH LOGIN", "503 5.5.1");
+        expect(&mut session, "EHLO c.test", "250");
+        assert!(matches!(
+            session.handle_line(b"AUTH PLAIN AGFwcABzZWNyZXQ="),
+            Action::Authenticate(_)
+        ));
     }
 
     fn expect_action(action: Action, start: &str) {

@@ -256,6 +256,15 @@ impl Sluice {
         }
     }
 
+    /// Waits for the server to exit by itself; returns its exit status
+    /// (panics after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("server was started");
+        wait_for("sluice to exit", timeout, || {
+            child.try_wait().expect("wait for sluice")
+        })
+    }
+
     /// True while the server process has not exited.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -1,6 +1,8 @@
 //! `sluice queue` on the spool itself, when no server runs. It builds the
 //! same [`Context`] the server has around the queue it opened, so every
-//! action goes through the same code (`admin::ops`) as the API.
+//! action goes through the same code (`admin::ops`) as the API. The spool is
+//! opened with [`Queue::open_admin`], which reads no record at open, so a
+//! per-message command costs milliseconds whatever the queue's size.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -46,7 +48,7 @@ impl Local {
         let options = QueueOptions {
             cache_capacity: config.spool.cache_capacity,
         };
-        let queue = runtime.block_on(async { Queue::open(&path, options) });
+        let queue = runtime.block_on(async { Queue::open_admin(&path, options) });
         let queue = match queue {
             Ok(queue) => queue,
             Err(sluice_queue::QueueError::Locked { .. }) => return Err(OpenError::Locked),
