@@ -376,10 +376,20 @@ impl Queue {
         }
         // Indexed before the fsync so that a cancelled commit cannot leave a
         // stored but unscheduled message; claiming it early risks at most a
-        // duplicate delivery after a crash, never a loss.
-        if let Some(index) = self.inner.state().as_mut() {
-            index.schedule.set(&id, record.message.due_at());
-            index.stats.add(&record.message);
+        // duplicate delivery after a crash, never a loss. The record is
+        // visible from `insert_new` on, so a delete may already have taken
+        // it (`delete --all` racing arrivals): index only what is still
+        // stored, checked under the state lock that every change holds,
+        // or the counters would drift and a stale entry linger.
+        {
+            let mut state = self.inner.state();
+            if let Some(index) = state.as_mut() {
+                // A failed lookup indexes it anyway, as before: at worst a stale entry.
+                if self.inner.store.contains(&id).unwrap_or(true) {
+                    index.schedule.set(&id, record.message.due_at());
+                    index.stats.add(&record.message);
+                }
+            }
         }
         if let Err(error) = self.inner.group.durable().await {
             self.inner.forget(&record);
