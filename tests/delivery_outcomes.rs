@@ -642,3 +642,29 @@ fn a_421_answering_starttls_defers_instead_of_going_on_in_plaintext() {
         "421 4.3.2 no more sessions",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Log lines.
+
+#[test]
+fn quoted_local_parts_cannot_forge_fields_in_delivery_log_lines() {
+    // A quoted local part may hold spaces (RFC 5321 §4.1.2); printed raw,
+    // `"x status=sent"@dest.test` would add a second `status=` to the
+    // outcome line of a bounced recipient.
+    let remote = Destination::start(Options::default());
+    remote.on_rcpt(|_, _| Some("550 5.1.1 no such user".into()));
+    let inbox = inbox();
+    let forged = "\"x status=sent\"@dest.test";
+    let (sluice, id) = start(Some(&remote), &inbox, "", "", &[forged]);
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=", "550 5.1.1"]);
+    let statuses: Vec<&str> = line
+        .split_whitespace()
+        .filter_map(|token| token.strip_prefix("status="))
+        .collect();
+    assert_eq!(statuses, ["bounced"], "{line}");
+    assert!(
+        line.contains(r#"recipient="\"x\u{20}status=sent\"@dest.test""#),
+        "the recipient is one quoted token: {line}"
+    );
+    wait_dsn(&inbox);
+}

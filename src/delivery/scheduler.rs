@@ -20,6 +20,7 @@ use super::attempt::{Attempt, Failure, Verdict, deliver_domain, recipient_domain
 use super::dsn::{self, Diagnostic, FailedRecipient};
 use super::protocol::EnhancedCode;
 use crate::context::Context;
+use crate::smtp::session::log_address;
 
 /// Messages claimed per `claim_due` call.
 const CLAIM_BATCH: usize = 64;
@@ -415,7 +416,7 @@ pub fn log_outcome(
         .unwrap_or_else(|| "-".into());
     tracing::info!(
         queue_id = %message.id,
-        recipient = %recipient.address,
+        recipient = %log_address(&recipient.address),
         relay = %attempt.relay,
         delay = %format!("{delay:.2}"),
         attempts,
@@ -477,7 +478,7 @@ pub async fn queue_dsn(
     tracing::info!(
         queue_id = %message.id,
         dsn_id = %dsn_id,
-        sender = %message.sender,
+        sender = %log_address(&message.sender),
         recipients = recipients.len(),
         "bounce queued"
     );
