@@ -476,8 +476,56 @@ impl Config {
                 "must be a number >= 1.0".into(),
             ));
         }
-        if self.delivery.retry_initial.is_zero() {
-            return Err(invalid("delivery.retry_initial", "must be above 0".into()));
+        // A zero timeout would end every session, delivery or lookup at
+        // once, and a zero lifetime would bounce all mail unattempted.
+        for (key, value) in [
+            ("limits.command_timeout", self.limits.command_timeout),
+            ("limits.data_timeout", self.limits.data_timeout),
+            ("delivery.retry_initial", self.delivery.retry_initial),
+            (
+                "delivery.max_queue_lifetime",
+                self.delivery.max_queue_lifetime,
+            ),
+            ("delivery.connect_timeout", self.delivery.connect_timeout),
+            ("delivery.command_timeout", self.delivery.command_timeout),
+            ("delivery.data_timeout", self.delivery.data_timeout),
+            ("dns.timeout", self.dns.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above 0".into()));
+            }
+        }
+        if self.delivery.port == 0 {
+            return Err(invalid(
+                "delivery.port",
+                "must be a port from 1 to 65535".into(),
+            ));
+        }
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let earlier = &self.listeners[..index];
+            if listener.address.port() != 0
+                && earlier
+                    .iter()
+                    .any(|other| other.address == listener.address)
+            {
+                return Err(invalid(
+                    &format!("listener[{index}].address"),
+                    format!("{} is already used by another listener", listener.address),
+                ));
+            }
+        }
+        // DESIGN.md: sluice is never an open relay. A network holding every
+        // address would make it one.
+        if let Some(network) = self
+            .policy
+            .relay_networks
+            .iter()
+            .find(|n| n.prefix_len() == 0)
+        {
+            return Err(invalid(
+                "policy.relay_networks",
+                format!("{network} holds every address and would make sluice an open relay"),
+            ));
         }
         if self.delivery.retry_max < self.delivery.retry_initial {
             return Err(invalid(
@@ -729,6 +777,57 @@ mod tests {
             7
         );
         assert!(parse("[limits]\nmax_hops = 0\n").is_err());
+    }
+
+    #[test]
+    fn values_that_would_stop_all_work_are_rejected_naming_the_key() {
+        for (text, key) in [
+            (
+                "[limits]\ncommand_timeout = \"0s\"\n",
+                "limits.command_timeout",
+            ),
+            ("[limits]\ndata_timeout = \"0s\"\n", "limits.data_timeout"),
+            (
+                "[delivery]\nconnect_timeout = \"0s\"\n",
+                "delivery.connect_timeout",
+            ),
+            (
+                "[delivery]\ncommand_timeout = \"0s\"\n",
+                "delivery.command_timeout",
+            ),
+            (
+                "[delivery]\ndata_timeout = \"0s\"\n",
+                "delivery.data_timeout",
+            ),
+            (
+                "[delivery]\nmax_queue_lifetime = \"0s\"\n",
+                "delivery.max_queue_lifetime",
+            ),
+            ("[dns]\ntimeout = \"0s\"\n", "dns.timeout"),
+            ("[delivery]\nport = 0\n", "delivery.port"),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:2525\"\n\
+                 [[listener]]\naddress = \"127.0.0.1:2525\"\n",
+                "listener[1].address",
+            ),
+            (
+                "[policy]\nrelay_networks = [\"0.0.0.0/0\"]\n",
+                "policy.relay_networks",
+            ),
+            (
+                "[policy]\nrelay_networks = [\"::/0\"]\n",
+                "policy.relay_networks",
+            ),
+        ] {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        // Port 0 listeners (tests, ephemeral) may repeat; real networks pass.
+        parse(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [policy]\nrelay_networks = [\"10.0.0.0/8\", \"::1/128\"]\n",
+        )
+        .expect("valid");
     }
 
     #[test]
