@@ -2,7 +2,7 @@
 //! big, streamed back chunk by chunk.
 //!
 //! A [`BodyWriter`] keeps up to [`INLINE_MAX`] bytes in memory; those bodies
-//! are committed into the sled tree as [`CHUNK_SIZE`] chunks just before the
+//! are committed into the sled tree as [`CHUNK_SIZE`](crate::store::CHUNK_SIZE) chunks just before the
 //! record, and share its group fsync. Past the threshold
 //! the writer spills to `tmp/<id>`; at commit that file is fsynced, renamed to
 //! `bodies/<id>` and the directory fsynced, all before the record is written.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::QueueError;
 use crate::model::QueueId;
-use crate::store::{CHUNK_SIZE, Store};
+use crate::store::Store;
 
 /// Bodies up to this size live in the sled tree; bigger ones in files.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
@@ -321,9 +321,4 @@ impl Read for BodyReader {
             }
         }
     }
-}
-
-/// Number of [`CHUNK_SIZE`] chunks an inline body of `len` bytes takes.
-pub(crate) fn chunk_count(len: usize) -> u32 {
-    u32::try_from(len.div_ceil(CHUNK_SIZE)).expect("inline bodies are at most INLINE_MAX bytes")
 }

@@ -346,7 +346,7 @@ impl Queue {
         let (place, inline) = match body {
             FinishedBody::Inline(bytes) => (
                 BodyPlace::Inline {
-                    chunks: body::chunk_count(bytes.len()),
+                    chunks: store::chunk_count(bytes.len()),
                 },
                 bytes,
             ),

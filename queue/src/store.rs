@@ -37,6 +37,13 @@ use crate::model::{Message, QueueId};
 /// that pages never become blobs and the group fsync covers everything.
 pub(crate) const CHUNK_SIZE: usize = 4 * 1024;
 
+/// How much longer than [`CHUNK_SIZE`] a body's last chunk may be rather
+/// than leave its tail to a chunk of its own: a message of 4 KiB plus its
+/// `Received:` header then takes one chunk, not two, saving a sled insert
+/// and a removal. Leaves (17 entries at most in sled) stay far below sled's
+/// blob threshold (a quarter of its 512 KiB segment).
+pub(crate) const CHUNK_SLACK: usize = 1024;
+
 /// The name of the sled tree holding the queue.
 const TREE: &str = "queue";
 
@@ -161,9 +168,15 @@ impl Store {
         if has_chunks {
             self.mark_interrupted(id)?;
         }
-        for (number, chunk) in inline_body.chunks(CHUNK_SIZE).enumerate() {
-            let number = u32::try_from(number).expect("inline bodies have few chunks");
-            self.insert(id, chunk_key(id, number), chunk)?;
+        let chunks = chunk_count(inline_body.len());
+        for number in 0..chunks {
+            let start = number as usize * CHUNK_SIZE;
+            let end = if number + 1 == chunks {
+                inline_body.len()
+            } else {
+                start + CHUNK_SIZE
+            };
+            self.insert(id, chunk_key(id, number), &inline_body[start..end])?;
         }
         self.insert(id, record_key(id), &encode(record))?;
         if has_chunks {
@@ -330,6 +343,19 @@ impl Durability {
     }
 }
 
+/// Number of chunks an inline body of `len` bytes takes: [`CHUNK_SIZE`]
+/// each, the last one up to [`CHUNK_SLACK`] longer.
+pub(crate) fn chunk_count(len: usize) -> u32 {
+    let full = len / CHUNK_SIZE;
+    let count = match len % CHUNK_SIZE {
+        0 => full,
+        _ if full == 0 => 1,
+        tail if tail <= CHUNK_SLACK => full,
+        _ => full + 1,
+    };
+    u32::try_from(count).expect("inline bodies are at most INLINE_MAX bytes")
+}
+
 fn record_key(id: &QueueId) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + id.as_str().len());
     key.push(RECORD_PREFIX);
@@ -426,13 +452,60 @@ mod tests {
     }
 
     #[test]
+    fn a_short_tail_shares_the_last_chunk() {
+        assert_eq!(chunk_count(0), 0);
+        assert_eq!(chunk_count(1), 1);
+        assert_eq!(chunk_count(CHUNK_SIZE), 1);
+        assert_eq!(chunk_count(CHUNK_SIZE + CHUNK_SLACK), 1);
+        assert_eq!(chunk_count(CHUNK_SIZE + CHUNK_SLACK + 1), 2);
+        assert_eq!(chunk_count(2 * CHUNK_SIZE), 2);
+        assert_eq!(chunk_count(3 * CHUNK_SIZE + 1), 3);
+    }
+
+    #[test]
+    fn a_body_reads_back_whole_whatever_its_chunking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store opens");
+        let ids = IdGenerator::new(None);
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + CHUNK_SLACK,
+            CHUNK_SIZE + CHUNK_SLACK + 1,
+            3 * CHUNK_SIZE + 7,
+        ] {
+            let id = ids.next();
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let chunks = chunk_count(len);
+            store
+                .insert_new(&record(&id, chunks), &body)
+                .expect("insert");
+            let mut read = Vec::new();
+            for number in 0..chunks {
+                let chunk = Store::chunk(&store.tree, &id, number)
+                    .expect("read")
+                    .expect("chunk present");
+                assert!(chunk.len() <= CHUNK_SIZE + CHUNK_SLACK);
+                read.extend_from_slice(&chunk);
+            }
+            assert!(
+                Store::chunk(&store.tree, &id, chunks)
+                    .expect("read")
+                    .is_none()
+            );
+            assert_eq!(read, body, "body of {len} octets");
+        }
+    }
+
+    #[test]
     fn chunks_orphaned_by_an_interrupted_insert_are_removed_at_recovery() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 1 << 20).expect("store opens");
         let ids = IdGenerator::new(None);
         let (kept, orphaned) = (ids.next(), ids.next());
         store
-            .insert_new(&record(&kept, 2), &[7u8; CHUNK_SIZE + 1])
+            .insert_new(&record(&kept, 2), &[7u8; CHUNK_SIZE + CHUNK_SLACK + 1])
             .expect("insert");
         // A crash after the marker and a chunk, before the record.
         store.mark_interrupted(&orphaned).expect("mark");
