@@ -77,10 +77,7 @@ impl DataDecoder {
                 }
                 State::Text => {
                     let rest = &input[index..];
-                    let run = rest
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(rest.len());
+                    let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                     self.emit(&rest[..run], out);
                     index += run;
                     match input.get(index) {
