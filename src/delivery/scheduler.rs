@@ -59,12 +59,14 @@ pub async fn run(engine: Arc<Engine>) {
             },
             _ = ctx.shutdown.cancelled() => break,
         };
-        let mut permits = vec![first];
-        while permits.len() < CLAIM_BATCH {
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
+        // The other free slots in one step (not one at a time): unused
+        // ones go back in one step too.
+        let mut permits = first;
+        let more = slots.available_permits().min(CLAIM_BATCH - 1);
+        if more > 0
+            && let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32)
+        {
+            permits.merge(extra);
         }
         // Registered before looking, so a wake-up between the look and the
         // wait is not lost.
@@ -76,7 +78,7 @@ pub async fn run(engine: Arc<Engine>) {
         clock_jumped.as_mut().enable();
 
         let now = engine.clock.now();
-        let claims = match ctx.queue.claim_due(now, permits.len()) {
+        let claims = match ctx.queue.claim_due(now, permits.num_permits()) {
             Ok(claims) => claims,
             Err(error) => {
                 tracing::error!(%error, "cannot claim due messages");
@@ -114,9 +116,8 @@ pub async fn run(engine: Arc<Engine>) {
             }
             continue;
         }
-        let mut permits = permits.into_iter();
         for claim in claims {
-            let Some(permit) = permits.next() else {
+            let Some(permit) = permits.split(1) else {
                 // claim_due returned more than asked: give the rest back.
                 ctx.queue.unclaim(&claim.message.id);
                 continue;
