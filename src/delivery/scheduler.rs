@@ -209,9 +209,8 @@ async fn deliver_message(
         let engine = engine.clone();
         let message = &message;
         async move {
-            let domain_limit = engine.domain_limit(domain);
-            let _domain_permit = domain_limit.acquire_owned().await;
-            let _permit = engine.transactions.clone().acquire_owned().await;
+            let (_domain_permit, waited_for_domain) = acquire(engine.domain_limit(domain)).await;
+            let (_permit, waited) = acquire(engine.transactions.clone()).await;
             // Shutting down: leave these recipients as they are; they are
             // due again after the restart.
             if engine.ctx.shutdown.is_cancelled() {
@@ -219,8 +218,10 @@ async fn deliver_message(
             }
             // The wait for the permits can be long: if the operator held,
             // deleted or bounced the message meanwhile, leave it alone (its
-            // claim is given back, or went with it).
-            if let Ok(current) = engine.ctx.queue.get(&message.id)
+            // claim is given back, or went with it). Without a wait, the
+            // message was read at its claim a moment ago.
+            if (waited_for_domain || waited)
+                && let Ok(current) = engine.ctx.queue.get(&message.id)
                 && current.is_none_or(|current| current.held)
             {
                 tracing::debug!(queue_id = %message.id, domain, "held or removed while waiting; not delivered");
@@ -237,6 +238,19 @@ async fn deliver_message(
         return;
     }
     record(&engine, &message, attempts).await;
+}
+
+/// A permit of `semaphore`, and whether getting it meant waiting.
+async fn acquire(
+    semaphore: Arc<Semaphore>,
+) -> (
+    Result<OwnedSemaphorePermit, tokio::sync::AcquireError>,
+    bool,
+) {
+    match semaphore.clone().try_acquire_owned() {
+        Ok(permit) => (Ok(permit), false),
+        Err(_) => (semaphore.acquire_owned().await, true),
+    }
 }
 
 /// Gives back the claim of a message whose outcomes could not be recorded,
