@@ -429,13 +429,12 @@ impl Queue {
 
     /// Opens the body of a queued message for reading.
     pub fn open_body(&self, id: &QueueId) -> Result<BodyReader, QueueError> {
-        let record = self
+        let (size, place) = self
             .inner
             .store
-            .get(id)?
+            .body_place(id)?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-        let size = record.message.size;
-        match record.body {
+        match place {
             BodyPlace::Inline { chunks } => Ok(BodyReader::inline(
                 self.inner.store.tree(),
                 id.clone(),

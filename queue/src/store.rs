@@ -154,6 +154,20 @@ impl Store {
     }
 
     /// True when a record for `id` exists.
+    /// A message's body size and place, or `None`: reads the record like
+    /// [`Store::get`] but decodes only those fields (no allocation for the
+    /// sender, recipients or dates), for opening a body.
+    pub(crate) fn body_place(&self, id: &QueueId) -> Result<Option<(u64, BodyPlace)>, QueueError> {
+        let Some(bytes) = self.tree.get(record_key(id)).map_err(storage_for(id))? else {
+            return Ok(None);
+        };
+        let record: BodyOf = decode_as(id, &bytes)?;
+        if record.message.id != *id {
+            return Err(corrupt_names(id, &record.message.id));
+        }
+        Ok(Some((record.message.size, record.body)))
+    }
+
     pub(crate) fn contains(&self, id: &QueueId) -> Result<bool, QueueError> {
         self.tree
             .contains_key(record_key(id))
@@ -394,17 +408,39 @@ fn encode(record: &Record) -> Vec<u8> {
 }
 
 fn decode(id: &QueueId, bytes: &[u8]) -> Result<Record, QueueError> {
-    let record: Record = serde_json::from_slice(bytes).map_err(|error| QueueError::Corrupt {
-        id: id.to_string(),
-        reason: error.to_string(),
-    })?;
+    let record: Record = decode_as(id, bytes)?;
     if record.message.id != *id {
-        return Err(QueueError::Corrupt {
-            id: id.to_string(),
-            reason: format!("record names message {}", record.message.id),
-        });
+        return Err(corrupt_names(id, &record.message.id));
     }
     Ok(record)
+}
+
+/// The fields of a [`Record`] that [`Store::body_place`] needs; serde skips
+/// the others.
+#[derive(Deserialize)]
+struct BodyOf {
+    message: SizeOf,
+    body: BodyPlace,
+}
+
+#[derive(Deserialize)]
+struct SizeOf {
+    id: QueueId,
+    size: u64,
+}
+
+fn decode_as<'a, T: Deserialize<'a>>(id: &QueueId, bytes: &'a [u8]) -> Result<T, QueueError> {
+    serde_json::from_slice(bytes).map_err(|error| QueueError::Corrupt {
+        id: id.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+fn corrupt_names(id: &QueueId, named: &QueueId) -> QueueError {
+    QueueError::Corrupt {
+        id: id.to_string(),
+        reason: format!("record names message {named}"),
+    }
 }
 
 fn storage(context: &'static str) -> impl Fn(sled::Error) -> QueueError {
@@ -449,6 +485,42 @@ mod tests {
             .keys()
             .map(|key| key.expect("key").to_vec())
             .collect()
+    }
+
+    #[test]
+    fn body_place_reads_what_get_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store opens");
+        let ids = IdGenerator::new(None);
+        let (inline, file, absent) = (ids.next(), ids.next(), ids.next());
+        let mut with_size = record(&inline, 1);
+        with_size.message.size = 1234;
+        store.insert_new(&with_size, b"x").expect("insert");
+        let mut spilled = record(&file, 0);
+        spilled.body = BodyPlace::File;
+        store.insert_new(&spilled, &[]).expect("insert");
+
+        assert_eq!(
+            store.body_place(&inline).expect("read"),
+            Some((1234, BodyPlace::Inline { chunks: 1 }))
+        );
+        assert_eq!(
+            store.body_place(&file).expect("read"),
+            Some((0, BodyPlace::File))
+        );
+        assert_eq!(store.body_place(&absent).expect("read"), None);
+        // A record stored under another message's key is corrupt, as for get.
+        store
+            .insert(&absent, record_key(&absent), &encode(&with_size))
+            .expect("insert");
+        assert!(matches!(
+            store.body_place(&absent),
+            Err(QueueError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.get(&absent),
+            Err(QueueError::Corrupt { .. })
+        ));
     }
 
     #[test]
