@@ -126,6 +126,26 @@ fn refuse_some(destination: &Destination) {
 
 const MIXED: [&str; 3] = ["ok@dest.test", "gone@dest.test", "temp@dest.test"];
 
+/// Asserts the verdicts for [`MIXED`] after a transaction that broke off:
+/// ok@ deferred with `ok_reply`, gone@ bounced with its own 550 in the one
+/// DSN, temp@ deferred with its own 450.
+fn assert_mixed_verdicts(sluice: &Sluice, id: &str, inbox: &Destination, ok_reply: &str) {
+    assert_outcome(sluice, id, "ok@dest.test", "deferred", ok_reply);
+    assert_outcome(sluice, id, "gone@dest.test", "bounced", "550 5.1.1");
+    assert_outcome(
+        sluice,
+        id,
+        "temp@dest.test",
+        "deferred",
+        "450 4.2.1 <temp@dest.test>: mailbox busy",
+    );
+    assert_dsn(
+        &wait_dsn(inbox),
+        &[("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")],
+        &["ok@dest.test", "temp@dest.test"],
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Verdicts at RCPT survive a transaction that fails afterwards.
 
@@ -136,26 +156,11 @@ fn rcpt_verdicts_survive_a_connection_dropped_after_the_end_of_data() {
     remote.on_data(|_, _| Some(DROP.into()));
     let inbox = inbox();
     let (sluice, id) = start(Some(&remote), &inbox, "", "", &MIXED);
-    assert_outcome(
+    assert_mixed_verdicts(
         &sluice,
         &id,
-        "ok@dest.test",
-        "deferred",
+        &inbox,
         "connection closed by the server after the end of data",
-    );
-    assert_outcome(&sluice, &id, "gone@dest.test", "bounced", "550 5.1.1");
-    assert_outcome(
-        &sluice,
-        &id,
-        "temp@dest.test",
-        "deferred",
-        "450 4.2.1 <temp@dest.test>: mailbox busy",
-    );
-    let dsn = wait_dsn(&inbox);
-    assert_dsn(
-        &dsn,
-        &[("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")],
-        &["ok@dest.test", "temp@dest.test"],
     );
     let line = outcome(&sluice, &id, "ok@dest.test");
     assert_eq!(field(&line, "dsn"), "4.4.2", "{line}");
@@ -171,20 +176,7 @@ fn rcpt_verdicts_survive_a_timeout_at_data_without_pipelining() {
     remote.on_data_command(|_, _| Some(HANG.into()));
     let inbox = inbox();
     let (sluice, id) = start(Some(&remote), &inbox, "", "", &MIXED);
-    assert_outcome(
-        &sluice,
-        &id,
-        "ok@dest.test",
-        "deferred",
-        "timed out after DATA",
-    );
-    assert_outcome(&sluice, &id, "gone@dest.test", "bounced", "550 5.1.1");
-    assert_outcome(&sluice, &id, "temp@dest.test", "deferred", "450 4.2.1");
-    assert_dsn(
-        &wait_dsn(&inbox),
-        &[("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")],
-        &["ok@dest.test", "temp@dest.test"],
-    );
+    assert_mixed_verdicts(&sluice, &id, &inbox, "timed out after DATA");
 }
 
 #[test]
@@ -194,16 +186,7 @@ fn rcpt_verdicts_survive_a_silent_server_after_the_end_of_data() {
     remote.on_data(|_, _| Some(HANG.into()));
     let inbox = inbox();
     let (sluice, id) = start(Some(&remote), &inbox, "", "", &MIXED);
-    assert_outcome(
-        &sluice,
-        &id,
-        "ok@dest.test",
-        "deferred",
-        "timed out after the end of data",
-    );
-    assert_outcome(&sluice, &id, "gone@dest.test", "bounced", "550 5.1.1");
-    assert_outcome(&sluice, &id, "temp@dest.test", "deferred", "450 4.2.1");
-    wait_dsn(&inbox);
+    assert_mixed_verdicts(&sluice, &id, &inbox, "timed out after the end of data");
 }
 
 #[test]
@@ -213,20 +196,7 @@ fn rcpt_verdicts_survive_a_tempfail_at_the_end_of_data() {
     remote.on_data(|_, _| Some("451 4.3.0 queue write failed".into()));
     let inbox = inbox();
     let (sluice, id) = start(Some(&remote), &inbox, "", "", &MIXED);
-    assert_outcome(
-        &sluice,
-        &id,
-        "ok@dest.test",
-        "deferred",
-        "451 4.3.0 queue write failed",
-    );
-    assert_outcome(&sluice, &id, "gone@dest.test", "bounced", "550 5.1.1");
-    assert_outcome(&sluice, &id, "temp@dest.test", "deferred", "450 4.2.1");
-    assert_dsn(
-        &wait_dsn(&inbox),
-        &[("gone@dest.test", "550 5.1.1 <gone@dest.test>: no such user")],
-        &["ok@dest.test", "temp@dest.test"],
-    );
+    assert_mixed_verdicts(&sluice, &id, &inbox, "451 4.3.0 queue write failed");
 }
 
 #[test]
