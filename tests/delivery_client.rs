@@ -44,6 +44,17 @@ async fn session(destination: &Destination) -> Connection {
     connection
 }
 
+/// A 7-bit transaction from s@example.org declaring `size` octets.
+fn plain(recipients: &[String], size: u64) -> Transaction<'_> {
+    Transaction {
+        sender: "s@example.org",
+        recipients,
+        size,
+        eight_bit: false,
+        smtputf8: false,
+    }
+}
+
 fn body(bytes: &[u8]) -> Body {
     Body::Memory(Some(Bytes::copy_from_slice(bytes)))
 }
@@ -98,16 +109,7 @@ async fn each_recipient_gets_its_own_reply() {
         });
         let mut connection = session(&destination).await;
         let result = connection
-            .send(
-                &Transaction {
-                    sender: "s@example.org",
-                    recipients: &recipients,
-                    size: 10,
-                    eight_bit: false,
-                    smtputf8: false,
-                },
-                &mut body(b"hello\r\n"),
-            )
+            .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
             .await
             .expect("transaction");
         let codes: Vec<u16> = result.replies.iter().map(|reply| reply.code).collect();
@@ -156,16 +158,7 @@ async fn a_broken_off_transaction_keeps_the_refusals_and_says_if_data_was_sent()
         }
         let mut connection = session(&destination).await;
         let error = connection
-            .send(
-                &Transaction {
-                    sender: "s@example.org",
-                    recipients: &recipients,
-                    size: 10,
-                    eight_bit: false,
-                    smtputf8: false,
-                },
-                &mut body(b"hello\r\n"),
-            )
+            .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
             .await
             .expect_err("the server dropped the connection");
         let case = format!("pipelining={pipelining} after_data={after_data}");
@@ -191,16 +184,7 @@ async fn a_421_ends_the_transaction_as_a_failure_not_a_verdict() {
     let mut connection = session(&destination).await;
     let recipients = vec!["x@dest.test".to_string()];
     let error = connection
-        .send(
-            &Transaction {
-                sender: "s@example.org",
-                recipients: &recipients,
-                size: 10,
-                eight_bit: false,
-                smtputf8: false,
-            },
-            &mut body(b"hello\r\n"),
-        )
+        .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
         .await
         .expect_err("421 closes the session");
     match &error.error {
@@ -219,16 +203,7 @@ async fn all_recipients_refused_sends_no_body() {
     let mut connection = session(&destination).await;
     let recipients = vec!["x@dest.test".to_string()];
     let result = connection
-        .send(
-            &Transaction {
-                sender: "s@example.org",
-                recipients: &recipients,
-                size: 10,
-                eight_bit: false,
-                smtputf8: false,
-            },
-            &mut body(b"hello\r\n"),
-        )
+        .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
         .await
         .expect("transaction");
     assert_eq!(result.replies[0].code, 550);
@@ -245,16 +220,7 @@ async fn helo_is_used_when_ehlo_is_refused() {
     assert!(!connection.capabilities().pipelining);
     let recipients = vec!["x@dest.test".to_string()];
     let result = connection
-        .send(
-            &Transaction {
-                sender: "s@example.org",
-                recipients: &recipients,
-                size: 10,
-                eight_bit: false,
-                smtputf8: false,
-            },
-            &mut body(b"hi\r\n"),
-        )
+        .send(&plain(&recipients, 10), &mut body(b"hi\r\n"))
         .await
         .expect("transaction");
     assert_eq!(result.replies[0].code, 250);
@@ -355,16 +321,7 @@ async fn auth_plain_and_login_over_tls() {
         .expect("right password accepted");
     let recipients = vec!["x@dest.test".to_string()];
     connection
-        .send(
-            &Transaction {
-                sender: "s@example.org",
-                recipients: &recipients,
-                size: 4,
-                eight_bit: false,
-                smtputf8: false,
-            },
-            &mut body(b"hi\r\n"),
-        )
+        .send(&plain(&recipients, 4), &mut body(b"hi\r\n"))
         .await
         .expect("authenticated transaction");
     let seen = destination.delivered();
@@ -492,16 +449,7 @@ async fn implicit_tls_starts_before_the_greeting() {
     connection.ehlo("sluice.test").await.expect("EHLO");
     let recipients = vec!["x@dest.test".to_string()];
     connection
-        .send(
-            &Transaction {
-                sender: "s@example.org",
-                recipients: &recipients,
-                size: 4,
-                eight_bit: false,
-                smtputf8: false,
-            },
-            &mut body(b"hi\r\n"),
-        )
+        .send(&plain(&recipients, 4), &mut body(b"hi\r\n"))
         .await
         .expect("transaction over implicit TLS");
     assert!(destination.delivered()[0].tls.is_some());
