@@ -21,6 +21,18 @@ fn open(dir: &tempfile::TempDir) -> Queue {
     Queue::open(dir.path(), QueueOptions::default()).expect("queue opens")
 }
 
+/// A fresh spool holding one message to a@x.example; keep the directory
+/// alive as long as the queue.
+async fn one_message() -> (tempfile::TempDir, Queue, QueueId) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let id = queue
+        .enqueue(envelope(&["a@x.example"]), b"x")
+        .await
+        .expect("enqueue");
+    (dir, queue, id)
+}
+
 fn far_future() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::days(365)
 }
@@ -214,12 +226,7 @@ async fn claimed_message_is_not_claimed_again_until_unclaimed_or_completed() {
 
 #[tokio::test]
 async fn reopening_the_spool_voids_leases() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (dir, queue, id) = one_message().await;
     assert_eq!(claimed_ids(&queue, far_future(), 10), vec![id.clone()]);
     queue.close().await.expect("close");
     drop(queue);
@@ -234,12 +241,7 @@ async fn reopening_the_spool_voids_leases() {
 
 #[tokio::test]
 async fn held_message_is_never_claimed_until_released() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (dir, queue, id) = one_message().await;
     assert!(queue.hold(&id).await.expect("hold").held);
     assert!(
         claimed_ids(&queue, far_future(), 10).is_empty(),
@@ -269,12 +271,7 @@ async fn held_message_is_never_claimed_until_released() {
 
 #[tokio::test]
 async fn hold_while_claimed_keeps_it_from_being_due_after_unclaim() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (_dir, queue, id) = one_message().await;
     assert_eq!(claimed_ids(&queue, far_future(), 10), vec![id.clone()]);
     queue.hold(&id).await.expect("hold");
     queue.unclaim(&id);
@@ -285,12 +282,7 @@ async fn hold_while_claimed_keeps_it_from_being_due_after_unclaim() {
 
 #[tokio::test]
 async fn retry_now_makes_deferred_recipients_due_now() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (_dir, queue, id) = one_message().await;
     assert_eq!(claimed_ids(&queue, Utc::now(), 10), vec![id.clone()]);
     queue
         .complete(&id, vec![deferred(0, far_future())])
@@ -523,12 +515,7 @@ async fn a_second_open_of_the_same_spool_is_locked() {
 
 #[tokio::test]
 async fn durable_operations_fail_after_close() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (_dir, queue, id) = one_message().await;
     queue.close().await.expect("close");
     assert!(matches!(
         queue.enqueue(envelope(&["a@x.example"]), b"x").await,
@@ -617,12 +604,7 @@ async fn commit_signals_changed_even_when_nobody_is_waiting_yet() {
 
 #[tokio::test]
 async fn unclaim_signals_changed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = open(&dir);
-    let id = queue
-        .enqueue(envelope(&["a@x.example"]), b"x")
-        .await
-        .expect("enqueue");
+    let (_dir, queue, id) = one_message().await;
     claimed_ids(&queue, far_future(), 1);
     let changed = queue.changed();
     // Consume the permit the commit left.
