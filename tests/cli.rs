@@ -35,6 +35,26 @@ fn check_config_names_file_and_key_of_an_error() {
     assert!(stderr.contains("retry_initial"), "key named: {stderr}");
 }
 
+/// A zero limit is refused at load, naming the file and the key, the same
+/// way for every count: `max_errors` and `max_auth_failures` used to turn a 0
+/// into 1 silently.
+#[test]
+fn check_config_refuses_a_zero_count_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["max_recipients", "max_errors", "max_auth_failures"] {
+        let path = dir.path().join(format!("{key}.toml"));
+        std::fs::write(&path, format!("[limits]\n{key} = 0\n")).unwrap();
+        let path = path.to_str().unwrap();
+        let (code, stdout, stderr) = sluice(&["check-config", "--config", path], None);
+        assert_eq!(code, 1, "{key} = 0 must exit 1: {stdout}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("sluice: config file {path}: limits.{key}: must be at least 1"),
+            "{key}"
+        );
+    }
+}
+
 #[test]
 fn check_config_missing_file_exits_1() {
     let (code, _, stderr) = sluice(

@@ -68,15 +68,15 @@ impl Engine {
                 command: delivery.command_timeout,
                 data: delivery.data_timeout,
             },
-            transactions: Arc::new(Semaphore::new(delivery.concurrency)),
+            transactions: Arc::new(Semaphore::new(delivery.concurrency.get())),
             domains: Mutex::new(HashMap::new()),
-            pool: Pool::new(delivery.per_domain_concurrency),
+            pool: Pool::new(delivery.per_domain_concurrency.get()),
         })
     }
 
     /// The semaphore limiting transactions to `domain`.
     fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
-        let per_domain = self.ctx.config.delivery.per_domain_concurrency;
+        let per_domain = self.ctx.config.delivery.per_domain_concurrency.get();
         let mut domains = self
             .domains
             .lock()

@@ -20,7 +20,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::config::{Config, parse_host_port};
+use crate::config::{Config, NextHopAddress};
 
 use super::protocol::EnhancedCode;
 
@@ -115,30 +115,24 @@ pub struct StaticRoutes {
 }
 
 impl StaticRoutes {
-    /// Reads `delivery.relay_host`, `delivery.port` and `[routes]`. The
-    /// config was validated at load, so parse errors cannot happen here; an
-    /// entry that somehow does not parse is ignored with a warning.
+    /// Reads `delivery.relay_host` (port 25 unless given), `delivery.port`
+    /// and `[routes]` (port `delivery.port` unless given).
     pub fn from_config(config: &Config) -> StaticRoutes {
         let port = config.delivery.port;
-        let to_host = |text: &str, default_port: u16| match parse_host_port(text, default_port) {
-            Ok((name, port)) => Some(Host { name, port }),
-            Err(error) => {
-                tracing::warn!(%error, "ignoring an unparsable next hop");
-                None
-            }
+        let to_host = |address: &NextHopAddress, default_port: u16| Host {
+            name: address.host.to_string(),
+            port: address.port.unwrap_or(default_port),
         };
         StaticRoutes {
             relay_host: config
                 .delivery
                 .relay_host
-                .as_deref()
-                .and_then(|text| to_host(text, 25)),
+                .as_ref()
+                .map(|address| to_host(address, 25)),
             routes: config
                 .routes
                 .iter()
-                .filter_map(|(domain, hop)| {
-                    Some((domain.to_ascii_lowercase(), to_host(hop, port)?))
-                })
+                .map(|(domain, hop)| (domain.to_ascii_lowercase(), to_host(hop, port)))
                 .collect(),
             port,
         }

@@ -43,7 +43,7 @@ pub async fn run(engine: Arc<Engine>) {
     // Claimed messages in progress. Twice the transaction limit keeps the
     // transaction slots busy while finished messages are being recorded.
     let slots = Arc::new(Semaphore::new(
-        ctx.config.delivery.concurrency.saturating_mul(2).max(2),
+        ctx.config.delivery.concurrency.get().saturating_mul(2),
     ));
     let waiting = Arc::new(Semaphore::new(WAITING_FOR_DOMAIN));
     let changed = ctx.queue.changed();

@@ -400,7 +400,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             self.input.advance(consumed);
             hops.feed(&decoded);
-            if decoder.problem().is_some() || hops.exceeds(ctx.config.limits.max_hops) {
+            if decoder.problem().is_some() || hops.exceeds(ctx.config.limits.max_hops.get()) {
                 // The message is refused: stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
@@ -424,7 +424,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             None => {}
         }
-        if hops.exceeds(ctx.config.limits.max_hops) {
+        if hops.exceeds(ctx.config.limits.max_hops.get()) {
             log_refused(session, "too many hops");
             return Ok(MessageOutcome::TooManyHops);
         }
@@ -566,7 +566,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// `limits.max_hops`: more `Received:` fields than this is a loop.
     fn max_hops(&self) -> usize {
-        self.shared.ctx.config.limits.max_hops
+        self.shared.ctx.config.limits.max_hops.get()
     }
 
     /// Writes out pending replies.

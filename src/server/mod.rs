@@ -39,9 +39,9 @@ impl Server {
         let session_config = SessionConfig {
             hostname: config.hostname.clone(),
             max_message_size: config.limits.max_message_size,
-            max_recipients: config.limits.max_recipients,
-            max_errors: config.limits.max_errors.max(1),
-            max_auth_failures: config.limits.max_auth_failures.max(1),
+            max_recipients: config.limits.max_recipients.get(),
+            max_errors: config.limits.max_errors.get(),
+            max_auth_failures: config.limits.max_auth_failures.get(),
             tls_available: tls.is_some(),
             auth_required: false,
             policy: policy::Policy::new(&config.policy),
@@ -86,8 +86,8 @@ impl Server {
     /// are answered `421 4.3.2` until the process stops this task.
     pub async fn run(self) {
         let limits = Arc::new(listener::ConnectionLimits::new(
-            self.ctx.config.limits.max_connections,
-            self.ctx.config.limits.max_connections_per_ip,
+            self.ctx.config.limits.max_connections.get(),
+            self.ctx.config.limits.max_connections_per_ip.get(),
         ));
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, kind) in self.listeners {

@@ -1,0 +1,227 @@
+//! The configuration file as written: the serde tree (`deny_unknown_fields`
+//! everywhere), every default in one place, the way from the file to the
+//! typed [`Config`] (validated section by section) and back, for printing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::admin::AdminConfig;
+use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
+use super::dns::DnsConfig;
+use super::limits::LimitsFile;
+use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
+use super::log::{LogConfig, LogFormat};
+use super::policy::{self, PolicyConfig, UserConfig};
+use super::print;
+use super::spool::SpoolConfig;
+use super::units::MIB;
+use super::{Config, ConfigError, Invalid};
+
+/// The whole file, as written. Field order is the order `check-config`
+/// prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ConfigFile {
+    pub hostname: String,
+    pub spool: SpoolConfig,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsFile,
+    pub policy: PolicyConfig,
+    #[serde(rename = "user", skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
+    pub delivery: DeliveryFile,
+    pub tls_policy: BTreeMap<String, TlsPolicy>,
+    pub dns: DnsConfig,
+    pub routes: BTreeMap<String, String>,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+impl ConfigFile {
+    /// Parses TOML text; `path` is only used in messages.
+    pub(super) fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Validates the file section by section into the typed settings; the
+    /// first problem found is returned, naming `path` and the key.
+    pub(super) fn into_settings(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = Invalid { path };
+        print::refuse_placeholders(&self, invalid)?;
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(invalid.at("hostname", "must be a host name"));
+        }
+        listeners::check(&self.listeners, self.tls.as_ref(), invalid)?;
+        let limits = self.limits.into_settings(invalid)?;
+        let delivery = self.delivery.into_settings(invalid)?;
+        self.dns.check(invalid)?;
+        let routes = parse_routes(self.routes, invalid)?;
+        self.policy.check(invalid)?;
+        policy::check_users(&self.users, invalid)?;
+        self.admin.check(invalid)?;
+        self.log.check(invalid)?;
+        Ok(Config {
+            hostname: self.hostname,
+            spool: self.spool,
+            listeners: self.listeners,
+            tls: self.tls,
+            limits,
+            policy: self.policy,
+            users: self.users,
+            delivery,
+            tls_policy: self.tls_policy,
+            dns: self.dns,
+            routes,
+            admin: self.admin,
+            log: self.log,
+        })
+    }
+}
+
+/// The settings written back in the file's form.
+impl From<&Config> for ConfigFile {
+    fn from(config: &Config) -> ConfigFile {
+        ConfigFile {
+            hostname: config.hostname.clone(),
+            spool: config.spool.clone(),
+            listeners: config.listeners.clone(),
+            tls: config.tls.clone(),
+            limits: LimitsFile::from(&config.limits),
+            policy: config.policy.clone(),
+            users: config.users.clone(),
+            delivery: DeliveryFile::from(&config.delivery),
+            tls_policy: config.tls_policy.clone(),
+            dns: config.dns.clone(),
+            routes: write_routes(&config.routes),
+            admin: config.admin.clone(),
+            log: config.log.clone(),
+        }
+    }
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            hostname: system_hostname(),
+            spool: SpoolConfig::default(),
+            listeners: vec![ListenerConfig {
+                address: SocketAddr::from(([127, 0, 0, 1], 2525)),
+                kind: ListenerKind::Relay,
+            }],
+            tls: None,
+            limits: LimitsFile::default(),
+            policy: PolicyConfig::default(),
+            users: Vec::new(),
+            delivery: DeliveryFile::default(),
+            tls_policy: BTreeMap::new(),
+            dns: DnsConfig::default(),
+            routes: BTreeMap::new(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: PathBuf::from("./spool"),
+            cache_capacity: 64 * MIB,
+        }
+    }
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_message_size: 35 * MIB,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            max_auth_failures: 3,
+            max_errors: 20,
+            shutdown_grace: Duration::from_secs(30),
+            max_hops: 50,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            relay_networks: vec![
+                "127.0.0.0/8".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+            accept_domains: Vec::new(),
+        }
+    }
+}
+
+impl Default for DeliveryFile {
+    fn default() -> Self {
+        DeliveryFile {
+            port: 25,
+            tls: TlsPolicy::Opportunistic,
+            concurrency: 100,
+            per_domain_concurrency: 10,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            retry_factor: 2.0,
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            tls_ca: None,
+            relay_host: None,
+            relay_auth: None,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            token: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
