@@ -298,7 +298,7 @@ async fn deliver_domain_once(
     let mut tried = false;
     let mut connections = 0;
     for host in hop.hosts.iter().take(MAX_HOSTS) {
-        let addresses = match engine.router.addresses(host).await {
+        let addresses = match engine.router.addresses(&hop, host).await {
             Ok(addresses) => addresses,
             Err(error) => {
                 let mut failure = Failure::from_route(&error);

@@ -5,10 +5,21 @@
 //! preference (RFC 5321 §5.1; equal preferences shuffled), and else the
 //! domain's own addresses (the implicit MX). A null MX (RFC 7505) means the
 //! domain accepts no mail.
+//!
+//! What DNS answers mean: only NXDOMAIN, or NOERROR with neither MX nor
+//! A/AAAA records, fails a recipient. Any other RCODE (SERVFAIL, REFUSED,
+//! NOTIMP, FORMERR…), a timeout or an unreachable nameserver tells us nothing
+//! about the domain, and defers it.
+//!
+//! `dns.timeout` bounds the DNS wait of one delivery attempt for one domain:
+//! the MX lookup and the address lookups of its hosts together draw on one
+//! [`DnsBudget`]; once it is spent, the attempt defers.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioAsyncResolver;
 use hickory_resolver::config::{
@@ -55,12 +66,70 @@ impl Host {
 }
 
 /// Where to deliver mail for one domain: hosts in the order to try them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NextHop {
     /// How the hop was chosen.
     pub kind: NextHopKind,
     /// Hosts in the order to try them (at least one).
     pub hosts: Vec<Host>,
+    /// What is left of this attempt's DNS time for the domain; the address
+    /// lookups of `hosts` ([`Router::addresses`]) draw on it.
+    dns: DnsBudget,
+}
+
+/// One delivery attempt's DNS time for one domain (`dns.timeout`): every
+/// lookup made for the attempt (MX, then A/AAAA of each host) spends from
+/// it, and a lookup that would outlast it is cut off as a temporary
+/// failure. Time spent connecting to hosts between lookups is not counted.
+/// Clones share the same budget.
+#[derive(Debug, Clone)]
+pub struct DnsBudget {
+    remaining: Arc<Mutex<Duration>>,
+}
+
+impl DnsBudget {
+    /// A budget of `total`.
+    pub fn new(total: Duration) -> DnsBudget {
+        DnsBudget {
+            remaining: Arc::new(Mutex::new(total)),
+        }
+    }
+
+    /// The time left.
+    pub fn remaining(&self) -> Duration {
+        *self.remaining.lock().expect("DNS budget lock is never poisoned")
+    }
+
+    /// Runs `lookup` (about `name`) for at most the time left, and spends
+    /// the time it took.
+    async fn spend<T>(
+        &self,
+        name: &str,
+        lookup: impl Future<Output = Result<T, ResolveError>>,
+    ) -> Result<T, Lookup> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(Lookup::Failed(format!(
+                "{name}: not looked up, this attempt's DNS time (dns.timeout) is spent"
+            )));
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(remaining, lookup).await;
+        {
+            let mut left = self
+                .remaining
+                .lock()
+                .expect("DNS budget lock is never poisoned");
+            *left = left.saturating_sub(started.elapsed());
+        }
+        match result {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(error)) => Err(classify(name, &error)),
+            Err(_) => Err(Lookup::Failed(format!(
+                "{name}: no answer within this attempt's DNS time (dns.timeout)"
+            ))),
+        }
+    }
 }
 
 /// Why no next hop could be found.
@@ -105,18 +174,20 @@ impl RouteError {
 }
 
 /// The static part of routing: smarthost and `[routes]`, from the config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StaticRoutes {
     relay_host: Option<Host>,
     /// Lower-case domain (or "*") to host.
     routes: BTreeMap<String, Host>,
     /// Port for MX and implicit-MX hosts.
     port: u16,
+    /// `dns.timeout`: each attempt's DNS time for a domain.
+    dns_timeout: Duration,
 }
 
 impl StaticRoutes {
-    /// Reads `delivery.relay_host` (port 25 unless given), `delivery.port`
-    /// and `[routes]` (port `delivery.port` unless given).
+    /// Reads `delivery.relay_host` (port 25 unless given), `delivery.port`,
+    /// `[routes]` (port `delivery.port` unless given) and `dns.timeout`.
     pub fn from_config(config: &Config) -> StaticRoutes {
         let port = config.delivery.port;
         let to_host = |address: &NextHopAddress, default_port: u16| Host {
@@ -135,6 +206,7 @@ impl StaticRoutes {
                 .map(|(domain, hop)| (domain.to_ascii_lowercase(), to_host(hop, port)))
                 .collect(),
             port,
+            dns_timeout: config.dns.timeout,
         }
     }
 
@@ -142,24 +214,31 @@ impl StaticRoutes {
     /// then `"*"`. `None` means "look up MX".
     pub fn lookup(&self, domain: &str) -> Option<NextHop> {
         if let Some(host) = &self.relay_host {
-            return Some(NextHop {
-                kind: NextHopKind::Smarthost,
-                hosts: vec![host.clone()],
-            });
+            return Some(self.hop(NextHopKind::Smarthost, vec![host.clone()]));
         }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         self.routes
             .get(&domain)
             .or_else(|| self.routes.get("*"))
-            .map(|host| NextHop {
-                kind: NextHopKind::Route,
-                hosts: vec![host.clone()],
-            })
+            .map(|host| self.hop(NextHopKind::Route, vec![host.clone()]))
     }
 
     /// The port used for MX hosts.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A fresh budget of `dns.timeout` for one attempt.
+    fn budget(&self) -> DnsBudget {
+        DnsBudget::new(self.dns_timeout)
+    }
+
+    fn hop(&self, kind: NextHopKind, hosts: Vec<Host>) -> NextHop {
+        NextHop {
+            kind,
+            hosts,
+            dns: self.budget(),
+        }
     }
 }
 
@@ -202,18 +281,24 @@ pub struct Router {
 impl Router {
     /// A router using `[dns] nameservers` (UDP and TCP each), else the
     /// system resolver configuration (else 127.0.0.1:53, with a warning).
+    ///
+    /// One query may use the whole of `dns.timeout` and is not repeated:
+    /// the resolver's own retries would only multiply the wait, and the
+    /// budget of the attempt ([`DnsBudget`]) bounds the lookups together.
     pub fn new(config: &Config) -> Router {
+        let tune = |options: &mut ResolverOpts| {
+            options.timeout = config.dns.timeout;
+            options.attempts = 1;
+            options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+        };
         let mut options = ResolverOpts::default();
-        options.timeout = config.dns.timeout;
-        options.attempts = 2;
-        options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+        tune(&mut options);
         options.use_hosts_file = false;
         options.negative_max_ttl = Some(Duration::from_secs(60));
         let resolver = if config.dns.nameservers.is_empty() {
             match hickory_resolver::system_conf::read_system_conf() {
                 Ok((system, mut system_options)) => {
-                    system_options.timeout = config.dns.timeout;
-                    system_options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+                    tune(&mut system_options);
                     TokioAsyncResolver::tokio(system, system_options)
                 }
                 Err(error) => {
@@ -251,12 +336,14 @@ impl Router {
         }
     }
 
-    /// Where mail for `domain` goes.
+    /// Where mail for `domain` goes. The hop carries this attempt's DNS
+    /// budget, which the MX lookup has already drawn on.
     pub async fn next_hop(&self, domain: &str) -> Result<NextHop, RouteError> {
         if let Some(hop) = self.statics.lookup(domain) {
             return Ok(hop);
         }
         let port = self.statics.port();
+        let dns = self.statics.budget();
         if domain.parse::<IpAddr>().is_ok() {
             // An address literal recipient ("user@[192.0.2.1]") arrives here
             // without brackets: deliver to it directly.
@@ -266,77 +353,94 @@ impl Router {
                     name: domain.to_string(),
                     port,
                 }],
+                dns,
             });
         }
         let fqdn = fully_qualified(domain);
-        match self.resolver.mx_lookup(fqdn.as_str()).await {
+        match dns.spend(domain, self.resolver.mx_lookup(fqdn.as_str())).await {
             Ok(lookup) => {
                 let records: Vec<(u16, String)> = lookup
                     .iter()
                     .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
                     .collect();
                 if records.is_empty() {
-                    return Ok(implicit_mx(domain, port));
+                    return Ok(implicit_mx(domain, port, dns));
                 }
                 let names = order_mx(domain, records, &mut rand::thread_rng())?;
                 Ok(NextHop {
                     kind: NextHopKind::Mx,
                     hosts: names.into_iter().map(|name| Host { name, port }).collect(),
+                    dns,
                 })
             }
-            Err(error) => match classify(domain, &error) {
-                Lookup::NoRecords => Ok(implicit_mx(domain, port)),
-                Lookup::NxDomain => Err(RouteError::NoSuchDomain {
-                    domain: domain.to_string(),
-                }),
-                Lookup::Failed(reason) => Err(RouteError::Temporary {
-                    name: domain.to_string(),
-                    reason,
-                }),
-            },
+            Err(Lookup::NoRecords) => Ok(implicit_mx(domain, port, dns)),
+            Err(Lookup::NxDomain) => Err(RouteError::NoSuchDomain {
+                domain: domain.to_string(),
+            }),
+            Err(Lookup::Failed(reason)) => Err(RouteError::Temporary {
+                name: domain.to_string(),
+                reason,
+            }),
         }
     }
 
-    /// The addresses of `host`, A before AAAA. An IP literal is returned as is.
-    pub async fn addresses(&self, host: &Host) -> Result<Vec<IpAddr>, RouteError> {
+    /// The addresses of `host` (one of `hop`'s hosts), A before AAAA, within
+    /// what is left of the hop's DNS budget. An IP literal is returned as is.
+    ///
+    /// AAAA is asked only when A gives no address. The host has no address
+    /// (a permanent answer) only when both queries said so: NXDOMAIN, or
+    /// NOERROR without records. A failed query (REFUSED, SERVFAIL, timeout)
+    /// makes the answer temporary, whatever the other one said.
+    pub async fn addresses(&self, hop: &NextHop, host: &Host) -> Result<Vec<IpAddr>, RouteError> {
         if let Some(address) = host.literal() {
             return Ok(vec![address]);
         }
         let fqdn = fully_qualified(&host.name);
-        match self.resolver.lookup_ip(fqdn.as_str()).await {
-            Ok(lookup) => {
-                let addresses: Vec<IpAddr> = lookup.iter().collect();
-                if addresses.is_empty() {
-                    Err(RouteError::NoAddress {
-                        host: host.name.clone(),
-                    })
-                } else {
-                    Ok(addresses)
-                }
-            }
-            Err(error) => match classify(&host.name, &error) {
-                Lookup::NoRecords => Err(RouteError::NoAddress {
-                    host: host.name.clone(),
-                }),
-                Lookup::NxDomain => Err(RouteError::NoSuchDomain {
-                    domain: host.name.clone(),
-                }),
-                Lookup::Failed(reason) => Err(RouteError::Temporary {
+        let v4 = hop
+            .dns
+            .spend(&host.name, self.resolver.ipv4_lookup(fqdn.as_str()))
+            .await
+            .map(|lookup| lookup.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>());
+        let v4 = match v4 {
+            Ok(addresses) if !addresses.is_empty() => return Ok(addresses),
+            Ok(_) => Lookup::NoRecords,
+            Err(verdict) => verdict,
+        };
+        let v6 = hop
+            .dns
+            .spend(&host.name, self.resolver.ipv6_lookup(fqdn.as_str()))
+            .await
+            .map(|lookup| lookup.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>());
+        let v6 = match v6 {
+            Ok(addresses) if !addresses.is_empty() => return Ok(addresses),
+            Ok(_) => Lookup::NoRecords,
+            Err(verdict) => verdict,
+        };
+        match (v4, v6) {
+            (Lookup::Failed(reason), _) | (_, Lookup::Failed(reason)) => {
+                Err(RouteError::Temporary {
                     name: host.name.clone(),
                     reason,
-                }),
-            },
+                })
+            }
+            (Lookup::NxDomain, _) | (_, Lookup::NxDomain) => Err(RouteError::NoSuchDomain {
+                domain: host.name.clone(),
+            }),
+            (Lookup::NoRecords, Lookup::NoRecords) => Err(RouteError::NoAddress {
+                host: host.name.clone(),
+            }),
         }
     }
 }
 
-fn implicit_mx(domain: &str, port: u16) -> NextHop {
+fn implicit_mx(domain: &str, port: u16, dns: DnsBudget) -> NextHop {
     NextHop {
         kind: NextHopKind::ImplicitMx,
         hosts: vec![Host {
             name: domain.trim_end_matches('.').to_ascii_lowercase(),
             port,
         }],
+        dns,
     }
 }
 
@@ -349,12 +453,19 @@ fn fully_qualified(name: &str) -> String {
     }
 }
 
+/// What a failed lookup says about the name.
+#[derive(Debug)]
 enum Lookup {
+    /// NOERROR without records of the asked type: final.
     NoRecords,
+    /// NXDOMAIN: the name does not exist, final.
     NxDomain,
+    /// Any other RCODE, a timeout, no nameserver reachable: try again later.
     Failed(String),
 }
 
+/// Only NOERROR and NXDOMAIN are answers about the name; every other RCODE
+/// (SERVFAIL, REFUSED, NOTIMP, FORMERR…) is the resolver's problem.
 fn classify(name: &str, error: &ResolveError) -> Lookup {
     match error.kind() {
         ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
@@ -396,7 +507,7 @@ mod tests {
         let routes = StaticRoutes::from_config(&config(
             "[delivery]\nport = 2600\n[routes]\n\"example.test\" = \"mx.test\"\n",
         ));
-        assert_eq!(routes.lookup("other.test"), None);
+        assert!(routes.lookup("other.test").is_none());
         assert_eq!(routes.port(), 2600);
         // A route without a port uses delivery.port.
         assert_eq!(routes.lookup("example.test").unwrap().hosts[0].port, 2600);
@@ -470,6 +581,27 @@ mod tests {
         );
         assert!(error.is_permanent());
         assert_eq!(error.status().to_string(), "5.1.10");
+    }
+
+    #[tokio::test]
+    async fn a_dns_budget_cuts_off_a_slow_lookup_and_refuses_once_spent() {
+        let budget = DnsBudget::new(Duration::from_millis(50));
+        let hang = std::future::pending::<Result<(), ResolveError>>();
+        let started = Instant::now();
+        let verdict = budget.spend("slow.test", hang).await.unwrap_err();
+        assert!(matches!(verdict, Lookup::Failed(_)), "{verdict:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(budget.remaining().is_zero());
+        // A clone is the same budget: the next lookup is not even started.
+        let again = budget.clone();
+        let verdict = again
+            .spend("next.test", async { Ok::<_, ResolveError>(()) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&verdict, Lookup::Failed(reason) if reason.contains("spent")),
+            "{verdict:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A real DNS server for tests: hickory-server in-process on 127.0.0.1, UDP
 //! and TCP on the same free port, answering from a table each test fills
-//! (MX, A, AAAA, null MX, NXDOMAIN, SERVFAIL). Unknown names are NXDOMAIN;
-//! a known name without records of the asked type is an empty NOERROR.
+//! (MX, A, AAAA, null MX, NXDOMAIN, or any error RCODE such as SERVFAIL or
+//! REFUSED). Unknown names are NXDOMAIN; a known name without records of the
+//! asked type is an empty NOERROR. [`SilentNameserver`] is the other kind:
+//! it reads queries and never answers.
 //!
 //! Point sluice at it with `[dns] nameservers = ["<addr>"]`.
 
@@ -23,12 +25,15 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 enum Entry {
     Records(HashMap<RecordType, Vec<RData>>),
     NxDomain,
-    ServFail,
+    /// An error RCODE (SERVFAIL, REFUSED, NOTIMP, FORMERR…) for every query.
+    Error(ResponseCode),
 }
 
 #[derive(Default)]
 struct Zone {
     names: HashMap<String, Entry>,
+    /// Error RCODEs for one record type of a name, before `names`.
+    type_errors: HashMap<(String, RecordType), ResponseCode>,
     queries: Vec<(String, RecordType)>,
 }
 
@@ -144,11 +149,32 @@ impl DnsServer {
 
     /// Answers SERVFAIL for every query about `name`.
     pub fn servfail(&self, name: &str) {
+        self.error(name, ResponseCode::ServFail);
+    }
+
+    /// Answers REFUSED for every query about `name`, as a resolver does
+    /// that will not serve us.
+    pub fn refused(&self, name: &str) {
+        self.error(name, ResponseCode::Refused);
+    }
+
+    /// Answers `code` (an error RCODE) for every query about `name`.
+    pub fn error(&self, name: &str, code: ResponseCode) {
         self.zone
             .lock()
             .expect("zone lock")
             .names
-            .insert(key(name), Entry::ServFail);
+            .insert(key(name), Entry::Error(code));
+    }
+
+    /// Answers `code` (an error RCODE) to queries for `record_type` records
+    /// of `name`; other types answer as before.
+    pub fn error_for(&self, name: &str, record_type: RecordType, code: ResponseCode) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .type_errors
+            .insert((key(name), record_type), code);
     }
 
     /// Forgets everything about `name` (it becomes NXDOMAIN).
@@ -182,6 +208,54 @@ impl Drop for DnsServer {
     }
 }
 
+/// A nameserver that never answers: UDP and TCP bound on one loopback port,
+/// queries read (UDP) or left in the accept backlog (TCP) and ignored. It
+/// notes when the first query arrived, so a test can time what follows.
+pub struct SilentNameserver {
+    /// UDP and TCP, same port.
+    pub addr: SocketAddr,
+    first_query: Arc<Mutex<Option<std::time::Instant>>>,
+    _tcp: TcpListener,
+}
+
+impl SilentNameserver {
+    /// Binds the sockets and starts reading (and ignoring) UDP queries. The
+    /// reader thread lives as long as the test process; it holds only a
+    /// socket on loopback.
+    pub fn start() -> SilentNameserver {
+        let (udp, tcp) = bind_pair();
+        let addr = udp.local_addr().expect("udp local addr");
+        let first_query = Arc::new(Mutex::new(None));
+        let seen = first_query.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while udp.recv_from(&mut buffer).is_ok() {
+                seen.lock()
+                    .expect("first query lock")
+                    .get_or_insert_with(std::time::Instant::now);
+            }
+        });
+        SilentNameserver {
+            addr,
+            first_query,
+            _tcp: tcp,
+        }
+    }
+
+    /// When the first query arrived, if one did.
+    pub fn first_query(&self) -> Option<std::time::Instant> {
+        *self.first_query.lock().expect("first query lock")
+    }
+
+    /// The `[dns]` table pointing sluice here, with `timeout`.
+    pub fn config(&self, timeout: &str) -> String {
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"{timeout}\"\n",
+            self.addr
+        )
+    }
+}
+
 /// UDP and TCP sockets on the same free loopback port.
 fn bind_pair() -> (UdpSocket, TcpListener) {
     for _ in 0..100 {
@@ -211,7 +285,10 @@ impl RequestHandler for Handler {
         let entry = {
             let mut zone = self.zone.lock().expect("zone lock");
             zone.queries.push((name.clone(), record_type));
-            zone.names.get(&name).cloned()
+            match zone.type_errors.get(&(name.clone(), record_type)) {
+                Some(code) => Some(Entry::Error(*code)),
+                None => zone.names.get(&name).cloned(),
+            }
         };
         let builder = MessageResponseBuilder::from_message_request(request);
         let mut header = Header::response_from_request(request.header());
@@ -221,8 +298,8 @@ impl RequestHandler for Handler {
         header.set_recursion_available(true);
         let owner = Name::from_str(&name).unwrap_or_else(|_| Name::root());
         let result = match entry {
-            Some(Entry::ServFail) => {
-                let response = builder.error_msg(request.header(), ResponseCode::ServFail);
+            Some(Entry::Error(code)) => {
+                let response = builder.error_msg(request.header(), code);
                 response_handle.send_response(response).await
             }
             None | Some(Entry::NxDomain) => {
