@@ -347,7 +347,10 @@ async fn mx_records_are_followed_by_preference() {
     let names: Vec<&str> = hop.hosts.iter().map(|host| host.name.as_str()).collect();
     assert_eq!(names, ["mx1.example.test", "backup.example.test"]);
     assert_eq!(hop.hosts[0].port, 25);
-    let addresses = router.addresses(&hop, &hop.hosts[0]).await.expect("A record");
+    let addresses = router
+        .addresses(&hop, &hop.hosts[0])
+        .await
+        .expect("A record");
     assert_eq!(addresses, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
     let error = router.addresses(&hop, &hop.hosts[1]).await.unwrap_err();
     assert!(matches!(error, RouteError::NoSuchDomain { .. }), "{error}");

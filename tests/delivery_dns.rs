@@ -22,7 +22,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use sluice_queue::RecipientStatus;
 
-const BODY: &[u8] = b"From: alice@origin.test\r\nTo: bob@dest.test\r\nSubject: dns\r\n\r\nHello.\r\n";
+const BODY: &[u8] =
+    b"From: alice@origin.test\r\nTo: bob@dest.test\r\nSubject: dns\r\n\r\nHello.\r\n";
 
 /// Starts sluice on a spool holding one message from alice@origin.test to
 /// `recipients`; bounces for origin.test go to `inbox`.

@@ -335,7 +335,10 @@ mod tests {
         );
         assert_eq!(config.routes["b.test"].port, None);
         for (text, key) in [
-            ("[delivery]\nrelay_host = \"smart:x\"\n", "delivery.relay_host"),
+            (
+                "[delivery]\nrelay_host = \"smart:x\"\n",
+                "delivery.relay_host",
+            ),
             ("[routes]\n\"a.test\" = \"a b\"\n", "routes.\"a.test\""),
         ] {
             let error = parse(text).expect_err(text).to_string();

@@ -140,6 +140,9 @@ mod tests {
         }
         // Brackets are kept only where they are needed.
         assert_eq!(parse("[::1]").unwrap().to_string(), "::1");
-        assert_eq!(parse("[relay.test]:25").unwrap().to_string(), "relay.test:25");
+        assert_eq!(
+            parse("[relay.test]:25").unwrap().to_string(),
+            "relay.test:25"
+        );
     }
 }

@@ -97,7 +97,10 @@ impl DnsBudget {
 
     /// The time left.
     pub fn remaining(&self) -> Duration {
-        *self.remaining.lock().expect("DNS budget lock is never poisoned")
+        *self
+            .remaining
+            .lock()
+            .expect("DNS budget lock is never poisoned")
     }
 
     /// Runs `lookup` (about `name`) for at most the time left, and spends
@@ -357,7 +360,10 @@ impl Router {
             });
         }
         let fqdn = fully_qualified(domain);
-        match dns.spend(domain, self.resolver.mx_lookup(fqdn.as_str())).await {
+        match dns
+            .spend(domain, self.resolver.mx_lookup(fqdn.as_str()))
+            .await
+        {
             Ok(lookup) => {
                 let records: Vec<(u16, String)> = lookup
                     .iter()
