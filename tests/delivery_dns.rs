@@ -136,8 +136,9 @@ fn a_silent_nameserver_defers_within_the_dns_timeout() {
         waited < Duration::from_millis(2500),
         "deferred {waited:?} after the first DNS query; dns.timeout is 1s"
     );
+    // Well under the second, in case the query's arrival was noted late.
     assert!(
-        waited >= Duration::from_millis(900),
+        waited >= Duration::from_millis(500),
         "deferred after only {waited:?}: the timeout was not waited out"
     );
     let queue = stop_and_read_queue(&mut sluice);
