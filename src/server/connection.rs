@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
-use crate::server::auth::Authenticator;
+use crate::server::limits::AuthFailures;
+use crate::server::sasl::Authenticator;
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::Reply;
@@ -48,8 +49,10 @@ pub struct Shared {
     pub submission_config: Arc<SessionConfig>,
     /// Present when `[tls]` is configured.
     pub tls: Option<TlsAcceptor>,
-    /// `[[user]]` checks and failure delays.
+    /// `[[user]]` checks.
     pub auth: Authenticator,
+    /// Delays after failed AUTH attempts, per client.
+    pub auth_failures: AuthFailures,
 }
 
 /// Why a connection ended early.
@@ -128,6 +131,16 @@ pub async fn serve(
     }
 }
 
+/// What a connection gets once shutdown started: `421 4.3.0` when the server
+/// stops because the spool failed, else `421 4.3.2`.
+pub(crate) fn closing_reply(ctx: &Context) -> Reply {
+    if ctx.queue.failure().is_some() {
+        Session::storage_failure_reply()
+    } else {
+        Session::shutdown_reply()
+    }
+}
+
 async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
@@ -203,7 +216,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 End::Closed
             }
             Err(ConnectionError::Shutdown) => {
-                let reply = super::listener::closing_reply(&self.shared.ctx);
+                let reply = closing_reply(&self.shared.ctx);
                 self.output_reply(&reply);
                 End::Closed
             }
@@ -316,7 +329,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Action::Authenticate(credentials) => {
                 let user = self.shared.auth.verify(credentials).await;
                 if user.is_none() {
-                    let delay = self.shared.auth.failure_delay(session.client());
+                    let delay = self.shared.auth_failures.failure_delay(session.client());
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
@@ -721,7 +734,7 @@ mod tests {
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,
-            policy: crate::server::policy::Policy::new(&ctx.config.policy),
+            policy: crate::policy::Policy::new(&ctx.config.policy),
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -729,6 +742,7 @@ mod tests {
             submission_config: session_config.clone(),
             tls: None,
             auth: Authenticator::new(&[]),
+            auth_failures: AuthFailures::new(),
         });
         (shared, session_config, queue)
     }

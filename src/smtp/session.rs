@@ -37,7 +37,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use sluice_queue::Envelope;
 
-use crate::server::policy::Policy;
+use crate::policy::Policy;
 use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
 };
