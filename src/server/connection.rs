@@ -24,11 +24,10 @@ use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
 use crate::smtp::data::{DataDecoder, DataProblem};
 use crate::smtp::hops::HopCounter;
+use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
-/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
-const MAX_COMMAND_LINE: usize = 512;
 /// How long the last replies may take to write when closing.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the input buffer grows by when it is full.
@@ -185,8 +184,8 @@ struct Connection<'a, S> {
     shared: &'a Shared,
     input: BytesMut,
     output: Vec<u8>,
-    /// A command line is longer than allowed: its rest is being skipped.
-    skipping_long_line: bool,
+    /// Splits the input into command lines, within their length limits.
+    lines: CommandLines,
     chunked: Option<Chunked>,
 }
 
@@ -197,7 +196,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             shared,
             input: BytesMut::with_capacity(4096),
             output: Vec::with_capacity(1024),
-            skipping_long_line: false,
+            lines: CommandLines::new(),
             chunked: None,
         }
     }
@@ -251,9 +250,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         // cannot hold the connection open (slowloris).
         let mut deadline = Instant::now() + command_timeout;
         loop {
-            while let Some(line) = self.next_line() {
+            while let Some(line) = self.lines.next(&mut self.input, session.in_auth_exchange()) {
                 let action = match line {
-                    Some(line) => {
+                    Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
                         let action = session.handle_line(&line);
                         if !was_chunking {
@@ -262,7 +261,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         }
                         action
                     }
-                    None => session.line_too_long(),
+                    Line::TooLong(kind) => session.line_too_long(kind),
                 };
                 if let Some(end) = self.act(session, action).await? {
                     return Ok(end);
@@ -277,31 +276,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             match self.fill(left, session.is_idle()).await? {
                 Filled::Data => {}
                 Filled::Shutdown => return Err(ConnectionError::Shutdown),
-            }
-        }
-    }
-
-    /// The next complete line (CRLF or LF stripped), `Some(None)` for a line
-    /// that was too long, `None` when more input is needed.
-    fn next_line(&mut self) -> Option<Option<BytesMut>> {
-        match memchr_newline(&self.input) {
-            Some(end) => {
-                let mut line = self.input.split_to(end + 1);
-                if std::mem::take(&mut self.skipping_long_line) || line.len() > MAX_COMMAND_LINE {
-                    return Some(None);
-                }
-                line.truncate(end);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(end - 1);
-                }
-                Some(Some(line))
-            }
-            None => {
-                if self.input.len() > MAX_COMMAND_LINE {
-                    self.input.clear();
-                    self.skipping_long_line = true;
-                }
-                None
             }
         }
     }

@@ -4,5 +4,6 @@
 pub mod command;
 pub mod data;
 pub mod hops;
+pub mod line;
 pub mod reply;
 pub mod session;

@@ -41,6 +41,7 @@ use crate::policy::Policy;
 use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
 };
+use crate::smtp::line::LineKind;
 use crate::smtp::reply::{EnhancedCode, Reply};
 
 /// What a session needs to know about its listener and limits.
@@ -332,12 +333,26 @@ impl Session {
         }
     }
 
-    /// A command line longer than 512 octets (RFC 5321 §4.5.3.1.4).
-    pub fn line_too_long(&mut self) -> Action {
-        if self.auth != AuthStep::None {
-            self.auth = AuthStep::None;
+    /// True while an AUTH exchange waits for the client's response to a
+    /// `334` challenge: the next line is that response, not a command.
+    pub fn in_auth_exchange(&self) -> bool {
+        self.auth != AuthStep::None
+    }
+
+    /// A line longer than its limit ([`crate::smtp::line`]): a command line
+    /// over 512 octets (RFC 5321 §4.5.3.1.4), or an AUTH command or response
+    /// over 12,288 (RFC 4954 §4), which also ends the AUTH exchange.
+    pub fn line_too_long(&mut self, kind: LineKind) -> Action {
+        self.auth = AuthStep::None;
+        match kind {
+            LineKind::Command => self.error(Reply::new(500, code(5, 5, 2), "Error: line too long")),
+            // RFC 4954 §6.
+            LineKind::Auth => self.error(Reply::new(
+                500,
+                code(5, 5, 6),
+                "Authentication Exchange line is too long",
+            )),
         }
-        self.error(Reply::new(500, code(5, 5, 2), "Error: line too long"))
     }
 
     /// TLS is now active: everything learned before is forgotten (RFC 3207 §4.2).
@@ -1422,6 +1437,26 @@ mod tests {
         };
         assert_eq!(replies[0].code(), 535);
         assert_eq!(replies[1].code(), 421);
+    }
+
+    #[test]
+    fn an_over_long_auth_line_gets_500_5_5_6_and_ends_the_exchange() {
+        let mut session = Session::new(Arc::new(config()), "127.0.0.1".parse().unwrap(), true);
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "AUTH LOGIN", "334 VXNlcm5hbWU6");
+        assert!(session.in_auth_exchange());
+        // RFC 4954 §6.
+        expect_action(
+            session.line_too_long(LineKind::Auth),
+            "500 5.5.6 Authentication Exchange line is too long",
+        );
+        assert!(!session.in_auth_exchange());
+        assert!(session.is_idle());
+        expect(&mut session, "NOOP", "250");
+        expect_action(
+            session.line_too_long(LineKind::Command),
+            "500 5.5.2 Error: line too long",
+        );
     }
 
     #[test]
