@@ -22,8 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
-use crate::smtp::data::{DataDecoder, DataProblem};
-use crate::smtp::hops::HopCounter;
+use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome};
 use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
@@ -170,13 +169,11 @@ async fn handshake(
 
 /// A message being received with BDAT, across its chunks.
 struct Chunked {
-    /// `None` once the message is refused (too big, storage failed).
+    /// `None` once the message is refused or a write failed.
     body: Option<BodyWriter>,
-    size: u64,
-    too_big: bool,
     storage_failed: bool,
-    /// `Received:` fields in the header so far (RFC 5321 §6.3).
-    hops: HopCounter,
+    /// Counts the chunks off and decides on the message.
+    intake: ChunkIntake,
 }
 
 struct Connection<'a, S> {
@@ -333,29 +330,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     self.output_reply(&refusal);
                     return Ok(None);
                 }
-                self.receive_chunk(session, size).await?;
-                let next = if last {
-                    let outcome = self.finish_chunked(session).await;
-                    session.message_finished(outcome)
-                } else {
-                    match self.chunked.as_ref() {
-                        Some(chunked) if chunked.too_big => {
-                            self.chunked = None;
-                            log_refused(session, "message too big");
-                            session.message_finished(MessageOutcome::TooBig)
-                        }
-                        Some(chunked) if chunked.hops.exceeds(self.max_hops()) => {
-                            self.chunked = None;
-                            log_refused(session, "too many hops");
-                            session.message_finished(MessageOutcome::TooManyHops)
-                        }
-                        Some(chunked) if chunked.storage_failed => {
-                            self.chunked = None;
-                            session.message_finished(MessageOutcome::StorageFailed)
-                        }
-                        _ => session.chunk_received(size),
-                    }
-                };
+                let next = self.receive_chunk(session, size, last).await?;
                 return Box::pin(self.act(session, next)).await;
             }
         }
@@ -368,114 +343,91 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let ctx = &self.shared.ctx;
-        let header = session.received_header(body.id().as_str(), chrono::Utc::now());
-        let mut body = Some(body);
-        let mut storage_failed = write_body(&mut body, header.as_bytes());
-        let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
-        let mut hops = HopCounter::new();
+        let limits = &self.shared.ctx.config.limits;
+        let (mut body, mut storage_failed) = start_body(session, body);
+        let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
-        let data_timeout = ctx.config.limits.data_timeout;
+        let data_timeout = limits.data_timeout;
         let mut deadline = Instant::now() + data_timeout;
-        loop {
-            let consumed = decoder.decode(&self.input, &mut decoded);
-            if memchr_newline(&self.input[..consumed]).is_some() {
+        let outcome = loop {
+            let consumed = intake.feed(&self.input, &mut decoded);
+            if memchr::memchr(b'\n', &self.input[..consumed]).is_some() {
                 deadline = Instant::now() + data_timeout;
             }
             self.input.advance(consumed);
-            hops.feed(&decoded);
-            if decoder.problem().is_some() || hops.exceeds(ctx.config.limits.max_hops) {
-                // The message is refused: stop storing anything of it.
+            if intake.is_refused() {
+                // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
                 storage_failed |= write_body(&mut body, &decoded);
             }
             decoded.clear();
-            if decoder.is_done() {
-                break;
+            match intake.outcome() {
+                Outcome::NeedMore => {}
+                outcome => break outcome,
             }
             let left = deadline.saturating_duration_since(Instant::now());
             self.fill(left, false).await?;
-        }
-        match decoder.problem() {
-            Some(DataProblem::TooBig) => {
-                log_refused(session, "message too big");
-                return Ok(MessageOutcome::TooBig);
-            }
-            Some(DataProblem::BareLineEnding) => {
-                log_refused(session, "bare CR or LF in message data");
-                return Ok(MessageOutcome::BareLineEnding);
-            }
-            None => {}
-        }
-        if hops.exceeds(ctx.config.limits.max_hops) {
-            log_refused(session, "too many hops");
-            return Ok(MessageOutcome::TooManyHops);
-        }
-        match body {
-            Some(body) if !storage_failed => Ok(self.commit(session, body, decoder.size()).await),
-            _ => Ok(MessageOutcome::StorageFailed),
-        }
+        };
+        Ok(self.finish(session, outcome, body, storage_failed).await)
     }
 
-    /// Reads one accepted BDAT chunk into the message being built.
-    async fn receive_chunk(&mut self, session: &Session, size: u64) -> Result<(), ConnectionError> {
-        if self.chunked.is_none() {
-            let chunked = match self.shared.ctx.queue.new_body() {
-                Ok(body) => {
-                    let header = session.received_header(body.id().as_str(), chrono::Utc::now());
-                    let mut body = Some(body);
-                    let storage_failed = write_body(&mut body, header.as_bytes());
-                    Chunked {
-                        body,
-                        size: 0,
-                        too_big: false,
-                        storage_failed,
-                        hops: HopCounter::new(),
+    /// Reads one accepted BDAT chunk into the message being built; returns
+    /// what the session says to the chunk, or to the message once it is
+    /// complete or refused.
+    async fn receive_chunk(
+        &mut self,
+        session: &mut Session,
+        size: u64,
+        last: bool,
+    ) -> Result<Action, ConnectionError> {
+        let mut chunked = match self.chunked.take() {
+            Some(chunked) => chunked,
+            None => {
+                let (body, storage_failed) = match self.shared.ctx.queue.new_body() {
+                    Ok(body) => start_body(session, body),
+                    Err(error) => {
+                        tracing::error!(client = %session.client(), %error, "cannot start a queue file");
+                        (None, true)
                     }
-                }
-                Err(error) => {
-                    tracing::error!(client = %session.client(), %error, "cannot start a queue file");
-                    Chunked {
-                        body: None,
-                        size: 0,
-                        too_big: false,
-                        storage_failed: true,
-                        hops: HopCounter::new(),
-                    }
-                }
-            };
-            self.chunked = Some(chunked);
-        }
-        let max_size = self.shared.ctx.config.limits.max_message_size;
-        let max_hops = self.max_hops();
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
-        let mut remaining = size;
-        loop {
-            let take = remaining.min(self.input.len() as u64) as usize;
-            let chunk = self.input.split_to(take);
-            remaining -= take as u64;
-            deadline.received(take);
-            if let Some(chunked) = self.chunked.as_mut() {
-                chunked.size = chunked.size.saturating_add(take as u64);
-                chunked.hops.feed(&chunk);
-                if chunked.size > max_size {
-                    chunked.too_big = true;
-                    chunked.body = None;
-                } else if chunked.hops.exceeds(max_hops) {
-                    chunked.body = None;
-                } else if !chunk.is_empty() {
-                    chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+                };
+                Chunked {
+                    body,
+                    storage_failed,
+                    intake: ChunkIntake::new(self.intake_limits()),
                 }
             }
-            if remaining == 0 {
-                return Ok(());
+        };
+        chunked.intake.start_chunk(size, last);
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
+        loop {
+            let take = chunked.intake.feed(&self.input);
+            let chunk = self.input.split_to(take);
+            deadline.received(take);
+            if chunked.intake.is_refused() {
+                chunked.body = None;
+            } else if !chunk.is_empty() {
+                chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+            }
+            if chunked.intake.remaining() == 0 {
+                break;
             }
             self.fill(deadline.left(), false).await?;
         }
+        let outcome = match chunked.intake.outcome() {
+            Outcome::ChunkAccepted { octets } if !chunked.storage_failed => {
+                self.chunked = Some(chunked);
+                return Ok(session.chunk_received(octets));
+            }
+            outcome => outcome,
+        };
+        let outcome = self
+            .finish(session, outcome, chunked.body, chunked.storage_failed)
+            .await;
+        Ok(session.message_finished(outcome))
     }
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
@@ -494,22 +446,27 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// After `BDAT n LAST`: commit the message or say why not.
-    async fn finish_chunked(&mut self, session: &Session) -> MessageOutcome {
-        let Some(chunked) = self.chunked.take() else {
-            return MessageOutcome::StorageFailed;
-        };
-        if chunked.too_big {
-            log_refused(session, "message too big");
-            return MessageOutcome::TooBig;
-        }
-        if chunked.hops.exceeds(self.max_hops()) {
-            log_refused(session, "too many hops");
-            return MessageOutcome::TooManyHops;
-        }
-        match chunked.body {
-            Some(body) if !chunked.storage_failed => self.commit(session, body, chunked.size).await,
-            _ => MessageOutcome::StorageFailed,
+    /// The end of a message read with DATA or BDAT: commits it when the
+    /// intake accepted it and every write succeeded, else says why not.
+    async fn finish(
+        &mut self,
+        session: &Session,
+        outcome: Outcome,
+        body: Option<BodyWriter>,
+        storage_failed: bool,
+    ) -> MessageOutcome {
+        match outcome {
+            Outcome::Refused(refusal) => {
+                log_refused(session, refusal.reason());
+                MessageOutcome::Refused(refusal)
+            }
+            Outcome::Complete { octets } => match body {
+                Some(body) if !storage_failed => self.commit(session, body, octets).await,
+                _ => MessageOutcome::StorageFailed,
+            },
+            // A chunk the intake accepted ends the message here only when
+            // storing it failed; the intake never stops short.
+            Outcome::ChunkAccepted { .. } | Outcome::NeedMore => MessageOutcome::StorageFailed,
         }
     }
 
@@ -551,9 +508,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// `limits.max_hops`: more `Received:` fields than this is a loop.
-    fn max_hops(&self) -> usize {
-        self.shared.ctx.config.limits.max_hops
+    /// The limits every message is held to.
+    fn intake_limits(&self) -> IntakeLimits {
+        let limits = &self.shared.ctx.config.limits;
+        IntakeLimits {
+            max_size: limits.max_message_size,
+            max_hops: limits.max_hops,
+        }
     }
 
     /// Writes out pending replies.
@@ -638,6 +599,15 @@ impl ChunkDeadline {
     }
 }
 
+/// Writes the `Received:` header the message starts with; returns the body
+/// (`None` when the write failed) and whether a write failed.
+fn start_body(session: &Session, body: BodyWriter) -> (Option<BodyWriter>, bool) {
+    let header = session.received_header(body.id().as_str(), chrono::Utc::now());
+    let mut body = Some(body);
+    let storage_failed = write_body(&mut body, header.as_bytes());
+    (body, storage_failed)
+}
+
 /// Writes to the body unless it is gone; returns true when a write failed
 /// (the body is then dropped, removing every trace of it).
 fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
@@ -672,10 +642,6 @@ fn log_refused(session: &Session, reason: &str) {
 /// one plain token ([`log_address`]).
 fn display_sender(sender: &str) -> String {
     log_address(sender).into_owned()
-}
-
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 #[cfg(test)]

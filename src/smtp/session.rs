@@ -41,6 +41,7 @@ use crate::policy::Policy;
 use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
 };
+use crate::smtp::intake::Refusal;
 use crate::smtp::line::LineKind;
 use crate::smtp::reply::{EnhancedCode, Reply};
 
@@ -91,12 +92,14 @@ pub enum Action {
     /// Send the replies, then close the connection.
     Close(Vec<Reply>),
     /// Send the 354 reply, then read the message with a
-    /// [`crate::smtp::data::DataDecoder`] and call [`Session::message_finished`].
+    /// [`crate::smtp::intake::DataIntake`] and call
+    /// [`Session::message_finished`].
     ReceiveData(Reply),
     /// Read exactly `size` octets of a BDAT chunk (RFC 3030 §2). When
-    /// `refusal` is set, discard them and send that reply; otherwise keep
-    /// them and call [`Session::chunk_received`] (or, after the last chunk,
-    /// [`Session::message_finished`]).
+    /// `refusal` is set, discard them and send that reply; otherwise feed
+    /// them to the transaction's [`crate::smtp::intake::ChunkIntake`] and
+    /// call [`Session::chunk_received`] (or, once the message is complete
+    /// or refused, [`Session::message_finished`]).
     ReceiveChunk {
         size: u64,
         last: bool,
@@ -114,13 +117,8 @@ pub enum Action {
 pub enum MessageOutcome {
     /// Durably queued under this ID.
     Queued(String),
-    /// Larger than `max_message_size`.
-    TooBig,
-    /// A bare CR or LF in DATA.
-    BareLineEnding,
-    /// More `Received:` fields than `limits.max_hops`: a mail loop
-    /// (RFC 5321 §6.3).
-    TooManyHops,
+    /// Refused by the message intake, with the reply it names.
+    Refused(Refusal),
     /// The queue could not store it.
     StorageFailed,
 }
@@ -400,19 +398,7 @@ impl Session {
             MessageOutcome::Queued(id) => {
                 Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
             }
-            MessageOutcome::TooBig => Reply::new(
-                552,
-                code(5, 3, 4),
-                "Error: message exceeds fixed maximum message size",
-            ),
-            MessageOutcome::BareLineEnding => Reply::new(
-                550,
-                code(5, 5, 2),
-                "Error: bare CR or LF in message data (RFC 5321 section 2.3.8)",
-            ),
-            MessageOutcome::TooManyHops => {
-                Reply::new(554, code(5, 4, 6), "Error: too many hops (mail loop)")
-            }
+            MessageOutcome::Refused(refusal) => refusal.reply(),
             MessageOutcome::StorageFailed => Reply::new(
                 451,
                 code(4, 3, 0),
@@ -1488,11 +1474,11 @@ mod tests {
     fn data_outcomes_map_to_replies() {
         let mut session = relay_session();
         expect_action(
-            session.message_finished(MessageOutcome::TooBig),
+            session.message_finished(MessageOutcome::Refused(Refusal::TooBig)),
             "552 5.3.4",
         );
         expect_action(
-            session.message_finished(MessageOutcome::BareLineEnding),
+            session.message_finished(MessageOutcome::Refused(Refusal::BareLineEnding)),
             "550 5.5.2",
         );
         expect_action(
@@ -1500,7 +1486,7 @@ mod tests {
             "451 4.3.0",
         );
         expect_action(
-            session.message_finished(MessageOutcome::TooManyHops),
+            session.message_finished(MessageOutcome::Refused(Refusal::TooManyHops)),
             "554 5.4.6",
         );
     }
