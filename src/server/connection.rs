@@ -1,6 +1,10 @@
-//! One inbound SMTP connection: reads command lines and message data, feeds
-//! them to the pure [`Session`], writes its replies, and stores messages in
-//! the queue. The only I/O around the protocol core.
+//! One inbound SMTP connection: the only I/O around the protocol core. It
+//! reads bytes and hands them on: command lines, split off by
+//! [`CommandLines`], to the pure [`Session`]; message octets to the
+//! [`DataIntake`] or [`ChunkIntake`]. It writes the replies they give,
+//! stores the octets the intake keeps in a queue body file, and commits the
+//! message (in one place, `commit`). The timeouts are its own: per command
+//! line, per line of DATA, per 1000 octets of BDAT.
 //!
 //! Replies to pipelined commands (RFC 2920) are collected and written
 //! whenever the input holds no further complete command, i.e. before the
@@ -100,32 +104,45 @@ pub async fn serve(
             return;
         };
         let mut session = Session::new(config, peer.ip(), true);
-        let mut connection = Connection::new(stream, &shared);
-        connection.output_reply(&session.greeting());
-        let _ = connection.run(&mut session).await;
-        connection.close().await;
+        let greeting = session.greeting();
+        serve_over(&shared, stream, &mut session, Some(greeting)).await;
         return;
     }
     let mut session = Session::new(config, peer.ip(), false);
-    let mut connection = Connection::new(stream, &shared);
-    connection.output_reply(&session.greeting());
-    match connection.run(&mut session).await {
-        End::Closed => connection.close().await,
-        End::StartTls => {
-            let Some(acceptor) = shared.tls.clone() else {
-                return;
-            };
-            // RFC 3207 §4.2: plaintext pipelined after STARTTLS is discarded
-            // with the plaintext connection's buffers.
-            let Connection { stream, .. } = connection;
-            let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
-                return;
-            };
-            session.tls_started();
-            let mut connection = Connection::new(stream, &shared);
-            let _ = connection.run(&mut session).await;
+    let greeting = session.greeting();
+    let Some(stream) = serve_over(&shared, stream, &mut session, Some(greeting)).await else {
+        return;
+    };
+    let Some(acceptor) = shared.tls.clone() else {
+        return;
+    };
+    let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
+        return;
+    };
+    session.tls_started();
+    serve_over(&shared, stream, &mut session, None).await;
+}
+
+/// Runs `session` over `stream`, first sending `greeting` if given, and
+/// closes it; returns the stream instead when the session accepted
+/// STARTTLS. RFC 3207 §4.2: plaintext pipelined after STARTTLS is discarded
+/// with the plaintext connection's buffers.
+async fn serve_over<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: S,
+    session: &mut Session,
+    greeting: Option<Reply>,
+) -> Option<S> {
+    let mut connection = Connection::new(stream, shared);
+    if let Some(greeting) = greeting {
+        connection.output_reply(&greeting);
+    }
+    match connection.run(session).await {
+        End::Closed => {
             connection.close().await;
+            None
         }
+        End::StartTls => Some(connection.stream),
     }
 }
 
@@ -694,10 +711,8 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
-            let mut connection = Connection::new(server, &shared);
-            connection.output_reply(&session.greeting());
-            connection.run(&mut session).await;
-            connection.close().await;
+            let greeting = session.greeting();
+            serve_over(&shared, server, &mut session, Some(greeting)).await;
         });
         (BufReader::new(client), queue)
     }
