@@ -845,6 +845,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queue_failure_at_bdat_answers_451_after_the_chunk_and_stays_in_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut client, queue) = serve_in_memory(dir.path());
+        start_transaction(&mut client).await;
+        queue.close().await.expect("close queue");
+        client
+            .get_mut()
+            .write_all(b"BDAT 6\r\nSubj\r\nNOOP\r\n")
+            .await
+            .expect("write");
+        let got = reply(&mut client).await;
+        assert!(got.starts_with("451 4.3.0"), "{got:?}");
+        let got = reply(&mut client).await;
+        assert!(
+            got.starts_with("250 2.0.0 Ok"),
+            "the chunk was read: {got:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn failed_commit_answers_451_and_leaves_nothing_queued() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut client, queue) = serve_in_memory(dir.path());

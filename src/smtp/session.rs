@@ -27,6 +27,14 @@
 //!   `550 5.5.2` after reading it to its end.
 //! - Protocol errors (5xx replies to commands) are counted; at
 //!   `limits.max_errors` the connection is closed with `421 4.7.0`.
+//! - An AUTH command or response over 12,288 octets (RFC 4954 §4; see
+//!   `smtp::line`) gets `500 5.5.6` and ends the exchange (RFC 4954 §6).
+//!
+//! The relay decision for RCPT is asked of [`crate::policy::Policy`], which
+//! is pure and synchronous, so the session decides at once instead of
+//! asking the I/O shell through an [`Action`]. What becomes of a message's
+//! octets is decided by `smtp::intake`; the session only maps its outcome
+//! to the reply ([`Session::message_finished`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
