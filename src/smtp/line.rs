@@ -8,51 +8,57 @@
 //!   refused, see `smtp::data`.)
 //! - RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its
 //!   CRLF.
-//! - RFC 4954 §4: an AUTH command and the client's responses to `334`
-//!   challenges may carry up to 12,288 octets of base64 (SASL responses can
-//!   be long, e.g. Kerberos tickets). An over-long line of either kind is
-//!   read to its end and dropped without being buffered, then reported as
-//!   [`Line::TooLong`] so the session can answer it.
+//! - RFC 4954 §4: the client's responses to `334` challenges, and the
+//!   initial response on the AUTH command, may carry up to 12,288 octets of
+//!   base64 (SASL responses can be long, e.g. Kerberos tickets); the AUTH
+//!   command may have its verb and mechanism name besides.
+//! - An over-long line of any kind is read to its end and dropped without
+//!   being buffered, then reported as [`Line::TooLong`] so the session can
+//!   answer it (RFC 4954 §4: `500 5.5.6` for an AUTH line).
 
 use bytes::BytesMut;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
 
-/// RFC 4954 §4: the longest AUTH command or AUTH response line, without
-/// its CRLF.
-pub const MAX_AUTH_LINE: usize = 12_288;
+/// RFC 4954 §4: the longest SASL response in base64, on a line of its own
+/// or on the AUTH command, without the CRLF.
+pub const MAX_AUTH_RESPONSE: usize = 12_288;
+
+/// RFC 4422 §3.1: a SASL mechanism name has at most 20 characters.
+const MAX_MECHANISM: usize = 20;
 
 /// Which limit a line is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineKind {
     /// Any command but AUTH: [`MAX_COMMAND_LINE`].
     Command,
-    /// An AUTH command, or a response within an AUTH exchange:
-    /// [`MAX_AUTH_LINE`].
+    /// An AUTH command, or a response within an AUTH exchange: up to
+    /// [`MAX_AUTH_RESPONSE`] octets of response.
     Auth,
 }
 
 impl LineKind {
-    /// The kind of a line that starts with `start`; `auth_exchange` is true
-    /// while the session waits for a response to a `334` challenge.
-    fn of(start: &[u8], auth_exchange: bool) -> LineKind {
+    /// The kind of a line that starts with `start`, and the most octets it
+    /// may have with its line end; `auth_exchange` is true while the
+    /// session waits for a response to a `334` challenge.
+    fn of(start: &[u8], auth_exchange: bool) -> (LineKind, usize) {
+        if auth_exchange {
+            return (LineKind::Auth, MAX_AUTH_RESPONSE + 2);
+        }
         let auth_command = start
             .get(..5)
             .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "));
-        if auth_exchange || auth_command {
-            LineKind::Auth
-        } else {
-            LineKind::Command
+        if !auth_command {
+            return (LineKind::Command, MAX_COMMAND_LINE);
         }
-    }
-
-    /// The most octets a line of this kind may have, its line end included.
-    fn limit(self) -> usize {
-        match self {
-            LineKind::Command => MAX_COMMAND_LINE,
-            LineKind::Auth => MAX_AUTH_LINE + 2,
-        }
+        // `AUTH mechanism ` comes before the initial response.
+        let mechanism = start[5..]
+            .iter()
+            .take(MAX_MECHANISM + 1)
+            .position(|&b| b == b' ')
+            .unwrap_or(MAX_MECHANISM);
+        (LineKind::Auth, 5 + mechanism + 1 + MAX_AUTH_RESPONSE + 2)
     }
 }
 
@@ -88,8 +94,8 @@ impl CommandLines {
             if self.skipping.is_some() {
                 input.clear();
             } else if input.len() > MAX_COMMAND_LINE {
-                let kind = LineKind::of(input, auth_exchange);
-                if input.len() > kind.limit() {
+                let (kind, limit) = LineKind::of(input, auth_exchange);
+                if input.len() > limit {
                     input.clear();
                     self.skipping = Some(kind);
                 }
@@ -101,8 +107,8 @@ impl CommandLines {
             return Some(Line::TooLong(kind));
         }
         if line.len() > MAX_COMMAND_LINE {
-            let kind = LineKind::of(&line, auth_exchange);
-            if line.len() > kind.limit() {
+            let (kind, limit) = LineKind::of(&line, auth_exchange);
+            if line.len() > limit {
                 return Some(Line::TooLong(kind));
             }
         }
@@ -179,13 +185,14 @@ mod tests {
     }
 
     #[test]
-    fn auth_lines_may_carry_12288_octets() {
+    fn auth_responses_may_carry_12288_octets() {
         // RFC 4954 §4, on the AUTH line (any case) and in an exchange.
-        let response = vec![b'A'; MAX_AUTH_LINE - b"auth plain ".len()];
-        let command = [b"auth plain ".as_slice(), &response, b"\r\n"].concat();
+        let mechanism = "X".repeat(20);
+        let response = vec![b'A'; MAX_AUTH_RESPONSE];
+        let command = [format!("auth {mechanism} ").as_bytes(), &response, b"\r\n"].concat();
         let (taken, _) = lines(&[&command[..600], &command[600..]], false);
         assert!(matches!(taken[..], [Line::Complete(_)]), "{taken:?}");
-        let response = [vec![b'A'; MAX_AUTH_LINE], b"\r\n".to_vec()].concat();
+        let response = [vec![b'A'; MAX_AUTH_RESPONSE], b"\r\n".to_vec()].concat();
         let (taken, _) = lines(&[&response], true);
         assert!(matches!(taken[..], [Line::Complete(_)]), "{taken:?}");
         // The same line outside an exchange is a command line.
@@ -194,10 +201,11 @@ mod tests {
     }
 
     #[test]
-    fn auth_lines_over_12288_octets_are_too_long() {
+    fn auth_responses_over_12288_octets_are_too_long() {
+        let mechanism = "X".repeat(20);
         let command = [
-            b"AUTH PLAIN ".as_slice(),
-            &vec![b'A'; MAX_AUTH_LINE],
+            format!("AUTH {mechanism} ").as_bytes(),
+            &vec![b'A'; MAX_AUTH_RESPONSE + 1],
             b"\r\n",
         ]
         .concat();
@@ -207,8 +215,12 @@ mod tests {
             vec![Line::TooLong(LineKind::Auth), complete(b"NOOP")]
         );
         assert!(rest.is_empty());
-        let response = [vec![b'A'; MAX_AUTH_LINE + 1], b"\r\n".to_vec()].concat();
+        let response = [vec![b'A'; MAX_AUTH_RESPONSE + 1], b"\r\n".to_vec()].concat();
         let (taken, _) = lines(&[&response], true);
+        assert_eq!(taken, vec![Line::TooLong(LineKind::Auth)]);
+        // The limit counts from the end of the mechanism's name.
+        let command = [b"AUTH PLAIN ".as_slice(), &response].concat();
+        let (taken, _) = lines(&[&command], false);
         assert_eq!(taken, vec![Line::TooLong(LineKind::Auth)]);
     }
 }
