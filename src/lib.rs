@@ -1,7 +1,7 @@
 //! sluice: a store-and-forward SMTP mail transfer agent.
 //!
-//! Layout: `smtp` is the pure protocol core (no I/O); `server` accepts mail
-//! into the queue; `delivery` forwards it; `admin` serves the HTTP API and
+//! Layout: `smtp` is the pure protocol core (no I/O); `policy` is the pure
+//! relay decision it consults; `server` accepts mail into the queue; `delivery` forwards it; `admin` serves the HTTP API and
 //! metrics; `cli` holds the operator commands; `serve` wires them together.
 
 pub mod admin;
@@ -11,6 +11,7 @@ pub mod context;
 pub mod delivery;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod runfile;
 pub mod serve;
 pub mod server;

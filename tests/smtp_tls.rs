@@ -392,3 +392,61 @@ fn missing_or_bad_certificate_is_a_clear_startup_error() {
         );
     }
 }
+
+/// A PLAIN response for `user` whose password makes the base64 line
+/// `octets` long (a multiple of 4).
+fn long_plain_auth(user: &str, octets: usize) -> String {
+    let raw = octets / 4 * 3;
+    let password = "p".repeat(raw - user.len() - 2);
+    let response = plain_auth(user, &password);
+    assert_eq!(response.len(), octets, "base64 of {raw} octets");
+    response
+}
+
+#[test]
+fn auth_lines_of_up_to_12288_octets_are_accepted() {
+    // RFC 4954 §4: SASL responses may be far longer than a 512-octet
+    // command line, on the AUTH line and in answer to a 334 challenge.
+    let tls = start_tls("", "[limits]\nmax_auth_failures = 9\n");
+    let mut client = relay_over_tls(&tls);
+    client.expect(
+        &format!("AUTH PLAIN {}", long_plain_auth("app", 10_000)),
+        "535 5.7.8",
+    );
+    client.expect(
+        &format!("AUTH PLAIN {}", long_plain_auth("app", 12_288)),
+        "535 5.7.8",
+    );
+    client.expect("AUTH PLAIN", "334");
+    client.expect(&long_plain_auth("app", 12_288), "535 5.7.8");
+    client.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    client.expect(&BASE64.encode("app"), "334 UGFzc3dvcmQ6");
+    client.expect(&BASE64.encode("p".repeat(9_000)), "535 5.7.8");
+    client.expect("NOOP", "250 2.0.0");
+}
+
+#[test]
+fn auth_lines_over_12288_octets_are_refused_and_the_session_goes_on() {
+    let tls = start_tls("", "[limits]\nmax_auth_failures = 5\n");
+    let mut client = relay_over_tls(&tls);
+    // RFC 4954 §6: 500 5.5.6, "Authentication Exchange line is too long".
+    client.expect(
+        &format!("AUTH PLAIN {}", long_plain_auth("app", 12_292)),
+        "500 5.5.6",
+    );
+    client.expect("NOOP", "250 2.0.0");
+    client.expect("AUTH PLAIN", "334");
+    client.expect(&long_plain_auth("app", 12_292), "500 5.5.6");
+    client.expect("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    // Sent without end: dropped as it arrives, answered once the line ends.
+    client.send_raw(&vec![b'A'; 100_000]);
+    client.expect("", "500 5.5.6");
+    // The exchange is over: the next line is a command again.
+    client.expect("NOOP", "250 2.0.0");
+    // Other commands keep the 512-octet limit of RFC 5321 §4.5.3.1.4.
+    client.expect(&format!("NOOP {}", "x".repeat(600)), "500 5.5.2");
+    client.expect(
+        &format!("AUTH PLAIN {}", plain_auth("app", PASSWORD)),
+        "235 2.7.0",
+    );
+}

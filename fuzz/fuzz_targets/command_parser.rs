@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use sluice::config::PolicyConfig;
-use sluice::server::policy::Policy;
+use sluice::policy::Policy;
 use sluice::smtp::command::Command;
 use sluice::smtp::session::{Action, Session, SessionConfig};
 

@@ -1,6 +1,10 @@
-//! One inbound SMTP connection: reads command lines and message data, feeds
-//! them to the pure [`Session`], writes its replies, and stores messages in
-//! the queue. The only I/O around the protocol core.
+//! One inbound SMTP connection: the only I/O around the protocol core. It
+//! reads bytes and hands them on: command lines, split off by
+//! [`CommandLines`], to the pure [`Session`]; message octets to the
+//! [`DataIntake`] or [`ChunkIntake`]. It writes the replies they give,
+//! stores the octets the intake keeps in a queue body file, and commits the
+//! message (in one place, `commit`). The timeouts are its own: per command
+//! line, per line of DATA, per 1000 octets of BDAT.
 //!
 //! Replies to pipelined commands (RFC 2920) are collected and written
 //! whenever the input holds no further complete command, i.e. before the
@@ -20,14 +24,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
-use crate::server::auth::Authenticator;
-use crate::smtp::data::{DataDecoder, DataProblem};
-use crate::smtp::hops::HopCounter;
+use crate::server::limits::AuthFailures;
+use crate::server::sasl::Authenticator;
+use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome};
+use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
-/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF.
-const MAX_COMMAND_LINE: usize = 512;
 /// How long the last replies may take to write when closing.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the input buffer grows by when it is full.
@@ -48,8 +51,10 @@ pub struct Shared {
     pub submission_config: Arc<SessionConfig>,
     /// Present when `[tls]` is configured.
     pub tls: Option<TlsAcceptor>,
-    /// `[[user]]` checks and failure delays.
+    /// `[[user]]` checks.
     pub auth: Authenticator,
+    /// Delays after failed AUTH attempts, per client.
+    pub auth_failures: AuthFailures,
 }
 
 /// Why a connection ended early.
@@ -99,32 +104,55 @@ pub async fn serve(
             return;
         };
         let mut session = Session::new(config, peer.ip(), true);
-        let mut connection = Connection::new(stream, &shared);
-        connection.output_reply(&session.greeting());
-        let _ = connection.run(&mut session).await;
-        connection.close().await;
+        let greeting = session.greeting();
+        serve_over(&shared, stream, &mut session, Some(greeting)).await;
         return;
     }
     let mut session = Session::new(config, peer.ip(), false);
-    let mut connection = Connection::new(stream, &shared);
-    connection.output_reply(&session.greeting());
-    match connection.run(&mut session).await {
-        End::Closed => connection.close().await,
-        End::StartTls => {
-            let Some(acceptor) = shared.tls.clone() else {
-                return;
-            };
-            // RFC 3207 §4.2: plaintext pipelined after STARTTLS is discarded
-            // with the plaintext connection's buffers.
-            let Connection { stream, .. } = connection;
-            let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
-                return;
-            };
-            session.tls_started();
-            let mut connection = Connection::new(stream, &shared);
-            let _ = connection.run(&mut session).await;
+    let greeting = session.greeting();
+    let Some(stream) = serve_over(&shared, stream, &mut session, Some(greeting)).await else {
+        return;
+    };
+    let Some(acceptor) = shared.tls.clone() else {
+        return;
+    };
+    let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
+        return;
+    };
+    session.tls_started();
+    serve_over(&shared, stream, &mut session, None).await;
+}
+
+/// Runs `session` over `stream`, first sending `greeting` if given, and
+/// closes it; returns the stream instead when the session accepted
+/// STARTTLS. RFC 3207 §4.2: plaintext pipelined after STARTTLS is discarded
+/// with the plaintext connection's buffers.
+async fn serve_over<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: S,
+    session: &mut Session,
+    greeting: Option<Reply>,
+) -> Option<S> {
+    let mut connection = Connection::new(stream, shared);
+    if let Some(greeting) = greeting {
+        connection.output_reply(&greeting);
+    }
+    match connection.run(session).await {
+        End::Closed => {
             connection.close().await;
+            None
         }
+        End::StartTls => Some(connection.stream),
+    }
+}
+
+/// What a connection gets once shutdown started: `421 4.3.0` when the server
+/// stops because the spool failed, else `421 4.3.2`.
+pub(crate) fn closing_reply(ctx: &Context) -> Reply {
+    if ctx.queue.failure().is_some() {
+        Session::storage_failure_reply()
+    } else {
+        Session::shutdown_reply()
     }
 }
 
@@ -158,13 +186,11 @@ async fn handshake(
 
 /// A message being received with BDAT, across its chunks.
 struct Chunked {
-    /// `None` once the message is refused (too big, storage failed).
+    /// `None` once the message is refused or a write failed.
     body: Option<BodyWriter>,
-    size: u64,
-    too_big: bool,
     storage_failed: bool,
-    /// `Received:` fields in the header so far (RFC 5321 §6.3).
-    hops: HopCounter,
+    /// Counts the chunks off and decides on the message.
+    intake: ChunkIntake,
 }
 
 struct Connection<'a, S> {
@@ -172,8 +198,8 @@ struct Connection<'a, S> {
     shared: &'a Shared,
     input: BytesMut,
     output: Vec<u8>,
-    /// A command line is longer than allowed: its rest is being skipped.
-    skipping_long_line: bool,
+    /// Splits the input into command lines, within their length limits.
+    lines: CommandLines,
     chunked: Option<Chunked>,
 }
 
@@ -184,7 +210,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             shared,
             input: BytesMut::with_capacity(4096),
             output: Vec::with_capacity(1024),
-            skipping_long_line: false,
+            lines: CommandLines::new(),
             chunked: None,
         }
     }
@@ -203,7 +229,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 End::Closed
             }
             Err(ConnectionError::Shutdown) => {
-                let reply = super::listener::closing_reply(&self.shared.ctx);
+                let reply = closing_reply(&self.shared.ctx);
                 self.output_reply(&reply);
                 End::Closed
             }
@@ -238,9 +264,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         // cannot hold the connection open (slowloris).
         let mut deadline = Instant::now() + command_timeout;
         loop {
-            while let Some(line) = self.next_line() {
+            while let Some(line) = self.lines.next(&mut self.input, session.in_auth_exchange()) {
                 let action = match line {
-                    Some(line) => {
+                    Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
                         let action = session.handle_line(&line);
                         if !was_chunking {
@@ -249,7 +275,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         }
                         action
                     }
-                    None => session.line_too_long(),
+                    Line::TooLong(kind) => session.line_too_long(kind),
                 };
                 if let Some(end) = self.act(session, action).await? {
                     return Ok(end);
@@ -264,31 +290,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             match self.fill(left, session.is_idle()).await? {
                 Filled::Data => {}
                 Filled::Shutdown => return Err(ConnectionError::Shutdown),
-            }
-        }
-    }
-
-    /// The next complete line (CRLF or LF stripped), `Some(None)` for a line
-    /// that was too long, `None` when more input is needed.
-    fn next_line(&mut self) -> Option<Option<BytesMut>> {
-        match memchr_newline(&self.input) {
-            Some(end) => {
-                let mut line = self.input.split_to(end + 1);
-                if std::mem::take(&mut self.skipping_long_line) || line.len() > MAX_COMMAND_LINE {
-                    return Some(None);
-                }
-                line.truncate(end);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(end - 1);
-                }
-                Some(Some(line))
-            }
-            None => {
-                if self.input.len() > MAX_COMMAND_LINE {
-                    self.input.clear();
-                    self.skipping_long_line = true;
-                }
-                None
             }
         }
     }
@@ -316,7 +317,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Action::Authenticate(credentials) => {
                 let user = self.shared.auth.verify(credentials).await;
                 if user.is_none() {
-                    let delay = self.shared.auth.failure_delay(session.client());
+                    let delay = self.shared.auth_failures.failure_delay(session.client());
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
@@ -346,29 +347,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     self.output_reply(&refusal);
                     return Ok(None);
                 }
-                self.receive_chunk(session, size).await?;
-                let next = if last {
-                    let outcome = self.finish_chunked(session).await;
-                    session.message_finished(outcome)
-                } else {
-                    match self.chunked.as_ref() {
-                        Some(chunked) if chunked.too_big => {
-                            self.chunked = None;
-                            log_refused(session, "message too big");
-                            session.message_finished(MessageOutcome::TooBig)
-                        }
-                        Some(chunked) if chunked.hops.exceeds(self.max_hops()) => {
-                            self.chunked = None;
-                            log_refused(session, "too many hops");
-                            session.message_finished(MessageOutcome::TooManyHops)
-                        }
-                        Some(chunked) if chunked.storage_failed => {
-                            self.chunked = None;
-                            session.message_finished(MessageOutcome::StorageFailed)
-                        }
-                        _ => session.chunk_received(size),
-                    }
-                };
+                let next = self.receive_chunk(session, size, last).await?;
                 return Box::pin(self.act(session, next)).await;
             }
         }
@@ -381,114 +360,91 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let ctx = &self.shared.ctx;
-        let header = session.received_header(body.id().as_str(), chrono::Utc::now());
-        let mut body = Some(body);
-        let mut storage_failed = write_body(&mut body, header.as_bytes());
-        let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
-        let mut hops = HopCounter::new();
+        let limits = &self.shared.ctx.config.limits;
+        let (mut body, mut storage_failed) = start_body(session, body);
+        let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
-        let data_timeout = ctx.config.limits.data_timeout;
+        let data_timeout = limits.data_timeout;
         let mut deadline = Instant::now() + data_timeout;
-        loop {
-            let consumed = decoder.decode(&self.input, &mut decoded);
-            if memchr_newline(&self.input[..consumed]).is_some() {
+        let outcome = loop {
+            let consumed = intake.feed(&self.input, &mut decoded);
+            if memchr::memchr(b'\n', &self.input[..consumed]).is_some() {
                 deadline = Instant::now() + data_timeout;
             }
             self.input.advance(consumed);
-            hops.feed(&decoded);
-            if decoder.problem().is_some() || hops.exceeds(ctx.config.limits.max_hops.get()) {
-                // The message is refused: stop storing anything of it.
+            if intake.is_refused() {
+                // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
                 storage_failed |= write_body(&mut body, &decoded);
             }
             decoded.clear();
-            if decoder.is_done() {
-                break;
+            match intake.outcome() {
+                Outcome::NeedMore => {}
+                outcome => break outcome,
             }
             let left = deadline.saturating_duration_since(Instant::now());
             self.fill(left, false).await?;
-        }
-        match decoder.problem() {
-            Some(DataProblem::TooBig) => {
-                log_refused(session, "message too big");
-                return Ok(MessageOutcome::TooBig);
-            }
-            Some(DataProblem::BareLineEnding) => {
-                log_refused(session, "bare CR or LF in message data");
-                return Ok(MessageOutcome::BareLineEnding);
-            }
-            None => {}
-        }
-        if hops.exceeds(ctx.config.limits.max_hops.get()) {
-            log_refused(session, "too many hops");
-            return Ok(MessageOutcome::TooManyHops);
-        }
-        match body {
-            Some(body) if !storage_failed => Ok(self.commit(session, body, decoder.size()).await),
-            _ => Ok(MessageOutcome::StorageFailed),
-        }
+        };
+        Ok(self.finish(session, outcome, body, storage_failed).await)
     }
 
-    /// Reads one accepted BDAT chunk into the message being built.
-    async fn receive_chunk(&mut self, session: &Session, size: u64) -> Result<(), ConnectionError> {
-        if self.chunked.is_none() {
-            let chunked = match self.shared.ctx.queue.new_body() {
-                Ok(body) => {
-                    let header = session.received_header(body.id().as_str(), chrono::Utc::now());
-                    let mut body = Some(body);
-                    let storage_failed = write_body(&mut body, header.as_bytes());
-                    Chunked {
-                        body,
-                        size: 0,
-                        too_big: false,
-                        storage_failed,
-                        hops: HopCounter::new(),
+    /// Reads one accepted BDAT chunk into the message being built; returns
+    /// what the session says to the chunk, or to the message once it is
+    /// complete or refused.
+    async fn receive_chunk(
+        &mut self,
+        session: &mut Session,
+        size: u64,
+        last: bool,
+    ) -> Result<Action, ConnectionError> {
+        let mut chunked = match self.chunked.take() {
+            Some(chunked) => chunked,
+            None => {
+                let (body, storage_failed) = match self.shared.ctx.queue.new_body() {
+                    Ok(body) => start_body(session, body),
+                    Err(error) => {
+                        tracing::error!(client = %session.client(), %error, "cannot start a queue file");
+                        (None, true)
                     }
-                }
-                Err(error) => {
-                    tracing::error!(client = %session.client(), %error, "cannot start a queue file");
-                    Chunked {
-                        body: None,
-                        size: 0,
-                        too_big: false,
-                        storage_failed: true,
-                        hops: HopCounter::new(),
-                    }
-                }
-            };
-            self.chunked = Some(chunked);
-        }
-        let max_size = self.shared.ctx.config.limits.max_message_size;
-        let max_hops = self.max_hops();
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
-        let mut remaining = size;
-        loop {
-            let take = remaining.min(self.input.len() as u64) as usize;
-            let chunk = self.input.split_to(take);
-            remaining -= take as u64;
-            deadline.received(take);
-            if let Some(chunked) = self.chunked.as_mut() {
-                chunked.size = chunked.size.saturating_add(take as u64);
-                chunked.hops.feed(&chunk);
-                if chunked.size > max_size {
-                    chunked.too_big = true;
-                    chunked.body = None;
-                } else if chunked.hops.exceeds(max_hops) {
-                    chunked.body = None;
-                } else if !chunk.is_empty() {
-                    chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+                };
+                Chunked {
+                    body,
+                    storage_failed,
+                    intake: ChunkIntake::new(self.intake_limits()),
                 }
             }
-            if remaining == 0 {
-                return Ok(());
+        };
+        chunked.intake.start_chunk(size, last);
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
+        loop {
+            let take = chunked.intake.feed(&self.input);
+            let chunk = self.input.split_to(take);
+            deadline.received(take);
+            if chunked.intake.is_refused() {
+                chunked.body = None;
+            } else if !chunk.is_empty() {
+                chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+            }
+            if chunked.intake.remaining() == 0 {
+                break;
             }
             self.fill(deadline.left(), false).await?;
         }
+        let outcome = match chunked.intake.outcome() {
+            Outcome::ChunkAccepted { octets } if !chunked.storage_failed => {
+                self.chunked = Some(chunked);
+                return Ok(session.chunk_received(octets));
+            }
+            outcome => outcome,
+        };
+        let outcome = self
+            .finish(session, outcome, chunked.body, chunked.storage_failed)
+            .await;
+        Ok(session.message_finished(outcome))
     }
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
@@ -507,22 +463,27 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// After `BDAT n LAST`: commit the message or say why not.
-    async fn finish_chunked(&mut self, session: &Session) -> MessageOutcome {
-        let Some(chunked) = self.chunked.take() else {
-            return MessageOutcome::StorageFailed;
-        };
-        if chunked.too_big {
-            log_refused(session, "message too big");
-            return MessageOutcome::TooBig;
-        }
-        if chunked.hops.exceeds(self.max_hops()) {
-            log_refused(session, "too many hops");
-            return MessageOutcome::TooManyHops;
-        }
-        match chunked.body {
-            Some(body) if !chunked.storage_failed => self.commit(session, body, chunked.size).await,
-            _ => MessageOutcome::StorageFailed,
+    /// The end of a message read with DATA or BDAT: commits it when the
+    /// intake accepted it and every write succeeded, else says why not.
+    async fn finish(
+        &mut self,
+        session: &Session,
+        outcome: Outcome,
+        body: Option<BodyWriter>,
+        storage_failed: bool,
+    ) -> MessageOutcome {
+        match outcome {
+            Outcome::Refused(refusal) => {
+                log_refused(session, refusal.reason());
+                MessageOutcome::Refused(refusal)
+            }
+            Outcome::Complete { octets } => match body {
+                Some(body) if !storage_failed => self.commit(session, body, octets).await,
+                _ => MessageOutcome::StorageFailed,
+            },
+            // A chunk the intake accepted ends the message here only when
+            // storing it failed; the intake never stops short.
+            Outcome::ChunkAccepted { .. } | Outcome::NeedMore => MessageOutcome::StorageFailed,
         }
     }
 
@@ -564,9 +525,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// `limits.max_hops`: more `Received:` fields than this is a loop.
-    fn max_hops(&self) -> usize {
-        self.shared.ctx.config.limits.max_hops.get()
+    /// The limits every message is held to.
+    fn intake_limits(&self) -> IntakeLimits {
+        let limits = &self.shared.ctx.config.limits;
+        IntakeLimits {
+            max_size: limits.max_message_size,
+            max_hops: limits.max_hops.get(),
+        }
     }
 
     /// Writes out pending replies.
@@ -651,6 +616,15 @@ impl ChunkDeadline {
     }
 }
 
+/// Writes the `Received:` header the message starts with; returns the body
+/// (`None` when the write failed) and whether a write failed.
+fn start_body(session: &Session, body: BodyWriter) -> (Option<BodyWriter>, bool) {
+    let header = session.received_header(body.id().as_str(), chrono::Utc::now());
+    let mut body = Some(body);
+    let storage_failed = write_body(&mut body, header.as_bytes());
+    (body, storage_failed)
+}
+
 /// Writes to the body unless it is gone; returns true when a write failed
 /// (the body is then dropped, removing every trace of it).
 fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
@@ -687,10 +661,6 @@ fn display_sender(sender: &str) -> String {
     log_address(sender).into_owned()
 }
 
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,7 +691,7 @@ mod tests {
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,
-            policy: crate::server::policy::Policy::new(&ctx.config.policy),
+            policy: crate::policy::Policy::new(&ctx.config.policy),
         });
         let shared = Arc::new(Shared {
             ctx,
@@ -729,6 +699,7 @@ mod tests {
             submission_config: session_config.clone(),
             tls: None,
             auth: Authenticator::new(&[]),
+            auth_failures: AuthFailures::new(),
         });
         (shared, session_config, queue)
     }
@@ -740,10 +711,8 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
-            let mut connection = Connection::new(server, &shared);
-            connection.output_reply(&session.greeting());
-            connection.run(&mut session).await;
-            connection.close().await;
+            let greeting = session.greeting();
+            serve_over(&shared, server, &mut session, Some(greeting)).await;
         });
         (BufReader::new(client), queue)
     }
@@ -873,6 +842,26 @@ mod tests {
             .expect("write");
         let got = reply(&mut client).await;
         assert!(got.starts_with("451 4.3.0"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn queue_failure_at_bdat_answers_451_after_the_chunk_and_stays_in_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut client, queue) = serve_in_memory(dir.path());
+        start_transaction(&mut client).await;
+        queue.close().await.expect("close queue");
+        client
+            .get_mut()
+            .write_all(b"BDAT 6\r\nSubj\r\nNOOP\r\n")
+            .await
+            .expect("write");
+        let got = reply(&mut client).await;
+        assert!(got.starts_with("451 4.3.0"), "{got:?}");
+        let got = reply(&mut client).await;
+        assert!(
+            got.starts_with("250 2.0.0 Ok"),
+            "the chunk was read: {got:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,13 @@
-//! Inbound SMTP: listeners (accept, limits, TLS), one task per connection
-//! driving the pure `smtp` session, and the relay policy.
+//! Inbound SMTP: the I/O around the pure `smtp` core.
+//!
+//! Modules, each depending only on those listed after it:
+//! - `listener`: accepts connections, applies the connection limits and the
+//!   shutdown rule, spawns one task per connection;
+//! - `connection`: one connection's pump: reads bytes, feeds the session and
+//!   the message intake, writes replies, stores messages in the queue;
+//! - `sasl`: AUTH credential checks against `[[user]]`;
+//! - `limits`: per-client counts (connections, AUTH failure delays);
+//! - `tls`: the rustls server configuration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,12 +17,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerKind;
 use crate::context::Context;
+use crate::policy::Policy;
 use crate::smtp::session::SessionConfig;
 
-pub mod auth;
 pub mod connection;
+pub mod limits;
 pub mod listener;
-pub mod policy;
+pub mod sasl;
 pub mod tls;
 
 /// The bound SMTP listeners.
@@ -44,7 +53,7 @@ impl Server {
             max_auth_failures: config.limits.max_auth_failures.get(),
             tls_available: tls.is_some(),
             auth_required: false,
-            policy: policy::Policy::new(&config.policy),
+            policy: Policy::new(&config.policy),
         };
         let shared = Arc::new(connection::Shared {
             ctx: ctx.clone(),
@@ -54,7 +63,8 @@ impl Server {
             }),
             relay_config: Arc::new(session_config),
             tls,
-            auth: auth::Authenticator::new(&config.users),
+            auth: sasl::Authenticator::new(&config.users),
+            auth_failures: limits::AuthFailures::new(),
         });
         let mut listeners = Vec::new();
         for listener in &config.listeners {
@@ -85,7 +95,7 @@ impl Server {
     /// `421 4.3.2`, transactions in progress may finish, and new connections
     /// are answered `421 4.3.2` until the process stops this task.
     pub async fn run(self) {
-        let limits = Arc::new(listener::ConnectionLimits::new(
+        let limits = Arc::new(limits::ConnectionLimits::new(
             self.ctx.config.limits.max_connections.get(),
             self.ctx.config.limits.max_connections_per_ip.get(),
         ));

@@ -4,5 +4,7 @@
 pub mod command;
 pub mod data;
 pub mod hops;
+pub mod intake;
+pub mod line;
 pub mod reply;
 pub mod session;

@@ -27,6 +27,14 @@
 //!   `550 5.5.2` after reading it to its end.
 //! - Protocol errors (5xx replies to commands) are counted; at
 //!   `limits.max_errors` the connection is closed with `421 4.7.0`.
+//! - An AUTH command or response over 12,288 octets (RFC 4954 §4; see
+//!   `smtp::line`) gets `500 5.5.6` and ends the exchange (RFC 4954 §6).
+//!
+//! The relay decision for RCPT is asked of [`crate::policy::Policy`], which
+//! is pure and synchronous, so the session decides at once instead of
+//! asking the I/O shell through an [`Action`]. What becomes of a message's
+//! octets is decided by `smtp::intake`; the session only maps its outcome
+//! to the reply ([`Session::message_finished`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -37,10 +45,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use sluice_queue::Envelope;
 
-use crate::server::policy::Policy;
+use crate::policy::Policy;
 use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
 };
+use crate::smtp::intake::Refusal;
+use crate::smtp::line::LineKind;
 use crate::smtp::reply::{EnhancedCode, Reply};
 
 /// What a session needs to know about its listener and limits.
@@ -90,12 +100,14 @@ pub enum Action {
     /// Send the replies, then close the connection.
     Close(Vec<Reply>),
     /// Send the 354 reply, then read the message with a
-    /// [`crate::smtp::data::DataDecoder`] and call [`Session::message_finished`].
+    /// [`crate::smtp::intake::DataIntake`] and call
+    /// [`Session::message_finished`].
     ReceiveData(Reply),
     /// Read exactly `size` octets of a BDAT chunk (RFC 3030 §2). When
-    /// `refusal` is set, discard them and send that reply; otherwise keep
-    /// them and call [`Session::chunk_received`] (or, after the last chunk,
-    /// [`Session::message_finished`]).
+    /// `refusal` is set, discard them and send that reply; otherwise feed
+    /// them to the transaction's [`crate::smtp::intake::ChunkIntake`] and
+    /// call [`Session::chunk_received`] (or, once the message is complete
+    /// or refused, [`Session::message_finished`]).
     ReceiveChunk {
         size: u64,
         last: bool,
@@ -113,13 +125,8 @@ pub enum Action {
 pub enum MessageOutcome {
     /// Durably queued under this ID.
     Queued(String),
-    /// Larger than `max_message_size`.
-    TooBig,
-    /// A bare CR or LF in DATA.
-    BareLineEnding,
-    /// More `Received:` fields than `limits.max_hops`: a mail loop
-    /// (RFC 5321 §6.3).
-    TooManyHops,
+    /// Refused by the message intake, with the reply it names.
+    Refused(Refusal),
     /// The queue could not store it.
     StorageFailed,
 }
@@ -332,12 +339,26 @@ impl Session {
         }
     }
 
-    /// A command line longer than 512 octets (RFC 5321 §4.5.3.1.4).
-    pub fn line_too_long(&mut self) -> Action {
-        if self.auth != AuthStep::None {
-            self.auth = AuthStep::None;
+    /// True while an AUTH exchange waits for the client's response to a
+    /// `334` challenge: the next line is that response, not a command.
+    pub fn in_auth_exchange(&self) -> bool {
+        self.auth != AuthStep::None
+    }
+
+    /// A line longer than its limit ([`crate::smtp::line`]): a command line
+    /// over 512 octets (RFC 5321 §4.5.3.1.4), or an AUTH command or response
+    /// over 12,288 (RFC 4954 §4), which also ends the AUTH exchange.
+    pub fn line_too_long(&mut self, kind: LineKind) -> Action {
+        self.auth = AuthStep::None;
+        match kind {
+            LineKind::Command => self.error(Reply::new(500, code(5, 5, 2), "Error: line too long")),
+            // RFC 4954 §6.
+            LineKind::Auth => self.error(Reply::new(
+                500,
+                code(5, 5, 6),
+                "Authentication Exchange line is too long",
+            )),
         }
-        self.error(Reply::new(500, code(5, 5, 2), "Error: line too long"))
     }
 
     /// TLS is now active: everything learned before is forgotten (RFC 3207 §4.2).
@@ -385,19 +406,7 @@ impl Session {
             MessageOutcome::Queued(id) => {
                 Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
             }
-            MessageOutcome::TooBig => Reply::new(
-                552,
-                code(5, 3, 4),
-                "Error: message exceeds fixed maximum message size",
-            ),
-            MessageOutcome::BareLineEnding => Reply::new(
-                550,
-                code(5, 5, 2),
-                "Error: bare CR or LF in message data (RFC 5321 section 2.3.8)",
-            ),
-            MessageOutcome::TooManyHops => {
-                Reply::new(554, code(5, 4, 6), "Error: too many hops (mail loop)")
-            }
+            MessageOutcome::Refused(refusal) => refusal.reply(),
             MessageOutcome::StorageFailed => Reply::new(
                 451,
                 code(4, 3, 0),
@@ -1425,6 +1434,26 @@ mod tests {
     }
 
     #[test]
+    fn an_over_long_auth_line_gets_500_5_5_6_and_ends_the_exchange() {
+        let mut session = Session::new(Arc::new(config()), "127.0.0.1".parse().unwrap(), true);
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "AUTH LOGIN", "334 VXNlcm5hbWU6");
+        assert!(session.in_auth_exchange());
+        // RFC 4954 §6.
+        expect_action(
+            session.line_too_long(LineKind::Auth),
+            "500 5.5.6 Authentication Exchange line is too long",
+        );
+        assert!(!session.in_auth_exchange());
+        assert!(session.is_idle());
+        expect(&mut session, "NOOP", "250");
+        expect_action(
+            session.line_too_long(LineKind::Command),
+            "500 5.5.2 Error: line too long",
+        );
+    }
+
+    #[test]
     fn every_reply_but_greeting_ehlo_and_intermediate_has_enhanced_code() {
         let mut session = relay_session();
         expect(&mut session, "HELO c.test", "250 mx.test");
@@ -1453,11 +1482,11 @@ mod tests {
     fn data_outcomes_map_to_replies() {
         let mut session = relay_session();
         expect_action(
-            session.message_finished(MessageOutcome::TooBig),
+            session.message_finished(MessageOutcome::Refused(Refusal::TooBig)),
             "552 5.3.4",
         );
         expect_action(
-            session.message_finished(MessageOutcome::BareLineEnding),
+            session.message_finished(MessageOutcome::Refused(Refusal::BareLineEnding)),
             "550 5.5.2",
         );
         expect_action(
@@ -1465,7 +1494,7 @@ mod tests {
             "451 4.3.0",
         );
         expect_action(
-            session.message_finished(MessageOutcome::TooManyHops),
+            session.message_finished(MessageOutcome::Refused(Refusal::TooManyHops)),
             "554 5.4.6",
         );
     }

@@ -1,5 +1,11 @@
 //! Who may send mail where: the relay decision (RFC 5321 §3.6, §7.1).
 //!
+//! It lives at the crate's top level, beside the configuration it is built
+//! from, because the pure session (`smtp::session`) asks it for every RCPT
+//! and the protocol core must not depend on the I/O shell in `server`; the
+//! decision itself is a pure function of the client and the address, so it
+//! needs no round trip through the shell either.
+//!
 //! A recipient is accepted when its domain is one we accept mail for
 //! (`accept_domains`), or when the client may relay: it connects from one of
 //! `relay_networks`, or it has authenticated. Everyone else is refused, so

@@ -1,32 +1,19 @@
-//! AUTH credential checks (RFC 4954) against `[[user]]` argon2id PHC hashes,
-//! run off the async runtime, and the growing delay after failures.
+//! AUTH credential checks (RFC 4954, SASL PLAIN and LOGIN) against `[[user]]`
+//! argon2id PHC hashes, run off the async runtime. The delay after failures
+//! is kept per client in [`crate::server::limits::AuthFailures`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 
 use crate::config::UserConfig;
-use crate::server::listener::client_key;
 use crate::smtp::session::Credentials;
 
-/// Failures older than this no longer slow a client down.
-const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
-/// The delay before the first `535`; it doubles with each further failure.
-const FIRST_DELAY: Duration = Duration::from_millis(200);
-/// The delay never grows beyond this.
-const MAX_DELAY: Duration = Duration::from_secs(8);
-/// Clients remembered at most (oldest forgotten first beyond this).
-const MAX_TRACKED_CLIENTS: usize = 10_000;
-
-/// Checks credentials and remembers recent failures per client address.
+/// Checks credentials against the configured users.
 pub struct Authenticator {
     /// User name → PHC hash string.
     users: Arc<HashMap<String, String>>,
-    /// Client address → (recent failures, time of the last one).
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl Authenticator {
@@ -39,7 +26,6 @@ impl Authenticator {
                     .map(|user| (user.name.clone(), user.password_hash.clone()))
                     .collect(),
             ),
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -62,31 +48,6 @@ impl Authenticator {
         })
         .await;
         checked.ok().flatten()
-    }
-
-    /// Records a failure from `client` and returns how long to wait before
-    /// answering it: 200 ms, doubling per recent failure, at most 8 s. An
-    /// IPv6 client counts by its /64 ([`client_key`]).
-    pub fn failure_delay(&self, client: IpAddr) -> Duration {
-        let client = client_key(client);
-        let now = Instant::now();
-        let Ok(mut failures) = self.failures.lock() else {
-            return MAX_DELAY;
-        };
-        if failures.len() >= MAX_TRACKED_CLIENTS {
-            failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
-            if failures.len() >= MAX_TRACKED_CLIENTS {
-                failures.clear();
-            }
-        }
-        let entry = failures.entry(client).or_insert((0, now));
-        if now.duration_since(entry.1) >= FAILURE_MEMORY {
-            entry.0 = 0;
-        }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        let doublings = entry.0.saturating_sub(1).min(16);
-        FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
     }
 }
 
@@ -140,30 +101,5 @@ mod tests {
                 .await,
             None
         );
-    }
-
-    #[test]
-    fn failure_delay_counts_an_ipv6_client_by_its_64_network() {
-        let auth = authenticator();
-        let first = auth.failure_delay("2001:db8:0:1::1".parse().unwrap());
-        let second = auth.failure_delay("2001:db8:0:1::2".parse().unwrap());
-        assert!(second > first, "{first:?} then {second:?}");
-        assert_eq!(
-            auth.failure_delay("2001:db8:0:2::1".parse().unwrap()),
-            first
-        );
-    }
-
-    #[test]
-    fn failure_delay_grows_per_client() {
-        let auth = authenticator();
-        let client: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = auth.failure_delay(client);
-        let second = auth.failure_delay(client);
-        assert!(second > first, "{first:?} then {second:?}");
-        assert_eq!(auth.failure_delay("192.0.2.2".parse().unwrap()), first);
-        for _ in 0..20 {
-            assert!(auth.failure_delay(client) <= MAX_DELAY);
-        }
     }
 }

@@ -1,0 +1,218 @@
+//! Limits on clients, kept per client address: how many connections one may
+//! hold (`max_connections`, `max_connections_per_ip`, answered `421 4.7.0` at
+//! connect) and how long a client waits after failed AUTH attempts. An IPv6
+//! client counts by its /64 ([`client_key`]). No I/O; shared by the listener
+//! and the connections.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Connection counts, global (a semaphore) and per client address.
+pub struct ConnectionLimits {
+    global: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+}
+
+/// Held for as long as a connection is open; gives its slots back on drop.
+pub struct ConnectionSlot {
+    _global: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl ConnectionLimits {
+    /// Limits of `max` connections in total and `max_per_ip` per address.
+    pub fn new(max: usize, max_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            global: Arc::new(Semaphore::new(max)),
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+            max_per_ip,
+        }
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    /// The per-client count is by [`client_key`].
+    pub fn try_acquire(&self, ip: IpAddr) -> Option<ConnectionSlot> {
+        let ip = client_key(ip);
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        let mut per_ip = self.per_ip.lock().ok()?;
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            _global: global,
+            ip,
+            per_ip: self.per_ip.clone(),
+        })
+    }
+}
+
+/// The client a per-client limit counts: an IPv4 address as it is (also when
+/// it arrives IPv4-mapped on an IPv6 socket), an IPv6 address by its /64
+/// network, since one IPv6 host usually holds a whole /64 (RFC 7421) and
+/// could otherwise take a fresh address for every connection.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut per_ip) = self.per_ip.lock()
+            && let Some(count) = per_ip.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Failures older than this no longer slow a client down.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// The delay before the first `535`; it doubles with each further failure.
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+/// The delay never grows beyond this.
+const MAX_DELAY: Duration = Duration::from_secs(8);
+/// Clients remembered at most (oldest forgotten first beyond this).
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// Recent AUTH failures per client, and the growing delay they earn.
+#[derive(Default)]
+pub struct AuthFailures {
+    /// Client key → (recent failures, time of the last one).
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl AuthFailures {
+    /// No failures remembered yet.
+    pub fn new() -> AuthFailures {
+        AuthFailures::default()
+    }
+
+    /// Records a failure from `client` and returns how long to wait before
+    /// answering it: 200 ms, doubling per recent failure, at most 8 s. An
+    /// IPv6 client counts by its /64 ([`client_key`]).
+    pub fn failure_delay(&self, client: IpAddr) -> Duration {
+        let client = client_key(client);
+        let now = Instant::now();
+        let Ok(mut failures) = self.failures.lock() else {
+            return MAX_DELAY;
+        };
+        if failures.len() >= MAX_TRACKED_CLIENTS {
+            failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
+            if failures.len() >= MAX_TRACKED_CLIENTS {
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(client).or_insert((0, now));
+        if now.duration_since(entry.1) >= FAILURE_MEMORY {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let doublings = entry.0.saturating_sub(1).min(16);
+        FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limit_counts_and_releases() {
+        let limits = ConnectionLimits::new(10, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = limits.try_acquire(ip).expect("first");
+        let _second = limits.try_acquire(ip).expect("second");
+        assert!(limits.try_acquire(ip).is_none());
+        assert!(limits.try_acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(first);
+        assert!(limits.try_acquire(ip).is_some());
+    }
+
+    #[test]
+    fn per_ip_limit_counts_an_ipv6_client_by_its_64_network() {
+        // One IPv6 host usually holds a whole /64: counted per address, a
+        // single client could open unlimited connections from new addresses.
+        let limits = ConnectionLimits::new(10, 2);
+        let _first = limits.try_acquire("2001:db8:1:2::1".parse().unwrap());
+        let _second = limits.try_acquire("2001:db8:1:2::ffff:3".parse().unwrap());
+        assert!(
+            limits
+                .try_acquire("2001:db8:1:2:abcd::9".parse().unwrap())
+                .is_none()
+        );
+        assert!(
+            limits
+                .try_acquire("2001:db8:1:3::1".parse().unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn per_ip_limit_counts_an_ipv4_mapped_client_as_its_ipv4_address() {
+        let limits = ConnectionLimits::new(10, 1);
+        let _v4 = limits
+            .try_acquire("192.0.2.1".parse().unwrap())
+            .expect("first");
+        assert!(
+            limits
+                .try_acquire("::ffff:192.0.2.1".parse().unwrap())
+                .is_none()
+        );
+        assert!(
+            limits
+                .try_acquire("::ffff:192.0.2.2".parse().unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn global_limit_counts() {
+        let limits = ConnectionLimits::new(1, 5);
+        let _only = limits
+            .try_acquire("192.0.2.1".parse().unwrap())
+            .expect("first");
+        assert!(limits.try_acquire("192.0.2.2".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn failure_delay_counts_an_ipv6_client_by_its_64_network() {
+        let failures = AuthFailures::new();
+        let first = failures.failure_delay("2001:db8:0:1::1".parse().unwrap());
+        let second = failures.failure_delay("2001:db8:0:1::2".parse().unwrap());
+        assert!(second > first, "{first:?} then {second:?}");
+        assert_eq!(
+            failures.failure_delay("2001:db8:0:2::1".parse().unwrap()),
+            first
+        );
+    }
+
+    #[test]
+    fn failure_delay_grows_per_client() {
+        let failures = AuthFailures::new();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = failures.failure_delay(client);
+        let second = failures.failure_delay(client);
+        assert!(second > first, "{first:?} then {second:?}");
+        assert_eq!(failures.failure_delay("192.0.2.2".parse().unwrap()), first);
+        for _ in 0..20 {
+            assert!(failures.failure_delay(client) <= MAX_DELAY);
+        }
+    }
+}
