@@ -204,8 +204,9 @@ pub const MAX_HOSTS: usize = 10;
 /// Postfix's `smtp_mx_address_limit`); the rest wait for the next attempt.
 pub const MAX_ADDRESSES: usize = 10;
 
-/// One pass over the next hop's hosts, in order, each host's addresses in
-/// turn (RFC 5321 §5.1). A host that cannot be reached or will not talk to
+/// Delivers `indices` (recipients of `message` in `domain`): one pass over
+/// the next hop's hosts, in order, each host's addresses in turn (RFC 5321
+/// §5.1). A host that cannot be reached or will not talk to
 /// us passes the recipients on to the next one; so does a transaction that
 /// breaks off before the end of data, for the recipients it did not settle.
 /// A reply about a recipient (2xx, 4xx or 5xx at RCPT, DATA or the end of

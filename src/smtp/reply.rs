@@ -250,6 +250,7 @@ pub enum ReplyError {
 pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
     let mut offset = 0;
     let mut code: Option<u16> = None;
+    let mut enhanced: Option<EnhancedCode> = None;
     let mut lines: Vec<Cow<'static, str>> = Vec::new();
     loop {
         let rest = &input[offset..];
@@ -285,7 +286,14 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             Some(_) => return Err(ReplyError::Malformed(quoted(&line))),
         };
         match code {
-            None => code = Some(this_code),
+            None => {
+                code = Some(this_code);
+                enhanced = text
+                    .split(' ')
+                    .next()
+                    .and_then(EnhancedCode::parse)
+                    .filter(|enhanced| u16::from(enhanced.0) == this_code / 100);
+            }
             Some(first) if first != this_code => {
                 return Err(ReplyError::CodeChanged {
                     first,
@@ -294,24 +302,14 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             }
             Some(_) => {}
         }
+        let text = enhanced
+            .and_then(|enhanced| strip_enhanced(text, enhanced))
+            .unwrap_or(text);
         lines.push(Cow::Owned(printable(text)));
         if last {
-            let code = code.expect("set on the first line");
-            let enhanced = lines
-                .first()
-                .and_then(|first| first.split(' ').next())
-                .and_then(EnhancedCode::parse)
-                .filter(|enhanced| u16::from(enhanced.0) == code / 100);
-            if let Some(enhanced) = enhanced {
-                for line in &mut lines {
-                    if let Some(rest) = strip_enhanced(line, enhanced) {
-                        *line = Cow::Owned(rest.to_string());
-                    }
-                }
-            }
             return Ok(Some((
                 Reply {
-                    code,
+                    code: code.expect("set on the first line"),
                     enhanced,
                     lines,
                 },
