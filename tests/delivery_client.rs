@@ -52,7 +52,7 @@ fn plain(recipients: &[String], size: u64) -> Envelope<'_> {
     Envelope {
         sender: "s@example.org",
         recipients,
-        size,
+        size: Some(size),
         eight_bit: false,
         smtputf8: false,
     }
@@ -85,7 +85,7 @@ async fn pipelined_transaction_delivers_body_bytes_intact() {
             Envelope {
                 sender: "s@example.org",
                 recipients: &recipients,
-                size: message.len() as u64,
+                size: Some(message.len() as u64),
                 eight_bit: true,
                 smtputf8: false,
             },
@@ -133,7 +133,7 @@ async fn each_recipient_gets_its_own_reply() {
                 Envelope {
                     sender: "",
                     recipients: &recipients[..1],
-                    size: 10,
+                    size: Some(10),
                     eight_bit: false,
                     smtputf8: false,
                 },

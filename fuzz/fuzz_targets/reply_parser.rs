@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let envelope = Envelope {
         sender: "s@fuzz.test",
         recipients: &recipients,
-        size: 1,
+        size: Some(1),
         eight_bit: false,
         smtputf8: false,
     };

@@ -572,7 +572,7 @@ async fn transaction(
     let envelope = Envelope {
         sender: &message.sender,
         recipients: &recipients,
-        size: message.size,
+        size: Some(message.size),
         eight_bit: message.body_8bit,
         smtputf8: message.smtputf8 && capabilities.smtputf8,
     };

@@ -346,8 +346,9 @@ pub struct Envelope<'a> {
     pub sender: &'a str,
     /// Forward paths, one RCPT each, in this order.
     pub recipients: &'a [String],
-    /// Body size, for the SIZE parameter (RFC 1870).
-    pub size: u64,
+    /// Body size, for the SIZE parameter (RFC 1870); `None` when not
+    /// known in advance (a streamed submission), and then none is sent.
+    pub size: Option<u64>,
     /// Send BODY=8BITMIME when the server offers it (RFC 6152).
     pub eight_bit: bool,
     /// Send SMTPUTF8 (RFC 6531) when the server offers it; the caller
@@ -464,7 +465,7 @@ impl<'a> Transaction<'a> {
         let mut transaction = Transaction {
             envelope,
             pipelining: capabilities.pipelining,
-            size_parameter: capabilities.size.is_some(),
+            size_parameter: capabilities.size.is_some() && envelope.size.is_some(),
             eight_bit_parameter: envelope.eight_bit && capabilities.eight_bit_mime,
             smtputf8_parameter: envelope.smtputf8 && capabilities.smtputf8,
             state: State::Mail,
@@ -479,6 +480,13 @@ impl<'a> Transaction<'a> {
         };
         let step = transaction.begin(out);
         (transaction, step)
+    }
+
+    /// The verdicts so far, in envelope order (a pump that wants all
+    /// recipients or none can look at them at [`Step::SendBody`], and
+    /// break off instead of sending the body).
+    pub fn verdicts(&self) -> &[Option<Verdict>] {
+        &self.verdicts
     }
 
     /// Where the transaction is (for naming an I/O failure).
@@ -502,8 +510,8 @@ impl<'a> Transaction<'a> {
         self.accepted.clear();
         self.progress = false;
         let _ = write!(out, "MAIL FROM:<{}>", self.envelope.sender);
-        if self.size_parameter {
-            let _ = write!(out, " SIZE={}", self.envelope.size);
+        if let Some(size) = self.envelope.size.filter(|_| self.size_parameter) {
+            let _ = write!(out, " SIZE={size}");
         }
         if self.eight_bit_parameter {
             out.extend_from_slice(b" BODY=8BITMIME");
@@ -802,7 +810,7 @@ mod tests {
         let envelope = Envelope {
             sender: "s@origin.test",
             recipients: &recipients,
-            size: 10,
+            size: Some(10),
             eight_bit: false,
             smtputf8: false,
         };
@@ -1166,7 +1174,7 @@ mod tests {
         let envelope = Envelope {
             sender: "",
             recipients: &recipients,
-            size: 42,
+            size: Some(42),
             eight_bit: true,
             smtputf8: true,
         };
@@ -1182,6 +1190,13 @@ mod tests {
         out.clear();
         Transaction::start(envelope, &Capabilities::default(), &mut out);
         assert_eq!(out, b"MAIL FROM:<>\r\n");
+        out.clear();
+        let unknown = Envelope {
+            size: None,
+            ..envelope
+        };
+        Transaction::start(unknown, &offered, &mut out);
+        assert_eq!(out, b"MAIL FROM:<> BODY=8BITMIME SMTPUTF8\r\n");
     }
 
     #[test]
