@@ -494,7 +494,8 @@ impl<'a> Transaction<'a> {
         match self.state {
             State::Mail => Stage::Mail,
             State::Rcpt => Stage::Rcpt,
-            State::Data | State::EmptyData => Stage::Data,
+            State::Data => Stage::Data,
+            State::EmptyData => Stage::EndOfData,
             State::Draining { left, .. } if left > 1 => Stage::Rcpt,
             State::Draining { .. } => Stage::Data,
             State::Body => Stage::Body,
@@ -705,7 +706,8 @@ impl<'a> Transaction<'a> {
     fn empty_data(&mut self, out: &mut Vec<u8>) -> Step {
         self.state = State::EmptyData;
         out.extend_from_slice(b".\r\n");
-        Step::Read(Stage::Data)
+        // The reply to a final dot, empty or not, may take the data timeout.
+        Step::Read(Stage::EndOfData)
     }
 
     fn reset(&mut self, out: &mut Vec<u8>) -> Step {
