@@ -478,6 +478,11 @@ impl<'a> Transaction<'a> {
             first_round: true,
             completed: 0,
         };
+        if count == 0 {
+            // Nobody to send to: no transaction at all.
+            let outcome = transaction.outcome(None, true);
+            return (transaction, Step::Done(outcome));
+        }
         let step = transaction.begin(out);
         (transaction, step)
     }
@@ -1171,6 +1176,13 @@ mod tests {
     }
 
     #[test]
+    fn no_recipients_means_no_transaction() {
+        let (wire, outcome) = drive(true, &[], &[]);
+        assert!(wire.is_empty());
+        assert!(outcome.verdicts.is_empty() && outcome.reusable && outcome.broken.is_none());
+    }
+
+    #[test]
     fn mail_parameters_follow_the_capabilities() {
         let recipients = vec!["r@d.test".to_string()];
         let envelope = Envelope {
@@ -1214,6 +1226,62 @@ mod tests {
         );
         assert_eq!(disposition(Stage::Auth, &reply("535 5.7.8 no")), Deferred);
         assert_eq!(disposition(Stage::EndOfData, &reply("354 odd")), Deferred);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_replies_finish_with_a_verdict_or_a_break(
+            pipelining in proptest::bool::ANY,
+            count in 1usize..5,
+            codes in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    221u16, 250, 251, 334, 354, 421, 450, 451, 452, 500, 502, 550, 552, 554,
+                ]),
+                0..40,
+            ),
+        ) {
+            let recipients: Vec<String> = (0..count).map(|i| format!("r{i}@d.test")).collect();
+            let envelope = Envelope {
+                sender: "s@origin.test",
+                recipients: &recipients,
+                size: None,
+                eight_bit: false,
+                smtputf8: false,
+            };
+            let mut out = Vec::new();
+            let (mut transaction, mut step) =
+                Transaction::start(envelope, &capabilities(pipelining), &mut out);
+            let mut codes = codes.into_iter();
+            let mut bodies = 0;
+            let outcome = loop {
+                step = match step {
+                    Step::Read(_) => match codes.next() {
+                        Some(code) => transaction.receive(reply(&format!("{code} x")), &mut out),
+                        None => Step::Done(transaction.interrupted()),
+                    },
+                    Step::SendBody => {
+                        bodies += 1;
+                        transaction.body_sent()
+                    }
+                    Step::Done(outcome) => break outcome,
+                };
+            };
+            proptest::prop_assert_eq!(outcome.verdicts.len(), count);
+            proptest::prop_assert!(
+                outcome.broken.is_some() || outcome.verdicts.iter().all(Option::is_some)
+            );
+            let sent = outcome
+                .verdicts
+                .iter()
+                .flatten()
+                .filter(|verdict| verdict.disposition == Sent)
+                .count();
+            // Nothing is delivered without a body, and no more bodies go out
+            // than there are recipients.
+            proptest::prop_assert!(sent == 0 || bodies > 0);
+            proptest::prop_assert!(bodies <= count);
+            proptest::prop_assert_eq!(outcome.completed as usize <= bodies, true);
+        }
     }
 
     fn open(replies: &[&str]) -> (Vec<String>, OpeningStep) {
