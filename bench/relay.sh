@@ -18,6 +18,8 @@
 # Usage: bench/relay.sh            (MESSAGES=20000 SESSIONS=20 SIZE=4096)
 #        ONLY=sluice bench/relay.sh   (skip Postfix)
 #        PERF=1 KEEP=1 ONLY=sluice bench/relay.sh   (profile sluice with perf)
+#        SLUICE_BIN=/path/to/sluice bench/relay.sh   (use this binary instead of building;
+#                                                     e.g. an older build, to compare two versions)
 
 set -euo pipefail
 
@@ -134,7 +136,10 @@ check_exactly_once() { # name
 }
 
 run_sluice() {
-    (cd "$ROOT" && cargo build --release --quiet)
+    if [ -z "${SLUICE_BIN:-}" ]; then
+        (cd "$ROOT" && cargo build --release --quiet)
+        SLUICE_BIN="$ROOT/target/release/sluice"
+    fi
     start_sink sluice-sink
     local smtp_port admin_port
     smtp_port=$(free_port)
@@ -172,7 +177,7 @@ EOF
         # PERF=1: profile the server (report with perf report -i $WORK/perf.data).
         wrapper=(perf record -F 999 -g -o "$WORK/perf.data" --)
     fi
-    NO_COLOR=1 "${wrapper[@]}" "$ROOT/target/release/sluice" serve --config "$WORK/sluice/sluice.toml" \
+    NO_COLOR=1 "${wrapper[@]}" "$SLUICE_BIN" serve --config "$WORK/sluice/sluice.toml" \
         2>"$WORK/sluice/log" &
     local server=$!
     PIDS+=($server)
@@ -187,7 +192,7 @@ EOF
     kill -TERM "$server"
     wait "$server" || true
     local left
-    left=$("$ROOT/target/release/sluice" queue list --json --config "$WORK/sluice/sluice.toml" 2>/dev/null |
+    left=$("$SLUICE_BIN" queue list --json --config "$WORK/sluice/sluice.toml" 2>/dev/null |
         python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo "?")
     echo "sluice: queue after the run: $left message(s)"
     SLUICE_RATE=$(python3 -c "print(f'{$MESSAGES / $SLUICE_SECONDS:.0f}')")
