@@ -247,21 +247,25 @@ impl Client {
         }
     }
 
-    /// Opens the session: EHLO, or HELO when EHLO is refused. Returns the
-    /// EHLO keywords (none after HELO).
+    /// Opens the session: EHLO, or HELO on the same session when EHLO is
+    /// refused permanently (RFC 5321 §3.2: a server that does not support
+    /// the extensions answers EHLO with a 5xx). Returns the EHLO keywords
+    /// (none after HELO).
     fn greet(&mut self, hostname: &str) -> Result<Vec<String>, SendmailError> {
-        match self.command(&format!("EHLO {hostname}")) {
-            Ok(reply) => Ok(reply
+        let ehlo = format!("EHLO {hostname}");
+        let reply = self.send(&ehlo)?;
+        if reply.is_positive() {
+            return Ok(reply
                 .text
                 .split(' ')
                 .map(|word| word.trim_start_matches("250-").to_ascii_uppercase())
-                .collect()),
-            Err(SendmailError::Refused { .. }) => {
-                self.command(&format!("HELO {hostname}"))?;
-                Ok(Vec::new())
-            }
-            Err(error) => Err(error),
+                .collect());
         }
+        if !(500..600).contains(&reply.code) {
+            return Err(self.refused(&ehlo, reply));
+        }
+        self.command(&format!("HELO {hostname}"))?;
+        Ok(Vec::new())
     }
 
     /// Runs the transaction; `write_message` writes the message.
