@@ -19,9 +19,10 @@ use bytes::Bytes;
 use common::destination::{DROP, Destination, Options, TestCerts};
 use common::dns::DnsServer;
 use sluice::config::Config;
-use sluice::delivery::client::{Body, ClientError, Connection, Timeouts, Transaction, server_name};
+use sluice::delivery::client::{Body, ClientError, Connection, Timeouts, server_name};
 use sluice::delivery::route::{NextHopKind, RouteError, Router};
 use sluice::delivery::tls::TlsClients;
+use sluice::smtp::client::{Envelope, Stage, Verdict};
 
 fn timeouts() -> Timeouts {
     Timeouts {
@@ -39,14 +40,16 @@ async fn session(destination: &Destination) -> Connection {
     let mut connection = Connection::connect(destination.addr, timeouts())
         .await
         .expect("connect");
-    connection.read_greeting().await.expect("greeting");
-    connection.ehlo("sluice.test").await.expect("EHLO");
+    connection
+        .open("sluice.test")
+        .await
+        .expect("greeting and EHLO");
     connection
 }
 
 /// A 7-bit transaction from s@example.org declaring `size` octets.
-fn plain(recipients: &[String], size: u64) -> Transaction<'_> {
-    Transaction {
+fn plain(recipients: &[String], size: u64) -> Envelope<'_> {
+    Envelope {
         sender: "s@example.org",
         recipients,
         size,
@@ -55,8 +58,18 @@ fn plain(recipients: &[String], size: u64) -> Transaction<'_> {
     }
 }
 
-fn body(bytes: &[u8]) -> Body {
-    Body::Memory(Some(Bytes::copy_from_slice(bytes)))
+/// The body, opened afresh for each transaction that sends it.
+fn body(bytes: &[u8]) -> impl FnMut() -> std::io::Result<Body> + Send + use<> {
+    let bytes = Bytes::copy_from_slice(bytes);
+    move || Ok(Body::Memory(Some(bytes.clone())))
+}
+
+/// The reply code of each verdict.
+fn codes(verdicts: &[Verdict]) -> Vec<u16> {
+    verdicts
+        .iter()
+        .map(|verdict| verdict.reply.code())
+        .collect()
 }
 
 #[tokio::test]
@@ -69,7 +82,7 @@ async fn pipelined_transaction_delivers_body_bytes_intact() {
     let recipients = vec!["a@dest.test".to_string(), "b@dest.test".to_string()];
     let result = connection
         .send(
-            &Transaction {
+            Envelope {
                 sender: "s@example.org",
                 recipients: &recipients,
                 size: message.len() as u64,
@@ -80,7 +93,7 @@ async fn pipelined_transaction_delivers_body_bytes_intact() {
         )
         .await
         .expect("transaction");
-    assert!(result.replies.iter().all(|reply| reply.code == 250));
+    assert_eq!(codes(&result), [250, 250]);
     let seen = destination.delivered();
     assert_eq!(seen.len(), 1);
     let mut expected = message.to_vec();
@@ -109,16 +122,15 @@ async fn each_recipient_gets_its_own_reply() {
         });
         let mut connection = session(&destination).await;
         let result = connection
-            .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
+            .send(plain(&recipients, 10), &mut body(b"hello\r\n"))
             .await
             .expect("transaction");
-        let codes: Vec<u16> = result.replies.iter().map(|reply| reply.code).collect();
-        assert_eq!(codes, vec![250, 450, 550], "pipelining={pipelining}");
+        assert_eq!(codes(&result), [250, 450, 550], "pipelining={pipelining}");
         assert_eq!(destination.delivered()[0].recipients, ["ok@dest.test"]);
         // The connection is still usable for another message.
         let again = connection
             .send(
-                &Transaction {
+                Envelope {
                     sender: "",
                     recipients: &recipients[..1],
                     size: 10,
@@ -129,7 +141,7 @@ async fn each_recipient_gets_its_own_reply() {
             )
             .await
             .expect("second transaction on the same connection");
-        assert_eq!(again.replies[0].code, 250);
+        assert_eq!(codes(&again), [250]);
         assert_eq!(destination.connections(), 1);
     }
 }
@@ -158,7 +170,7 @@ async fn a_broken_off_transaction_keeps_the_refusals_and_says_if_data_was_sent()
         }
         let mut connection = session(&destination).await;
         let error = connection
-            .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
+            .send(plain(&recipients, 10), &mut body(b"hello\r\n"))
             .await
             .expect_err("the server dropped the connection");
         let case = format!("pipelining={pipelining} after_data={after_data}");
@@ -167,9 +179,9 @@ async fn a_broken_off_transaction_keeps_the_refusals_and_says_if_data_was_sent()
             "{case}: {error}"
         );
         let codes: Vec<Option<u16>> = error
-            .replies
+            .verdicts
             .iter()
-            .map(|reply| reply.as_ref().map(|reply| reply.code))
+            .map(|verdict| verdict.as_ref().map(|verdict| verdict.reply.code()))
             .collect();
         assert_eq!(codes, vec![None, Some(450), Some(550)], "{case}");
         assert_eq!(error.data_sent, after_data, "{case}");
@@ -184,15 +196,16 @@ async fn a_421_ends_the_transaction_as_a_failure_not_a_verdict() {
     let mut connection = session(&destination).await;
     let recipients = vec!["x@dest.test".to_string()];
     let error = connection
-        .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
+        .send(plain(&recipients, 10), &mut body(b"hello\r\n"))
         .await
         .expect_err("421 closes the session");
     match &error.error {
-        ClientError::Rejected { reply, .. } => assert_eq!(reply.code, 421),
+        ClientError::Rejected { reply, .. } => assert_eq!(reply.code(), 421),
         other => panic!("expected the 421, got {other}"),
     }
-    assert_eq!(error.replies.len(), 1);
-    assert!(error.replies[0].is_none() && !error.data_sent);
+    assert_eq!(error.verdicts.len(), 1);
+    assert!(error.verdicts[0].is_none() && !error.data_sent);
+    assert!(error.before_transaction);
     assert!(!connection.is_usable());
 }
 
@@ -203,10 +216,10 @@ async fn all_recipients_refused_sends_no_body() {
     let mut connection = session(&destination).await;
     let recipients = vec!["x@dest.test".to_string()];
     let result = connection
-        .send(&plain(&recipients, 10), &mut body(b"hello\r\n"))
+        .send(plain(&recipients, 10), &mut body(b"hello\r\n"))
         .await
         .expect("transaction");
-    assert_eq!(result.replies[0].code, 550);
+    assert_eq!(codes(&result), [550]);
     assert!(destination.transactions().is_empty());
 }
 
@@ -220,10 +233,10 @@ async fn helo_is_used_when_ehlo_is_refused() {
     assert!(!connection.capabilities().pipelining);
     let recipients = vec!["x@dest.test".to_string()];
     let result = connection
-        .send(&plain(&recipients, 10), &mut body(b"hi\r\n"))
+        .send(plain(&recipients, 10), &mut body(b"hi\r\n"))
         .await
         .expect("transaction");
-    assert_eq!(result.replies[0].code, 250);
+    assert_eq!(codes(&result), [250]);
     assert_eq!(destination.delivered()[0].helo, "sluice.test");
 }
 
@@ -314,14 +327,17 @@ async fn auth_plain_and_login_over_tls() {
         .authenticate("user", "wrong")
         .await
         .expect_err("wrong password refused");
-    assert!(error.is_permanent(), "{error}");
+    assert!(
+        matches!(&error, ClientError::Rejected { stage: Stage::Auth, reply } if reply.code() == 535),
+        "{error}"
+    );
     connection
         .authenticate("user", "secret")
         .await
         .expect("right password accepted");
     let recipients = vec!["x@dest.test".to_string()];
     connection
-        .send(&plain(&recipients, 4), &mut body(b"hi\r\n"))
+        .send(plain(&recipients, 4), &mut body(b"hi\r\n"))
         .await
         .expect("authenticated transaction");
     let seen = destination.delivered();
@@ -445,11 +461,13 @@ async fn implicit_tls_starts_before_the_greeting() {
         .start_implicit_tls(&tls.verified, server_name("smart.test").unwrap())
         .await
         .expect("implicit TLS handshake");
-    connection.read_greeting().await.expect("greeting over TLS");
-    connection.ehlo("sluice.test").await.expect("EHLO");
+    connection
+        .open("sluice.test")
+        .await
+        .expect("greeting and EHLO over TLS");
     let recipients = vec!["x@dest.test".to_string()];
     connection
-        .send(&plain(&recipients, 4), &mut body(b"hi\r\n"))
+        .send(plain(&recipients, 4), &mut body(b"hi\r\n"))
         .await
         .expect("transaction over implicit TLS");
     assert!(destination.delivered()[0].tls.is_some());

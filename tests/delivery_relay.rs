@@ -874,10 +874,14 @@ fn queue_bounce_returns_deferred_mail_to_its_sender_now() {
     assert!(err.contains("no such message"), "{err}");
 }
 
-#[test]
-fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
+/// RFC 5321 §4.5.3.1.10: a server that takes only two recipients per
+/// transaction gets the rest in follow-up transactions on the same
+/// connection, in the same attempt, whatever its "too many" reply looks like.
+fn over_the_limit_go_in_follow_ups(too_many_reply: &str, pipelining: bool) {
     let destination = Destination::start(Options {
         max_recipients: Some(2),
+        too_many_reply: too_many_reply.into(),
+        pipelining,
         ..Options::default()
     });
     let setup = Setup::new(&format!("[routes]\n\"*\" = \"{}\"\n", destination.addr));
@@ -892,10 +896,10 @@ fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
     let sluice = setup.start();
     let seen = wait_delivered(&destination, 3);
     let groups: Vec<usize> = seen.iter().map(|t| t.recipients.len()).collect();
-    assert_eq!(groups, [2, 2, 1]);
+    assert_eq!(groups, [2, 2, 1], "{too_many_reply:?}");
     for recipient in recipients {
         let line = sluice.wait_log(&[&format!("queue_id={id}"), &format!("recipient={recipient}")]);
-        assert_eq!(field(&line, "status"), "sent", "{line}");
+        assert_eq!(field(&line, "status"), "sent", "{too_many_reply:?}: {line}");
         assert_eq!(field(&line, "attempts"), "1", "{line}");
     }
     assert_eq!(
@@ -903,4 +907,24 @@ fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
         1,
         "the follow-ups reuse the connection"
     );
+}
+
+#[test]
+fn recipients_over_the_servers_limit_go_in_another_transaction_at_once() {
+    over_the_limit_go_in_follow_ups("452 4.5.3 Too many recipients", true);
+}
+
+#[test]
+fn a_452_without_enhanced_code_also_means_too_many_recipients() {
+    over_the_limit_go_in_follow_ups("452 Too many recipients", true);
+}
+
+#[test]
+fn a_552_to_rcpt_is_temporary_and_the_rest_follow_up() {
+    over_the_limit_go_in_follow_ups("552 5.5.3 Too many recipients", true);
+}
+
+#[test]
+fn too_many_recipients_unpipelined_follow_up_too() {
+    over_the_limit_go_in_follow_ups("452 Too many recipients", false);
 }

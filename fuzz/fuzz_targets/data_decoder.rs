@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::smtp::data::{DataDecoder, dot_stuff};
+use sluice::smtp::data::DataDecoder;
+use sluice::smtp::dot::stuff;
 
 fn decode_all(
     pieces: &[&[u8]],
@@ -49,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         body.extend(line.iter().copied().filter(|&b| b != b'\r'));
         body.extend_from_slice(b"\r\n");
     }
-    let wire = dot_stuff(&body);
+    let wire = stuff(&body);
     let (out, consumed, done, problem) = decode_all(&[&wire], u64::MAX);
     assert!(done);
     assert_eq!(problem, None);

@@ -10,28 +10,22 @@ use bytes::Bytes;
 use sluice_queue::{Message, QueueId};
 
 use super::Engine;
-use super::client::{Body, ClientError, Connection, Transaction, server_name};
+use super::client::{Body, ClientError, Connection, server_name};
 use super::dsn::Diagnostic;
 use super::loops;
 use super::pool::PoolKey;
-use super::protocol::{EnhancedCode, Reply};
 use super::route::{Host, NextHop, NextHopKind, RouteError};
 use super::tls::TlsMode;
+use crate::smtp::client::Envelope;
+use crate::smtp::reply::{EnhancedCode, Reply};
+
+/// What became of one recipient in one attempt: sent, deferred or failed,
+/// as `smtp::client::disposition` decides for server replies.
+pub use crate::smtp::client::Disposition as Verdict;
 
 /// Bodies up to this size are read into memory at once; larger ones stream
 /// from a reader thread in chunks of this size.
 const IN_MEMORY_BODY: u64 = 256 * 1024;
-
-/// What became of one recipient in one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Accepted by the next hop (2xx).
-    Sent,
-    /// Try again later (4xx, connection, DNS or TLS trouble).
-    Deferred,
-    /// Permanent failure (5xx, null MX, NXDOMAIN, too big, ...).
-    Failed,
-}
 
 /// One recipient's result, with everything the log line and a DSN need.
 #[derive(Debug, Clone)]
@@ -56,20 +50,18 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn from_reply(index: usize, reply: &Reply, session: &Session) -> Attempt {
-        let verdict = if reply.is_positive() {
-            Verdict::Sent
-        } else if reply.is_permanent() {
-            Verdict::Failed
-        } else {
-            Verdict::Deferred
-        };
+    fn from_server(
+        index: usize,
+        verdict: &crate::smtp::client::Verdict,
+        session: &Session,
+    ) -> Attempt {
+        let reply = verdict.reply.one_line();
         Attempt {
             index,
-            verdict,
-            status: reply.status(),
-            reply: reply.one_line(),
-            diagnostic: Diagnostic::Smtp(reply.one_line()),
+            verdict: verdict.disposition,
+            status: verdict.status(),
+            diagnostic: Diagnostic::Smtp(reply.clone()),
+            reply,
             remote_mta: Some(session.host.clone()),
             relay: session.relay.clone(),
             tls: session.tls.clone(),
@@ -140,7 +132,7 @@ impl Failure {
     pub fn temporary(self) -> Failure {
         Failure {
             permanent: false,
-            status: EnhancedCode::new(4, self.status.subject, self.status.detail),
+            status: self.status.with_class(4),
             ..self
         }
     }
@@ -164,9 +156,12 @@ impl Failure {
             ClientError::AuthNotOffered => EnhancedCode::new(4, 7, 4),
             ClientError::Body(_) => EnhancedCode::new(4, 3, 0),
         };
+        // Whatever the server said, the session failed, not a recipient:
+        // a refusal of the session (smtp::client::disposition) or a
+        // transaction broken off before it settled them.
         Failure {
-            permanent: error.is_permanent(),
-            status,
+            permanent: false,
+            status: status.with_class(4),
             reason: format!("{relay}: {error}"),
             reply: error.reply().cloned(),
             remote_mta: Some(host.to_string()),
@@ -209,59 +204,18 @@ pub const MAX_HOSTS: usize = 10;
 /// Postfix's `smtp_mx_address_limit`); the rest wait for the next attempt.
 pub const MAX_ADDRESSES: usize = 10;
 
-/// Follow-up transactions after "too many recipients", at most.
-const MAX_FOLLOW_UPS: usize = 100;
-
-/// Delivers `indices` (recipients of `message` in `domain`) in one
-/// transaction. Every index gets exactly one [`Attempt`].
-///
-/// RFC 5321 §4.5.3.1.10: a server may take only some recipients per
-/// transaction and answer `452 4.5.3` for the rest; those go in a new
-/// transaction at once (over the pooled connection) rather than waiting
-/// for a retry, as long as each transaction makes progress.
-pub async fn deliver_domain(
-    engine: &Arc<Engine>,
-    message: &Message,
-    domain: &str,
-    indices: &[usize],
-) -> Vec<Attempt> {
-    let too_many = |attempt: &Attempt| {
-        attempt.verdict == Verdict::Deferred && attempt.status == EnhancedCode::new(4, 5, 3)
-    };
-    let mut done = Vec::with_capacity(indices.len());
-    let mut todo = indices.to_vec();
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        let (over, finished): (Vec<Attempt>, Vec<Attempt>) =
-            deliver_domain_once(engine, message, domain, &todo)
-                .await
-                .into_iter()
-                .partition(too_many);
-        let progress = !finished.is_empty();
-        done.extend(finished);
-        if over.is_empty() || !progress || rounds >= MAX_FOLLOW_UPS {
-            // What is left is deferred like any 4xx.
-            done.extend(over);
-            return done;
-        }
-        todo = over.iter().map(|attempt| attempt.index).collect();
-        tracing::debug!(
-            queue_id = %message.id,
-            domain,
-            remaining = todo.len(),
-            "too many recipients for one transaction; sending the rest in another"
-        );
-    }
-}
-
-/// One pass over the next hop's hosts, in order, each host's addresses in
-/// turn (RFC 5321 §5.1). A host that cannot be reached or will not talk to
+/// Delivers `indices` (recipients of `message` in `domain`): one pass over
+/// the next hop's hosts, in order, each host's addresses in turn (RFC 5321
+/// §5.1). A host that cannot be reached or will not talk to
 /// us passes the recipients on to the next one; so does a transaction that
 /// breaks off before the end of data, for the recipients it did not settle.
 /// A reply about a recipient (2xx, 4xx or 5xx at RCPT, DATA or the end of
 /// data) settles it for this attempt: it is never offered to another host.
-async fn deliver_domain_once(
+///
+/// Every index gets exactly one [`Attempt`]. Recipients over a server's
+/// per-transaction limit go in follow-up transactions on the same session
+/// (RFC 5321 §4.5.3.1.10, see `smtp::client`).
+pub async fn deliver_domain(
     engine: &Arc<Engine>,
     message: &Message,
     domain: &str,
@@ -369,8 +323,7 @@ async fn deliver_domain_once(
                             // recipients: try the next host, and defer if
                             // none works (as Postfix's smtp_skip_5xx_greeting
                             // and smtp_sasl_auth_soft_bounce).
-                            last_failure =
-                                Failure::from_client(&error, &host.name, &relay).temporary();
+                            last_failure = Failure::from_client(&error, &host.name, &relay);
                             continue;
                         }
                     };
@@ -385,7 +338,7 @@ async fn deliver_domain_once(
                         Err(error) => Ran::BrokenOff {
                             settled: Vec::new(),
                             open: open.clone(),
-                            failure: Failure::from_client(&error, &host.name, &relay).temporary(),
+                            failure: Failure::from_client(&error, &host.name, &relay),
                         },
                     }
                 }
@@ -437,8 +390,7 @@ async fn open_session(
             .start_implicit_tls(&engine.tls.verified, server_name(&host.name)?)
             .await?;
     }
-    connection.read_greeting().await?;
-    connection.ehlo(hostname).await?;
+    connection.open(hostname).await?;
     match mode {
         TlsMode::Disabled | TlsMode::Implicit => {}
         TlsMode::Required => {
@@ -469,7 +421,7 @@ async fn open_session(
                 }
                 // STARTTLS refused: the session goes on in plaintext,
                 // unless the server is closing it (RFC 5321 §3.8).
-                Err(ClientError::Rejected { reply, .. }) if reply.code != 421 => {
+                Err(ClientError::Rejected { reply, .. }) if reply.code() != 421 => {
                     tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
                     connection
                 }
@@ -511,8 +463,7 @@ async fn plaintext_fallback(
         "opportunistic TLS failed; retrying in plaintext"
     );
     let mut connection = Connection::connect(address, engine.timeouts).await?;
-    connection.read_greeting().await?;
-    connection.ehlo(&engine.ctx.config.hostname).await?;
+    connection.open(&engine.ctx.config.hostname).await?;
     Ok(connection)
 }
 
@@ -607,7 +558,7 @@ async fn transaction(
             ),
         )));
     }
-    let mut body = match open_body(engine, &message.id, message.size) {
+    let body = match open_body(engine, &message.id, message.size) {
         Ok(body) => body,
         Err(error) => {
             engine.pool.put(target.key.clone(), connection);
@@ -618,18 +569,24 @@ async fn transaction(
             )));
         }
     };
-    let transaction = Transaction {
+    let envelope = Envelope {
         sender: &message.sender,
         recipients: &recipients,
         size: message.size,
         eight_bit: message.body_8bit,
         smtputf8: message.smtputf8 && capabilities.smtputf8,
     };
+    // A follow-up transaction (too many recipients) sends the body again.
+    let mut first = Some(body);
+    let mut bodies = || match first.take() {
+        Some(body) => Ok(body),
+        None => open_body(engine, &message.id, message.size),
+    };
     engine.ctx.metrics.deliveries_in_flight.inc();
-    let result = connection.send(&transaction, &mut body).await;
+    let result = connection.send(envelope, &mut bodies).await;
     engine.ctx.metrics.deliveries_in_flight.dec();
     match result {
-        Ok(result) => {
+        Ok(verdicts) => {
             if connection.is_usable() && !engine.ctx.shutdown.is_cancelled() {
                 engine.pool.put(target.key.clone(), connection);
             } else {
@@ -638,29 +595,30 @@ async fn transaction(
             Ok(Ran::Done(
                 indices
                     .iter()
-                    .zip(result.replies.iter())
-                    .map(|(&index, reply)| Attempt::from_reply(index, reply, &session))
+                    .zip(verdicts.iter())
+                    .map(|(&index, verdict)| Attempt::from_server(index, verdict, &session))
                     .collect(),
             ))
         }
         Err(broken) => {
-            let nothing_known = broken.replies.iter().all(Option::is_none);
-            if target.reused && nothing_known && is_before_transaction(&broken.error) {
+            if target.reused && broken.before_transaction {
                 return Err(broken.error);
             }
             // The session is in an unknown state: close it (a 421 asked
             // for that anyway).
             drop(connection);
-            let failure = with_session(
-                Failure::from_client(&broken.error, &session.host, target.relay).temporary(),
-            );
+            let failure = with_session(Failure::from_client(
+                &broken.error,
+                &session.host,
+                target.relay,
+            ));
             // RFC 5321 §3.3: a recipient refused at RCPT keeps its own
             // reply, whatever happened to the transaction afterwards.
             let mut settled = Vec::new();
             let mut open = Vec::new();
-            for (&index, reply) in indices.iter().zip(broken.replies.iter()) {
-                match reply {
-                    Some(reply) => settled.push(Attempt::from_reply(index, reply, &session)),
+            for (&index, verdict) in indices.iter().zip(broken.verdicts.iter()) {
+                match verdict {
+                    Some(verdict) => settled.push(Attempt::from_server(index, verdict, &session)),
                     None => open.push(index),
                 }
             }
@@ -677,23 +635,6 @@ async fn transaction(
                 failure,
             })
         }
-    }
-}
-
-/// True for a failure on the first command of a transaction, when the
-/// server cannot have accepted anything.
-fn is_before_transaction(error: &ClientError) -> bool {
-    match error {
-        ClientError::Io { stage, .. }
-        | ClientError::Closed { stage }
-        | ClientError::Timeout { stage } => {
-            matches!(
-                *stage,
-                "sending MAIL, RCPT and DATA" | "sending MAIL" | "after MAIL"
-            )
-        }
-        ClientError::Rejected { reply, .. } => reply.code == 421,
-        _ => false,
     }
 }
 
@@ -767,17 +708,6 @@ mod tests {
         assert_eq!(recipient_domain("a@[IPv6:::1]"), Some("::1".into()));
         assert_eq!(recipient_domain("postmaster"), None);
         assert_eq!(recipient_domain("a@"), None);
-    }
-
-    #[test]
-    fn only_failures_on_the_first_command_allow_a_retry() {
-        assert!(is_before_transaction(&ClientError::Closed {
-            stage: "after MAIL"
-        }));
-        assert!(!is_before_transaction(&ClientError::Closed {
-            stage: "after the end of data"
-        }));
-        assert!(!is_before_transaction(&ClientError::TlsNotOffered));
     }
 
     #[test]

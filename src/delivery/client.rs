@@ -1,9 +1,8 @@
-//! The SMTP client's I/O shell: one connection to one remote server.
-//!
-//! Everything protocol-shaped (reply parsing, capabilities, command text,
-//! dot-stuffing) is in `protocol`; this file reads and writes bytes under the
-//! RFC 5321 §4.5.3.2 timeouts, upgrades to TLS, and runs one mail transaction
-//! per call so a connection can carry several messages.
+//! The SMTP client's I/O shell: one connection to one remote server, a
+//! thin pump over the pure machines of `smtp::client` (as
+//! `server::connection` is for the inbound session). It reads and writes
+//! bytes under the RFC 5321 §4.5.3.2 timeouts, upgrades to TLS and streams
+//! the body; every protocol decision is the machines'.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,10 +19,13 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::protocol::{
-    Capabilities, DotStuffer, MAX_REPLY_BYTES, Reply, ReplyError, auth_plain, base64_line,
-    mail_from, parse_reply, rcpt_to,
+use crate::smtp::client::{
+    self as machine, Auth, AuthStep, Envelope, Opening, OpeningStep, Refusal, Stage, Step,
+    Transaction, Verdict,
 };
+use crate::smtp::dot::DotStuffer;
+use crate::smtp::ehlo::Capabilities;
+use crate::smtp::reply::{Reply, ReplyBuffer, ReplyError};
 
 /// RFC 5321 §4.5.3.2 timeouts, from `[delivery]`.
 #[derive(Debug, Clone, Copy)]
@@ -51,38 +53,59 @@ impl std::fmt::Display for TlsInfo {
     }
 }
 
-/// Why talking to a remote server failed. Only a 5xx reply is permanent:
-/// connection, timeout and TLS problems are worth another try later.
+/// What the client was doing when I/O failed, for the error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// Opening the TCP connection.
+    Connecting,
+    /// The TLS handshake.
+    TlsHandshake,
+    /// Writing the commands (or body) of a stage.
+    Sending(Stage),
+    /// Waiting for the reply of a stage.
+    After(Stage),
+}
+
+impl std::fmt::Display for Moment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Moment::Connecting => f.write_str("connecting"),
+            Moment::TlsHandshake => f.write_str("in the TLS handshake"),
+            Moment::Sending(stage) => write!(f, "sending {stage}"),
+            Moment::After(Stage::Greeting) => f.write_str("reading the greeting"),
+            Moment::After(stage) => write!(f, "after {stage}"),
+        }
+    }
+}
+
+/// Why talking to a remote server failed. None of these fails a recipient:
+/// the verdicts that can come from the server's replies are
+/// [`smtp::client::disposition`](crate::smtp::client::disposition)'s.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The TCP connection could not be opened.
     #[error("connect failed: {0}")]
     Connect(io::Error),
     /// No reply (or no progress writing) within the RFC 5321 §4.5.3.2 timeout.
-    #[error("timed out {stage}")]
-    Timeout { stage: &'static str },
+    #[error("timed out {moment}")]
+    Timeout { moment: Moment },
     /// Reading or writing the socket failed.
-    #[error("I/O error {stage}: {source}")]
-    Io {
-        stage: &'static str,
-        source: io::Error,
-    },
+    #[error("I/O error {moment}: {source}")]
+    Io { moment: Moment, source: io::Error },
     /// The server closed the connection.
-    #[error("connection closed by the server {stage}")]
-    Closed { stage: &'static str },
+    #[error("connection closed by the server {moment}")]
+    Closed { moment: Moment },
     /// The server's reply was not SMTP.
-    #[error("unreadable reply {stage}: {source}")]
-    Protocol {
-        stage: &'static str,
-        source: ReplyError,
-    },
+    #[error("unreadable reply {moment}: {source}")]
+    Protocol { moment: Moment, source: ReplyError },
     /// A reply that makes no sense where it came (RFC 5321 §4.3.2), such as
     /// a 2xx to DATA where 354 must come: nothing can be concluded from it.
-    #[error("unexpected reply {stage}: {reply}")]
-    Unexpected { stage: &'static str, reply: Reply },
-    /// The server refused a session command (greeting, EHLO, STARTTLS, AUTH, RSET).
-    #[error("{stage} rejected: {reply}")]
-    Rejected { stage: &'static str, reply: Reply },
+    #[error("unexpected reply after {stage}: {}", reply.one_line())]
+    Unexpected { stage: Stage, reply: Reply },
+    /// The server refused a session command (greeting, EHLO, STARTTLS,
+    /// AUTH) or closed the session with 421.
+    #[error("{stage} rejected: {}", reply.one_line())]
+    Rejected { stage: Stage, reply: Reply },
     /// The TLS handshake failed (including certificate verification).
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(String),
@@ -101,16 +124,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the server refused with a 5xx reply (do not retry).
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Rejected { reply, .. } if reply.is_permanent())
-    }
-
-    /// The server's reply, when the failure was one.
+    /// The server's reply, when the failure was a refusal.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
             ClientError::Rejected { reply, .. } => Some(reply),
             _ => None,
+        }
+    }
+}
+
+impl From<Refusal> for ClientError {
+    fn from(refusal: Refusal) -> ClientError {
+        ClientError::Rejected {
+            stage: refusal.stage,
+            reply: refusal.reply,
         }
     }
 }
@@ -133,56 +160,26 @@ impl Body {
     }
 }
 
-/// One mail transaction: envelope and the facts that choose MAIL parameters.
-#[derive(Debug, Clone)]
-pub struct Transaction<'a> {
-    /// Reverse path; empty for the null sender.
-    pub sender: &'a str,
-    /// Forward paths, one RCPT each.
-    pub recipients: &'a [String],
-    /// Body size, for the SIZE parameter (RFC 1870).
-    pub size: u64,
-    /// Send BODY=8BITMIME when the server offers it (RFC 6152).
-    pub eight_bit: bool,
-    /// Send SMTPUTF8 (RFC 6531); the caller checked it is offered if needed.
-    pub smtputf8: bool,
-}
+/// Opens the body afresh for each transaction that sends it (a follow-up
+/// after "too many recipients" sends it again).
+pub type Bodies<'a> = dyn FnMut() -> io::Result<Body> + Send + 'a;
 
-/// What the server said for each recipient of a transaction, in order: the
-/// MAIL reply when MAIL was refused, else the RCPT reply when RCPT was
-/// refused, else the DATA reply when DATA was refused, else the reply to the
-/// end of data.
-#[derive(Debug, Clone)]
-pub struct TransactionResult {
-    /// One reply per recipient, in the order given.
-    pub replies: Vec<Reply>,
-}
-
-/// A transaction that broke off before every recipient had a reply.
+/// A transaction that broke off before every recipient had a verdict.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct TransactionError {
     /// What went wrong.
     pub error: ClientError,
     /// One entry per recipient, in order: `Some` when the server already
-    /// refused that recipient at RCPT (a verdict that stands), `None` when
-    /// its outcome is unknown.
-    pub replies: Vec<Option<Reply>>,
+    /// settled it (its own refusal at RCPT, or an earlier transaction of
+    /// the same message), `None` when its outcome is unknown.
+    pub verdicts: Vec<Option<Verdict>>,
     /// True when the final dot was (being) sent: the server may have taken
     /// the message, so sending it elsewhere now could duplicate it.
     pub data_sent: bool,
-}
-
-/// RFC 5321 §3.8: a 421 reply, whatever the command, announces that the
-/// server is closing the session; nothing more will be answered.
-fn closing(reply: &Reply, stage: &'static str) -> Result<(), ClientError> {
-    if reply.code == 421 {
-        return Err(ClientError::Rejected {
-            stage,
-            reply: reply.clone(),
-        });
-    }
-    Ok(())
+    /// True when the server cannot have accepted anything: on a pooled
+    /// connection, a stale session worth replacing with a fresh one.
+    pub before_transaction: bool,
 }
 
 enum Stream {
@@ -233,12 +230,15 @@ impl AsyncWrite for Stream {
 /// Flush the outgoing body buffer once it holds this much.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// An open SMTP connection, greeted and (after [`Connection::ehlo`]) ready
+/// An open SMTP connection, greeted and (after [`Connection::open`]) ready
 /// for transactions.
 pub struct Connection {
     stream: Stream,
     /// Received bytes not yet parsed into a reply.
-    buffer: Vec<u8>,
+    replies: ReplyBuffer,
+    /// Commands and body bytes on their way out; kept to be reused by the
+    /// next transaction.
+    out: Vec<u8>,
     capabilities: Capabilities,
     tls: Option<TlsInfo>,
     timeouts: Timeouts,
@@ -259,14 +259,15 @@ impl Connection {
             Ok(Err(error)) => return Err(ClientError::Connect(error)),
             Err(_) => {
                 return Err(ClientError::Timeout {
-                    stage: "connecting",
+                    moment: Moment::Connecting,
                 });
             }
         };
         let _ = stream.set_nodelay(true);
         Ok(Connection {
             stream: Stream::Plain(stream),
-            buffer: Vec::with_capacity(4096),
+            replies: ReplyBuffer::new(),
+            out: Vec::new(),
             capabilities: Capabilities::default(),
             tls: None,
             timeouts,
@@ -305,7 +306,7 @@ impl Connection {
     /// another one.
     pub fn is_usable(&self) -> bool {
         // Bytes nobody asked for would be read as the next command's reply.
-        self.usable && self.buffer.is_empty()
+        self.usable && self.replies.is_empty()
     }
 
     /// Transactions completed on this connection so far.
@@ -313,62 +314,49 @@ impl Connection {
         self.transactions
     }
 
-    /// Reads the 220 greeting (RFC 5321 §4.3.1); any other reply is an error.
-    pub async fn read_greeting(&mut self) -> Result<Reply, ClientError> {
-        let reply = self
-            .read_reply("reading the greeting", self.timeouts.command)
-            .await?;
-        if reply.code != 220 {
-            return Err(ClientError::Rejected {
-                stage: "greeting",
-                reply,
-            });
-        }
-        Ok(reply)
+    /// Reads the greeting and sends EHLO (HELO when EHLO is refused), as
+    /// [`Opening`] says; records the capabilities.
+    pub async fn open(&mut self, hostname: &str) -> Result<(), ClientError> {
+        let (opening, step) = Opening::new(hostname);
+        self.run_opening(opening, step, Vec::new()).await
     }
 
-    /// EHLO, falling back to HELO when the server does not know EHLO
-    /// (RFC 5321 §3.2: a 500/502 reply); records the capabilities.
-    pub async fn ehlo(&mut self, hostname: &str) -> Result<(), ClientError> {
-        let reply = self
-            .command(&format!("EHLO {hostname}\r\n"), "EHLO")
-            .await?;
-        if reply.is_positive() {
-            self.capabilities = Capabilities::from_ehlo(&reply);
-            return Ok(());
+    async fn run_opening(
+        &mut self,
+        mut opening: Opening,
+        mut step: OpeningStep,
+        mut out: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        loop {
+            match step {
+                OpeningStep::Read(stage) => {
+                    self.write(&out, Moment::Sending(stage)).await?;
+                    out.clear();
+                    let reply = self.read_reply(stage, self.timeouts.command).await?;
+                    step = opening.receive(reply, &mut out);
+                }
+                OpeningStep::Ready(capabilities) => {
+                    self.capabilities = capabilities;
+                    return Ok(());
+                }
+                OpeningStep::Refused(refusal) => return Err(refusal.into()),
+            }
         }
-        if !matches!(reply.code, 500 | 501 | 502 | 504 | 550) {
-            return Err(ClientError::Rejected {
-                stage: "EHLO",
-                reply,
-            });
-        }
-        let reply = self
-            .command(&format!("HELO {hostname}\r\n"), "HELO")
-            .await?;
-        if !reply.is_positive() {
-            return Err(ClientError::Rejected {
-                stage: "HELO",
-                reply,
-            });
-        }
-        self.capabilities = Capabilities::default();
-        Ok(())
     }
 
     /// Sends STARTTLS (RFC 3207) and checks the 220. On a refusal the
     /// session goes on in plaintext, unchanged.
     pub async fn send_starttls(&mut self) -> Result<(), ClientError> {
-        let reply = self.command("STARTTLS\r\n", "STARTTLS").await?;
-        if reply.code != 220 {
-            return Err(ClientError::Rejected {
-                stage: "STARTTLS",
-                reply,
-            });
-        }
+        let mut out = Vec::new();
+        machine::starttls(&mut out);
+        self.write(&out, Moment::Sending(Stage::StartTls)).await?;
+        let reply = self
+            .read_reply(Stage::StartTls, self.timeouts.command)
+            .await?;
+        machine::starttls_reply(reply)?;
         // Anything already received came in plaintext after the 220 and must
         // not be read as if it came over TLS.
-        if !self.buffer.is_empty() {
+        if !self.replies.is_empty() {
             return Err(ClientError::TlsInjection);
         }
         Ok(())
@@ -383,7 +371,9 @@ impl Connection {
         hostname: &str,
     ) -> Result<Connection, ClientError> {
         let mut connection = self.upgrade(connector, server_name).await?;
-        connection.ehlo(hostname).await?;
+        let mut out = Vec::new();
+        let (opening, step) = Opening::after_starttls(hostname, &mut out);
+        connection.run_opening(opening, step, out).await?;
         Ok(connection)
     }
 
@@ -403,7 +393,7 @@ impl Connection {
                 Ok(Err(error)) => return Err(ClientError::TlsHandshake(error.to_string())),
                 Err(_) => {
                     return Err(ClientError::Timeout {
-                        stage: "in the TLS handshake",
+                        moment: Moment::TlsHandshake,
                     });
                 }
             };
@@ -424,7 +414,8 @@ impl Connection {
         };
         Ok(Connection {
             stream: Stream::Tls(Box::new(stream)),
-            buffer: Vec::with_capacity(4096),
+            replies: ReplyBuffer::new(),
+            out: Vec::new(),
             capabilities: Capabilities::default(),
             tls: Some(tls),
             timeouts: self.timeouts,
@@ -434,310 +425,161 @@ impl Connection {
         })
     }
 
-    /// AUTH PLAIN, else AUTH LOGIN (RFC 4954). Only call this under TLS.
+    /// AUTH PLAIN, else AUTH LOGIN (RFC 4954), as [`Auth`] says. Only call
+    /// this under TLS.
     pub async fn authenticate(
         &mut self,
         username: &str,
         password: &str,
     ) -> Result<(), ClientError> {
-        let reply = if self.capabilities.offers_auth("PLAIN") {
-            self.command(&auth_plain(username, password), "AUTH PLAIN")
-                .await?
-        } else if self.capabilities.offers_auth("LOGIN") {
-            let reply = self.command("AUTH LOGIN\r\n", "AUTH LOGIN").await?;
-            if reply.code != 334 {
-                return Err(ClientError::Rejected {
-                    stage: "AUTH LOGIN",
-                    reply,
-                });
-            }
-            let reply = self
-                .command(&base64_line(username), "AUTH LOGIN user name")
-                .await?;
-            if reply.code != 334 {
-                return Err(ClientError::Rejected {
-                    stage: "AUTH LOGIN user name",
-                    reply,
-                });
-            }
-            self.command(&base64_line(password), "AUTH LOGIN password")
-                .await?
-        } else {
+        let mut out = Vec::new();
+        let Some((mut auth, mut step)) =
+            Auth::start(&self.capabilities, username, password, &mut out)
+        else {
             return Err(ClientError::AuthNotOffered);
         };
-        if reply.code != 235 {
-            return Err(ClientError::Rejected {
-                stage: "AUTH",
-                reply,
-            });
+        loop {
+            match step {
+                AuthStep::Read => {
+                    self.write(&out, Moment::Sending(Stage::Auth)).await?;
+                    out.clear();
+                    let reply = self.read_reply(Stage::Auth, self.timeouts.command).await?;
+                    step = auth.receive(reply, &mut out);
+                }
+                AuthStep::Done => return Ok(()),
+                AuthStep::Refused(refusal) => return Err(refusal.into()),
+            }
         }
-        Ok(())
     }
 
-    /// Runs one mail transaction: MAIL, RCPT for every recipient, DATA and
-    /// the body, pipelined when the server offers PIPELINING (RFC 2920).
+    /// Runs one message's transaction (and the follow-ups for recipients
+    /// over the server's limit) as [`Transaction`] says: the commands it
+    /// asks for, pipelined in one write when the server offers PIPELINING,
+    /// and the body from `bodies`, streamed in 64 KiB writes.
     ///
-    /// `Ok` gives every recipient its reply. An `Err` means the transaction
-    /// broke off (connection lost, timeout, unreadable reply, a `421`
-    /// closing the session, unreadable body): it still carries the replies
-    /// that settled some recipients before that (their own refusal at RCPT),
-    /// and says whether the end of data had been sent. Afterwards the
-    /// connection is no longer [usable](Connection::is_usable).
+    /// `Ok` gives every recipient its verdict. An `Err` means the session
+    /// broke off (connection lost, timeout, unreadable reply, a `421`, a
+    /// reply that makes no sense, an unreadable body): it still carries the
+    /// verdicts known before that. Afterwards the connection is no longer
+    /// [usable](Connection::is_usable).
     pub async fn send(
         &mut self,
-        transaction: &Transaction<'_>,
-        body: &mut Body,
-    ) -> Result<TransactionResult, TransactionError> {
-        let result = self.run_transaction(transaction, body).await;
-        if result.is_err() {
-            self.usable = false;
-        }
-        result
-    }
-
-    async fn run_transaction(
-        &mut self,
-        transaction: &Transaction<'_>,
-        body: &mut Body,
-    ) -> Result<TransactionResult, TransactionError> {
-        let capabilities = &self.capabilities;
-        let mail = mail_from(
-            transaction.sender,
-            capabilities.size.map(|_| transaction.size),
-            transaction.eight_bit && capabilities.eight_bit_mime,
-            transaction.smtputf8 && capabilities.smtputf8,
-        );
-        let pipelined = capabilities.pipelining;
-        let count = transaction.recipients.len();
-        let mut rcpt_replies: Vec<Reply> = Vec::with_capacity(count);
-        // Only a recipient's own refusal survives a failure later on: an
-        // accepted recipient's fate is decided by the end of data.
-        let broken_off = |error: ClientError, rcpt_replies: &[Reply], data_sent: bool| {
-            let mut replies: Vec<Option<Reply>> = rcpt_replies
-                .iter()
-                .map(|reply| (!reply.is_positive() && reply.code != 421).then(|| reply.clone()))
-                .collect();
-            replies.resize(count, None);
-            TransactionError {
-                error,
-                replies,
-                data_sent,
-            }
-        };
-
-        if pipelined {
-            let mut batch = mail.clone();
-            for recipient in transaction.recipients {
-                batch.push_str(&rcpt_to(recipient));
-            }
-            batch.push_str("DATA\r\n");
-            self.write(batch.as_bytes(), "sending MAIL, RCPT and DATA")
-                .await
-                .map_err(|error| broken_off(error, &[], false))?;
-        }
-        let mail_reply = if pipelined {
-            self.read_reply("after MAIL", self.timeouts.command).await
-        } else {
-            self.command(&mail, "MAIL").await
-        }
-        .map_err(|error| broken_off(error, &[], false))?;
-        // RFC 5321 §3.8: 421 means the server is closing the session; no
-        // further reply will come.
-        closing(&mail_reply, "MAIL").map_err(|error| broken_off(error, &[], false))?;
-        if !mail_reply.is_positive() {
-            if pipelined {
-                // Drain the RCPT and DATA replies (RFC 2920 §3.1); they say
-                // nothing about the recipients once MAIL was refused.
-                let mut data_reply = None;
-                for stage in std::iter::repeat_n("after RCPT", count).chain(["after DATA"]) {
-                    match self.read_reply(stage, self.timeouts.command).await {
-                        Ok(reply) if reply.code == 421 => {
-                            self.usable = false;
-                            break;
-                        }
-                        Ok(reply) => data_reply = Some(reply),
-                        Err(_) => {
-                            self.usable = false;
-                            break;
-                        }
-                    }
-                }
-                if self.usable {
-                    self.abort_transaction(data_reply.as_ref()).await;
-                }
-            } else {
-                self.abort_transaction(None).await;
-            }
-            return Ok(TransactionResult {
-                replies: vec![mail_reply; count],
+        envelope: Envelope<'_>,
+        bodies: &mut Bodies<'_>,
+    ) -> Result<Vec<Verdict>, TransactionError> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let (mut transaction, mut step) =
+            Transaction::start(envelope, &self.capabilities, &mut out);
+        let mut failure = None;
+        let outcome = loop {
+            let result = match step {
+                Step::Read(stage) => self.exchange(&out, stage).await.map(|reply| {
+                    out.clear();
+                    transaction.receive(reply, &mut out)
+                }),
+                Step::SendBody => self.send_body(&mut out, &mut transaction, bodies).await,
+                Step::Done(outcome) => break outcome,
+            };
+            step = result.unwrap_or_else(|error| {
+                failure = Some(error);
+                Step::Done(transaction.interrupted())
             });
+        };
+        out.clear();
+        self.out = out;
+        self.transactions += outcome.completed;
+        if !outcome.reusable {
+            self.usable = false;
         }
+        let Some(broken) = outcome.broken else {
+            return Ok(outcome
+                .verdicts
+                .into_iter()
+                .map(|verdict| verdict.expect("a finished transaction settles everyone"))
+                .collect());
+        };
+        self.usable = false;
+        let error = match (failure, broken.reply) {
+            (Some(error), _) => error,
+            (None, Some(reply)) if reply.code() == 421 => ClientError::Rejected {
+                stage: broken.stage,
+                reply,
+            },
+            (None, Some(reply)) => ClientError::Unexpected {
+                stage: broken.stage,
+                reply,
+            },
+            (None, None) => unreachable!("the machine breaks off on its own only for a reply"),
+        };
+        Err(TransactionError {
+            error,
+            verdicts: outcome.verdicts,
+            data_sent: broken.data_sent,
+            before_transaction: broken.before_transaction,
+        })
+    }
 
-        for recipient in transaction.recipients {
-            let reply = if pipelined {
-                self.read_reply("after RCPT", self.timeouts.command).await
-            } else {
-                self.command(&rcpt_to(recipient), "RCPT").await
-            }
-            .map_err(|error| broken_off(error, &rcpt_replies, false))?;
-            if let Err(error) = closing(&reply, "RCPT") {
-                return Err(broken_off(error, &rcpt_replies, false));
-            }
-            rcpt_replies.push(reply);
-        }
-
-        let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
-        let data_reply = if pipelined {
-            Some(self.read_reply("after DATA", self.timeouts.command).await)
-        } else if any_accepted {
-            Some(self.command("DATA\r\n", "DATA").await)
+    /// Writes what `out` holds for `stage`, then reads its reply.
+    async fn exchange(&mut self, out: &[u8], stage: Stage) -> Result<Reply, ClientError> {
+        self.write(out, Moment::Sending(stage)).await?;
+        let timeout = if stage == Stage::EndOfData {
+            self.timeouts.data
         } else {
-            None
-        }
-        .transpose()
-        .map_err(|error| broken_off(error, &rcpt_replies, false))?;
-        if let Some(reply) = data_reply.as_ref().filter(|_| any_accepted) {
-            if reply.code == 421 {
-                let error = closing(reply, "DATA").expect_err("a 421 reply is closing");
-                return Err(broken_off(error, &rcpt_replies, false));
-            }
-            // RFC 5321 §4.3.2: DATA is answered 354, 4xx or 5xx. Taking a
-            // 2xx as the recipients' verdict would report mail as delivered
-            // whose body was never sent.
-            if reply.is_positive() || (reply.is_intermediate() && reply.code != 354) {
-                let error = ClientError::Unexpected {
-                    stage: "after DATA",
-                    reply: reply.clone(),
-                };
-                return Err(broken_off(error, &rcpt_replies, false));
-            }
-        }
-        match &data_reply {
-            Some(reply) if reply.code == 354 && any_accepted => {}
-            other => {
-                // No recipient left, or DATA refused: no body is sent.
-                // RFC 5321 §4.1.1.4: DATA after no valid recipient must be
-                // refused; pipelining made us send it anyway.
-                let data_refusal = other.clone();
-                if data_refusal.as_ref().is_some_and(|reply| reply.code == 421) {
-                    self.usable = false;
-                } else {
-                    self.abort_transaction(data_refusal.as_ref()).await;
-                }
-                let replies = rcpt_replies
-                    .into_iter()
-                    .map(|rcpt| match (&data_refusal, rcpt.is_positive()) {
-                        (Some(data), true) => data.clone(),
-                        _ => rcpt,
-                    })
-                    .collect();
-                return Ok(TransactionResult { replies });
-            }
-        }
-
-        let mut data_sent = false;
-        self.send_body(body, &mut data_sent)
-            .await
-            .map_err(|error| broken_off(error, &rcpt_replies, data_sent))?;
-        let final_reply = self
-            .read_reply("after the end of data", self.timeouts.data)
-            .await
-            .map_err(|error| broken_off(error, &rcpt_replies, true))?;
-        if final_reply.code == 421 || final_reply.is_intermediate() {
-            self.usable = false;
-        }
-        self.transactions += 1;
-        let replies = rcpt_replies
-            .into_iter()
-            .map(|rcpt| {
-                if rcpt.is_positive() {
-                    final_reply.clone()
-                } else {
-                    rcpt
-                }
-            })
-            .collect();
-        Ok(TransactionResult { replies })
+            self.timeouts.command
+        };
+        self.read_reply(stage, timeout).await
     }
 
-    /// After a transaction that sent no body: when the server still answered
-    /// DATA with 354 (RFC 2920 §3.1), end the empty data; then RSET so the
-    /// connection is clean for the next message. The recipients' replies are
-    /// known already, so a failure here only makes the connection unusable.
-    async fn abort_transaction(&mut self, data_reply: Option<&Reply>) {
-        let result = async {
-            if data_reply.is_some_and(|reply| reply.code == 354) {
-                self.write(b".\r\n", "ending an empty DATA").await?;
-                let _ = self
-                    .read_reply("after an empty DATA", self.timeouts.data)
-                    .await?;
-            }
-            self.rset().await
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::debug!(peer = %self.peer, %error, "cannot reset the session; closing it");
-            self.usable = false;
-        }
-    }
-
-    /// Sends the body, dot-stuffed, and the final dot. `data_sent` is set
-    /// as the write carrying the final dot starts: from then on the server
-    /// may have the whole message.
+    /// Sends the body, dot-stuffed, and the final dot; tells the machine
+    /// as the write carrying the final dot starts, since from then on the
+    /// server may have the whole message.
     async fn send_body(
         &mut self,
-        body: &mut Body,
-        data_sent: &mut bool,
-    ) -> Result<(), ClientError> {
+        out: &mut Vec<u8>,
+        transaction: &mut Transaction<'_>,
+        bodies: &mut Bodies<'_>,
+    ) -> Result<Step, ClientError> {
+        let sending = Moment::Sending(Stage::Body);
+        self.write(out, Moment::Sending(Stage::Data)).await?;
+        out.clear();
+        let mut body = bodies().map_err(ClientError::Body)?;
         let mut stuffer = DotStuffer::new();
-        let mut output = Vec::with_capacity(WRITE_CHUNK + 1024);
+        out.reserve(WRITE_CHUNK + 1024);
         while let Some(chunk) = body.next_chunk().await {
             let chunk = chunk.map_err(ClientError::Body)?;
-            stuffer.encode(&chunk, &mut output);
-            if output.len() >= WRITE_CHUNK {
-                self.write(&output, "sending the body").await?;
-                output.clear();
+            stuffer.encode(&chunk, out);
+            if out.len() >= WRITE_CHUNK {
+                self.write(out, sending).await?;
+                out.clear();
             }
         }
-        stuffer.finish(&mut output);
-        *data_sent = true;
-        self.write(&output, "sending the body").await
-    }
-
-    /// RSET (RFC 5321 §4.1.1.5); a refusal makes the connection unusable.
-    pub async fn rset(&mut self) -> Result<(), ClientError> {
-        let reply = self.command("RSET\r\n", "RSET").await?;
-        if !reply.is_positive() {
-            self.usable = false;
-            return Err(ClientError::Rejected {
-                stage: "RSET",
-                reply,
-            });
-        }
-        Ok(())
+        stuffer.finish(out);
+        let step = transaction.body_sent();
+        self.write(out, sending).await?;
+        out.clear();
+        Ok(step)
     }
 
     /// QUIT and close, without waiting long for the goodbye.
     pub async fn quit(mut self) {
         let quick = Duration::from_secs(2).min(self.timeouts.command);
         let _ = tokio::time::timeout(quick, async {
-            if self.write(b"QUIT\r\n", "QUIT").await.is_ok() {
-                let _ = self.read_reply("after QUIT", quick).await;
+            let mut out = Vec::new();
+            machine::quit(&mut out);
+            if self.write(&out, Moment::Sending(Stage::Quit)).await.is_ok() {
+                let _ = self.read_reply(Stage::Quit, quick).await;
             }
             let _ = self.stream.shutdown().await;
         })
         .await;
     }
 
-    /// Sends one command and reads its reply; errors name the command as
-    /// "sending X" or "after X".
-    async fn command(&mut self, line: &str, command: &'static str) -> Result<Reply, ClientError> {
-        let (sending, after) = stages(command);
-        self.write(line.as_bytes(), sending).await?;
-        self.read_reply(after, self.timeouts.command).await
-    }
-
-    async fn write(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), ClientError> {
+    /// Writes `bytes` (nothing when empty) under the command timeout.
+    async fn write(&mut self, bytes: &[u8], moment: Moment) -> Result<(), ClientError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let stream = &mut self.stream;
         match tokio::time::timeout(self.timeouts.command, async {
             stream.write_all(bytes).await?;
@@ -748,76 +590,40 @@ impl Connection {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => {
                 self.usable = false;
-                Err(ClientError::Io { stage, source })
+                Err(ClientError::Io { moment, source })
             }
             Err(_) => {
                 self.usable = false;
-                Err(ClientError::Timeout { stage })
+                Err(ClientError::Timeout { moment })
             }
         }
     }
 
-    async fn read_reply(
-        &mut self,
-        stage: &'static str,
-        timeout: Duration,
-    ) -> Result<Reply, ClientError> {
+    /// Reads one reply to `stage` within `timeout`.
+    async fn read_reply(&mut self, stage: Stage, timeout: Duration) -> Result<Reply, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // Parsing starts over from the first byte, so it only runs when a
-        // line was completed: a peer sending one byte at a time costs
-        // linear, not quadratic, work.
-        let mut parse = true;
+        let moment = Moment::After(stage);
         loop {
-            let result = if parse {
-                parse_reply(&self.buffer)
-            } else {
-                Ok(None)
-            };
-            let error = match result {
-                Ok(Some((reply, used))) => {
-                    self.buffer.drain(..used);
-                    return Ok(reply);
-                }
+            let error = match self.replies.next_reply() {
+                Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {
-                    self.buffer.reserve(4096);
-                    let before = self.buffer.len();
-                    match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer))
-                        .await
+                    match tokio::time::timeout_at(
+                        deadline,
+                        self.stream.read_buf(self.replies.input()),
+                    )
+                    .await
                     {
-                        Ok(Ok(0)) => ClientError::Closed { stage },
-                        Ok(Ok(_)) => {
-                            parse = self.buffer[before..].contains(&b'\n')
-                                || self.buffer.len() > MAX_REPLY_BYTES;
-                            continue;
-                        }
-                        Ok(Err(source)) => ClientError::Io { stage, source },
-                        Err(_) => ClientError::Timeout { stage },
+                        Ok(Ok(0)) => ClientError::Closed { moment },
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(source)) => ClientError::Io { moment, source },
+                        Err(_) => ClientError::Timeout { moment },
                     }
                 }
-                Err(source) => ClientError::Protocol { stage, source },
+                Err(source) => ClientError::Protocol { moment, source },
             };
             self.usable = false;
             return Err(error);
         }
-    }
-}
-
-/// How errors name the moments around `command`: (while sending it, while
-/// waiting for its reply).
-fn stages(command: &'static str) -> (&'static str, &'static str) {
-    match command {
-        "EHLO" => ("sending EHLO", "after EHLO"),
-        "HELO" => ("sending HELO", "after HELO"),
-        "STARTTLS" => ("sending STARTTLS", "after STARTTLS"),
-        "AUTH PLAIN" => ("sending AUTH PLAIN", "after AUTH PLAIN"),
-        "AUTH LOGIN" => ("sending AUTH LOGIN", "after AUTH LOGIN"),
-        "AUTH LOGIN user name" => ("sending the AUTH user name", "after the AUTH user name"),
-        "AUTH LOGIN password" => ("sending the AUTH password", "after the AUTH password"),
-        "MAIL" => ("sending MAIL", "after MAIL"),
-        "RCPT" => ("sending RCPT", "after RCPT"),
-        "DATA" => ("sending DATA", "after DATA"),
-        "RSET" => ("sending RSET", "after RSET"),
-        other => (other, other),
     }
 }
 

@@ -19,7 +19,7 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::mime::MimePart;
 use sluice_queue::Envelope;
 
-use super::protocol::EnhancedCode;
+use crate::smtp::reply::EnhancedCode;
 
 /// The most of the original header section a DSN carries.
 pub const MAX_ORIGINAL_HEADERS: usize = 256 * 1024;

@@ -5,7 +5,7 @@
 //!   the concurrency limits, records outcomes and queues bounces;
 //! - `attempt`: one transaction for one domain's recipients of a message;
 //! - `route`: relay_host, `[routes]`, MX and implicit MX;
-//! - `protocol` (pure) and `client` (I/O): the SMTP client;
+//! - `client`: the SMTP client's I/O, a pump over `smtp::client`;
 //! - `tls`: outbound TLS policy; `pool`: connection reuse;
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
 //! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
@@ -15,7 +15,6 @@ pub mod client;
 pub mod dsn;
 pub mod loops;
 pub mod pool;
-pub mod protocol;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
@@ -32,10 +31,10 @@ use crate::context::Context;
 use self::attempt::{Attempt, Failure};
 use self::client::Timeouts;
 use self::pool::Pool;
-use self::protocol::EnhancedCode;
 use self::retry::{Clock, RetryPolicy, SystemClock};
 use self::route::Router;
 use self::tls::TlsClients;
+use crate::smtp::reply::EnhancedCode;
 
 /// What every delivery task shares.
 pub struct Engine {

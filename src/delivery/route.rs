@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 
 use crate::config::{Config, parse_host_port};
 
-use super::protocol::EnhancedCode;
+use crate::smtp::reply::EnhancedCode;
 
 /// How the next hop was chosen; decides TLS and AUTH rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,7 +485,7 @@ mod tests {
             reason: "SERVFAIL".into(),
         };
         assert!(!temporary.is_permanent());
-        assert_eq!(temporary.status().class, 4);
+        assert_eq!(temporary.status().class(), 4);
         let nxdomain = RouteError::NoSuchDomain { domain: "x".into() };
         assert!(nxdomain.is_permanent());
         assert_eq!(nxdomain.status().to_string(), "5.1.2");

@@ -18,8 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Engine;
 use super::attempt::{Attempt, Failure, Verdict, deliver_domain, recipient_domain};
 use super::dsn::{self, Diagnostic, FailedRecipient};
-use super::protocol::EnhancedCode;
 use crate::context::Context;
+use crate::smtp::reply::EnhancedCode;
 use crate::smtp::session::log_address;
 
 /// Messages claimed per `claim_due` call.

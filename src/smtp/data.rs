@@ -156,22 +156,6 @@ impl DataDecoder {
     }
 }
 
-/// Dot-stuffs `body` and appends the end marker, the way a client sends it
-/// (RFC 5321 §4.5.2). `body` must be CRLF-terminated lines or empty.
-pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    let mut at_line_start = true;
-    for &byte in body {
-        if at_line_start && byte == b'.' {
-            out.push(b'.');
-        }
-        out.push(byte);
-        at_line_start = byte == b'\n';
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +272,7 @@ mod tests {
         #[test]
         fn dot_stuffing_round_trips(lines in proptest::collection::vec("[ -~]{0,20}", 0..10)) {
             let body: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();
-            let wire = dot_stuff(&body);
+            let wire = crate::smtp::dot::stuff(&body);
             let (out, consumed, done, problem) = decode(&wire, 1 << 20);
             prop_assert!(done);
             prop_assert_eq!(problem, None);

@@ -53,8 +53,10 @@ pub struct Options {
     pub broken_starttls: bool,
     /// The AUTH mechanisms advertised (when `auth` is set).
     pub auth_mechanisms: String,
-    /// Recipients accepted per transaction; more get `452 4.5.3`.
+    /// Recipients accepted per transaction; more get `too_many_reply`.
     pub max_recipients: Option<usize>,
+    /// The reply to a RCPT over `max_recipients`.
+    pub too_many_reply: String,
     /// Sent instead of the usual EHLO reply (raw lines, or a special value).
     pub ehlo_reply: Option<String>,
     /// Offer STARTTLS and answer it with this (then close the connection).
@@ -76,6 +78,7 @@ impl Default for Options {
             broken_starttls: false,
             auth_mechanisms: "PLAIN LOGIN".into(),
             max_recipients: None,
+            too_many_reply: "452 4.5.3 Too many recipients".into(),
             ehlo_reply: None,
             starttls_reply: None,
         }
@@ -590,7 +593,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     .is_some_and(|max| accepted.len() >= max)
                 {
                     rejected.push(address);
-                    conn.send("452 4.5.3 Too many recipients")?;
+                    conn.send(&options.too_many_reply)?;
                     continue;
                 }
                 let rule = shared.rules.lock().expect("rules lock").rcpt.clone();
