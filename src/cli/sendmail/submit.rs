@@ -15,21 +15,32 @@
 //!
 //! # How
 //!
-//! One blocking connection (sendmail has no async runtime): EHLO, or HELO on
-//! the same session when EHLO gets a permanent (5xx) refusal; `MAIL FROM`
-//! (with `BODY=8BITMIME` and `SMTPUTF8` when the server offers them and, for
-//! SMTPUTF8, an address needs it); `RCPT TO` per recipient, where any refusal
-//! fails the whole submission (nothing is queued); then DATA. The message is
-//! streamed from stdin to the socket, dot-stuffed (RFC 5321 §4.5.2): a message
-//! of any size is never held in memory. The queue ID is taken from the
-//! `250 2.0.0 Ok: queued as <ID>` reply.
+//! A thin blocking pump (std sockets with timeouts; sendmail has no async
+//! runtime) over the same protocol core as delivery: [`Opening`] for the
+//! greeting, EHLO, and HELO on the same session when EHLO is refused;
+//! [`Transaction`] for `MAIL FROM` (with `BODY=8BITMIME` when offered, and
+//! `SMTPUTF8` when offered and an address needs it), `RCPT TO` per
+//! recipient, and DATA; [`ReplyBuffer`] to read replies; [`DotStuffer`] for
+//! the body (RFC 5321 §4.5.2). The message is streamed from stdin to the
+//! socket: a message of any size is never held in memory.
+//!
+//! sendmail's own rules, applied here on top of the machines: any 4xx or
+//! 5xx ends the submission with the server's reply, nothing queued (a
+//! refused recipient too, unlike Postfix); so commands go one at a time,
+//! never pipelined, and a refused RCPT is seen before DATA. No SIZE
+//! parameter: a streamed message's size is not known beforehand. The queue
+//! ID is taken from the `250 2.0.0 Ok: queued as <ID>` reply.
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::config::{Config, ListenerKind};
 use crate::runfile;
+use crate::smtp::client::{self, Envelope, Opening, OpeningStep, Stage, Step, Transaction};
+use crate::smtp::dot::DotStuffer;
+use crate::smtp::ehlo::Capabilities;
+use crate::smtp::reply::{Reply, ReplyBuffer};
 
 use super::SendmailError;
 use super::message::WriteError;
@@ -46,22 +57,36 @@ pub fn submit(
     recipients: &[String],
     write_message: impl FnOnce(&mut dyn Write) -> Result<(), WriteError>,
 ) -> Result<String, SendmailError> {
-    let mut client = connect(config)?;
-    client.submit(
-        config.hostname.as_str(),
+    let mut connection = connect(config)?;
+    let capabilities = connection.open(config.hostname.as_str())?;
+    let envelope = Envelope {
         sender,
         recipients,
+        size: 0,
+        eight_bit: true,
+        smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+    };
+    let reply = connection.transaction(
+        &capabilities,
+        envelope,
         config.limits.data_timeout,
         write_message,
-    )
+    )?;
+    let text = reply.one_line();
+    queue_id(&text).ok_or_else(|| {
+        connection.broken(
+            "reading the final reply",
+            format!("no queue ID in {text:?}"),
+        )
+    })
 }
 
 /// Connects to the first of [`submission_addresses`] that answers; the
 /// error of the last one tried when none does.
-fn connect(config: &Config) -> Result<Client, SendmailError> {
+fn connect(config: &Config) -> Result<Connection, SendmailError> {
     let mut failure = None;
     for address in submission_addresses(config)? {
-        match Client::connect(address, config.limits.command_timeout) {
+        match Connection::connect(address, config.limits.command_timeout) {
             Ok(client) => return Ok(client),
             Err(error @ SendmailError::Connect { .. }) => failure = Some(error),
             Err(error) => return Err(error),
@@ -124,28 +149,25 @@ fn listener_address(config: &Config) -> Result<SocketAddr, SendmailError> {
     Ok(reachable(address))
 }
 
-/// One SMTP reply: its code and its text lines joined by spaces.
-struct Reply {
-    code: u16,
-    text: String,
-}
-
-impl Reply {
-    fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-}
-
-/// A blocking SMTP client for one submission.
-struct Client {
+/// The blocking I/O of one submission: a socket with timeouts, the output
+/// the machines append, and the replies read so far. It holds no SMTP rule:
+/// those are in [`crate::smtp::client`], and sendmail's own in
+/// [`Connection::transaction`].
+struct Connection {
     address: SocketAddr,
-    reader: BufReader<TcpStream>,
+    reader: TcpStream,
     writer: BufWriter<TcpStream>,
+    /// What the machines appended and is not written yet.
+    out: Vec<u8>,
+    replies: ReplyBuffer,
     command_timeout: Duration,
 }
 
-impl Client {
-    fn connect(address: SocketAddr, command_timeout: Duration) -> Result<Client, SendmailError> {
+impl Connection {
+    fn connect(
+        address: SocketAddr,
+        command_timeout: Duration,
+    ) -> Result<Connection, SendmailError> {
         let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|error| {
             SendmailError::Connect {
                 address,
@@ -169,11 +191,13 @@ impl Client {
         stream
             .set_write_timeout(Some(command_timeout))
             .map_err(broken)?;
-        let reader = BufReader::new(stream.try_clone().map_err(broken)?);
-        Ok(Client {
+        let reader = stream.try_clone().map_err(broken)?;
+        Ok(Connection {
             address,
             reader,
             writer: BufWriter::with_capacity(64 * 1024, stream),
+            out: Vec::with_capacity(512),
+            replies: ReplyBuffer::new(),
             command_timeout,
         })
     }
@@ -186,184 +210,199 @@ impl Client {
         }
     }
 
-    /// Reads one (possibly multi-line) reply (RFC 5321 §4.2.1).
-    fn read_reply(&mut self) -> Result<Reply, SendmailError> {
-        let mut text = Vec::new();
-        let mut line = Vec::new();
+    /// The command line waiting in the output, for naming it in an error.
+    fn pending_command(&self) -> String {
+        String::from_utf8_lossy(&self.out).trim_end().to_string()
+    }
+
+    /// Writes what the machines appended.
+    fn send(&mut self) -> Result<(), SendmailError> {
+        let written = self
+            .writer
+            .write_all(&self.out)
+            .and_then(|()| self.writer.flush());
+        self.out.clear();
+        written.map_err(|error| self.broken("sending a command", error))
+    }
+
+    /// Reads one (possibly multi-line) reply, waiting at most `timeout` for
+    /// each read.
+    fn read_reply(&mut self, timeout: Duration) -> Result<Reply, SendmailError> {
+        self.reader
+            .set_read_timeout(Some(timeout))
+            .map_err(|error| self.broken("waiting for a reply", error))?;
         loop {
-            line.clear();
-            let read = Read::take(&mut self.reader, 4096).read_until(b'\n', &mut line);
-            let read = read.map_err(|error| self.broken("reading a reply", error))?;
-            if read == 0 {
-                return Err(self.broken("reading a reply", "the connection was closed"));
+            match self.replies.next_reply() {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(error) => return Err(self.broken("reading a reply", error)),
             }
-            let content = String::from_utf8_lossy(&line).trim_end().to_string();
-            let code = content
-                .get(..3)
-                .and_then(|code| code.parse::<u16>().ok())
-                .filter(|code| (200..600).contains(code))
-                .ok_or_else(|| {
-                    self.broken("reading a reply", format!("garbled reply {content:?}"))
-                })?;
-            let last = content.as_bytes().get(3) != Some(&b'-');
-            text.push(content);
-            if last {
-                return Ok(Reply {
-                    code,
-                    text: text.join(" "),
-                });
+            let input = self.replies.input();
+            let filled = input.len();
+            input.resize(filled + 4096, 0);
+            let read = self.reader.read(&mut input[filled..]);
+            input.truncate(filled + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return Err(self.broken("reading a reply", "the connection was closed")),
+                Ok(_) => {}
+                Err(error) => return Err(self.broken("reading a reply", error)),
             }
         }
     }
 
-    /// Sends a command line and reads its reply, whatever it is.
-    fn send(&mut self, line: &str) -> Result<Reply, SendmailError> {
-        self.writer
-            .write_all(line.as_bytes())
-            .and_then(|()| self.writer.write_all(b"\r\n"))
-            .and_then(|()| self.writer.flush())
-            .map_err(|error| self.broken("sending a command", error))?;
-        self.read_reply()
+    /// Ends the session after a refusal: QUIT (without waiting for its
+    /// reply), and the error naming what was refused.
+    fn refused(&mut self, command: String, reply: &Reply) -> SendmailError {
+        self.out.clear();
+        client::quit(&mut self.out);
+        let _ = self.send();
+        SendmailError::Refused {
+            command,
+            reply: reply.one_line(),
+        }
     }
 
-    /// Sends a command line and reads its reply; a 4xx/5xx ends the session.
-    fn command(&mut self, line: &str) -> Result<Reply, SendmailError> {
-        let reply = self.send(line)?;
-        if !reply.is_positive() {
-            return Err(self.refused(line, reply));
+    /// Opens the session: the greeting, EHLO, and HELO on the same session
+    /// when EHLO is refused ([`Opening`]). Returns what the server offers.
+    fn open(&mut self, hostname: &str) -> Result<Capabilities, SendmailError> {
+        let (mut opening, mut step) = Opening::new(hostname);
+        let mut command = "the connection".to_string();
+        loop {
+            match step {
+                OpeningStep::Read(_) => {
+                    if !self.out.is_empty() {
+                        command = self.pending_command();
+                        self.send()?;
+                    }
+                    let reply = self.read_reply(self.command_timeout)?;
+                    step = opening.receive(reply, &mut self.out);
+                }
+                OpeningStep::Ready(capabilities) => return Ok(capabilities),
+                OpeningStep::Refused(refusal) => return Err(self.refused(command, &refusal.reply)),
+            }
+        }
+    }
+
+    /// Runs the mail transaction ([`Transaction`]) with sendmail's rules on
+    /// top: any refusal ends the submission with nothing queued, which is
+    /// why commands go one at a time (a refused RCPT is seen before DATA).
+    /// `write_message` writes the message, streamed to the socket through
+    /// the dot-stuffer. Returns the server's final reply.
+    fn transaction(
+        &mut self,
+        capabilities: &Capabilities,
+        envelope: Envelope<'_>,
+        data_timeout: Duration,
+        write_message: impl FnOnce(&mut dyn Write) -> Result<(), WriteError>,
+    ) -> Result<Reply, SendmailError> {
+        let capabilities = Capabilities {
+            // One command at a time: see above.
+            pipelining: false,
+            // A message streamed from stdin has no size known beforehand.
+            size: None,
+            ..capabilities.clone()
+        };
+        let (mut transaction, mut step) =
+            Transaction::start(envelope, &capabilities, &mut self.out);
+        let mut write_message = Some(write_message);
+        let mut final_reply = None;
+        loop {
+            match step {
+                Step::Read(stage) => {
+                    let command = match stage {
+                        Stage::EndOfData => "the message".to_string(),
+                        _ => self.pending_command(),
+                    };
+                    self.send()?;
+                    let timeout = match stage {
+                        Stage::EndOfData => data_timeout,
+                        _ => self.command_timeout,
+                    };
+                    let reply = self.read_reply(timeout)?;
+                    let accepted = match stage {
+                        Stage::Data => reply.code() == 354,
+                        Stage::EndOfData => reply.code() == 250,
+                        _ => reply.is_positive(),
+                    };
+                    if !accepted {
+                        return Err(self.refused(command, &reply));
+                    }
+                    if stage == Stage::EndOfData {
+                        final_reply = Some(reply.clone());
+                    }
+                    step = transaction.receive(reply, &mut self.out);
+                }
+                Step::SendBody => {
+                    self.send()?;
+                    // Follow-up transactions come only after a refused RCPT,
+                    // which never reaches the machine (see above).
+                    let write_message = write_message
+                        .take()
+                        .expect("a transaction with no refused RCPT asks for the body once");
+                    self.send_body(write_message)?;
+                    step = transaction.body_sent();
+                }
+                Step::Done(_) => break,
+            }
+        }
+        let Some(reply) = final_reply else {
+            return Err(self.broken("sending the message", "the transaction ended without it"));
+        };
+        client::quit(&mut self.out);
+        if self.send().is_ok() {
+            let _ = self.read_reply(self.command_timeout);
         }
         Ok(reply)
     }
 
-    /// Ends the session after a refusal: QUIT, and the error naming it.
-    fn refused(&mut self, command: &str, reply: Reply) -> SendmailError {
-        let _ = self
-            .writer
-            .write_all(b"QUIT\r\n")
-            .and_then(|()| self.writer.flush());
-        SendmailError::Refused {
-            command: command.to_string(),
-            reply: reply.text,
-        }
-    }
-
-    /// Opens the session: EHLO, or HELO on the same session when EHLO is
-    /// refused permanently (RFC 5321 §3.2: a server that does not support
-    /// the extensions answers EHLO with a 5xx). Returns the EHLO keywords
-    /// (none after HELO).
-    fn greet(&mut self, hostname: &str) -> Result<Vec<String>, SendmailError> {
-        let ehlo = format!("EHLO {hostname}");
-        let reply = self.send(&ehlo)?;
-        if reply.is_positive() {
-            return Ok(reply
-                .text
-                .split(' ')
-                .map(|word| word.trim_start_matches("250-").to_ascii_uppercase())
-                .collect());
-        }
-        if !(500..600).contains(&reply.code) {
-            return Err(self.refused(&ehlo, reply));
-        }
-        self.command(&format!("HELO {hostname}"))?;
-        Ok(Vec::new())
-    }
-
-    /// Runs the transaction; `write_message` writes the message.
-    /// Returns the queue ID of the final reply.
-    fn submit(
+    /// Streams the message, dot-stuffed, and the final dot. On an input
+    /// error the final dot is never sent: the server discards the
+    /// unfinished transaction when we hang up.
+    fn send_body(
         &mut self,
-        hostname: &str,
-        sender: &str,
-        recipients: &[String],
-        data_timeout: Duration,
         write_message: impl FnOnce(&mut dyn Write) -> Result<(), WriteError>,
-    ) -> Result<String, SendmailError> {
-        let greeting = self.read_reply()?;
-        if greeting.code != 220 {
-            return Err(self.refused("the connection", greeting));
-        }
-        let keywords = self.greet(hostname)?;
-        let offers = |keyword: &str| keywords.iter().any(|word| word == keyword);
-        let mut mail = format!("MAIL FROM:<{sender}>");
-        if offers("8BITMIME") {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        let needs_utf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
-        if needs_utf8 && offers("SMTPUTF8") {
-            mail.push_str(" SMTPUTF8");
-        }
-        self.command(&mail)?;
-        for recipient in recipients {
-            self.command(&format!("RCPT TO:<{recipient}>"))?;
-        }
-        let reply = self.command("DATA")?;
-        if reply.code != 354 {
-            return Err(self.refused("DATA", reply));
-        }
-        let mut data = DotStuffer::new(&mut self.writer);
-        // On an input error the end-of-data marker is never sent: the
-        // server discards the unfinished transaction when we hang up.
-        match write_message(&mut data) {
-            Ok(()) => {}
-            Err(WriteError::Input(error)) => return Err(error.into()),
-            Err(WriteError::Output(error)) => {
-                return Err(self.broken("sending the message", error));
-            }
-        }
-        let written = self
-            .writer
-            .write_all(b".\r\n")
-            .and_then(|()| self.writer.flush());
-        written.map_err(|error| self.broken("sending the message", error))?;
-        let set_timeout = |timeout| self.reader.get_ref().set_read_timeout(Some(timeout));
-        set_timeout(data_timeout).map_err(|error| self.broken("waiting for the reply", error))?;
-        let reply = self.read_reply()?;
-        if reply.code != 250 {
-            return Err(self.refused("the message", reply));
-        }
-        let _ = self
-            .reader
-            .get_ref()
-            .set_read_timeout(Some(self.command_timeout));
-        let _ = self.command("QUIT");
-        queue_id(&reply.text).ok_or_else(|| {
-            self.broken(
-                "reading the final reply",
-                format!("no queue ID in {:?}", reply.text),
-            )
-        })
-    }
-}
-
-/// Dot-stuffs a stream of CRLF-terminated lines (RFC 5321 §4.5.2: a line
-/// beginning with `.` gets one more).
-struct DotStuffer<W> {
-    out: W,
-    at_line_start: bool,
-}
-
-impl<W: Write> DotStuffer<W> {
-    fn new(out: W) -> Self {
-        DotStuffer {
-            out,
-            at_line_start: true,
-        }
-    }
-}
-
-impl<W: Write> Write for DotStuffer<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(&first) = buf.first() else {
-            return Ok(0);
+    ) -> Result<(), SendmailError> {
+        let mut body = StuffedBody {
+            stuffer: DotStuffer::new(),
+            chunk: Vec::new(),
+            out: &mut self.writer,
         };
-        if self.at_line_start && first == b'.' {
-            self.out.write_all(b".")?;
+        let written =
+            write_message(&mut body).and_then(|()| body.finish().map_err(WriteError::Output));
+        match written {
+            Ok(()) => Ok(()),
+            Err(WriteError::Input(error)) => Err(error.into()),
+            Err(WriteError::Output(error)) => Err(self.broken("sending the message", error)),
         }
-        let line_end = buf.iter().position(|&byte| byte == b'\n');
-        let piece = &buf[..line_end.map_or(buf.len(), |end| end + 1)];
-        self.out.write_all(piece)?;
-        self.at_line_start = line_end.is_some();
-        Ok(piece.len())
+    }
+}
+
+/// The body as DATA carries it: every write goes through the one
+/// dot-stuffer on its way to the socket.
+struct StuffedBody<'a, W: Write> {
+    stuffer: DotStuffer,
+    /// The stuffed form of the last write.
+    chunk: Vec<u8>,
+    out: &'a mut W,
+}
+
+impl<W: Write> StuffedBody<'_, W> {
+    /// Writes the end of data (`CRLF . CRLF`, the CRLF only when missing)
+    /// and flushes.
+    fn finish(&mut self) -> io::Result<()> {
+        self.chunk.clear();
+        self.stuffer.finish(&mut self.chunk);
+        self.out.write_all(&self.chunk)?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Write for StuffedBody<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.chunk.clear();
+        self.stuffer.encode(buf, &mut self.chunk);
+        self.out.write_all(&self.chunk)?;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -443,12 +482,17 @@ mod tests {
     }
 
     #[test]
-    fn lines_starting_with_a_dot_are_stuffed_across_writes() {
+    fn the_body_is_stuffed_across_writes_and_ended_with_the_final_dot() {
         let mut out = Vec::new();
-        let mut stuffer = DotStuffer::new(&mut out);
-        for piece in [&b".a\r\nb.\r\n"[..], b".", b"\r\n", b"x", b".y\r\n.."] {
-            stuffer.write_all(piece).unwrap();
+        let mut body = StuffedBody {
+            stuffer: DotStuffer::new(),
+            chunk: Vec::new(),
+            out: &mut out,
+        };
+        for piece in [&b".a\r\nb.\r\n"[..], b".", b"\r\n", b"x", b".y\r\n"] {
+            body.write_all(piece).unwrap();
         }
-        assert_eq!(out, b"..a\r\nb.\r\n..\r\nx.y\r\n...");
+        body.finish().unwrap();
+        assert_eq!(out, b"..a\r\nb.\r\n..\r\nx.y\r\n.\r\n");
     }
 }
