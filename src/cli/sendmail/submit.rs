@@ -62,6 +62,7 @@ pub fn submit(
     let envelope = Envelope {
         sender,
         recipients,
+        // Never sent: the pump hides the server's SIZE (see `transaction`).
         size: 0,
         eight_bit: true,
         smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
