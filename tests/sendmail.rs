@@ -582,3 +582,42 @@ fn a_stale_record_falls_back_to_the_configured_listener() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(setup.delivered(1)[0].recipients, ["b@dest.test"]);
 }
+
+/// A server that refuses EHLO (502) and accepts HELO: sendmail falls back
+/// to HELO on the same session, and the message arrives. (It used to QUIT
+/// after the refused EHLO and then send HELO on the closed session.)
+#[test]
+fn a_refused_ehlo_falls_back_to_helo_on_the_same_session() {
+    let destination = Destination::start(Options {
+        ehlo: false,
+        ..Options::default()
+    });
+    // The test destination's usual final reply has no queue ID; a server
+    // sendmail submits to names one.
+    destination.on_data(|_, _| Some("250 2.0.0 Ok: queued as HeloFallback1".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    write_client_config(&config, destination.addr.port());
+    let (code, stdout, stderr) = sendmail(
+        &config,
+        &["-v", "-f", "a@origin.test", "b@dest.test"],
+        b"Subject: helo\n\nx\n",
+    );
+    assert_eq!(code, 0, "sendmail after a refused EHLO: {stderr}");
+    assert_eq!(stdout.trim(), "queued as HeloFallback1");
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].mail_from, "a@origin.test");
+    assert_eq!(delivered[0].recipients, ["b@dest.test"]);
+    assert!(text(&delivered[0].body).contains("Subject: helo\r\n"));
+    let commands = destination.commands();
+    let ehlo = commands.iter().position(|c| c.starts_with("EHLO "));
+    let helo = commands.iter().position(|c| c.starts_with("HELO "));
+    assert!(
+        matches!((ehlo, helo), (Some(e), Some(h)) if e < h),
+        "EHLO, then HELO: {commands:?}"
+    );
+    assert!(
+        !commands[..helo.unwrap_or(0)].iter().any(|c| c == "QUIT"),
+        "no QUIT before HELO: {commands:?}"
+    );
+}

@@ -1,0 +1,147 @@
+//! `sluice sendmail`: the sendmail(1)-compatible local submission command.
+//! It reads one message on stdin and submits it over SMTP to the running
+//! server, the way Postfix's and Exim's `sendmail` hand mail to their daemon.
+//!
+//! ```text
+//! sluice sendmail [OPTIONS] [RECIPIENT...] < message
+//! ```
+//!
+//! Also reached by invoking the binary under the name `sendmail` (for
+//! example `ln -s /usr/bin/sluice /usr/sbin/sendmail`); the configuration then
+//! comes from `SLUICE_CONFIG` or the default path.
+//!
+//! This module is the glue; each concern has its own file:
+//!
+//! - [`args`]: the command line, getopt style, and every option's meaning;
+//! - [`user`]: the invoking local user (login name, GECOS full name);
+//! - [`envelope`]: the envelope sender and recipients (qualified, checked,
+//!   each once);
+//! - [`message`]: preparing the message (pure: header section, added and
+//!   removed headers, `-t` recipients, line endings);
+//! - [`submit`]: finding the running server and the SMTP submission.
+//!
+//! # Exit status
+//!
+//! - 0: the server accepted the message (a 250 after the data: it is on
+//!   disk). Nothing is printed unless `-v`.
+//! - 1: a runtime error, one line on stderr starting `sluice: `. No server
+//!   answering (`sluice: cannot submit: no server answers on 127.0.0.1:2525
+//!   (connection refused); is sluice serve running?`), any 4xx/5xx reply (the
+//!   server's reply is printed; nothing was queued), a lost connection, an
+//!   unreadable stdin or configuration.
+//! - 2: a usage error: an unknown option, a missing option argument, an
+//!   invalid address, no recipients.
+
+pub mod args;
+pub mod envelope;
+pub mod message;
+pub mod submit;
+pub mod user;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
+
+pub use args::{Options, USAGE, parse_args};
+
+use envelope::Recipients;
+use message::{HeaderSection, MessageError, Stamp};
+
+/// Why `sluice sendmail` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendmailError {
+    /// A bad command line (exit 2).
+    #[error("sendmail: {0}")]
+    Usage(String),
+    /// The configuration could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configuration names no listener sendmail can use.
+    #[error("cannot submit: {0}")]
+    NoListener(String),
+    /// Nothing accepts connections at the listener address.
+    #[error("cannot submit: no server answers on {address} ({reason}); is sluice serve running?")]
+    Connect { address: SocketAddr, reason: String },
+    /// The server answered a command with a 4xx or 5xx reply.
+    #[error("cannot submit: the server refused {command}: {reply}")]
+    Refused { command: String, reply: String },
+    /// The conversation broke down (connection lost, garbled reply).
+    #[error("cannot submit: {what} with the server at {address}: {reason}")]
+    Conversation {
+        what: &'static str,
+        address: SocketAddr,
+        reason: String,
+    },
+    /// Reading the message on stdin failed, or it cannot be submitted.
+    #[error("cannot read the message on stdin: {0}")]
+    Input(String),
+}
+
+impl SendmailError {
+    /// True for a command-line problem (exit 2), false for a runtime one (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SendmailError::Usage(_))
+    }
+}
+
+impl From<MessageError> for SendmailError {
+    fn from(error: MessageError) -> Self {
+        SendmailError::Input(error.to_string())
+    }
+}
+
+/// Runs `sluice sendmail` with the arguments after the subcommand name;
+/// `config` is the `--config`/`SLUICE_CONFIG` path given to the binary.
+/// Returns the exit status for a success (0), or the error.
+pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> {
+    let options = parse_args(args)?;
+    if options.help {
+        println!("{USAGE}");
+        return Ok(0);
+    }
+    let config_path = options.config.as_deref().or(config);
+    let loaded = Config::load(config_path)?;
+    let config = &loaded.config;
+    let user = user::invoking_user();
+    let hostname = config.hostname.as_str();
+
+    let sender = match options.sender.as_deref() {
+        Some(given) => envelope::qualify(&envelope::sender_address(given), hostname),
+        None => format!("{}@{hostname}", user.login),
+    };
+    envelope::check_address(&sender)?;
+
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let headers = HeaderSection::read(&mut input)?;
+
+    let mut recipients = Recipients::default();
+    for arg in &options.recipients {
+        for address in envelope::split_recipient_argument(arg) {
+            recipients.add(envelope::qualify(&address, hostname))?;
+        }
+    }
+    if options.extract_recipients {
+        for address in headers.recipients() {
+            recipients.add(envelope::qualify(&address, hostname))?;
+        }
+    }
+    if recipients.is_empty() {
+        return Err(SendmailError::Usage("no recipients".into()));
+    }
+
+    let full_name = options.full_name.clone().or(user.full_name);
+    let added = headers.missing(&sender, full_name.as_deref(), hostname, &Stamp::now());
+    let id = submit::submit(
+        config,
+        &sender,
+        recipients.as_slice(),
+        |data: &mut dyn io::Write| headers.write_message(&added, &mut input, data),
+    )?;
+    if options.verbose {
+        println!("queued as {id}");
+    }
+    Ok(0)
+}
