@@ -68,6 +68,10 @@ pub(crate) struct Record {
     pub body: BodyPlace,
 }
 
+/// How long [`Store::open`] waits for sled's lock left by a database this
+/// process has just closed.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The sled database and the queue tree inside it.
 pub(crate) struct Store {
     db: sled::Db,
@@ -78,23 +82,43 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
+    ///
+    /// The caller holds the spool's lock file, so no other process can hold
+    /// sled's own lock; a sled lock still held is the last of a database
+    /// this process closed a moment ago (sled's threads drop their handles
+    /// shortly after the `Db`). That is waited out, for at most
+    /// [`SLED_LOCK_WAIT`].
     pub(crate) fn open(dir: &Path, cache_capacity: u64) -> Result<Store, QueueError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .mode(sled::Mode::HighThroughput)
-            // Only the group-commit flusher makes data durable, so that one
-            // fsync serves every writer waiting at that moment.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    QueueError::Locked {
-                        path: dir.to_path_buf(),
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_capacity)
+                .mode(sled::Mode::HighThroughput)
+                // Only the group-commit flusher makes data durable, so that
+                // one fsync serves every writer waiting at that moment.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io))
+                    if io.to_string().contains("could not acquire lock") =>
+                {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(QueueError::Locked {
+                            path: dir.to_path_buf(),
+                        });
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                other => QueueError::Storage(format!("opening {}: {other}", dir.display())),
-            })?;
+                Err(other) => {
+                    return Err(QueueError::Storage(format!(
+                        "opening {}: {other}",
+                        dir.display()
+                    )));
+                }
+            }
+        };
         let tree = db
             .open_tree(TREE)
             .map_err(storage("opening the queue tree"))?;
