@@ -7,7 +7,6 @@
 //! connection would wait for the client, and as soon as more than
 //! `MAX_PENDING_OUTPUT` octets of them are pending.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,7 +383,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let ctx = &self.shared.ctx;
         let header = session.received_header(body.id().as_str(), chrono::Utc::now());
         let mut body = Some(body);
-        let mut storage_failed = write_body(&mut body, header.as_bytes());
+        let mut storage_failed = write_body(&mut body, header.as_bytes()).await;
         let mut decoder = DataDecoder::new(ctx.config.limits.max_message_size);
         let mut hops = HopCounter::new();
         let mut decoded = Vec::with_capacity(READ_CHUNK);
@@ -404,7 +403,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // The message is refused: stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                storage_failed |= write_body(&mut body, &decoded);
+                storage_failed |= write_body(&mut body, &decoded).await;
             }
             decoded.clear();
             if decoder.is_done() {
@@ -441,7 +440,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Ok(body) => {
                     let header = session.received_header(body.id().as_str(), chrono::Utc::now());
                     let mut body = Some(body);
-                    let storage_failed = write_body(&mut body, header.as_bytes());
+                    let storage_failed = write_body(&mut body, header.as_bytes()).await;
                     Chunked {
                         body,
                         size: 0,
@@ -481,7 +480,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 } else if chunked.hops.exceeds(max_hops) {
                     chunked.body = None;
                 } else if !chunk.is_empty() {
-                    chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+                    chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
                 }
             }
             if remaining == 0 {
@@ -652,12 +651,14 @@ impl ChunkDeadline {
 }
 
 /// Writes to the body unless it is gone; returns true when a write failed
-/// (the body is then dropped, removing every trace of it).
-fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
+/// (the body is then dropped, removing every trace of it). A body past
+/// 64 KiB is written to its spool file on the blocking pool, never on this
+/// runtime worker; a smaller one is only copied.
+async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
     let Some(writer) = body.as_mut() else {
         return false;
     };
-    match writer.write_all(bytes) {
+    match writer.append(bytes).await {
         Ok(()) => false,
         Err(error) => {
             tracing::error!(queue_id = %writer.id(), %error, "writing the message body failed");
