@@ -510,13 +510,17 @@ pub async fn queue_dsn(
         );
         return Ok(());
     }
-    let queue = ctx.queue.clone();
-    let id = message.id.clone();
-    let headers = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let reader = queue.open_body(&id)?;
-        Ok(dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?)
-    })
-    .await??;
+    // The original's header section: read on the blocking pool when it is
+    // in a body file, else from the database's memory cache right here.
+    let reader = ctx.queue.open_body(&message.id)?;
+    let headers = if reader.is_file() {
+        tokio::task::spawn_blocking(move || {
+            dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)
+        })
+        .await??
+    } else {
+        dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?
+    };
     let recipients: Vec<FailedRecipient> = failed
         .iter()
         .map(|attempt| FailedRecipient {
