@@ -40,6 +40,12 @@
 //! file whose record is missing (a crash between the two steps, or between a
 //! record's removal and its file's) is removed at open.
 //!
+//! The async methods never touch a body file on the caller's thread (a
+//! runtime worker): spilling, persisting and removing files run on tokio's
+//! blocking pool, and a writer waits for its group flush asynchronously.
+//! A [`BodyReader`] opens its file at the first read; reading a body file
+//! ([`BodyReader::is_file`]) is the caller's to move off the runtime.
+//!
 //! Queue IDs are 12 characters: 9 base62 digits of a strictly increasing
 //! microsecond clock (seeded at open from the newest ID on disk), then 3
 //! random ones; they sort in arrival order and do not repeat across restarts.

@@ -549,3 +549,84 @@ pub async fn queue_dsn(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_queue::{QueueId, Recipient};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("valid time")
+    }
+
+    fn recipient(address: &str, status: RecipientStatus, next: Option<i64>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            status,
+            attempts: 1,
+            next_attempt_at: next.map(at),
+            last_reply: None,
+        }
+    }
+
+    fn message(recipients: Vec<Recipient>) -> Message {
+        Message {
+            id: QueueId::parse("Q1").expect("valid ID"),
+            sender: "a@origin.test".into(),
+            size: 10,
+            received_at: at(0),
+            held: false,
+            smtputf8: false,
+            body_8bit: false,
+            recipients,
+        }
+    }
+
+    fn domains(names: &[&str]) -> HashSet<Option<String>> {
+        names.iter().map(|name| Some(name.to_string())).collect()
+    }
+
+    #[test]
+    fn one_due_recipient_makes_its_whole_domain_due() {
+        use RecipientStatus::{Deferred, Delivered, Pending};
+        let message = message(vec![
+            recipient("b@Dest.test", Deferred, Some(100)),
+            recipient("c@dest.test", Deferred, Some(10)),
+            recipient("d@other.test", Deferred, Some(100)),
+            recipient("e@third.test", Delivered, None),
+            recipient("f@fourth.test", Pending, Some(0)),
+        ]);
+        assert_eq!(
+            due_domains(&message, at(5), false),
+            domains(&["fourth.test"])
+        );
+        assert_eq!(
+            due_domains(&message, at(10), false),
+            domains(&["dest.test", "fourth.test"])
+        );
+        assert_eq!(
+            due_domains(&message, at(5), true),
+            domains(&["dest.test", "other.test", "fourth.test"]),
+            "after expiry every open recipient is due; finished ones never"
+        );
+    }
+
+    #[test]
+    fn due_is_decided_to_the_millisecond_as_the_index_keeps_it() {
+        let mut message = message(vec![recipient(
+            "b@dest.test",
+            RecipientStatus::Deferred,
+            None,
+        )]);
+        message.recipients[0].next_attempt_at = Some(at(10) + chrono::Duration::microseconds(500));
+        let previous_millisecond = at(10) - chrono::Duration::microseconds(100);
+        // Earlier than the stored time, but in its millisecond: the queue
+        // claimed it as due, so it must be delivered, not given back.
+        let same_millisecond = at(10) + chrono::Duration::microseconds(100);
+        assert!(due_domains(&message, previous_millisecond, false).is_empty());
+        assert_eq!(
+            due_domains(&message, same_millisecond, false),
+            domains(&["dest.test"])
+        );
+    }
+}
