@@ -151,7 +151,7 @@ impl BodyWriter {
     }
 
     /// Appends `bytes` to the body. While the body fits in memory
-    /// ([`INLINE_MAX`]) this only copies; past that, every 64 KiB gathered
+    /// (64 KiB) this only copies; past that, every 64 KiB gathered
     /// are written to the spill file on tokio's blocking pool, so the
     /// calling task never waits for the disk on a runtime worker. After an
     /// error the body is gone (its file removed before this returns) and
