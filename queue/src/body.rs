@@ -6,9 +6,18 @@
 //! record, and share its group fsync. Past the threshold
 //! the writer spills to `tmp/<id>`; at commit that file is fsynced, renamed to
 //! `bodies/<id>` and the directory fsynced, all before the record is written.
+//!
+//! None of this touches a file on the caller's thread, which is an async
+//! runtime worker: creating and writing the spill file
+//! ([`BodyWriter::append`]), persisting it at commit, and removing it when
+//! the body is dropped all run on tokio's blocking pool
+//! (`spawn_blocking`). A body that stays in memory never pays for that. A
+//! [`BodyReader`] opens its file only at its first read, so opening one is
+//! free; reading a file body ([`BodyReader::is_file`]) blocks and belongs on
+//! the blocking pool too.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,7 +28,8 @@ use crate::store::Store;
 /// Bodies up to this size live in the sled tree; bigger ones in files.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
-/// Buffer size for body file I/O.
+/// Buffer size for body file I/O: a spilled body is written in pieces of at
+/// least this size, one trip to the blocking pool each.
 const FILE_BUFFER: usize = 64 * 1024;
 
 /// The spool directory's layout.
@@ -47,11 +57,10 @@ impl Spool {
 /// A message body being written, before it is committed.
 ///
 /// Dropping it without [`Queue::commit`](crate::Queue::commit) removes every
-/// trace of it. The first 64 KiB stay in memory; past that, writes go to a
-/// spool file through a 64 KiB buffer: plain `write(2)`s into the page cache,
-/// no fsync (that happens at commit, off the async runtime), so writing from
-/// an async task is fine. After a failed write the body is discarded and
-/// cannot be committed.
+/// trace of it. The first 64 KiB stay in memory; past that, the body goes to
+/// a spool file in pieces of 64 KiB or more, each written on the blocking
+/// pool (no fsync: that happens at commit). After a failed write the body is
+/// discarded and cannot be committed.
 pub struct BodyWriter {
     id: QueueId,
     spool: Arc<Spool>,
@@ -62,21 +71,57 @@ pub struct BodyWriter {
 enum WriterState {
     /// Still small: kept in memory.
     Memory(Vec<u8>),
-    /// Spilled to `path` in the spool's `tmp/`.
+    /// Spilled: bytes not yet written to the file wait in `pending`. `file`
+    /// is `None` while a write is in flight on the blocking pool, which then
+    /// owns it (and removes it, should this writer be dropped meanwhile).
     Spilled {
-        file: BufWriter<File>,
-        path: PathBuf,
+        file: Option<SpillFile>,
+        pending: Vec<u8>,
     },
     /// Handed over to commit (or failed to spill): nothing to clean up.
     Taken,
 }
 
+/// A spilled body's file in `tmp/`, removed when dropped unless
+/// [`FinishedBody::persist_file`] moved it into `bodies/`. Its drop removes
+/// a file, so it is dropped on the blocking pool (see [`BodyWriter`]'s
+/// `Drop`).
+pub(crate) struct SpillFile {
+    id: QueueId,
+    path: PathBuf,
+    file: File,
+    /// Cleared once the file was renamed away: nothing left to remove.
+    remove_on_drop: bool,
+}
+
+impl SpillFile {
+    /// Creates `path`. Blocking.
+    fn create(id: QueueId, path: PathBuf) -> io::Result<SpillFile> {
+        let file = File::create(&path)?;
+        Ok(SpillFile {
+            id,
+            path,
+            file,
+            remove_on_drop: true,
+        })
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            remove_uncommitted(&self.id, &self.path);
+        }
+    }
+}
+
 /// A body ready to be committed.
 pub(crate) enum FinishedBody {
     Inline(Vec<u8>),
+    /// The file, and the tail of the body not yet written to it.
     Spilled {
-        file: BufWriter<File>,
-        path: PathBuf,
+        file: SpillFile,
+        pending: Vec<u8>,
     },
 }
 
@@ -105,12 +150,93 @@ impl BodyWriter {
         self.len() == 0
     }
 
+    /// Appends `bytes` to the body. While the body fits in memory
+    /// (64 KiB) this only copies; past that, every 64 KiB gathered
+    /// are written to the spill file on tokio's blocking pool, so the
+    /// calling task never waits for the disk on a runtime worker. After an
+    /// error the body is gone (its file removed before this returns) and
+    /// cannot be committed.
+    pub async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let result = self.append_inner(bytes).await;
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    async fn append_inner(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.state {
+            WriterState::Memory(buffer) if buffer.len() + bytes.len() <= INLINE_MAX => {
+                buffer.extend_from_slice(bytes);
+                self.len += bytes.len() as u64;
+                return Ok(());
+            }
+            WriterState::Memory(buffer) => {
+                let mut pending = std::mem::take(buffer);
+                pending.extend_from_slice(bytes);
+                self.state = WriterState::Spilled {
+                    file: None,
+                    pending,
+                };
+            }
+            WriterState::Spilled { pending, .. } => {
+                pending.extend_from_slice(bytes);
+                if pending.len() < FILE_BUFFER {
+                    self.len += bytes.len() as u64;
+                    return Ok(());
+                }
+            }
+            WriterState::Taken => {
+                return Err(io::Error::other("an earlier write to this body failed"));
+            }
+        }
+        self.len += bytes.len() as u64;
+        self.write_pending().await
+    }
+
+    /// Writes the pending bytes to the spill file (creating it first, at the
+    /// spill) on the blocking pool.
+    async fn write_pending(&mut self) -> io::Result<()> {
+        let WriterState::Spilled { file, pending } = &mut self.state else {
+            return Ok(());
+        };
+        let file = file.take();
+        let mut bytes = std::mem::take(pending);
+        let id = self.id.clone();
+        let path = self.spool.tmp.join(self.id.as_str());
+        let (file, buffer) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let mut file = match file {
+                Some(file) => file,
+                None => SpillFile::create(id, path)?,
+            };
+            // On an error `file` is dropped here, which removes it.
+            file.file.write_all(&bytes)?;
+            bytes.clear();
+            Ok((file, bytes))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if let WriterState::Spilled {
+            file: slot,
+            pending,
+        } = &mut self.state
+        {
+            *slot = Some(file);
+            // The buffer goes round again rather than a new one growing.
+            *pending = buffer;
+        }
+        Ok(())
+    }
+
     /// Takes the body for commit; from now on the caller owns any file.
     pub(crate) fn finish(mut self) -> Result<(QueueId, u64, FinishedBody), QueueError> {
         let body = match std::mem::replace(&mut self.state, WriterState::Taken) {
             WriterState::Memory(bytes) => FinishedBody::Inline(bytes),
-            WriterState::Spilled { file, path } => FinishedBody::Spilled { file, path },
-            WriterState::Taken => {
+            WriterState::Spilled {
+                file: Some(file),
+                pending,
+            } => FinishedBody::Spilled { file, pending },
+            WriterState::Spilled { file: None, .. } | WriterState::Taken => {
                 return Err(QueueError::Body {
                     id: self.id.to_string(),
                     source: io::Error::other("an earlier write to the body failed"),
@@ -120,74 +246,32 @@ impl BodyWriter {
         Ok((self.id.clone(), self.len, body))
     }
 
-    fn spill(&mut self, buffered: &[u8]) -> io::Result<()> {
-        let path = self.spool.tmp.join(self.id.as_str());
-        self.state = WriterState::Taken;
-        let file = File::create(&path)?;
-        // From here on, Drop removes the file whatever happens.
-        self.state = WriterState::Spilled {
-            file: BufWriter::with_capacity(FILE_BUFFER, file),
-            path,
-        };
-        if let WriterState::Spilled { file, .. } = &mut self.state {
-            file.write_all(buffered)?;
-        }
-        Ok(())
-    }
-}
-
-impl BodyWriter {
-    fn write_inner(&mut self, buf: &[u8]) -> io::Result<()> {
-        match &mut self.state {
-            WriterState::Memory(bytes) if bytes.len() + buf.len() <= INLINE_MAX => {
-                bytes.extend_from_slice(buf);
-            }
-            WriterState::Memory(bytes) => {
-                let buffered = std::mem::take(bytes);
-                self.spill(&buffered)?;
-                if let WriterState::Spilled { file, .. } = &mut self.state {
-                    file.write_all(buf)?;
-                }
-            }
-            WriterState::Spilled { file, .. } => file.write_all(buf)?,
-            WriterState::Taken => {
-                return Err(io::Error::other("an earlier write to this body failed"));
-            }
-        }
-        self.len += buf.len() as u64;
-        Ok(())
-    }
-
     /// Drops whatever was written (after a failed write: the body is
     /// incomplete and must never be committed).
     fn discard(&mut self) {
-        if let WriterState::Spilled { path, .. } =
-            std::mem::replace(&mut self.state, WriterState::Taken)
+        if let WriterState::Spilled {
+            file: Some(file), ..
+        } = std::mem::replace(&mut self.state, WriterState::Taken)
         {
-            remove_uncommitted(&self.id, &path);
+            drop_off_runtime(file);
         }
-    }
-}
-
-impl Write for BodyWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.write_inner(buf) {
-            Ok(()) => Ok(buf.len()),
-            Err(error) => {
-                self.discard();
-                Err(error)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
 impl Drop for BodyWriter {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+/// Drops `file` (which removes it) on the blocking pool when called on a
+/// tokio runtime, else right here.
+pub(crate) fn drop_off_runtime(file: SpillFile) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(file));
+        }
+        Err(_) => drop(file),
     }
 }
 
@@ -199,25 +283,25 @@ fn remove_uncommitted(id: &QueueId, path: &Path) {
 }
 
 impl FinishedBody {
-    /// For a spilled body: fsync the file, move it to `bodies/<id>`, fsync
-    /// that directory. Blocking; run it off the async runtime. On failure the
-    /// file is removed.
+    /// For a spilled body: write its tail, fsync the file, move it to
+    /// `bodies/<id>`, fsync that directory. Blocking; run it off the async
+    /// runtime. On failure the file is removed.
     pub(crate) fn persist_file(
-        file: BufWriter<File>,
-        tmp_path: &Path,
+        mut file: SpillFile,
+        pending: &[u8],
         spool: &Spool,
         id: &QueueId,
     ) -> Result<(), QueueError> {
         let final_path = spool.body_path(id);
         let result = (|| -> io::Result<()> {
-            let file = file.into_inner().map_err(|error| error.into_error())?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(tmp_path, &final_path)?;
+            file.file.write_all(pending)?;
+            file.file.sync_all()?;
+            std::fs::rename(&file.path, &final_path)?;
+            file.remove_on_drop = false;
             sync_dir(&spool.bodies)
         })();
         result.map_err(|source| {
-            let _ = std::fs::remove_file(tmp_path);
+            // `file` removes the temporary file (if still there) as it drops.
             let _ = std::fs::remove_file(&final_path);
             QueueError::Body {
                 id: id.to_string(),
@@ -252,7 +336,12 @@ enum ReaderSource {
         current: sled::IVec,
         offset: usize,
     },
-    File(BufReader<File>),
+    /// A body file, opened at the first read.
+    File {
+        path: PathBuf,
+        id: QueueId,
+        reader: Option<BufReader<File>>,
+    },
 }
 
 impl BodyReader {
@@ -270,27 +359,51 @@ impl BodyReader {
         }
     }
 
-    pub(crate) fn file(path: &Path, id: &QueueId, size: u64) -> Result<BodyReader, QueueError> {
-        let file = File::open(path).map_err(|source| QueueError::Body {
-            id: id.to_string(),
-            source,
-        })?;
-        Ok(BodyReader {
+    /// A reader of the body file at `path`, which it opens at its first
+    /// read: creating one does no I/O.
+    pub(crate) fn file(path: PathBuf, id: &QueueId, size: u64) -> BodyReader {
+        BodyReader {
             size,
-            source: ReaderSource::File(BufReader::with_capacity(FILE_BUFFER, file)),
-        })
+            source: ReaderSource::File {
+                path,
+                id: id.clone(),
+                reader: None,
+            },
+        }
     }
 
     /// The body's total size in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// True when the body is read from a file (bodies over 64 KiB): each
+    /// read may then wait for the disk, so async code reads it on the
+    /// blocking pool (`spawn_blocking`). Reads of other bodies come from
+    /// the database's memory cache.
+    pub fn is_file(&self) -> bool {
+        matches!(self.source, ReaderSource::File { .. })
+    }
 }
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.source {
-            ReaderSource::File(file) => file.read(buf),
+            ReaderSource::File { path, id, reader } => {
+                let reader = match reader {
+                    Some(reader) => reader,
+                    None => {
+                        let file = File::open(&*path).map_err(|error| {
+                            io::Error::new(
+                                error.kind(),
+                                format!("queue {id}: body file {}: {error}", path.display()),
+                            )
+                        })?;
+                        reader.insert(BufReader::with_capacity(FILE_BUFFER, file))
+                    }
+                };
+                reader.read(buf)
+            }
             ReaderSource::Inline {
                 tree,
                 id,

@@ -40,6 +40,12 @@
 //! file whose record is missing (a crash between the two steps, or between a
 //! record's removal and its file's) is removed at open.
 //!
+//! The async methods never touch a body file on the caller's thread (a
+//! runtime worker): spilling, persisting and removing files run on tokio's
+//! blocking pool, and a writer waits for its group flush asynchronously.
+//! A [`BodyReader`] opens its file at the first read; reading a body file
+//! ([`BodyReader::is_file`]) is the caller's to move off the runtime.
+//!
 //! Queue IDs are 12 characters: 9 base62 digits of a strictly increasing
 //! microsecond clock (seeded at open from the newest ID on disk), then 3
 //! random ones; they sort in arrival order and do not repeat across restarts.
@@ -84,7 +90,6 @@ pub use body::{BodyReader, BodyWriter};
 pub use model::{Envelope, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate};
 
 use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -350,11 +355,11 @@ impl Queue {
                 },
                 bytes,
             ),
-            FinishedBody::Spilled { file, path } => {
+            FinishedBody::Spilled { file, pending } => {
                 let spool = self.inner.spool.clone();
                 let file_id = id.clone();
                 tokio::task::spawn_blocking(move || {
-                    FinishedBody::persist_file(file, &path, &spool, &file_id)
+                    FinishedBody::persist_file(file, &pending, &spool, &file_id)
                 })
                 .await
                 .map_err(|error| QueueError::Body {
@@ -370,7 +375,7 @@ impl Queue {
         };
         if let Err(error) = self.inner.store.insert_new(&record, &inline) {
             if place == BodyPlace::File {
-                let _ = std::fs::remove_file(self.inner.spool.body_path(&id));
+                self.inner.remove_body_file(&id).await;
             }
             return Err(error);
         }
@@ -392,7 +397,9 @@ impl Queue {
             }
         }
         if let Err(error) = self.inner.group.durable().await {
-            self.inner.forget(&record);
+            if self.inner.forget(&record) {
+                self.inner.remove_body_file(&id).await;
+            }
             return Err(error);
         }
         tracing::debug!(queue_id = %id, size, recipients = record.message.recipients.len(), "queued");
@@ -403,10 +410,13 @@ impl Queue {
     /// Convenience: [`Queue::new_body`], write `body`, [`Queue::commit`].
     pub async fn enqueue(&self, envelope: Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
         let mut writer = self.new_body()?;
-        writer.write_all(body).map_err(|source| QueueError::Body {
-            id: writer.id().to_string(),
-            source,
-        })?;
+        writer
+            .append(body)
+            .await
+            .map_err(|source| QueueError::Body {
+                id: writer.id().to_string(),
+                source,
+            })?;
         self.commit(envelope, writer).await
     }
 
@@ -427,7 +437,10 @@ impl Queue {
             .map(|record| record.map(|record| record.message))
     }
 
-    /// Opens the body of a queued message for reading.
+    /// Opens the body of a queued message for reading. Does no file I/O: a
+    /// body file is opened at the first read, and reading it
+    /// ([`BodyReader::is_file`]) blocks, so async code does that on the
+    /// blocking pool.
     pub fn open_body(&self, id: &QueueId) -> Result<BodyReader, QueueError> {
         let (size, place) = self
             .inner
@@ -441,7 +454,7 @@ impl Queue {
                 size,
                 chunks,
             )),
-            BodyPlace::File => BodyReader::file(&self.inner.spool.body_path(id), id, size),
+            BodyPlace::File => Ok(BodyReader::file(self.inner.spool.body_path(id), id, size)),
         }
     }
 
@@ -663,12 +676,7 @@ impl Queue {
         let changed = self.inner.apply(id, lease, edit)?;
         self.inner.group.durable().await?;
         if changed.removed_file {
-            let path = self.inner.spool.body_path(id);
-            let removal = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
-            if let Ok(Err(error)) = removal {
-                // Harmless: open() removes body files without a record.
-                tracing::warn!(queue_id = %id, %error, "could not remove a body file");
-            }
+            self.inner.remove_body_file(id).await;
         }
         if changed.due {
             self.inner.signal_changed();
@@ -749,20 +757,37 @@ impl Inner {
     /// delivered nor listed. Best effort: when the storage refuses the
     /// removal too (sled refuses every write after an I/O error), the record
     /// stays in sled's memory, but it never reaches the disk either.
-    fn forget(&self, record: &Record) {
+    /// Returns true when its body file is to be removed (by the caller,
+    /// off the runtime).
+    fn forget(&self, record: &Record) -> bool {
         let id = &record.message.id;
         if let Some(index) = self.state().as_mut() {
             index.schedule.remove(id);
             index.stats.remove(&record.message);
         }
         match self.store.remove(record) {
-            Ok(()) => {
-                if record.body == BodyPlace::File {
-                    let _ = std::fs::remove_file(self.spool.body_path(id));
-                }
-            }
+            Ok(()) => record.body == BodyPlace::File,
             Err(error) => {
                 tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
+                false
+            }
+        }
+    }
+
+    /// Removes the body file of a message that left the queue (or never
+    /// entered it), on the blocking pool. A failure is harmless, only
+    /// logged: open() removes body files without a record.
+    async fn remove_body_file(&self, id: &QueueId) {
+        let path = self.spool.body_path(id);
+        let removal = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+        match removal {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(error)) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a body file");
+            }
+            Err(error) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a body file");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Behaviour of the queue API on a real spool directory.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -427,7 +427,7 @@ async fn large_body_spills_to_a_file_and_round_trips_byte_exact() {
         .collect();
     let mut writer = queue.new_body().expect("new_body");
     for piece in body.chunks(1000) {
-        writer.write_all(piece).expect("write");
+        writer.append(piece).await.expect("write");
     }
     assert_eq!(writer.len(), body.len() as u64);
     let id = writer.id().clone();
@@ -478,17 +478,26 @@ async fn dropping_an_uncommitted_body_writer_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = open(&dir);
     let mut writer = queue.new_body().expect("new_body");
-    writer.write_all(&vec![b'y'; 1024 * 1024]).expect("write");
+    writer
+        .append(&vec![b'y'; 1024 * 1024])
+        .await
+        .expect("write");
     let id = writer.id().clone();
     assert!(dir.path().join("tmp").join(id.as_str()).exists());
     drop(writer);
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("tmp"))
-            .expect("tmp")
-            .count(),
-        0,
-        "tmp/ is empty"
-    );
+    // The file is removed on the blocking pool, moments after the drop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(dir.path().join("tmp"))
+        .expect("tmp")
+        .count()
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tmp/ is still not empty 10 s after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(
         std::fs::read_dir(dir.path().join("bodies"))
             .expect("bodies")

@@ -644,28 +644,33 @@ async fn needs_smtputf8(engine: &Arc<Engine>, message: &Message, recipients: &[S
     if !message.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
         return true;
     }
-    let queue = engine.ctx.queue.clone();
-    let id = message.id.clone();
-    tokio::task::spawn_blocking(move || {
-        queue
-            .open_body(&id)
-            .ok()
-            .and_then(|reader| super::dsn::read_header_section(reader, 1024 * 1024).ok())
-            .is_none_or(|headers| !headers.is_ascii())
-    })
-    .await
-    .unwrap_or(true)
+    let Ok(reader) = engine.ctx.queue.open_body(&message.id) else {
+        return true;
+    };
+    let headers_are_ascii = |reader| {
+        super::dsn::read_header_section(reader, 1024 * 1024).is_ok_and(|headers| headers.is_ascii())
+    };
+    // Only a body file is read on the blocking pool; one in the database
+    // is read from its memory cache here.
+    if !reader.is_file() {
+        return !headers_are_ascii(reader);
+    }
+    tokio::task::spawn_blocking(move || !headers_are_ascii(reader))
+        .await
+        .unwrap_or(true)
 }
 
-/// Opens the queued body: small ones at once, large ones streamed by a
-/// blocking reader so a 50 MiB message never sits in memory.
+/// Opens the queued body: small ones held in the database at once, the
+/// others (body files) streamed by a reader on the blocking pool, so a
+/// 50 MiB message never sits in memory and no file is read on a runtime
+/// worker.
 fn open_body(engine: &Arc<Engine>, id: &QueueId, size: u64) -> std::io::Result<Body> {
     let mut reader = engine
         .ctx
         .queue
         .open_body(id)
         .map_err(std::io::Error::other)?;
-    if size <= IN_MEMORY_BODY {
+    if size <= IN_MEMORY_BODY && !reader.is_file() {
         let mut bytes = Vec::with_capacity(size as usize);
         reader.read_to_end(&mut bytes)?;
         return Ok(Body::Memory(Some(Bytes::from(bytes))));

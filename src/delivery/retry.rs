@@ -4,6 +4,7 @@
 //! sleeping: tests hand the scheduler a [`ManualClock`] and ask the policy
 //! for the next attempt time directly.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,6 +154,45 @@ impl RetryPolicy {
         next.min(expiry.max(now))
     }
 
+    /// One next-attempt time per destination domain, for the recipients of
+    /// one message deferred in one delivery round: `deferred` holds each
+    /// one's domain and the attempts it had before this round.
+    ///
+    /// Retries belong to the (message, domain) pair, not to the recipient:
+    /// a domain's deferred recipients all get the same time, from a single
+    /// jitter draw, so they become due at the same instant and go out
+    /// together in one transaction (DESIGN.md: one transaction per domain
+    /// carries all of that domain's recipients of a message). Jitter drawn
+    /// per recipient would spread them up to 10% of the delay apart, and
+    /// the first one due would be sent alone.
+    ///
+    /// When their attempt counts differ (one was deferred in a round more
+    /// than the others), the fewest counts: the pair is tried no later than
+    /// its least-tried recipient's backoff says, and the others ride along
+    /// in that transaction, which happens anyway, instead of waiting longer.
+    pub fn next_attempts_by_domain<'a>(
+        &self,
+        deferred: impl IntoIterator<Item = (&'a str, u32)>,
+        now: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+        rng: &mut impl Rng,
+    ) -> BTreeMap<&'a str, DateTime<Utc>> {
+        let mut fewest: BTreeMap<&'a str, u32> = BTreeMap::new();
+        for (domain, attempts) in deferred {
+            fewest
+                .entry(domain)
+                .and_modify(|least| *least = (*least).min(attempts))
+                .or_insert(attempts);
+        }
+        fewest
+            .into_iter()
+            .map(|(domain, attempts)| {
+                let failed = attempts.saturating_add(1);
+                (domain, self.next_attempt(failed, now, received_at, rng))
+            })
+            .collect()
+    }
+
     /// True once a message received at `received_at` is past its lifetime.
     pub fn is_expired(&self, received_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         now > self.expires_at(received_at)
@@ -291,6 +331,101 @@ mod tests {
         assert_eq!(
             DateTime::parse_from_rfc3339(&text).map(|t| t.to_utc()),
             Ok(far)
+        );
+    }
+
+    #[test]
+    fn recipients_of_one_domain_share_one_next_attempt_from_one_draw() {
+        let policy = policy();
+        let start = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let clock = ManualClock::new(start);
+        clock.advance(Duration::from_secs(5));
+        // Several seeds: per-recipient draws would differ for almost all.
+        for seed in 0..50 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let deferred = [
+                ("dest.test", 0),
+                ("other.test", 0),
+                ("dest.test", 0),
+                ("dest.test", 0),
+            ];
+            let times = policy.next_attempts_by_domain(deferred, clock.now(), start, &mut rng);
+            assert_eq!(
+                times.keys().copied().collect::<Vec<_>>(),
+                ["dest.test", "other.test"]
+            );
+            for (domain, at) in &times {
+                let delay = *at - clock.now();
+                assert!(
+                    delay >= chrono::Duration::seconds(60)
+                        && delay <= chrono::Duration::seconds(66),
+                    "{domain}: first backoff {delay} outside 60 s + 10%"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_jitter_draw_per_domain_and_none_per_recipient() {
+        // Ten recipients of one domain use up exactly one draw: the next
+        // domain gets the value an rng with one draw taken would give.
+        let policy = policy();
+        let now = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let many = std::iter::repeat_n(("a.test", 0), 10).chain([("b.test", 0)]);
+        let grouped = policy.next_attempts_by_domain(many, now, now, &mut StdRng::seed_from_u64(9));
+        let mut rng = StdRng::seed_from_u64(9);
+        let a = policy.next_attempt(1, now, now, &mut rng);
+        let b = policy.next_attempt(1, now, now, &mut rng);
+        assert_eq!(grouped["a.test"], a);
+        assert_eq!(grouped["b.test"], b);
+    }
+
+    #[test]
+    fn differing_attempt_counts_in_one_domain_follow_the_least_tried() {
+        let policy = RetryPolicy {
+            jitter: 0.0,
+            ..policy()
+        };
+        let start = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let clock = ManualClock::new(start);
+        clock.advance(Duration::from_secs(600));
+        let mut rng = StdRng::seed_from_u64(2);
+        // Tried 3 times and once before this round: the once-tried one's
+        // second backoff (120 s), not the third's fourth (480 s).
+        let times = policy.next_attempts_by_domain(
+            [("dest.test", 3), ("dest.test", 1), ("other.test", 3)],
+            clock.now(),
+            start,
+            &mut rng,
+        );
+        assert_eq!(
+            times["dest.test"] - clock.now(),
+            chrono::Duration::seconds(120)
+        );
+        assert_eq!(
+            times["other.test"] - clock.now(),
+            chrono::Duration::seconds(480)
+        );
+    }
+
+    #[test]
+    fn a_domain_next_attempt_never_goes_past_expiry() {
+        let policy = RetryPolicy {
+            max_queue_lifetime: Duration::from_secs(90),
+            ..policy()
+        };
+        let received = DateTime::from_timestamp(1_000_000, 0).expect("valid time");
+        let clock = ManualClock::new(received);
+        clock.advance(Duration::from_secs(60));
+        let times = policy.next_attempts_by_domain(
+            [("dest.test", 2), ("dest.test", 2)],
+            clock.now(),
+            received,
+            &mut StdRng::seed_from_u64(4),
+        );
+        assert_eq!(
+            times["dest.test"],
+            received + chrono::Duration::seconds(90) + chrono::Duration::milliseconds(1)
         );
     }
 

@@ -1,13 +1,16 @@
 //! The scheduler: sleeps until the queue says something is due (or new mail
-//! arrives), claims due messages, delivers each message's due recipients in
-//! one transaction per domain under the concurrency limits, then records the
+//! arrives), claims due messages, delivers the open recipients of each
+//! message's due domains in one transaction per domain under the concurrency
+//! limits (retries belong to the (message, domain) pair: one due recipient
+//! brings its domain's others along, and a deferred domain gets one next
+//! attempt time for all of them), then records the
 //! outcomes, queues at most one DSN per message per round, and logs one line
 //! per recipient.
 //!
 //! Nothing here scans the queue: `next_due` and `claim_due` are O(due), so a
 //! queue of 100,000 deferred messages costs nothing while none is due.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,22 +150,15 @@ async fn deliver_message(
     let now = engine.clock.now();
     let expired = engine.policy.is_expired(message.received_at, now);
 
-    // Due recipients, grouped by domain; after expiry, every open one.
+    // Open recipients of due domains, grouped by domain; after expiry,
+    // every open one.
+    let due_domains = due_domains(&message, now, expired);
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut attempts: Vec<Attempt> = Vec::new();
     for (index, recipient) in message.recipients.iter().enumerate() {
-        let open = match recipient.status {
-            RecipientStatus::Pending => true,
-            RecipientStatus::Deferred => {
-                // Millisecond precision, as the queue's due index keeps it.
-                expired
-                    || recipient
-                        .next_attempt_at
-                        .is_none_or(|at| at.timestamp_millis() <= now.timestamp_millis())
-            }
-            RecipientStatus::Delivered | RecipientStatus::Failed => false,
-        };
-        if !open {
+        if !is_open(recipient.status)
+            || !due_domains.contains(&recipient_domain(&recipient.address))
+        {
             continue;
         }
         if expired {
@@ -240,6 +236,42 @@ async fn deliver_message(
     record(&engine, &message, attempts).await;
 }
 
+/// True while a recipient still needs an attempt.
+fn is_open(status: RecipientStatus) -> bool {
+    matches!(status, RecipientStatus::Pending | RecipientStatus::Deferred)
+}
+
+/// The domains (`None`: addresses without one) of the message that are due:
+/// those with at least one open recipient due at `now` (every open one once
+/// the message `expired`).
+///
+/// Retries belong to the (message, domain) pair: when one recipient of a
+/// domain is due, all that domain's open recipients go, in one transaction,
+/// even those whose own time is later. They normally share one time anyway
+/// ([`RetryPolicy::next_attempts_by_domain`](super::retry::RetryPolicy::next_attempts_by_domain));
+/// they differ after a recipient was deferred in a round of its own, or in
+/// a spool written before retries were kept per domain, and an operator who
+/// sees one of them retried expects its domain's others to go with it
+/// rather than in a second connection moments later.
+fn due_domains(message: &Message, now: DateTime<Utc>, expired: bool) -> HashSet<Option<String>> {
+    message
+        .recipients
+        .iter()
+        .filter(|recipient| match recipient.status {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred => {
+                // Millisecond precision, as the queue's due index keeps it.
+                expired
+                    || recipient
+                        .next_attempt_at
+                        .is_none_or(|at| at.timestamp_millis() <= now.timestamp_millis())
+            }
+            RecipientStatus::Delivered | RecipientStatus::Failed => false,
+        })
+        .map(|recipient| recipient_domain(&recipient.address))
+        .collect()
+}
+
 /// A permit of `semaphore`, and whether getting it meant waiting.
 async fn acquire(
     semaphore: Arc<Semaphore>,
@@ -304,9 +336,26 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
     let ctx = &engine.ctx;
     let now = engine.clock.now();
     let expiry = engine.policy.expires_at(message.received_at);
+    // One next attempt per (message, domain), drawn once: see
+    // `RetryPolicy::next_attempts_by_domain`.
+    let domains: Vec<String> = attempts
+        .iter()
+        .map(|attempt| {
+            recipient_domain(&message.recipients[attempt.index].address).unwrap_or_default()
+        })
+        .collect();
+    let next_attempts = engine.policy.next_attempts_by_domain(
+        attempts
+            .iter()
+            .zip(&domains)
+            .filter(|(attempt, _)| attempt.verdict == Verdict::Deferred)
+            .map(|(attempt, domain)| (domain.as_str(), message.recipients[attempt.index].attempts)),
+        now,
+        message.received_at,
+        &mut rand::thread_rng(),
+    );
     let mut updates = Vec::with_capacity(attempts.len());
-    for attempt in &mut attempts {
-        let recipient = &message.recipients[attempt.index];
+    for (attempt, domain) in attempts.iter_mut().zip(&domains) {
         let outcome = match attempt.verdict {
             Verdict::Sent => Outcome::Delivered {
                 reply: attempt.reply.clone(),
@@ -332,12 +381,9 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
             }
             Verdict::Deferred => Outcome::Deferred {
                 reply: attempt.reply.clone(),
-                next_attempt_at: engine.policy.next_attempt(
-                    recipient.attempts.saturating_add(1),
-                    now,
-                    message.received_at,
-                    &mut rand::thread_rng(),
-                ),
+                next_attempt_at: *next_attempts
+                    .get(domain.as_str())
+                    .expect("every deferred attempt's domain was given a next attempt"),
             },
             Verdict::Failed => Outcome::Failed {
                 reply: attempt.reply.clone(),
@@ -464,13 +510,17 @@ pub async fn queue_dsn(
         );
         return Ok(());
     }
-    let queue = ctx.queue.clone();
-    let id = message.id.clone();
-    let headers = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let reader = queue.open_body(&id)?;
-        Ok(dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?)
-    })
-    .await??;
+    // The original's header section: read on the blocking pool when it is
+    // in a body file, else from the database's memory cache right here.
+    let reader = ctx.queue.open_body(&message.id)?;
+    let headers = if reader.is_file() {
+        tokio::task::spawn_blocking(move || {
+            dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)
+        })
+        .await??
+    } else {
+        dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?
+    };
     let recipients: Vec<FailedRecipient> = failed
         .iter()
         .map(|attempt| FailedRecipient {
@@ -498,4 +548,85 @@ pub async fn queue_dsn(
         "bounce queued"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_queue::{QueueId, Recipient};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("valid time")
+    }
+
+    fn recipient(address: &str, status: RecipientStatus, next: Option<i64>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            status,
+            attempts: 1,
+            next_attempt_at: next.map(at),
+            last_reply: None,
+        }
+    }
+
+    fn message(recipients: Vec<Recipient>) -> Message {
+        Message {
+            id: QueueId::parse("Q1").expect("valid ID"),
+            sender: "a@origin.test".into(),
+            size: 10,
+            received_at: at(0),
+            held: false,
+            smtputf8: false,
+            body_8bit: false,
+            recipients,
+        }
+    }
+
+    fn domains(names: &[&str]) -> HashSet<Option<String>> {
+        names.iter().map(|name| Some(name.to_string())).collect()
+    }
+
+    #[test]
+    fn one_due_recipient_makes_its_whole_domain_due() {
+        use RecipientStatus::{Deferred, Delivered, Pending};
+        let message = message(vec![
+            recipient("b@Dest.test", Deferred, Some(100)),
+            recipient("c@dest.test", Deferred, Some(10)),
+            recipient("d@other.test", Deferred, Some(100)),
+            recipient("e@third.test", Delivered, None),
+            recipient("f@fourth.test", Pending, Some(0)),
+        ]);
+        assert_eq!(
+            due_domains(&message, at(5), false),
+            domains(&["fourth.test"])
+        );
+        assert_eq!(
+            due_domains(&message, at(10), false),
+            domains(&["dest.test", "fourth.test"])
+        );
+        assert_eq!(
+            due_domains(&message, at(5), true),
+            domains(&["dest.test", "other.test", "fourth.test"]),
+            "after expiry every open recipient is due; finished ones never"
+        );
+    }
+
+    #[test]
+    fn due_is_decided_to_the_millisecond_as_the_index_keeps_it() {
+        let mut message = message(vec![recipient(
+            "b@dest.test",
+            RecipientStatus::Deferred,
+            None,
+        )]);
+        message.recipients[0].next_attempt_at = Some(at(10) + chrono::Duration::microseconds(500));
+        let previous_millisecond = at(10) - chrono::Duration::microseconds(100);
+        // Earlier than the stored time, but in its millisecond: the queue
+        // claimed it as due, so it must be delivered, not given back.
+        let same_millisecond = at(10) + chrono::Duration::microseconds(100);
+        assert!(due_domains(&message, previous_millisecond, false).is_empty());
+        assert_eq!(
+            due_domains(&message, same_millisecond, false),
+            domains(&["dest.test"])
+        );
+    }
 }

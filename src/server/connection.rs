@@ -11,7 +11,6 @@
 //! connection would wait for the client, and as soon as more than
 //! `MAX_PENDING_OUTPUT` octets of them are pending.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -361,7 +360,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
         let limits = &self.shared.ctx.config.limits;
-        let (mut body, mut storage_failed) = start_body(session, body);
+        let (mut body, mut storage_failed) = start_body(session, body).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         // The data timeout bounds the wait for each line of the message, not
@@ -379,7 +378,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                storage_failed |= write_body(&mut body, &decoded);
+                storage_failed |= write_body(&mut body, &decoded).await;
             }
             decoded.clear();
             match intake.outcome() {
@@ -405,7 +404,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Some(chunked) => chunked,
             None => {
                 let (body, storage_failed) = match self.shared.ctx.queue.new_body() {
-                    Ok(body) => start_body(session, body),
+                    Ok(body) => start_body(session, body).await,
                     Err(error) => {
                         tracing::error!(client = %session.client(), %error, "cannot start a queue file");
                         (None, true)
@@ -427,7 +426,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if chunked.intake.is_refused() {
                 chunked.body = None;
             } else if !chunk.is_empty() {
-                chunked.storage_failed |= write_body(&mut chunked.body, &chunk);
+                chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
             }
             if chunked.intake.remaining() == 0 {
                 break;
@@ -618,20 +617,22 @@ impl ChunkDeadline {
 
 /// Writes the `Received:` header the message starts with; returns the body
 /// (`None` when the write failed) and whether a write failed.
-fn start_body(session: &Session, body: BodyWriter) -> (Option<BodyWriter>, bool) {
+async fn start_body(session: &Session, body: BodyWriter) -> (Option<BodyWriter>, bool) {
     let header = session.received_header(body.id().as_str(), chrono::Utc::now());
     let mut body = Some(body);
-    let storage_failed = write_body(&mut body, header.as_bytes());
+    let storage_failed = write_body(&mut body, header.as_bytes()).await;
     (body, storage_failed)
 }
 
 /// Writes to the body unless it is gone; returns true when a write failed
-/// (the body is then dropped, removing every trace of it).
-fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
+/// (the body is then dropped, removing every trace of it). A body past
+/// 64 KiB is written to its spool file on the blocking pool, never on this
+/// runtime worker; a smaller one is only copied.
+async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
     let Some(writer) = body.as_mut() else {
         return false;
     };
-    match writer.write_all(bytes) {
+    match writer.append(bytes).await {
         Ok(()) => false,
         Err(error) => {
             tracing::error!(queue_id = %writer.id(), %error, "writing the message body failed");

@@ -62,8 +62,8 @@ pub fn submit(
     let envelope = Envelope {
         sender,
         recipients,
-        // Never sent: the pump hides the server's SIZE (see `transaction`).
-        size: 0,
+        // A streamed message's size is not known in advance: no SIZE parameter.
+        size: None,
         eight_bit: true,
         smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
     };
