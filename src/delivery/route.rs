@@ -21,13 +21,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, Protocol, ResolverConfig,
-    ResolverOpts,
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::error::{ResolveError, ResolveErrorKind};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -108,7 +109,7 @@ impl DnsBudget {
     async fn spend<T>(
         &self,
         name: &str,
-        lookup: impl Future<Output = Result<T, ResolveError>>,
+        lookup: impl Future<Output = Result<T, NetError>>,
     ) -> Result<T, Lookup> {
         let remaining = self.remaining();
         if remaining.is_zero() {
@@ -278,65 +279,22 @@ pub fn order_mx(
 /// Resolves next hops and host addresses, through hickory-resolver.
 pub struct Router {
     statics: StaticRoutes,
-    resolver: TokioAsyncResolver,
+    resolver: TokioResolver,
 }
 
 impl Router {
-    /// A router using `[dns] nameservers` (UDP and TCP each), else the
-    /// system resolver configuration (else 127.0.0.1:53, with a warning).
-    ///
-    /// One query may use the whole of `dns.timeout` and is not repeated:
-    /// the resolver's own retries would only multiply the wait, and the
-    /// budget of the attempt ([`DnsBudget`]) bounds the lookups together.
+    /// A router over a new [`resolver`] for `config`.
     pub fn new(config: &Config) -> Router {
-        let tune = |options: &mut ResolverOpts| {
-            options.timeout = config.dns.timeout;
-            options.attempts = 1;
-            options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
-        };
-        let mut options = ResolverOpts::default();
-        tune(&mut options);
-        options.use_hosts_file = false;
-        options.negative_max_ttl = Some(Duration::from_secs(60));
-        let resolver = if config.dns.nameservers.is_empty() {
-            match hickory_resolver::system_conf::read_system_conf() {
-                Ok((system, mut system_options)) => {
-                    tune(&mut system_options);
-                    TokioAsyncResolver::tokio(system, system_options)
-                }
-                Err(error) => {
-                    // Routes and a smarthost work without DNS, so this is no
-                    // reason to refuse to start: MX lookups will defer.
-                    tracing::warn!(
-                        %error,
-                        "cannot read the system resolver configuration; using 127.0.0.1:53"
-                    );
-                    let group = NameServerConfigGroup::from_ips_clear(
-                        &[std::net::IpAddr::from([127, 0, 0, 1])],
-                        53,
-                        true,
-                    );
-                    TokioAsyncResolver::tokio(
-                        ResolverConfig::from_parts(None, vec![], group),
-                        options,
-                    )
-                }
-            }
-        } else {
-            let mut group = NameServerConfigGroup::with_capacity(config.dns.nameservers.len() * 2);
-            for address in &config.dns.nameservers {
-                for protocol in [Protocol::Udp, Protocol::Tcp] {
-                    let mut server = NameServerConfig::new(*address, protocol);
-                    server.trust_negative_responses = true;
-                    group.push(server);
-                }
-            }
-            TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], group), options)
-        };
         Router {
             statics: StaticRoutes::from_config(config),
-            resolver,
+            resolver: resolver(config),
         }
+    }
+
+    /// The resolver, shared with inbound authentication (SPF, DKIM, DMARC)
+    /// so the process has one DNS cache.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
     }
 
     /// Where mail for `domain` goes. The hop carries this attempt's DNS
@@ -366,8 +324,12 @@ impl Router {
         {
             Ok(lookup) => {
                 let records: Vec<(u16, String)> = lookup
+                    .answers()
                     .iter()
-                    .map(|mx| (mx.preference(), mx.exchange().to_ascii()))
+                    .filter_map(|record| match &record.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
                     .collect();
                 if records.is_empty() {
                     return Ok(implicit_mx(domain, port, dns));
@@ -406,7 +368,7 @@ impl Router {
             .dns
             .spend(&host.name, self.resolver.ipv4_lookup(fqdn.as_str()))
             .await
-            .map(|lookup| lookup.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>());
+            .map(|lookup| addresses_in(&lookup));
         let v4 = match v4 {
             Ok(addresses) if !addresses.is_empty() => return Ok(addresses),
             Ok(_) => Lookup::NoRecords,
@@ -416,7 +378,7 @@ impl Router {
             .dns
             .spend(&host.name, self.resolver.ipv6_lookup(fqdn.as_str()))
             .await
-            .map(|lookup| lookup.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>());
+            .map(|lookup| addresses_in(&lookup));
         let v6 = match v6 {
             Ok(addresses) if !addresses.is_empty() => return Ok(addresses),
             Ok(_) => Lookup::NoRecords,
@@ -439,6 +401,66 @@ impl Router {
     }
 }
 
+/// A resolver using `[dns] nameservers` (UDP and TCP each), else the
+/// system resolver configuration (else 127.0.0.1:53, with a warning).
+///
+/// One query may use the whole of `dns.timeout` and is not repeated: the
+/// resolver's own retries would only multiply the wait, and the callers
+/// bound their lookups together ([`DnsBudget`]).
+pub fn resolver(config: &Config) -> TokioResolver {
+    let tune = |options: &mut ResolverOpts| {
+        options.timeout = config.dns.timeout;
+        options.attempts = 1;
+        options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+    };
+    let mut options = ResolverOpts::default();
+    tune(&mut options);
+    options.use_hosts_file = ResolveHosts::Never;
+    options.negative_max_ttl = Some(Duration::from_secs(60));
+    let build = |resolver_config: ResolverConfig, options: ResolverOpts| {
+        TokioResolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+    };
+    let from_nameservers = |nameservers: &[std::net::SocketAddr]| {
+        let servers = nameservers
+            .iter()
+            .map(|address| {
+                let mut server = NameServerConfig::udp_and_tcp(address.ip());
+                for connection in &mut server.connections {
+                    connection.port = address.port();
+                }
+                server
+            })
+            .collect();
+        ResolverConfig::from_name_servers(servers)
+    };
+    let configured = if config.dns.nameservers.is_empty() {
+        match hickory_resolver::system_conf::read_system_conf() {
+            Ok((system, mut system_options)) => {
+                tune(&mut system_options);
+                build(system, system_options)
+            }
+            Err(error) => Err(NetError::Msg(error.to_string())),
+        }
+    } else {
+        build(from_nameservers(&config.dns.nameservers), options.clone())
+    };
+    configured.unwrap_or_else(|error| {
+        // Routes and a smarthost work without DNS, so this is no reason to
+        // refuse to start: MX lookups will defer.
+        tracing::warn!(
+            %error,
+            "cannot set up the configured resolver; using 127.0.0.1:53"
+        );
+        build(
+            from_nameservers(&[std::net::SocketAddr::from(([127, 0, 0, 1], 53))]),
+            options,
+        )
+        .expect("a resolver for one plain UDP/TCP nameserver always builds")
+    })
+}
+
 fn implicit_mx(domain: &str, port: u16, dns: DnsBudget) -> NextHop {
     NextHop {
         kind: NextHopKind::ImplicitMx,
@@ -448,6 +470,19 @@ fn implicit_mx(domain: &str, port: u16, dns: DnsBudget) -> NextHop {
         }],
         dns,
     }
+}
+
+/// The A and AAAA records of a lookup's answer.
+fn addresses_in(lookup: &hickory_resolver::lookup::Lookup) -> Vec<IpAddr> {
+    lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A trailing dot, so no search domain is ever appended.
@@ -472,14 +507,15 @@ enum Lookup {
 
 /// Only NOERROR and NXDOMAIN are answers about the name; every other RCODE
 /// (SERVFAIL, REFUSED, NOTIMP, FORMERR…) is the resolver's problem.
-fn classify(name: &str, error: &ResolveError) -> Lookup {
-    match error.kind() {
-        ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
+fn classify(name: &str, error: &NetError) -> Lookup {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(no_records)) => match no_records.response_code {
             ResponseCode::NoError => Lookup::NoRecords,
             ResponseCode::NXDomain => Lookup::NxDomain,
             code => Lookup::Failed(format!("{name}: {code}")),
         },
-        ResolveErrorKind::Timeout => Lookup::Failed(format!("{name}: timed out")),
+        NetError::Dns(DnsError::ResponseCode(code)) => Lookup::Failed(format!("{name}: {code}")),
+        NetError::Timeout => Lookup::Failed(format!("{name}: timed out")),
         _ => Lookup::Failed(format!("{name}: {error}")),
     }
 }
@@ -592,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn a_dns_budget_cuts_off_a_slow_lookup_and_refuses_once_spent() {
         let budget = DnsBudget::new(Duration::from_millis(50));
-        let hang = std::future::pending::<Result<(), ResolveError>>();
+        let hang = std::future::pending::<Result<(), NetError>>();
         let started = Instant::now();
         let verdict = budget.spend("slow.test", hang).await.unwrap_err();
         assert!(matches!(verdict, Lookup::Failed(_)), "{verdict:?}");
@@ -601,7 +637,7 @@ mod tests {
         // A clone is the same budget: the next lookup is not even started.
         let again = budget.clone();
         let verdict = again
-            .spend("next.test", async { Ok::<_, ResolveError>(()) })
+            .spend("next.test", async { Ok::<_, NetError>(()) })
             .await
             .unwrap_err();
         assert!(

@@ -1,6 +1,6 @@
 //! A real DNS server for tests: hickory-server in-process on 127.0.0.1, UDP
 //! and TCP on the same free port, answering from a table each test fills
-//! (MX, A, AAAA, null MX, NXDOMAIN, or any error RCODE such as SERVFAIL or
+//! (MX, A, AAAA, TXT, null MX, NXDOMAIN, or any error RCODE such as SERVFAIL or
 //! REFUSED). Unknown names are NXDOMAIN; a known name without records of the
 //! asked type is an empty NOERROR. [`SilentNameserver`] is the other kind:
 //! it reads queries and never answers.
@@ -13,12 +13,13 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::op::{Header, Metadata, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::ServerFuture;
-use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
 
 /// How a name answers.
 #[derive(Debug, Clone)]
@@ -67,11 +68,12 @@ impl DnsServer {
             runtime.block_on(async move {
                 udp.set_nonblocking(true).expect("nonblocking udp");
                 tcp.set_nonblocking(true).expect("nonblocking tcp");
-                let mut server = ServerFuture::new(handler);
+                let mut server = Server::new(handler);
                 server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp"));
                 server.register_listener(
                     tokio::net::TcpListener::from_std(tcp).expect("tcp"),
                     Duration::from_secs(5),
+                    64 * 1024,
                 );
                 let _ = ready_tx.send(());
                 let _ = stopped.await;
@@ -127,6 +129,14 @@ impl DnsServer {
         for address in addresses {
             self.add(name, RData::AAAA(AAAA::from(*address)));
         }
+    }
+
+    /// Adds a TXT record holding `text`, split into character-strings of at
+    /// most 255 bytes as RFC 1035 §3.3 requires (long DKIM keys need it);
+    /// readers join them back (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+    pub fn txt(&self, name: &str, text: &str) {
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
+        self.add(name, RData::TXT(TXT::from_bytes(chunks)));
     }
 
     /// Makes `name` exist with no records at all (NOERROR, empty answer).
@@ -274,14 +284,24 @@ struct Handler {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler>(
+    async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let query = request.query();
-        let name = key(&query.name().to_string());
-        let record_type = query.query_type();
+        let failed = |metadata: &Metadata| {
+            let mut metadata = Metadata::response_from_request(metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: Default::default(),
+            })
+        };
+        let Ok(info) = request.request_info() else {
+            return failed(&request.metadata);
+        };
+        let name = key(&info.query.name().to_string());
+        let record_type = info.query.query_type();
         let entry = {
             let mut zone = self.zone.lock().expect("zone lock");
             zone.queries.push((name.clone(), record_type));
@@ -291,20 +311,18 @@ impl RequestHandler for Handler {
             }
         };
         let builder = MessageResponseBuilder::from_message_request(request);
-        let mut header = Header::response_from_request(request.header());
-        header.set_message_type(MessageType::Response);
-        header.set_op_code(OpCode::Query);
-        header.set_authoritative(true);
-        header.set_recursion_available(true);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        metadata.recursion_available = true;
         let owner = Name::from_str(&name).unwrap_or_else(|_| Name::root());
         let result = match entry {
             Some(Entry::Error(code)) => {
-                let response = builder.error_msg(request.header(), code);
+                let response = builder.error_msg(&request.metadata, code);
                 response_handle.send_response(response).await
             }
             None | Some(Entry::NxDomain) => {
-                header.set_response_code(ResponseCode::NXDomain);
-                let response = builder.build_no_records(header);
+                metadata.response_code = ResponseCode::NXDomain;
+                let response = builder.build_no_records(metadata);
                 response_handle.send_response(response).await
             }
             Some(Entry::Records(records)) => {
@@ -316,15 +334,11 @@ impl RequestHandler for Handler {
                             .collect()
                     })
                     .unwrap_or_default();
-                header.set_response_code(ResponseCode::NoError);
-                let response = builder.build(header, answers.iter(), &[], &[], &[]);
+                metadata.response_code = ResponseCode::NoError;
+                let response = builder.build(metadata, answers.iter(), &[], &[], &[]);
                 response_handle.send_response(response).await
             }
         };
-        result.unwrap_or_else(|_| {
-            let mut header = Header::new();
-            header.set_response_code(ResponseCode::ServFail);
-            header.into()
-        })
+        result.unwrap_or_else(|_| failed(&request.metadata))
     }
 }
