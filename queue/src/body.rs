@@ -228,6 +228,117 @@ impl BodyWriter {
         Ok(())
     }
 
+    /// Replaces the first `length` bytes written with `replacement`: with
+    /// `length` 0 it puts a header in front of the message (a DKIM
+    /// signature, known only once the whole body was hashed); with the
+    /// length of the header section it rewrites that section. A body in
+    /// memory is edited in place (spilling when it outgrows 64 KiB); a
+    /// spilled body is copied into a new file behind `replacement`, on the
+    /// blocking pool, which costs a read and a write of the whole file.
+    /// After an error the body is gone, as after a failed append.
+    pub async fn replace_start(&mut self, length: u64, replacement: &[u8]) -> io::Result<()> {
+        if length > self.len {
+            return Err(io::Error::other(format!(
+                "cannot replace {length} bytes of a body of {}",
+                self.len
+            )));
+        }
+        let result = self.replace_start_inner(length, replacement).await;
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    async fn replace_start_inner(&mut self, length: u64, replacement: &[u8]) -> io::Result<()> {
+        let length_in_memory = usize::try_from(length).map_err(io::Error::other)?;
+        match &mut self.state {
+            WriterState::Memory(buffer) => {
+                buffer.splice(..length_in_memory, replacement.iter().copied());
+                self.len = buffer.len() as u64;
+                if buffer.len() > INLINE_MAX {
+                    let pending = std::mem::take(buffer);
+                    self.state = WriterState::Spilled {
+                        file: None,
+                        pending,
+                    };
+                    self.write_pending().await?;
+                }
+                Ok(())
+            }
+            WriterState::Spilled { .. } => {
+                // Everything into the file first, then copy it behind the
+                // replacement into a new file that takes the old one's name.
+                self.write_pending().await?;
+                let WriterState::Spilled { file, .. } = &mut self.state else {
+                    return Err(io::Error::other("the body is no longer being written"));
+                };
+                let Some(mut spill) = file.take() else {
+                    return Err(io::Error::other("an earlier write to this body failed"));
+                };
+                let added = replacement.len() as u64;
+                let replacement = replacement.to_vec();
+                let new_path = spill.path.with_extension("rewrite");
+                let spill = tokio::task::spawn_blocking(move || -> io::Result<SpillFile> {
+                    let copy = (|| -> io::Result<File> {
+                        let mut old = File::open(&spill.path)?;
+                        io::Seek::seek(&mut old, io::SeekFrom::Start(length))?;
+                        let mut new = File::create(&new_path)?;
+                        new.write_all(&replacement)?;
+                        io::copy(&mut BufReader::with_capacity(FILE_BUFFER, old), &mut new)?;
+                        std::fs::rename(&new_path, &spill.path)?;
+                        Ok(new)
+                    })();
+                    match copy {
+                        Ok(new) => {
+                            spill.file = new;
+                            Ok(spill)
+                        }
+                        Err(error) => {
+                            let _ = std::fs::remove_file(&new_path);
+                            // `spill` removes the old file as it drops.
+                            Err(error)
+                        }
+                    }
+                })
+                .await
+                .map_err(io::Error::other)??;
+                self.len = self.len - length + added;
+                if let WriterState::Spilled { file, .. } = &mut self.state {
+                    *file = Some(spill);
+                }
+                Ok(())
+            }
+            WriterState::Taken => Err(io::Error::other("an earlier write to this body failed")),
+        }
+    }
+
+    /// Everything written so far, in one buffer: a copy of a body in
+    /// memory, or the spill file read back on the blocking pool.
+    pub async fn read_back(&mut self) -> io::Result<Vec<u8>> {
+        match &self.state {
+            WriterState::Memory(buffer) => return Ok(buffer.clone()),
+            WriterState::Spilled { .. } => {}
+            WriterState::Taken => {
+                return Err(io::Error::other("an earlier write to this body failed"));
+            }
+        }
+        let result = self.write_pending().await;
+        if let Err(error) = result {
+            self.discard();
+            return Err(error);
+        }
+        let path = self.spool.tmp.join(self.id.as_str());
+        let capacity = usize::try_from(self.len).unwrap_or(0);
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut bytes = Vec::with_capacity(capacity);
+            File::open(&path)?.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Takes the body for commit; from now on the caller owns any file.
     pub(crate) fn finish(mut self) -> Result<(QueueId, u64, FinishedBody), QueueError> {
         let body = match std::mem::replace(&mut self.state, WriterState::Taken) {

@@ -677,3 +677,43 @@ async fn open_removes_uncommitted_and_orphaned_body_files() {
     assert_eq!(bodies, vec![std::ffi::OsString::from(kept.as_str())]);
     assert_eq!(read_body(&queue, &kept), vec![b'k'; 100_000]);
 }
+
+/// A DKIM signature is known only once the body was hashed, and goes in
+/// front of it: `replace_start` puts it there, in memory and in a spill file
+/// alike, and `read_back` returns what is written so far.
+#[tokio::test]
+async fn the_start_of_a_body_can_be_replaced_before_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    for size in [100usize, 64 * 1024 - 10, 300 * 1024] {
+        let mut writer = queue.new_body().expect("new body");
+        let mut original = b"Subject: x\r\nX-Forged: yes\r\n\r\n".to_vec();
+        original.extend(std::iter::repeat_n(b'b', size));
+        for piece in original.chunks(7000) {
+            writer.append(piece).await.expect("write");
+        }
+        assert_eq!(writer.read_back().await.expect("read back"), original);
+        // Drop "Subject: x\r\n" and put two header lines in its place.
+        writer
+            .replace_start(12, b"DKIM-Signature: a\r\nSubject: y\r\n")
+            .await
+            .expect("replace");
+        let mut expected = b"DKIM-Signature: a\r\nSubject: y\r\n".to_vec();
+        expected.extend_from_slice(&original[12..]);
+        assert_eq!(writer.len(), expected.len() as u64, "size {size}");
+        writer.append(b"tail").await.expect("write after replace");
+        expected.extend_from_slice(b"tail");
+        let id = queue
+            .commit(envelope(&["a@x.example"]), writer)
+            .await
+            .expect("commit");
+        assert_eq!(read_body(&queue, &id), expected, "size {size}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .expect("tmp dir")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files left: {leftovers:?}"
+    );
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::admin::AdminConfig;
 use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
+use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
@@ -40,6 +41,9 @@ pub(super) struct ConfigFile {
     pub tls_policy: BTreeMap<String, TlsPolicy>,
     pub dns: DnsConfig,
     pub routes: BTreeMap<String, String>,
+    #[serde(rename = "dkim", skip_serializing_if = "Vec::is_empty")]
+    pub dkim: Vec<DkimEntry>,
+    pub verify: VerifyConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -68,6 +72,7 @@ impl ConfigFile {
         let routes = parse_routes(self.routes, invalid)?;
         self.policy.check(invalid)?;
         policy::check_users(&self.users, invalid)?;
+        dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
         Ok(Config {
@@ -82,6 +87,8 @@ impl ConfigFile {
             tls_policy: self.tls_policy,
             dns: self.dns,
             routes,
+            dkim: self.dkim,
+            verify: self.verify,
             admin: self.admin,
             log: self.log,
         })
@@ -103,6 +110,8 @@ impl From<&Config> for ConfigFile {
             tls_policy: config.tls_policy.clone(),
             dns: config.dns.clone(),
             routes: write_routes(&config.routes),
+            dkim: config.dkim.clone(),
+            verify: config.verify.clone(),
             admin: config.admin.clone(),
             log: config.log.clone(),
         }
@@ -126,6 +135,8 @@ impl Default for ConfigFile {
             tls_policy: BTreeMap::new(),
             dns: DnsConfig::default(),
             routes: BTreeMap::new(),
+            dkim: Vec::new(),
+            verify: VerifyConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
         }

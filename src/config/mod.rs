@@ -8,13 +8,14 @@
 //! - one file per section, holding its typed settings and its validation:
 //!   `spool`, `listeners` (`[[listener]]`, `[tls]`), `limits`, `policy`
 //!   (`[policy]`, `[[user]]`), `delivery` (`[delivery]`, `[tls_policy]`,
-//!   `[routes]`), `dns`, `admin`, `log`;
+//!   `[routes]`), `dns`, `dkim` (`[[dkim]]`, `[verify]`), `admin`, `log`;
 //! - `next_hop`: the host-and-port values of `relay_host` and `[routes]`;
 //! - `units`: sizes and durations ("35MiB", "5d");
 //! - `print`: what `sluice check-config` prints, and its redaction.
 
 mod admin;
 mod delivery;
+mod dkim;
 mod dns;
 mod file;
 mod limits;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 pub use admin::AdminConfig;
 pub use delivery::{DeliveryConfig, RelayAuth, TlsPolicy};
+pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimEntry, VerifyConfig};
 pub use dns::DnsConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
@@ -127,6 +129,10 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Static next hops by recipient domain ("*" catches all), before MX.
     pub routes: BTreeMap<String, NextHopAddress>,
+    /// `[[dkim]]`: signing keys by From: domain (loaded by `auth::dkim`).
+    pub dkim: Vec<DkimEntry>,
+    /// `[verify]`.
+    pub verify: VerifyConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// `[log]`.
