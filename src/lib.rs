@@ -1,10 +1,12 @@
 //! sluice: a store-and-forward SMTP mail transfer agent.
 //!
 //! Layout: `smtp` is the pure protocol core (no I/O); `policy` is the pure
-//! relay decision it consults; `server` accepts mail into the queue; `delivery` forwards it; `admin` serves the HTTP API and
+//! relay decision it consults; `server` accepts mail into the queue; `auth`
+//! signs it (DKIM) and checks it (SPF, DKIM, DMARC); `delivery` forwards it; `admin` serves the HTTP API and
 //! metrics; `cli` holds the operator commands; `serve` wires them together.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod context;
