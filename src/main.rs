@@ -33,6 +33,11 @@ enum Command {
     CheckConfig,
     /// Read a password on stdin and print an argon2id hash for [[user]].
     HashPassword,
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: cli::dkim::DkimCommand,
+    },
     /// Inspect and manage the queue.
     Queue {
         #[command(subcommand)]
@@ -127,6 +132,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
                 eprintln!("sluice: warning: {}", render(&error.into()));
             }
+            // DKIM keys are refused, not warned about: a server that cannot
+            // sign would send mail that receivers reject.
+            if let Err(error) = sluice::auth::dkim::Signer::load(&loaded.config.dkim) {
+                let path = loaded.path.clone().unwrap_or_default();
+                return Err(sluice::config::ConfigError::Invalid {
+                    path,
+                    key: error.key(),
+                    message: error.message,
+                }
+                .into());
+            }
             match &loaded.path {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),
@@ -161,6 +177,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),
+        Command::Dkim { command } => {
+            cli::dkim::run(command)?;
+            Ok(0)
+        }
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;
             let code = cli::queue::run(command, &loaded)?;

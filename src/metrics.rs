@@ -31,6 +31,11 @@ pub struct Metrics {
     pub queue_messages: Family<Vec<(String, String)>, Gauge>,
     /// Queued recipients, by `status` (pending, deferred, delivered, failed).
     pub queue_recipients: Family<Vec<(String, String)>, Gauge>,
+    /// DKIM signatures added to accepted messages.
+    pub dkim_signatures: Counter,
+    /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
+    /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
+    pub auth_results: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,6 +59,8 @@ impl Metrics {
             message_size_bytes: Histogram::new(exponential_buckets(512.0, 4.0, 12)),
             queue_messages: Family::default(),
             queue_recipients: Family::default(),
+            dkim_signatures: Counter::default(),
+            auth_results: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -105,6 +112,16 @@ impl Metrics {
             "queue_recipients",
             "Recipients in the queue by status",
             metrics.queue_recipients.clone(),
+        );
+        registry.register(
+            "dkim_signatures",
+            "DKIM signatures added to accepted messages",
+            metrics.dkim_signatures.clone(),
+        );
+        registry.register(
+            "auth_results",
+            "Inbound SPF, DKIM and DMARC verdicts by kind and result",
+            metrics.auth_results.clone(),
         );
         Metrics {
             registry,

@@ -364,6 +364,16 @@ fn parse_key(pem: &[u8]) -> Result<(ParsedKey, Algorithm), String> {
     Ok((ParsedKey::Rsa(key), Algorithm::Rsa))
 }
 
+/// What ring's PKCS#8 v2 Ed25519 document starts with, up to the seed.
+const RING_ED25519_V2_PREFIX: &[u8] = &[
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// RFC 8410 §7: a PKCS#8 v1 Ed25519 private key, up to the 32-byte seed.
+const ED25519_V1_PREFIX: &[u8] = &[
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// A new key pair, as `sluice dkim keygen` writes and prints it.
 pub struct GeneratedKey {
     /// The private key, PKCS#8 PEM.
@@ -378,8 +388,16 @@ pub fn generate(algorithm: Algorithm) -> Result<GeneratedKey, String> {
         Algorithm::Ed25519 => {
             let pkcs8 = Ed25519Key::generate_pkcs8().map_err(|error| error.to_string())?;
             let key = Ed25519Key::from_pkcs8_der(&pkcs8).map_err(|error| error.to_string())?;
+            // ring writes PKCS#8 v2 (RFC 5958, with the public key), which
+            // OpenSSL does not read; the file gets the RFC 8410 v1 form.
+            let seed = pkcs8
+                .strip_prefix(RING_ED25519_V2_PREFIX)
+                .and_then(|rest| rest.get(..32))
+                .ok_or("unexpected Ed25519 key encoding")?;
+            let mut v1 = ED25519_V1_PREFIX.to_vec();
+            v1.extend_from_slice(seed);
             Ok(GeneratedKey {
-                pem: pem_encode("PRIVATE KEY", &pkcs8),
+                pem: pem_encode("PRIVATE KEY", &v1),
                 // RFC 8463 §4.2: the raw 32-byte public key.
                 txt: format!("v=DKIM1; k=ed25519; p={}", BASE64.encode(key.public_key())),
             })

@@ -1,5 +1,6 @@
 //! Operator commands other than `serve`.
 
+pub mod dkim;
 pub mod hash_password;
 pub mod queue;
 pub mod sendmail;

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::dkim::{Signer, SigningStream};
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// Delays after failed AUTH attempts, per client.
     pub auth_failures: AuthFailures,
+    /// The `[[dkim]]` keys, loaded at start.
+    pub dkim: Signer,
 }
 
 /// Why a connection ended early.
@@ -184,9 +187,11 @@ async fn handshake(
 }
 
 /// A message being received with BDAT, across its chunks.
-struct Chunked {
+struct Chunked<'a> {
     /// `None` once the message is refused or a write failed.
     body: Option<BodyWriter>,
+    /// Sees every byte stored, when the message may be signed.
+    signing: Option<SigningStream<'a>>,
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
@@ -199,7 +204,7 @@ struct Connection<'a, S> {
     output: Vec<u8>,
     /// Splits the input into command lines, within their length limits.
     lines: CommandLines,
-    chunked: Option<Chunked>,
+    chunked: Option<Chunked<'a>>,
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
@@ -360,7 +365,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
         let limits = &self.shared.ctx.config.limits;
-        let (mut body, mut storage_failed) = start_body(session, body).await;
+        let mut signing = self.signing_stream(session);
+        let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         // The data timeout bounds the wait for each line of the message, not
@@ -379,6 +385,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 body = None;
             } else if !decoded.is_empty() {
                 storage_failed |= write_body(&mut body, &decoded).await;
+                if let Some(signing) = signing.as_mut() {
+                    signing.write(&decoded);
+                }
             }
             decoded.clear();
             match intake.outcome() {
@@ -388,7 +397,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             let left = deadline.saturating_duration_since(Instant::now());
             self.fill(left, false).await?;
         };
-        Ok(self.finish(session, outcome, body, storage_failed).await)
+        Ok(self
+            .finish(session, outcome, body, signing, storage_failed)
+            .await)
     }
 
     /// Reads one accepted BDAT chunk into the message being built; returns
@@ -403,8 +414,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let mut chunked = match self.chunked.take() {
             Some(chunked) => chunked,
             None => {
+                let mut signing = self.signing_stream(session);
                 let (body, storage_failed) = match self.shared.ctx.queue.new_body() {
-                    Ok(body) => start_body(session, body).await,
+                    Ok(body) => start_body(session, body, signing.as_mut()).await,
                     Err(error) => {
                         tracing::error!(client = %session.client(), %error, "cannot start a queue file");
                         (None, true)
@@ -412,6 +424,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 };
                 Chunked {
                     body,
+                    signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
                 }
@@ -427,6 +440,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body = None;
             } else if !chunk.is_empty() {
                 chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
+                if let Some(signing) = chunked.signing.as_mut() {
+                    signing.write(&chunk);
+                }
             }
             if chunked.intake.remaining() == 0 {
                 break;
@@ -441,7 +457,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             outcome => outcome,
         };
         let outcome = self
-            .finish(session, outcome, chunked.body, chunked.storage_failed)
+            .finish(
+                session,
+                outcome,
+                chunked.body,
+                chunked.signing,
+                chunked.storage_failed,
+            )
             .await;
         Ok(session.message_finished(outcome))
     }
@@ -469,6 +491,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         outcome: Outcome,
         body: Option<BodyWriter>,
+        signing: Option<SigningStream<'_>>,
         storage_failed: bool,
     ) -> MessageOutcome {
         match outcome {
@@ -477,13 +500,70 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
-                Some(body) if !storage_failed => self.commit(session, body, octets).await,
+                Some(mut body) if !storage_failed => {
+                    if let Err(outcome) = self.sign(session, &mut body, signing).await {
+                        return outcome;
+                    }
+                    self.commit(session, body, octets).await
+                }
                 _ => MessageOutcome::StorageFailed,
             },
             // A chunk the intake accepted ends the message here only when
             // storing it failed; the intake never stops short.
             Outcome::ChunkAccepted { .. } | Outcome::NeedMore => MessageOutcome::StorageFailed,
         }
+    }
+
+    /// The stream that signs the message, when it may be signed: it comes
+    /// from `relay_networks` (which covers `sluice sendmail`, over loopback)
+    /// or an authenticated client, and there are `[[dkim]]` keys.
+    fn signing_stream(&self, session: &Session) -> Option<SigningStream<'a>> {
+        if !(session.is_relay_client() || session.user().is_some()) {
+            return None;
+        }
+        self.shared.dkim.stream()
+    }
+
+    /// Puts the DKIM signatures, if any, in front of the message. A
+    /// signing failure (a crypto error: never expected) leaves the message
+    /// unsigned, as a milter failing open would; only a failed write to the
+    /// body refuses it.
+    async fn sign(
+        &self,
+        session: &Session,
+        body: &mut BodyWriter,
+        signing: Option<SigningStream<'_>>,
+    ) -> Result<(), MessageOutcome> {
+        let Some(signing) = signing else {
+            return Ok(());
+        };
+        let signatures = match signing.finish() {
+            Ok(signatures) => signatures,
+            Err(error) => {
+                tracing::error!(client = %session.client(), queue_id = %body.id(), %error,
+                    "DKIM signing failed; the message goes unsigned");
+                return Ok(());
+            }
+        };
+        if signatures.count == 0 {
+            return Ok(());
+        }
+        if let Err(error) = body.replace_start(0, &signatures.header).await {
+            tracing::error!(queue_id = %body.id(), %error, "writing the DKIM signature failed");
+            return Err(MessageOutcome::StorageFailed);
+        }
+        self.shared
+            .ctx
+            .metrics
+            .dkim_signatures
+            .inc_by(signatures.count as u64);
+        tracing::debug!(
+            queue_id = %body.id(),
+            domain = %signatures.domain.as_deref().unwrap_or(""),
+            signatures = signatures.count,
+            "DKIM signed"
+        );
+        Ok(())
     }
 
     /// Makes the message durable; returns only once the queue says so.
@@ -615,12 +695,20 @@ impl ChunkDeadline {
     }
 }
 
-/// Writes the `Received:` header the message starts with; returns the body
-/// (`None` when the write failed) and whether a write failed.
-async fn start_body(session: &Session, body: BodyWriter) -> (Option<BodyWriter>, bool) {
+/// Writes the `Received:` header the message starts with (to `signing`
+/// too, which sees everything stored); returns the body (`None` when the
+/// write failed) and whether a write failed.
+async fn start_body(
+    session: &Session,
+    body: BodyWriter,
+    signing: Option<&mut SigningStream<'_>>,
+) -> (Option<BodyWriter>, bool) {
     let header = session.received_header(body.id().as_str(), chrono::Utc::now());
     let mut body = Some(body);
     let storage_failed = write_body(&mut body, header.as_bytes()).await;
+    if let Some(signing) = signing {
+        signing.write(header.as_bytes());
+    }
     (body, storage_failed)
 }
 
@@ -701,6 +789,7 @@ mod tests {
             tls: None,
             auth: Authenticator::new(&[]),
             auth_failures: AuthFailures::new(),
+            dkim: Signer::empty(),
         });
         (shared, session_config, queue)
     }

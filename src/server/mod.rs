@@ -65,6 +65,7 @@ impl Server {
             tls,
             auth: sasl::Authenticator::new(&config.users),
             auth_failures: limits::AuthFailures::new(),
+            dkim: crate::auth::dkim::Signer::load(&config.dkim)?,
         });
         let mut listeners = Vec::new();
         for listener in &config.listeners {

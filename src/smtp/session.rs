@@ -258,6 +258,11 @@ impl Session {
         self.user.as_deref()
     }
 
+    /// True when the client connects from `relay_networks`.
+    pub fn is_relay_client(&self) -> bool {
+        self.relay_client
+    }
+
     /// True when TLS is active.
     pub fn is_tls(&self) -> bool {
         self.tls
