@@ -16,6 +16,9 @@ pub struct Context {
     pub config: Arc<Config>,
     /// The durable queue.
     pub queue: Queue,
+    /// The DNS resolver (`[dns]`): delivery's lookups and the inbound
+    /// checks (`[verify]`) share it, and so its cache.
+    pub resolver: hickory_resolver::TokioResolver,
     /// Counters and gauges exported on `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Cancelled once on SIGTERM/SIGINT; every task watches it.

@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let ctx = Context {
         config: config.clone(),
         queue: queue.clone(),
+        resolver: crate::delivery::route::resolver(&config),
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

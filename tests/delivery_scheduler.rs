@@ -33,6 +33,7 @@ fn context(dir: &Path, extra: &str) -> Context {
     .expect("valid config");
     let queue = Queue::open(&dir.join("spool"), QueueOptions::default()).expect("open queue");
     Context {
+        resolver: sluice::delivery::route::resolver(&config),
         config: Arc::new(config),
         queue,
         metrics: Arc::new(Metrics::new()),

@@ -110,6 +110,7 @@ mod tests {
             Err(error) => return format!("queue unavailable: {error}"),
         };
         let ctx = Context {
+            resolver: crate::delivery::route::resolver(&config),
             config: Arc::new(config),
             queue,
             metrics: Arc::new(crate::metrics::Metrics::new()),

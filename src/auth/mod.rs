@@ -4,3 +4,4 @@
 //! message, so what is stored is what is sent.
 
 pub mod dkim;
+pub mod verify;

@@ -54,7 +54,7 @@ pub struct Engine {
 impl Engine {
     fn new(ctx: &Context, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
         let delivery = &ctx.config.delivery;
-        let router = Router::new(&ctx.config);
+        let router = Router::with_resolver(&ctx.config, ctx.resolver.clone());
         let tls = TlsClients::from_config(&ctx.config)?;
         Ok(Engine {
             ctx: ctx.clone(),

@@ -285,9 +285,14 @@ pub struct Router {
 impl Router {
     /// A router over a new [`resolver`] for `config`.
     pub fn new(config: &Config) -> Router {
+        Router::with_resolver(config, resolver(config))
+    }
+
+    /// A router asking `resolver` (the process's shared one).
+    pub fn with_resolver(config: &Config, resolver: TokioResolver) -> Router {
         Router {
             statics: StaticRoutes::from_config(config),
-            resolver: resolver(config),
+            resolver,
         }
     }
 

@@ -23,10 +23,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::dkim::{Signer, SigningStream};
+use crate::auth::verify::{Verifier, strip_forged};
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
-use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome};
+use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
@@ -57,6 +58,8 @@ pub struct Shared {
     pub auth_failures: AuthFailures,
     /// The `[[dkim]]` keys, loaded at start.
     pub dkim: Signer,
+    /// Present when `[verify] enabled`.
+    pub verifier: Option<Verifier>,
 }
 
 /// Why a connection ended early.
@@ -504,6 +507,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.sign(session, &mut body, signing).await {
                         return outcome;
                     }
+                    if let Err(outcome) = self.verify(session, &mut body).await {
+                        return outcome;
+                    }
                     self.commit(session, body, octets).await
                 }
                 _ => MessageOutcome::StorageFailed,
@@ -563,6 +569,67 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             signatures = signatures.count,
             "DKIM signed"
         );
+        Ok(())
+    }
+
+    /// With `[verify]`, for a client outside `relay_networks` that did not
+    /// authenticate: checks SPF, DKIM and DMARC, puts the
+    /// `Authentication-Results` field at the top after removing those the
+    /// client sent in our name, and refuses a DMARC failure under
+    /// `p=reject` when `enforce_dmarc` says so.
+    async fn verify(&self, session: &Session, body: &mut BodyWriter) -> Result<(), MessageOutcome> {
+        let Some(verifier) = &self.shared.verifier else {
+            return Ok(());
+        };
+        if session.is_relay_client() || session.user().is_some() {
+            return Ok(());
+        }
+        let Some(transaction) = session.transaction() else {
+            return Ok(());
+        };
+        let message = match body.read_back().await {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(queue_id = %body.id(), %error, "reading the message back failed");
+                return Err(MessageOutcome::StorageFailed);
+            }
+        };
+        let verdict = verifier
+            .check(
+                &message,
+                session.client(),
+                session.helo_name().unwrap_or(""),
+                &transaction.sender,
+            )
+            .await;
+        let metrics = &self.shared.ctx.metrics;
+        for (kind, result) in &verdict.results {
+            metrics
+                .auth_results
+                .get_or_create(&vec![
+                    ("kind".to_string(), kind.to_string()),
+                    ("result".to_string(), result.to_string()),
+                ])
+                .inc();
+        }
+        let summary: Vec<String> = verdict
+            .results
+            .iter()
+            .map(|(kind, result)| format!("{kind}={result}"))
+            .collect();
+        tracing::info!(queue_id = %body.id(), client = %session.client(),
+            results = %summary.join(","), "authentication checked");
+        if verdict.reject {
+            log_refused(session, Refusal::DmarcReject.reason());
+            return Err(MessageOutcome::Refused(Refusal::DmarcReject));
+        }
+        let (length, mut replacement) =
+            strip_forged(&message, verifier.hostname()).unwrap_or_default();
+        replacement.splice(0..0, verdict.header.bytes());
+        if let Err(error) = body.replace_start(length as u64, &replacement).await {
+            tracing::error!(queue_id = %body.id(), %error, "writing Authentication-Results failed");
+            return Err(MessageOutcome::StorageFailed);
+        }
         Ok(())
     }
 
@@ -766,6 +833,7 @@ mod tests {
         config.spool.path = spool.to_path_buf();
         let queue = Queue::open(spool, QueueOptions::default()).expect("open queue");
         let ctx = Context {
+            resolver: crate::delivery::route::resolver(&config),
             config: Arc::new(config),
             queue: queue.clone(),
             metrics: Arc::new(Metrics::new()),
@@ -790,6 +858,7 @@ mod tests {
             auth: Authenticator::new(&[]),
             auth_failures: AuthFailures::new(),
             dkim: Signer::empty(),
+            verifier: None,
         });
         (shared, session_config, queue)
     }

@@ -66,6 +66,7 @@ impl Server {
             auth: sasl::Authenticator::new(&config.users),
             auth_failures: limits::AuthFailures::new(),
             dkim: crate::auth::dkim::Signer::load(&config.dkim)?,
+            verifier: crate::auth::verify::Verifier::new(config, ctx.resolver.clone()),
         });
         let mut listeners = Vec::new();
         for listener in &config.listeners {

@@ -34,6 +34,10 @@ pub enum Refusal {
     /// More `Received:` fields than `limits.max_hops`, a mail loop:
     /// `554 5.4.6` (RFC 5321 §6.3, RFC 3463 §3.5).
     TooManyHops,
+    /// The From: domain's DMARC policy is `p=reject` and the message fails
+    /// it, with `[verify] enforce_dmarc`: `550 5.7.1` (RFC 7489 §10.3).
+    /// Decided by `auth::verify`, never by the intake.
+    DmarcReject,
 }
 
 impl Refusal {
@@ -55,6 +59,11 @@ impl Refusal {
                 EnhancedCode(5, 4, 6),
                 "Error: too many hops (mail loop)",
             ),
+            Refusal::DmarcReject => Reply::new(
+                550,
+                EnhancedCode(5, 7, 1),
+                "Error: rejected by the DMARC policy of the From: domain",
+            ),
         }
     }
 
@@ -64,6 +73,7 @@ impl Refusal {
             Refusal::TooBig => "message too big",
             Refusal::BareLineEnding => "bare CR or LF in message data",
             Refusal::TooManyHops => "too many hops",
+            Refusal::DmarcReject => "DMARC policy reject",
         }
     }
 }

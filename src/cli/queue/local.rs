@@ -57,6 +57,7 @@ impl Local {
         let ctx = Context {
             config: Arc::new(config.clone()),
             queue,
+            resolver: crate::delivery::route::resolver(config),
             metrics: Arc::new(Metrics::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
