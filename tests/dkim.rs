@@ -245,3 +245,32 @@ fn check_config_refuses_a_key_that_cannot_sign_naming_the_entry() {
         assert!(stderr.contains("dkim[1].private_key"), "{stderr}");
     }
 }
+
+#[test]
+fn a_message_sent_in_bdat_chunks_is_signed_too() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (ed_key, ed_txt) = keygen(keys.path(), "example.org", "ed", "ed25519");
+    let dns = DnsServer::start();
+    dns.txt("ed._domainkey.example.org", &ed_txt);
+    let mut sluice = Sluice::start(&format!(
+        "{}\n{NO_DELIVERY}",
+        dkim_entry("example.org", "ed", &ed_key)
+    ));
+    let mut client = sluice.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<alice@example.org>", "250");
+    client.expect("RCPT TO:<bob@dest.test>", "250");
+    // The header/body boundary falls inside the second chunk.
+    let (first, rest) = MESSAGE.split_at(30);
+    let (second, third) = rest.split_at(rest.find("\r\n\r\n").expect("empty line") + 3);
+    for (index, chunk) in [first, second, third].iter().enumerate() {
+        let last = if index == 2 { " LAST" } else { "" };
+        client.send_raw(format!("BDAT {}{last}\r\n{chunk}", chunk.len()).as_bytes());
+        let reply = client.read_reply();
+        assert!(reply.starts_with("250 "), "chunk {index}: {reply}");
+    }
+    client.command("QUIT");
+    let stored = stop_and_read_queue(&mut sluice)[0].body.clone();
+    assert!(stored.starts_with("DKIM-Signature: "), "{stored}");
+    assert_eq!(dkimpy_verify(&dns, stored.as_bytes()), [true], "{stored}");
+}

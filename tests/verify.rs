@@ -257,3 +257,80 @@ fn a_silent_nameserver_gives_temperror_within_the_dns_timeout_and_never_refuses(
     assert!(field.contains("spf=temperror"), "{field}");
     assert!(field.contains("dmarc=temperror"), "{field}");
 }
+
+/// Runs `sluice dkim keygen` for `domain`/`selector` (Ed25519) in `dir`;
+/// returns the key file and the TXT value.
+fn keygen(dir: &std::path::Path, domain: &str, selector: &str) -> (std::path::PathBuf, String) {
+    let (code, stdout, stderr) = common::run(None, |command| {
+        command.args([
+            "dkim",
+            "keygen",
+            "--domain",
+            domain,
+            "--selector",
+            selector,
+            "--out",
+        ]);
+        command.arg(dir);
+    });
+    assert_eq!(code, 0, "keygen: {stderr}");
+    let txt = stdout
+        .lines()
+        .find(|line| line.contains("._domainkey."))
+        .expect("TXT line")
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect::<String>();
+    (dir.join(format!("{domain}.{selector}.pem")), txt)
+}
+
+#[test]
+fn a_sluice_signature_passes_dkim_and_aligns_dmarc_and_a_tampered_one_is_refused() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, txt) = keygen(keys.path(), "example.org", "ed");
+    let dns = DnsServer::start();
+    dns.txt("ed._domainkey.example.org", &txt);
+    dns.txt("_dmarc.example.org", "v=DMARC1; p=reject");
+
+    // Signed by one sluice, for a relay client…
+    let mut signer = Sluice::start(&format!(
+        "[[dkim]]\ndomain = \"example.org\"\nselector = \"ed\"\nprivate_key = \"{}\"\n\n{NO_DELIVERY}",
+        key.display()
+    ));
+    let mut client = signer.connect();
+    client.send_message(
+        "alice@example.org",
+        &["bob@dest.test"],
+        &message("Alice <alice@example.org>", ""),
+    );
+    client.command("QUIT");
+    let signed = stop_and_read_queue(&mut signer)[0].body.clone();
+    assert!(signed.starts_with("DKIM-Signature: "), "{signed}");
+
+    // …and checked by another, as mail from a stranger.
+    let mut checker = start(&dns.config(), true);
+    let mut client = checker.connect();
+    client.expect("EHLO client.test", "250");
+    let reply = send(&mut client, "alice@example.org", &signed);
+    assert!(reply.starts_with("250 "), "{reply}");
+    let tampered = signed.replace("Hello.", "Hello!");
+    let refused = send(&mut client, "mallory@example.org", &tampered);
+    assert!(
+        refused.starts_with("550 5.7.1 "),
+        "a broken signature fails DMARC, enforced: {refused}"
+    );
+    client.command("QUIT");
+    let results = results_by_sender(&mut checker);
+    assert_eq!(results.len(), 1, "{results:?}");
+    let field = ours(&results, "alice@example.org");
+    assert!(field.contains("spf=none"), "{field}");
+    assert!(
+        field.contains("dkim=pass header.d=example.org header.s=ed"),
+        "{field}"
+    );
+    assert!(
+        field.contains("dmarc=pass header.from=example.org"),
+        "{field}"
+    );
+}
