@@ -563,8 +563,11 @@ fn an_oversized_body_gets_413_with_a_json_error_and_a_small_one_is_fine() {
     let admin = sluice.admin;
     let (status, body) = raw_http(
         admin,
-        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 1048576\r\n\
-          Connection: close\r\n\r\n",
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
+             Content-Length: 1048576\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(status, 413, "{body}");
     let error: Value = serde_json::from_str(&body).expect("a JSON error body");
@@ -576,8 +579,11 @@ fn an_oversized_body_gets_413_with_a_json_error_and_a_small_one_is_fine() {
     );
     let (status, body) = raw_http(
         admin,
-        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 2\r\n\
-          Connection: close\r\n\r\n{}",
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .as_bytes(),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -682,4 +688,160 @@ fn queue_gauges_stay_exact_after_every_action() {
     assert_gauges_match_the_list(admin, "delete --all");
     let counts = counts_from_list(admin);
     assert!(counts.iter().all(|(_, n)| *n == 0.0), "{counts:?}");
+}
+
+#[test]
+fn a_foreign_host_is_refused_against_dns_rebinding() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: false,
+        }],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    for target in ["/v1/queue", "/health", "/metrics"] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 421, "GET {target} with Host: evil.example: {body}");
+        assert!(!body.contains(&ids[0]), "the queue leaked: {body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains("Host")),
+            "{body}"
+        );
+    }
+    let port = admin.port();
+    for host in [format!("evil.example:{port}"), format!("127.0.0.2:{port}")] {
+        let request =
+            format!("GET /v1/queue HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 421, "Host: {host}: {body}");
+    }
+    for host in [admin.to_string(), format!("localhost:{port}")] {
+        let request =
+            format!("GET /v1/queue HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 200, "Host: {host}: {body}");
+        assert!(body.contains(&ids[0]), "{body}");
+    }
+}
+
+#[test]
+fn cross_site_state_changes_are_refused_and_the_cli_still_works() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: false,
+        }],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let hold = format!("/v1/queue/{}/hold", ids[0]);
+    // What a web page can send without a preflight: a "simple" request.
+    let refused = [
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        ),
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        // Even with the custom header, a foreign Origin is refused.
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             X-Sluice-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        // No Origin (an old browser, a form), no custom header, no token.
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "DELETE /v1/queue HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    ];
+    for request in &refused {
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 403, "{request:?}: {body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused")),
+            "{body}"
+        );
+    }
+    let (status, body) = raw_http(
+        admin,
+        format!(
+            "GET /v1/queue/{} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n",
+            ids[0]
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let message: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(message["held"], false, "nothing was held: {body}");
+    assert_eq!(
+        http("GET", admin, "/v1/queue", None)
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "nothing was deleted"
+    );
+
+    // No CORS preflight is answered.
+    let request = format!(
+        "OPTIONS {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-sluice-request\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let head = raw_head(admin, request.as_bytes());
+    assert!(
+        !head.starts_with("HTTP/1.1 2"),
+        "a preflight must not succeed: {head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("access-control-"),
+        "no CORS headers: {head}"
+    );
+
+    // The same request from our own origin with the header is served, and
+    // the CLI (which sends it) works unchanged.
+    let (status, body) = raw_http(
+        admin,
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\n\
+             X-Sluice-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let config = sluice.config_path.clone();
+    let (code, stdout, stderr) = common::cli(&config, &["queue", "release", &ids[0]]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, format!("{}: released\n", ids[0]).as_str()),
+        "{stderr}"
+    );
+    sluice.wait_log(&[&format!("queue_id={}", ids[0]), "action=release"]);
+}
+
+/// Sends `request` and returns the answer's head (status line and fields).
+fn raw_head(admin: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin API");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.split("\r\n\r\n").next().unwrap_or("").to_string()
 }

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice_queue::QueueId;
 
+use super::browser;
 use super::error::AdminError;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
@@ -40,7 +41,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Every route of the admin API over `ctx`. Every route but `/health`
 /// requires `Authorization: Bearer <token>` when `[admin] token` is set.
-/// Every request's body is limited first (see [`limit_body`]).
+/// Every request is first checked against web pages (`browser::guard`:
+/// Host, Origin, custom header), then its body is limited (see
+/// [`limit_body`]).
 pub fn router(ctx: Context) -> Router {
     let protected = Router::new()
         .route("/v1/queue", get(list).delete(delete_all))
@@ -58,6 +61,7 @@ pub fn router(ctx: Context) -> Router {
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn(browser::guard))
         .with_state(ctx)
 }
 

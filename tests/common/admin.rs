@@ -42,7 +42,10 @@ pub fn try_http(
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(20))
         .build();
-    let mut request = agent.request(method, &format!("http://{admin}{path}"));
+    // As `sluice queue` does: the API refuses state changes without it.
+    let mut request = agent
+        .request(method, &format!("http://{admin}{path}"))
+        .set("X-Sluice-Request", "1");
     if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }

@@ -59,7 +59,11 @@ impl Remote {
     }
 
     fn call(&self, method: &str, path: &str) -> anyhow::Result<ureq::Response> {
-        let mut request = self.agent.request(method, &self.url(path));
+        // Shows the API this is no cross-site request (`admin::browser`).
+        let mut request = self
+            .agent
+            .request(method, &self.url(path))
+            .set(crate::admin::browser::REQUEST_HEADER, "1");
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
