@@ -461,3 +461,66 @@ fn list_of_a_big_queue_streams_every_message() {
     let listed: Vec<&str> = list.iter().map(|m| m["id"].as_str().expect("id")).collect();
     assert_eq!(listed, ids);
 }
+
+#[test]
+fn show_lists_the_attempt_history_online_and_offline() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (mut sluice, ids) = online(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["later@example.net"],
+            held: false,
+        }],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    wait_for("the first attempt to defer", DEADLINE, || {
+        let message = show_json(&config, &ids[0]);
+        (message["recipients"][0]["attempts"] == 1).then_some(())
+    });
+    cli_ok(&config, &["queue", "retry", &ids[0]]);
+    let message = wait_for("the second attempt to defer", DEADLINE, || {
+        let message = show_json(&config, &ids[0]);
+        (message["recipients"][0]["attempts"] == 2).then_some(message)
+    });
+    let log = message["recipients"][0]["attempts_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("show --json has an attempts_log: {message}"))
+        .clone();
+    assert_eq!(log.len(), 2, "one entry per attempt: {message}");
+    let port = format!(":{}", sink.address.port());
+    for attempt in &log {
+        let relay = attempt["relay"].as_str().unwrap_or("");
+        assert!(
+            relay.contains("127.0.0.1") && relay.ends_with(&port),
+            "relay host[address]:port: {attempt}"
+        );
+        assert_eq!(attempt["tls"], "plaintext", "{attempt}");
+        assert!(
+            attempt["reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("451")),
+            "{attempt}"
+        );
+    }
+    assert!(
+        log[0]["time"].as_str() <= log[1]["time"].as_str(),
+        "oldest first"
+    );
+    let text = cli_ok(&config, &["queue", "show", &ids[0]]);
+    assert!(
+        text.contains("history:") && text.matches(" plaintext  451").count() == 2,
+        "{text}"
+    );
+    // Listings stay lean: the history is only in `show`.
+    let list = list_json(&config);
+    assert!(
+        list[0]["recipients"][0].get("attempts_log").is_none(),
+        "{list:?}"
+    );
+
+    // Stored with the message: the spool alone shows it.
+    sluice.terminate();
+    let offline = show_json(&config, &ids[0]);
+    assert_eq!(offline["recipients"][0]["attempts_log"], Value::Array(log));
+}

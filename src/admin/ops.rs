@@ -29,9 +29,9 @@ fn get(ctx: &Context, id: &QueueId) -> Result<Message, AdminError> {
         .ok_or_else(|| AdminError::NotFound(id.clone()))
 }
 
-/// The message with this ID.
+/// The message with this ID, with each recipient's attempt history.
 pub fn show(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
-    get(ctx, id).map(MessageView::from)
+    get(ctx, id).map(MessageView::detailed)
 }
 
 /// Parks the message: it is never delivered until released. Holding a held

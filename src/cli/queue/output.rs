@@ -128,6 +128,20 @@ pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> i
         if let Some(reply) = &recipient.last_reply {
             writeln!(out, "  last reply:  {reply}")?;
         }
+        let log = recipient.attempts_log.as_deref().unwrap_or_default();
+        if !log.is_empty() {
+            writeln!(out, "  history:     (last {}, oldest first)", log.len())?;
+        }
+        for attempt in log {
+            writeln!(
+                out,
+                "    {}  {}  {}  {}",
+                format_time(&attempt.time),
+                attempt.relay,
+                attempt.tls,
+                attempt.reply
+            )?;
+        }
     }
     Ok(())
 }
@@ -158,6 +172,7 @@ mod tests {
                 attempts: 2,
                 next_attempt_at: None,
                 last_reply: Some("421 4.7.0 try later".into()),
+                attempts_log: None,
             }],
         }
     }
