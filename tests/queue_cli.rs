@@ -224,7 +224,13 @@ fn all_with_an_id_or_neither_is_a_usage_error() {
         &["queue", "retry"],
         &["queue", "delete"],
         &["queue", "show"],
-        &["queue", "hold", "--all"],
+        // DESIGN.md second wave: `hold --all` is valid; IDs and filters,
+        // or --all and filters, do not mix.
+        &["queue", "hold"],
+        &["queue", "hold", "ABC", "--domain", "example.net"],
+        &["queue", "bounce", "--all", "--sender", "a@example.org"],
+        &["queue", "delete", "--older-than", "soon"],
+        &["queue", "cat"],
         &["queue", "frobnicate"],
     ] {
         let (code, _, stderr) = cli(&config, args);

@@ -11,9 +11,12 @@
 
 pub mod api;
 pub mod browser;
+pub mod bulk;
+pub mod content;
 pub mod error;
 pub mod http;
 pub mod ops;
+pub mod summary;
 pub mod view;
 
 use std::net::SocketAddr;

@@ -231,6 +231,8 @@ pub struct ListFilter {
     /// Messages from this sender (case-insensitive); `""` selects the null
     /// sender.
     pub sender: Option<String>,
+    /// Messages received at least this long ago.
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// The values of `?status=`.
@@ -266,8 +268,29 @@ impl ListFilter {
         self == &ListFilter::default()
     }
 
-    /// Whether `message` passes every filter set.
+    /// Whether `message` passes every filter set, ages counted from now.
     pub fn matches(&self, message: &Message) -> bool {
+        self.matches_at(message, self.cutoff(Utc::now()))
+    }
+
+    /// The latest arrival time `older_than` lets through, ages counted
+    /// from `now` (for [`ListFilter::matches_at`]).
+    pub fn cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let age = self.older_than?;
+        Some(
+            chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        )
+    }
+
+    /// Whether `message` passes every filter set, `older_than` meaning
+    /// "received at or before `cutoff`".
+    pub fn matches_at(&self, message: &Message, cutoff: Option<DateTime<Utc>>) -> bool {
+        if cutoff.is_some_and(|cutoff| message.received_at > cutoff) {
+            return false;
+        }
         let status_ok = match self.status {
             None => true,
             Some(StatusFilter::Held) => message.held,
@@ -307,6 +330,9 @@ impl ListFilter {
         }
         if let Some(sender) = &self.sender {
             pairs.push(("sender", sender.clone()));
+        }
+        if let Some(age) = self.older_than {
+            pairs.push(("older_than", format!("{}s", age.as_secs())));
         }
         pairs
     }
