@@ -103,6 +103,29 @@ pub async fn apply(ctx: &Context, action: Action, id: &QueueId) -> Result<(), Ad
     }
 }
 
+/// Performs `action` on a message the scan selected: the queue's own
+/// operation, without the lookup that [`apply`] makes first (the scan just
+/// read the message), logged like the single-message actions.
+async fn apply_selected(ctx: &Context, action: Action, id: &QueueId) -> Result<(), AdminError> {
+    let queue = &ctx.queue;
+    match action {
+        Action::Retry => queue.retry_now(id).await.map(drop)?,
+        Action::Hold => queue.hold(id).await.map(drop)?,
+        Action::Release => queue.release(id).await.map(drop)?,
+        Action::Delete => queue.delete(id).await?,
+        // A bounce queues a DSN too: the whole single-message path.
+        Action::Bounce => return apply(ctx, action, id).await,
+    }
+    let done = match action {
+        Action::Retry => "message due now",
+        Action::Hold => "message held",
+        Action::Release => "message released",
+        Action::Delete | Action::Bounce => "message deleted",
+    };
+    tracing::info!(queue_id = %id, action = %action.name(), "{done}");
+    Ok(())
+}
+
 /// Performs `action` on every queued message that passes `filter` and that
 /// the action would change; returns how many it changed. Messages that left
 /// the queue (or were held) meanwhile are skipped.
@@ -130,7 +153,7 @@ pub async fn select(ctx: &Context, action: Action, filter: ListFilter) -> Result
     let mut results = Box::pin(
         ids.map(|item| async move {
             let id = item?;
-            match apply(ctx, action, &id).await {
+            match apply_selected(ctx, action, &id).await {
                 Ok(()) => Ok(1),
                 Err(AdminError::NotFound(_) | AdminError::Held(_)) => Ok(0),
                 Err(error) => Err(error),
