@@ -119,6 +119,18 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// `--all` (for `sendmail -q`, which is `queue retry --all`).
+    pub fn all() -> Targets {
+        Targets {
+            ids: Vec::new(),
+            all: true,
+            domain: None,
+            sender: None,
+            status: None,
+            older_than: None,
+        }
+    }
+
     /// The filter `--all` or the filter options select.
     fn filter(&self) -> ListFilter {
         ListFilter {
