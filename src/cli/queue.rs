@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use clap::{Subcommand, ValueEnum};
 use sluice_queue::{QueueId, RecipientStatus};
 
-use crate::admin::bulk::Action;
+pub use crate::admin::bulk::Action;
 use crate::admin::summary::Summary;
 use crate::admin::view::{ListFilter, MessageView, StatusFilter};
 use crate::config::{Config, Loaded};
