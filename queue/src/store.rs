@@ -496,6 +496,7 @@ mod tests {
                     attempts: 0,
                     next_attempt_at: None,
                     last_reply: None,
+                    attempts_log: Vec::new(),
                 }],
             },
             body: BodyPlace::Inline { chunks },
