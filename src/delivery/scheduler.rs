@@ -571,6 +571,7 @@ mod tests {
             attempts: 1,
             next_attempt_at: next.map(at),
             last_reply: None,
+            attempts_log: Vec::new(),
         }
     }
 
