@@ -496,7 +496,10 @@ mod tests {
                     attempts: 0,
                     next_attempt_at: None,
                     last_reply: None,
+                    dsn: None,
                 }],
+                dsn: None,
+                delay_notified_at: None,
             },
             body: BodyPlace::Inline { chunks },
         }

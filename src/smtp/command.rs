@@ -4,11 +4,16 @@
 //! Grammar: RFC 5321 §4.1.1 (commands), §4.1.2 (paths and mailboxes),
 //! §4.1.3 (address literals); RFC 1870 (SIZE), RFC 6152 (8BITMIME),
 //! RFC 6531 (SMTPUTF8: UTF-8 in local parts and domains), RFC 3030 (BDAT),
-//! RFC 3207 (STARTTLS), RFC 4954 (AUTH). The ABNF is quoted at the end of
+//! RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 3461 (DSN: RET, ENVID,
+//! NOTIFY, ORCPT; their values are read by `smtp::dsn_params`). The ABNF is quoted at the end of
 //! this file.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sluice_queue::{NotifyOn, OriginalRecipient, Ret};
+
+use super::dsn_params;
 
 /// A parsed SMTP command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +27,11 @@ pub enum Command {
         sender: ReversePath,
         parameters: MailParameters,
     },
-    /// `RCPT TO:<forward-path>`; we support no RCPT parameters.
-    Rcpt { recipient: ForwardPath },
+    /// `RCPT TO:<forward-path> [parameters]`.
+    Rcpt {
+        recipient: ForwardPath,
+        parameters: RcptParameters,
+    },
     /// `DATA`.
     Data,
     /// `BDAT size [LAST]` (RFC 3030 §2).
@@ -120,6 +128,26 @@ pub struct MailParameters {
     pub body: Option<BodyType>,
     /// `SMTPUTF8` (RFC 6531 §3.4).
     pub smtputf8: bool,
+    /// `RET=FULL|HDRS` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=` (RFC 3461 §4.4), decoded from xtext.
+    pub envid: Option<String>,
+}
+
+/// The RCPT parameters we understand (RFC 3461 §4.1, §4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptParameters {
+    /// `NOTIFY=`.
+    pub notify: Option<NotifyOn>,
+    /// `ORCPT=`, decoded from xtext.
+    pub orcpt: Option<OriginalRecipient>,
+}
+
+impl RcptParameters {
+    /// True when none was given.
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
 }
 
 /// Why a command line could not be parsed; each maps to one reply.
@@ -228,12 +256,7 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     let rest =
         strip_keyword(rest, "TO:").ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
     let (path, parameters) = split_path(rest)?;
-    // RFC 5321 §4.5.3.1.3 only bounds what a server must accept; §4.1.1.11:
-    // an unrecognised parameter is refused with 555.
-    if let Some(parameter) = parameters.split(' ').find(|word| !word.is_empty()) {
-        let keyword = parameter.split('=').next().unwrap_or(parameter);
-        return Err(CommandError::UnknownParameter(keyword.to_ascii_uppercase()));
-    }
+    let parameters = parse_rcpt_parameters(parameters)?;
     if path.is_empty() {
         return Err(CommandError::Syntax("the null path is not a recipient"));
     }
@@ -241,10 +264,12 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     if without_route.eq_ignore_ascii_case("postmaster") {
         return Ok(Command::Rcpt {
             recipient: ForwardPath::Postmaster,
+            parameters,
         });
     }
     Ok(Command::Rcpt {
         recipient: ForwardPath::Mailbox(parse_mailbox(path)?),
+        parameters,
     })
 }
 
@@ -448,13 +473,56 @@ fn parse_mail_parameters(text: &str) -> Result<MailParameters, CommandError> {
             // RFC 4954 §5: AUTH=<mailbox> may be sent to a server offering AUTH;
             // we accept and ignore it (the identity is the authenticated user).
             ("AUTH", Some(_)) if !seen_auth => seen_auth = true,
-            ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH", _) => {
+            ("RET", Some(value)) if parameters.ret.is_none() => {
+                parameters.ret = Some(dsn_params::parse_ret(value).map_err(dsn_syntax)?);
+            }
+            ("ENVID", Some(value)) if parameters.envid.is_none() => {
+                parameters.envid = Some(dsn_params::parse_envid(value).map_err(dsn_syntax)?);
+            }
+            ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH" | "RET" | "ENVID", _) => {
                 return Err(CommandError::Syntax("repeated or malformed parameter"));
             }
             (other, _) => return Err(CommandError::UnknownParameter(other.to_string())),
         }
     }
     Ok(parameters)
+}
+
+/// RCPT parameters: NOTIFY and ORCPT (RFC 3461), each at most once. RFC
+/// 5321 §4.1.1.11: any other is refused with 555.
+fn parse_rcpt_parameters(text: &str) -> Result<RcptParameters, CommandError> {
+    let mut parameters = RcptParameters::default();
+    for word in text.split(' ').filter(|word| !word.is_empty()) {
+        let (keyword, value) = match word.split_once('=') {
+            Some((keyword, value)) => (keyword, Some(value)),
+            None => (word, None),
+        };
+        if keyword.is_empty()
+            || !keyword
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(CommandError::Syntax("bad parameter"));
+        }
+        match (keyword.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", Some(value)) if parameters.notify.is_none() => {
+                parameters.notify = Some(dsn_params::parse_notify(value).map_err(dsn_syntax)?);
+            }
+            ("ORCPT", Some(value)) if parameters.orcpt.is_none() => {
+                parameters.orcpt = Some(dsn_params::parse_orcpt(value).map_err(dsn_syntax)?);
+            }
+            ("NOTIFY" | "ORCPT", _) => {
+                return Err(CommandError::Syntax("repeated or malformed parameter"));
+            }
+            (other, _) => return Err(CommandError::UnknownParameter(other.to_string())),
+        }
+    }
+    Ok(parameters)
+}
+
+/// A malformed DSN parameter value: `501 5.5.4`.
+fn dsn_syntax(error: dsn_params::DsnParamError) -> CommandError {
+    CommandError::Syntax(error.reason())
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
