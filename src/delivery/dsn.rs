@@ -397,23 +397,150 @@ mod tests {
     use super::*;
     use mail_parser::{MessageParser, MimeHeaders};
 
-    fn report_for(recipients: &[FailedRecipient], headers: &[u8]) -> (Envelope, Vec<u8>) {
-        let arrival = DateTime::from_timestamp(1_700_000_000, 0).expect("valid time");
-        build(&Report {
+    fn arrival() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).expect("valid time")
+    }
+
+    fn report<'a>(
+        action: Action,
+        recipients: &'a [ReportedRecipient],
+        returned: Returned<'a>,
+    ) -> Report<'a> {
+        Report {
+            action,
             reporting_mta: "sluice.test",
             queue_id: "ABC123",
             sender: "alice@example.org",
-            arrival,
-            now: arrival + chrono::Duration::seconds(60),
+            envid: None,
+            arrival: arrival(),
+            now: arrival() + chrono::Duration::seconds(60),
+            will_retry_until: None,
             recipients,
-            original_headers: headers,
-        })
+            returned,
+        }
+    }
+
+    fn report_for(recipients: &[ReportedRecipient], headers: &[u8]) -> (Envelope, Vec<u8>) {
+        build(&report(
+            Action::Failed,
+            recipients,
+            Returned::Headers(headers),
+        ))
         .expect("DSN builds")
     }
 
-    fn failed(address: &str) -> FailedRecipient {
-        FailedRecipient {
+    /// The delivery-status part's field groups, parsed by mail-parser: the
+    /// per-message group, then one per recipient.
+    fn status_groups(bytes: &[u8]) -> Vec<Vec<(String, String)>> {
+        let message = MessageParser::default()
+            .parse(bytes)
+            .expect("the DSN parses");
+        let part = message
+            .parts
+            .iter()
+            .find(|part| {
+                part.content_type().is_some_and(|ct| {
+                    ct.ctype() == "message" && ct.subtype() == Some("delivery-status")
+                })
+            })
+            .expect("a message/delivery-status part");
+        let text = String::from_utf8_lossy(part.contents()).replace("\r\n", "\n");
+        text.split("\n\n")
+            .filter(|group| !group.trim().is_empty())
+            .map(|group| {
+                group
+                    .lines()
+                    .filter_map(|line| line.split_once(": "))
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn field<'a>(group: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        group
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn every_action_with_envid_orcpt_and_will_retry_until() {
+        let recipient = ReportedRecipient {
+            original: Some(OriginalRecipient {
+                address_type: "rfc822".into(),
+                address: "Bob@example.net".into(),
+            }),
+            status: EnhancedCode::new(2, 0, 0),
+            diagnostic: Diagnostic::Smtp("250 2.0.0 Ok: queued".into()),
+            ..failed("bob@example.net")
+        };
+        for (action, subject) in [
+            (Action::Delivered, "Successful Mail Delivery Report"),
+            (Action::Relayed, "Successful Mail Delivery Report"),
+            (Action::Delayed, "Delayed Mail (still being retried)"),
+            (Action::Failed, "Undelivered Mail Returned to Sender"),
+        ] {
+            let recipients = [recipient.clone()];
+            let mut report = report(action, &recipients, Returned::Headers(b"Subject: x\r\n\r\n"));
+            report.envid = Some("QQ314159");
+            let until = arrival() + chrono::Duration::days(5);
+            if action == Action::Delayed {
+                report.will_retry_until = Some(until);
+            }
+            let (_, bytes) = build(&report).expect("builds");
+            let parsed = MessageParser::default().parse(&bytes).expect("parses");
+            assert_eq!(parsed.subject(), Some(subject));
+            let groups = status_groups(&bytes);
+            assert_eq!(groups.len(), 2, "{groups:?}");
+            assert_eq!(field(&groups[0], "Original-Envelope-Id"), Some("QQ314159"));
+            assert_eq!(field(&groups[1], "Action"), Some(action.as_str()));
+            assert_eq!(
+                field(&groups[1], "Original-Recipient"),
+                Some("rfc822; Bob@example.net")
+            );
+            assert_eq!(
+                field(&groups[1], "Final-Recipient"),
+                Some("rfc822; bob@example.net")
+            );
+            assert_eq!(
+                field(&groups[1], "Will-Retry-Until"),
+                (action == Action::Delayed)
+                    .then(|| until.to_rfc2822())
+                    .as_deref()
+            );
+        }
+    }
+
+    #[test]
+    fn the_whole_message_comes_back_as_message_rfc822() {
+        let original = b"Subject: hello\r\n\r\nthe body\r\n";
+        let recipients = [failed("bob@example.net")];
+        let (_, bytes) = build(&report(
+            Action::Failed,
+            &recipients,
+            Returned::Message(original),
+        ))
+        .expect("builds");
+        let parsed = MessageParser::default().parse(&bytes).expect("parses");
+        let returned = parsed
+            .parts
+            .iter()
+            .find(|part| {
+                part.content_type()
+                    .is_some_and(|ct| ct.ctype() == "message" && ct.subtype() == Some("rfc822"))
+            })
+            .expect("a message/rfc822 part");
+        let inner = returned.message().expect("an embedded message");
+        assert_eq!(inner.subject(), Some("hello"));
+        assert_eq!(inner.body_text(0).as_deref().map(str::trim), Some("the body"));
+    }
+
+    fn failed(address: &str) -> ReportedRecipient {
+        ReportedRecipient {
             address: address.into(),
+            original: None,
+            last_attempt: arrival(),
             status: EnhancedCode::new(5, 1, 1),
             remote_mta: Some("mx.example.net".into()),
             diagnostic: Diagnostic::Smtp("550 5.1.1 <bob@example.net>: no such user".into()),
@@ -474,8 +601,10 @@ mod tests {
 
     #[test]
     fn one_block_per_failed_recipient_and_local_diagnostics() {
-        let dns_failure = FailedRecipient {
+        let dns_failure = ReportedRecipient {
             address: "carol@nowhere.test".into(),
+            original: None,
+            last_attempt: arrival(),
             status: EnhancedCode::new(5, 1, 2),
             remote_mta: None,
             diagnostic: Diagnostic::Local("domain nowhere.test not found (NXDOMAIN)".into()),

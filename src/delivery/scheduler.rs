@@ -502,6 +502,7 @@ mod tests {
             attempts: 1,
             next_attempt_at: next.map(at),
             last_reply: None,
+            dsn: None,
         }
     }
 
@@ -515,6 +516,8 @@ mod tests {
             smtputf8: false,
             body_8bit: false,
             recipients,
+            dsn: None,
+            delay_notified_at: None,
         }
     }
 

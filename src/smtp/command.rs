@@ -625,9 +625,78 @@ mod tests {
                     size: Some(1000),
                     body: Some(BodyType::EightBitMime),
                     smtputf8: true,
+                    ret: None,
+                    envid: None,
                 },
             })
         );
+    }
+
+    #[test]
+    fn dsn_parameters_on_mail_and_rcpt() {
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> ret=hdrs ENVID=QQ+2B1"),
+            Ok(Command::Mail {
+                sender: ReversePath::Mailbox(mailbox("a", "b.example")),
+                parameters: MailParameters {
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("QQ+1".into()),
+                    ..MailParameters::default()
+                },
+            })
+        );
+        assert_eq!(
+            parse("RCPT TO:<c@d.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;C+40d.example"),
+            Ok(Command::Rcpt {
+                recipient: ForwardPath::Mailbox(mailbox("c", "d.example")),
+                parameters: RcptParameters {
+                    notify: Some(NotifyOn {
+                        success: true,
+                        failure: false,
+                        delay: true,
+                    }),
+                    orcpt: Some(OriginalRecipient {
+                        address_type: "rfc822".into(),
+                        address: "C@d.example".into(),
+                    }),
+                },
+            })
+        );
+        assert!(matches!(
+            parse("RCPT TO:<postmaster> NOTIFY=NEVER"),
+            Ok(Command::Rcpt {
+                recipient: ForwardPath::Postmaster,
+                parameters: RcptParameters {
+                    notify: Some(NotifyOn::NEVER),
+                    orcpt: None
+                },
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_or_repeated_dsn_parameters_are_syntax_errors() {
+        for line in [
+            "MAIL FROM:<a@b.example> RET=ALL",
+            "MAIL FROM:<a@b.example> RET=FULL RET=FULL",
+            "MAIL FROM:<a@b.example> RET",
+            "MAIL FROM:<a@b.example> ENVID=a=b",
+            "MAIL FROM:<a@b.example> ENVID=",
+            "MAIL FROM:<a@b.example> ENVID=x ENVID=y",
+            "RCPT TO:<a@b.example> NOTIFY=NEVER,DELAY",
+            "RCPT TO:<a@b.example> NOTIFY=SOMETIMES",
+            "RCPT TO:<a@b.example> NOTIFY=DELAY NOTIFY=DELAY",
+            "RCPT TO:<a@b.example> NOTIFY",
+            "RCPT TO:<a@b.example> ORCPT=a@b.example",
+            "RCPT TO:<a@b.example> ORCPT=rfc822;a+2cb@b.example",
+            "RCPT TO:<a@b.example> ORCPT=rfc822;x ORCPT=rfc822;y",
+        ] {
+            assert!(
+                matches!(parse(line), Err(CommandError::Syntax(_))),
+                "{line}: {:?}",
+                parse(line)
+            );
+        }
     }
 
     #[test]
@@ -652,16 +721,16 @@ mod tests {
     #[test]
     fn unknown_mail_parameter_is_refused() {
         assert_eq!(
-            parse("MAIL FROM:<a@b.example> RET=HDRS"),
-            Err(CommandError::UnknownParameter("RET".into()))
+            parse("MAIL FROM:<a@b.example> MT-PRIORITY=3"),
+            Err(CommandError::UnknownParameter("MT-PRIORITY".into()))
         );
         assert_eq!(
             parse("MAIL FROM:<a@b.example> BODY=BINARYMIME"),
             Err(CommandError::UnknownParameter("BODY=BINARYMIME".into()))
         );
         assert_eq!(
-            parse("RCPT TO:<a@b.example> NOTIFY=NEVER"),
-            Err(CommandError::UnknownParameter("NOTIFY".into()))
+            parse("RCPT TO:<a@b.example> RRVS=2030-01-01T00:00:00Z"),
+            Err(CommandError::UnknownParameter("RRVS".into()))
         );
     }
 
@@ -726,6 +795,7 @@ mod tests {
             parse("RCPT TO:<\"a >b\\\"c\"@d.example>"),
             Ok(Command::Rcpt {
                 recipient: ForwardPath::Mailbox(mailbox("\"a >b\\\"c\"", "d.example")),
+                parameters: RcptParameters::default(),
             })
         );
     }
@@ -736,6 +806,7 @@ mod tests {
             parse("RCPT TO:<@hop1.example,@hop2.example:user@d.example>"),
             Ok(Command::Rcpt {
                 recipient: ForwardPath::Mailbox(mailbox("user", "d.example")),
+                parameters: RcptParameters::default(),
             })
         );
     }
@@ -766,7 +837,8 @@ mod tests {
             assert_eq!(
                 parse(line),
                 Ok(Command::Rcpt {
-                    recipient: ForwardPath::Postmaster
+                    recipient: ForwardPath::Postmaster,
+                    parameters: RcptParameters::default(),
                 }),
                 "{line}"
             );
@@ -777,6 +849,7 @@ mod tests {
     fn utf8_addresses_parse() {
         let Ok(Command::Rcpt {
             recipient: ForwardPath::Mailbox(mailbox),
+            ..
         }) = parse("RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>")
         else {
             panic!("UTF-8 address should parse");
