@@ -1040,6 +1040,7 @@ mod tests {
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
             "STARTTLS",
         ] {
             assert!(
@@ -1189,7 +1190,57 @@ mod tests {
         expect(&mut session, "MAIL FROM:<a@b", "501 5.5.4");
         expect(&mut session, "MAIL FROM:<a@b.test> FOO=BAR", "555 5.5.4");
         expect(&mut session, "MAIL FROM:<a@b.test>", "250");
-        expect(&mut session, "RCPT TO:<a@b.test> NOTIFY=NEVER", "555 5.5.4");
+        expect(&mut session, "RCPT TO:<a@b.test> RRVS=x", "555 5.5.4");
+    }
+
+    #[test]
+    fn dsn_parameters_are_kept_per_recipient_and_malformed_ones_get_501() {
+        use sluice_queue::{NotifyOn, Ret};
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test> RET=FULL ENVID=x+", "501 5.5.4");
+        expect(&mut session, "MAIL FROM:<a@b.test> RET=HDRS ENVID=e1", "250");
+        expect(&mut session, "RCPT TO:<r1@b.test>", "250");
+        expect(&mut session, "RCPT TO:<r2@b.test> NOTIFY=SUCCESS,,", "501 5.5.4");
+        expect(&mut session, "RCPT TO:<r2@b.test> ORCPT=rfc822", "501 5.5.4");
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> NOTIFY=never ORCPT=rfc822;R2+40b.test",
+            "250",
+        );
+        // A repeat is one recipient: its first parameters stand.
+        expect(&mut session, "RCPT TO:<r2@b.test> NOTIFY=SUCCESS", "250");
+        let envelope = session.envelope().expect("a transaction");
+        let dsn = envelope.dsn.expect("DSN parameters kept");
+        assert_eq!(dsn.message.ret, Some(Ret::Hdrs));
+        assert_eq!(dsn.message.envid.as_deref(), Some("e1"));
+        assert_eq!(dsn.recipients.len(), 2);
+        assert!(dsn.recipients[0].is_empty());
+        assert_eq!(dsn.recipients[1].notify, Some(NotifyOn::NEVER));
+        assert_eq!(
+            dsn.recipients[1].orcpt.as_ref().map(|o| o.address.as_str()),
+            Some("R2@b.test")
+        );
+
+        // Without any DSN parameter, nothing is kept.
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<r1@b.test>", "250");
+        assert_eq!(session.envelope().expect("a transaction").dsn, None);
+        // Only a later recipient has some: the earlier ones get empty entries.
+        expect(&mut session, "RCPT TO:<r3@b.test> NOTIFY=DELAY", "250");
+        let dsn = session.envelope().unwrap().dsn.expect("kept");
+        assert_eq!(dsn.recipients.len(), 2);
+        assert!(dsn.recipients[0].is_empty());
+    }
+
+    #[test]
+    fn dsn_parameters_after_helo_get_555() {
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test> RET=HDRS", "555 5.5.4");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<r@b.test> NOTIFY=NEVER", "555 5.5.4");
     }
 
     #[test]
