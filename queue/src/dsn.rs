@@ -169,6 +169,23 @@ mod tests {
     }
 
     #[test]
+    fn messages_stored_before_dsn_read_back_without_parameters() {
+        // A record's message as the queue wrote it before these fields.
+        let old = r#"{"id":"Q1","sender":"a@example.org","size":5,
+            "received_at":"2026-11-25T09:44:21Z","held":false,"smtputf8":false,
+            "body_8bit":false,"recipients":[{"address":"b@example.net",
+            "status":"deferred","attempts":1,"next_attempt_at":null,
+            "last_reply":"451 later"}]}"#;
+        let message: crate::Message = serde_json::from_str(old).expect("old records read");
+        assert_eq!(message.dsn, None);
+        assert_eq!(message.delay_notified_at, None);
+        assert_eq!(message.recipients[0].dsn, None);
+        // And without parameters nothing new is written.
+        let written = serde_json::to_string(&message).unwrap();
+        assert!(!written.contains("dsn") && !written.contains("delay"), "{written}");
+    }
+
+    #[test]
     fn old_records_without_the_fields_read_as_none() {
         let dsn: MessageDsn = serde_json::from_str("{}").unwrap();
         assert_eq!(dsn, MessageDsn::default());
