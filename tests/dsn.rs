@@ -293,12 +293,12 @@ fn dsn_parameters_go_on_to_a_hop_offering_dsn_and_success_is_delivered() {
         names(&["a@dest.test", "b@dest.test"])
     );
     assert_eq!(report.message_field("Original-Envelope-Id"), Some("QQ+314"));
-    assert_eq!(
-        report.message_field("X-Sluice-Queue-ID"),
-        Some(id.as_str())
-    );
+    assert_eq!(report.message_field("X-Sluice-Queue-ID"), Some(id.as_str()));
     let a = report.recipient("a@dest.test");
-    assert_eq!(field(a, "Original-Recipient"), Some("rfc822; A+x@dest.test"));
+    assert_eq!(
+        field(a, "Original-Recipient"),
+        Some("rfc822; A+x@dest.test")
+    );
     assert_eq!(field(a, "Status"), Some("2.0.0"));
     assert_eq!(
         field(a, "Diagnostic-Code"),
@@ -390,7 +390,11 @@ fn every_notify_combination_gets_the_reports_it_asked_for() {
     wait_queue_empty(&sluice);
 
     let reports = reports(&inbox);
-    assert_eq!(reports.len(), 2, "one failure and one success: {reports:#?}");
+    assert_eq!(
+        reports.len(),
+        2,
+        "one failure and one success: {reports:#?}"
+    );
     let failure = reports
         .iter()
         .find(|report| report.action() == "failed")
@@ -502,7 +506,10 @@ fn one_delay_notice_listing_the_deferred_recipients_and_none_after_a_restart() {
         "ENVID=slow1",
         &[
             ("d-default@dest.test", ""),
-            ("d-delay@dest.test", "NOTIFY=DELAY ORCPT=rfc822;D+40dest.test"),
+            (
+                "d-delay@dest.test",
+                "NOTIFY=DELAY ORCPT=rfc822;D+40dest.test",
+            ),
             ("d-never@dest.test", "NOTIFY=NEVER"),
             ("d-failure@dest.test", "NOTIFY=FAILURE"),
             ("ok@dest.test", ""),

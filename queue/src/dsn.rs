@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(message.recipients[0].dsn, None);
         // And without parameters nothing new is written.
         let written = serde_json::to_string(&message).unwrap();
-        assert!(!written.contains("dsn") && !written.contains("delay"), "{written}");
+        assert!(
+            !written.contains("dsn") && !written.contains("delay"),
+            "{written}"
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub use body::{BodyReader, BodyWriter};
 pub use dsn::{
     MessageDsn, NotifyOn, OriginalRecipient, RecipientDsn, ReportKind, Ret, wants_report,
 };
-pub use model::{Envelope, EnvelopeDsn, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate};
+pub use model::{
+    Envelope, EnvelopeDsn, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate,
+};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -130,16 +130,13 @@ pub(super) mod duration_or_off {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(deserializer).map_err(|_| {
-            D::Error::custom("expected a duration string like \"4h\", or \"off\"")
-        })?;
+        let text = String::deserialize(deserializer)
+            .map_err(|_| D::Error::custom("expected a duration string like \"4h\", or \"off\""))?;
         if text.trim().eq_ignore_ascii_case(OFF) {
             return Ok(None);
         }
         humantime::parse_duration(&text).map(Some).map_err(|error| {
-            D::Error::custom(format!(
-                "invalid duration {text:?}: {error} (or \"off\")"
-            ))
+            D::Error::custom(format!("invalid duration {text:?}: {error} (or \"off\")"))
         })
     }
 }

@@ -482,7 +482,11 @@ mod tests {
             (Action::Failed, "Undelivered Mail Returned to Sender"),
         ] {
             let recipients = [recipient.clone()];
-            let mut report = report(action, &recipients, Returned::Headers(b"Subject: x\r\n\r\n"));
+            let mut report = report(
+                action,
+                &recipients,
+                Returned::Headers(b"Subject: x\r\n\r\n"),
+            );
             report.envid = Some("QQ314159");
             let until = arrival() + chrono::Duration::days(5);
             if action == Action::Delayed {
@@ -533,7 +537,10 @@ mod tests {
             .expect("a message/rfc822 part");
         let inner = returned.message().expect("an embedded message");
         assert_eq!(inner.subject(), Some("hello"));
-        assert_eq!(inner.body_text(0).as_deref().map(str::trim), Some("the body"));
+        assert_eq!(
+            inner.body_text(0).as_deref().map(str::trim),
+            Some("the body")
+        );
     }
 
     fn failed(address: &str) -> ReportedRecipient {

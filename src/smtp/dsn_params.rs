@@ -11,14 +11,15 @@
 //! - §4.4: ENVID decodes to at most 100 printable US-ASCII characters.
 //! - §4.2: ORCPT is `addr-type ";" xtext`, at most 500 characters
 //!   encoded; the type is an atom, kept as given (`rfc822`, RFC 6533's
-//!   `utf-8`, ...). Its address decodes to printable characters; UTF-8
-//!   (not as `\x{..}`, but raw, as SMTPUTF8 clients send it) only for the
-//!   `utf-8` type (RFC 6533 §3).
+//!   `utf-8`, ...). Its address decodes to printable characters. Only the
+//!   `utf-8` type (RFC 6533 §3) may carry UTF-8, raw (as SMTPUTF8 clients
+//!   send it) or as `\x{HEX}`; it is relayed in `\x{HEX}` form.
 //! - §4.1: NOTIFY is `NEVER` alone, or a comma list of `SUCCESS`,
 //!   `FAILURE` and `DELAY`, each at most once; keywords in any case.
 //! - §4.3: RET is `FULL` or `HDRS`, any case.
 //! - Decoded values are stored; they are xtext-encoded again when relayed
-//!   (`+` and `=` always, and every byte outside `!`..`~`).
+//!   (`+` and `=` always, and every byte outside `!`..`~`), a `utf-8`
+//!   ORCPT as `utf-8-addr-xtext`.
 
 use sluice_queue::{NotifyOn, OriginalRecipient, Ret};
 
@@ -47,9 +48,7 @@ impl DsnParamError {
         match self {
             DsnParamError::Ret => "RET must be FULL or HDRS",
             DsnParamError::Envid => "malformed ENVID",
-            DsnParamError::Notify => {
-                "NOTIFY must be NEVER or a list of SUCCESS, FAILURE and DELAY"
-            }
+            DsnParamError::Notify => "NOTIFY must be NEVER or a list of SUCCESS, FAILURE and DELAY",
             DsnParamError::Orcpt => "malformed ORCPT",
         }
     }
@@ -152,21 +151,57 @@ pub fn decode_xtext(text: &str) -> Option<Vec<u8>> {
     Some(decoded)
 }
 
-/// xtext that may also carry raw UTF-8 (RFC 6533 §3, `utf-8-addr-unitext`
-/// as SMTPUTF8 clients send it).
+/// RFC 6533 §3: the value of a `utf-8` ORCPT: `utf-8-addr-xtext`
+/// (`\x{HEX}` for what is not a QCHAR) or `utf-8-addr-unitext` (raw UTF-8,
+/// as SMTPUTF8 clients send it). `+XX` is read as in xtext too, as some
+/// clients encode that way.
 fn decode_unitext(text: &str) -> Option<Vec<u8>> {
     let mut decoded = Vec::with_capacity(text.len());
     let mut rest = text;
     while !rest.is_empty() {
-        let ascii = rest.find(|c: char| !c.is_ascii()).unwrap_or(rest.len());
-        decoded.extend(decode_xtext(&rest[..ascii])?);
-        rest = &rest[ascii..];
-        if let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("\\x{") {
+            let end = after.find('}')?;
+            let hex = &after[..end];
+            if !(1..=6).contains(&hex.len()) || !hex.bytes().all(|b| hex_digit(b).is_some()) {
+                return None;
+            }
+            let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+            decoded.extend_from_slice(c.encode_utf8(&mut [0u8; 4]).as_bytes());
+            rest = &after[end + 1..];
+            continue;
+        }
+        let plain = rest
+            .find(|c: char| !c.is_ascii() || c == '\\')
+            .unwrap_or(rest.len());
+        if plain == 0 {
+            let c = rest.chars().next()?;
+            if c == '\\' {
+                // A backslash not starting \x{...}.
+                return None;
+            }
             decoded.extend_from_slice(c.encode_utf8(&mut [0u8; 4]).as_bytes());
             rest = &rest[c.len_utf8()..];
+            continue;
         }
+        decoded.extend(decode_xtext(&rest[..plain])?);
+        rest = &rest[plain..];
     }
     Some(decoded)
+}
+
+/// RFC 6533 §3 `utf-8-addr-xtext`: QCHARs as they are, every other
+/// character as `\x{HEX}`.
+pub fn encode_utf8_addr_xtext(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for c in text.chars() {
+        let qchar = c.is_ascii() && is_xchar(c as u8) && c != '\\';
+        if qchar {
+            encoded.push(c);
+        } else {
+            encoded.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        }
+    }
+    encoded
 }
 
 /// RFC 3461 §4: encodes bytes as xtext: `+`, `=` and everything outside
@@ -198,7 +233,11 @@ pub fn rcpt_parameters(notify: Option<NotifyOn>, orcpt: Option<&OriginalRecipien
         text.push_str(" ORCPT=");
         text.push_str(&orcpt.address_type);
         text.push(';');
-        text.push_str(&encode_xtext(orcpt.address.as_bytes()));
+        if orcpt.address_type.eq_ignore_ascii_case("utf-8") {
+            text.push_str(&encode_utf8_addr_xtext(&orcpt.address));
+        } else {
+            text.push_str(&encode_xtext(orcpt.address.as_bytes()));
+        }
     }
     text
 }
@@ -294,7 +333,9 @@ mod tests {
         assert_eq!(decode_xtext("a+2Bb+3D").unwrap(), b"a+b=");
         assert_eq!(decode_xtext("+20+7F+00").unwrap(), b" \x7f\0");
         assert_eq!(decode_xtext("").unwrap(), b"");
-        for bad in ["+", "+2", "+2b", "+G0", "a b", "a=b", "\u{e9}", "a\tb", "+ 20"] {
+        for bad in [
+            "+", "+2", "+2b", "+G0", "a b", "a=b", "\u{e9}", "a\tb", "+ 20",
+        ] {
             assert_eq!(decode_xtext(bad), None, "{bad:?}");
         }
     }
@@ -324,6 +365,18 @@ mod tests {
         assert_eq!(orcpt.address, "bob+sub@example.net");
         let utf8 = parse_orcpt("utf-8;bj\u{f8}rn@ex\u{e4}mple.net").unwrap();
         assert_eq!(utf8.address, "bj\u{f8}rn@ex\u{e4}mple.net");
+        let escaped = parse_orcpt("utf-8;bj\\x{F8}rn+2Bx@example.net").unwrap();
+        assert_eq!(escaped.address, "bj\u{f8}rn+x@example.net");
+        for bad in [
+            "utf-8;a\\b@example.net",
+            "utf-8;a\\x{}@example.net",
+            "utf-8;a\\x{f8}@example.net",
+            "utf-8;a\\x{1234567}@example.net",
+            "utf-8;a\\x{D800}@example.net",
+            "utf-8;a\\x{F8@example.net",
+        ] {
+            assert_eq!(parse_orcpt(bad), Err(DsnParamError::Orcpt), "{bad:?}");
+        }
         // xtext-encoded UTF-8 octets decode too.
         let encoded = parse_orcpt("rfc822;bj+C3+B8rn@example.net").unwrap();
         assert_eq!(encoded.address, "bj\u{f8}rn@example.net");
@@ -362,7 +415,10 @@ mod tests {
             ),
             " NOTIFY=SUCCESS,DELAY ORCPT=rfc822;a+2Bb+3Dc@example.net"
         );
-        assert_eq!(rcpt_parameters(Some(NotifyOn::NEVER), None), " NOTIFY=NEVER");
+        assert_eq!(
+            rcpt_parameters(Some(NotifyOn::NEVER), None),
+            " NOTIFY=NEVER"
+        );
         assert_eq!(rcpt_parameters(None, None), "");
         assert_eq!(
             mail_parameters(Some(Ret::Hdrs), Some("id 1")),

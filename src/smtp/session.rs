@@ -1198,11 +1198,27 @@ mod tests {
         use sluice_queue::{NotifyOn, Ret};
         let mut session = relay_session();
         expect(&mut session, "EHLO c.test", "250");
-        expect(&mut session, "MAIL FROM:<a@b.test> RET=FULL ENVID=x+", "501 5.5.4");
-        expect(&mut session, "MAIL FROM:<a@b.test> RET=HDRS ENVID=e1", "250");
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> RET=FULL ENVID=x+",
+            "501 5.5.4",
+        );
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> RET=HDRS ENVID=e1",
+            "250",
+        );
         expect(&mut session, "RCPT TO:<r1@b.test>", "250");
-        expect(&mut session, "RCPT TO:<r2@b.test> NOTIFY=SUCCESS,,", "501 5.5.4");
-        expect(&mut session, "RCPT TO:<r2@b.test> ORCPT=rfc822", "501 5.5.4");
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> NOTIFY=SUCCESS,,",
+            "501 5.5.4",
+        );
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> ORCPT=rfc822",
+            "501 5.5.4",
+        );
         expect(
             &mut session,
             "RCPT TO:<r2@b.test> NOTIFY=never ORCPT=rfc822;R2+40b.test",
