@@ -92,7 +92,8 @@ pub use dsn::{
     MessageDsn, NotifyOn, OriginalRecipient, RecipientDsn, ReportKind, Ret, wants_report,
 };
 pub use model::{
-    Envelope, EnvelopeDsn, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate,
+    ATTEMPTS_LOG_LEN, AttemptRecord, Envelope, EnvelopeDsn, LoggedAttempt, Message, Outcome,
+    QueueId, Recipient, RecipientStatus, RecipientUpdate,
 };
 
 use std::fs::File;
@@ -359,6 +360,7 @@ impl Queue {
                     next_attempt_at: Some(now),
                     last_reply: None,
                     dsn: recipient_dsn.next().filter(|dsn| !dsn.is_empty()),
+                    attempts_log: Vec::new(),
                 })
                 .collect(),
             dsn: message_dsn,
@@ -546,7 +548,27 @@ impl Queue {
         id: &QueueId,
         updates: Vec<RecipientUpdate>,
     ) -> Result<Message, QueueError> {
+        self.complete_logged(id, updates, Vec::new()).await
+    }
+
+    /// [`Queue::complete`], also appending `attempts` to the recipients'
+    /// [`Recipient::attempts_log`] (the last [`ATTEMPTS_LOG_LEN`] are kept),
+    /// in the same durable write. Attempts for recipients that are already
+    /// delivered or failed, or that do not exist, are ignored.
+    pub async fn complete_logged(
+        &self,
+        id: &QueueId,
+        updates: Vec<RecipientUpdate>,
+        attempts: Vec<LoggedAttempt>,
+    ) -> Result<Message, QueueError> {
         self.change(id, Lease::End, |message| {
+            for logged in attempts {
+                if let Some(recipient) = message.recipients.get_mut(logged.index)
+                    && recipient.is_open()
+                {
+                    recipient.log_attempt(logged.attempt);
+                }
+            }
             for update in updates {
                 let Some(recipient) = message.recipients.get_mut(update.index) else {
                     tracing::warn!(queue_id = %message.id, index = update.index, "outcome for a recipient that does not exist");

@@ -86,6 +86,37 @@ pub struct Recipient {
     /// NOTIFY and ORCPT (RFC 3461), when the client gave either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dsn: Option<RecipientDsn>,
+    /// The last [`ATTEMPTS_LOG_LEN`] delivery attempts, oldest first. Absent
+    /// from records written before it existed (and empty then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts_log: Vec<AttemptRecord>,
+}
+
+/// How many attempts [`Recipient::attempts_log`] keeps per recipient.
+pub const ATTEMPTS_LOG_LEN: usize = 20;
+
+/// One delivery attempt of one recipient, as `sluice queue show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the attempt's outcome was recorded.
+    pub at: DateTime<Utc>,
+    /// The server that answered, `host[address]:port`, or `none` when no
+    /// server was reached.
+    pub relay: String,
+    /// The TLS version and cipher, `plaintext`, or `none`.
+    pub tls: String,
+    /// The reply (or the local reason), on one line.
+    pub reply: String,
+}
+
+/// An attempt to append to the log of the recipient at `index` in
+/// [`Message::recipients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedAttempt {
+    /// Index into [`Message::recipients`].
+    pub index: usize,
+    /// What happened.
+    pub attempt: AttemptRecord,
 }
 
 /// A queued message as stored: envelope plus per-recipient state.
@@ -212,6 +243,16 @@ fn decode_time(text: &str) -> Option<u64> {
 }
 
 impl Recipient {
+    /// Appends `attempt` to the log, dropping the oldest beyond
+    /// [`ATTEMPTS_LOG_LEN`].
+    pub(crate) fn log_attempt(&mut self, attempt: AttemptRecord) {
+        if self.attempts_log.len() >= ATTEMPTS_LOG_LEN {
+            let excess = self.attempts_log.len() + 1 - ATTEMPTS_LOG_LEN;
+            self.attempts_log.drain(..excess);
+        }
+        self.attempts_log.push(attempt);
+    }
+
     /// True while the recipient still needs a delivery attempt.
     pub(crate) fn is_open(&self) -> bool {
         matches!(
@@ -282,6 +323,7 @@ mod tests {
             next_attempt_at,
             last_reply: None,
             dsn: None,
+            attempts_log: Vec::new(),
         };
         let mut message = Message {
             id: QueueId("x".into()),
@@ -309,5 +351,41 @@ mod tests {
         message.recipients.retain(|r| !r.is_open());
         assert!(message.is_finished());
         assert_eq!(message.due_at(), None);
+    }
+
+    #[test]
+    fn the_attempts_log_keeps_the_last_twenty() {
+        let mut recipient = Recipient {
+            address: "a@example.org".into(),
+            status: RecipientStatus::Deferred,
+            attempts: 0,
+            next_attempt_at: None,
+            last_reply: None,
+            attempts_log: Vec::new(),
+            dsn: None,
+        };
+        for n in 0..25 {
+            recipient.log_attempt(AttemptRecord {
+                at: Utc::now(),
+                relay: "mx.example.org[192.0.2.1]:25".into(),
+                tls: "none".into(),
+                reply: format!("451 4.3.0 try {n}"),
+            });
+        }
+        assert_eq!(recipient.attempts_log.len(), ATTEMPTS_LOG_LEN);
+        assert_eq!(recipient.attempts_log[0].reply, "451 4.3.0 try 5");
+        assert_eq!(recipient.attempts_log[19].reply, "451 4.3.0 try 24");
+    }
+
+    #[test]
+    fn a_record_without_an_attempts_log_still_reads() {
+        // As written before the log existed.
+        let old = r#"{"address":"a@example.org","status":"deferred","attempts":2,
+            "next_attempt_at":"2026-11-25T10:00:00Z","last_reply":"451 4.3.0 later"}"#;
+        let recipient: Recipient = serde_json::from_str(old).expect("old record");
+        assert!(recipient.attempts_log.is_empty());
+        assert_eq!(recipient.attempts, 2);
+        let written = serde_json::to_string(&recipient).unwrap();
+        assert!(!written.contains("attempts_log"), "{written}");
     }
 }

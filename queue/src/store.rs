@@ -497,6 +497,7 @@ mod tests {
                     next_attempt_at: None,
                     last_reply: None,
                     dsn: None,
+                    attempts_log: Vec::new(),
                 }],
                 dsn: None,
                 delay_notified_at: None,

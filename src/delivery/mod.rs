@@ -13,6 +13,7 @@
 pub mod attempt;
 pub mod client;
 pub mod dsn;
+pub mod history;
 pub mod loops;
 pub mod notices;
 pub mod pool;

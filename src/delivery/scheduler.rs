@@ -420,7 +420,12 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
             _ => None,
         })
         .collect();
-    if let Err(error) = ctx.queue.complete(&message.id, updates).await {
+    let logged = super::history::logged(&attempts, now);
+    if let Err(error) = ctx
+        .queue
+        .complete_logged(&message.id, updates, logged)
+        .await
+    {
         if left_the_queue(engine, message) {
             return;
         }
@@ -502,6 +507,7 @@ mod tests {
             attempts: 1,
             next_attempt_at: next.map(at),
             last_reply: None,
+            attempts_log: Vec::new(),
             dsn: None,
         }
     }

@@ -301,8 +301,6 @@ impl Connection {
         let capabilities = Capabilities {
             // One command at a time: see above.
             pipelining: false,
-            // A message streamed from stdin has no size known beforehand.
-            size: None,
             ..capabilities.clone()
         };
         let (mut transaction, mut step) =
