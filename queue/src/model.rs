@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::dsn::{MessageDsn, RecipientDsn};
+
 /// A queue ID: short, unique, `[A-Za-z0-9]+`, and sorting in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueId(String);
@@ -38,6 +40,20 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared BODY=8BITMIME.
     pub body_8bit: bool,
+    /// DSN parameters (RFC 3461), when the client gave any: RET and ENVID,
+    /// and NOTIFY and ORCPT per recipient, in the order of `recipients`
+    /// (empty, or one entry per recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<EnvelopeDsn>,
+}
+
+/// The DSN parameters of one transaction (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeDsn {
+    /// RET and ENVID from MAIL.
+    pub message: MessageDsn,
+    /// NOTIFY and ORCPT from each RCPT, in the order of the recipients.
+    pub recipients: Vec<RecipientDsn>,
 }
 
 /// Where a recipient stands.
@@ -67,6 +83,9 @@ pub struct Recipient {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The last reply from the next hop, e.g. `451 4.3.0 try later`.
     pub last_reply: Option<String>,
+    /// NOTIFY and ORCPT (RFC 3461), when the client gave either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<RecipientDsn>,
     /// The last [`ATTEMPTS_LOG_LEN`] delivery attempts, oldest first. Absent
     /// from records written before it existed (and empty then).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -119,6 +138,12 @@ pub struct Message {
     pub body_8bit: bool,
     /// Every recipient with its delivery state, in RCPT order.
     pub recipients: Vec<Recipient>,
+    /// RET and ENVID (RFC 3461), when the client gave either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<MessageDsn>,
+    /// When the delay notice went to the sender; at most one is ever sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_notified_at: Option<DateTime<Utc>>,
 }
 
 /// The result of one delivery attempt for one recipient.
@@ -297,6 +322,7 @@ mod tests {
             attempts: 0,
             next_attempt_at,
             last_reply: None,
+            dsn: None,
             attempts_log: Vec::new(),
         };
         let mut message = Message {
@@ -311,6 +337,8 @@ mod tests {
                 recipient(RecipientStatus::Delivered, None),
                 recipient(RecipientStatus::Deferred, Some(later)),
             ],
+            dsn: None,
+            delay_notified_at: None,
         };
         assert_eq!(message.due_at(), Some(later));
         message
@@ -334,6 +362,7 @@ mod tests {
             next_attempt_at: None,
             last_reply: None,
             attempts_log: Vec::new(),
+            dsn: None,
         };
         for n in 0..25 {
             recipient.log_attempt(AttemptRecord {

@@ -268,6 +268,7 @@ mod tests {
             next_attempt_at: None,
             last_reply: reply.map(str::to_string),
             attempts_log: Vec::new(),
+            dsn: None,
         }
     }
 
@@ -281,6 +282,8 @@ mod tests {
             smtputf8: false,
             body_8bit: false,
             recipients,
+            dsn: None,
+            delay_notified_at: None,
         }
     }
 

@@ -5,7 +5,10 @@
 //! A message object is exactly
 //! `{"id","sender","size","received_at","held","recipients":[{"address",
 //! "status","attempts","next_attempt_at","last_reply"}]}`; times are RFC 3339
-//! UTC, `sender` is `""` for the null sender `<>`.
+//! UTC, `sender` is `""` for the null sender `<>`. Messages with DSN
+//! parameters (RFC 3461) add `"ret"`, `"envid"` and, per recipient,
+//! `"notify"` and `"orcpt"`; one that got its delay notice adds
+//! `"delay_notified_at"`. Each appears only when set.
 
 use std::io::Write;
 
@@ -31,6 +34,19 @@ pub struct MessageView {
     pub held: bool,
     /// Every recipient, in the order given at RCPT time.
     pub recipients: Vec<RecipientView>,
+    /// `RET` (RFC 3461 §4.3): `"FULL"` or `"HDRS"`; absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    /// `ENVID` (RFC 3461 §4.4), decoded; absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// When the delay notice was sent; absent until then.
+    #[serde(
+        default,
+        with = "rfc3339_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay_notified_at: Option<DateTime<Utc>>,
 }
 
 /// One recipient's delivery state.
@@ -47,6 +63,14 @@ pub struct RecipientView {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The last reply from a next hop (or the reason of a failure), or `null`.
     pub last_reply: Option<String>,
+    /// `NOTIFY` (RFC 3461 §4.1): `"NEVER"` or e.g. `"SUCCESS,FAILURE"`;
+    /// absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// `ORCPT` (RFC 3461 §4.2) as `type;address`, decoded; absent when not
+    /// given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
     /// The last 20 attempts, oldest first: only in `show` (one message),
     /// absent from listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +126,7 @@ impl MessageView {
 
 impl From<Message> for MessageView {
     fn from(message: Message) -> Self {
+        let dsn = message.dsn.unwrap_or_default();
         MessageView {
             id: message.id.to_string(),
             sender: message.sender,
@@ -113,18 +138,26 @@ impl From<Message> for MessageView {
                 .into_iter()
                 .map(RecipientView::from)
                 .collect(),
+            ret: dsn.ret.map(|ret| ret.keyword().to_string()),
+            envid: dsn.envid,
+            delay_notified_at: message.delay_notified_at,
         }
     }
 }
 
 impl From<Recipient> for RecipientView {
     fn from(recipient: Recipient) -> Self {
+        let dsn = recipient.dsn.unwrap_or_default();
         RecipientView {
             address: recipient.address,
             status: recipient.status,
             attempts: recipient.attempts,
             next_attempt_at: recipient.next_attempt_at,
             last_reply: recipient.last_reply,
+            notify: dsn.notify.map(|notify| notify.keywords()),
+            orcpt: dsn
+                .orcpt
+                .map(|orcpt| format!("{};{}", orcpt.address_type, orcpt.address)),
             attempts_log: None,
         }
     }
@@ -360,6 +393,7 @@ mod tests {
                     attempts: 2,
                     next_attempt_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()),
                     last_reply: Some("421 4.7.0 try later".into()),
+                    dsn: None,
                     attempts_log: vec![AttemptRecord {
                         at: Utc.with_ymd_and_hms(2026, 11, 25, 9, 50, 0).unwrap(),
                         relay: "mx.example.net[192.0.2.1]:25".into(),
@@ -373,9 +407,12 @@ mod tests {
                     attempts: 0,
                     next_attempt_at: None,
                     last_reply: None,
+                    dsn: None,
                     attempts_log: Vec::new(),
                 },
             ],
+            dsn: None,
+            delay_notified_at: None,
         }
     }
 

@@ -115,6 +115,15 @@ pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> i
         "held:          {}",
         if message.held { "yes" } else { "no" }
     )?;
+    if let Some(ret) = &message.ret {
+        writeln!(out, "ret:           {ret}")?;
+    }
+    if let Some(envid) = &message.envid {
+        writeln!(out, "envid:         {envid}")?;
+    }
+    if let Some(at) = &message.delay_notified_at {
+        writeln!(out, "delay notice:  sent {}", format_time(at))?;
+    }
     for recipient in &message.recipients {
         let status = serde_json::to_value(recipient.status)
             .ok()
@@ -128,6 +137,12 @@ pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> i
         }
         if let Some(reply) = &recipient.last_reply {
             writeln!(out, "  last reply:  {reply}")?;
+        }
+        if let Some(notify) = &recipient.notify {
+            writeln!(out, "  notify:      {notify}")?;
+        }
+        if let Some(orcpt) = &recipient.orcpt {
+            writeln!(out, "  orcpt:       {orcpt}")?;
         }
         let log = recipient.attempts_log.as_deref().unwrap_or_default();
         if !log.is_empty() {
@@ -235,8 +250,13 @@ mod tests {
                 attempts: 2,
                 next_attempt_at: None,
                 last_reply: Some("421 4.7.0 try later".into()),
+                notify: None,
+                orcpt: None,
                 attempts_log: None,
             }],
+            ret: None,
+            envid: None,
+            delay_notified_at: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub fn submit(
         size: None,
         eight_bit: true,
         smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        message_dsn: None,
+        recipient_dsn: &[],
     };
     let reply = connection.transaction(
         &capabilities,
