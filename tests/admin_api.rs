@@ -563,8 +563,11 @@ fn an_oversized_body_gets_413_with_a_json_error_and_a_small_one_is_fine() {
     let admin = sluice.admin;
     let (status, body) = raw_http(
         admin,
-        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 1048576\r\n\
-          Connection: close\r\n\r\n",
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
+             Content-Length: 1048576\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(status, 413, "{body}");
     let error: Value = serde_json::from_str(&body).expect("a JSON error body");
@@ -576,8 +579,11 @@ fn an_oversized_body_gets_413_with_a_json_error_and_a_small_one_is_fine() {
     );
     let (status, body) = raw_http(
         admin,
-        b"POST /v1/queue/retry HTTP/1.1\r\nHost: sluice\r\nContent-Length: 2\r\n\
-          Connection: close\r\n\r\n{}",
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .as_bytes(),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -682,4 +688,352 @@ fn queue_gauges_stay_exact_after_every_action() {
     assert_gauges_match_the_list(admin, "delete --all");
     let counts = counts_from_list(admin);
     assert!(counts.iter().all(|(_, n)| *n == 0.0), "{counts:?}");
+}
+
+#[test]
+fn a_foreign_host_is_refused_against_dns_rebinding() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: false,
+        }],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    for target in ["/v1/queue", "/health", "/metrics"] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 421, "GET {target} with Host: evil.example: {body}");
+        assert!(!body.contains(&ids[0]), "the queue leaked: {body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+        assert!(
+            error["error"].as_str().is_some_and(|e| e.contains("Host")),
+            "{body}"
+        );
+    }
+    let port = admin.port();
+    for host in [format!("evil.example:{port}"), format!("127.0.0.2:{port}")] {
+        let request =
+            format!("GET /v1/queue HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 421, "Host: {host}: {body}");
+    }
+    for host in [admin.to_string(), format!("localhost:{port}")] {
+        let request =
+            format!("GET /v1/queue HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 200, "Host: {host}: {body}");
+        assert!(body.contains(&ids[0]), "{body}");
+    }
+}
+
+#[test]
+fn cross_site_state_changes_are_refused_and_the_cli_still_works() {
+    let (sluice, _sink, ids) = server(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["b@example.net"],
+            held: false,
+        }],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let hold = format!("/v1/queue/{}/hold", ids[0]);
+    // What a web page can send without a preflight: a "simple" request.
+    let refused = [
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        ),
+        format!(
+            "POST /v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        // Even with the custom header, a foreign Origin is refused.
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             X-Sluice-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        // No Origin (an old browser, a form), no custom header, no token.
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "DELETE /v1/queue HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    ];
+    for request in &refused {
+        let (status, body) = raw_http(admin, request.as_bytes());
+        assert_eq!(status, 403, "{request:?}: {body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON error body");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused")),
+            "{body}"
+        );
+    }
+    let (status, body) = raw_http(
+        admin,
+        format!(
+            "GET /v1/queue/{} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n",
+            ids[0]
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let message: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(message["held"], false, "nothing was held: {body}");
+    assert_eq!(
+        http("GET", admin, "/v1/queue", None)
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "nothing was deleted"
+    );
+
+    // No CORS preflight is answered.
+    let request = format!(
+        "OPTIONS {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-sluice-request\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let head = raw_head(admin, request.as_bytes());
+    assert!(
+        !head.starts_with("HTTP/1.1 2"),
+        "a preflight must not succeed: {head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("access-control-"),
+        "no CORS headers: {head}"
+    );
+
+    // The same request from our own origin with the header is served, and
+    // the CLI (which sends it) works unchanged.
+    let (status, body) = raw_http(
+        admin,
+        format!(
+            "POST {hold} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\n\
+             X-Sluice-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let config = sluice.config_path.clone();
+    let (code, stdout, stderr) = common::cli(&config, &["queue", "release", &ids[0]]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, format!("{}: released\n", ids[0]).as_str()),
+        "{stderr}"
+    );
+    sluice.wait_log(&[&format!("queue_id={}", ids[0]), "action=release"]);
+}
+
+/// Sends `request` and returns the answer's head (status line and fields).
+fn raw_head(admin: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin API");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.split("\r\n\r\n").next().unwrap_or("").to_string()
+}
+
+/// `POST path` with a JSON `body` and the custom header; (status, JSON).
+fn post_json(admin: std::net::SocketAddr, path: &str, body: &str) -> (u16, Value) {
+    let result = ureq::post(&format!("http://{admin}{path}"))
+        .set("X-Sluice-Request", "1")
+        .set("Content-Type", "application/json")
+        .send_string(body);
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("POST {path}: {error}"),
+    };
+    let status = response.status();
+    (status, response.into_json().expect("a JSON answer"))
+}
+
+#[test]
+fn bulk_endpoints_take_filters_or_a_list_of_ids_and_answer_counts() {
+    let (sluice, _sink, ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["b@example.net"],
+                held: false,
+            },
+            Seed {
+                sender: "c@example.org",
+                recipients: &["d@example.com"],
+                held: false,
+            },
+            Seed {
+                sender: "e@example.org",
+                recipients: &["f@example.net"],
+                held: true,
+            },
+        ],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let reply = http("POST", admin, "/v1/queue/hold?domain=example.net", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"held": 1}),
+        "the held one is not counted"
+    );
+    let reply = http("POST", admin, "/v1/queue/hold?older_than=1h", None);
+    assert_eq!(reply.json(), serde_json::json!({"held": 0}));
+
+    let body = format!(
+        r#"{{"ids": ["{}", "{}", "ZZZZZZZZZZZZ", "a-b"]}}"#,
+        ids[0], ids[2]
+    );
+    let (status, answer) = post_json(admin, "/v1/queue/release", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["released"], 2, "{answer}");
+    let errors = answer["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 2, "{answer}");
+    assert!(
+        errors[0]
+            .as_str()
+            .is_some_and(|e| e.contains("no such message: ZZZZZZZZZZZZ"))
+            || errors[1]
+                .as_str()
+                .is_some_and(|e| e.contains("no such message: ZZZZZZZZZZZZ")),
+        "{answer}"
+    );
+
+    let reply = http(
+        "POST",
+        admin,
+        "/v1/queue/delete?sender=c%40example.org",
+        None,
+    );
+    assert_eq!(reply.json(), serde_json::json!({"deleted": 1}));
+    assert_eq!(
+        http("GET", admin, &format!("/v1/queue/{}", ids[1]), None).status,
+        404
+    );
+    let reply = http("DELETE", admin, "/v1/queue?domain=nowhere.example", None);
+    assert_eq!(reply.json(), serde_json::json!({"deleted": 0}));
+
+    for (path, body, words) in [
+        ("/v1/queue/hold?limit=5", "", "listings"),
+        ("/v1/queue/hold?older_than=soon", "", "bad age"),
+        (
+            "/v1/queue/hold?domain=example.net",
+            r#"{"ids": []}"#,
+            "not both",
+        ),
+        ("/v1/queue/hold", "[1, 2]", "bad body"),
+    ] {
+        let (status, answer) = post_json(admin, path, body);
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(words)),
+            "{answer}"
+        );
+    }
+}
+
+#[test]
+fn summary_and_message_endpoints() {
+    let (sluice, _sink, ids) = server(
+        &[
+            Seed {
+                sender: "a@example.org",
+                recipients: &["b@example.net", "c@example.net"],
+                held: true,
+            },
+            Seed {
+                sender: "",
+                recipients: &["d@example.com"],
+                held: true,
+            },
+        ],
+        "",
+        SinkMode::TempFail,
+    );
+    let admin = sluice.admin;
+    let reply = http("GET", admin, "/v1/queue/summary", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let summary = reply.json();
+    let keys: Vec<&String> = summary.as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["domains", "total"], "{summary}");
+    assert_eq!(summary["total"]["messages"], 2, "{summary}");
+    let row = &summary["domains"][0];
+    let mut keys: Vec<&String> = row.as_object().expect("row").keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "ages",
+            "deferred",
+            "domain",
+            "held",
+            "messages",
+            "suspended",
+            "top_reply",
+            "top_reply_count"
+        ],
+        "{row}"
+    );
+    assert_eq!(row["domain"], "example.com", "one message each: by name");
+    // In bucket order on the wire (serde_json's Value would sort them).
+    let buckets = [
+        "0-5m", "5-10m", "10-20m", "20-40m", "40-80m", "80-160m", "160-320m", "320m+",
+    ];
+    let positions: Vec<usize> = buckets
+        .iter()
+        .map(|b| reply.body.find(&format!("\"{b}\":")).expect("every bucket"))
+        .collect();
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "{}", reply.body);
+    assert_eq!(row["ages"].as_object().expect("ages").len(), 8, "{row}");
+
+    let reply = http("GET", admin, &format!("/v1/queue/{}/message", ids[0]), None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.content_type.as_deref(), Some("message/rfc822"));
+    assert!(
+        reply.body.starts_with("From: <a@example.org>\r\n")
+            && reply.body.ends_with("\r\n\r\nHello.\r\n"),
+        "{:?}",
+        reply.body
+    );
+    let reply = http(
+        "GET",
+        admin,
+        &format!("/v1/queue/{}/message?headers=true", ids[0]),
+        None,
+    );
+    assert!(
+        reply.body.ends_with("Message-ID: <0@client.test>\r\n") && !reply.body.contains("Hello."),
+        "{:?}",
+        reply.body
+    );
+    assert_error(
+        &http("GET", admin, "/v1/queue/ZZZZZZZZZZZZ/message", None),
+        404,
+        "no such message",
+    );
+    assert_error(
+        &http(
+            "GET",
+            admin,
+            &format!("/v1/queue/{}/message?colour=red", ids[0]),
+            None,
+        ),
+        400,
+        "colour",
+    );
 }

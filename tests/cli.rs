@@ -166,6 +166,7 @@ fn check_config_prints_durations_and_sizes_in_the_config_style() {
         "data_timeout = \"90m\"",
         "max_message_size = \"10MiB\"",
         "max_queue_lifetime = \"7d\"",
+        "delay_warning = \"4h\"",
         "retry_initial = \"1500ms\"",
         "retry_max = \"1h\"",
         "shutdown_grace = \"30s\"",

@@ -425,7 +425,9 @@ fn ehlo_lists_exactly_the_documented_keywords_with_the_default_size() {
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
-            "CHUNKING"
+            "CHUNKING",
+            // DESIGN.md "Sender notifications": EHLO advertises DSN.
+            "DSN"
         ]
     );
 }
@@ -460,6 +462,7 @@ fn ehlo_offers_starttls_but_not_auth_before_tls() {
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
             "STARTTLS"
         ]
     );

@@ -55,6 +55,8 @@ fn plain(recipients: &[String], size: u64) -> Envelope<'_> {
         size: Some(size),
         eight_bit: false,
         smtputf8: false,
+        message_dsn: None,
+        recipient_dsn: &[],
     }
 }
 
@@ -88,6 +90,8 @@ async fn pipelined_transaction_delivers_body_bytes_intact() {
                 size: Some(message.len() as u64),
                 eight_bit: true,
                 smtputf8: false,
+                message_dsn: None,
+                recipient_dsn: &[],
             },
             &mut body(message),
         )
@@ -136,6 +140,8 @@ async fn each_recipient_gets_its_own_reply() {
                     size: Some(10),
                     eight_bit: false,
                     smtputf8: false,
+                    message_dsn: None,
+                    recipient_dsn: &[],
                 },
                 &mut body(b"again\r\n"),
             )

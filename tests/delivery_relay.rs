@@ -320,8 +320,10 @@ fn permanent_failure_sends_a_dsn_to_the_sender() {
         "Status: 5.1.1",
         &format!("Remote-MTA: dns; {}", destination.addr.ip()),
         "Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: no such user",
-        "Content-Type: text/rfc822-headers",
+        // DESIGN.md: without RET=HDRS the whole message comes back.
+        "Content-Type: message/rfc822",
         "Message-ID: <t1@origin.test>",
+        "Hello.",
     ] {
         assert!(text.contains(expected), "DSN lacks {expected:?}:\n{text}");
     }
@@ -752,6 +754,7 @@ fn idle_queue_of_deferred_mail_costs_no_cpu() {
                         recipients: vec![format!("r{index}@dest.test")],
                         smtputf8: false,
                         body_8bit: false,
+                        dsn: None,
                     };
                     queue.enqueue(envelope, BODY).await.expect("enqueue")
                 });

@@ -224,7 +224,13 @@ fn all_with_an_id_or_neither_is_a_usage_error() {
         &["queue", "retry"],
         &["queue", "delete"],
         &["queue", "show"],
-        &["queue", "hold", "--all"],
+        // DESIGN.md second wave: `hold --all` is valid; IDs and filters,
+        // or --all and filters, do not mix.
+        &["queue", "hold"],
+        &["queue", "hold", "ABC", "--domain", "example.net"],
+        &["queue", "bounce", "--all", "--sender", "a@example.org"],
+        &["queue", "delete", "--older-than", "soon"],
+        &["queue", "cat"],
         &["queue", "frobnicate"],
     ] {
         let (code, _, stderr) = cli(&config, args);
@@ -460,4 +466,333 @@ fn list_of_a_big_queue_streams_every_message() {
     let list = list_json(&sluice.config_path);
     let listed: Vec<&str> = list.iter().map(|m| m["id"].as_str().expect("id")).collect();
     assert_eq!(listed, ids);
+}
+
+#[test]
+fn show_lists_the_attempt_history_online_and_offline() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (mut sluice, ids) = online(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["later@example.net"],
+            held: false,
+        }],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    wait_for("the first attempt to defer", DEADLINE, || {
+        let message = show_json(&config, &ids[0]);
+        (message["recipients"][0]["attempts"] == 1).then_some(())
+    });
+    cli_ok(&config, &["queue", "retry", &ids[0]]);
+    let message = wait_for("the second attempt to defer", DEADLINE, || {
+        let message = show_json(&config, &ids[0]);
+        (message["recipients"][0]["attempts"] == 2).then_some(message)
+    });
+    let log = message["recipients"][0]["attempts_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("show --json has an attempts_log: {message}"))
+        .clone();
+    assert_eq!(log.len(), 2, "one entry per attempt: {message}");
+    let port = format!(":{}", sink.address.port());
+    for attempt in &log {
+        let relay = attempt["relay"].as_str().unwrap_or("");
+        assert!(
+            relay.contains("127.0.0.1") && relay.ends_with(&port),
+            "relay host[address]:port: {attempt}"
+        );
+        assert_eq!(attempt["tls"], "plaintext", "{attempt}");
+        assert!(
+            attempt["reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("451")),
+            "{attempt}"
+        );
+    }
+    assert!(
+        log[0]["time"].as_str() <= log[1]["time"].as_str(),
+        "oldest first"
+    );
+    let text = cli_ok(&config, &["queue", "show", &ids[0]]);
+    assert!(
+        text.contains("history:") && text.matches(" plaintext  451").count() == 2,
+        "{text}"
+    );
+    // Listings stay lean: the history is only in `show`.
+    let list = list_json(&config);
+    assert!(
+        list[0]["recipients"][0].get("attempts_log").is_none(),
+        "{list:?}"
+    );
+
+    // Stored with the message: the spool alone shows it.
+    sluice.terminate();
+    let offline = show_json(&config, &ids[0]);
+    assert_eq!(offline["recipients"][0]["attempts_log"], Value::Array(log));
+}
+
+/// Runs `sluice queue <args>` with `stdin`; returns (exit code, stdout, stderr).
+fn cli_stdin(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    common::run(Some(stdin.as_bytes()), |command| {
+        command.arg("queue").args(args).arg("--config").arg(config);
+    })
+}
+
+fn held(config: &Path, id: &str) -> bool {
+    show_json(config, id)["held"] == true
+}
+
+/// The bulk forms on [`four_messages`], through whatever `config` reaches.
+fn bulk_actions(config: &Path, ids: &[String]) {
+    let q = |args: &[&str]| {
+        let mut argv = vec!["queue"];
+        argv.extend_from_slice(args);
+        cli_ok(config, &argv)
+    };
+    assert_eq!(q(&["hold", &ids[0], &ids[3]]), "2 messages held\n");
+    assert!(held(config, &ids[0]) && held(config, &ids[3]));
+
+    let stdin = format!("{}\n  {}\n\n", ids[0], ids[3]);
+    let (code, stdout, stderr) = cli_stdin(config, &["release", "-"], &stdin);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "2 messages released\n"),
+        "{stderr}"
+    );
+    assert!(!held(config, &ids[0]) && !held(config, &ids[3]));
+
+    // Refusals are reported one by one; the others are still done.
+    let (code, stdout, stderr) = cli(
+        config,
+        &["queue", "hold", &ids[0], "ZZZZZZZZZZZZ", "not-an-id"],
+    );
+    assert_eq!(code, 1, "a refused ID exits 1: {stderr}");
+    assert_eq!(stdout, "1 message held\n", "singular: {stderr}");
+    assert!(
+        stderr.contains("no such message: ZZZZZZZZZZZZ") && stderr.contains("not-an-id"),
+        "{stderr}"
+    );
+    assert!(held(config, &ids[0]));
+
+    // Filters: only what the action changes is counted.
+    assert_eq!(
+        q(&["release", "--domain", "example.net"]),
+        "2 messages released\n"
+    );
+    assert!(!held(config, &ids[0]) && !held(config, &ids[1]));
+    assert_eq!(
+        q(&[
+            "hold",
+            "--domain",
+            "EXAMPLE.net",
+            "--sender",
+            "grace@example.org"
+        ]),
+        "1 message held\n"
+    );
+    assert!(held(config, &ids[3]) && !held(config, &ids[0]));
+    assert_eq!(q(&["hold", "--older-than", "1h"]), "0 messages held\n");
+    assert_eq!(q(&["hold", "--status", "held"]), "0 messages held\n");
+    assert_eq!(q(&["release", "--all"]), "2 messages released\n");
+    assert_eq!(q(&["delete", "--sender", ""]), "1 message deleted\n");
+    let (code, _, _) = cli(config, &["queue", "show", &ids[2]]);
+    assert_eq!(code, 1, "the null-sender message was deleted");
+    assert_eq!(
+        q(&["bounce", "--domain", "example.com"]),
+        "1 message bounced\n"
+    );
+    let (code, _, _) = cli(config, &["queue", "show", &ids[0]]);
+    assert_eq!(code, 1, "the bounced message left the queue");
+    let left: Vec<String> = list_json(config)
+        .iter()
+        .map(|message| message["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(left.contains(&ids[1]) && left.contains(&ids[3]), "{left:?}");
+    assert_eq!(left.len(), 3, "m1, m3 and the DSN to alice: {left:?}");
+}
+
+#[test]
+fn bulk_actions_take_several_ids_stdin_and_filters_against_a_running_server() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(&four_messages(), &sink);
+    bulk_actions(&sluice.config_path, &ids);
+    sluice.wait_log(&[&format!("queue_id={}", ids[3]), "action=hold"]);
+    sluice.wait_log(&["action=bounce", "messages=1", "bulk action done"]);
+}
+
+#[test]
+fn bulk_actions_take_several_ids_stdin_and_filters_offline() {
+    let sink = Sink::start(SinkMode::Accept);
+    let (dir, config, ids) = offline(&four_messages(), &sink);
+    bulk_actions(&config, &ids);
+    assert!(
+        sink.messages().is_empty(),
+        "offline commands deliver nothing"
+    );
+    drop(dir);
+}
+
+#[test]
+fn bulk_actions_stream_over_a_big_queue_online_and_offline() {
+    let count: usize = std::env::var("SLUICE_TEST_BULK_COUNT")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20_000);
+    let sink = Sink::start(SinkMode::TempFail);
+    let dir = tempfile::tempdir().expect("temp dir");
+    fill_many_held(&dir.path().join("spool"), count);
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
+    let timed = |config: &Path, args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = cli_ok(config, args);
+        let took = started.elapsed();
+        eprintln!("{args:?} on {count} messages: {took:?}");
+        assert!(
+            took < std::time::Duration::from_secs(120),
+            "{args:?} took {took:?} for {count} messages"
+        );
+        out
+    };
+    assert_eq!(
+        timed(&config, &["queue", "release", "--all"]),
+        format!("{count} messages released\n")
+    );
+    assert_eq!(
+        timed(&config, &["queue", "hold", "--sender", "bulk@example.org"]),
+        format!("{count} messages held\n")
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    let sluice = Sluice::start_with(dir, &text);
+    assert_eq!(
+        timed(
+            &sluice.config_path,
+            &["queue", "delete", "--domain", "example.net"]
+        ),
+        format!("{count} messages deleted\n")
+    );
+    assert_eq!(
+        cli_ok(&sluice.config_path, &["queue", "list", "--json"]),
+        "[]\n"
+    );
+    assert!(sink.messages().is_empty(), "held mail was never delivered");
+}
+
+/// The body `fill` writes for seed `index`.
+fn seeded_body(seed: &Seed, index: usize) -> String {
+    format!(
+        "From: <{}>\r\nTo: <{}>\r\nSubject: queue test\r\nMessage-ID: <{index}@client.test>\r\n\r\nHello.\r\n",
+        seed.sender,
+        seed.recipients.join(">, <"),
+    )
+}
+
+fn summary_and_cat(config: &Path, ids: &[String]) {
+    let seeds = four_messages();
+    for (index, id) in ids.iter().enumerate() {
+        let body = seeded_body(&seeds[index], index);
+        assert_eq!(cli_ok(config, &["queue", "cat", id]), body, "cat {id}");
+        let header = &body[..body.find("\r\n\r\n").expect("header end") + 2];
+        assert_eq!(
+            cli_ok(config, &["queue", "cat", id, "--headers"]),
+            header,
+            "cat {id} --headers"
+        );
+    }
+    let (code, _, stderr) = cli(config, &["queue", "cat", "ZZZZZZZZZZZZ"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no such message"), "{stderr}");
+
+    let text = cli_ok(config, &["queue", "summary", "--json"]);
+    let summary: Value = serde_json::from_str(&text).expect("summary --json is JSON");
+    assert_eq!(summary["total"]["messages"], 4, "{summary}");
+    assert_eq!(summary["total"]["held"], 2, "{summary}");
+    assert_eq!(summary["total"]["ages"]["0-5m"], 4, "{summary}");
+    let domains: Vec<(&str, u64, u64)> = summary["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .map(|row| {
+            assert_eq!(row["suspended"], false, "{row}");
+            (
+                row["domain"].as_str().unwrap_or_default(),
+                row["messages"].as_u64().unwrap_or_default(),
+                row["held"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        domains,
+        [
+            ("example.net", 3, 1),
+            ("example.com", 1, 0),
+            ("example.org", 1, 1)
+        ],
+        "{summary}"
+    );
+    let table = cli_ok(config, &["queue", "summary"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("DOMAIN") && lines[0].contains("160-320m"),
+        "{table}"
+    );
+    let total: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        total[..6],
+        ["TOTAL", "4", total[2], "2", "0", "4"],
+        "{table}"
+    );
+    assert!(lines[2].starts_with("example.net "), "{table}");
+}
+
+#[test]
+fn summary_and_cat_work_against_a_running_server() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(&four_messages(), &sink);
+    let config = sluice.config_path.clone();
+    summary_and_cat(&config, &ids);
+    // The two unheld messages are deferred by the sink: the summary shows it.
+    let net = wait_for("example.net deferred twice", DEADLINE, || {
+        let text = cli_ok(&config, &["queue", "summary", "--json"]);
+        let summary: Value = serde_json::from_str(&text).expect("JSON");
+        let row = summary["domains"][0].clone();
+        (row["deferred"] == 2).then_some(row)
+    });
+    assert_eq!(net["domain"], "example.net");
+    assert!(
+        net["top_reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("451")),
+        "{net}"
+    );
+    assert_eq!(net["top_reply_count"], 2, "{net}");
+    let table = cli_ok(&config, &["queue", "summary"]);
+    assert!(table.contains("  top reply (2): 451"), "{table}");
+}
+
+#[test]
+fn summary_and_cat_work_offline_and_on_a_missing_spool() {
+    let sink = Sink::start(SinkMode::Accept);
+    let (dir, config, ids) = offline(&four_messages(), &sink);
+    summary_and_cat(&config, &ids);
+    drop(dir);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        &routed_config_text(dir.path(), sink.address, "", ""),
+    );
+    assert_eq!(
+        cli_ok(&config, &["queue", "summary"]),
+        "Mail queue is empty\n"
+    );
+    assert_eq!(
+        cli_ok(&config, &["queue", "hold", "--all"]),
+        "0 messages held\n"
+    );
+    assert!(
+        !dir.path().join("spool").exists(),
+        "looking creates nothing"
+    );
 }

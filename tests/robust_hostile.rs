@@ -570,9 +570,12 @@ fn http_raw(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
     (status, content_type, body.to_string())
 }
 
-fn request(method: &str, target: &str) -> Vec<u8> {
-    format!("{method} {target} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-        .into_bytes()
+fn request(admin: SocketAddr, method: &str, target: &str) -> Vec<u8> {
+    format!(
+        "{method} {target} HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
+         Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 #[test]
@@ -617,7 +620,8 @@ fn admin_api_answers_hostile_requests_with_json_errors() {
     ];
     let mut problems = Vec::new();
     for (method, target, want) in &cases {
-        let (status, content_type, body) = http_raw(sluice.admin, &request(method, target));
+        let (status, content_type, body) =
+            http_raw(sluice.admin, &request(sluice.admin, method, target));
         let json: Option<serde_json::Value> = serde_json::from_str(&body).ok();
         let has_error = json
             .as_ref()
@@ -668,7 +672,10 @@ fn admin_api_answers_hostile_requests_with_json_errors() {
         problems.len(),
         problems.join("\n")
     );
-    let (status, _, body) = http_raw(sluice.admin, &request("GET", &format!("/v1/queue/{id}")));
+    let (status, _, body) = http_raw(
+        sluice.admin,
+        &request(sluice.admin, "GET", &format!("/v1/queue/{id}")),
+    );
     assert_eq!(status, 200, "the queued message is still shown: {body}");
     drop(stalled);
     assert_healthy(&mut sluice);

@@ -178,9 +178,13 @@ fn unknown_mail_or_rcpt_parameter_gets_555() {
     let server = Sluice::start_no_delivery("");
     let mut client = server.connect();
     client.expect("EHLO client.test", "250");
-    client.expect("MAIL FROM:<a@example.org> RET=HDRS", "555 5.5.4");
+    // RET, ENVID, NOTIFY and ORCPT are known since DSN (tests/dsn.rs).
+    client.expect("MAIL FROM:<a@example.org> MT-PRIORITY=3", "555 5.5.4");
     client.expect("MAIL FROM:<a@example.org> BODY=8BITMIME SIZE=10", "250");
-    client.expect("RCPT TO:<b@example.net> NOTIFY=NEVER", "555 5.5.4");
+    client.expect(
+        "RCPT TO:<b@example.net> RRVS=2030-01-01T00:00:00Z",
+        "555 5.5.4",
+    );
 }
 
 #[test]

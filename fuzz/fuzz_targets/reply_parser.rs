@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
         size: Some(1),
         eight_bit: false,
         smtputf8: false,
+        message_dsn: None,
+        recipient_dsn: &[],
     };
     let (mut transaction, mut step) = Transaction::start(envelope, &capabilities, &mut out);
     loop {

@@ -80,6 +80,7 @@
 
 mod body;
 mod commit;
+mod dsn;
 mod failure;
 mod model;
 mod schedule;
@@ -87,7 +88,13 @@ mod stats;
 mod store;
 
 pub use body::{BodyReader, BodyWriter};
-pub use model::{Envelope, Message, Outcome, QueueId, Recipient, RecipientStatus, RecipientUpdate};
+pub use dsn::{
+    MessageDsn, NotifyOn, OriginalRecipient, RecipientDsn, ReportKind, Ret, wants_report,
+};
+pub use model::{
+    ATTEMPTS_LOG_LEN, AttemptRecord, Envelope, EnvelopeDsn, LoggedAttempt, Message, Outcome,
+    QueueId, Recipient, RecipientStatus, RecipientUpdate,
+};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -328,6 +335,13 @@ impl Queue {
         }
         let (id, size, body) = body.finish()?;
         let now = Utc::now();
+        let (message_dsn, mut recipient_dsn) = match envelope.dsn {
+            Some(dsn) => (
+                Some(dsn.message).filter(|dsn| dsn.ret.is_some() || dsn.envid.is_some()),
+                dsn.recipients.into_iter(),
+            ),
+            None => (None, Vec::new().into_iter()),
+        };
         let message = Message {
             id: id.clone(),
             sender: envelope.sender,
@@ -345,8 +359,12 @@ impl Queue {
                     attempts: 0,
                     next_attempt_at: Some(now),
                     last_reply: None,
+                    dsn: recipient_dsn.next().filter(|dsn| !dsn.is_empty()),
+                    attempts_log: Vec::new(),
                 })
                 .collect(),
+            dsn: message_dsn,
+            delay_notified_at: None,
         };
         let (place, inline) = match body {
             FinishedBody::Inline(bytes) => (
@@ -530,7 +548,27 @@ impl Queue {
         id: &QueueId,
         updates: Vec<RecipientUpdate>,
     ) -> Result<Message, QueueError> {
+        self.complete_logged(id, updates, Vec::new()).await
+    }
+
+    /// [`Queue::complete`], also appending `attempts` to the recipients'
+    /// [`Recipient::attempts_log`] (the last [`ATTEMPTS_LOG_LEN`] are kept),
+    /// in the same durable write. Attempts for recipients that are already
+    /// delivered or failed, or that do not exist, are ignored.
+    pub async fn complete_logged(
+        &self,
+        id: &QueueId,
+        updates: Vec<RecipientUpdate>,
+        attempts: Vec<LoggedAttempt>,
+    ) -> Result<Message, QueueError> {
         self.change(id, Lease::End, |message| {
+            for logged in attempts {
+                if let Some(recipient) = message.recipients.get_mut(logged.index)
+                    && recipient.is_open()
+                {
+                    recipient.log_attempt(logged.attempt);
+                }
+            }
             for update in updates {
                 let Some(recipient) = message.recipients.get_mut(update.index) else {
                     tracing::warn!(queue_id = %message.id, index = update.index, "outcome for a recipient that does not exist");
@@ -598,6 +636,21 @@ impl Queue {
                     recipient.next_attempt_at = Some(now);
                 }
             }
+            Disposition::Keep
+        })
+        .await
+    }
+
+    /// Records that the delay notice for the message went out at `at`, so
+    /// that none is sent again, even after a restart. Durable on return;
+    /// the claim, if any, is kept.
+    pub async fn note_delay_notice(
+        &self,
+        id: &QueueId,
+        at: DateTime<Utc>,
+    ) -> Result<Message, QueueError> {
+        self.change(id, Lease::Keep, |message| {
+            message.delay_notified_at = Some(at);
             Disposition::Keep
         })
         .await

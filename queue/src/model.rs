@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::dsn::{MessageDsn, RecipientDsn};
+
 /// A queue ID: short, unique, `[A-Za-z0-9]+`, and sorting in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueId(String);
@@ -38,6 +40,20 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared BODY=8BITMIME.
     pub body_8bit: bool,
+    /// DSN parameters (RFC 3461), when the client gave any: RET and ENVID,
+    /// and NOTIFY and ORCPT per recipient, in the order of `recipients`
+    /// (empty, or one entry per recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<EnvelopeDsn>,
+}
+
+/// The DSN parameters of one transaction (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeDsn {
+    /// RET and ENVID from MAIL.
+    pub message: MessageDsn,
+    /// NOTIFY and ORCPT from each RCPT, in the order of the recipients.
+    pub recipients: Vec<RecipientDsn>,
 }
 
 /// Where a recipient stands.
@@ -67,6 +83,40 @@ pub struct Recipient {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The last reply from the next hop, e.g. `451 4.3.0 try later`.
     pub last_reply: Option<String>,
+    /// NOTIFY and ORCPT (RFC 3461), when the client gave either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<RecipientDsn>,
+    /// The last [`ATTEMPTS_LOG_LEN`] delivery attempts, oldest first. Absent
+    /// from records written before it existed (and empty then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts_log: Vec<AttemptRecord>,
+}
+
+/// How many attempts [`Recipient::attempts_log`] keeps per recipient.
+pub const ATTEMPTS_LOG_LEN: usize = 20;
+
+/// One delivery attempt of one recipient, as `sluice queue show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the attempt's outcome was recorded.
+    pub at: DateTime<Utc>,
+    /// The server that answered, `host[address]:port`, or `none` when no
+    /// server was reached.
+    pub relay: String,
+    /// The TLS version and cipher, `plaintext`, or `none`.
+    pub tls: String,
+    /// The reply (or the local reason), on one line.
+    pub reply: String,
+}
+
+/// An attempt to append to the log of the recipient at `index` in
+/// [`Message::recipients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedAttempt {
+    /// Index into [`Message::recipients`].
+    pub index: usize,
+    /// What happened.
+    pub attempt: AttemptRecord,
 }
 
 /// A queued message as stored: envelope plus per-recipient state.
@@ -88,6 +138,12 @@ pub struct Message {
     pub body_8bit: bool,
     /// Every recipient with its delivery state, in RCPT order.
     pub recipients: Vec<Recipient>,
+    /// RET and ENVID (RFC 3461), when the client gave either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<MessageDsn>,
+    /// When the delay notice went to the sender; at most one is ever sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_notified_at: Option<DateTime<Utc>>,
 }
 
 /// The result of one delivery attempt for one recipient.
@@ -187,6 +243,16 @@ fn decode_time(text: &str) -> Option<u64> {
 }
 
 impl Recipient {
+    /// Appends `attempt` to the log, dropping the oldest beyond
+    /// [`ATTEMPTS_LOG_LEN`].
+    pub(crate) fn log_attempt(&mut self, attempt: AttemptRecord) {
+        if self.attempts_log.len() >= ATTEMPTS_LOG_LEN {
+            let excess = self.attempts_log.len() + 1 - ATTEMPTS_LOG_LEN;
+            self.attempts_log.drain(..excess);
+        }
+        self.attempts_log.push(attempt);
+    }
+
     /// True while the recipient still needs a delivery attempt.
     pub(crate) fn is_open(&self) -> bool {
         matches!(
@@ -256,6 +322,8 @@ mod tests {
             attempts: 0,
             next_attempt_at,
             last_reply: None,
+            dsn: None,
+            attempts_log: Vec::new(),
         };
         let mut message = Message {
             id: QueueId("x".into()),
@@ -269,6 +337,8 @@ mod tests {
                 recipient(RecipientStatus::Delivered, None),
                 recipient(RecipientStatus::Deferred, Some(later)),
             ],
+            dsn: None,
+            delay_notified_at: None,
         };
         assert_eq!(message.due_at(), Some(later));
         message
@@ -281,5 +351,41 @@ mod tests {
         message.recipients.retain(|r| !r.is_open());
         assert!(message.is_finished());
         assert_eq!(message.due_at(), None);
+    }
+
+    #[test]
+    fn the_attempts_log_keeps_the_last_twenty() {
+        let mut recipient = Recipient {
+            address: "a@example.org".into(),
+            status: RecipientStatus::Deferred,
+            attempts: 0,
+            next_attempt_at: None,
+            last_reply: None,
+            attempts_log: Vec::new(),
+            dsn: None,
+        };
+        for n in 0..25 {
+            recipient.log_attempt(AttemptRecord {
+                at: Utc::now(),
+                relay: "mx.example.org[192.0.2.1]:25".into(),
+                tls: "none".into(),
+                reply: format!("451 4.3.0 try {n}"),
+            });
+        }
+        assert_eq!(recipient.attempts_log.len(), ATTEMPTS_LOG_LEN);
+        assert_eq!(recipient.attempts_log[0].reply, "451 4.3.0 try 5");
+        assert_eq!(recipient.attempts_log[19].reply, "451 4.3.0 try 24");
+    }
+
+    #[test]
+    fn a_record_without_an_attempts_log_still_reads() {
+        // As written before the log existed.
+        let old = r#"{"address":"a@example.org","status":"deferred","attempts":2,
+            "next_attempt_at":"2026-11-25T10:00:00Z","last_reply":"451 4.3.0 later"}"#;
+        let recipient: Recipient = serde_json::from_str(old).expect("old record");
+        assert!(recipient.attempts_log.is_empty());
+        assert_eq!(recipient.attempts, 2);
+        let written = serde_json::to_string(&recipient).unwrap();
+        assert!(!written.contains("attempts_log"), "{written}");
     }
 }

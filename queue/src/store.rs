@@ -496,7 +496,11 @@ mod tests {
                     attempts: 0,
                     next_attempt_at: None,
                     last_reply: None,
+                    dsn: None,
+                    attempts_log: Vec::new(),
                 }],
+                dsn: None,
+                delay_notified_at: None,
             },
             body: BodyPlace::Inline { chunks },
         }

@@ -14,6 +14,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         body_8bit: false,
+        dsn: None,
     }
 }
 
@@ -716,4 +717,44 @@ async fn the_start_of_a_body_can_be_replaced_before_commit() {
         leftovers.is_empty(),
         "no temporary files left: {leftovers:?}"
     );
+}
+
+#[tokio::test]
+async fn outcomes_with_attempts_keep_the_last_twenty_across_a_reopen() {
+    use sluice_queue::{ATTEMPTS_LOG_LEN, AttemptRecord, LoggedAttempt};
+    let (dir, queue, id) = one_message().await;
+    let attempt = |n: usize| LoggedAttempt {
+        index: 0,
+        attempt: AttemptRecord {
+            at: Utc::now(),
+            relay: "mx.x.example[192.0.2.1]:25".into(),
+            tls: "plaintext".into(),
+            reply: format!("451 4.3.0 try {n}"),
+        },
+    };
+    for n in 0..ATTEMPTS_LOG_LEN + 3 {
+        assert_eq!(claimed_ids(&queue, far_future(), 10), vec![id.clone()]);
+        queue
+            .complete_logged(&id, vec![deferred(0, Utc::now())], vec![attempt(n)])
+            .await
+            .expect("complete");
+    }
+    // An attempt for a recipient that does not exist is ignored.
+    claimed_ids(&queue, far_future(), 10);
+    let mut stray = attempt(99);
+    stray.index = 7;
+    queue
+        .complete_logged(&id, vec![deferred(0, Utc::now())], vec![stray])
+        .await
+        .expect("complete");
+    queue.close().await.expect("close");
+    drop(queue);
+
+    let queue = open(&dir);
+    let message = queue.get(&id).expect("get").expect("still queued");
+    let log = &message.recipients[0].attempts_log;
+    assert_eq!(log.len(), ATTEMPTS_LOG_LEN);
+    assert_eq!(log[0].reply, "451 4.3.0 try 3", "the oldest were dropped");
+    assert_eq!(log[ATTEMPTS_LOG_LEN - 1].reply, "451 4.3.0 try 22");
+    assert_eq!(message.recipients[0].attempts, ATTEMPTS_LOG_LEN as u32 + 4);
 }

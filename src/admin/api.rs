@@ -17,12 +17,16 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use sluice_queue::QueueId;
 
+use super::browser;
+use super::bulk::{self, Action};
+use super::content;
 use super::error::AdminError;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
+use super::summary;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
 
@@ -40,12 +44,20 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Every route of the admin API over `ctx`. Every route but `/health`
 /// requires `Authorization: Bearer <token>` when `[admin] token` is set.
-/// Every request's body is limited first (see [`limit_body`]).
+/// Every request is first checked against web pages (`browser::guard`:
+/// Host, Origin, custom header), then its body is limited (see
+/// [`limit_body`]).
 pub fn router(ctx: Context) -> Router {
     let protected = Router::new()
-        .route("/v1/queue", get(list).delete(delete_all))
-        .route("/v1/queue/retry", post(retry_all))
+        .route("/v1/queue", get(list).delete(bulk_route(Action::Delete)))
+        .route("/v1/queue/retry", bulk_route(Action::Retry))
+        .route("/v1/queue/hold", bulk_route(Action::Hold))
+        .route("/v1/queue/release", bulk_route(Action::Release))
+        .route("/v1/queue/delete", bulk_route(Action::Delete))
+        .route("/v1/queue/bounce", bulk_route(Action::Bounce))
+        .route("/v1/queue/summary", get(summary))
         .route("/v1/queue/:id", get(show).delete(delete_one))
+        .route("/v1/queue/:id/message", get(cat))
         .route("/v1/queue/:id/retry", post(retry_one))
         .route("/v1/queue/:id/hold", post(hold_one))
         .route("/v1/queue/:id/release", post(release_one))
@@ -58,6 +70,7 @@ pub fn router(ctx: Context) -> Router {
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn(browser::guard))
         .with_state(ctx)
 }
 
@@ -185,6 +198,10 @@ fn parse_list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AdminErro
             "status" => query.filter.status = Some(StatusFilter::parse(&value)?),
             "domain" => query.filter.domain = Some(value),
             "sender" => query.filter.sender = Some(value),
+            "older_than" => {
+                query.filter.older_than =
+                    Some(bulk::parse_age(&value).map_err(AdminError::BadRequest)?)
+            }
             "after" => query.after = Some(ops::parse_id(&value)?),
             "limit" => {
                 let limit = value
@@ -200,7 +217,7 @@ fn parse_list_query(pairs: Vec<(String, String)>) -> Result<ListQuery, AdminErro
             }
             other => {
                 return Err(AdminError::BadRequest(format!(
-                    "unknown parameter {other:?} (known: status, domain, sender, limit, after)"
+                    "unknown parameter {other:?} (known: status, domain, sender, older_than, limit, after)"
                 )));
             }
         }
@@ -362,6 +379,71 @@ async fn show(
     Ok(Json(view).into_response())
 }
 
+async fn summary(State(ctx): State<Context>) -> Result<Json<summary::Summary>, AdminError> {
+    let queue = ctx.queue.clone();
+    let summary = tokio::task::spawn_blocking(move || summary::build(&queue, chrono::Utc::now()))
+        .await
+        .map_err(|error| AdminError::Internal(format!("queue summary failed: {error}")))??;
+    Ok(Json(summary))
+}
+
+/// The query of `GET /v1/queue/{id}/message`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatQuery {
+    /// Only the header section.
+    #[serde(default)]
+    headers: bool,
+}
+
+/// The message as stored (`message/rfc822`), streamed from a blocking task
+/// through a bounded channel.
+async fn cat(
+    State(ctx): State<Context>,
+    QueuePath(id): QueuePath,
+    query: Result<Query<CatQuery>, QueryRejection>,
+) -> Result<Response, AdminError> {
+    let Query(query) = query.map_err(|error| AdminError::BadRequest(error.body_text()))?;
+    let id = ops::parse_id(&id)?;
+    let queue = ctx.queue.clone();
+    let body = tokio::task::spawn_blocking(move || content::open(&queue, &id))
+        .await
+        .map_err(|error| AdminError::Internal(format!("queue lookup failed: {error}")))??;
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter(sender.clone());
+        if let Err(content::CopyError::Read(error)) = content::copy(body, query.headers, &mut out) {
+            // The 200 is sent already: cut the body short.
+            tracing::error!(%error, "reading a queued message failed midway");
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    let stream = futures::stream::poll_fn(move |context| receiver.poll_recv(context));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("message/rfc822"),
+    );
+    Ok(response)
+}
+
+/// Sends what is written, chunk by chunk, to a response body.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 async fn retry_one(
     State(ctx): State<Context>,
     QueuePath(id): QueuePath,
@@ -398,20 +480,69 @@ async fn delete_one(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn retry_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
-    let count = ops::retry_all(&ctx).await?;
-    tracing::info!(
-        action = %"retry-all",
-        messages = count,
-        "deferred messages due now"
-    );
-    Ok(Json(serde_json::json!({ "retried": count })))
+/// `POST /v1/queue/{action}` (and `DELETE /v1/queue`): a bulk action.
+fn bulk_route(action: Action) -> MethodRouter<Context> {
+    let handler =
+        move |State(ctx): State<Context>,
+              pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+              body: Bytes| async move { bulk_action(ctx, action, pairs, body).await };
+    if action == Action::Delete {
+        delete(handler).post(handler)
+    } else {
+        post(handler)
+    }
 }
 
-async fn delete_all(State(ctx): State<Context>) -> Result<Json<serde_json::Value>, AdminError> {
-    let count = ops::delete_all(&ctx).await?;
-    tracing::info!(action = %"delete-all", messages = count, "queue emptied");
-    Ok(Json(serde_json::json!({ "deleted": count })))
+/// The optional body of a bulk request: `{"ids": ["…", …]}` names the
+/// messages; without it, the query's filters select them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    ids: Option<Vec<String>>,
+}
+
+/// Acts on the messages named in the body (answering the count and each
+/// refusal: `{"held": 2, "errors": ["no such message: X"]}`), or else on
+/// every message passing the query's filters (`status`, `domain`, `sender`,
+/// `older_than`; none: all), answering `{"held": N}`.
+async fn bulk_action(
+    ctx: Context,
+    action: Action,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let Query(pairs) = pairs.map_err(|error| AdminError::BadRequest(error.body_text()))?;
+    let query = parse_list_query(pairs)?;
+    if query.after.is_some() || query.limit.is_some() {
+        return Err(AdminError::BadRequest(
+            "limit and after are for listings, not actions".into(),
+        ));
+    }
+    let body: BulkBody = if body.iter().all(u8::is_ascii_whitespace) {
+        BulkBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            AdminError::BadRequest(format!("bad body (expected {{\"ids\": [...]}}): {error}"))
+        })?
+    };
+    let key = action.done_key();
+    let Some(ids) = body.ids else {
+        let count = bulk::select(&ctx, action, query.filter).await?;
+        return Ok(Json(serde_json::json!({ key: count })));
+    };
+    if !query.filter.is_empty() {
+        return Err(AdminError::BadRequest(
+            "name messages by IDs or select them by filters, not both".into(),
+        ));
+    }
+    let mut errors = Vec::new();
+    // At most a body's worth (16 KiB) of IDs.
+    let ids: Vec<Result<QueueId, AdminError>> = ids.iter().map(|id| ops::parse_id(id)).collect();
+    let count = bulk::each_id(&ctx, action, ids, &mut |error| {
+        errors.push(error.to_string())
+    })
+    .await;
+    Ok(Json(serde_json::json!({ key: count, "errors": errors })))
 }
 
 #[cfg(test)]

@@ -24,6 +24,17 @@ pub enum AdminError {
     /// `[admin] token` is set and the request did not carry it.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The `Host` header is not the API's own address (DNS rebinding).
+    #[error(
+        "refused: Host {host:?} is not this API's address {address} (use the address, or localhost on loopback)"
+    )]
+    MisdirectedHost {
+        host: String,
+        address: std::net::SocketAddr,
+    },
+    /// A state-changing request a web page could have sent cross-site.
+    #[error("{0}")]
+    CrossSite(String),
     /// The request names no endpoint of the API.
     #[error("no such endpoint")]
     NoEndpoint,
@@ -68,6 +79,8 @@ impl AdminError {
             AdminError::Queue(QueueError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Held(_) => StatusCode::CONFLICT,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

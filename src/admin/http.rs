@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::browser::LocalAddress;
 use super::error::ErrorBody;
 
 /// Connections served at once.
@@ -126,6 +127,14 @@ async fn serve_connection(
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    // What `browser::guard` compares the Host header with.
+    let router = match stream.local_addr() {
+        Ok(local) => router.layer(axum::Extension(LocalAddress(local))),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "admin API connection without a local address");
+            return;
+        }
+    };
     let io = TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT));
     let service = TowerToHyperService::new(router);
     let mut builder = hyper::server::conn::http1::Builder::new();

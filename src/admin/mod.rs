@@ -2,16 +2,21 @@
 //!
 //! `api` holds the routes, `ops` the queue actions (shared with the offline
 //! `sluice queue`), `view` the JSON shapes, `error` the error answers, `http`
-//! the connections (limits and timeouts against hostile clients).
+//! the connections (limits and timeouts against hostile clients), `browser`
+//! the defences against web pages (DNS rebinding, cross-site requests).
 //!
 //! Once bound, the server writes the address it listens on to
 //! `<spool>/admin.address` ([`ADDRESS_FILE`]), so `sluice queue` finds it even
 //! when `[admin] address` has port 0; the file is removed at shutdown.
 
 pub mod api;
+pub mod browser;
+pub mod bulk;
+pub mod content;
 pub mod error;
 pub mod http;
 pub mod ops;
+pub mod summary;
 pub mod view;
 
 use std::net::SocketAddr;

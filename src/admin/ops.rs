@@ -3,16 +3,11 @@
 //! both behave identically. Every action is logged with `queue_id` and
 //! `action` fields.
 
-use futures::StreamExt;
-use sluice_queue::{Message, QueueId, RecipientStatus};
+use sluice_queue::{Message, QueueId};
 
 use super::error::AdminError;
 use super::view::MessageView;
 use crate::context::Context;
-
-/// How many durable queue writes `retry --all` / `delete --all` keep in
-/// flight, so they share fsyncs (group commit) instead of paying one each.
-const BULK_CONCURRENCY: usize = 64;
 
 /// The reason recorded for every recipient failed by `sluice queue bounce`
 /// (delivery prefixes the enhanced status code: `5.0.0 bounced by …`).
@@ -29,9 +24,9 @@ fn get(ctx: &Context, id: &QueueId) -> Result<Message, AdminError> {
         .ok_or_else(|| AdminError::NotFound(id.clone()))
 }
 
-/// The message with this ID.
+/// The message with this ID, with each recipient's attempt history.
 pub fn show(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminError> {
-    get(ctx, id).map(MessageView::from)
+    get(ctx, id).map(MessageView::detailed)
 }
 
 /// Parks the message: it is never delivered until released. Holding a held
@@ -87,80 +82,4 @@ pub async fn bounce(ctx: &Context, id: &QueueId) -> Result<MessageView, AdminErr
         )?;
     tracing::info!(queue_id = %id, action = %"bounce", "message bounced");
     Ok(message.into())
-}
-
-/// IDs of every queued message passing `select`, collected in a blocking
-/// task (an ID is a few bytes, so 100,000 of them are no burden).
-async fn select_ids(
-    ctx: &Context,
-    select: fn(&Message) -> bool,
-) -> Result<Vec<QueueId>, AdminError> {
-    let queue = ctx.queue.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut ids = Vec::new();
-        for message in queue.iter(None) {
-            let message = message?;
-            if select(&message) {
-                ids.push(message.id);
-            }
-        }
-        Ok(ids)
-    })
-    .await
-    .map_err(|error| AdminError::Internal(format!("queue scan failed: {error}")))?
-}
-
-/// Makes every deferred recipient of every unheld message due now; returns
-/// how many messages were affected. Messages that left the queue meanwhile
-/// are skipped.
-pub async fn retry_all(ctx: &Context) -> Result<u64, AdminError> {
-    let ids = select_ids(ctx, |message| {
-        !message.held
-            && message
-                .recipients
-                .iter()
-                .any(|r| r.status == RecipientStatus::Deferred)
-    })
-    .await?;
-    for_each(ids, |id| async move {
-        ctx.queue.retry_now(&id).await?;
-        tracing::info!(queue_id = %id, action = %"retry", "message due now");
-        Ok(())
-    })
-    .await
-}
-
-/// Removes every queued message without notice; returns how many.
-pub async fn delete_all(ctx: &Context) -> Result<u64, AdminError> {
-    let ids = select_ids(ctx, |_| true).await?;
-    for_each(ids, |id| async move {
-        ctx.queue.delete(&id).await?;
-        tracing::info!(queue_id = %id, action = %"delete", "message deleted");
-        Ok(())
-    })
-    .await
-}
-
-/// Runs `action` on every ID, `BULK_CONCURRENCY` at a time; returns how many
-/// succeeded. IDs whose message left the queue meanwhile are skipped.
-async fn for_each<F, Fut>(ids: Vec<QueueId>, action: F) -> Result<u64, AdminError>
-where
-    F: Fn(QueueId) -> Fut,
-    Fut: Future<Output = Result<(), sluice_queue::QueueError>>,
-{
-    let results = futures::stream::iter(ids)
-        .map(|id| {
-            let done = action(id);
-            async move {
-                match done.await {
-                    Ok(()) => Ok(1),
-                    Err(sluice_queue::QueueError::NotFound(_)) => Ok(0),
-                    Err(error) => Err(AdminError::from(error)),
-                }
-            }
-        })
-        .buffer_unordered(BULK_CONCURRENCY)
-        .collect::<Vec<Result<u64, AdminError>>>()
-        .await;
-    results.into_iter().sum()
 }

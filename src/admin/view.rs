@@ -5,13 +5,16 @@
 //! A message object is exactly
 //! `{"id","sender","size","received_at","held","recipients":[{"address",
 //! "status","attempts","next_attempt_at","last_reply"}]}`; times are RFC 3339
-//! UTC, `sender` is `""` for the null sender `<>`.
+//! UTC, `sender` is `""` for the null sender `<>`. Messages with DSN
+//! parameters (RFC 3461) add `"ret"`, `"envid"` and, per recipient,
+//! `"notify"` and `"orcpt"`; one that got its delay notice adds
+//! `"delay_notified_at"`. Each appears only when set.
 
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_queue::{Message, Recipient, RecipientStatus};
+use sluice_queue::{AttemptRecord, Message, Recipient, RecipientStatus};
 
 use super::error::AdminError;
 
@@ -31,6 +34,19 @@ pub struct MessageView {
     pub held: bool,
     /// Every recipient, in the order given at RCPT time.
     pub recipients: Vec<RecipientView>,
+    /// `RET` (RFC 3461 §4.3): `"FULL"` or `"HDRS"`; absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    /// `ENVID` (RFC 3461 §4.4), decoded; absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// When the delay notice was sent; absent until then.
+    #[serde(
+        default,
+        with = "rfc3339_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay_notified_at: Option<DateTime<Utc>>,
 }
 
 /// One recipient's delivery state.
@@ -47,10 +63,70 @@ pub struct RecipientView {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The last reply from a next hop (or the reason of a failure), or `null`.
     pub last_reply: Option<String>,
+    /// `NOTIFY` (RFC 3461 §4.1): `"NEVER"` or e.g. `"SUCCESS,FAILURE"`;
+    /// absent when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// `ORCPT` (RFC 3461 §4.2) as `type;address`, decoded; absent when not
+    /// given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// The last 20 attempts, oldest first: only in `show` (one message),
+    /// absent from listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_log: Option<Vec<AttemptView>>,
+}
+
+/// One delivery attempt in a recipient's `attempts_log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// When its outcome was recorded (RFC 3339, UTC).
+    #[serde(with = "rfc3339")]
+    pub time: DateTime<Utc>,
+    /// The server that answered, `host[address]:port`, or `none`.
+    pub relay: String,
+    /// The TLS version and cipher, `plaintext`, or `none`.
+    pub tls: String,
+    /// The reply, or our reason when no server answered.
+    pub reply: String,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(record: AttemptRecord) -> Self {
+        AttemptView {
+            time: record.at,
+            relay: record.relay,
+            tls: record.tls,
+            reply: record.reply,
+        }
+    }
+}
+
+impl MessageView {
+    /// The view `show` gives: every recipient with its `attempts_log`.
+    pub fn detailed(message: Message) -> MessageView {
+        let logs: Vec<Vec<AttemptView>> = message
+            .recipients
+            .iter()
+            .map(|r| {
+                r.attempts_log
+                    .iter()
+                    .cloned()
+                    .map(AttemptView::from)
+                    .collect()
+            })
+            .collect();
+        let mut view = MessageView::from(message);
+        for (recipient, log) in view.recipients.iter_mut().zip(logs) {
+            recipient.attempts_log = Some(log);
+        }
+        view
+    }
 }
 
 impl From<Message> for MessageView {
     fn from(message: Message) -> Self {
+        let dsn = message.dsn.unwrap_or_default();
         MessageView {
             id: message.id.to_string(),
             sender: message.sender,
@@ -62,18 +138,27 @@ impl From<Message> for MessageView {
                 .into_iter()
                 .map(RecipientView::from)
                 .collect(),
+            ret: dsn.ret.map(|ret| ret.keyword().to_string()),
+            envid: dsn.envid,
+            delay_notified_at: message.delay_notified_at,
         }
     }
 }
 
 impl From<Recipient> for RecipientView {
     fn from(recipient: Recipient) -> Self {
+        let dsn = recipient.dsn.unwrap_or_default();
         RecipientView {
             address: recipient.address,
             status: recipient.status,
             attempts: recipient.attempts,
             next_attempt_at: recipient.next_attempt_at,
             last_reply: recipient.last_reply,
+            notify: dsn.notify.map(|notify| notify.keywords()),
+            orcpt: dsn
+                .orcpt
+                .map(|orcpt| format!("{};{}", orcpt.address_type, orcpt.address)),
+            attempts_log: None,
         }
     }
 }
@@ -179,6 +264,8 @@ pub struct ListFilter {
     /// Messages from this sender (case-insensitive); `""` selects the null
     /// sender.
     pub sender: Option<String>,
+    /// Messages received at least this long ago.
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// The values of `?status=`.
@@ -214,8 +301,29 @@ impl ListFilter {
         self == &ListFilter::default()
     }
 
-    /// Whether `message` passes every filter set.
+    /// Whether `message` passes every filter set, ages counted from now.
     pub fn matches(&self, message: &Message) -> bool {
+        self.matches_at(message, self.cutoff(Utc::now()))
+    }
+
+    /// The latest arrival time `older_than` lets through, ages counted
+    /// from `now` (for [`ListFilter::matches_at`]).
+    pub fn cutoff(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let age = self.older_than?;
+        Some(
+            chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        )
+    }
+
+    /// Whether `message` passes every filter set, `older_than` meaning
+    /// "received at or before `cutoff`".
+    pub fn matches_at(&self, message: &Message, cutoff: Option<DateTime<Utc>>) -> bool {
+        if cutoff.is_some_and(|cutoff| message.received_at > cutoff) {
+            return false;
+        }
         let status_ok = match self.status {
             None => true,
             Some(StatusFilter::Held) => message.held,
@@ -256,6 +364,9 @@ impl ListFilter {
         if let Some(sender) = &self.sender {
             pairs.push(("sender", sender.clone()));
         }
+        if let Some(age) = self.older_than {
+            pairs.push(("older_than", format!("{}s", age.as_secs())));
+        }
         pairs
     }
 }
@@ -282,6 +393,13 @@ mod tests {
                     attempts: 2,
                     next_attempt_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()),
                     last_reply: Some("421 4.7.0 try later".into()),
+                    dsn: None,
+                    attempts_log: vec![AttemptRecord {
+                        at: Utc.with_ymd_and_hms(2026, 11, 25, 9, 50, 0).unwrap(),
+                        relay: "mx.example.net[192.0.2.1]:25".into(),
+                        tls: "TLSv1.3/TLS13_AES_256_GCM_SHA384".into(),
+                        reply: "421 4.7.0 try later".into(),
+                    }],
                 },
                 Recipient {
                     address: "c@Example.COM".into(),
@@ -289,8 +407,12 @@ mod tests {
                     attempts: 0,
                     next_attempt_at: None,
                     last_reply: None,
+                    dsn: None,
+                    attempts_log: Vec::new(),
                 },
             ],
+            dsn: None,
+            delay_notified_at: None,
         }
     }
 
@@ -301,6 +423,23 @@ mod tests {
             json,
             r#"{"id":"Q1a2B3","sender":"a@example.org","size":1234,"received_at":"2026-11-25T09:44:21Z","held":false,"recipients":[{"address":"b@example.net","status":"deferred","attempts":2,"next_attempt_at":"2026-11-25T10:00:00Z","last_reply":"421 4.7.0 try later"},{"address":"c@Example.COM","status":"pending","attempts":0,"next_attempt_at":null,"last_reply":null}]}"#
         );
+    }
+
+    #[test]
+    fn show_adds_the_attempts_log_to_each_recipient() {
+        let value = serde_json::to_value(MessageView::detailed(message())).unwrap();
+        assert_eq!(
+            value["recipients"][0]["attempts_log"],
+            serde_json::json!([{"time": "2026-11-25T09:50:00Z",
+                "relay": "mx.example.net[192.0.2.1]:25",
+                "tls": "TLSv1.3/TLS13_AES_256_GCM_SHA384", "reply": "421 4.7.0 try later"}])
+        );
+        assert_eq!(
+            value["recipients"][1]["attempts_log"],
+            serde_json::json!([])
+        );
+        let back: MessageView = serde_json::from_value(value).unwrap();
+        assert_eq!(back, MessageView::detailed(message()));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use clap::{Subcommand, ValueEnum};
 use sluice_queue::{QueueId, RecipientStatus};
 
+pub use crate::admin::bulk::Action;
+use crate::admin::summary::Summary;
 use crate::admin::view::{ListFilter, MessageView, StatusFilter};
 use crate::config::{Config, Loaded};
 
@@ -47,39 +49,97 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Per destination domain: messages, deferred, held, suspended, ages
+    /// (like Postfix's qshape) and the most common last reply.
+    Summary {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The message as stored, our Received: header included (like postcat -q).
+    Cat {
+        /// The queue ID.
+        id: String,
+        /// Only the header section.
+        #[arg(long)]
+        headers: bool,
+    },
     /// Attempt delivery now (deferred recipients become due).
     Retry {
-        /// The queue ID.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every deferred message that is not held.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        targets: Targets,
     },
-    /// Park a message: it is not delivered until released.
+    /// Park messages: they are not delivered until released.
     Hold {
-        /// The queue ID.
-        id: String,
+        #[command(flatten)]
+        targets: Targets,
     },
-    /// Un-park a held message.
+    /// Un-park held messages.
     Release {
-        /// The queue ID.
-        id: String,
+        #[command(flatten)]
+        targets: Targets,
     },
     /// Remove without notice to anyone.
     Delete {
-        /// The queue ID.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        targets: Targets,
     },
     /// Fail every remaining recipient now and send the sender a bounce (DSN).
     Bounce {
-        /// The queue ID.
-        id: String,
+        #[command(flatten)]
+        targets: Targets,
     },
+}
+
+/// Which messages an action applies to: IDs, `--all`, or filters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Targets {
+    /// Queue IDs; "-" reads IDs from stdin (separated by white space).
+    #[arg(
+        value_name = "ID",
+        required_unless_present_any = ["all", "domain", "sender", "status", "older_than"],
+        conflicts_with_all = ["all", "domain", "sender", "status", "older_than"]
+    )]
+    ids: Vec<String>,
+    /// Every queued message (retry: every deferred one that is not held).
+    #[arg(long, conflicts_with_all = ["domain", "sender", "status", "older_than"])]
+    all: bool,
+    /// Messages with a recipient in this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// Messages from this sender ("" for the null sender <>).
+    #[arg(long, value_name = "ADDRESS")]
+    sender: Option<String>,
+    /// Messages with a recipient in this state (or held ones).
+    #[arg(long, value_enum)]
+    status: Option<StatusArg>,
+    /// Messages received at least this long ago (90s, 30m, 1h, 2d).
+    #[arg(long, value_name = "AGE", value_parser = crate::admin::bulk::parse_age)]
+    older_than: Option<std::time::Duration>,
+}
+
+impl Targets {
+    /// `--all` (for `sendmail -q`, which is `queue retry --all`).
+    pub fn all() -> Targets {
+        Targets {
+            ids: Vec::new(),
+            all: true,
+            domain: None,
+            sender: None,
+            status: None,
+            older_than: None,
+        }
+    }
+
+    /// The filter `--all` or the filter options select.
+    fn filter(&self) -> ListFilter {
+        ListFilter {
+            status: self.status.map(StatusFilter::from),
+            domain: self.domain.clone(),
+            sender: self.sender.clone(),
+            older_than: self.older_than,
+        }
+    }
 }
 
 /// The values of `queue list --status`.
@@ -109,21 +169,6 @@ impl From<StatusArg> for StatusFilter {
     }
 }
 
-/// A per-message action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Deferred recipients become due now.
-    Retry,
-    /// Park the message.
-    Hold,
-    /// Un-park the message.
-    Release,
-    /// Remove it without notice.
-    Delete,
-    /// Fail what remains and notify the sender.
-    Bounce,
-}
-
 /// The queue, through the API or on the spool: both answer the same.
 trait Access {
     /// Calls `visit` for every message passing `filter`, in ID order, as it
@@ -139,10 +184,21 @@ trait Access {
     fn show(&mut self, id: &QueueId) -> anyhow::Result<MessageView>;
     /// Performs `action`; the message's state afterwards (`None` for delete).
     fn act(&mut self, action: Action, id: &QueueId) -> anyhow::Result<Option<MessageView>>;
-    /// Retries every deferred, unheld message; how many.
-    fn retry_all(&mut self) -> anyhow::Result<u64>;
-    /// Deletes every message; how many.
-    fn delete_all(&mut self) -> anyhow::Result<u64>;
+    /// Performs `action` on each ID as `act` would; how many succeeded.
+    /// Each refusal (no such message, held, …) goes to `refused`.
+    fn act_on_ids(
+        &mut self,
+        action: Action,
+        ids: &mut dyn Iterator<Item = String>,
+        refused: &mut dyn FnMut(String),
+    ) -> anyhow::Result<u64>;
+    /// Performs `action` on every message passing `filter` that it would
+    /// change (see `admin::bulk`); how many.
+    fn act_on_selection(&mut self, action: Action, filter: &ListFilter) -> anyhow::Result<u64>;
+    /// The queue's shape by destination domain.
+    fn summary(&mut self) -> anyhow::Result<Summary>;
+    /// Writes the stored message (or its header section) to `out`.
+    fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()>;
     /// Releases what was opened, flushing it.
     fn close(&mut self) -> anyhow::Result<()>;
 }
@@ -245,6 +301,7 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
                 status: status.map(StatusFilter::from),
                 domain,
                 sender,
+                older_than: None,
             };
             if json {
                 access.json_list(&filter, &mut out)?;
@@ -262,23 +319,23 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
                 output::show(&mut out, &message, chrono::Utc::now())?;
             }
         }
-        QueueCommand::Retry { all: true, .. } => {
-            let count = access.retry_all()?;
-            writeln!(out, "{count} message{} due now", plural(count))?;
+        QueueCommand::Summary { json } => {
+            let summary = access.summary()?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &summary)?;
+                writeln!(out)?;
+            } else {
+                output::summary(&mut out, &summary)?;
+            }
         }
-        QueueCommand::Delete { all: true, .. } => {
-            let count = access.delete_all()?;
-            writeln!(out, "{count} message{} deleted", plural(count))?;
+        QueueCommand::Cat { id, headers } => {
+            access.cat(&queue_id(&id)?, headers, &mut out)?;
         }
-        QueueCommand::Retry { id, all: false } => {
-            single(access, &mut out, Action::Retry, id.as_deref())?;
-        }
-        QueueCommand::Delete { id, all: false } => {
-            single(access, &mut out, Action::Delete, id.as_deref())?;
-        }
-        QueueCommand::Hold { id } => single(access, &mut out, Action::Hold, Some(&id))?,
-        QueueCommand::Release { id } => single(access, &mut out, Action::Release, Some(&id))?,
-        QueueCommand::Bounce { id } => single(access, &mut out, Action::Bounce, Some(&id))?,
+        QueueCommand::Retry { targets } => return act(access, out, Action::Retry, targets),
+        QueueCommand::Hold { targets } => return act(access, out, Action::Hold, targets),
+        QueueCommand::Release { targets } => return act(access, out, Action::Release, targets),
+        QueueCommand::Delete { targets } => return act(access, out, Action::Delete, targets),
+        QueueCommand::Bounce { targets } => return act(access, out, Action::Bounce, targets),
     }
     out.flush()?;
     Ok(0)
@@ -286,6 +343,72 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
 
 fn plural(count: u64) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// Runs an action on its targets. One ID keeps the single-message answer
+/// (`ID: held`); several IDs, `-`, `--all` or filters print how many
+/// messages were affected. Several IDs: each refusal is printed on stderr
+/// and the exit code is 1 if there was any.
+fn act(
+    access: &mut dyn Access,
+    mut out: impl Write,
+    action: Action,
+    targets: Targets,
+) -> anyhow::Result<i32> {
+    let verb = match action {
+        Action::Retry => "due now",
+        Action::Hold => "held",
+        Action::Release => "released",
+        Action::Delete => "deleted",
+        Action::Bounce => "bounced",
+    };
+    let mut code = 0;
+    let count = match targets.ids.as_slice() {
+        [id] if id != "-" => {
+            single(access, &mut out, action, Some(id))?;
+            out.flush()?;
+            return Ok(0);
+        }
+        [] => access.act_on_selection(action, &targets.filter())?,
+        _ => {
+            let mut ids = id_source(targets.ids);
+            access.act_on_ids(action, &mut ids, &mut |error| {
+                eprintln!("sluice: {error}");
+                code = 1;
+            })?
+        }
+    };
+    writeln!(out, "{count} message{} {verb}", plural(count))?;
+    out.flush()?;
+    Ok(code)
+}
+
+/// The IDs of the command line, in order; `-` stands for those read from
+/// stdin (separated by white space), read as they are needed.
+fn id_source(args: Vec<String>) -> impl Iterator<Item = String> {
+    args.into_iter()
+        .flat_map(|arg| -> Box<dyn Iterator<Item = String>> {
+            if arg == "-" {
+                Box::new(
+                    io::stdin()
+                        .lines()
+                        .map_while(|line| match line {
+                            Ok(line) => Some(line),
+                            Err(error) => {
+                                eprintln!("sluice: reading IDs from stdin: {error}");
+                                None
+                            }
+                        })
+                        .flat_map(|line| {
+                            line.split_whitespace()
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        }),
+                )
+            } else {
+                Box::new(std::iter::once(arg))
+            }
+        })
 }
 
 fn single(
@@ -309,15 +432,13 @@ fn single(
                 .iter()
                 .filter(|r| r.status == RecipientStatus::Failed)
                 .count();
+            let failed = format!("{failed} recipient{} failed", plural(failed as u64));
             if message.sender.is_empty() {
-                writeln!(
-                    out,
-                    "{id}: bounced ({failed} recipients failed; null sender: no DSN)"
-                )?;
+                writeln!(out, "{id}: bounced ({failed}; null sender: no DSN)")?;
             } else {
                 writeln!(
                     out,
-                    "{id}: bounced ({failed} recipients failed; DSN queued to {})",
+                    "{id}: bounced ({failed}; DSN queued to {})",
                     message.sender
                 )?;
             }
@@ -369,6 +490,32 @@ mod tests {
             &["list", "--status", "held", "--domain", "example.net"],
         ] {
             parse(args).unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        }
+    }
+
+    #[test]
+    fn bulk_targets_are_ids_all_or_filters_never_mixed() {
+        for args in [
+            &["hold", "A1", "B2"][..],
+            &["release", "-"],
+            &["bounce", "A1", "-", "B2"],
+            &["hold", "--all"],
+            &["delete", "--domain", "example.net", "--older-than", "1h"],
+            &["retry", "--sender", "", "--status", "deferred"],
+            &["summary", "--json"],
+            &["cat", "A1", "--headers"],
+        ] {
+            parse(args).unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        }
+        for args in [
+            &["hold"][..],
+            &["hold", "A1", "--domain", "example.net"],
+            &["hold", "--all", "--domain", "example.net"],
+            &["delete", "--older-than", "soon"],
+            &["cat"],
+        ] {
+            let error = parse(args).expect_err(&format!("{args:?} is a usage error"));
+            assert_eq!(error.exit_code(), 2, "{args:?}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::next_hop::NextHopAddress;
-use super::units::duration;
+use super::units::{duration, duration_or_off};
 use super::{ConfigError, Invalid, count, positive};
 
 /// TLS toward a next hop.
@@ -50,6 +50,8 @@ pub(super) struct DeliveryFile {
     pub retry_factor: f64,
     #[serde(with = "duration")]
     pub max_queue_lifetime: Duration,
+    #[serde(with = "duration_or_off")]
+    pub delay_warning: Option<Duration>,
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
     #[serde(with = "duration")]
@@ -83,6 +85,9 @@ pub struct DeliveryConfig {
     pub retry_factor: f64,
     /// How long a message may stay queued before it bounces (above 0).
     pub max_queue_lifetime: Duration,
+    /// How long a message waits before its sender gets the one delay notice
+    /// (above 0); `None` ("off") sends none.
+    pub delay_warning: Option<Duration>,
     /// TCP connect timeout (above 0).
     pub connect_timeout: Duration,
     /// RFC 5321 §4.5.3.2: greeting, MAIL, RCPT and other command replies.
@@ -117,6 +122,10 @@ impl DeliveryFile {
             "delivery.max_queue_lifetime",
             self.max_queue_lifetime,
         )?;
+        let delay_warning = match self.delay_warning {
+            Some(warning) => Some(positive(invalid, "delivery.delay_warning", warning)?),
+            None => None,
+        };
         let connect_timeout = positive(invalid, "delivery.connect_timeout", self.connect_timeout)?;
         let command_timeout = positive(invalid, "delivery.command_timeout", self.command_timeout)?;
         let data_timeout = positive(invalid, "delivery.data_timeout", self.data_timeout)?;
@@ -148,6 +157,7 @@ impl DeliveryFile {
             retry_max: self.retry_max,
             retry_factor: self.retry_factor,
             max_queue_lifetime,
+            delay_warning,
             connect_timeout,
             command_timeout,
             data_timeout,
@@ -169,6 +179,7 @@ impl From<&DeliveryConfig> for DeliveryFile {
             retry_max: delivery.retry_max,
             retry_factor: delivery.retry_factor,
             max_queue_lifetime: delivery.max_queue_lifetime,
+            delay_warning: delivery.delay_warning,
             connect_timeout: delivery.connect_timeout,
             command_timeout: delivery.command_timeout,
             data_timeout: delivery.data_timeout,

@@ -192,6 +192,8 @@ impl Default for DeliveryFile {
             retry_max: Duration::from_secs(3600),
             retry_factor: 2.0,
             max_queue_lifetime: Duration::from_secs(5 * 86400),
+            // OpenSMTPD's default; Postfix sends none unless configured.
+            delay_warning: Some(Duration::from_secs(4 * 3600)),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),

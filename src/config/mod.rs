@@ -219,8 +219,29 @@ mod tests {
             Duration::from_secs(5 * 86400)
         );
         assert_eq!(config.delivery.port, 25);
+        assert_eq!(
+            config.delivery.delay_warning,
+            Some(Duration::from_secs(4 * 3600))
+        );
         assert_eq!(config.admin.address.to_string(), "127.0.0.1:8025");
         assert_eq!(config.spool.path, PathBuf::from("./spool"));
+    }
+
+    #[test]
+    fn delay_warning_is_a_duration_or_off_and_prints_back() {
+        let config = parse("[delivery]\ndelay_warning = \"off\"\n").expect("off is valid");
+        assert_eq!(config.delivery.delay_warning, None);
+        assert!(config.to_toml().contains("delay_warning = \"off\""));
+        let config = parse("[delivery]\ndelay_warning = \"90m\"\n").expect("valid");
+        assert_eq!(
+            config.delivery.delay_warning,
+            Some(Duration::from_secs(5400))
+        );
+        assert!(config.to_toml().contains("delay_warning = \"90m\""));
+        let error = parse("[delivery]\ndelay_warning = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("delay_warning"), "{error}");
     }
 
     #[test]
@@ -269,6 +290,10 @@ mod tests {
             (
                 "[delivery]\nmax_queue_lifetime = \"0s\"\n",
                 "delivery.max_queue_lifetime",
+            ),
+            (
+                "[delivery]\ndelay_warning = \"0s\"\n",
+                "delivery.delay_warning",
             ),
             ("[dns]\ntimeout = \"0s\"\n", "dns.timeout"),
             ("[delivery]\nport = 0\n", "delivery.port"),

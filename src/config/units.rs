@@ -108,6 +108,39 @@ pub(super) mod duration {
     }
 }
 
+/// Serde for a duration that may be switched off: `"off"` is `None`.
+pub(super) mod duration_or_off {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// The word that disables it.
+    const OFF: &str = "off";
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_str(&super::format_duration(*duration)),
+            None => serializer.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)
+            .map_err(|_| D::Error::custom("expected a duration string like \"4h\", or \"off\""))?;
+        if text.trim().eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text).map(Some).map_err(|error| {
+            D::Error::custom(format!("invalid duration {text:?}: {error} (or \"off\")"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,9 @@ pub struct Attempt {
     pub relay: String,
     /// `TLSv1.3/CIPHER`, "plaintext", or "none".
     pub tls: String,
+    /// The server that answered offers DSN (RFC 3461): a success report
+    /// for a sent recipient is then `delivered`, else `relayed`.
+    pub next_hop_dsn: bool,
 }
 
 impl Attempt {
@@ -65,6 +68,7 @@ impl Attempt {
             remote_mta: Some(session.host.clone()),
             relay: session.relay.clone(),
             tls: session.tls.clone(),
+            next_hop_dsn: session.dsn,
         }
     }
 
@@ -91,6 +95,7 @@ impl Attempt {
             remote_mta: failure.remote_mta.clone(),
             relay: failure.relay.clone().unwrap_or_else(|| "none".into()),
             tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
+            next_hop_dsn: false,
         }
     }
 }
@@ -176,6 +181,8 @@ struct Session {
     host: String,
     relay: String,
     tls: String,
+    /// The server offers DSN (RFC 3461).
+    dsn: bool,
 }
 
 /// The recipient's domain, lower case; an address literal loses its
@@ -508,6 +515,7 @@ async fn transaction(
             .tls()
             .map(ToString::to_string)
             .unwrap_or_else(|| "plaintext".into()),
+        dsn: connection.capabilities().dsn,
     };
     let with_session = |failure: Failure| -> Failure {
         Failure {
@@ -569,12 +577,26 @@ async fn transaction(
             )));
         }
     };
+    // Only messages that carry DSN parameters pay for copying them.
+    let recipient_dsn: Vec<Option<sluice_queue::RecipientDsn>> = if indices
+        .iter()
+        .any(|&index| message.recipients[index].dsn.is_some())
+    {
+        indices
+            .iter()
+            .map(|&index| message.recipients[index].dsn.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let envelope = Envelope {
         sender: &message.sender,
         recipients: &recipients,
         size: Some(message.size),
         eight_bit: message.body_8bit,
         smtputf8: message.smtputf8 && capabilities.smtputf8,
+        message_dsn: message.dsn.as_ref(),
+        recipient_dsn: &recipient_dsn,
     };
     // A follow-up transaction (too many recipients) sends the body again.
     let mut first = Some(body);

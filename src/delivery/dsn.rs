@@ -1,10 +1,13 @@
-//! Delivery status notifications (bounces), RFC 3464.
+//! Delivery status notifications, RFC 3464: the one builder for every
+//! report sluice sends: failure (bounce), delay, success (`delivered`)
+//! and `relayed` (RFC 3461 §6.2.2: the next hop does not offer DSN).
 //!
-//! One DSN per message per failing delivery round: a multipart/report
-//! (RFC 6522) with a human-readable part, a message/delivery-status part
-//! (one per-recipient block for each failed recipient) and the original
-//! header section as text/rfc822-headers; when addresses or headers are
-//! UTF-8 (SMTPUTF8 mail), message/global-delivery-status and
+//! One report covers the recipients of one message that reached the same
+//! state in one delivery pass: a multipart/report (RFC 6522) with a
+//! human-readable part, a message/delivery-status part (one per-recipient
+//! block each) and the original message (message/rfc822) or its header
+//! section (text/rfc822-headers). When addresses or headers are UTF-8
+//! (SMTPUTF8 mail), message/global-delivery-status, message/global and
 //! message/global-headers instead (RFC 6533 §6). It comes from
 //! `MAILER-DAEMON@<hostname>` with the null reverse path, so it can never
 //! bounce in turn (RFC 5321 §6.1).
@@ -17,12 +20,16 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::MimePart;
-use sluice_queue::Envelope;
+use sluice_queue::{Envelope, OriginalRecipient};
 
 use crate::smtp::reply::EnhancedCode;
 
 /// The most of the original header section a DSN carries.
 pub const MAX_ORIGINAL_HEADERS: usize = 256 * 1024;
+
+/// The largest message a report returns whole; a larger one comes back as
+/// its header section only.
+pub const MAX_RETURNED_MESSAGE: u64 = 1024 * 1024;
 
 /// Why one recipient failed, as reported in `Diagnostic-Code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,50 +40,202 @@ pub enum Diagnostic {
     Local(String),
 }
 
-/// One failed recipient.
+/// RFC 3464 §2.3.3 `Action`: what a report says became of its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Permanently undeliverable.
+    Failed,
+    /// Still being retried.
+    Delayed,
+    /// Accepted by a next hop that offers DSN.
+    Delivered,
+    /// Accepted by a next hop that does not offer DSN: no further report
+    /// will come from there (RFC 3461 §6.2.2).
+    Relayed,
+}
+
+impl Action {
+    /// The field value (`failed`, `delayed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient in a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct ReportedRecipient {
     /// The recipient address as given in the envelope.
     pub address: String,
-    /// RFC 3463 status, e.g. 5.1.1 or 4.4.7.
+    /// ORCPT, when the sender gave it (`Original-Recipient`).
+    pub original: Option<OriginalRecipient>,
+    /// RFC 3463 status, e.g. 5.1.1, 4.4.1 or 2.0.0.
     pub status: EnhancedCode,
     /// The host that gave the reply, if a remote one did.
     pub remote_mta: Option<String>,
-    /// Why it failed.
+    /// The reply or reason.
     pub diagnostic: Diagnostic,
+    /// When the last attempt was made.
+    pub last_attempt: DateTime<Utc>,
+}
+
+/// What a report returns of the original message.
+#[derive(Debug, Clone, Copy)]
+pub enum Returned<'a> {
+    /// The header section (up to the blank line).
+    Headers(&'a [u8]),
+    /// The whole message.
+    Message(&'a [u8]),
 }
 
 /// Everything a DSN reports.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {
+    /// What became of every recipient in it.
+    pub action: Action,
     /// Our host name (Reporting-MTA, From, Message-ID).
     pub reporting_mta: &'a str,
-    /// The queue ID of the failed message.
+    /// The queue ID of the reported message.
     pub queue_id: &'a str,
-    /// The failed message's envelope sender: the DSN goes there.
+    /// The reported message's envelope sender: the DSN goes there.
     pub sender: &'a str,
+    /// ENVID, when the sender gave it (`Original-Envelope-Id`).
+    pub envid: Option<&'a str>,
     /// When the message was accepted (Arrival-Date).
     pub arrival: DateTime<Utc>,
-    /// Now (Date, Last-Attempt-Date).
+    /// Now (Date).
     pub now: DateTime<Utc>,
+    /// For a delay report: when retrying stops (`Will-Retry-Until`).
+    pub will_retry_until: Option<DateTime<Utc>>,
     /// The recipients being reported, one block each.
-    pub recipients: &'a [FailedRecipient],
-    /// The original header section (up to the blank line).
-    pub original_headers: &'a [u8],
+    pub recipients: &'a [ReportedRecipient],
+    /// The original message or its header section.
+    pub returned: Returned<'a>,
 }
 
 /// Builds the DSN: the envelope (null sender, to the original sender) and
 /// the message bytes, CRLF line endings.
 pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
     let mailer_daemon = format!("MAILER-DAEMON@{}", report.reporting_mta);
-    let mut human = format!(
-        "This is the mail system at host {host}.\r\n\r\n\
-         I'm sorry to have to inform you that your message could not\r\n\
-         be delivered to one or more recipients. It's attached below.\r\n\r\n\
-         For further assistance, please send mail to postmaster.\r\n\r\n\
-         The mail system\r\n",
-        host = report.reporting_mta
+    let human = human_text(report);
+    let status = delivery_status(report);
+
+    // RFC 6533 §6: message/delivery-status, message/rfc822 and
+    // text/rfc822-headers are 7-bit (or 8bit MIME for the message);
+    // UTF-8 (an SMTPUTF8 message's addresses or headers) goes in their
+    // "global" counterparts, 8bit.
+    let returned_part = match report.returned {
+        Returned::Headers(headers) => {
+            let headers = normalise_crlf(headers);
+            let (content_type, encoding) = if headers.is_ascii() {
+                ("text/rfc822-headers", "7bit")
+            } else {
+                ("message/global-headers", "8bit")
+            };
+            MimePart::new(content_type, headers).transfer_encoding(encoding)
+        }
+        Returned::Message(message) => {
+            let message = normalise_crlf(message);
+            let content_type = if global_message(&message) {
+                "message/global"
+            } else {
+                "message/rfc822"
+            };
+            let encoding = if message.is_ascii() { "7bit" } else { "8bit" };
+            MimePart::new(content_type, message).transfer_encoding(encoding)
+        }
+    };
+    let (status_type, status_encoding) = if status.is_ascii() {
+        ("message/delivery-status", "7bit")
+    } else {
+        ("message/global-delivery-status", "8bit")
+    };
+    let report_part = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new(
+                ContentType::new("text/plain").attribute("charset", "utf-8"),
+                human,
+            ),
+            MimePart::new(status_type, status.into_bytes()).transfer_encoding(status_encoding),
+            returned_part,
+        ],
     );
+    let message_id = format!(
+        "{}.{}.{}@{}",
+        report.queue_id,
+        report.action.as_str(),
+        report.now.timestamp_micros(),
+        report.reporting_mta
+    );
+    let subject = match report.action {
+        Action::Failed => "Undelivered Mail Returned to Sender",
+        Action::Delayed => "Delayed Mail (still being retried)",
+        Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
+    };
+    let mut builder = MessageBuilder::new()
+        .from(("Mail Delivery System", mailer_daemon.as_str()))
+        .subject(subject)
+        .date(Date::new(report.now.timestamp()))
+        .message_id(message_id)
+        // RFC 3834 §5: an automatic reply; nobody should answer it.
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(report_part);
+    if !report.sender.is_empty() {
+        builder = builder.to(report.sender);
+    }
+    let bytes = builder.write_to_vec()?;
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![report.sender.to_string()],
+        smtputf8: !report.sender.is_ascii(),
+        body_8bit: !bytes.is_ascii(),
+        dsn: None,
+    };
+    Ok((envelope, bytes))
+}
+
+/// The human-readable part: what happened, then one paragraph per
+/// recipient with its reply.
+fn human_text(report: &Report<'_>) -> String {
+    let host = report.reporting_mta;
+    let mut human = format!("This is the mail system at host {host}.\r\n\r\n");
+    human.push_str(match report.action {
+        Action::Failed => {
+            "I'm sorry to have to inform you that your message could not\r\n\
+             be delivered to one or more recipients. It's attached below.\r\n\r\n\
+             For further assistance, please send mail to postmaster.\r\n"
+        }
+        Action::Delayed => {
+            "####################################################################\r\n\
+             # THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\r\n\
+             ####################################################################\r\n\r\n\
+             Your message could not be delivered for some time to one or more\r\n\
+             recipients. It will be retried until it is too old.\r\n"
+        }
+        Action::Delivered => {
+            "Your message was successfully delivered to the destination(s)\r\n\
+             listed below. If the message was delivered to a mailbox you will\r\n\
+             receive no further notifications. Otherwise you may still receive\r\n\
+             notifications of mail delivery errors from other systems.\r\n"
+        }
+        Action::Relayed => {
+            "Your message was successfully relayed to the destination(s)\r\n\
+             listed below, which do not offer delivery status notifications:\r\n\
+             you will receive no further notice of its delivery from them.\r\n"
+        }
+    });
+    if let Some(until) = report.will_retry_until {
+        human.push_str(&format!(
+            "\r\nIt will be retried until {}.\r\n",
+            until.to_rfc2822()
+        ));
+    }
+    human.push_str("\r\nThe mail system\r\n");
     for recipient in report.recipients {
         human.push_str("\r\n<");
         human.push_str(&recipient.address);
@@ -94,15 +253,32 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
         }
         human.push_str("\r\n");
     }
+    human
+}
 
-    // RFC 3464 §2.2: per-message fields, then one block per recipient.
-    let mut status = format!(
+/// RFC 3464 §2.2: the per-message fields, then one block per recipient.
+fn delivery_status(report: &Report<'_>) -> String {
+    let mut status = String::new();
+    // RFC 3464 §2.2.1: the ENVID, first.
+    if let Some(envid) = report.envid {
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
+    }
+    status.push_str(&format!(
         "Reporting-MTA: dns; {}\r\nX-Sluice-Queue-ID: {}\r\nArrival-Date: {}\r\n",
         report.reporting_mta,
         report.queue_id,
         report.arrival.to_rfc2822()
-    );
+    ));
     for recipient in report.recipients {
+        status.push_str("\r\n");
+        // RFC 3464 §2.3.1: the ORCPT as given, type and address.
+        if let Some(original) = &recipient.original {
+            status.push_str(&format!(
+                "Original-Recipient: {}; {}\r\n",
+                original.address_type,
+                one_line(&original.address)
+            ));
+        }
         // RFC 6533 §3: "utf-8" address type for internationalized addresses.
         let address_type = if recipient.address.is_ascii() {
             "rfc822"
@@ -110,8 +286,10 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
             "utf-8"
         };
         status.push_str(&format!(
-            "\r\nFinal-Recipient: {address_type}; {}\r\nAction: failed\r\nStatus: {}\r\n",
-            recipient.address, recipient.status
+            "Final-Recipient: {address_type}; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            recipient.address,
+            report.action.as_str(),
+            recipient.status
         ));
         if let Some(host) = &recipient.remote_mta {
             status.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
@@ -127,60 +305,21 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
         }
         status.push_str(&format!(
             "Last-Attempt-Date: {}\r\n",
-            report.now.to_rfc2822()
+            recipient.last_attempt.to_rfc2822()
         ));
+        // RFC 3464 §2.3.9: for a delay, when the MTA gives up.
+        if let Some(until) = report.will_retry_until {
+            status.push_str(&format!("Will-Retry-Until: {}\r\n", until.to_rfc2822()));
+        }
     }
+    status
+}
 
-    // RFC 6533 §6: message/delivery-status and text/rfc822-headers are
-    // 7-bit; UTF-8 (an SMTPUTF8 message's addresses or headers) goes in
-    // their "global" counterparts, 8bit.
-    let headers = normalise_crlf(report.original_headers);
-    let (headers_type, headers_encoding) = if headers.is_ascii() {
-        ("text/rfc822-headers", "7bit")
-    } else {
-        ("message/global-headers", "8bit")
-    };
-    let (status_type, status_encoding) = if status.is_ascii() {
-        ("message/delivery-status", "7bit")
-    } else {
-        ("message/global-delivery-status", "8bit")
-    };
-    let report_part = MimePart::new(
-        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
-        vec![
-            MimePart::new(
-                ContentType::new("text/plain").attribute("charset", "utf-8"),
-                human,
-            ),
-            MimePart::new(status_type, status.into_bytes()).transfer_encoding(status_encoding),
-            MimePart::new(headers_type, headers).transfer_encoding(headers_encoding),
-        ],
-    );
-    let message_id = format!(
-        "{}.{}@{}",
-        report.queue_id,
-        report.now.timestamp_micros(),
-        report.reporting_mta
-    );
-    let mut builder = MessageBuilder::new()
-        .from(("Mail Delivery System", mailer_daemon.as_str()))
-        .subject("Undelivered Mail Returned to Sender")
-        .date(Date::new(report.now.timestamp()))
-        .message_id(message_id)
-        // RFC 3834 §5: an automatic reply; nobody should answer it.
-        .header("Auto-Submitted", Raw::new("auto-replied"))
-        .body(report_part);
-    if !report.sender.is_empty() {
-        builder = builder.to(report.sender);
-    }
-    let bytes = builder.write_to_vec()?;
-    let envelope = Envelope {
-        sender: String::new(),
-        recipients: vec![report.sender.to_string()],
-        smtputf8: !report.sender.is_ascii(),
-        body_8bit: !bytes.is_ascii(),
-    };
-    Ok((envelope, bytes))
+/// RFC 6533 §3: a message with UTF-8 in its header section goes back as
+/// message/global.
+fn global_message(message: &[u8]) -> bool {
+    let end = find_blank_line(message).unwrap_or(message.len());
+    !message[..end].is_ascii()
 }
 
 /// Reads a message's header section: everything up to and including the
@@ -258,23 +397,157 @@ mod tests {
     use super::*;
     use mail_parser::{MessageParser, MimeHeaders};
 
-    fn report_for(recipients: &[FailedRecipient], headers: &[u8]) -> (Envelope, Vec<u8>) {
-        let arrival = DateTime::from_timestamp(1_700_000_000, 0).expect("valid time");
-        build(&Report {
+    fn arrival() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).expect("valid time")
+    }
+
+    fn report<'a>(
+        action: Action,
+        recipients: &'a [ReportedRecipient],
+        returned: Returned<'a>,
+    ) -> Report<'a> {
+        Report {
+            action,
             reporting_mta: "sluice.test",
             queue_id: "ABC123",
             sender: "alice@example.org",
-            arrival,
-            now: arrival + chrono::Duration::seconds(60),
+            envid: None,
+            arrival: arrival(),
+            now: arrival() + chrono::Duration::seconds(60),
+            will_retry_until: None,
             recipients,
-            original_headers: headers,
-        })
+            returned,
+        }
+    }
+
+    fn report_for(recipients: &[ReportedRecipient], headers: &[u8]) -> (Envelope, Vec<u8>) {
+        build(&report(
+            Action::Failed,
+            recipients,
+            Returned::Headers(headers),
+        ))
         .expect("DSN builds")
     }
 
-    fn failed(address: &str) -> FailedRecipient {
-        FailedRecipient {
+    /// The delivery-status part's field groups, parsed by mail-parser: the
+    /// per-message group, then one per recipient.
+    fn status_groups(bytes: &[u8]) -> Vec<Vec<(String, String)>> {
+        let message = MessageParser::default()
+            .parse(bytes)
+            .expect("the DSN parses");
+        let part = message
+            .parts
+            .iter()
+            .find(|part| {
+                part.content_type().is_some_and(|ct| {
+                    ct.ctype() == "message" && ct.subtype() == Some("delivery-status")
+                })
+            })
+            .expect("a message/delivery-status part");
+        let text = String::from_utf8_lossy(part.contents()).replace("\r\n", "\n");
+        text.split("\n\n")
+            .filter(|group| !group.trim().is_empty())
+            .map(|group| {
+                group
+                    .lines()
+                    .filter_map(|line| line.split_once(": "))
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn field<'a>(group: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        group
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn every_action_with_envid_orcpt_and_will_retry_until() {
+        let recipient = ReportedRecipient {
+            original: Some(OriginalRecipient {
+                address_type: "rfc822".into(),
+                address: "Bob@example.net".into(),
+            }),
+            status: EnhancedCode::new(2, 0, 0),
+            diagnostic: Diagnostic::Smtp("250 2.0.0 Ok: queued".into()),
+            ..failed("bob@example.net")
+        };
+        for (action, subject) in [
+            (Action::Delivered, "Successful Mail Delivery Report"),
+            (Action::Relayed, "Successful Mail Delivery Report"),
+            (Action::Delayed, "Delayed Mail (still being retried)"),
+            (Action::Failed, "Undelivered Mail Returned to Sender"),
+        ] {
+            let recipients = [recipient.clone()];
+            let mut report = report(
+                action,
+                &recipients,
+                Returned::Headers(b"Subject: x\r\n\r\n"),
+            );
+            report.envid = Some("QQ314159");
+            let until = arrival() + chrono::Duration::days(5);
+            if action == Action::Delayed {
+                report.will_retry_until = Some(until);
+            }
+            let (_, bytes) = build(&report).expect("builds");
+            let parsed = MessageParser::default().parse(&bytes).expect("parses");
+            assert_eq!(parsed.subject(), Some(subject));
+            let groups = status_groups(&bytes);
+            assert_eq!(groups.len(), 2, "{groups:?}");
+            assert_eq!(field(&groups[0], "Original-Envelope-Id"), Some("QQ314159"));
+            assert_eq!(field(&groups[1], "Action"), Some(action.as_str()));
+            assert_eq!(
+                field(&groups[1], "Original-Recipient"),
+                Some("rfc822; Bob@example.net")
+            );
+            assert_eq!(
+                field(&groups[1], "Final-Recipient"),
+                Some("rfc822; bob@example.net")
+            );
+            assert_eq!(
+                field(&groups[1], "Will-Retry-Until"),
+                (action == Action::Delayed)
+                    .then(|| until.to_rfc2822())
+                    .as_deref()
+            );
+        }
+    }
+
+    #[test]
+    fn the_whole_message_comes_back_as_message_rfc822() {
+        let original = b"Subject: hello\r\n\r\nthe body\r\n";
+        let recipients = [failed("bob@example.net")];
+        let (_, bytes) = build(&report(
+            Action::Failed,
+            &recipients,
+            Returned::Message(original),
+        ))
+        .expect("builds");
+        let parsed = MessageParser::default().parse(&bytes).expect("parses");
+        let returned = parsed
+            .parts
+            .iter()
+            .find(|part| {
+                part.content_type()
+                    .is_some_and(|ct| ct.ctype() == "message" && ct.subtype() == Some("rfc822"))
+            })
+            .expect("a message/rfc822 part");
+        let inner = returned.message().expect("an embedded message");
+        assert_eq!(inner.subject(), Some("hello"));
+        assert_eq!(
+            inner.body_text(0).as_deref().map(str::trim),
+            Some("the body")
+        );
+    }
+
+    fn failed(address: &str) -> ReportedRecipient {
+        ReportedRecipient {
             address: address.into(),
+            original: None,
+            last_attempt: arrival(),
             status: EnhancedCode::new(5, 1, 1),
             remote_mta: Some("mx.example.net".into()),
             diagnostic: Diagnostic::Smtp("550 5.1.1 <bob@example.net>: no such user".into()),
@@ -335,8 +608,10 @@ mod tests {
 
     #[test]
     fn one_block_per_failed_recipient_and_local_diagnostics() {
-        let dns_failure = FailedRecipient {
+        let dns_failure = ReportedRecipient {
             address: "carol@nowhere.test".into(),
+            original: None,
+            last_attempt: arrival(),
             status: EnhancedCode::new(5, 1, 2),
             remote_mta: None,
             diagnostic: Diagnostic::Local("domain nowhere.test not found (NXDOMAIN)".into()),

@@ -13,7 +13,9 @@
 pub mod attempt;
 pub mod client;
 pub mod dsn;
+pub mod history;
 pub mod loops;
+pub mod notices;
 pub mod pool;
 pub mod retry;
 pub mod route;
@@ -152,7 +154,7 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         .map(|(index, _)| Attempt::local(index, &failure))
         .collect();
     let now = chrono::Utc::now();
-    scheduler::queue_dsn(ctx, &message, &attempts, now).await?;
+    notices::queue_reports(ctx, &message, &attempts, now, None).await?;
     let updates = attempts
         .iter()
         .map(|attempt| RecipientUpdate {

@@ -20,8 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Engine;
 use super::attempt::{Attempt, Failure, Verdict, deliver_domain, recipient_domain};
-use super::dsn::{self, Diagnostic, FailedRecipient};
-use crate::context::Context;
+use super::dsn::Diagnostic;
+use super::notices;
 use crate::smtp::reply::EnhancedCode;
 use crate::smtp::session::log_address;
 
@@ -395,21 +395,17 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
         });
     }
 
-    // The bounce is queued before the failure is recorded: after a crash in
-    // between, the sender may get two bounces, never none.
-    let failed: Vec<Attempt> = attempts
-        .iter()
-        .filter(|attempt| attempt.verdict == Verdict::Failed)
-        .cloned()
-        .collect();
-    if let Err(error) = queue_dsn(ctx, message, &failed, now).await {
+    // Reports (bounces, success, the delay notice) are queued before the
+    // outcomes are recorded: after a crash in between, the sender may get
+    // one twice, never none.
+    if let Err(error) = notices::queue_reports(ctx, message, &attempts, now, Some(expiry)).await {
         if left_the_queue(engine, message) {
             return;
         }
         tracing::error!(
             queue_id = %message.id,
             %error,
-            "cannot queue the bounce; the failure is not recorded and will be retried"
+            "cannot queue a delivery report; the outcomes are not recorded and will be retried"
         );
         unclaim_after_pause(engine, message).await;
         return;
@@ -424,7 +420,12 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
             _ => None,
         })
         .collect();
-    if let Err(error) = ctx.queue.complete(&message.id, updates).await {
+    let logged = super::history::logged(&attempts, now);
+    if let Err(error) = ctx
+        .queue
+        .complete_logged(&message.id, updates, logged)
+        .await
+    {
         if left_the_queue(engine, message) {
             return;
         }
@@ -490,66 +491,6 @@ pub fn log_outcome(
     );
 }
 
-/// Queues one DSN for `failed` recipients to the message's sender. Returns
-/// only once it is durable; does nothing for a null sender (RFC 5321 §6.1:
-/// never bounce a bounce) or when nothing failed.
-pub async fn queue_dsn(
-    ctx: &Context,
-    message: &Message,
-    failed: &[Attempt],
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    if failed.is_empty() {
-        return Ok(());
-    }
-    if message.sender.is_empty() {
-        tracing::warn!(
-            queue_id = %message.id,
-            recipients = failed.len(),
-            "not bouncing a message with a null sender; the failure notice is dropped"
-        );
-        return Ok(());
-    }
-    // The original's header section: read on the blocking pool when it is
-    // in a body file, else from the database's memory cache right here.
-    let reader = ctx.queue.open_body(&message.id)?;
-    let headers = if reader.is_file() {
-        tokio::task::spawn_blocking(move || {
-            dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)
-        })
-        .await??
-    } else {
-        dsn::read_header_section(reader, dsn::MAX_ORIGINAL_HEADERS)?
-    };
-    let recipients: Vec<FailedRecipient> = failed
-        .iter()
-        .map(|attempt| FailedRecipient {
-            address: message.recipients[attempt.index].address.clone(),
-            status: attempt.status,
-            remote_mta: attempt.remote_mta.clone(),
-            diagnostic: attempt.diagnostic.clone(),
-        })
-        .collect();
-    let (envelope, bytes) = dsn::build(&dsn::Report {
-        reporting_mta: &ctx.config.hostname,
-        queue_id: message.id.as_str(),
-        sender: &message.sender,
-        arrival: message.received_at,
-        now,
-        recipients: &recipients,
-        original_headers: &headers,
-    })?;
-    let dsn_id = ctx.queue.enqueue(envelope, &bytes).await?;
-    tracing::info!(
-        queue_id = %message.id,
-        dsn_id = %dsn_id,
-        sender = %log_address(&message.sender),
-        recipients = recipients.len(),
-        "bounce queued"
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +507,8 @@ mod tests {
             attempts: 1,
             next_attempt_at: next.map(at),
             last_reply: None,
+            attempts_log: Vec::new(),
+            dsn: None,
         }
     }
 
@@ -579,6 +522,8 @@ mod tests {
             smtputf8: false,
             body_8bit: false,
             recipients,
+            dsn: None,
+            delay_notified_at: None,
         }
     }
 

@@ -44,6 +44,9 @@ use std::io::Write as _;
 
 use base64::Engine as _;
 
+use sluice_queue::{MessageDsn, RecipientDsn};
+
+use super::dsn_params;
 use super::ehlo::Capabilities;
 use super::reply::{EnhancedCode, Reply};
 
@@ -354,6 +357,12 @@ pub struct Envelope<'a> {
     /// Send SMTPUTF8 (RFC 6531) when the server offers it; the caller
     /// checked beforehand whether the message can go without it.
     pub smtputf8: bool,
+    /// RET and ENVID to carry on when the server offers DSN (RFC 3461
+    /// §6.2.1); `None` when the sender gave neither.
+    pub message_dsn: Option<&'a MessageDsn>,
+    /// NOTIFY and ORCPT to carry on, one entry per recipient in the order
+    /// of `recipients`; empty when no recipient has any.
+    pub recipient_dsn: &'a [Option<RecipientDsn>],
 }
 
 /// What the pump does next during a transaction.
@@ -437,6 +446,8 @@ pub struct Transaction<'a> {
     size_parameter: bool,
     eight_bit_parameter: bool,
     smtputf8_parameter: bool,
+    /// The server offers DSN: RET, ENVID, NOTIFY and ORCPT go on.
+    dsn_parameters: bool,
     state: State,
     verdicts: Vec<Option<Verdict>>,
     /// The recipients (indices) of the current transaction.
@@ -468,6 +479,7 @@ impl<'a> Transaction<'a> {
             size_parameter: capabilities.size.is_some() && envelope.size.is_some(),
             eight_bit_parameter: envelope.eight_bit && capabilities.eight_bit_mime,
             smtputf8_parameter: envelope.smtputf8 && capabilities.smtputf8,
+            dsn_parameters: capabilities.dsn,
             state: State::Mail,
             verdicts: vec![None; count],
             round: (0..count).collect(),
@@ -525,6 +537,15 @@ impl<'a> Transaction<'a> {
         if self.smtputf8_parameter {
             out.extend_from_slice(b" SMTPUTF8");
         }
+        // RFC 3461 §6.2.1: to a server that offers DSN, the sender's
+        // parameters go on unchanged; to one that does not, none are sent.
+        if self.dsn_parameters
+            && let Some(dsn) = self.envelope.message_dsn
+        {
+            out.extend_from_slice(
+                dsn_params::mail_parameters(dsn.ret, dsn.envid.as_deref()).as_bytes(),
+            );
+        }
         out.extend_from_slice(b"\r\n");
         if self.pipelining {
             for position in 0..self.round.len() {
@@ -536,8 +557,17 @@ impl<'a> Transaction<'a> {
     }
 
     fn write_rcpt(&self, position: usize, out: &mut Vec<u8>) {
-        let recipient = &self.envelope.recipients[self.round[position]];
-        let _ = write!(out, "RCPT TO:<{recipient}>\r\n");
+        let index = self.round[position];
+        let recipient = &self.envelope.recipients[index];
+        let _ = write!(out, "RCPT TO:<{recipient}>");
+        if self.dsn_parameters
+            && let Some(Some(dsn)) = self.envelope.recipient_dsn.get(index)
+        {
+            out.extend_from_slice(
+                dsn_params::rcpt_parameters(dsn.notify, dsn.orcpt.as_ref()).as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Takes the reply the last [`Step::Read`] asked for; appends what is
@@ -820,6 +850,8 @@ mod tests {
             size: Some(10),
             eight_bit: false,
             smtputf8: false,
+            message_dsn: None,
+            recipient_dsn: &[],
         };
         let mut out = Vec::new();
         let mut wire = Vec::new();
@@ -1191,6 +1223,8 @@ mod tests {
             size: Some(42),
             eight_bit: true,
             smtputf8: true,
+            message_dsn: None,
+            recipient_dsn: &[],
         };
         let mut out = Vec::new();
         let offered = Capabilities {
@@ -1211,6 +1245,59 @@ mod tests {
         };
         Transaction::start(unknown, &offered, &mut out);
         assert_eq!(out, b"MAIL FROM:<> BODY=8BITMIME SMTPUTF8\r\n");
+    }
+
+    #[test]
+    fn dsn_parameters_go_on_only_to_a_server_offering_dsn() {
+        use sluice_queue::{NotifyOn, OriginalRecipient, Ret};
+        let recipients = vec!["a@d.test".to_string(), "b@d.test".to_string()];
+        let message_dsn = MessageDsn {
+            ret: Some(Ret::Hdrs),
+            envid: Some("id=1".into()),
+        };
+        let recipient_dsn = vec![
+            Some(RecipientDsn {
+                notify: Some(NotifyOn {
+                    success: true,
+                    failure: true,
+                    delay: false,
+                }),
+                orcpt: Some(OriginalRecipient {
+                    address_type: "rfc822".into(),
+                    address: "A@d.test".into(),
+                }),
+            }),
+            None,
+        ];
+        let envelope = Envelope {
+            sender: "s@d.test",
+            recipients: &recipients,
+            size: None,
+            eight_bit: false,
+            smtputf8: false,
+            message_dsn: Some(&message_dsn),
+            recipient_dsn: &recipient_dsn,
+        };
+        let offered = Capabilities {
+            pipelining: true,
+            dsn: true,
+            ..Capabilities::default()
+        };
+        let mut out = Vec::new();
+        Transaction::start(envelope, &offered, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "MAIL FROM:<s@d.test> RET=HDRS ENVID=id+3D1\r\n\
+             RCPT TO:<a@d.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A@d.test\r\n\
+             RCPT TO:<b@d.test>\r\n\
+             DATA\r\n"
+        );
+        let mut out = Vec::new();
+        Transaction::start(envelope, &capabilities(true), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "MAIL FROM:<s@d.test>\r\nRCPT TO:<a@d.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\n"
+        );
     }
 
     #[test]
@@ -1247,6 +1334,8 @@ mod tests {
                 size: None,
                 eight_bit: false,
                 smtputf8: false,
+                message_dsn: None,
+                recipient_dsn: &[],
             };
             let mut out = Vec::new();
             let (mut transaction, mut step) =

@@ -4,11 +4,16 @@
 //! Grammar: RFC 5321 §4.1.1 (commands), §4.1.2 (paths and mailboxes),
 //! §4.1.3 (address literals); RFC 1870 (SIZE), RFC 6152 (8BITMIME),
 //! RFC 6531 (SMTPUTF8: UTF-8 in local parts and domains), RFC 3030 (BDAT),
-//! RFC 3207 (STARTTLS), RFC 4954 (AUTH). The ABNF is quoted at the end of
+//! RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 3461 (DSN: RET, ENVID,
+//! NOTIFY, ORCPT; their values are read by `smtp::dsn_params`). The ABNF is quoted at the end of
 //! this file.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sluice_queue::{NotifyOn, OriginalRecipient, Ret};
+
+use super::dsn_params;
 
 /// A parsed SMTP command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +27,11 @@ pub enum Command {
         sender: ReversePath,
         parameters: MailParameters,
     },
-    /// `RCPT TO:<forward-path>`; we support no RCPT parameters.
-    Rcpt { recipient: ForwardPath },
+    /// `RCPT TO:<forward-path> [parameters]`.
+    Rcpt {
+        recipient: ForwardPath,
+        parameters: RcptParameters,
+    },
     /// `DATA`.
     Data,
     /// `BDAT size [LAST]` (RFC 3030 §2).
@@ -120,6 +128,26 @@ pub struct MailParameters {
     pub body: Option<BodyType>,
     /// `SMTPUTF8` (RFC 6531 §3.4).
     pub smtputf8: bool,
+    /// `RET=FULL|HDRS` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=` (RFC 3461 §4.4), decoded from xtext.
+    pub envid: Option<String>,
+}
+
+/// The RCPT parameters we understand (RFC 3461 §4.1, §4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RcptParameters {
+    /// `NOTIFY=`.
+    pub notify: Option<NotifyOn>,
+    /// `ORCPT=`, decoded from xtext.
+    pub orcpt: Option<OriginalRecipient>,
+}
+
+impl RcptParameters {
+    /// True when none was given.
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
 }
 
 /// Why a command line could not be parsed; each maps to one reply.
@@ -228,12 +256,7 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     let rest =
         strip_keyword(rest, "TO:").ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
     let (path, parameters) = split_path(rest)?;
-    // RFC 5321 §4.5.3.1.3 only bounds what a server must accept; §4.1.1.11:
-    // an unrecognised parameter is refused with 555.
-    if let Some(parameter) = parameters.split(' ').find(|word| !word.is_empty()) {
-        let keyword = parameter.split('=').next().unwrap_or(parameter);
-        return Err(CommandError::UnknownParameter(keyword.to_ascii_uppercase()));
-    }
+    let parameters = parse_rcpt_parameters(parameters)?;
     if path.is_empty() {
         return Err(CommandError::Syntax("the null path is not a recipient"));
     }
@@ -241,10 +264,12 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     if without_route.eq_ignore_ascii_case("postmaster") {
         return Ok(Command::Rcpt {
             recipient: ForwardPath::Postmaster,
+            parameters,
         });
     }
     Ok(Command::Rcpt {
         recipient: ForwardPath::Mailbox(parse_mailbox(path)?),
+        parameters,
     })
 }
 
@@ -448,13 +473,56 @@ fn parse_mail_parameters(text: &str) -> Result<MailParameters, CommandError> {
             // RFC 4954 §5: AUTH=<mailbox> may be sent to a server offering AUTH;
             // we accept and ignore it (the identity is the authenticated user).
             ("AUTH", Some(_)) if !seen_auth => seen_auth = true,
-            ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH", _) => {
+            ("RET", Some(value)) if parameters.ret.is_none() => {
+                parameters.ret = Some(dsn_params::parse_ret(value).map_err(dsn_syntax)?);
+            }
+            ("ENVID", Some(value)) if parameters.envid.is_none() => {
+                parameters.envid = Some(dsn_params::parse_envid(value).map_err(dsn_syntax)?);
+            }
+            ("SIZE" | "BODY" | "SMTPUTF8" | "AUTH" | "RET" | "ENVID", _) => {
                 return Err(CommandError::Syntax("repeated or malformed parameter"));
             }
             (other, _) => return Err(CommandError::UnknownParameter(other.to_string())),
         }
     }
     Ok(parameters)
+}
+
+/// RCPT parameters: NOTIFY and ORCPT (RFC 3461), each at most once. RFC
+/// 5321 §4.1.1.11: any other is refused with 555.
+fn parse_rcpt_parameters(text: &str) -> Result<RcptParameters, CommandError> {
+    let mut parameters = RcptParameters::default();
+    for word in text.split(' ').filter(|word| !word.is_empty()) {
+        let (keyword, value) = match word.split_once('=') {
+            Some((keyword, value)) => (keyword, Some(value)),
+            None => (word, None),
+        };
+        if keyword.is_empty()
+            || !keyword
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(CommandError::Syntax("bad parameter"));
+        }
+        match (keyword.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", Some(value)) if parameters.notify.is_none() => {
+                parameters.notify = Some(dsn_params::parse_notify(value).map_err(dsn_syntax)?);
+            }
+            ("ORCPT", Some(value)) if parameters.orcpt.is_none() => {
+                parameters.orcpt = Some(dsn_params::parse_orcpt(value).map_err(dsn_syntax)?);
+            }
+            ("NOTIFY" | "ORCPT", _) => {
+                return Err(CommandError::Syntax("repeated or malformed parameter"));
+            }
+            (other, _) => return Err(CommandError::UnknownParameter(other.to_string())),
+        }
+    }
+    Ok(parameters)
+}
+
+/// A malformed DSN parameter value: `501 5.5.4`.
+fn dsn_syntax(error: dsn_params::DsnParamError) -> CommandError {
+    CommandError::Syntax(error.reason())
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
@@ -557,9 +625,78 @@ mod tests {
                     size: Some(1000),
                     body: Some(BodyType::EightBitMime),
                     smtputf8: true,
+                    ret: None,
+                    envid: None,
                 },
             })
         );
+    }
+
+    #[test]
+    fn dsn_parameters_on_mail_and_rcpt() {
+        assert_eq!(
+            parse("MAIL FROM:<a@b.example> ret=hdrs ENVID=QQ+2B1"),
+            Ok(Command::Mail {
+                sender: ReversePath::Mailbox(mailbox("a", "b.example")),
+                parameters: MailParameters {
+                    ret: Some(Ret::Hdrs),
+                    envid: Some("QQ+1".into()),
+                    ..MailParameters::default()
+                },
+            })
+        );
+        assert_eq!(
+            parse("RCPT TO:<c@d.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;C+40d.example"),
+            Ok(Command::Rcpt {
+                recipient: ForwardPath::Mailbox(mailbox("c", "d.example")),
+                parameters: RcptParameters {
+                    notify: Some(NotifyOn {
+                        success: true,
+                        failure: false,
+                        delay: true,
+                    }),
+                    orcpt: Some(OriginalRecipient {
+                        address_type: "rfc822".into(),
+                        address: "C@d.example".into(),
+                    }),
+                },
+            })
+        );
+        assert!(matches!(
+            parse("RCPT TO:<postmaster> NOTIFY=NEVER"),
+            Ok(Command::Rcpt {
+                recipient: ForwardPath::Postmaster,
+                parameters: RcptParameters {
+                    notify: Some(NotifyOn::NEVER),
+                    orcpt: None
+                },
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_or_repeated_dsn_parameters_are_syntax_errors() {
+        for line in [
+            "MAIL FROM:<a@b.example> RET=ALL",
+            "MAIL FROM:<a@b.example> RET=FULL RET=FULL",
+            "MAIL FROM:<a@b.example> RET",
+            "MAIL FROM:<a@b.example> ENVID=a=b",
+            "MAIL FROM:<a@b.example> ENVID=",
+            "MAIL FROM:<a@b.example> ENVID=x ENVID=y",
+            "RCPT TO:<a@b.example> NOTIFY=NEVER,DELAY",
+            "RCPT TO:<a@b.example> NOTIFY=SOMETIMES",
+            "RCPT TO:<a@b.example> NOTIFY=DELAY NOTIFY=DELAY",
+            "RCPT TO:<a@b.example> NOTIFY",
+            "RCPT TO:<a@b.example> ORCPT=a@b.example",
+            "RCPT TO:<a@b.example> ORCPT=rfc822;a+2cb@b.example",
+            "RCPT TO:<a@b.example> ORCPT=rfc822;x ORCPT=rfc822;y",
+        ] {
+            assert!(
+                matches!(parse(line), Err(CommandError::Syntax(_))),
+                "{line}: {:?}",
+                parse(line)
+            );
+        }
     }
 
     #[test]
@@ -584,16 +721,16 @@ mod tests {
     #[test]
     fn unknown_mail_parameter_is_refused() {
         assert_eq!(
-            parse("MAIL FROM:<a@b.example> RET=HDRS"),
-            Err(CommandError::UnknownParameter("RET".into()))
+            parse("MAIL FROM:<a@b.example> MT-PRIORITY=3"),
+            Err(CommandError::UnknownParameter("MT-PRIORITY".into()))
         );
         assert_eq!(
             parse("MAIL FROM:<a@b.example> BODY=BINARYMIME"),
             Err(CommandError::UnknownParameter("BODY=BINARYMIME".into()))
         );
         assert_eq!(
-            parse("RCPT TO:<a@b.example> NOTIFY=NEVER"),
-            Err(CommandError::UnknownParameter("NOTIFY".into()))
+            parse("RCPT TO:<a@b.example> RRVS=2030-01-01T00:00:00Z"),
+            Err(CommandError::UnknownParameter("RRVS".into()))
         );
     }
 
@@ -658,6 +795,7 @@ mod tests {
             parse("RCPT TO:<\"a >b\\\"c\"@d.example>"),
             Ok(Command::Rcpt {
                 recipient: ForwardPath::Mailbox(mailbox("\"a >b\\\"c\"", "d.example")),
+                parameters: RcptParameters::default(),
             })
         );
     }
@@ -668,6 +806,7 @@ mod tests {
             parse("RCPT TO:<@hop1.example,@hop2.example:user@d.example>"),
             Ok(Command::Rcpt {
                 recipient: ForwardPath::Mailbox(mailbox("user", "d.example")),
+                parameters: RcptParameters::default(),
             })
         );
     }
@@ -698,7 +837,8 @@ mod tests {
             assert_eq!(
                 parse(line),
                 Ok(Command::Rcpt {
-                    recipient: ForwardPath::Postmaster
+                    recipient: ForwardPath::Postmaster,
+                    parameters: RcptParameters::default(),
                 }),
                 "{line}"
             );
@@ -709,6 +849,7 @@ mod tests {
     fn utf8_addresses_parse() {
         let Ok(Command::Rcpt {
             recipient: ForwardPath::Mailbox(mailbox),
+            ..
         }) = parse("RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>")
         else {
             panic!("UTF-8 address should parse");

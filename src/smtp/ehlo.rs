@@ -21,6 +21,8 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     /// RFC 4954: mechanisms offered, upper case.
     pub auth: Vec<String>,
+    /// RFC 3461: DSN parameters (RET, ENVID, NOTIFY, ORCPT) may be sent.
+    pub dsn: bool,
 }
 
 impl Capabilities {
@@ -48,6 +50,7 @@ impl Capabilities {
                 "SMTPUTF8" => capabilities.smtputf8 = true,
                 "STARTTLS" => capabilities.starttls = true,
                 "ENHANCEDSTATUSCODES" => capabilities.enhanced_status_codes = true,
+                "DSN" => capabilities.dsn = true,
                 "AUTH" => capabilities
                     .auth
                     .extend(words.map(|mechanism| mechanism.to_ascii_uppercase())),
@@ -88,9 +91,10 @@ mod tests {
     fn ehlo_capabilities_are_read() {
         let reply = parse_all(
             "250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
-             250-STARTTLS\r\n250-auth plain login\r\n250 SMTPUTF8\r\n",
+             250-STARTTLS\r\n250-auth plain login\r\n250-dsn\r\n250 SMTPUTF8\r\n",
         );
         let capabilities = Capabilities::from_ehlo(&reply);
+        assert!(capabilities.dsn);
         assert!(capabilities.pipelining);
         assert_eq!(capabilities.size, Some(1000));
         assert!(capabilities.rejects_size(1001));

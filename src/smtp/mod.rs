@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod dot;
+pub mod dsn_params;
 pub mod ehlo;
 pub mod hops;
 pub mod intake;

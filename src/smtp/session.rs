@@ -43,11 +43,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use sluice_queue::Envelope;
+use sluice_queue::{Envelope, EnvelopeDsn, MessageDsn, RecipientDsn};
 
 use crate::policy::Policy;
 use crate::smtp::command::{
-    AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, ReversePath,
+    AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, RcptParameters,
+    ReversePath,
 };
 use crate::smtp::intake::Refusal;
 use crate::smtp::line::LineKind;
@@ -161,6 +162,9 @@ pub struct Transaction {
     pub body_8bit: bool,
     /// A BDAT chunk was accepted: DATA and RCPT are out of sequence now.
     pub chunking: bool,
+    /// DSN parameters (RFC 3461) of MAIL and of each RCPT; `None` until a
+    /// command carries one.
+    pub dsn: Option<EnvelopeDsn>,
 }
 
 /// One client's SMTP session.
@@ -286,6 +290,7 @@ impl Session {
             recipients: transaction.recipients.clone(),
             smtputf8: transaction.smtputf8,
             body_8bit: transaction.body_8bit,
+            dsn: transaction.dsn.clone(),
         })
     }
 
@@ -426,7 +431,10 @@ impl Session {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
             Command::Mail { sender, parameters } => self.mail(sender, parameters),
-            Command::Rcpt { recipient } => self.rcpt(recipient),
+            Command::Rcpt {
+                recipient,
+                parameters,
+            } => self.rcpt(recipient, parameters),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -526,6 +534,7 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
+            "DSN".into(),
         ];
         if self.config.tls_available && !self.tls {
             lines.push("STARTTLS".into());
@@ -564,7 +573,11 @@ impl Session {
             .as_ref()
             .is_some_and(|greeted| greeted.extended);
         if !extended
-            && (parameters.size.is_some() || parameters.body.is_some() || parameters.smtputf8)
+            && (parameters.size.is_some()
+                || parameters.body.is_some()
+                || parameters.smtputf8
+                || parameters.ret.is_some()
+                || parameters.envid.is_some())
         {
             return self.error(Reply::new(
                 555,
@@ -603,6 +616,13 @@ impl Session {
             smtputf8: parameters.smtputf8,
             body_8bit: parameters.body == Some(BodyType::EightBitMime),
             chunking: false,
+            dsn: (parameters.ret.is_some() || parameters.envid.is_some()).then(|| EnvelopeDsn {
+                message: MessageDsn {
+                    ret: parameters.ret,
+                    envid: parameters.envid,
+                },
+                recipients: Vec::new(),
+            }),
         });
         Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
     }
@@ -616,10 +636,22 @@ impl Session {
         ))
     }
 
-    fn rcpt(&mut self, recipient: ForwardPath) -> Action {
+    fn rcpt(&mut self, recipient: ForwardPath, parameters: RcptParameters) -> Action {
         let Some(transaction) = self.transaction.as_ref() else {
             return self.bad_sequence("Error: need MAIL command");
         };
+        // RFC 1869 §4: DSN is an extension, in effect only after EHLO.
+        let extended = self
+            .greeted
+            .as_ref()
+            .is_some_and(|greeted| greeted.extended);
+        if !extended && !parameters.is_empty() {
+            return self.error(Reply::new(
+                555,
+                code(5, 5, 4),
+                "Error: RCPT parameters need EHLO, not HELO",
+            ));
+        }
         if transaction.chunking {
             return self.bad_sequence("Error: RCPT after BDAT");
         }
@@ -666,6 +698,17 @@ impl Session {
             // get the message twice (RFC 5321 §3.3 leaves this to us).
             if !transaction.recipients.contains(&address) {
                 transaction.recipients.push(address);
+                // Kept beside the recipients, one entry each, only once
+                // some command carried a DSN parameter.
+                if transaction.dsn.is_some() || !parameters.is_empty() {
+                    let count = transaction.recipients.len();
+                    let dsn = transaction.dsn.get_or_insert_with(EnvelopeDsn::default);
+                    dsn.recipients.resize(count - 1, RecipientDsn::default());
+                    dsn.recipients.push(RecipientDsn {
+                        notify: parameters.notify,
+                        orcpt: parameters.orcpt,
+                    });
+                }
             }
         }
         Action::Reply(Reply::new(250, code(2, 1, 5), "Ok"))
@@ -1002,6 +1045,7 @@ mod tests {
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
             "STARTTLS",
         ] {
             assert!(
@@ -1151,7 +1195,73 @@ mod tests {
         expect(&mut session, "MAIL FROM:<a@b", "501 5.5.4");
         expect(&mut session, "MAIL FROM:<a@b.test> FOO=BAR", "555 5.5.4");
         expect(&mut session, "MAIL FROM:<a@b.test>", "250");
-        expect(&mut session, "RCPT TO:<a@b.test> NOTIFY=NEVER", "555 5.5.4");
+        expect(&mut session, "RCPT TO:<a@b.test> RRVS=x", "555 5.5.4");
+    }
+
+    #[test]
+    fn dsn_parameters_are_kept_per_recipient_and_malformed_ones_get_501() {
+        use sluice_queue::{NotifyOn, Ret};
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> RET=FULL ENVID=x+",
+            "501 5.5.4",
+        );
+        expect(
+            &mut session,
+            "MAIL FROM:<a@b.test> RET=HDRS ENVID=e1",
+            "250",
+        );
+        expect(&mut session, "RCPT TO:<r1@b.test>", "250");
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> NOTIFY=SUCCESS,,",
+            "501 5.5.4",
+        );
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> ORCPT=rfc822",
+            "501 5.5.4",
+        );
+        expect(
+            &mut session,
+            "RCPT TO:<r2@b.test> NOTIFY=never ORCPT=rfc822;R2+40b.test",
+            "250",
+        );
+        // A repeat is one recipient: its first parameters stand.
+        expect(&mut session, "RCPT TO:<r2@b.test> NOTIFY=SUCCESS", "250");
+        let envelope = session.envelope().expect("a transaction");
+        let dsn = envelope.dsn.expect("DSN parameters kept");
+        assert_eq!(dsn.message.ret, Some(Ret::Hdrs));
+        assert_eq!(dsn.message.envid.as_deref(), Some("e1"));
+        assert_eq!(dsn.recipients.len(), 2);
+        assert!(dsn.recipients[0].is_empty());
+        assert_eq!(dsn.recipients[1].notify, Some(NotifyOn::NEVER));
+        assert_eq!(
+            dsn.recipients[1].orcpt.as_ref().map(|o| o.address.as_str()),
+            Some("R2@b.test")
+        );
+
+        // Without any DSN parameter, nothing is kept.
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<r1@b.test>", "250");
+        assert_eq!(session.envelope().expect("a transaction").dsn, None);
+        // Only a later recipient has some: the earlier ones get empty entries.
+        expect(&mut session, "RCPT TO:<r3@b.test> NOTIFY=DELAY", "250");
+        let dsn = session.envelope().unwrap().dsn.expect("kept");
+        assert_eq!(dsn.recipients.len(), 2);
+        assert!(dsn.recipients[0].is_empty());
+    }
+
+    #[test]
+    fn dsn_parameters_after_helo_get_555() {
+        let mut session = relay_session();
+        expect(&mut session, "HELO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test> RET=HDRS", "555 5.5.4");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RCPT TO:<r@b.test> NOTIFY=NEVER", "555 5.5.4");
     }
 
     #[test]

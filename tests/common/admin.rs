@@ -42,7 +42,10 @@ pub fn try_http(
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(20))
         .build();
-    let mut request = agent.request(method, &format!("http://{admin}{path}"));
+    // As `sluice queue` does: the API refuses state changes without it.
+    let mut request = agent
+        .request(method, &format!("http://{admin}{path}"))
+        .set("X-Sluice-Request", "1");
     if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
@@ -108,8 +111,21 @@ pub fn assert_message_shape(message: &Value) {
     let recipients = message["recipients"].as_array().expect("recipients array");
     assert!(!recipients.is_empty(), "{message}");
     for recipient in recipients {
+        let mut recipient_keys = keys(recipient);
+        // `show` adds each recipient's attempt history.
+        if let Some(log) = recipient.get("attempts_log") {
+            recipient_keys.retain(|key| key != "attempts_log");
+            for attempt in log.as_array().expect("attempts_log is an array") {
+                assert_eq!(
+                    keys(attempt),
+                    ["relay", "reply", "time", "tls"],
+                    "attempt keys: {attempt}"
+                );
+                assert!(is_rfc3339(&attempt["time"]), "{attempt}");
+            }
+        }
         assert_eq!(
-            keys(recipient),
+            recipient_keys,
             [
                 "address",
                 "attempts",

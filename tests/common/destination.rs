@@ -61,6 +61,8 @@ pub struct Options {
     pub ehlo_reply: Option<String>,
     /// Offer STARTTLS and answer it with this (then close the connection).
     pub starttls_reply: Option<String>,
+    /// Advertise DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             too_many_reply: "452 4.5.3 Too many recipients".into(),
             ehlo_reply: None,
             starttls_reply: None,
+            dsn: false,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// Refused recipients.
     pub rejected: Vec<String>,
+    /// Every RCPT of the transaction: the address and the parameters after it.
+    pub rcpt_params: Vec<(String, Vec<String>)>,
     /// The body, dot-stuffing removed, terminator excluded.
     pub body: Vec<u8>,
     /// TLS protocol version when TLS was in use.
@@ -420,6 +425,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
     let mut mail: Option<(String, Vec<String>)> = None;
     let mut accepted: Vec<String> = Vec::new();
     let mut rejected: Vec<String> = Vec::new();
+    let mut rcpt_params: Vec<(String, Vec<String>)> = Vec::new();
     while let Some(line) = conn.read_line()? {
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         shared
@@ -464,6 +470,9 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     lines.push(format!("AUTH {}", options.auth_mechanisms));
                 }
                 lines.push("ENHANCEDSTATUSCODES".into());
+                if options.dsn {
+                    lines.push("DSN".into());
+                }
                 let last = lines.len() - 1;
                 let mut reply = String::new();
                 for (index, line) in lines.iter().enumerate() {
@@ -507,6 +516,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 mail = None;
                 accepted.clear();
                 rejected.clear();
+                rcpt_params.clear();
             }
             "AUTH" => {
                 let Some((user, password)) = options.auth.clone() else {
@@ -569,6 +579,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         mail = Some((address, params));
                         accepted.clear();
                         rejected.clear();
+                        rcpt_params.clear();
                         conn.send("250 2.1.0 Ok")?;
                     }
                 }
@@ -578,7 +589,8 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     conn.send("503 5.5.1 need MAIL")?;
                     continue;
                 }
-                let (address, _) = parse_path(&text, "RCPT TO:");
+                let (address, params) = parse_path(&text, "RCPT TO:");
+                rcpt_params.push((address.clone(), params));
                 let attempt = bump(&shared.state, |s| &mut s.rcpt_seen, &address);
                 shared
                     .state
@@ -684,6 +696,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                         mail_params,
                         recipients: std::mem::take(&mut accepted),
                         rejected: std::mem::take(&mut rejected),
+                        rcpt_params: std::mem::take(&mut rcpt_params),
                         body,
                         tls: conn.tls.clone(),
                         auth: authenticated.clone(),
@@ -698,6 +711,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 mail = None;
                 accepted.clear();
                 rejected.clear();
+                rcpt_params.clear();
                 conn.send("250 2.0.0 Ok")?;
             }
             "NOOP" => conn.send("250 2.0.0 Ok")?,

@@ -43,6 +43,7 @@ pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
             body_8bit: !body.is_ascii(),
+            dsn: None,
         };
         runtime
             .block_on(queue.enqueue(envelope, body))
@@ -70,6 +71,7 @@ pub fn fill(spool: &Path, seeds: &[Seed]) -> Vec<String> {
                     recipients: seed.recipients.iter().map(|r| r.to_string()).collect(),
                     smtputf8: false,
                     body_8bit: false,
+                    dsn: None,
                 };
                 let body = format!(
                     "From: <{}>\r\nTo: <{}>\r\nSubject: queue test\r\nMessage-ID: <{}@client.test>\r\n\r\nHello.\r\n",
@@ -104,6 +106,7 @@ pub fn fill_many_held(spool: &Path, count: usize) -> Vec<String> {
                         recipients: vec![format!("r{index}@example.net")],
                         smtputf8: false,
                         body_8bit: false,
+                        dsn: None,
                     };
                     let id = queue
                         .enqueue(envelope, b"Subject: bulk\r\n\r\nHello.\r\n")

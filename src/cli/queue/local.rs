@@ -11,9 +11,12 @@ use sluice_queue::{Queue, QueueId, QueueOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Access, Action};
+use super::Access;
+use crate::admin::bulk::{self, Action};
+use crate::admin::content;
 use crate::admin::error::AdminError;
 use crate::admin::ops;
+use crate::admin::summary::{self, Summary};
 use crate::admin::view::{JsonArrayWriter, ListFilter, MessageView};
 use crate::config::Config;
 use crate::context::Context;
@@ -132,14 +135,56 @@ impl Access for Local {
         Ok(result?)
     }
 
-    fn retry_all(&mut self) -> anyhow::Result<u64> {
-        let Some(ctx) = &self.ctx else { return Ok(0) };
-        Ok(self.runtime.block_on(ops::retry_all(ctx))?)
+    fn act_on_ids(
+        &mut self,
+        action: Action,
+        ids: &mut dyn Iterator<Item = String>,
+        refused: &mut dyn FnMut(String),
+    ) -> anyhow::Result<u64> {
+        let Some(ctx) = &self.ctx else {
+            // No spool: no message.
+            for id in ids {
+                let error = match ops::parse_id(&id) {
+                    Ok(id) => AdminError::NotFound(id),
+                    Err(error) => error,
+                };
+                refused(error.to_string());
+            }
+            return Ok(0);
+        };
+        let ids = ids.map(|text| ops::parse_id(&text));
+        Ok(self
+            .runtime
+            .block_on(bulk::each_id(ctx, action, ids, &mut |error| {
+                refused(error.to_string())
+            })))
     }
 
-    fn delete_all(&mut self) -> anyhow::Result<u64> {
+    fn act_on_selection(&mut self, action: Action, filter: &ListFilter) -> anyhow::Result<u64> {
         let Some(ctx) = &self.ctx else { return Ok(0) };
-        Ok(self.runtime.block_on(ops::delete_all(ctx))?)
+        Ok(self
+            .runtime
+            .block_on(bulk::select(ctx, action, filter.clone()))?)
+    }
+
+    fn summary(&mut self) -> anyhow::Result<Summary> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(Summary::default());
+        };
+        let _guard = self.runtime.enter();
+        Ok(summary::build(&ctx.queue, chrono::Utc::now())?)
+    }
+
+    fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+        let ctx = self.context(id)?;
+        let _guard = self.runtime.enter();
+        let body = content::open(&ctx.queue, id)?;
+        match content::copy(body, headers, out) {
+            Ok(()) => Ok(()),
+            // An io::Error, so `sluice queue cat ID | head` is no error.
+            Err(content::CopyError::Output(error)) => Err(error.into()),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Waits for any task an action started (a bounce's DSN), then flushes

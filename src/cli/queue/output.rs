@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
 
+use crate::admin::summary::{AGE_BUCKETS, Counts, Summary};
 use crate::admin::view::{MessageView, format_time};
 
 /// Prints the list table one message at a time and keeps the totals for the
@@ -114,6 +115,15 @@ pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> i
         "held:          {}",
         if message.held { "yes" } else { "no" }
     )?;
+    if let Some(ret) = &message.ret {
+        writeln!(out, "ret:           {ret}")?;
+    }
+    if let Some(envid) = &message.envid {
+        writeln!(out, "envid:         {envid}")?;
+    }
+    if let Some(at) = &message.delay_notified_at {
+        writeln!(out, "delay notice:  sent {}", format_time(at))?;
+    }
     for recipient in &message.recipients {
         let status = serde_json::to_value(recipient.status)
             .ok()
@@ -127,6 +137,88 @@ pub fn show(out: &mut dyn Write, message: &MessageView, now: DateTime<Utc>) -> i
         }
         if let Some(reply) = &recipient.last_reply {
             writeln!(out, "  last reply:  {reply}")?;
+        }
+        if let Some(notify) = &recipient.notify {
+            writeln!(out, "  notify:      {notify}")?;
+        }
+        if let Some(orcpt) = &recipient.orcpt {
+            writeln!(out, "  orcpt:       {orcpt}")?;
+        }
+        let log = recipient.attempts_log.as_deref().unwrap_or_default();
+        if !log.is_empty() {
+            writeln!(out, "  history:     (last {}, oldest first)", log.len())?;
+        }
+        for attempt in log {
+            writeln!(
+                out,
+                "    {}  {}  {}  {}",
+                format_time(&attempt.time),
+                attempt.relay,
+                attempt.tls,
+                attempt.reply
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The `summary` table, like Postfix's qshape: one row per destination
+/// domain (largest first) after the TOTAL row, counts of messages, deferred,
+/// held, suspended (`yes`/`no`; TOTAL: how many domains), then messages by
+/// age; below each domain with deferred mail, its most common last reply.
+pub fn summary(out: &mut dyn Write, summary: &Summary) -> io::Result<()> {
+    if summary.total.messages == 0 {
+        return writeln!(out, "Mail queue is empty");
+    }
+    let width = summary
+        .domains
+        .iter()
+        .map(|row| row.domain.len())
+        .max()
+        .unwrap_or(0)
+        .max(24);
+    let ages: Vec<String> = AGE_BUCKETS
+        .iter()
+        .map(|(label, _)| format!(" {label:>6}"))
+        .collect();
+    writeln!(
+        out,
+        "{:<width$} {:>6} {:>6} {:>6} {:>5}{}",
+        "DOMAIN",
+        "MSGS",
+        "DEFER",
+        "HELD",
+        "SUSP",
+        ages.concat()
+    )?;
+    let row = |out: &mut dyn Write, name: &str, counts: &Counts, suspended: &str| {
+        let ages: Vec<String> = counts
+            .ages
+            .0
+            .iter()
+            .zip(AGE_BUCKETS)
+            .map(|(count, (label, _))| format!(" {count:>w$}", w = label.len().max(6)))
+            .collect();
+        writeln!(
+            out,
+            "{name:<width$} {:>6} {:>6} {:>6} {suspended:>5}{}",
+            counts.messages,
+            counts.deferred,
+            counts.held,
+            ages.concat()
+        )
+    };
+    let suspended = summary.domains.iter().filter(|d| d.suspended).count();
+    row(out, "TOTAL", &summary.total, &suspended.to_string())?;
+    for domain in &summary.domains {
+        row(
+            out,
+            &domain.domain,
+            &domain.counts,
+            if domain.suspended { "yes" } else { "no" },
+        )?;
+        if let Some(reply) = &domain.top_reply {
+            writeln!(out, "  top reply ({}): {reply}", domain.top_reply_count)?;
         }
     }
     Ok(())
@@ -158,7 +250,13 @@ mod tests {
                 attempts: 2,
                 next_attempt_at: None,
                 last_reply: Some("421 4.7.0 try later".into()),
+                notify: None,
+                orcpt: None,
+                attempts_log: None,
             }],
+            ret: None,
+            envid: None,
+            delay_notified_at: None,
         }
     }
 
@@ -191,6 +289,38 @@ mod tests {
         printer.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("-- 3 KiB in 2 messages\n"), "{text}");
+    }
+
+    #[test]
+    fn summary_is_a_qshape_table_with_top_replies() {
+        let summary: Summary = serde_json::from_value(serde_json::json!({
+            "total": {"messages": 3, "deferred": 2, "held": 1,
+                      "ages": {"0-5m": 2, "320m+": 1}},
+            "domains": [{"domain": "example.net", "messages": 3, "deferred": 2, "held": 1,
+                         "ages": {"0-5m": 2, "320m+": 1}, "suspended": false,
+                         "top_reply": "451 4.3.0 later", "top_reply_count": 2}]
+        }))
+        .unwrap();
+        let mut out = Vec::new();
+        super::summary(&mut out, &summary).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("DOMAIN") && lines[0].ends_with(" 320m+"),
+            "{text}"
+        );
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "TOTAL", "3", "2", "1", "0", "2", "0", "0", "0", "0", "0", "0", "1"
+            ]
+        );
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(cells[..5], ["example.net", "3", "2", "1", "no"]);
+        assert_eq!(lines[3], "  top reply (2): 451 4.3.0 later");
+        // The age columns line up under their labels.
+        assert_eq!(lines[0].len(), lines[1].len(), "{text}");
     }
 
     #[test]

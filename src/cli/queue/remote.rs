@@ -9,13 +9,19 @@ use anyhow::Context as _;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use sluice_queue::QueueId;
 
-use super::{Access, Action};
+use super::Access;
+use crate::admin::bulk::Action;
 use crate::admin::error::ErrorBody;
+use crate::admin::summary::Summary;
 use crate::admin::view::{ListFilter, MessageView};
 
 /// How long to wait for the admin API to accept a connection: it is local,
 /// so a server that does not answer within this is not going to.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// IDs sent per bulk request (each at most 64 characters, so the JSON stays
+/// under the API's 16 KiB body limit).
+const IDS_PER_REQUEST: usize = 200;
 
 /// How long a single read may stall (bulk actions on a big queue take a while).
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
@@ -59,14 +65,30 @@ impl Remote {
     }
 
     fn call(&self, method: &str, path: &str) -> anyhow::Result<ureq::Response> {
-        let mut request = self.agent.request(method, &self.url(path));
+        self.call_with(method, path, None)
+    }
+
+    /// A request with an optional JSON body.
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<ureq::Response> {
+        // Shows the API this is no cross-site request (`admin::browser`).
+        let mut request = self
+            .agent
+            .request(method, &self.url(path))
+            .set(crate::admin::browser::REQUEST_HEADER, "1");
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
-        let result = if method == "GET" {
-            request.call()
-        } else {
-            request.send_bytes(&[])
+        let result = match body {
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_bytes(body),
+            None if method == "GET" => request.call(),
+            None => request.send_bytes(&[]),
         };
         match result {
             Ok(response) => Ok(response),
@@ -90,15 +112,20 @@ impl Remote {
     }
 
     fn list_path(filter: &ListFilter) -> String {
+        Self::with_filter("/v1/queue", filter)
+    }
+
+    /// `path` with `filter` as its query.
+    fn with_filter(path: &str, filter: &ListFilter) -> String {
         let pairs: Vec<String> = filter
             .query_pairs()
             .into_iter()
             .map(|(key, value)| format!("{key}={}", encode(&value)))
             .collect();
         if pairs.is_empty() {
-            "/v1/queue".to_string()
+            path.to_string()
         } else {
-            format!("/v1/queue?{}", pairs.join("&"))
+            format!("{path}?{}", pairs.join("&"))
         }
     }
 }
@@ -159,12 +186,58 @@ impl Access for Remote {
         Ok(Some(view))
     }
 
-    fn retry_all(&mut self) -> anyhow::Result<u64> {
-        count_field(self.call("POST", "/v1/queue/retry")?, "retried")
+    fn act_on_ids(
+        &mut self,
+        action: Action,
+        ids: &mut dyn Iterator<Item = String>,
+        refused: &mut dyn FnMut(String),
+    ) -> anyhow::Result<u64> {
+        let path = format!("/v1/queue/{}", action.name());
+        let mut count = 0;
+        loop {
+            // Bodies are limited to 16 KiB: a few hundred IDs per request.
+            let batch: Vec<String> = (&mut *ids).take(IDS_PER_REQUEST).collect();
+            if batch.is_empty() {
+                return Ok(count);
+            }
+            let body = serde_json::to_vec(&serde_json::json!({ "ids": batch }))?;
+            let answer: serde_json::Value = self
+                .call_with("POST", &path, Some(&body))?
+                .into_json()
+                .context("reading the admin API's answer")?;
+            count += answer[action.done_key()].as_u64().with_context(|| {
+                format!(
+                    "the admin API's answer has no {:?} count: {answer}",
+                    action.done_key()
+                )
+            })?;
+            for error in answer["errors"].as_array().into_iter().flatten() {
+                refused(error.as_str().unwrap_or_default().to_string());
+            }
+        }
     }
 
-    fn delete_all(&mut self) -> anyhow::Result<u64> {
-        count_field(self.call("DELETE", "/v1/queue")?, "deleted")
+    fn act_on_selection(&mut self, action: Action, filter: &ListFilter) -> anyhow::Result<u64> {
+        let path = Self::with_filter(&format!("/v1/queue/{}", action.name()), filter);
+        count_field(self.call("POST", &path)?, action.done_key())
+    }
+
+    fn summary(&mut self) -> anyhow::Result<Summary> {
+        self.call("GET", "/v1/queue/summary")?
+            .into_json::<Summary>()
+            .context("reading the admin API's answer")
+    }
+
+    fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+        let path = if headers {
+            format!("/v1/queue/{id}/message?headers=true")
+        } else {
+            format!("/v1/queue/{id}/message")
+        };
+        let response = self.call("GET", &path)?;
+        // A body cut short (the server failed midway) is an error (exit 1).
+        io::copy(&mut response.into_reader(), out)?;
+        Ok(())
     }
 
     fn close(&mut self) -> anyhow::Result<()> {

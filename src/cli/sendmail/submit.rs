@@ -66,6 +66,8 @@ pub fn submit(
         size: None,
         eight_bit: true,
         smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        message_dsn: None,
+        recipient_dsn: &[],
     };
     let reply = connection.transaction(
         &capabilities,
@@ -299,8 +301,6 @@ impl Connection {
         let capabilities = Capabilities {
             // One command at a time: see above.
             pipelining: false,
-            // A message streamed from stdin has no size known beforehand.
-            size: None,
             ..capabilities.clone()
         };
         let (mut transaction, mut step) =
