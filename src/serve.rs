@@ -31,6 +31,41 @@ pub enum Stopped {
     StorageFailed,
 }
 
+/// How long `serve` waits at start for a spool another process holds (an
+/// offline `sluice queue` or `sluice sendmail` that is about to finish).
+const SPOOL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the queue off the runtime. A spool held by another process is
+/// waited for, up to [`SPOOL_LOCK_WAIT`], with one log line saying so: a
+/// short-lived command holding it must not make the start fail. Another
+/// server holding it still fails the start once the wait is over.
+async fn open_queue(spool: std::path::PathBuf, options: QueueOptions) -> anyhow::Result<Queue> {
+    let deadline = tokio::time::Instant::now() + SPOOL_LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        let (path, options_now) = (spool.clone(), options.clone());
+        let opened = tokio::task::spawn_blocking(move || Queue::open(&path, options_now))
+            .await
+            .context("opening the queue")?;
+        match opened {
+            Err(sluice_queue::QueueError::Locked { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::warn!(
+                        spool = %spool.display(),
+                        wait = ?SPOOL_LOCK_WAIT,
+                        "the spool is in use by another process; waiting for it"
+                    );
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Runs the server until a shutdown signal or a storage failure; returns
 /// once every task ended (or the grace period ran out) and the queue is
 /// flushed.
@@ -40,9 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let options = QueueOptions {
         cache_capacity: config.spool.cache_capacity,
     };
-    let queue = tokio::task::spawn_blocking(move || Queue::open(&spool, options))
-        .await
-        .context("opening the queue")??;
+    let queue = open_queue(spool, options).await?;
     let ctx = Context {
         config: config.clone(),
         queue: queue.clone(),

@@ -4,6 +4,7 @@
 mod common {
     pub mod server;
     pub mod smtp;
+    pub mod spool;
     pub use {server::*, smtp::*};
 }
 
@@ -74,4 +75,27 @@ fn serve_without_config_uses_embedded_defaults() {
         || child.try_wait().expect("wait"),
     );
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_spool_held_by_a_short_lived_command_is_waited_for_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // As an offline `sluice queue` or `sluice sendmail` would, this process
+    // holds the spool while the server starts, and lets go a moment later.
+    let holder = common::spool::open_spool(&dir.path().join("spool"));
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(holder.close()).expect("close the spool");
+    });
+    let server = Sluice::start_in(dir, "");
+    release.join().expect("the holder thread");
+    let log = server.log_text();
+    assert!(
+        log.contains("the spool is in use by another process; waiting for it"),
+        "the start did not say it waited for the spool:\n{log}"
+    );
 }
