@@ -796,3 +796,28 @@ fn summary_and_cat_work_offline_and_on_a_missing_spool() {
         "looking creates nothing"
     );
 }
+
+/// `sendmail -bp` and `-q`: on the running server and offline, the same as
+/// `queue list` and `queue retry --all`.
+fn sendmail_bp_and_q(config: &Path, ids: &[String]) {
+    let listed = cli_ok(config, &["sendmail", "-bp"]);
+    assert!(listed.contains("in 4 messages"), "{listed}");
+    for id in ids {
+        assert!(listed.contains(id.as_str()), "{id} listed: {listed}");
+    }
+    let retried = cli_ok(config, &["sendmail", "-q"]);
+    assert!(retried.contains("due now"), "{retried}");
+    let (code, _, stderr) = cli(config, &["sendmail", "-q1h"]);
+    assert_eq!(code, 2, "-q with an interval is a usage error: {stderr}");
+}
+
+#[test]
+fn sendmail_bp_lists_and_q_retries_the_queue_online_and_offline() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(&four_messages(), &sink);
+    sendmail_bp_and_q(&sluice.config_path, &ids);
+    drop(sluice);
+    let (dir, config, ids) = offline(&four_messages(), &sink);
+    sendmail_bp_and_q(&config, &ids);
+    drop(dir);
+}

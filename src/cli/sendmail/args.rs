@@ -18,8 +18,13 @@
 //!   not consulted.
 //! - `-i`, `-oi`: a line holding a single dot does not end the input. sluice
 //!   always reads to end of file, so these are accepted and change nothing.
-//! - `-bm`: read mail from stdin and deliver it (the default and only mode);
-//!   any other `-b` mode (`-bs`, `-bp`, `-bi`, `-bv`, ...) is a usage error.
+//! - `-bm`: read mail from stdin and deliver it (the default mode).
+//! - `-bp`: list the queue instead, as `sluice queue list` (the `mailq`
+//!   of sendmail and Postfix); recipients and other options are ignored.
+//! - `-q`: attempt delivery of all queued mail now, as `sluice queue retry
+//!   --all`. `-q` with a value (`-q1h`, `-qRsite`, ...) is a usage error.
+//! - Any other `-b` mode (`-bs`, `-bi`, `-bv`, ...) is a usage error. When
+//!   several modes are given, the last one applies.
 //! - `-o X` (`-odi`, `-odb`, `-oem`, `-oee`, `-om`, `-oo`, ...): accepted and
 //!   ignored, as Postfix does (use the configuration file instead); `-oi` is
 //!   `-i`.
@@ -49,15 +54,31 @@ Options:
   -F NAME       full name for the From: header added when missing
   -t            also take recipients from the To:, Cc: and Bcc: headers
   -i, -oi       a line with a single dot does not end input (always so)
-  -bm           read mail from stdin (the default and only mode)
+  -bm           read mail from stdin (the default mode)
+  -bp           list the queue (as `sluice queue list`)
+  -q            deliver all queued mail now (as `sluice queue retry --all`)
   -v            print the queue ID on success
   -o X, -N, -R, -V, -B, -h, -G, -U, -m, -n   accepted and ignored
   --config PATH the sluice configuration
   --help        this text";
 
+/// What the command does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `-bm` (the default): submit the message read on stdin.
+    #[default]
+    Submit,
+    /// `-bp`: list the queue.
+    ListQueue,
+    /// `-q`: retry all queued mail.
+    RetryQueue,
+}
+
 /// The parsed command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
+    /// `-bm`, `-bp` or `-q`.
+    pub mode: Mode,
     /// `-f`: `Some("")` is the null sender.
     pub sender: Option<String>,
     /// `-F`.
@@ -115,6 +136,13 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
                 't' => options.extract_recipients = true,
                 'v' => options.verbose = true,
                 'i' | 'G' | 'U' | 'm' | 'n' => {}
+                'q' => {
+                    let rest = &flags[at + flag.len_utf8()..];
+                    if !rest.is_empty() {
+                        return Err(usage(format!("option -q{rest} is not supported")));
+                    }
+                    options.mode = Mode::RetryQueue;
+                }
                 'f' | 'r' | 'F' | 'o' | 'b' | 'N' | 'R' | 'V' | 'B' | 'h' => {
                     let rest = &flags[at + flag.len_utf8()..];
                     let value = if !rest.is_empty() {
@@ -129,8 +157,14 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
                     match flag {
                         'f' | 'r' => options.sender = Some(value),
                         'F' => options.full_name = Some(value),
-                        'b' if value != "m" => {
-                            return Err(usage(format!("mode -b{value} is not supported")));
+                        'b' => {
+                            options.mode = match value.as_str() {
+                                "m" => Mode::Submit,
+                                "p" => Mode::ListQueue,
+                                _ => {
+                                    return Err(usage(format!("mode -b{value} is not supported")));
+                                }
+                            };
                         }
                         // -o options, DSN and body type: ignored (see the module doc).
                         _ => {}
@@ -196,14 +230,35 @@ mod tests {
     }
 
     #[test]
+    fn bp_lists_and_q_retries_the_queue_the_last_mode_wins() {
+        assert_eq!(parse_args(&args(&[])).unwrap().mode, Mode::Submit);
+        assert_eq!(parse_args(&args(&["-bp"])).unwrap().mode, Mode::ListQueue);
+        assert_eq!(
+            parse_args(&args(&["-b", "p"])).unwrap().mode,
+            Mode::ListQueue
+        );
+        assert_eq!(parse_args(&args(&["-q"])).unwrap().mode, Mode::RetryQueue);
+        assert_eq!(parse_args(&args(&["-vq"])).unwrap().mode, Mode::RetryQueue);
+        assert_eq!(
+            parse_args(&args(&["-q", "-bm"])).unwrap().mode,
+            Mode::Submit
+        );
+        assert_eq!(
+            parse_args(&args(&["-bp", "-q"])).unwrap().mode,
+            Mode::RetryQueue
+        );
+    }
+
+    #[test]
     fn unknown_flags_missing_values_and_other_modes_are_usage_errors() {
         for bad in [
             &["-x"][..],
             &["-f"],
             &["-bs"],
-            &["-bp"],
+            &["-bx"],
             &["--frob"],
-            &["-tq"],
+            &["-q1h"],
+            &["-qRexample.org"],
             &["--config"],
         ] {
             let error = parse_args(&args(bad)).unwrap_err();

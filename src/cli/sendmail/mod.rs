@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! sluice sendmail [OPTIONS] [RECIPIENT...] < message
+//! sluice sendmail -bp        (the queue, as `sluice queue list`)
+//! sluice sendmail -q         (retry all, as `sluice queue retry --all`)
 //! ```
 //!
 //! Also reached by invoking the binary under the name `sendmail` (for
@@ -42,9 +44,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::cli::queue::{QueueCommand, Targets};
 use crate::config::{Config, ConfigError};
 
-pub use args::{Options, USAGE, parse_args};
+pub use args::{Mode, Options, USAGE, parse_args};
 
 use envelope::Recipients;
 use message::{HeaderSection, MessageError, Stamp};
@@ -77,6 +80,9 @@ pub enum SendmailError {
     /// Reading the message on stdin failed, or it cannot be submitted.
     #[error("cannot read the message on stdin: {0}")]
     Input(String),
+    /// `-bp` or `-q` failed (as `sluice queue list` or `retry --all` would).
+    #[error(transparent)]
+    Queue(anyhow::Error),
 }
 
 impl SendmailError {
@@ -103,6 +109,22 @@ pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> 
     }
     let config_path = options.config.as_deref().or(config);
     let loaded = Config::load(config_path)?;
+    let queue_command = match options.mode {
+        Mode::Submit => None,
+        Mode::ListQueue => Some(QueueCommand::List {
+            json: false,
+            status: None,
+            domain: None,
+            sender: None,
+        }),
+        Mode::RetryQueue => Some(QueueCommand::Retry {
+            targets: Targets::all(),
+        }),
+    };
+    if let Some(command) = queue_command {
+        let code = crate::cli::queue::run(command, &loaded).map_err(SendmailError::Queue)?;
+        return Ok(u8::try_from(code).unwrap_or(1));
+    }
     let config = &loaded.config;
     let user = user::invoking_user();
     let hostname = config.hostname.as_str();
