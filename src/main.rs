@@ -54,15 +54,22 @@ enum Command {
 
 fn main() -> ExitCode {
     // Installed as `sendmail` (a symlink to this binary): behave as
-    // `sluice sendmail`, the configuration from SLUICE_CONFIG.
+    // `sluice sendmail`, the configuration from SLUICE_CONFIG. As `mailq`:
+    // `sluice sendmail -bp`, which is `sluice queue list`.
     let mut args = std::env::args_os();
     let invoked_as = args.next().map(PathBuf::from);
-    if invoked_as
-        .as_deref()
-        .and_then(|path| path.file_name())
-        .is_some_and(|name| name == "sendmail")
-    {
-        let args: Option<Vec<String>> = args.map(|arg| arg.into_string().ok()).collect();
+    let name = invoked_as.as_deref().and_then(|path| path.file_name());
+    let first = match name.and_then(|name| name.to_str()) {
+        Some("sendmail") => Some(None),
+        Some("mailq") => Some(Some("-bp".to_string())),
+        _ => None,
+    };
+    if let Some(first) = first {
+        let args: Option<Vec<String>> = first
+            .map(Some)
+            .into_iter()
+            .chain(args.map(|arg| arg.into_string().ok()))
+            .collect();
         let config = std::env::var_os("SLUICE_CONFIG").map(PathBuf::from);
         let result = match args {
             Some(args) => sendmail(&args, config.as_deref()),

@@ -821,3 +821,24 @@ fn sendmail_bp_lists_and_q_retries_the_queue_online_and_offline() {
     sendmail_bp_and_q(&config, &ids);
     drop(dir);
 }
+
+#[test]
+fn invoked_as_mailq_it_is_queue_list_with_sluice_config() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(&four_messages(), &sink);
+    let link_dir = tempfile::tempdir().expect("temp dir");
+    let link = link_dir.path().join("mailq");
+    std::os::unix::fs::symlink(common::binary(), &link).expect("symlink the binary");
+    let output = std::process::Command::new(&link)
+        .env("SLUICE_CONFIG", &sluice.config_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run mailq");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "mailq exits 0: {stderr}");
+    assert!(stdout.contains("in 4 messages"), "{stdout}");
+    for id in &ids {
+        assert!(stdout.contains(id.as_str()), "{id} listed: {stdout}");
+    }
+}

@@ -10,7 +10,8 @@
 //!
 //! Also reached by invoking the binary under the name `sendmail` (for
 //! example `ln -s /usr/bin/sluice /usr/sbin/sendmail`); the configuration then
-//! comes from `SLUICE_CONFIG` or the default path.
+//! comes from `SLUICE_CONFIG` or the default path. Under the name `mailq`,
+//! it is `sendmail -bp`.
 //!
 //! This module is the glue; each concern has its own file:
 //!
