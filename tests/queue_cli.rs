@@ -842,3 +842,23 @@ fn invoked_as_mailq_it_is_queue_list_with_sluice_config() {
         assert!(stdout.contains(id.as_str()), "{id} listed: {stdout}");
     }
 }
+
+#[test]
+fn a_filter_matching_nothing_is_not_an_empty_queue() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let seeds = &four_messages()[..1];
+    let (dir, config, _) = offline(seeds, &sink);
+    for filter in [
+        &["--sender", ""][..],
+        &["--domain", "nowhere.test"],
+        &["--status", "held"],
+    ] {
+        let mut args = vec!["queue", "list"];
+        args.extend_from_slice(filter);
+        let text = cli_ok(&config, &args);
+        assert_eq!(text, "No queued message matches the filter\n", "{filter:?}");
+    }
+    cli_ok(&config, &["queue", "delete", "--all"]);
+    assert_eq!(cli_ok(&config, &["queue", "list"]), "Mail queue is empty\n");
+    drop(dir);
+}

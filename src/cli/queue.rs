@@ -306,7 +306,12 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
             if json {
                 access.json_list(&filter, &mut out)?;
             } else {
-                let mut printer = output::ListPrinter::new(&mut out, chrono::Utc::now());
+                let filtered = filter.status.is_some()
+                    || filter.domain.is_some()
+                    || filter.sender.is_some()
+                    || filter.older_than.is_some();
+                let mut printer =
+                    output::ListPrinter::new(&mut out, chrono::Utc::now()).filtered(filtered);
                 access.each(&filter, &mut |message| printer.message(&message))?;
                 printer.finish()?;
             }

@@ -14,6 +14,9 @@ use crate::admin::view::{MessageView, format_time};
 pub struct ListPrinter<W: Write> {
     out: W,
     now: DateTime<Utc>,
+    /// Whether a filter chose the messages: then none printed means none
+    /// matched, not an empty queue.
+    filtered: bool,
     messages: u64,
     bytes: u64,
 }
@@ -24,9 +27,16 @@ impl<W: Write> ListPrinter<W> {
         ListPrinter {
             out,
             now,
+            filtered: false,
             messages: 0,
             bytes: 0,
         }
+    }
+
+    /// Says that a filter chose the messages (see [`Self::finish`]).
+    pub fn filtered(mut self, filtered: bool) -> Self {
+        self.filtered = filtered;
+        self
     }
 
     /// Prints one message: a line with ID (`!` when held), size, age and
@@ -65,10 +75,13 @@ impl<W: Write> ListPrinter<W> {
         Ok(())
     }
 
-    /// Prints the summary (`-- N KiB in M messages`, or `Mail queue is
-    /// empty`) and flushes.
+    /// Prints the summary (`-- N KiB in M messages`; with no message, `Mail
+    /// queue is empty`, or `No queued message matches the filter` when
+    /// filtered) and flushes.
     pub fn finish(mut self) -> io::Result<()> {
-        if self.messages == 0 {
+        if self.messages == 0 && self.filtered {
+            writeln!(self.out, "No queued message matches the filter")?;
+        } else if self.messages == 0 {
             writeln!(self.out, "Mail queue is empty")?;
         } else {
             writeln!(
@@ -328,6 +341,10 @@ mod tests {
         let mut out = Vec::new();
         ListPrinter::new(&mut out, Utc::now()).finish().unwrap();
         assert_eq!(out, b"Mail queue is empty\n");
+        let mut out = Vec::new();
+        let printer = ListPrinter::new(&mut out, Utc::now()).filtered(true);
+        printer.finish().unwrap();
+        assert_eq!(out, b"No queued message matches the filter\n");
     }
 
     #[test]
