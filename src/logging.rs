@@ -1,13 +1,23 @@
 //! Log setup: `tracing` to stderr, text or JSON, filtered by `[log] level`.
+//!
+//! `[log] level` is for sluice's own targets (`sluice`, `sluice_queue`):
+//! dependencies (sled, hickory, hyper, rustls, mail-auth, …) log at `warn`
+//! at most, so `level = "debug"` shows what sluice does, not their
+//! internals. A `target=level` directive in `[log] level` applies as
+//! written (`level = "debug,hickory_proto=debug"`), and `RUST_LOG`, when
+//! set, replaces the whole filter.
 
 use std::io::IsTerminal;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// The crates whose events `[log] level` is about.
+const OWN_TARGETS: [&str; 2] = ["sluice", "sluice_queue"];
+
 /// Installs the global subscriber. `RUST_LOG` overrides `[log] level`.
 pub fn init(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives(&log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -18,4 +28,93 @@ pub fn init(log: &LogConfig) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The `EnvFilter` directives for `[log] level`: each bare level applies to
+/// sluice's own targets, everything else to `warn` (or `error`/`off` when
+/// the level is that quiet); `target=level` directives are kept as written,
+/// after them, so they win.
+fn directives(level: &str) -> String {
+    let mut dependencies = "warn";
+    let mut own = Vec::new();
+    let mut explicit = Vec::new();
+    for part in level
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        if part.contains('=') || part.contains('[') {
+            explicit.push(part.to_string());
+            continue;
+        }
+        let quiet = part.to_ascii_lowercase();
+        if quiet == "error" || quiet == "off" {
+            dependencies = if quiet == "off" { "off" } else { "error" };
+        }
+        own.extend(
+            OWN_TARGETS
+                .iter()
+                .map(|target| (*target, format!("{target}={part}"))),
+        );
+    }
+    // A target named in a directive takes that directive, not the bare level.
+    let named = |target: &str| {
+        explicit
+            .iter()
+            .any(|directive| directive.split(['=', '[']).next().map(str::trim) == Some(target))
+    };
+    let own = own
+        .into_iter()
+        .filter(|(target, _)| !named(target))
+        .map(|(_, directive)| directive);
+    let mut all = vec![dependencies.to_string()];
+    all.extend(own);
+    all.extend(explicit);
+    all.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::directives;
+
+    #[test]
+    fn a_bare_level_is_for_sluice_and_dependencies_stay_at_warn() {
+        assert_eq!(directives("debug"), "warn,sluice=debug,sluice_queue=debug");
+        assert_eq!(directives("info"), "warn,sluice=info,sluice_queue=info");
+    }
+
+    #[test]
+    fn a_quieter_level_quiets_dependencies_too() {
+        assert_eq!(directives("error"), "error,sluice=error,sluice_queue=error");
+        assert_eq!(directives("off"), "off,sluice=off,sluice_queue=off");
+    }
+
+    #[test]
+    fn target_directives_are_kept_and_come_last() {
+        assert_eq!(
+            directives("debug, hickory_proto=trace"),
+            "warn,sluice=debug,sluice_queue=debug,hickory_proto=trace"
+        );
+        assert_eq!(directives("sled=info"), "warn,sled=info");
+        assert_eq!(
+            directives("sluice=debug,info"),
+            "warn,sluice_queue=info,sluice=debug"
+        );
+    }
+
+    #[test]
+    fn every_result_is_a_valid_filter() {
+        for level in [
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "off",
+            "info,sled=debug",
+        ] {
+            tracing_subscriber::EnvFilter::try_new(directives(level))
+                .unwrap_or_else(|error| panic!("{level}: {error}"));
+        }
+    }
 }

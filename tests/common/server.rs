@@ -163,12 +163,13 @@ impl Sluice {
         configure: impl FnOnce(&mut Command),
     ) -> Sluice {
         let mut command = Command::new(binary());
+        // Before `configure`, which may change or remove it.
+        command.env("RUST_LOG", "info");
         configure(&mut command);
         let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
