@@ -75,6 +75,9 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let options = QueueOptions {
         cache_capacity: config.spool.cache_capacity,
     };
+    // Listen first: a start that cannot bind must not create the spool.
+    let smtp_sockets = Server::bind_sockets(&config).await?;
+    let admin_socket = Admin::bind_socket(&config).await?;
     let queue = open_queue(spool, options).await?;
     let ctx = Context {
         config: config.clone(),
@@ -85,8 +88,8 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
         tasks: TaskTracker::new(),
     };
 
-    let server = Server::bind(&ctx).await?;
-    let admin = Admin::bind(&ctx).await?;
+    let server = Server::new(&ctx, smtp_sockets)?;
+    let admin = Admin::new(&ctx, admin_socket);
     let scheduler = Scheduler::new(&ctx)?;
     let smtp_addresses: Vec<String> = server
         .local_addrs()

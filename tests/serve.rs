@@ -99,3 +99,43 @@ fn a_spool_held_by_a_short_lived_command_is_waited_for_at_start() {
         "the start did not say it waited for the spool:\n{log}"
     );
 }
+
+#[test]
+fn a_failed_bind_exits_1_and_leaves_no_spool_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = taken.local_addr().expect("local address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"sluice.test\"\n[spool]\npath = \"{}\"\n\
+             [[listener]]\naddress = \"{address}\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+            spool.display()
+        ),
+    )
+    .expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "exit status; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "stderr does not name the address:\n{stderr}"
+    );
+    assert!(
+        !spool.exists(),
+        "a start that could not listen created the spool {}",
+        spool.display()
+    );
+}

@@ -42,20 +42,28 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `[admin] address`. Refuses a non-loopback address without
-    /// `[admin] token`: the API can hold and delete mail, so it is never open
-    /// to the network unauthenticated.
-    pub async fn bind(ctx: &Context) -> anyhow::Result<Admin> {
-        let address = ctx.config.admin.address;
-        if !address.ip().is_loopback() && ctx.config.admin.token.is_none() {
+    /// Binds `[admin] address`, before the spool is opened, so a start that
+    /// cannot listen leaves nothing behind. Refuses a non-loopback address
+    /// without `[admin] token`: the API can hold and delete mail, so it is
+    /// never open to the network unauthenticated.
+    pub async fn bind_socket(
+        config: &crate::config::Config,
+    ) -> anyhow::Result<tokio::net::TcpListener> {
+        let address = config.admin.address;
+        if !address.ip().is_loopback() && config.admin.token.is_none() {
             anyhow::bail!(
                 "refusing to serve the admin API on non-loopback address {address} without \
                  [admin] token: set a token or use a loopback address"
             );
         }
-        let listener = tokio::net::TcpListener::bind(address)
+        tokio::net::TcpListener::bind(address)
             .await
-            .map_err(|error| anyhow::anyhow!("cannot listen on {address} (admin API): {error}"))?;
+            .map_err(|error| anyhow::anyhow!("cannot listen on {address} (admin API): {error}"))
+    }
+
+    /// The admin API over `listener` (from [`Admin::bind_socket`]); records
+    /// the bound address in the spool for `sluice queue`.
+    pub fn new(ctx: &Context, listener: tokio::net::TcpListener) -> Admin {
         let mut admin = Admin {
             ctx: ctx.clone(),
             listener,
@@ -72,7 +80,7 @@ impl Admin {
                 ),
             }
         }
-        Ok(admin)
+        admin
     }
 
     /// The address actually bound.
@@ -122,8 +130,11 @@ mod tests {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         };
-        match Admin::bind(&ctx).await {
-            Ok(_) => "bound".to_string(),
+        match Admin::bind_socket(&ctx.config).await {
+            Ok(listener) => {
+                Admin::new(&ctx, listener);
+                "bound".to_string()
+            }
             Err(error) => error.to_string(),
         }
     }

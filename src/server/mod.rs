@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ListenerKind;
+use crate::config::{Config, ListenerKind};
 use crate::context::Context;
 use crate::policy::Policy;
 use crate::smtp::session::SessionConfig;
@@ -26,18 +26,37 @@ pub mod listener;
 pub mod sasl;
 pub mod tls;
 
+/// A bound `[[listener]]` socket and its kind.
+pub type BoundListener = (tokio::net::TcpListener, ListenerKind);
+
 /// The bound SMTP listeners.
 pub struct Server {
     ctx: Context,
-    listeners: Vec<(tokio::net::TcpListener, ListenerKind)>,
+    listeners: Vec<BoundListener>,
     shared: Arc<connection::Shared>,
 }
 
 impl Server {
-    /// Binds every `[[listener]]` (and loads the TLS certificate). Returns
-    /// only once the sockets are bound, so readiness can be reported. A bad
-    /// or missing certificate file is an error naming the file.
-    pub async fn bind(ctx: &Context) -> anyhow::Result<Server> {
+    /// Binds every `[[listener]]`. Called before the spool is opened, so a
+    /// start that cannot listen leaves nothing behind (not even the spool
+    /// directory).
+    pub async fn bind_sockets(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let socket = tokio::net::TcpListener::bind(listener.address)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("cannot listen on {}: {error}", listener.address)
+                })?;
+            listeners.push((socket, listener.kind));
+        }
+        Ok(listeners)
+    }
+
+    /// The server over `listeners` (from [`Server::bind_sockets`]); loads
+    /// the TLS certificate and the DKIM keys. A bad or missing file is an
+    /// error naming it.
+    pub fn new(ctx: &Context, listeners: Vec<BoundListener>) -> anyhow::Result<Server> {
         let config = &ctx.config;
         let tls = match &config.tls {
             Some(tls) => Some(TlsAcceptor::from(
@@ -68,15 +87,6 @@ impl Server {
             dkim: crate::auth::dkim::Signer::load(&config.dkim)?,
             verifier: crate::auth::verify::Verifier::new(config, ctx.resolver.clone()),
         });
-        let mut listeners = Vec::new();
-        for listener in &config.listeners {
-            let socket = tokio::net::TcpListener::bind(listener.address)
-                .await
-                .map_err(|error| {
-                    anyhow::anyhow!("cannot listen on {}: {error}", listener.address)
-                })?;
-            listeners.push((socket, listener.kind));
-        }
         Ok(Server {
             ctx: ctx.clone(),
             listeners,
