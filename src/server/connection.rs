@@ -29,6 +29,7 @@ use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
+use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
@@ -198,6 +199,8 @@ struct Chunked<'a> {
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
+    /// Finds the Message-ID for the log.
+    message_id: MessageIdScanner,
 }
 
 struct Connection<'a, S> {
@@ -372,6 +375,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
+        let mut message_id = MessageIdScanner::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
@@ -388,6 +392,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 body = None;
             } else if !decoded.is_empty() {
                 storage_failed |= write_body(&mut body, &decoded).await;
+                message_id.feed(&decoded);
                 if let Some(signing) = signing.as_mut() {
                     signing.write(&decoded);
                 }
@@ -401,7 +406,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.fill(left, false).await?;
         };
         Ok(self
-            .finish(session, outcome, body, signing, storage_failed)
+            .finish(
+                session,
+                outcome,
+                body,
+                signing,
+                storage_failed,
+                &mut message_id,
+            )
             .await)
     }
 
@@ -430,6 +442,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
+                    message_id: MessageIdScanner::new(),
                 }
             }
         };
@@ -443,6 +456,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body = None;
             } else if !chunk.is_empty() {
                 chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
+                chunked.message_id.feed(&chunk);
                 if let Some(signing) = chunked.signing.as_mut() {
                     signing.write(&chunk);
                 }
@@ -459,6 +473,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             outcome => outcome,
         };
+        let mut message_id = chunked.message_id;
         let outcome = self
             .finish(
                 session,
@@ -466,6 +481,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body,
                 chunked.signing,
                 chunked.storage_failed,
+                &mut message_id,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -496,6 +512,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: Option<BodyWriter>,
         signing: Option<SigningStream<'_>>,
         storage_failed: bool,
+        message_id: &mut MessageIdScanner,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
@@ -510,7 +527,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets).await
+                    self.commit(session, body, octets, message_id.finish())
+                        .await
                 }
                 _ => MessageOutcome::StorageFailed,
             },
@@ -634,22 +652,32 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// Makes the message durable; returns only once the queue says so.
-    async fn commit(&mut self, session: &Session, body: BodyWriter, size: u64) -> MessageOutcome {
+    /// `octets` is the message as received; the log gives the stored size
+    /// (with our `Received:` and any added fields), as `queue show` does.
+    async fn commit(
+        &mut self,
+        session: &Session,
+        body: BodyWriter,
+        octets: u64,
+        message_id: Option<&str>,
+    ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
         let Some(envelope) = session.envelope() else {
             return MessageOutcome::StorageFailed;
         };
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
+        let size = body.len();
         match ctx.queue.commit(envelope, body).await {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
-                ctx.metrics.message_size_bytes.observe(size as f64);
+                ctx.metrics.message_size_bytes.observe(octets as f64);
                 tracing::info!(
                     queue_id = %id,
                     client = %session.client(),
                     helo = %session.helo_name().unwrap_or(""),
                     sender = %sender,
+                    message_id = %message_id.unwrap_or("-"),
                     size,
                     nrcpt = recipients,
                     protocol = %session.protocol(),

@@ -11,5 +11,6 @@ pub mod ehlo;
 pub mod hops;
 pub mod intake;
 pub mod line;
+pub mod message_id;
 pub mod reply;
 pub mod session;
