@@ -92,6 +92,8 @@ enum Filled {
 
 /// Serves one accepted connection to its end. `implicit_tls` is set for
 /// `submissions` listeners (RFC 8314 §3.3): the handshake comes first.
+/// Logs a `connect` line and a `disconnect` line with the commands by verb,
+/// Postfix style (`ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6`).
 pub async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -100,6 +102,21 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
+    tracing::info!(client = %peer.ip(), "connect");
+    let mut session = Session::new(config, peer.ip(), implicit_tls);
+    serve_session(&shared, stream, peer, &mut session, implicit_tls).await;
+    tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
+}
+
+/// The whole of one connection: the implicit TLS handshake, the session,
+/// and the session again over TLS after STARTTLS.
+async fn serve_session(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: &mut Session,
+    implicit_tls: bool,
+) {
     let timeout = shared.ctx.config.limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
@@ -109,14 +126,12 @@ pub async fn serve(
         let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
             return;
         };
-        let mut session = Session::new(config, peer.ip(), true);
         let greeting = session.greeting();
-        serve_over(&shared, stream, &mut session, Some(greeting)).await;
+        serve_over(shared, stream, session, Some(greeting)).await;
         return;
     }
-    let mut session = Session::new(config, peer.ip(), false);
     let greeting = session.greeting();
-    let Some(stream) = serve_over(&shared, stream, &mut session, Some(greeting)).await else {
+    let Some(stream) = serve_over(shared, stream, session, Some(greeting)).await else {
         return;
     };
     let Some(acceptor) = shared.tls.clone() else {
@@ -126,7 +141,7 @@ pub async fn serve(
         return;
     };
     session.tls_started();
-    serve_over(&shared, stream, &mut session, None).await;
+    serve_over(shared, stream, session, None).await;
 }
 
 /// Runs `session` over `stream`, first sending `greeting` if given, and

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod command;
+pub mod counts;
 pub mod data;
 pub mod dot;
 pub mod dsn_params;

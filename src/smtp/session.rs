@@ -50,6 +50,7 @@ use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, RcptParameters,
     ReversePath,
 };
+use crate::smtp::counts::{CommandCounts, Verb};
 use crate::smtp::intake::Refusal;
 use crate::smtp::line::LineKind;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -121,6 +122,24 @@ pub enum Action {
     Authenticate(Credentials),
 }
 
+impl Action {
+    /// The reply a command got when it is a refusal (4xx or 5xx).
+    pub fn refusal(&self) -> Option<&Reply> {
+        let reply = match self {
+            Action::Reply(reply) | Action::ReceiveData(reply) | Action::StartTls(reply) => reply,
+            Action::Close(replies) => replies.first()?,
+            Action::ReceiveChunk { refusal, .. } => refusal.as_ref()?,
+            Action::Authenticate(_) => return None,
+        };
+        (reply.code() >= 400).then_some(reply)
+    }
+
+    /// True when the command was refused.
+    pub fn refuses(&self) -> bool {
+        self.refusal().is_some()
+    }
+}
+
 /// How a message read with DATA or BDAT ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageOutcome {
@@ -180,6 +199,8 @@ pub struct Session {
     auth: AuthStep,
     errors: u32,
     auth_failures: u32,
+    /// The commands so far, by verb, for the disconnect log line.
+    commands: CommandCounts,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -202,7 +223,13 @@ impl Session {
             auth: AuthStep::None,
             errors: 0,
             auth_failures: 0,
+            commands: CommandCounts::default(),
         }
+    }
+
+    /// The commands of this connection so far, by verb.
+    pub fn commands(&self) -> &CommandCounts {
+        &self.commands
     }
 
     /// `220 <hostname> ESMTP sluice`.
@@ -343,10 +370,12 @@ impl Session {
         if self.auth != AuthStep::None {
             return self.auth_response(line);
         }
-        match Command::parse(line) {
+        let action = match Command::parse(line) {
             Ok(command) => self.handle(command),
             Err(error) => self.parse_error(error),
-        }
+        };
+        self.commands.count(Verb::of(line), !action.refuses());
+        action
     }
 
     /// True while an AUTH exchange waits for the client's response to a
@@ -360,6 +389,7 @@ impl Session {
     /// over 12,288 (RFC 4954 §4), which also ends the AUTH exchange.
     pub fn line_too_long(&mut self, kind: LineKind) -> Action {
         self.auth = AuthStep::None;
+        self.commands.count(Verb::of(b""), false);
         match kind {
             LineKind::Command => self.error(Reply::new(500, code(5, 5, 2), "Error: line too long")),
             // RFC 4954 §6.
@@ -390,7 +420,10 @@ impl Session {
                 self.user = Some(user);
                 Action::Reply(Reply::new(235, code(2, 7, 0), "Authentication successful"))
             }
-            None => self.auth_failed(),
+            None => {
+                self.commands.refused_later(Verb::of(b"auth"));
+                self.auth_failed()
+            }
         }
     }
 
@@ -411,7 +444,12 @@ impl Session {
     /// The message of the current transaction was stored or refused; the
     /// transaction ends either way.
     pub fn message_finished(&mut self, outcome: MessageOutcome) -> Action {
-        self.transaction = None;
+        if let Some(transaction) = self.transaction.take()
+            && !matches!(outcome, MessageOutcome::Queued(_))
+        {
+            self.commands
+                .refused_later(Verb::message(transaction.chunking));
+        }
         let reply = match outcome {
             MessageOutcome::Queued(id) => {
                 Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
