@@ -374,3 +374,40 @@ fn connect_and_disconnect_lines_count_the_commands() {
     );
     assert_eq!(common::field(line, "client"), "127.0.0.1");
 }
+
+/// Every refused command leaves one info line with the client and the
+/// reply; a policy refusal says `transaction refused` with its reason.
+#[test]
+fn every_refused_command_logs_one_line_with_its_reply() {
+    let server = Sluice::start_no_delivery(STRANGER_POLICY);
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@elsewhere.test>", "250");
+    client.expect("RCPT TO:<broken", "501 5.5.4");
+    client.expect("RCPT TO:<victim@elsewhere.test>", "554 5.7.1");
+    client.expect("QUIT", "221");
+    drop(client);
+    server.wait_log(&["disconnect "]);
+    let log = server.log_text();
+    let syntax: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("501 5.5.4"))
+        .collect();
+    assert_eq!(syntax.len(), 1, "{log}");
+    assert!(syntax[0].contains("command refused"), "{}", syntax[0]);
+    assert_eq!(common::field(syntax[0], "client"), "127.0.0.1");
+    assert_eq!(common::field(syntax[0], "command"), "rcpt");
+    assert!(common::field(syntax[0], "reply").starts_with("501 5.5.4 Syntax error"));
+    let relay: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("victim@elsewhere.test"))
+        .collect();
+    assert_eq!(relay.len(), 1, "one line per refusal: {log}");
+    assert!(relay[0].contains("transaction refused"), "{}", relay[0]);
+    assert!(relay[0].contains("relay access denied"), "{}", relay[0]);
+    assert!(
+        common::field(relay[0], "reply").starts_with("554 5.7.1 <victim@elsewhere.test>"),
+        "{}",
+        relay[0]
+    );
+}

@@ -36,6 +36,11 @@ impl Verb {
         Verb(index)
     }
 
+    /// The verb, lower case (`unknown` for any other word).
+    pub fn name(self) -> &'static str {
+        VERBS[self.0]
+    }
+
     /// DATA or BDAT, whichever carried a message.
     pub fn message(chunking: bool) -> Verb {
         Verb::of(if chunking { b"bdat" } else { b"data" })
