@@ -862,3 +862,33 @@ fn a_filter_matching_nothing_is_not_an_empty_queue() {
     assert_eq!(cli_ok(&config, &["queue", "list"]), "Mail queue is empty\n");
     drop(dir);
 }
+
+/// A bounce by the operator after one deferred try is no attempt: its log
+/// line counts the one try actually made, as the deferred line did.
+#[test]
+fn bounce_after_one_try_logs_the_attempts_made() {
+    let sink = Sink::start(SinkMode::TempFail);
+    let (sluice, ids) = online(
+        &[Seed {
+            sender: "a@example.org",
+            recipients: &["once@example.net"],
+            held: false,
+        }],
+        &sink,
+    );
+    let config = sluice.config_path.clone();
+    sluice.wait_log(&["status=deferred"]);
+    let deferred = show_json(&config, &ids[0]);
+    assert_eq!(deferred["recipients"][0]["attempts"], 1, "{deferred}");
+    cli_ok(&config, &["queue", "bounce", &ids[0]]);
+    sluice.wait_log(&["status=bounced"]);
+    let log = sluice.log_text();
+    let line = |status: &str| {
+        log.lines()
+            .find(|line| line.contains(status))
+            .unwrap_or_else(|| panic!("no {status} line in {log}"))
+            .to_string()
+    };
+    assert_eq!(common::field(&line("status=deferred"), "attempts"), "1");
+    assert_eq!(common::field(&line("status=bounced"), "attempts"), "1");
+}

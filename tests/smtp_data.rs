@@ -272,3 +272,53 @@ fn a_thousand_messages_on_one_connection() {
     let queued = stop_and_read_queue(&mut server);
     assert_eq!(queued.len(), 1000);
 }
+
+/// The `message accepted` line of `id` in the server's log.
+fn accepted_line(server: &Sluice, id: &str) -> String {
+    let needle = format!("queue_id={id}");
+    server.wait_log(&[&needle, "message accepted"]);
+    server
+        .log_text()
+        .lines()
+        .find(|line| line.contains(&needle) && line.contains("message accepted"))
+        .expect("an accepted line")
+        .to_string()
+}
+
+/// The size `sluice queue show --json` gives for `id`.
+fn queued_size(server: &Sluice, id: &str) -> String {
+    let (code, text, stderr) = server.cli(&["queue", "show", id, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    value["size"].to_string()
+}
+
+#[test]
+fn accepted_line_has_the_message_id_and_the_stored_size() {
+    let server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    client.expect("DATA", "354");
+    client.send_raw(b"Subject: id\r\nMessage-ID:\r\n <one.1@example.org>\r\n\r\nHi.\r\n.\r\n");
+    let with_id = queue_id(&client.read_reply()).expect("queued");
+
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    let data = b"Subject: no id\r\n\r\nMessage-ID: <in.body@example.org>\r\n";
+    client.send_raw(format!("BDAT {} LAST\r\n", data.len()).as_bytes());
+    client.send_raw(data);
+    let without_id = queue_id(&client.read_reply()).expect("queued");
+    client.expect("QUIT", "221");
+
+    let line = accepted_line(&server, &with_id);
+    assert_eq!(common::field(&line, "message_id"), "<one.1@example.org>");
+    assert_eq!(common::field(&line, "size"), queued_size(&server, &with_id));
+    let line = accepted_line(&server, &without_id);
+    assert_eq!(common::field(&line, "message_id"), "-");
+    assert_eq!(
+        common::field(&line, "size"),
+        queued_size(&server, &without_id)
+    );
+}

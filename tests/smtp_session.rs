@@ -341,3 +341,73 @@ fn too_many_errors_close_the_connection_with_421() {
     );
     assert_eq!(client.read_to_end(), "");
 }
+
+/// Each connection logs a `connect` line and a `disconnect` line with its
+/// commands counted by verb, Postfix style, refusals after the slash.
+#[test]
+fn connect_and_disconnect_lines_count_the_commands() {
+    let server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    client.expect("RCPT TO:<broken", "501");
+    client.expect("DATA", "354");
+    client.send_raw(b"Subject: count\r\n\r\nHi.\r\n.\r\n");
+    assert!(queue_id(&client.read_reply()).is_some());
+    client.expect("QUIT", "221");
+    drop(client);
+    server.wait_log(&["disconnect "]);
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|line| line.contains(" connect ") || line.ends_with(" connect client=127.0.0.1")),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|line| line.contains("disconnect "))
+        .expect("a disconnect line");
+    assert!(
+        line.contains("disconnect ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6"),
+        "{line}"
+    );
+    assert_eq!(common::field(line, "client"), "127.0.0.1");
+}
+
+/// Every refused command leaves one info line with the client and the
+/// reply; a policy refusal says `transaction refused` with its reason.
+#[test]
+fn every_refused_command_logs_one_line_with_its_reply() {
+    let server = Sluice::start_no_delivery(STRANGER_POLICY);
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@elsewhere.test>", "250");
+    client.expect("RCPT TO:<broken", "501 5.5.4");
+    client.expect("RCPT TO:<victim@elsewhere.test>", "554 5.7.1");
+    client.expect("QUIT", "221");
+    drop(client);
+    server.wait_log(&["disconnect "]);
+    let log = server.log_text();
+    let syntax: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("501 5.5.4"))
+        .collect();
+    assert_eq!(syntax.len(), 1, "{log}");
+    assert!(syntax[0].contains("command refused"), "{}", syntax[0]);
+    assert_eq!(common::field(syntax[0], "client"), "127.0.0.1");
+    assert_eq!(common::field(syntax[0], "command"), "rcpt");
+    assert!(common::field(syntax[0], "reply").starts_with("501 5.5.4 Syntax error"));
+    let relay: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("victim@elsewhere.test"))
+        .collect();
+    assert_eq!(relay.len(), 1, "one line per refusal: {log}");
+    assert!(relay[0].contains("transaction refused"), "{}", relay[0]);
+    assert!(relay[0].contains("relay access denied"), "{}", relay[0]);
+    assert!(
+        common::field(relay[0], "reply").starts_with("554 5.7.1 <victim@elsewhere.test>"),
+        "{}",
+        relay[0]
+    );
+}

@@ -165,7 +165,7 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         })
         .collect();
     for attempt in &attempts {
-        scheduler::log_outcome(&message, attempt, now, "bounced", None);
+        scheduler::log_outcome(&message, attempt, now, "bounced", None, false);
         ctx.metrics.recipients_bounced.inc();
     }
     let message = ctx.queue.complete(id, updates).await?;

@@ -454,25 +454,28 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
                 .delivery_latency_seconds
                 .observe(latency.as_secs_f64());
         }
-        log_outcome(message, attempt, now, status, next_attempt);
+        log_outcome(message, attempt, now, status, next_attempt, true);
     }
 }
 
 /// Logs one outcome line (`status` is sent, deferred or bounced), with
 /// key=value fields so a grep on the queue ID tells the whole story.
+/// `attempts=` is the number of delivery attempts actually made: this one
+/// counts when `tried` (an operator's bounce is no attempt).
 pub fn log_outcome(
     message: &Message,
     attempt: &Attempt,
     now: DateTime<Utc>,
     status: &str,
     next_attempt: Option<DateTime<Utc>>,
+    tried: bool,
 ) {
     let recipient = &message.recipients[attempt.index];
     let delay = (now - message.received_at)
         .to_std()
         .unwrap_or_default()
         .as_secs_f64();
-    let attempts = recipient.attempts.saturating_add(1);
+    let attempts = recipient.attempts.saturating_add(u32::from(tried));
     let next = next_attempt
         .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| "-".into());

@@ -29,6 +29,7 @@ use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
+use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
 
@@ -91,6 +92,8 @@ enum Filled {
 
 /// Serves one accepted connection to its end. `implicit_tls` is set for
 /// `submissions` listeners (RFC 8314 §3.3): the handshake comes first.
+/// Logs a `connect` line and a `disconnect` line with the commands by verb,
+/// Postfix style (`ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6`).
 pub async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -99,6 +102,21 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
+    tracing::info!(client = %peer.ip(), "connect");
+    let mut session = Session::new(config, peer.ip(), implicit_tls);
+    serve_session(&shared, stream, peer, &mut session, implicit_tls).await;
+    tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
+}
+
+/// The whole of one connection: the implicit TLS handshake, the session,
+/// and the session again over TLS after STARTTLS.
+async fn serve_session(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: &mut Session,
+    implicit_tls: bool,
+) {
     let timeout = shared.ctx.config.limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
@@ -108,14 +126,12 @@ pub async fn serve(
         let Some(stream) = handshake(&acceptor, stream, peer, timeout).await else {
             return;
         };
-        let mut session = Session::new(config, peer.ip(), true);
         let greeting = session.greeting();
-        serve_over(&shared, stream, &mut session, Some(greeting)).await;
+        serve_over(shared, stream, session, Some(greeting)).await;
         return;
     }
-    let mut session = Session::new(config, peer.ip(), false);
     let greeting = session.greeting();
-    let Some(stream) = serve_over(&shared, stream, &mut session, Some(greeting)).await else {
+    let Some(stream) = serve_over(shared, stream, session, Some(greeting)).await else {
         return;
     };
     let Some(acceptor) = shared.tls.clone() else {
@@ -125,7 +141,7 @@ pub async fn serve(
         return;
     };
     session.tls_started();
-    serve_over(&shared, stream, &mut session, None).await;
+    serve_over(shared, stream, session, None).await;
 }
 
 /// Runs `session` over `stream`, first sending `greeting` if given, and
@@ -198,6 +214,8 @@ struct Chunked<'a> {
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
+    /// Finds the Message-ID for the log.
+    message_id: MessageIdScanner,
 }
 
 struct Connection<'a, S> {
@@ -372,6 +390,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
+        let mut message_id = MessageIdScanner::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
@@ -388,6 +407,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 body = None;
             } else if !decoded.is_empty() {
                 storage_failed |= write_body(&mut body, &decoded).await;
+                message_id.feed(&decoded);
                 if let Some(signing) = signing.as_mut() {
                     signing.write(&decoded);
                 }
@@ -401,7 +421,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.fill(left, false).await?;
         };
         Ok(self
-            .finish(session, outcome, body, signing, storage_failed)
+            .finish(
+                session,
+                outcome,
+                body,
+                signing,
+                storage_failed,
+                &mut message_id,
+            )
             .await)
     }
 
@@ -430,6 +457,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
+                    message_id: MessageIdScanner::new(),
                 }
             }
         };
@@ -443,6 +471,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body = None;
             } else if !chunk.is_empty() {
                 chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
+                chunked.message_id.feed(&chunk);
                 if let Some(signing) = chunked.signing.as_mut() {
                     signing.write(&chunk);
                 }
@@ -459,6 +488,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             outcome => outcome,
         };
+        let mut message_id = chunked.message_id;
         let outcome = self
             .finish(
                 session,
@@ -466,6 +496,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body,
                 chunked.signing,
                 chunked.storage_failed,
+                &mut message_id,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -496,6 +527,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: Option<BodyWriter>,
         signing: Option<SigningStream<'_>>,
         storage_failed: bool,
+        message_id: &mut MessageIdScanner,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
@@ -510,7 +542,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets).await
+                    self.commit(session, body, octets, message_id.finish())
+                        .await
                 }
                 _ => MessageOutcome::StorageFailed,
             },
@@ -634,22 +667,32 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// Makes the message durable; returns only once the queue says so.
-    async fn commit(&mut self, session: &Session, body: BodyWriter, size: u64) -> MessageOutcome {
+    /// `octets` is the message as received; the log gives the stored size
+    /// (with our `Received:` and any added fields), as `queue show` does.
+    async fn commit(
+        &mut self,
+        session: &Session,
+        body: BodyWriter,
+        octets: u64,
+        message_id: Option<&str>,
+    ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
         let Some(envelope) = session.envelope() else {
             return MessageOutcome::StorageFailed;
         };
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
+        let size = body.len();
         match ctx.queue.commit(envelope, body).await {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
-                ctx.metrics.message_size_bytes.observe(size as f64);
+                ctx.metrics.message_size_bytes.observe(octets as f64);
                 tracing::info!(
                     queue_id = %id,
                     client = %session.client(),
                     helo = %session.helo_name().unwrap_or(""),
                     sender = %sender,
+                    message_id = %message_id.unwrap_or("-"),
                     size,
                     nrcpt = recipients,
                     protocol = %session.protocol(),

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod command;
+pub mod counts;
 pub mod data;
 pub mod dot;
 pub mod dsn_params;
@@ -11,5 +12,6 @@ pub mod ehlo;
 pub mod hops;
 pub mod intake;
 pub mod line;
+pub mod message_id;
 pub mod reply;
 pub mod session;

@@ -37,6 +37,7 @@
 //! to the reply ([`Session::message_finished`]).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ use crate::smtp::command::{
     AuthMechanism, BodyType, Command, CommandError, ForwardPath, Mailbox, RcptParameters,
     ReversePath,
 };
+use crate::smtp::counts::{CommandCounts, Verb};
 use crate::smtp::intake::Refusal;
 use crate::smtp::line::LineKind;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -121,6 +123,24 @@ pub enum Action {
     Authenticate(Credentials),
 }
 
+impl Action {
+    /// The reply a command got when it is a refusal (4xx or 5xx).
+    pub fn refusal(&self) -> Option<&Reply> {
+        let reply = match self {
+            Action::Reply(reply) | Action::ReceiveData(reply) | Action::StartTls(reply) => reply,
+            Action::Close(replies) => replies.first()?,
+            Action::ReceiveChunk { refusal, .. } => refusal.as_ref()?,
+            Action::Authenticate(_) => return None,
+        };
+        (reply.code() >= 400).then_some(reply)
+    }
+
+    /// True when the command was refused.
+    pub fn refuses(&self) -> bool {
+        self.refusal().is_some()
+    }
+}
+
 /// How a message read with DATA or BDAT ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageOutcome {
@@ -180,6 +200,11 @@ pub struct Session {
     auth: AuthStep,
     errors: u32,
     auth_failures: u32,
+    /// The commands so far, by verb, for the disconnect log line.
+    commands: CommandCounts,
+    /// Why the command being handled was refused, when the refusal is a
+    /// policy decision worth a `transaction refused` line.
+    refusal_reason: Option<&'static str>,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -202,7 +227,14 @@ impl Session {
             auth: AuthStep::None,
             errors: 0,
             auth_failures: 0,
+            commands: CommandCounts::default(),
+            refusal_reason: None,
         }
+    }
+
+    /// The commands of this connection so far, by verb.
+    pub fn commands(&self) -> &CommandCounts {
+        &self.commands
     }
 
     /// `220 <hostname> ESMTP sluice`.
@@ -343,9 +375,48 @@ impl Session {
         if self.auth != AuthStep::None {
             return self.auth_response(line);
         }
-        match Command::parse(line) {
+        let action = match Command::parse(line) {
             Ok(command) => self.handle(command),
             Err(error) => self.parse_error(error),
+        };
+        let verb = Verb::of(line);
+        self.commands.count(verb, !action.refuses());
+        self.log_refusal(verb, &action);
+        action
+    }
+
+    /// One info line per refused command, with the reply: `transaction
+    /// refused` with the reason for a policy decision, else `command
+    /// refused`.
+    fn log_refusal(&mut self, verb: Verb, action: &Action) {
+        let reason = self.refusal_reason.take();
+        let Some(reply) = action.refusal() else {
+            return;
+        };
+        let sender = self
+            .transaction
+            .as_ref()
+            .map(|transaction| log_address(&transaction.sender));
+        let sender = sender.as_deref().unwrap_or("-");
+        let helo = self.helo_name().unwrap_or("");
+        match reason {
+            Some(reason) => tracing::info!(
+                client = %self.client,
+                helo = %helo,
+                sender = %sender,
+                command = verb.name(),
+                reason,
+                reply = %LogReply(reply),
+                "transaction refused"
+            ),
+            None => tracing::info!(
+                client = %self.client,
+                helo = %helo,
+                sender = %sender,
+                command = verb.name(),
+                reply = %LogReply(reply),
+                "command refused"
+            ),
         }
     }
 
@@ -360,6 +431,13 @@ impl Session {
     /// over 12,288 (RFC 4954 §4), which also ends the AUTH exchange.
     pub fn line_too_long(&mut self, kind: LineKind) -> Action {
         self.auth = AuthStep::None;
+        self.commands.count(Verb::of(b""), false);
+        let action = self.line_too_long_reply(kind);
+        self.log_refusal(Verb::of(b""), &action);
+        action
+    }
+
+    fn line_too_long_reply(&mut self, kind: LineKind) -> Action {
         match kind {
             LineKind::Command => self.error(Reply::new(500, code(5, 5, 2), "Error: line too long")),
             // RFC 4954 §6.
@@ -390,7 +468,10 @@ impl Session {
                 self.user = Some(user);
                 Action::Reply(Reply::new(235, code(2, 7, 0), "Authentication successful"))
             }
-            None => self.auth_failed(),
+            None => {
+                self.commands.refused_later(Verb::of(b"auth"));
+                self.auth_failed()
+            }
         }
     }
 
@@ -411,7 +492,12 @@ impl Session {
     /// The message of the current transaction was stored or refused; the
     /// transaction ends either way.
     pub fn message_finished(&mut self, outcome: MessageOutcome) -> Action {
-        self.transaction = None;
+        if let Some(transaction) = self.transaction.take()
+            && !matches!(outcome, MessageOutcome::Queued(_))
+        {
+            self.commands
+                .refused_later(Verb::message(transaction.chunking));
+        }
         let reply = match outcome {
             MessageOutcome::Queued(id) => {
                 Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
@@ -558,11 +644,7 @@ impl Session {
             return self.bad_sequence("Error: nested MAIL command");
         }
         if self.config.auth_required && self.user.is_none() {
-            tracing::info!(
-                client = %self.client,
-                reason = "authentication required",
-                "transaction refused"
-            );
+            self.refusal_reason = Some("authentication required");
             return self.error(Reply::new(530, code(5, 7, 0), "Authentication required"));
         }
         // RFC 5321 §4.1.1.11, RFC 1869 §4: service extensions are in effect
@@ -598,12 +680,7 @@ impl Session {
             .size
             .is_some_and(|size| size > self.config.max_message_size)
         {
-            tracing::info!(
-                client = %self.client,
-                sender = %log_address(&sender),
-                reason = "declared size over limit",
-                "transaction refused"
-            );
+            self.refusal_reason = Some("declared size over limit");
             return Action::Reply(Reply::new(
                 552,
                 code(5, 3, 4),
@@ -676,14 +753,7 @@ impl Session {
                         self.user.is_some(),
                     );
                 if !allowed {
-                    tracing::info!(
-                        client = %self.client,
-                        helo = %self.helo_name().unwrap_or(""),
-                        sender = %log_address(&transaction.sender),
-                        recipient = %log_address(&mailbox.to_string()),
-                        reason = "relay access denied",
-                        "transaction refused"
-                    );
+                    self.refusal_reason = Some("relay access denied");
                     return self.error(Reply::new(
                         554,
                         code(5, 7, 1),
@@ -905,6 +975,33 @@ impl Session {
             ]);
         }
         Action::Reply(reply)
+    }
+}
+
+/// A reply as one log field value: in double quotes, with `"`, `\`, `=` and
+/// control characters escaped (`=` as `\u{3d}`), so text a client put in
+/// the reply (an address) cannot add a `key=value` field to the line.
+struct LogReply<'a>(&'a Reply);
+
+impl fmt::Display for LogReply<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Escaped<'a, 'b>(&'a mut fmt::Formatter<'b>);
+        impl fmt::Write for Escaped<'_, '_> {
+            fn write_str(&mut self, text: &str) -> fmt::Result {
+                for c in text.chars() {
+                    match c {
+                        '"' | '\\' => write!(self.0, "\\{c}")?,
+                        '=' => self.0.write_str("\\u{3d}")?,
+                        c if c.is_control() => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+                        c => fmt::Write::write_char(self.0, c)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+        f.write_str("\"")?;
+        fmt::Write::write_fmt(&mut Escaped(f), format_args!("{}", self.0))?;
+        f.write_str("\"")
     }
 }
 
