@@ -37,17 +37,8 @@ if [ $# -ne 2 ]; then
 fi
 declare -A bin=([old]=$1 [new]=$2)
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "bench: nothing listens on port $1" >&2
-    return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 sink_port=$(free_port)
 smtp-sink -u postfix -c 127.0.0.1:"$sink_port" 1000 >/dev/null 2>&1 &
@@ -102,7 +93,6 @@ drain() { # wait until every queue is empty
     done
 }
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 declare -A rates
 echo "== $ROUNDS rounds of $MESSAGES messages at $SESSIONS sessions (msgs/s)"
