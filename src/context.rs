@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use sluice_queue::Queue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,8 +13,9 @@ use crate::metrics::Metrics;
 /// What the listener, the scheduler and the admin API share.
 #[derive(Clone)]
 pub struct Context {
-    /// The validated configuration.
-    pub config: Arc<Config>,
+    /// The validated configuration, swapped whole by a reload: read it
+    /// through [`Context::config`], once per connection or attempt.
+    config: Arc<ArcSwap<Config>>,
     /// The durable queue.
     pub queue: Queue,
     /// The DNS resolver (`[dns]`): delivery's lookups and the inbound
@@ -26,4 +28,31 @@ pub struct Context {
     /// Every connection and delivery task is spawned on this, so shutdown can
     /// wait for them (with a deadline).
     pub tasks: TaskTracker,
+}
+
+impl Context {
+    /// The shared state over `queue`, with the resolver `config` names and
+    /// fresh metrics, shutdown token and task tracker.
+    pub fn new(config: Arc<Config>, queue: Queue) -> Self {
+        let resolver = crate::delivery::route::resolver(&config);
+        Self {
+            config: Arc::new(ArcSwap::new(config)),
+            queue,
+            resolver,
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The configuration in force now. A reload swaps it; what holds the
+    /// returned snapshot keeps the settings it started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts `config` in force for new connections and attempts.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
 }

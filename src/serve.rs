@@ -6,14 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_queue::{Queue, QueueOptions};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::context::Context;
 use crate::delivery::Scheduler;
-use crate::metrics::Metrics;
 use crate::runfile::{self, RunFile};
 use crate::server::Server;
 
@@ -79,14 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let smtp_sockets = Server::bind_sockets(&config).await?;
     let admin_socket = Admin::bind_socket(&config).await?;
     let queue = open_queue(spool, options).await?;
-    let ctx = Context {
-        config: config.clone(),
-        queue: queue.clone(),
-        resolver: crate::delivery::route::resolver(&config),
-        metrics: Arc::new(Metrics::new()),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    };
+    let ctx = Context::new(config.clone(), queue.clone());
 
     let server = Server::new(&ctx, smtp_sockets)?;
     let admin = Admin::new(&ctx, admin_socket);

@@ -20,10 +20,7 @@ use sluice::config::Config;
 use sluice::context::Context;
 use sluice::delivery::retry::{Clock, ManualClock};
 use sluice::delivery::{Scheduler, bounce};
-use sluice::metrics::Metrics;
 use sluice_queue::{Envelope, Queue, QueueId, QueueOptions, RecipientStatus};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 fn context(dir: &Path, extra: &str) -> Context {
     let config = Config::parse(
@@ -32,14 +29,7 @@ fn context(dir: &Path, extra: &str) -> Context {
     )
     .expect("valid config");
     let queue = Queue::open(&dir.join("spool"), QueueOptions::default()).expect("open queue");
-    Context {
-        resolver: sluice::delivery::route::resolver(&config),
-        config: Arc::new(config),
-        queue,
-        metrics: Arc::new(Metrics::new()),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    }
+    Context::new(Arc::new(config), queue)
 }
 
 fn envelope(sender: &str, recipients: &[&str]) -> Envelope {

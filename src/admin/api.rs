@@ -120,7 +120,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, AdminError> {
 }
 
 async fn require_token(State(ctx): State<Context>, request: Request, next: Next) -> Response {
-    if let Some(token) = ctx.config.admin.token.as_deref() {
+    if let Some(token) = ctx.config().admin.token.as_deref() {
         // RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme name is
         // case-insensitive (RFC 7235 §2.1).
         let given = request

@@ -70,7 +70,7 @@ impl Admin {
             address_file: None,
         };
         if let Some(bound) = admin.local_addr() {
-            let path = address_file(&ctx.config.spool.path);
+            let path = address_file(&ctx.config().spool.path);
             match RunFile::write(path.clone(), &format!("{bound}\n")) {
                 Ok(file) => admin.address_file = Some(file),
                 Err(error) => tracing::warn!(
@@ -122,15 +122,8 @@ mod tests {
             Ok(queue) => queue,
             Err(error) => return format!("queue unavailable: {error}"),
         };
-        let ctx = Context {
-            resolver: crate::delivery::route::resolver(&config),
-            config: Arc::new(config),
-            queue,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            tasks: tokio_util::task::TaskTracker::new(),
-        };
-        match Admin::bind_socket(&ctx.config).await {
+        let ctx = Context::new(Arc::new(config), queue);
+        match Admin::bind_socket(&ctx.config()).await {
             Ok(listener) => {
                 Admin::new(&ctx, listener);
                 "bound".to_string()

@@ -239,10 +239,10 @@ pub async fn deliver_domain(
         Err(error) => return all(&Failure::from_route(&error)),
     };
     let auth = match hop.kind {
-        NextHopKind::Smarthost => engine.ctx.config.delivery.relay_auth.clone(),
+        NextHopKind::Smarthost => engine.ctx.config().delivery.relay_auth.clone(),
         _ => None,
     };
-    let policy = engine.ctx.config.tls_policy_for(domain);
+    let policy = engine.ctx.config().tls_policy_for(domain);
     let mut last_failure = Failure::local(
         false,
         EnhancedCode::new(4, 4, 0),
@@ -283,7 +283,7 @@ pub async fn deliver_domain(
             }
             let address = SocketAddr::new(ip, host.port);
             let relay = format!("{}[{}]:{}", host.name, ip, host.port);
-            if loops::loops_back(&engine.ctx.config.listeners, hop.kind, address) {
+            if loops::loops_back(&engine.ctx.config().listeners, hop.kind, address) {
                 // RFC 5321 §5.1: ourselves and anything after us is out.
                 tracing::warn!(domain, %relay, "next hop is this server: mail loop");
                 if tried {
@@ -390,7 +390,8 @@ async fn open_session(
     mode: TlsMode,
     hop: &NextHop,
 ) -> Result<Connection, ClientError> {
-    let hostname = engine.ctx.config.hostname.as_str();
+    let config = engine.ctx.config();
+    let hostname = config.hostname.as_str();
     let mut connection = Connection::connect(address, engine.timeouts).await?;
     if mode == TlsMode::Implicit {
         connection = connection
@@ -443,7 +444,8 @@ async fn open_session(
         }
         TlsMode::Opportunistic => {}
     }
-    if let (NextHopKind::Smarthost, Some(auth)) = (hop.kind, &engine.ctx.config.delivery.relay_auth)
+    if let (NextHopKind::Smarthost, Some(auth)) =
+        (hop.kind, &engine.ctx.config().delivery.relay_auth)
     {
         // Never send the password in clear.
         if connection.tls().is_none() {
@@ -470,7 +472,7 @@ async fn plaintext_fallback(
         "opportunistic TLS failed; retrying in plaintext"
     );
     let mut connection = Connection::connect(address, engine.timeouts).await?;
-    connection.open(&engine.ctx.config.hostname).await?;
+    connection.open(&engine.ctx.config().hostname).await?;
     Ok(connection)
 }
 

@@ -55,9 +55,9 @@ pub struct Engine {
 
 impl Engine {
     fn new(ctx: &Context, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
-        let delivery = &ctx.config.delivery;
-        let router = Router::with_resolver(&ctx.config, ctx.resolver.clone());
-        let tls = TlsClients::from_config(&ctx.config)?;
+        let delivery = &ctx.config().delivery;
+        let router = Router::with_resolver(&ctx.config(), ctx.resolver.clone());
+        let tls = TlsClients::from_config(&ctx.config())?;
         Ok(Engine {
             ctx: ctx.clone(),
             router,
@@ -77,7 +77,7 @@ impl Engine {
 
     /// The semaphore limiting transactions to `domain`.
     fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
-        let per_domain = self.ctx.config.delivery.per_domain_concurrency.get();
+        let per_domain = self.ctx.config().delivery.per_domain_concurrency.get();
         let mut domains = self
             .domains
             .lock()

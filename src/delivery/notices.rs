@@ -101,7 +101,7 @@ pub async fn queue_reports(
 /// True when the message has waited `delivery.delay_warning` and got no
 /// delay notice yet. A null sender never gets one.
 fn delay_notice_due(ctx: &Context, message: &Message, now: DateTime<Utc>) -> bool {
-    let Some(warning) = ctx.config.delivery.delay_warning else {
+    let Some(warning) = ctx.config().delivery.delay_warning else {
         return false;
     };
     message.delay_notified_at.is_none()
@@ -238,7 +238,7 @@ async fn queue_one(
     }
     let (envelope, bytes) = dsn::build(&dsn::Report {
         action,
-        reporting_mta: &ctx.config.hostname,
+        reporting_mta: &ctx.config().hostname,
         queue_id: message.id.as_str(),
         sender: &message.sender,
         envid: message.dsn.as_ref().and_then(|dsn| dsn.envid.as_deref()),

@@ -46,7 +46,7 @@ pub async fn run(engine: Arc<Engine>) {
     // Claimed messages in progress. Twice the transaction limit keeps the
     // transaction slots busy while finished messages are being recorded.
     let slots = Arc::new(Semaphore::new(
-        ctx.config.delivery.concurrency.get().saturating_mul(2),
+        ctx.config().delivery.concurrency.get().saturating_mul(2),
     ));
     let waiting = Arc::new(Semaphore::new(WAITING_FOR_DOMAIN));
     let changed = ctx.queue.changed();
@@ -290,7 +290,7 @@ async fn acquire(
 /// (disk full, I/O errors), and a message due again at once would be
 /// redelivered in a busy loop.
 async fn unclaim_after_pause(engine: &Engine, message: &Message) {
-    let pause = engine.ctx.config.delivery.retry_initial.max(ERROR_PAUSE);
+    let pause = engine.ctx.config().delivery.retry_initial.max(ERROR_PAUSE);
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
         _ = engine.ctx.shutdown.cancelled() => {}

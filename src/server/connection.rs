@@ -117,7 +117,7 @@ async fn serve_session(
     session: &mut Session,
     implicit_tls: bool,
 ) {
-    let timeout = shared.ctx.config.limits.command_timeout;
+    let timeout = shared.ctx.config().limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
             tracing::error!(client = %peer.ip(), "implicit TLS listener without [tls]");
@@ -283,7 +283,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
-        let command_timeout = self.shared.ctx.config.limits.command_timeout;
+        let command_timeout = self.shared.ctx.config().limits.command_timeout;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -385,7 +385,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let limits = &self.shared.ctx.config.limits;
+        let limits = &self.shared.ctx.config().limits;
         let mut signing = self.signing_stream(session);
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
@@ -462,7 +462,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
         };
         chunked.intake.start_chunk(size, last);
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
         loop {
             let take = chunked.intake.feed(&self.input);
             let chunk = self.input.split_to(take);
@@ -504,7 +504,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config.limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
@@ -716,7 +716,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// The limits every message is held to.
     fn intake_limits(&self) -> IntakeLimits {
-        let limits = &self.shared.ctx.config.limits;
+        let limits = &self.shared.ctx.config().limits;
         IntakeLimits {
             max_size: limits.max_message_size,
             max_hops: limits.max_hops.get(),
@@ -728,7 +728,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.shared.ctx.config.limits.command_timeout;
+        let timeout = self.shared.ctx.config().limits.command_timeout;
         let write = async {
             self.stream.write_all(&self.output).await?;
             self.stream.flush().await
@@ -864,25 +864,15 @@ fn display_sender(sender: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Metrics;
     use sluice_queue::{Queue, QueueOptions};
     use tokio::io::{AsyncBufReadExt as _, BufReader, DuplexStream};
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     /// What a connection needs, over a queue in `spool`; no TLS, no users.
     fn shared_in_memory(spool: &std::path::Path) -> (Arc<Shared>, Arc<SessionConfig>, Queue) {
         let mut config = Config::default();
         config.spool.path = spool.to_path_buf();
         let queue = Queue::open(spool, QueueOptions::default()).expect("open queue");
-        let ctx = Context {
-            resolver: crate::delivery::route::resolver(&config),
-            config: Arc::new(config),
-            queue: queue.clone(),
-            metrics: Arc::new(Metrics::new()),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        };
+        let ctx = Context::new(Arc::new(config), queue.clone());
         let session_config = Arc::new(SessionConfig {
             hostname: "mx.test".into(),
             max_message_size: 1 << 20,
@@ -891,7 +881,7 @@ mod tests {
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,
-            policy: crate::policy::Policy::new(&ctx.config.policy),
+            policy: crate::policy::Policy::new(&ctx.config().policy),
         });
         let shared = Arc::new(Shared {
             ctx,

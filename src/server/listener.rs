@@ -48,7 +48,7 @@ pub async fn accept_loop(
         }
         let Some(slot) = limits.try_acquire(peer.ip()) else {
             tracing::info!(client = %peer.ip(), "too many connections, refused");
-            let reply = Session::too_many_connections(&shared.ctx.config.hostname);
+            let reply = Session::too_many_connections(&shared.ctx.config().hostname);
             tokio::spawn(refuse(stream, reply));
             continue;
         };

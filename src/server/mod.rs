@@ -57,7 +57,7 @@ impl Server {
     /// the TLS certificate and the DKIM keys. A bad or missing file is an
     /// error naming it.
     pub fn new(ctx: &Context, listeners: Vec<BoundListener>) -> anyhow::Result<Server> {
-        let config = &ctx.config;
+        let config = ctx.config();
         let tls = match &config.tls {
             Some(tls) => Some(TlsAcceptor::from(
                 tls::server_config(tls).context("loading the [tls] certificate")?,
@@ -85,7 +85,7 @@ impl Server {
             auth: sasl::Authenticator::new(&config.users),
             auth_failures: limits::AuthFailures::new(),
             dkim: crate::auth::dkim::Signer::load(&config.dkim)?,
-            verifier: crate::auth::verify::Verifier::new(config, ctx.resolver.clone()),
+            verifier: crate::auth::verify::Verifier::new(&config, ctx.resolver.clone()),
         });
         Ok(Server {
             ctx: ctx.clone(),
@@ -108,8 +108,8 @@ impl Server {
     /// are answered `421 4.3.2` until the process stops this task.
     pub async fn run(self) {
         let limits = Arc::new(limits::ConnectionLimits::new(
-            self.ctx.config.limits.max_connections.get(),
-            self.ctx.config.limits.max_connections_per_ip.get(),
+            self.ctx.config().limits.max_connections.get(),
+            self.ctx.config().limits.max_connections_per_ip.get(),
         ));
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, kind) in self.listeners {

@@ -8,8 +8,6 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use sluice_queue::{Queue, QueueId, QueueOptions};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Access;
 use crate::admin::bulk::{self, Action};
@@ -20,7 +18,6 @@ use crate::admin::summary::{self, Summary};
 use crate::admin::view::{JsonArrayWriter, ListFilter, MessageView};
 use crate::config::Config;
 use crate::context::Context;
-use crate::metrics::Metrics;
 
 /// The spool opened by this process (or none: a spool that does not exist
 /// is an empty queue, and is not created by looking at it).
@@ -57,14 +54,7 @@ impl Local {
             Err(sluice_queue::QueueError::Locked { .. }) => return Err(OpenError::Locked),
             Err(error) => return Err(OpenError::Other(error.into())),
         };
-        let ctx = Context {
-            config: Arc::new(config.clone()),
-            queue,
-            resolver: crate::delivery::route::resolver(config),
-            metrics: Arc::new(Metrics::new()),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        };
+        let ctx = Context::new(Arc::new(config.clone()), queue);
         Ok(Local {
             runtime,
             ctx: Some(ctx),
