@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
     /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
     pub auth_results: Family<Vec<(String, String)>, Counter>,
+    /// Outbound TLS sessions by recipient `domain`, `policy` (dane, mta-sts,
+    /// required, opportunistic) and `result` (success, failure): what a
+    /// TLS-RPT (RFC 8460) report is built from.
+    pub tls_sessions: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,6 +65,7 @@ impl Metrics {
             queue_recipients: Family::default(),
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
+            tls_sessions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +127,11 @@ impl Metrics {
             "auth_results",
             "Inbound SPF, DKIM and DMARC verdicts by kind and result",
             metrics.auth_results.clone(),
+        );
+        registry.register(
+            "tls_sessions",
+            "Outbound TLS sessions by recipient domain, policy and result",
+            metrics.tls_sessions.clone(),
         );
         Metrics {
             registry,
