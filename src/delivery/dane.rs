@@ -61,7 +61,7 @@ impl TlsaRecord {
     pub fn is_usable(&self) -> bool {
         matches!(self.usage, 2 | 3)
             && matches!(self.selector, 0 | 1)
-            && matches!(self.matching, 0 | 1 | 2)
+            && matches!(self.matching, 0..=2)
             && !self.data.is_empty()
     }
 

@@ -66,7 +66,10 @@ impl Secure {
         resolver: &TokioResolver,
         connector: &TlsConnector,
     ) -> DomainSecurity {
-        if !matches!(hop.kind, NextHopKind::Mx | NextHopKind::ImplicitMx) {
+        // An address literal has no DNS and no policy.
+        if !matches!(hop.kind, NextHopKind::Mx | NextHopKind::ImplicitMx)
+            || domain.parse::<std::net::IpAddr>().is_ok()
+        {
             return DomainSecurity::default();
         }
         let record_type = if hop.kind == NextHopKind::Mx {
