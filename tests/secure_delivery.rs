@@ -6,6 +6,7 @@
 
 #[allow(dead_code, unused_imports)]
 mod common {
+    pub mod admin;
     pub mod destination;
     pub mod dns;
     pub mod https;
@@ -73,6 +74,22 @@ fn no_mail_sent(destination: &Destination) {
             .any(|c| c.to_ascii_uppercase().starts_with("MAIL")),
         "nothing may be sent: {commands:?}"
     );
+}
+
+/// The `sluice_tls_sessions_total` line for `domain`, `policy`, `result`
+/// from `/metrics`, with its value, waiting for it to appear.
+fn tls_sessions(sluice: &Sluice, domain: &str, policy: &str, result: &str) -> String {
+    let needle = format!(
+        "sluice_tls_sessions_total{{domain=\"{domain}\",policy=\"{policy}\",result=\"{result}\"}}"
+    );
+    common::wait_for(&needle, std::time::Duration::from_secs(30), || {
+        let reply = common::admin::http("GET", sluice.admin, "/metrics", None);
+        reply
+            .body
+            .lines()
+            .find(|line| line.starts_with(&needle))
+            .map(str::to_string)
+    })
 }
 
 /// The last reply of the recipient in `queue show --json`.
@@ -158,6 +175,7 @@ fn mta_sts_enforce_delivers_over_verified_tls_to_a_matching_mx() {
     assert!(seen[0].tls.is_some(), "delivered over TLS");
     let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
     assert_eq!(field(&line, "tls"), "mta-sts", "{line}");
+    assert!(tls_sessions(&sluice, "sts.test", "mta-sts", "success").ends_with(" 1"));
     let requests = world.server.requests();
     assert_eq!(
         requests,
@@ -428,6 +446,7 @@ fn a_tlsa_mismatch_defers_and_never_falls_back_to_plaintext() {
     no_mail_sent(&destination);
     let reply = last_reply(&sluice, &id);
     assert!(reply.contains("DANE TLSA for mx.dane.test"), "{reply}");
+    assert!(tls_sessions(&sluice, "dane.test", "dane", "failure").ends_with(" 1"));
     assert!(
         !sluice.log_text().contains("retrying in plaintext"),
         "no plaintext fallback under DANE"
