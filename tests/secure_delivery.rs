@@ -299,11 +299,12 @@ fn a_cached_policy_survives_a_restart_and_a_new_id_forces_a_refetch() {
         location: None,
     });
     let sluice = sluice.restart();
-    let second = sluice.connect().send_message(
-        "alice@origin.test",
-        &["carol@sts.test"],
-        "Subject: 2\r\n\r\nhi\r\n",
-    );
+    let send = |to: &str| {
+        sluice
+            .connect()
+            .send_message("alice@origin.test", &[to], "Subject: again\r\n\r\nhi\r\n")
+    };
+    let second = send("carol@sts.test");
     sluice.wait_log(&[&format!("queue_id={second}"), "status=sent", "tls=mta-sts"]);
     assert_eq!(
         world.server.requests().len(),
@@ -311,20 +312,27 @@ fn a_cached_policy_survives_a_restart_and_a_new_id_forces_a_refetch() {
         "no fetch while the id is unchanged"
     );
 
-    // A new id: the policy is fetched again (and now allows no MX).
+    // A new id, but the fetch fails: the cached policy stays in force.
+    publish_policy(&world.dns, &world.server, "two");
+    let third = send("dave@sts.test");
+    sluice.wait_log(&[&format!("queue_id={third}"), "status=sent", "tls=mta-sts"]);
+    assert_eq!(world.server.requests().len(), 2, "the new id was fetched");
+    sluice.wait_log(&[
+        "MTA-STS policy fetch failed",
+        "HTTP status 500",
+        "cached=true",
+    ]);
+
+    // Another id with the server back: the new policy (no MX allowed) rules.
     world.server.set_reply(PolicyReply::policy(&policy(
         "enforce",
         &["nothing.sts.test"],
     )));
-    publish_policy(&world.dns, &world.server, "two");
-    let third = sluice.connect().send_message(
-        "alice@origin.test",
-        &["dave@sts.test"],
-        "Subject: 3\r\n\r\nhi\r\n",
-    );
-    sluice.wait_log(&[&format!("queue_id={third}"), "status=deferred"]);
-    assert_eq!(world.server.requests().len(), 2, "the new id was fetched");
-    assert!(last_reply(&sluice, &third).contains("id two"));
+    publish_policy(&world.dns, &world.server, "three");
+    let fourth = send("erin@sts.test");
+    sluice.wait_log(&[&format!("queue_id={fourth}"), "status=deferred"]);
+    assert_eq!(world.server.requests().len(), 3);
+    assert!(last_reply(&sluice, &fourth).contains("id three"));
 }
 
 #[test]

@@ -99,7 +99,11 @@ async fn report(domain: &str, config: &Config) -> anyhow::Result<serde_json::Val
                 "source": format!("TLSA _{}._tcp.{}", host.port, host.name),
                 "records": records.iter().map(|r| r.presentation()).collect::<Vec<_>>(),
             }),
-            HostPolicy::Refused(reason) => json!({ "policy": "refused", "reason": reason }),
+            HostPolicy::Refused { policy, reason } => json!({
+                "policy": "refused",
+                "source": policy,
+                "reason": reason,
+            }),
             HostPolicy::MtaStsEnforce => {
                 json!({ "policy": "mta-sts", "source": "MTA-STS enforce" })
             }

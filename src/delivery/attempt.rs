@@ -277,20 +277,11 @@ pub async fn deliver_domain(
     let mut connections = 0;
     for host in hop.hosts.iter().take(MAX_HOSTS) {
         let host_policy = security.for_host(host).await;
-        if let HostPolicy::Refused(reason) = &host_policy {
+        if let HostPolicy::Refused { policy, reason } = &host_policy {
             tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
-            secure::count_session(
-                &engine.ctx.metrics,
-                domain,
-                host_policy.kind(TlsMode::Required),
-                false,
-            );
+            secure::count_session(&engine.ctx.metrics, domain, policy, false);
             let mut failure = Failure::local(false, EnhancedCode::new(4, 7, 5), reason.clone());
-            failure.tls_policy = Some(if reason.starts_with("DANE") {
-                "dane"
-            } else {
-                "mta-sts"
-            });
+            failure.tls_policy = Some(policy);
             last_failure = failure;
             tried = true;
             continue;

@@ -111,8 +111,12 @@ pub struct DomainSecurity {
 pub enum HostPolicy {
     /// DANE: TLS mandatory, authenticated by these records.
     Dane(Vec<TlsaRecord>),
-    /// The host cannot be used in this attempt (why, naming the policy).
-    Refused(String),
+    /// The host cannot be used in this attempt under the policy named by
+    /// `policy` ("dane" or "mta-sts"); `reason` says why, naming it.
+    Refused {
+        policy: &'static str,
+        reason: String,
+    },
     /// MTA-STS enforce: TLS mandatory, certificate valid for the host name.
     MtaStsEnforce,
     /// MTA-STS testing: as the static policy, reporting what would fail.
@@ -135,7 +139,10 @@ impl DomainSecurity {
                 HostDane::Records(records) => return HostPolicy::Dane(records),
                 // RFC 7672 §2.2: never fall back to less security.
                 HostDane::Failed(reason) => {
-                    return HostPolicy::Refused(format!("DANE for {}: {reason}", host.name));
+                    return HostPolicy::Refused {
+                        policy: "dane",
+                        reason: format!("DANE for {}: {reason}", host.name),
+                    };
                 }
                 HostDane::NotApplicable => {}
             }
@@ -145,12 +152,15 @@ impl DomainSecurity {
         };
         let policy = &active.cached.policy;
         match policy.mode {
-            Mode::Enforce if !policy.allows(&host.name) => HostPolicy::Refused(format!(
-                "{}: MX host {} does not match the policy (mx: {})",
-                self.mta_sts_label(),
-                host.name,
-                policy.mx.join(", ")
-            )),
+            Mode::Enforce if !policy.allows(&host.name) => HostPolicy::Refused {
+                policy: "mta-sts",
+                reason: format!(
+                    "{}: MX host {} does not match the policy (mx: {})",
+                    self.mta_sts_label(),
+                    host.name,
+                    policy.mx.join(", ")
+                ),
+            },
             Mode::Enforce => HostPolicy::MtaStsEnforce,
             Mode::Testing => {
                 if !policy.allows(&host.name) {
@@ -200,6 +210,7 @@ impl HostPolicy {
         match self {
             HostPolicy::Dane(_) => "dane",
             HostPolicy::MtaStsEnforce => "mta-sts",
+            HostPolicy::Refused { policy, .. } => policy,
             _ if !encrypted => "plaintext",
             _ if mode.verifies() => "required",
             _ => "opportunistic",
@@ -228,7 +239,7 @@ impl HostPolicy {
         match self {
             HostPolicy::Dane(_) => "dane",
             HostPolicy::MtaStsEnforce | HostPolicy::MtaStsTesting => "mta-sts",
-            HostPolicy::Refused(_) => "refused",
+            HostPolicy::Refused { policy, .. } => policy,
             HostPolicy::Static if mode.verifies() => "required",
             HostPolicy::Static => "opportunistic",
         }
