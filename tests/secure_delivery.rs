@@ -439,6 +439,30 @@ fn dane_ta_spki_sha256_authenticates_a_chain_for_the_mx_name() {
 }
 
 #[test]
+fn dane_takes_precedence_over_mta_sts() {
+    // The MTA-STS policy would refuse the MX host; its TLSA records win.
+    let (dns, destination, certs) = dane_world(38, "unrelated.test");
+    let port = destination.addr.port();
+    dns.tlsa(&tlsa_name(port), 3, 1, 1, &sha256(&certs.leaf_spki));
+    dns.secure(&tlsa_name(port));
+    let policy_certs = TestCerts::new(&["mta-sts.dane.test"]);
+    let server = PolicyServer::start(
+        policy_certs.server.clone(),
+        PolicyReply::policy(&policy("enforce", &["nothing.dane.test"])),
+    );
+    dns.txt("_mta-sts.dane.test", "v=STSv1; id=1;");
+    dns.a("mta-sts.dane.test", &[server.ip()]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = policy_certs.write_ca(dir.path());
+    let id = enqueue(&dir, &["bob@dane.test"]);
+    let sluice = Sluice::start_in(dir, &config(&dns, port, Some(&ca)));
+    wait_delivered(&destination, 1);
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
+    assert_eq!(field(&line, "tls"), "dane", "{line}");
+    assert_eq!(server.requests().len(), 1, "the policy was there");
+}
+
+#[test]
 fn a_tlsa_mismatch_defers_and_never_falls_back_to_plaintext() {
     let (dns, destination, _certs) = dane_world(34, DANE_MX);
     let port = destination.addr.port();
