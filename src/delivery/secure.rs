@@ -77,12 +77,13 @@ impl Secure {
         } else {
             RecordType::A
         };
-        let mx_secure = self.dane.is_secure(domain, record_type).await;
-        let mta_sts = self
-            .mta_sts
-            .policy_for(domain, &self.dane, resolver, connector)
-            .await
-            .filter(|active| active.cached.policy.mode != Mode::None);
+        // Both lookups at once: they are independent.
+        let (mx_secure, mta_sts) = tokio::join!(
+            self.dane.is_secure(domain, record_type),
+            self.mta_sts
+                .policy_for(domain, &self.dane, resolver, connector)
+        );
+        let mta_sts = mta_sts.filter(|active| active.cached.policy.mode != Mode::None);
         DomainSecurity {
             domain: domain.to_string(),
             applies: true,
