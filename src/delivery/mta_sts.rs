@@ -161,7 +161,8 @@ impl Policy {
 pub fn discovery_id(records: &[String]) -> Option<String> {
     let mut found = records
         .iter()
-        .filter(|record| record.starts_with("v=STSv1"))
+        // "records that do not begin with "v=STSv1;" are discarded"
+        .filter(|record| record.as_str() == "v=STSv1" || record.starts_with("v=STSv1;"))
         .collect::<Vec<_>>();
     if found.len() != 1 {
         return None;
@@ -538,5 +539,7 @@ mod tests {
         assert_eq!(id(&["v=STSv1; id=a", "v=STSv1; id=b"]), None);
         assert_eq!(id(&["v=STSv1; id=bad-id"]), None);
         assert_eq!(id(&["v=spf1 -all"]), None);
+        assert_eq!(id(&["v=STSv10; id=a"]), None);
+        assert_eq!(id(&["v=STSv1; id=a", "v=STSv10; id=b"]), Some("a".into()));
     }
 }

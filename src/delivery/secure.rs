@@ -426,3 +426,74 @@ fn policy_wants_tls(policy: &HostPolicy) -> bool {
         HostPolicy::Dane(_) | HostPolicy::MtaStsEnforce | HostPolicy::MtaStsTesting
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dane_and_mta_sts_enforce_make_tls_mandatory() {
+        let dane = HostPolicy::Dane(vec![TlsaRecord {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![1],
+        }]);
+        assert_eq!(dane.mode(TlsMode::Opportunistic), TlsMode::Dane);
+        assert_eq!(dane.mode(TlsMode::Disabled), TlsMode::Dane);
+        assert_eq!(
+            HostPolicy::MtaStsEnforce.mode(TlsMode::Disabled),
+            TlsMode::Required
+        );
+        assert_eq!(
+            HostPolicy::MtaStsTesting.mode(TlsMode::Opportunistic),
+            TlsMode::Opportunistic
+        );
+        assert_eq!(
+            HostPolicy::Static.mode(TlsMode::Disabled),
+            TlsMode::Disabled
+        );
+    }
+
+    #[test]
+    fn the_log_word_names_the_policy_that_applied() {
+        let dane = HostPolicy::Dane(Vec::new());
+        assert_eq!(dane.label(TlsMode::Dane, true), "dane");
+        assert_eq!(
+            HostPolicy::MtaStsEnforce.label(TlsMode::Required, true),
+            "mta-sts"
+        );
+        assert_eq!(
+            HostPolicy::MtaStsTesting.label(TlsMode::Opportunistic, true),
+            "opportunistic"
+        );
+        assert_eq!(
+            HostPolicy::Static.label(TlsMode::Opportunistic, false),
+            "plaintext"
+        );
+        assert_eq!(
+            HostPolicy::Static.label(TlsMode::Required, true),
+            "required"
+        );
+        let refused = HostPolicy::Refused {
+            policy: "mta-sts",
+            reason: "x".into(),
+        };
+        assert_eq!(refused.label(TlsMode::Required, false), "mta-sts");
+        assert_eq!(refused.kind(TlsMode::Required), "mta-sts");
+    }
+
+    #[test]
+    fn static_next_hops_get_no_secure_policy() {
+        let security = DomainSecurity::default();
+        let host = Host {
+            name: "mx.example.test".into(),
+            port: 25,
+        };
+        let policy = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(security.for_host(&host));
+        assert!(matches!(policy, HostPolicy::Static));
+    }
+}
