@@ -478,6 +478,7 @@ fn a_tlsa_mismatch_defers_and_never_falls_back_to_plaintext() {
     no_mail_sent(&destination);
     let reply = last_reply(&sluice, &id);
     assert!(reply.contains("DANE TLSA for mx.dane.test"), "{reply}");
+    assert!(reply.contains("matches no TLSA record"), "{reply}");
     assert!(tls_sessions(&sluice, "dane.test", "dane", "failure").ends_with(" 1"));
     assert!(
         !sluice.log_text().contains("retrying in plaintext"),

@@ -34,9 +34,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
@@ -392,9 +390,11 @@ impl ServerCertVerifier for DaneVerifier {
                 );
             }
         }
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(NoTlsaMatch)),
-        )))
+        // Error::Other displays its message ("other error: the certificate
+        // matches no TLSA record"), which ends up in the deferral reply.
+        Err(rustls::Error::Other(rustls::OtherError(Arc::new(
+            NoTlsaMatch,
+        ))))
     }
 
     fn verify_tls12_signature(
