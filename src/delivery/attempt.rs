@@ -377,8 +377,8 @@ pub async fn deliver_domain(
                             if let Some(why) = host_policy.describe(&security, host) {
                                 last_failure.reason = format!("{why}: {}", last_failure.reason);
                                 last_failure.reply = None;
+                                last_failure.tls_policy = Some(host_policy.label(mode, false));
                             }
-                            last_failure.tls_policy = Some(host_policy.label(mode, false));
                             continue;
                         }
                     };
