@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
     /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
     pub auth_results: Family<Vec<(String, String)>, Counter>,
+    /// Configuration reloads (SIGHUP), by `result` (ok, failed).
+    pub config_reloads: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,7 @@ impl Metrics {
             queue_recipients: Family::default(),
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,10 +126,28 @@ impl Metrics {
             "Inbound SPF, DKIM and DMARC verdicts by kind and result",
             metrics.auth_results.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or failed (the old settings stayed)",
+            metrics.config_reloads.clone(),
+        );
+        // Both results are shown from the start, at 0.
+        for result in ["ok", "failed"] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&vec![("result".to_string(), result.to_string())]);
+        }
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts one configuration reload with `result` "ok" or "failed".
+    pub fn config_reloaded(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
