@@ -64,7 +64,10 @@ impl Reloader {
             }
             Err(error) => {
                 self.ctx.metrics.config_reloaded("failed");
-                tracing::error!("configuration reload refused, the old settings stay: {error}");
+                tracing::error!(
+                    "configuration reload refused, the old settings stay: {}",
+                    one_line(&error.to_string())
+                );
             }
         }
     }
@@ -153,5 +156,35 @@ impl Reloader {
             key: key.to_string(),
             message,
         }
+    }
+}
+
+/// `text` on one line: a TOML parse error comes with a snippet of the file
+/// (`31 | [limits`, `   |        ^`), left out here since the message
+/// already gives the line and column.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| {
+            let snippet = line
+                .split_once('|')
+                .is_some_and(|(number, _)| number.trim().chars().all(|c| c.is_ascii_digit()));
+            !line.is_empty() && !snippet
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_toml_error_is_told_on_one_line_without_the_snippet() {
+        let error = "config file /etc/sluice.toml: TOML parse error at line 31, column 8\n   |\n\
+                     31 | [limits\n   |        ^\ninvalid table header\nexpected `.`, `]`\n";
+        assert_eq!(
+            super::one_line(error),
+            "config file /etc/sluice.toml: TOML parse error at line 31, column 8; \
+             invalid table header; expected `.`, `]`"
+        );
     }
 }
