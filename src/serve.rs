@@ -155,7 +155,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     ctx.shutdown.cancel();
     ctx.tasks.close();
-    let grace = config.limits.shutdown_grace;
+    let grace = ctx.config().limits.shutdown_grace;
     if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
         tracing::warn!(
             grace = ?grace,

@@ -36,8 +36,15 @@ fn reloads(server: &Sluice, result: &str) -> u64 {
 }
 
 /// Sends SIGHUP and waits until the reload counter `result` reached one
-/// more than before; returns the log lines the reload wrote.
+/// more than before and the reload's log line came; returns the log lines
+/// written since the signal.
 fn hup(server: &Sluice, result: &str) -> String {
+    hup_logged(server, result, true)
+}
+
+/// [`hup`], waiting for the log line only when `logged` (a reload to a
+/// quieter log level does not log it).
+fn hup_logged(server: &Sluice, result: &str, logged: bool) -> String {
     let before = (reloads(server, "ok"), reloads(server, "failed"));
     let lines_before = server.log.lock().expect("log lock").len();
     signal(server.pid(), "HUP");
@@ -54,6 +61,15 @@ fn hup(server: &Sluice, result: &str) -> String {
         "one reload, counted {result}; log:\n{}",
         server.log_text()
     );
+    if logged {
+        wait_for("the reload's log line", DEADLINE, || {
+            let lines = server.log.lock().expect("log lock");
+            lines[lines_before..]
+                .iter()
+                .any(|line| line.contains("configuration reload"))
+                .then_some(())
+        });
+    }
     let lines = server.log.lock().expect("log lock");
     lines[lines_before..].join("\n")
 }
@@ -586,4 +602,54 @@ fn reloads_under_load_lose_and_duplicate_nothing() {
     assert!(ok >= 1, "reloads happened ({hups} HUPs sent)");
     assert_eq!(reloads(&server, "failed"), 0, "{}", server.log_text());
     eprintln!("{} messages, {hups} HUPs, {ok} reloads", acknowledged.len());
+}
+
+#[test]
+fn the_log_level_follows_a_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = routed(dir.path(), "127.0.0.1:9".parse().unwrap(), "");
+    assert!(text.contains("level = \"info\""));
+    // Without RUST_LOG, which would decide the filter instead of [log] level.
+    let server = Sluice::start_with_command(dir, &text, |command| {
+        command.env_remove("RUST_LOG");
+    });
+    let session = |server: &Sluice| {
+        let mut client = server.connect();
+        client.expect("EHLO client.test", "250");
+        client.expect("QUIT", "221");
+        client.read_to_end();
+    };
+    session(&server);
+    server.wait_log(&["INFO", "disconnect"]);
+
+    write_config(
+        server.dir.path(),
+        &text.replace("level = \"info\"", "level = \"warn\""),
+    );
+    hup_logged(&server, "ok", false);
+    let quiet_from = server.log.lock().expect("log lock").len();
+    session(&server);
+    // Wait out the writes of the session's last lines, were they logged.
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet_to = server.log.lock().expect("log lock").len();
+
+    write_config(
+        server.dir.path(),
+        &text.replace("level = \"info\"", "level = \"debug\""),
+    );
+    hup(&server, "ok");
+    session(&server);
+    server.wait_log(&["DEBUG"]);
+    let lines = server.log.lock().expect("log lock").clone();
+    let quiet: Vec<&String> = lines[quiet_from..quiet_to]
+        .iter()
+        .filter(|line| line.contains(" INFO "))
+        .collect();
+    assert!(quiet.is_empty(), "info lines at level warn: {quiet:?}");
+    assert!(
+        lines[quiet_to..]
+            .iter()
+            .any(|line| line.contains("configuration reloaded") && line.contains("log.level")),
+        "the reload to debug is logged"
+    );
 }

@@ -76,8 +76,13 @@ impl Engine {
     /// the connection pool and clock carried over, and the concurrency
     /// limits too unless `config` changes them (attempts in flight then
     /// finish under the old limit).
-    fn reloaded(&self, config: &crate::config::Config, tls: TlsClients) -> Engine {
-        let (old, new) = (&self.ctx.config().delivery, &config.delivery);
+    fn reloaded(
+        &self,
+        old: &crate::config::Config,
+        config: &crate::config::Config,
+        tls: TlsClients,
+    ) -> Engine {
+        let (old, new) = (&old.delivery, &config.delivery);
         Engine {
             ctx: self.ctx.clone(),
             router: Router::with_resolver(config, self.ctx.resolver.clone()),
@@ -141,11 +146,16 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Attempts that start after this use `config` and `tls` (the TLS
-    /// clients from [`crate::reload::files::load`]); those in flight finish
-    /// as they began.
-    pub fn reload(&self, config: &crate::config::Config, tls: TlsClients) {
-        let next = self.engine.load().reloaded(config, tls);
+    /// Attempts that start after this use `config` (which replaces `old`)
+    /// and `tls` (the TLS clients from [`crate::reload::files::load`]);
+    /// those in flight finish as they began.
+    pub fn reload(
+        &self,
+        old: &crate::config::Config,
+        config: &crate::config::Config,
+        tls: TlsClients,
+    ) {
+        let next = self.engine.load().reloaded(old, config, tls);
         self.engine.store(Arc::new(next));
     }
 }

@@ -45,7 +45,6 @@ impl Reloader {
         let old = self.ctx.config();
         match self.try_reload(&old).await {
             Ok(new) => {
-                self.ctx.metrics.config_reloaded("ok");
                 let changed = changes::changed_keys(&old, &new);
                 let restart = changes::needing_restart(&changed);
                 let file = self.file_name();
@@ -61,13 +60,14 @@ impl Reloader {
                         "configuration reloaded; some changes take effect only after a restart"
                     );
                 }
+                self.ctx.metrics.config_reloaded("ok");
             }
             Err(error) => {
-                self.ctx.metrics.config_reloaded("failed");
                 tracing::error!(
                     "configuration reload refused, the old settings stay: {}",
                     one_line(&error.to_string())
                 );
+                self.ctx.metrics.config_reloaded("failed");
             }
         }
     }
@@ -112,7 +112,7 @@ impl Reloader {
         let new = Arc::new(new);
         self.ctx.replace_config(new.clone());
         self.server.commit(prepared);
-        self.delivery.reload(&new, tls_clients);
+        self.delivery.reload(old, &new, tls_clients);
         if new.log.level != old.log.level {
             crate::logging::set_level(&new.log.level);
         }
