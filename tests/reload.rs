@@ -653,3 +653,39 @@ fn the_log_level_follows_a_reload() {
         "the reload to debug is logged"
     );
 }
+
+#[test]
+fn a_kept_listener_takes_a_changed_kind_on_its_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (pem, key, _) = certificate();
+    std::fs::write(&cert_path, pem).expect("write cert");
+    std::fs::write(&key_path, key).expect("write key");
+    let tls = format!(
+        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let text = routed(dir.path(), "127.0.0.1:9".parse().unwrap(), &tls);
+    let server = Sluice::start_with(dir, &text);
+    let mut relay = server.connect();
+    relay.expect("EHLO client.test", "250");
+    relay.expect("MAIL FROM:<a@client.test>", "250");
+
+    write_config(
+        server.dir.path(),
+        &text.replace("kind = \"relay\"", "kind = \"submission\""),
+    );
+    let log = hup(&server, "ok");
+    assert!(log.contains("listener[0].kind"), "{log}");
+    assert_eq!(
+        recorded_listeners(&server),
+        [format!("submission {}", server.smtp)]
+    );
+    let mut submission = server.connect();
+    submission.expect("EHLO client.test", "250");
+    let reply = submission.command("MAIL FROM:<a@client.test>");
+    assert!(reply.starts_with("530 "), "AUTH is required now: {reply}");
+    // The session that began on the relay listener keeps its settings.
+    relay.expect("RCPT TO:<b@example.test>", "250");
+}
