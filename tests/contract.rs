@@ -181,7 +181,19 @@ fn every_documented_config_key_is_accepted_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("design.toml");
     std::fs::write(&path, DESIGN_CONFIG.replace("HASH", HASH)).unwrap();
-    let (code, stdout, stderr) = run(&["check-config", "--config", path.to_str().unwrap()]);
+    // check-config loads the files it names, as a start would: the example's
+    // relative conf/tls/ files are made in the directory it runs in.
+    let tls = dir.path().join("conf/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["mx.example.org".into()]).unwrap();
+    std::fs::write(tls.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(tls.join("ca.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+    let (code, stdout, stderr) = run_in(
+        dir.path(),
+        None,
+        &["check-config", "--config", path.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "DESIGN.md's example config is rejected: {stderr}");
     let printed = effective(&stdout);
     // Every value is printed as written ("5d" stays "5d"), except the
