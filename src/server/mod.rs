@@ -44,13 +44,31 @@ pub struct Inbound {
     pub limits: Arc<limits::ConnectionLimits>,
 }
 
-/// One listener accepting now.
+/// One bound listener.
 struct Running {
     /// The `[[listener]]` entry it was bound for (address as configured,
     /// port 0 included).
     config: ListenerConfig,
     socket: Arc<TcpListener>,
-    accepting: AbortHandle,
+    /// The accept loop, once started.
+    accepting: Option<AbortHandle>,
+}
+
+impl Running {
+    /// Stops the accept loop (the socket closes once nothing holds it).
+    fn stop_accepting(&mut self) {
+        if let Some(accepting) = self.accepting.take() {
+            accepting.abort();
+        }
+    }
+}
+
+/// The socket a listener of a new configuration will use.
+enum Socket {
+    /// The running listener at this index, whose address did not change.
+    Kept(usize),
+    /// A socket bound for a new address.
+    Bound(TcpListener),
 }
 
 /// Listeners bound for a new configuration, not yet accepting: see
@@ -61,7 +79,7 @@ pub struct Prepared {
     maxima: (usize, usize),
     /// For each `[[listener]]` of the new configuration: the index of the
     /// running listener it keeps, or a socket bound for it.
-    listeners: Vec<(ListenerConfig, Result<usize, TcpListener>)>,
+    listeners: Vec<(ListenerConfig, Socket)>,
 }
 
 /// The SMTP listeners and what their connections share.
@@ -113,8 +131,7 @@ impl Server {
             .map(|(socket, config)| Running {
                 config,
                 socket: Arc::new(socket),
-                // Replaced by `start`.
-                accepting: tokio::spawn(async {}).abort_handle(),
+                accepting: None,
             })
             .collect();
         Server {
@@ -140,16 +157,16 @@ impl Server {
     /// connections are answered `421 4.3.2` until [`Server::stop`].
     pub fn start(&self) {
         for running in self.running().iter_mut() {
-            running.accepting.abort();
-            running.accepting = self.accept(running);
+            running.stop_accepting();
+            running.accepting = Some(self.accept(running));
         }
     }
 
     /// Stops accepting and closes every listener (connections in progress
     /// go on).
     pub fn stop(&self) {
-        for running in self.running().drain(..) {
-            running.accepting.abort();
+        for mut running in self.running().drain(..) {
+            running.stop_accepting();
         }
     }
 
@@ -180,13 +197,13 @@ impl Server {
             {
                 Some(position) => {
                     let (index, _) = kept.remove(position);
-                    listeners.push((listener.clone(), Ok(index)));
+                    listeners.push((listener.clone(), Socket::Kept(index)));
                 }
                 None => {
                     let socket = TcpListener::bind(listener.address)
                         .await
                         .map_err(|error| (number, error))?;
-                    listeners.push((listener.clone(), Err(socket)));
+                    listeners.push((listener.clone(), Socket::Bound(socket)));
                 }
             }
         }
@@ -211,38 +228,33 @@ impl Server {
         let mut running = self.running();
         let mut old: Vec<Option<Running>> = running.drain(..).map(Some).collect();
         for (config, socket) in prepared.listeners {
-            let kept = match socket {
-                Ok(index) => old.get_mut(index).and_then(Option::take),
-                Err(_) => None,
-            };
-            let mut next = match (kept, socket) {
-                (Some(mut kept), _) if kept.config.kind == config.kind => {
-                    kept.config = config;
-                    running.push(kept);
-                    continue;
-                }
-                (Some(kept), _) => {
-                    kept.accepting.abort();
-                    Running {
-                        config,
-                        socket: kept.socket,
-                        accepting: kept.accepting,
+            let mut next = match socket {
+                Socket::Kept(index) => {
+                    let Some(mut kept) = old.get_mut(index).and_then(Option::take) else {
+                        continue; // `prepare` names each running listener once
+                    };
+                    if kept.config.kind == config.kind && kept.accepting.is_some() {
+                        kept.config = config;
+                        running.push(kept);
+                        continue;
                     }
+                    // Same socket, another kind: a new accept loop.
+                    kept.stop_accepting();
+                    kept.config = config;
+                    kept
                 }
-                (None, Err(socket)) => Running {
+                Socket::Bound(socket) => Running {
                     config,
                     socket: Arc::new(socket),
-                    accepting: tokio::spawn(async {}).abort_handle(),
+                    accepting: None,
                 },
-                // An index always names a running listener taken once.
-                (None, Ok(_)) => continue,
             };
-            next.accepting = self.accept(&next);
+            next.accepting = Some(self.accept(&next));
             running.push(next);
         }
-        for closed in old.into_iter().flatten() {
+        for mut closed in old.into_iter().flatten() {
             tracing::info!(address = %closed.config.address, "listener closed");
-            closed.accepting.abort();
+            closed.stop_accepting();
         }
     }
 
