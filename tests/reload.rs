@@ -689,3 +689,71 @@ fn a_kept_listener_takes_a_changed_kind_on_its_socket() {
     // The session that began on the relay listener keeps its settings.
     relay.expect("RCPT TO:<b@example.test>", "250");
 }
+
+/// `sluice dkim keygen` for example.org with `selector` into `dir`; the key path.
+fn dkim_key(dir: &Path, selector: &str) -> PathBuf {
+    let (code, _, stderr) = common::run(None, |command| {
+        command.args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.org",
+            "--selector",
+            selector,
+            "--out",
+        ]);
+        command.arg(dir);
+    });
+    assert_eq!(code, 0, "keygen: {stderr}");
+    dir.join(format!("example.org.{selector}.pem"))
+}
+
+#[test]
+fn dkim_keys_are_loaded_again_by_a_reload() {
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("keys dir");
+    let entry = |selector: &str| {
+        format!(
+            "[[dkim]]\ndomain = \"example.org\"\nselector = \"{selector}\"\nprivate_key = \"{}\"\n",
+            dkim_key(&keys, selector).display()
+        )
+    };
+    let text = routed(dir.path(), destination.addr, "");
+    let server = Sluice::start_with(dir, &text);
+    let send = |token: &str| {
+        server.connect().send_message(
+            "a@example.org",
+            &["b@example.test"],
+            &format!("From: <a@example.org>\r\n{}", message(token)),
+        );
+    };
+    let signature = |token: &str, count: usize| {
+        let delivered = wait_delivered(&destination, count);
+        let body = delivered
+            .iter()
+            .map(|transaction| String::from_utf8_lossy(&transaction.body).into_owned())
+            .find(|body| body.contains(&format!("token {token}")))
+            .expect("the message was delivered");
+        body.lines()
+            .find(|line| line.starts_with("DKIM-Signature:"))
+            .map(str::to_string)
+    };
+    send("unsigned");
+    assert_eq!(signature("unsigned", 1), None);
+
+    write_config(server.dir.path(), &format!("{text}\n{}", entry("one")));
+    let log = hup(&server, "ok");
+    assert!(log.contains("dkim[0].private_key"), "{log}");
+    send("one");
+    let header = signature("one", 2).expect("signed after the reload");
+    assert!(header.contains("s=one"), "{header}");
+
+    // A rotated key: the next message is signed with it.
+    write_config(server.dir.path(), &format!("{text}\n{}", entry("two")));
+    hup(&server, "ok");
+    send("two");
+    let header = signature("two", 3).expect("signed");
+    assert!(header.contains("s=two"), "{header}");
+}
