@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::cli;
 use sluice::config::Config;
@@ -131,28 +130,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
-            // Files named by the config are loaded as `serve` would; a
-            // problem is a warning (like `postfix check`), so a config
-            // written for another machine still checks.
-            if let Some(Err(error)) = loaded.config.tls.as_ref().map(|tls| {
-                sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
-            }) {
-                eprintln!("sluice: warning: {}", render(&error));
-            }
-            if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
-                eprintln!("sluice: warning: {}", render(&error.into()));
-            }
-            // DKIM keys are refused, not warned about: a server that cannot
-            // sign would send mail that receivers reject.
-            if let Err(error) = sluice::auth::dkim::Signer::load(&loaded.config.dkim) {
-                let path = loaded.path.clone().unwrap_or_default();
-                return Err(sluice::config::ConfigError::Invalid {
-                    path,
-                    key: error.key(),
-                    message: error.message,
-                }
-                .into());
-            }
+            // Every file the config names is loaded as `serve` and a reload
+            // load it: a check that passes means a start that does.
+            sluice::reload::files::load(&loaded.config, loaded.path.as_deref())?;
             match &loaded.path {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),
@@ -175,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .enable_all()
                 .build()?;
             let spool = loaded.config.spool.path.clone();
-            match runtime.block_on(sluice::serve::run(loaded.config))? {
+            match runtime.block_on(sluice::serve::run(loaded.config, loaded.path))? {
                 sluice::serve::Stopped::Requested => Ok(0),
                 // A runtime error, exit 1 (DESIGN.md "Exit codes"): systemd's
                 // Restart=on-failure restarts the server, which reopens the

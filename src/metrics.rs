@@ -40,6 +40,8 @@ pub struct Metrics {
     /// required, opportunistic) and `result` (success, failure): what a
     /// TLS-RPT (RFC 8460) report is built from.
     pub tls_sessions: Family<Vec<(String, String)>, Counter>,
+    /// Configuration reloads (SIGHUP), by `result` (ok, failed).
+    pub config_reloads: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,7 @@ impl Metrics {
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
             tls_sessions: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,10 +136,28 @@ impl Metrics {
             "Outbound TLS sessions by recipient domain, policy and result",
             metrics.tls_sessions.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or failed (the old settings stayed)",
+            metrics.config_reloads.clone(),
+        );
+        // Both results are shown from the start, at 0.
+        for result in ["ok", "failed"] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&vec![("result".to_string(), result.to_string())]);
+        }
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts one configuration reload with `result` "ok" or "failed".
+    pub fn config_reloaded(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -56,8 +56,8 @@ pub struct Shared {
     /// `[[user]]` checks.
     pub auth: Authenticator,
     /// Delays after failed AUTH attempts, per client.
-    pub auth_failures: AuthFailures,
-    /// The `[[dkim]]` keys, loaded at start.
+    pub auth_failures: Arc<AuthFailures>,
+    /// The `[[dkim]]` keys, loaded at start or reload.
     pub dkim: Signer,
     /// Present when `[verify] enabled`.
     pub verifier: Option<Verifier>,
@@ -889,7 +889,7 @@ mod tests {
             submission_config: session_config.clone(),
             tls: None,
             auth: Authenticator::new(&[]),
-            auth_failures: AuthFailures::new(),
+            auth_failures: Arc::new(AuthFailures::new()),
             dkim: Signer::empty(),
             verifier: None,
         });

@@ -7,29 +7,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
 use crate::config::ListenerKind;
+use crate::server::Inbound;
 use crate::server::connection::{self, Shared, closing_reply};
-use crate::server::limits::ConnectionLimits;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::Session;
 
-/// Accepts on `listener` until the task is aborted. After shutdown starts,
-/// new connections are answered `421 4.3.2` (`421 4.3.0` after a storage
-/// failure) and closed.
+/// Accepts on `listener` until the task is aborted. Each connection is
+/// served with the [`Inbound`] in force when it was accepted (a reload swaps
+/// it). After shutdown starts, new connections are answered `421 4.3.2`
+/// (`421 4.3.0` after a storage failure) and closed.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     kind: ListenerKind,
-    shared: Arc<Shared>,
-    limits: Arc<ConnectionLimits>,
+    inbound: Arc<ArcSwap<Inbound>>,
 ) {
-    let config = match kind {
-        ListenerKind::Relay => shared.relay_config.clone(),
-        ListenerKind::Submission | ListenerKind::Submissions => shared.submission_config.clone(),
-    };
     let implicit_tls = kind == ListenerKind::Submissions;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -42,6 +40,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let current = inbound.load_full();
+        let (shared, limits) = (&current.shared, &current.limits);
         if shared.ctx.shutdown.is_cancelled() {
             tokio::spawn(refuse(stream, closing_reply(&shared.ctx)));
             continue;
@@ -53,7 +53,12 @@ pub async fn accept_loop(
             continue;
         };
         let shared = shared.clone();
-        let config = config.clone();
+        let config = match kind {
+            ListenerKind::Relay => shared.relay_config.clone(),
+            ListenerKind::Submission | ListenerKind::Submissions => {
+                shared.submission_config.clone()
+            }
+        };
         let span = tracing::info_span!("smtp", peer = %peer);
         shared.ctx.tasks.clone().spawn(
             async move {
