@@ -284,6 +284,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
         let command_timeout = self.shared.ctx.config().limits.command_timeout;
+        let min_free = self.shared.ctx.config().spool.min_free;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -293,6 +294,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 let action = match line {
                     Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
+                        // Cached: at most one statvfs a second for the process.
+                        session.set_storage_low(self.shared.ctx.disk.is_low(min_free));
                         let action = session.handle_line(&line);
                         if !was_chunking {
                             // A new transaction (or none) starts from scratch.

@@ -205,6 +205,9 @@ pub struct Session {
     /// Why the command being handled was refused, when the refusal is a
     /// policy decision worth a `transaction refused` line.
     refusal_reason: Option<&'static str>,
+    /// The spool's free space is below `spool.min_free`: MAIL gets
+    /// `452 4.3.1`. Set by the I/O shell ([`Session::set_storage_low`]).
+    storage_low: bool,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -229,7 +232,16 @@ impl Session {
             auth_failures: 0,
             commands: CommandCounts::default(),
             refusal_reason: None,
+            storage_low: false,
         }
+    }
+
+    /// Tells the session whether the spool's free space is below the
+    /// reserve (`spool.min_free`); while it is, MAIL gets
+    /// `452 4.3.1 Insufficient system storage` (RFC 3463 §3.4: mail system
+    /// full) and the rest of the session goes on.
+    pub fn set_storage_low(&mut self, low: bool) {
+        self.storage_low = low;
     }
 
     /// The commands of this connection so far, by verb.
@@ -685,6 +697,14 @@ impl Session {
                 552,
                 code(5, 3, 4),
                 "Error: message size exceeds fixed maximum message size",
+            ));
+        }
+        if self.storage_low {
+            self.refusal_reason = Some("spool free space below spool.min_free");
+            return Action::Reply(Reply::new(
+                452,
+                code(4, 3, 1),
+                "Insufficient system storage",
             ));
         }
         self.transaction = Some(Transaction {
@@ -1399,6 +1419,22 @@ mod tests {
                 "PostMaster@mx.test".into()
             ]
         );
+    }
+
+    #[test]
+    fn mail_gets_452_4_3_1_while_storage_is_low_and_250_once_it_is_back() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        session.set_storage_low(true);
+        let reply = expect(&mut session, "MAIL FROM:<a@b.test>", "452 4.3.1");
+        assert_eq!(reply, "452 4.3.1 Insufficient system storage\r\n");
+        assert!(session.transaction().is_none());
+        expect(&mut session, "NOOP", "250");
+        session.set_storage_low(false);
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        // A transaction already open goes on.
+        session.set_storage_low(true);
+        expect(&mut session, "RCPT TO:<r@x.test>", "250");
     }
 
     #[test]
