@@ -43,9 +43,7 @@ impl MinFree {
     /// The reserve in bytes on a filesystem of `filesystem_size` bytes.
     pub fn bytes(self, filesystem_size: u64) -> u64 {
         match self {
-            MinFree::Auto => {
-                (filesystem_size / 100 * Self::AUTO_SHARE_PERCENT).min(Self::AUTO_CAP)
-            }
+            MinFree::Auto => (filesystem_size / 100 * Self::AUTO_SHARE_PERCENT).min(Self::AUTO_CAP),
             MinFree::Bytes(bytes) => bytes,
         }
     }
@@ -100,7 +98,10 @@ mod tests {
     #[test]
     fn min_free_reads_auto_sizes_and_numbers_and_prints_back() {
         let parse = |text: &str| {
-            crate::config::Config::parse(&format!("[spool]\nmin_free = {text}\n"), "t.toml".as_ref())
+            crate::config::Config::parse(
+                &format!("[spool]\nmin_free = {text}\n"),
+                "t.toml".as_ref(),
+            )
         };
         assert_eq!(parse("\"auto\"").unwrap().spool.min_free, MinFree::Auto);
         assert_eq!(

@@ -108,6 +108,25 @@ pub async fn serve(
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
 
+/// Serves one session over a local stream rather than an accepted socket:
+/// `sluice sendmail` when no server answers (the pipe from its submission
+/// code, or stdin and stdout for `-bs`), as a listener of `config` serves a
+/// client at `peer`. No TLS: `config` must not offer STARTTLS. Logs the
+/// `connect` and `disconnect` lines as [`serve`] does.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: S,
+    peer: SocketAddr,
+    config: Arc<SessionConfig>,
+) {
+    tracing::info!(client = %peer.ip(), "connect");
+    let mut session = Session::new(config, peer.ip(), false);
+    let greeting = session.greeting();
+    // Without STARTTLS on offer, the session can only end closed.
+    let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;
+    tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
+}
+
 /// The whole of one connection: the implicit TLS handshake, the session,
 /// and the session again over TLS after STARTTLS.
 async fn serve_session(

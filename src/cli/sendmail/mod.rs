@@ -37,13 +37,18 @@
 
 pub mod args;
 pub mod envelope;
+pub mod maildrop;
 pub mod message;
+pub mod stdio;
 pub mod submit;
 pub mod user;
 
+/// sysexits.h `EX_TEMPFAIL`: a temporary failure, try again later.
+pub const EX_TEMPFAIL: u8 = 75;
+
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cli::queue::{QueueCommand, Targets};
 use crate::config::{Config, ConfigError};
@@ -72,15 +77,33 @@ pub enum SendmailError {
     #[error("cannot submit: the server refused {command}: {reply}")]
     Refused { command: String, reply: String },
     /// The conversation broke down (connection lost, garbled reply).
-    #[error("cannot submit: {what} with the server at {address}: {reason}")]
+    #[error("cannot submit: {what} with {server}: {reason}")]
     Conversation {
         what: &'static str,
-        address: SocketAddr,
+        /// "the server at 127.0.0.1:2525", or the local session.
+        server: String,
         reason: String,
     },
     /// Reading the message on stdin failed, or it cannot be submitted.
     #[error("cannot read the message on stdin: {0}")]
     Input(String),
+    /// No server answered and another process holds the spool (exit 75,
+    /// `EX_TEMPFAIL`: try again later).
+    #[error(
+        "cannot submit: {refused}, and the spool {} is locked by another process (a server that \
+         does not answer?) after waiting {}s; try again later",
+        path.display(),
+        waited.as_secs()
+    )]
+    SpoolBusy {
+        path: PathBuf,
+        /// Why no server answered.
+        refused: String,
+        waited: std::time::Duration,
+    },
+    /// No server answered and writing into the spool failed.
+    #[error("cannot write into the spool {}: {reason}", path.display())]
+    Spool { path: PathBuf, reason: String },
     /// `-bp` or `-q` failed (as `sluice queue list` or `retry --all` would).
     #[error(transparent)]
     Queue(anyhow::Error),
@@ -90,6 +113,16 @@ impl SendmailError {
     /// True for a command-line problem (exit 2), false for a runtime one (exit 1).
     pub fn is_usage(&self) -> bool {
         matches!(self, SendmailError::Usage(_))
+    }
+
+    /// The exit status for this error: 2 for a usage error, 75
+    /// (`EX_TEMPFAIL`) for a spool held by another process, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendmailError::Usage(_) => 2,
+            SendmailError::SpoolBusy { .. } => EX_TEMPFAIL,
+            _ => 1,
+        }
     }
 }
 
@@ -112,6 +145,7 @@ pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> 
     let loaded = Config::load(config_path)?;
     let queue_command = match options.mode {
         Mode::Submit => None,
+        Mode::Smtp => return stdio::run(&loaded.config),
         Mode::ListQueue => Some(QueueCommand::List {
             json: false,
             status: None,
