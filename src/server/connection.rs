@@ -31,7 +31,7 @@ use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusa
 use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
+use crate::smtp::session::{Action, LogReply, MessageOutcome, Session, SessionConfig, log_address};
 
 /// How long the last replies may take to write when closing.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -553,7 +553,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
-                log_refused(session, refusal.reason());
+                log_refused(session, refusal);
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
@@ -675,7 +675,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         tracing::info!(queue_id = %body.id(), client = %session.client(),
             results = %summary.join(","), "authentication checked");
         if verdict.reject {
-            log_refused(session, Refusal::DmarcReject.reason());
+            log_refused(session, Refusal::DmarcReject);
             return Err(MessageOutcome::Refused(Refusal::DmarcReject));
         }
         let (length, mut replacement) =
@@ -862,16 +862,24 @@ async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
     }
 }
 
-fn log_refused(session: &Session, reason: &str) {
+/// The `transaction refused` line for a message refused at its end, with
+/// the reply the client gets, as a refused command's line has.
+fn log_refused(session: &Session, refusal: Refusal) {
     let sender = session
         .transaction()
         .map(|t| display_sender(&t.sender))
         .unwrap_or_default();
+    let command = match session.transaction() {
+        Some(transaction) if transaction.chunking => "bdat",
+        _ => "data",
+    };
     tracing::info!(
         client = %session.client(),
         helo = %session.helo_name().unwrap_or(""),
         sender = %sender,
-        reason = %reason,
+        command,
+        reason = %refusal.reason(),
+        reply = %LogReply(&refusal.reply()),
         "transaction refused"
     );
 }

@@ -14,8 +14,9 @@ use tracing::Instrument as _;
 use crate::config::ListenerKind;
 use crate::server::connection::{self, Shared, closing_reply};
 use crate::server::limits::ConnectionLimits;
+use crate::smtp::counts::CommandCounts;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::Session;
+use crate::smtp::session::{LogReply, Session};
 
 /// Accepts on `listener` until the task is aborted. After shutdown starts,
 /// new connections are answered `421 4.3.2` (`421 4.3.0` after a storage
@@ -43,12 +44,14 @@ pub async fn accept_loop(
             }
         };
         if shared.ctx.shutdown.is_cancelled() {
-            tokio::spawn(refuse(stream, closing_reply(&shared.ctx)));
+            let reply = closing_reply(&shared.ctx);
+            log_refused_connection(peer, "shutting down, refused", &reply);
+            tokio::spawn(refuse(stream, reply));
             continue;
         }
         let Some(slot) = limits.try_acquire(peer.ip()) else {
-            tracing::info!(client = %peer.ip(), "too many connections, refused");
             let reply = Session::too_many_connections(&shared.ctx.config().hostname);
+            log_refused_connection(peer, "too many connections, refused", &reply);
             tokio::spawn(refuse(stream, reply));
             continue;
         };
@@ -78,6 +81,14 @@ async fn serve_counted(
     tracing::debug!("connected");
     connection::serve(shared, stream, peer, config, implicit_tls).await;
     tracing::debug!("disconnected");
+}
+
+/// The lines of a connection refused at connect: `connect`, why with the
+/// reply, and `disconnect` with no commands, as every connection has.
+fn log_refused_connection(peer: SocketAddr, why: &str, reply: &Reply) {
+    tracing::info!(client = %peer.ip(), "connect");
+    tracing::info!(client = %peer.ip(), reply = %LogReply(reply), "{why}");
+    tracing::info!(client = %peer.ip(), "disconnect {}", CommandCounts::default());
 }
 
 /// Answers a connection we will not serve, then closes it.

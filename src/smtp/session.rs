@@ -1001,7 +1001,7 @@ impl Session {
 /// A reply as one log field value: in double quotes, with `"`, `\`, `=` and
 /// control characters escaped (`=` as `\u{3d}`), so text a client put in
 /// the reply (an address) cannot add a `key=value` field to the line.
-struct LogReply<'a>(&'a Reply);
+pub struct LogReply<'a>(pub &'a Reply);
 
 impl fmt::Display for LogReply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

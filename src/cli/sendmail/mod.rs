@@ -151,6 +151,7 @@ pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> 
             status: None,
             domain: None,
             sender: None,
+            older_than: None,
         }),
         Mode::RetryQueue => Some(QueueCommand::Retry {
             targets: Targets::all(),
