@@ -60,7 +60,13 @@ impl Maildrop {
         let spool = config.spool.path.clone();
         let broken = |error: &dyn std::fmt::Display| SendmailError::Spool {
             path: spool.clone(),
-            reason: error.to_string(),
+            reason: format!("{error} (tried since {refused})"),
+        };
+        // A local pipe has no TLS: the certificate (perhaps readable by the
+        // server's user only) is not needed.
+        let config = Config {
+            tls: None,
+            ..config.clone()
         };
         // One worker: the session runs there while this thread submits.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +86,7 @@ impl Maildrop {
             OpenError::Failed(error) => broken(&error),
         })?;
         let _entered = runtime.enter();
-        let ctx = Context::new(Arc::new(config.clone()), queue);
+        let ctx = Context::new(Arc::new(config), queue);
         let server =
             Server::new(&ctx, Vec::new()).map_err(|error| broken(&format!("{error:#}")))?;
         drop(_entered);

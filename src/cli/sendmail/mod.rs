@@ -6,6 +6,7 @@
 //! sluice sendmail [OPTIONS] [RECIPIENT...] < message
 //! sluice sendmail -bp        (the queue, as `sluice queue list`)
 //! sluice sendmail -q         (retry all, as `sluice queue retry --all`)
+//! sluice sendmail -bs        (SMTP on stdin and stdout)
 //! ```
 //!
 //! Also reached by invoking the binary under the name `sendmail` (for
@@ -21,17 +22,24 @@
 //!   each once);
 //! - [`message`]: preparing the message (pure: header section, added and
 //!   removed headers, `-t` recipients, line endings);
-//! - [`submit`]: finding the running server and the SMTP submission.
+//! - [`submit`]: finding the running server and the SMTP submission;
+//! - [`maildrop`]: when no server answers, the server's own session run in
+//!   this process over the spool;
+//! - [`stdio`]: `-bs`, SMTP on stdin and stdout.
 //!
 //! # Exit status
 //!
 //! - 0: the server accepted the message (a 250 after the data: it is on
-//!   disk). Nothing is printed unless `-v`.
+//!   disk), or, with no server answering, it was written into the spool
+//!   ([`maildrop`]). Nothing is printed unless `-v`.
 //! - 1: a runtime error, one line on stderr starting `sluice: `. No server
-//!   answering (`sluice: cannot submit: no server answers on 127.0.0.1:2525
-//!   (connection refused); is sluice serve running?`), any 4xx/5xx reply (the
+//!   answering and a relative spool path (`sluice: cannot submit: no server
+//!   answers on 127.0.0.1:2525 (connection refused); is sluice serve
+//!   running?`), a spool this user cannot write, any 4xx/5xx reply (the
 //!   server's reply is printed; nothing was queued), a lost connection, an
 //!   unreadable stdin or configuration.
+//! - 75 (`EX_TEMPFAIL`): no server answering, and the spool still held by
+//!   another process after [`maildrop::LOCK_WAIT`].
 //! - 2: a usage error: an unknown option, a missing option argument, an
 //!   invalid address, no recipients.
 

@@ -1,4 +1,6 @@
-//! Submitting the prepared message to the running server over SMTP.
+//! Submitting the prepared message to the running server over SMTP, or,
+//! when none answers, to the same session run in this process over the
+//! spool ([`super::maildrop`]).
 //!
 //! # Where
 //!
