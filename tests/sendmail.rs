@@ -844,3 +844,56 @@ fn bs_without_a_server_runs_the_session_over_the_spool() {
     assert!(text(&delivered[0].body).contains(&format!("id {id}")));
     assert!(text(&delivered[0].body).contains("over stdin\r\n"));
 }
+
+/// A server that starts while sendmail holds the spool (a `-bs` session
+/// still open) waits for it, starts once the session ends, and delivers
+/// what the session wrote.
+#[test]
+fn a_server_starting_while_sendmail_holds_the_spool_waits_for_it() {
+    use std::io::BufRead;
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = maildrop_config(dir.path(), destination.addr, "");
+    let mut child = Command::new(common::binary())
+        .env_remove("SLUICE_CONFIG")
+        .args(["sendmail", "-bs", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sendmail -bs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"EHLO client.test\r\nMAIL FROM:<a@origin.test>\r\nRCPT TO:<held@dest.test>\r\n\
+              DATA\r\nSubject: held\r\n\r\nx\r\n.\r\n",
+        )
+        .unwrap();
+    let mut replies = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("queued as") {
+        let mut line = String::new();
+        assert!(replies.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+
+    // The session is still open: the spool is held.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let starting = std::thread::spawn(move || Sluice::start_with(dir, &text_config));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin.write_all(b"QUIT\r\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let server = starting.join().expect("the server started");
+    assert!(
+        server
+            .log_text()
+            .contains("the spool is in use by another process; waiting for it"),
+        "{}",
+        server.log_text()
+    );
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].recipients, ["held@dest.test"]);
+}
