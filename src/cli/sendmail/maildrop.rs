@@ -60,7 +60,10 @@ impl Maildrop {
         let spool = config.spool.path.clone();
         let broken = |error: &dyn std::fmt::Display| SendmailError::Spool {
             path: spool.clone(),
-            reason: format!("{error} (tried since {refused})"),
+            reason: format!(
+                "{error} (no server took the message: {})",
+                refused.no_server_reason()
+            ),
         };
         // A local pipe has no TLS: the certificate (perhaps readable by the
         // server's user only) is not needed.
@@ -80,7 +83,7 @@ impl Maildrop {
         let queue = open_waiting(&spool, options, &refused).map_err(|error| match error {
             OpenError::Busy => SendmailError::SpoolBusy {
                 path: spool.clone(),
-                refused: refused.to_string(),
+                refused: refused.no_server_reason(),
                 waited: LOCK_WAIT,
             },
             OpenError::Failed(error) => broken(&error),
@@ -172,7 +175,8 @@ fn open_waiting(
             Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
                 if !said {
                     eprintln!(
-                        "sluice: {refused}; the spool {} is in use by another process: waiting up to {}s for it",
+                        "sluice: {}; the spool {} is in use by another process: waiting up to {}s for it",
+                        refused.no_server_reason(),
                         spool.display(),
                         LOCK_WAIT.as_secs()
                     );

@@ -123,6 +123,19 @@ impl SendmailError {
         matches!(self, SendmailError::Usage(_))
     }
 
+    /// Why no server took the message, in a few words, for messages that
+    /// go on to say what was tried instead: "no server answers on
+    /// 127.0.0.1:2525 (connection refused)".
+    pub fn no_server_reason(&self) -> String {
+        match self {
+            SendmailError::Connect { address, reason } => {
+                format!("no server answers on {address} ({reason})")
+            }
+            SendmailError::NoListener(reason) => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The exit status for this error: 2 for a usage error, 75
     /// (`EX_TEMPFAIL`) for a spool held by another process, else 1.
     pub fn exit_code(&self) -> u8 {
