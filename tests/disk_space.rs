@@ -74,7 +74,7 @@ fn metric(server: &Sluice, name: &str) -> i64 {
 }
 
 /// Without root: a reserve larger than any filesystem is crossed from the
-/// start. MAIL gets 452 4.3.1 (and sendmail exits with that reply) while
+/// start. MAIL gets 452 4.3.1 (and sendmail exits 75 with that reply) while
 /// the server stays up and delivers the mail it already has; a restart
 /// with the reserve off accepts again.
 #[test]
@@ -137,7 +137,7 @@ fn below_the_reserve_mail_gets_452_while_delivery_goes_on() {
             .arg(&client_config)
             .arg("b@dest.test");
     });
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 75, "a 4xx is EX_TEMPFAIL: {stderr}");
     assert!(
         stderr.contains("452 4.3.1 Insufficient system storage"),
         "{stderr}"

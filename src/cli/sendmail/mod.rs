@@ -35,11 +35,13 @@
 //! - 1: a runtime error, one line on stderr starting `sluice: `. No server
 //!   answering and a relative spool path (`sluice: cannot submit: no server
 //!   answers on 127.0.0.1:2525 (connection refused); is sluice serve
-//!   running?`), a spool this user cannot write, any 4xx/5xx reply (the
-//!   server's reply is printed; nothing was queued), a lost connection, an
+//!   running?`), a spool this user cannot write, a 5xx reply (the server's
+//!   reply is printed; nothing was queued), a lost connection, an
 //!   unreadable stdin or configuration.
-//! - 75 (`EX_TEMPFAIL`): no server answering, and the spool still held by
-//!   another process after [`maildrop::LOCK_WAIT`].
+//! - 75 (`EX_TEMPFAIL`, try again later): a 4xx reply (printed; nothing was
+//!   queued), such as `452 4.3.1 Insufficient system storage`; or no server
+//!   answering and the spool still held by another process after
+//!   [`maildrop::LOCK_WAIT`].
 //! - 2: a usage error: an unknown option, a missing option argument, an
 //!   invalid address, no recipients.
 
@@ -137,11 +139,14 @@ impl SendmailError {
     }
 
     /// The exit status for this error: 2 for a usage error, 75
-    /// (`EX_TEMPFAIL`) for a spool held by another process, else 1.
+    /// (`EX_TEMPFAIL`) for a 4xx reply or a spool held by another process,
+    /// else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             SendmailError::Usage(_) => 2,
             SendmailError::SpoolBusy { .. } => EX_TEMPFAIL,
+            // A 4xx: the server says to try again later (a full spool).
+            SendmailError::Refused { reply, .. } if reply.starts_with('4') => EX_TEMPFAIL,
             _ => 1,
         }
     }
