@@ -43,6 +43,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
+    /// Show the next hops and TLS policy (DANE, MTA-STS, static) for a
+    /// recipient domain, without sending anything.
+    Route(cli::route::RouteArgs),
     /// Submit a message read on stdin, like sendmail(1) (`sendmail --help`).
     #[command(disable_help_flag = true)]
     Sendmail {
@@ -191,6 +194,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dkim { command } => {
             cli::dkim::run(command)?;
             Ok(0)
+        }
+        Command::Route(args) => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            cli::route::run(&args, &loaded.config)
         }
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;

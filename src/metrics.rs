@@ -40,6 +40,10 @@ pub struct Metrics {
     /// refused for want of it (`spool.min_free`), kept by
     /// [`crate::disk::DiskReserve`].
     pub spool_space: crate::disk::SpaceGauges,
+    /// Outbound TLS sessions by recipient `domain`, `policy` (dane, mta-sts,
+    /// required, opportunistic) and `result` (success, failure): what a
+    /// TLS-RPT (RFC 8460) report is built from.
+    pub tls_sessions: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,7 @@ impl Metrics {
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
             spool_space: crate::disk::SpaceGauges::default(),
+            tls_sessions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +142,11 @@ impl Metrics {
             "spool_space_low",
             "1 while new mail is refused because the spool's free space is below spool.min_free",
             metrics.spool_space.low.clone(),
+        );
+        registry.register(
+            "tls_sessions",
+            "Outbound TLS sessions by recipient domain, policy and result",
+            metrics.tls_sessions.clone(),
         );
         Metrics {
             registry,

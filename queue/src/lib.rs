@@ -84,6 +84,7 @@ mod dsn;
 mod failure;
 mod model;
 mod schedule;
+mod side;
 mod stats;
 mod store;
 
@@ -95,6 +96,7 @@ pub use model::{
     ATTEMPTS_LOG_LEN, AttemptRecord, Envelope, EnvelopeDsn, LoggedAttempt, Message, Outcome,
     QueueId, Recipient, RecipientStatus, RecipientUpdate,
 };
+pub use side::SideTree;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -453,6 +455,12 @@ impl Queue {
             .store
             .records(after)
             .map(|record| record.map(|record| record.message))
+    }
+
+    /// The named key-value tree beside the queue (e.g. `"mta-sts"`), for
+    /// state that must survive a restart; the queue never reads it.
+    pub fn side_tree(&self, name: &str) -> Result<SideTree, QueueError> {
+        self.inner.store.side_tree(name)
     }
 
     /// Opens the body of a queued message for reading. Does no file I/O: a

@@ -7,19 +7,25 @@
 //! - `route`: relay_host, `[routes]`, MX and implicit MX;
 //! - `client`: the SMTP client's I/O, a pump over `smtp::client`;
 //! - `tls`: outbound TLS policy; `pool`: connection reuse;
+//! - `secure`: which policy governs (DANE, MTA-STS, static), over `dane`
+//!   (TLSA lookups, the TLSA certificate verifier) and `mta_sts` (policy
+//!   discovery, fetch, cache);
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
 //! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
 
 pub mod attempt;
 pub mod client;
+pub mod dane;
 pub mod dsn;
 pub mod history;
 pub mod loops;
+pub mod mta_sts;
 pub mod notices;
 pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
+pub mod secure;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -35,6 +41,7 @@ use self::client::Timeouts;
 use self::pool::Pool;
 use self::retry::{Clock, RetryPolicy, SystemClock};
 use self::route::Router;
+use self::secure::Secure;
 use self::tls::TlsClients;
 use crate::smtp::reply::EnhancedCode;
 
@@ -43,6 +50,8 @@ pub struct Engine {
     ctx: Context,
     router: Router,
     tls: TlsClients,
+    /// DANE and MTA-STS (`delivery.dane`, `delivery.mta_sts`).
+    secure: Secure,
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     timeouts: Timeouts,
@@ -58,10 +67,12 @@ impl Engine {
         let delivery = &ctx.config().delivery;
         let router = Router::with_resolver(&ctx.config(), ctx.resolver.clone());
         let tls = TlsClients::from_config(&ctx.config())?;
+        let secure = Secure::from_config(&ctx.config(), Some(&ctx.queue));
         Ok(Engine {
             ctx: ctx.clone(),
             router,
             tls,
+            secure,
             policy: RetryPolicy::from_config(delivery),
             clock,
             timeouts: Timeouts {

@@ -487,7 +487,8 @@ pub fn log_outcome(
         attempts,
         status = %status,
         dsn = %attempt.status,
-        tls = %attempt.tls,
+        tls = %attempt.tls_policy,
+        tls_session = %attempt.tls,
         next_attempt = %next,
         reply = ?attempt.reply,
         "delivery"
