@@ -98,6 +98,10 @@ fn exit(result: anyhow::Result<u8>) -> ExitCode {
 fn sendmail(args: &[String], config: Option<&std::path::Path>) -> anyhow::Result<u8> {
     match cli::sendmail::run(args, config) {
         Err(error) if error.is_usage() => sendmail_usage_error(&error.to_string()),
+        Err(error) if error.exit_code() != 1 => {
+            eprintln!("sluice: {error}");
+            Ok(error.exit_code())
+        }
         result => Ok(result?),
     }
 }

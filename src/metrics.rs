@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
     /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
     pub auth_results: Family<Vec<(String, String)>, Counter>,
+    /// Free space on the spool's filesystem and whether new mail is
+    /// refused for want of it (`spool.min_free`), kept by
+    /// [`crate::disk::DiskReserve`].
+    pub spool_space: crate::disk::SpaceGauges,
     /// Outbound TLS sessions by recipient `domain`, `policy` (dane, mta-sts,
     /// required, opportunistic) and `result` (success, failure): what a
     /// TLS-RPT (RFC 8460) report is built from.
@@ -67,6 +71,7 @@ impl Metrics {
             queue_recipients: Family::default(),
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
+            spool_space: crate::disk::SpaceGauges::default(),
             tls_sessions: Family::default(),
             config_reloads: Family::default(),
             registry: Registry::default(),
@@ -130,6 +135,16 @@ impl Metrics {
             "auth_results",
             "Inbound SPF, DKIM and DMARC verdicts by kind and result",
             metrics.auth_results.clone(),
+        );
+        registry.register(
+            "spool_free_bytes",
+            "Free bytes on the spool's filesystem at the last check",
+            metrics.spool_space.free_bytes.clone(),
+        );
+        registry.register(
+            "spool_space_low",
+            "1 while new mail is refused because the spool's free space is below spool.min_free",
+            metrics.spool_space.low.clone(),
         );
         registry.register(
             "tls_sessions",

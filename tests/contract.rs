@@ -56,6 +56,7 @@ fn check_config_prints_an_effective_config_that_checks_again_unchanged() {
     for line in [
         "hostname = \"mx.example.org\"",
         "path = \"./spool\"",
+        "min_free = \"auto\"",
         "address = \"127.0.0.1:2525\"",
         "kind = \"relay\"",
         "max_message_size = \"35MiB\"",

@@ -585,10 +585,14 @@ impl Queue {
                 if !recipient.is_open() {
                     continue;
                 }
-                recipient.attempts = recipient.attempts.saturating_add(1);
+                if !matches!(update.outcome, Outcome::Bounced { .. }) {
+                    recipient.attempts = recipient.attempts.saturating_add(1);
+                }
                 let (status, reply, next_attempt_at) = match update.outcome {
                     Outcome::Delivered { reply } => (RecipientStatus::Delivered, reply, None),
-                    Outcome::Failed { reply } => (RecipientStatus::Failed, reply, None),
+                    Outcome::Failed { reply } | Outcome::Bounced { reply } => {
+                        (RecipientStatus::Failed, reply, None)
+                    }
                     Outcome::Deferred {
                         reply,
                         next_attempt_at,

@@ -148,6 +148,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: PathBuf::from("./spool"),
             cache_capacity: 64 * MIB,
+            min_free: super::MinFree::Auto,
         }
     }
 }

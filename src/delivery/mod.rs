@@ -244,7 +244,8 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         .iter()
         .map(|attempt| RecipientUpdate {
             index: attempt.index,
-            outcome: Outcome::Failed {
+            // Not a delivery attempt: the attempt count stays as it was.
+            outcome: Outcome::Bounced {
                 reply: attempt.reply.clone(),
             },
         })

@@ -16,8 +16,9 @@ use tracing::Instrument as _;
 use crate::config::ListenerKind;
 use crate::server::Inbound;
 use crate::server::connection::{self, Shared, closing_reply};
+use crate::smtp::counts::CommandCounts;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::Session;
+use crate::smtp::session::{LogReply, Session};
 
 /// Accepts on `listener` until the task is aborted. Each connection is
 /// served with the [`Inbound`] in force when it was accepted (a reload swaps
@@ -43,12 +44,14 @@ pub async fn accept_loop(
         let current = inbound.load_full();
         let (shared, limits) = (&current.shared, &current.limits);
         if shared.ctx.shutdown.is_cancelled() {
-            tokio::spawn(refuse(stream, closing_reply(&shared.ctx)));
+            let reply = closing_reply(&shared.ctx);
+            log_refused_connection(peer, "shutting down, refused", &reply);
+            tokio::spawn(refuse(stream, reply));
             continue;
         }
         let Some(slot) = limits.try_acquire(peer.ip()) else {
-            tracing::info!(client = %peer.ip(), "too many connections, refused");
             let reply = Session::too_many_connections(&shared.ctx.config().hostname);
+            log_refused_connection(peer, "too many connections, refused", &reply);
             tokio::spawn(refuse(stream, reply));
             continue;
         };
@@ -83,6 +86,14 @@ async fn serve_counted(
     tracing::debug!("connected");
     connection::serve(shared, stream, peer, config, implicit_tls).await;
     tracing::debug!("disconnected");
+}
+
+/// The lines of a connection refused at connect: `connect`, why with the
+/// reply, and `disconnect` with no commands, as every connection has.
+fn log_refused_connection(peer: SocketAddr, why: &str, reply: &Reply) {
+    tracing::info!(client = %peer.ip(), "connect");
+    tracing::info!(client = %peer.ip(), reply = %LogReply(reply), "{why}");
+    tracing::info!(client = %peer.ip(), "disconnect {}", CommandCounts::default());
 }
 
 /// Answers a connection we will not serve, then closes it.

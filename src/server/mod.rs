@@ -151,6 +151,23 @@ impl Server {
             .collect()
     }
 
+    /// Serves one SMTP session over `stream`, a local pipe rather than a
+    /// socket (`sluice sendmail` writing into the spool when no server
+    /// answers), as a relay listener serves a loopback client: same
+    /// `Received:` field, DKIM signing and commit; no STARTTLS.
+    pub async fn serve_local<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let current = self.inbound.load_full();
+        let config = Arc::new(SessionConfig {
+            tls_available: false,
+            ..(*current.shared.relay_config).clone()
+        });
+        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        connection::serve_stream(&current.shared, stream, loopback, config).await;
+    }
+
     /// Starts accepting on every listener. Connection tasks are spawned on
     /// `ctx.tasks`. Once `ctx.shutdown` is cancelled, idle connections are
     /// closed with `421 4.3.2`, transactions in progress may finish, and new
