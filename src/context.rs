@@ -28,6 +28,8 @@ pub struct Context {
     /// Every connection and delivery task is spawned on this, so shutdown can
     /// wait for them (with a deadline).
     pub tasks: TaskTracker,
+    /// Traffic shaping: limits per destination and suspensions.
+    pub shaper: Arc<crate::delivery::shaping::Shaper>,
 }
 
 impl Context {
@@ -35,11 +37,18 @@ impl Context {
     /// fresh metrics, shutdown token and task tracker.
     pub fn new(config: Arc<Config>, queue: Queue) -> Self {
         let resolver = crate::delivery::route::resolver(&config);
+        let metrics = Arc::new(Metrics::new());
+        let shaper = Arc::new(crate::delivery::shaping::Shaper::new(
+            &config,
+            &queue,
+            metrics.shaping.clone(),
+        ));
         Self {
             config: Arc::new(ArcSwap::new(config)),
             queue,
             resolver,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            shaper,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

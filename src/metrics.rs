@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
     /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
     pub auth_results: Family<Vec<(String, String)>, Counter>,
+    /// Traffic shaping per rule and destination (`delivery::shaping`).
+    pub shaping: std::sync::Arc<crate::delivery::shaping::metrics::ShapingMetrics>,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,7 @@ impl Metrics {
             queue_recipients: Family::default(),
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
+            shaping: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +126,7 @@ impl Metrics {
             "Inbound SPF, DKIM and DMARC verdicts by kind and result",
             metrics.auth_results.clone(),
         );
+        metrics.shaping.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -90,7 +90,6 @@ mod store;
 mod suspensions;
 
 pub use body::{BodyReader, BodyWriter};
-pub use suspensions::Suspension;
 pub use dsn::{
     MessageDsn, NotifyOn, OriginalRecipient, RecipientDsn, ReportKind, Ret, wants_report,
 };
@@ -98,6 +97,7 @@ pub use model::{
     ATTEMPTS_LOG_LEN, AttemptRecord, Envelope, EnvelopeDsn, LoggedAttempt, Message, Outcome,
     QueueId, Recipient, RecipientStatus, RecipientUpdate,
 };
+pub use suspensions::Suspension;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -193,7 +193,11 @@ impl Shaping {
                 .map(Rate::parse)
                 .transpose()
                 .map_err(|message| invalid.at(at("rate"), message))?;
-            if rule.suspend_on.iter().any(|needle| needle.trim().is_empty()) {
+            if rule
+                .suspend_on
+                .iter()
+                .any(|needle| needle.trim().is_empty())
+            {
                 return Err(invalid.at(at("suspend_on"), "an empty string would match every reply"));
             }
             let suspend_for = positive(invalid, &at("suspend_for"), rule.suspend_for)?;
@@ -266,7 +270,9 @@ impl Shaping {
             .rules
             .values()
             .filter(|rule| match &rule.key {
-                ShapingKey::MxSuffix(suffix) => hosts.iter().any(|host| host.ends_with(suffix.as_str())),
+                ShapingKey::MxSuffix(suffix) => {
+                    hosts.iter().any(|host| host.ends_with(suffix.as_str()))
+                }
                 _ => false,
             })
             .max_by_key(|rule| rule.key.as_str().len());
@@ -275,7 +281,9 @@ impl Shaping {
 
     /// The rule keyed exactly `key` (as written: "gmail.com", ".google.com", "*").
     pub fn rule_keyed(&self, key: &str) -> Option<&ShapingRule> {
-        ShapingKey::parse(key).ok().and_then(|key| self.rules.get(&key))
+        ShapingKey::parse(key)
+            .ok()
+            .and_then(|key| self.rules.get(&key))
     }
 
     /// Every rule, by key.
@@ -347,7 +355,12 @@ mod tests {
 
     fn shaping(text: &str) -> Result<Shaping, ConfigError> {
         let file: BTreeMap<String, ShapingFile> = toml::from_str(text).expect("valid TOML");
-        Shaping::from_file(file, Invalid { path: Path::new("test.toml") })
+        Shaping::from_file(
+            file,
+            Invalid {
+                path: Path::new("test.toml"),
+            },
+        )
     }
 
     #[test]
@@ -386,8 +399,14 @@ mod tests {
                 .and_then(|rule| rule.connections)
                 .map(NonZeroUsize::get)
         };
-        assert_eq!(connections("gmail.com", &["gmail-smtp-in.l.google.com"]), Some(20));
-        assert_eq!(connections("example.org", &["aspmx.l.google.com."]), Some(5));
+        assert_eq!(
+            connections("gmail.com", &["gmail-smtp-in.l.google.com"]),
+            Some(20)
+        );
+        assert_eq!(
+            connections("example.org", &["aspmx.l.google.com."]),
+            Some(5)
+        );
         assert_eq!(connections("example.org", &["alt.mx.google.com"]), Some(3));
         assert_eq!(connections("example.net", &["mx.example.net"]), Some(100));
         assert!(shaping.has_mx_rules());
@@ -395,7 +414,9 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_their_key() {
-        let error = shaping("[\"x.test\"]\nrate = \"fast\"").unwrap_err().to_string();
+        let error = shaping("[\"x.test\"]\nrate = \"fast\"")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("shaping.\"x.test\".rate"), "{error}");
         assert!(shaping("[\"x.test\"]\nconnections = 0").is_err());
         assert!(shaping("[\"x.test\"]\nsuspend_on = [\"\"]").is_err());

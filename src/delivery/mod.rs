@@ -8,7 +8,9 @@
 //! - `client`: the SMTP client's I/O, a pump over `smtp::client`;
 //! - `tls`: outbound TLS policy; `pool`: connection reuse;
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
-//! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
+//! - `loops`: never deliver to ourselves (RFC 5321 §5.1);
+//! - `shaping`: limits per destination (`[shaping]`), suspensions, and
+//!   their sharing through Redis (`[cluster]`).
 
 pub mod attempt;
 pub mod client;
@@ -20,6 +22,7 @@ pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
+pub mod shaping;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -5,7 +5,8 @@
 //! A connection is keyed by everything that shaped its session: address,
 //! host name (TLS identity), TLS mode and AUTH user. It goes back to the pool
 //! only after a clean transaction, and is closed after `MAX_IDLE` or
-//! `MAX_TRANSACTIONS`.
+//! `MAX_TRANSACTIONS` (or a shaping rule's `messages_per_connection`, see
+//! [`with_transaction_limit`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,22 @@ use super::tls::TlsMode;
 pub const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Transactions after which a connection is closed rather than reused.
 pub const MAX_TRANSACTIONS: u32 = 200;
+
+tokio::task_local! {
+    /// The `messages_per_connection` of the shaping rule a delivery runs
+    /// under: set around it by the scheduler, read by [`Pool::put`].
+    static TRANSACTION_LIMIT: u32;
+}
+
+/// Runs `delivery` with connections closed after `limit` transactions
+/// (a shaping rule's `messages_per_connection`) instead of
+/// [`MAX_TRANSACTIONS`].
+pub async fn with_transaction_limit<F: Future>(limit: Option<u32>, delivery: F) -> F::Output {
+    match limit {
+        Some(limit) => TRANSACTION_LIMIT.scope(limit, delivery).await,
+        None => delivery.await,
+    }
+}
 
 /// What a pooled connection was set up for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,7 +101,11 @@ impl Pool {
     /// it is not [usable](Connection::is_usable), has done enough, or the key
     /// already has enough idle ones.
     pub fn put(&self, key: PoolKey, connection: Connection) {
-        if !connection.is_usable() || connection.transactions() >= MAX_TRANSACTIONS {
+        let limit = TRANSACTION_LIMIT
+            .try_with(|limit| *limit)
+            .unwrap_or(MAX_TRANSACTIONS)
+            .min(MAX_TRANSACTIONS);
+        if !connection.is_usable() || connection.transactions() >= limit {
             close_later(connection);
             return;
         }

@@ -42,6 +42,8 @@ pub async fn run(engine: Arc<Engine>) {
     ctx.tasks.spawn(async move {
         reaper_engine.pool.run_reaper(reaper_shutdown).await;
     });
+    ctx.tasks
+        .spawn(ctx.shaper.clone().run(ctx.shutdown.clone()));
 
     // Claimed messages in progress. Twice the transaction limit keeps the
     // transaction slots busy while finished messages are being recorded.
@@ -188,9 +190,10 @@ async fn deliver_message(
     }
 
     let all_busy = attempts.is_empty()
-        && groups
-            .keys()
-            .all(|domain| engine.domain_limit(domain).available_permits() == 0);
+        && groups.keys().all(|domain| {
+            engine.domain_limit(domain).available_permits() == 0
+                || engine.ctx.shaper.looks_busy(domain)
+        });
     // Held until the end of this function, whichever it is.
     let waiting_permit = all_busy.then(|| waiting.try_acquire_owned().ok()).flatten();
     let _held = match waiting_permit {
@@ -205,12 +208,29 @@ async fn deliver_message(
         let engine = engine.clone();
         let message = &message;
         async move {
-            let (_domain_permit, waited_for_domain) = acquire(engine.domain_limit(domain)).await;
+            let config = engine.ctx.config();
+            let shaper = engine.ctx.shaper.clone();
+            let shaped = shaper
+                .resolve(&config, domain, async || mx_host_names(&engine, domain).await)
+                .await;
+            if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
+                return Round::Postponed(indices.clone(), suspension);
+            }
+            let (admission, waited_for_domain, _domain_permit) = match &shaped {
+                Some(resolved) => match shaper.admit(resolved, &engine.ctx.shutdown).await {
+                    Some((admission, waited)) => (Some(admission), waited, None),
+                    None => return Round::Attempts(Vec::new()),
+                },
+                None => {
+                    let (permit, waited) = acquire(engine.domain_limit(domain)).await;
+                    (None, waited, Some(permit))
+                }
+            };
             let (_permit, waited) = acquire(engine.transactions.clone()).await;
             // Shutting down: leave these recipients as they are; they are
             // due again after the restart.
             if engine.ctx.shutdown.is_cancelled() {
-                return Vec::new();
+                return Round::Attempts(Vec::new());
             }
             // The wait for the permits can be long: if the operator held,
             // deleted or bounced the message meanwhile, leave it alone (its
@@ -221,19 +241,81 @@ async fn deliver_message(
                 && current.is_none_or(|current| current.held)
             {
                 tracing::debug!(queue_id = %message.id, domain, "held or removed while waiting; not delivered");
-                return Vec::new();
+                return Round::Attempts(Vec::new());
             }
-            deliver_domain(&engine, message, domain, indices).await
+            // Suspended while this one waited (another message's reply).
+            if waited_for_domain
+                && let Some(suspension) = shaper.suspended(domain, shaped.as_ref())
+            {
+                return Round::Postponed(indices.clone(), suspension);
+            }
+            let per_connection = admission.as_ref().and_then(|admission| admission.per_connection);
+            let attempts = super::pool::with_transaction_limit(
+                per_connection,
+                deliver_domain(&engine, message, domain, indices),
+            )
+            .await;
+            if let Some(resolved) = &shaped {
+                shaper.after(resolved, &attempts).await;
+            }
+            Round::Attempts(attempts)
         }
     });
-    for results in futures::future::join_all(rounds).await {
-        attempts.extend(results);
+    let mut postponed = Vec::new();
+    for round in futures::future::join_all(rounds).await {
+        match round {
+            Round::Attempts(results) => attempts.extend(results),
+            Round::Postponed(indices, suspension) => postponed.push((indices, suspension)),
+        }
+    }
+    for (indices, suspension) in postponed {
+        // Not an attempt: nothing is charged, and the recipients are due
+        // again when the suspension ends.
+        let note = format!(
+            "4.7.0 delivery to {} suspended until {}: {}",
+            suspension.destination,
+            suspension
+                .until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            suspension.reason
+        );
+        tracing::info!(
+            queue_id = %message.id,
+            destination = %suspension.destination,
+            recipients = indices.len(),
+            until = %suspension.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "destination suspended; delivery put off"
+        );
+        if let Err(error) = ctx
+            .queue
+            .postpone(&message.id, &indices, suspension.until, &note)
+            .await
+        {
+            tracing::warn!(queue_id = %message.id, %error, "cannot put off delivery to a suspended destination");
+        }
     }
     if attempts.is_empty() {
         ctx.queue.unclaim(&message.id);
         return;
     }
     record(&engine, &message, attempts).await;
+}
+
+/// What became of one domain group of a message in this round.
+enum Round {
+    /// Delivered (or not, at shutdown: then empty).
+    Attempts(Vec<Attempt>),
+    /// Its destination is suspended: these recipients wait, uncharged.
+    Postponed(Vec<usize>, sluice_queue::Suspension),
+}
+
+/// The MX host names of `domain` (or its route's host), for shaping rules
+/// keyed by MX suffix; empty when they cannot be found.
+async fn mx_host_names(engine: &Engine, domain: &str) -> Vec<String> {
+    match engine.router.next_hop(domain).await {
+        Ok(hop) => hop.hosts.iter().map(|host| host.name.clone()).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// True while a recipient still needs an attempt.
