@@ -706,7 +706,11 @@ impl Queue {
         let now = Utc::now();
         self.change(id, Lease::Keep, |message| {
             for recipient in &mut message.recipients {
-                if recipient.status == RecipientStatus::Deferred {
+                // A pending recipient with a time was put off (postpone).
+                if recipient.status == RecipientStatus::Deferred
+                    || (recipient.status == RecipientStatus::Pending
+                        && recipient.next_attempt_at.is_some())
+                {
                     recipient.next_attempt_at = Some(now);
                 }
             }

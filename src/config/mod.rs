@@ -42,7 +42,7 @@ pub use log::{LogConfig, LogFormat};
 pub use next_hop::{HostName, NextHopAddress};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
-pub use shaping::{ClusterConfig, Rate, Shaping, ShapingKey, ShapingRule};
+pub use shaping::{ClusterConfig, DEFAULT_SUSPEND_FOR, Rate, Shaping, ShapingKey, ShapingRule};
 pub use spool::SpoolConfig;
 pub use units::{format_byte_size, format_duration, parse_byte_size};
 

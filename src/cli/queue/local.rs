@@ -15,6 +15,7 @@ use crate::admin::content;
 use crate::admin::error::AdminError;
 use crate::admin::ops;
 use crate::admin::summary::{self, Summary};
+use crate::admin::suspensions::{self, SuspensionList, SuspensionView};
 use crate::admin::view::{JsonArrayWriter, ListFilter, MessageView};
 use crate::config::Config;
 use crate::context::Context;
@@ -162,7 +163,11 @@ impl Access for Local {
             return Ok(Summary::default());
         };
         let _guard = self.runtime.enter();
-        Ok(summary::build(&ctx.queue, chrono::Utc::now())?)
+        let mut summary = summary::build(&ctx.queue, chrono::Utc::now())?;
+        summary::mark_suspended(&mut summary, |domain| {
+            ctx.shaper.suspended_as_known(domain).is_some()
+        });
+        Ok(summary)
     }
 
     fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -179,6 +184,46 @@ impl Access for Local {
 
     /// Waits for any task an action started (a bounce's DSN), then flushes
     /// the queue to disk and releases the spool.
+    fn suspend(
+        &mut self,
+        destination: &str,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<SuspensionView> {
+        let Some(ctx) = &self.ctx else {
+            anyhow::bail!("there is no spool yet: start the server once, or suspend through it");
+        };
+        let destination = crate::delivery::shaping::normalize(destination);
+        let duration = duration.unwrap_or_else(|| suspensions::default_duration(ctx, &destination));
+        let until = chrono::Utc::now() + chrono::Duration::from_std(duration)?;
+        let suspension = self.runtime.block_on(ctx.shaper.suspend(
+            &destination,
+            until,
+            crate::delivery::shaping::BY_HAND.to_string(),
+        ))?;
+        Ok(SuspensionView::from(&suspension))
+    }
+
+    fn resume(&mut self, destination: &str) -> anyhow::Result<bool> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(false);
+        };
+        let resumed = self.runtime.block_on(ctx.shaper.resume(destination))?;
+        if resumed {
+            let destination = crate::delivery::shaping::normalize(destination);
+            self.runtime
+                .block_on(suspensions::wake_postponed(ctx, &destination));
+        }
+        Ok(resumed)
+    }
+
+    fn suspensions(&mut self) -> anyhow::Result<SuspensionList> {
+        let suspensions = match &self.ctx {
+            Some(ctx) => ctx.shaper.list().iter().map(SuspensionView::from).collect(),
+            None => Vec::new(),
+        };
+        Ok(SuspensionList { suspensions })
+    }
+
     fn close(&mut self) -> anyhow::Result<()> {
         let Some(ctx) = self.ctx.take() else {
             return Ok(());

@@ -468,6 +468,43 @@ impl Shaper {
         None
     }
 
+    /// The suspension in force for recipient `domain`, or for the MX
+    /// suffix destination it was last delivered under (no lookups).
+    pub fn suspended_as_known(&self, domain: &str) -> Option<Suspension> {
+        let domain = domain.to_ascii_lowercase();
+        let suffix = {
+            let destinations = lock(&self.destinations);
+            let cache = lock(&self.mx_hosts);
+            cache.get(&domain).and_then(|(hosts, _)| {
+                destinations
+                    .values()
+                    .filter(|destination| destination.name.starts_with('.'))
+                    .filter(|destination| {
+                        hosts.iter().any(|host| host.ends_with(&destination.name))
+                    })
+                    .max_by_key(|destination| destination.name.len())
+                    .cloned()
+            })
+        };
+        match suffix {
+            Some(destination) => {
+                let resolved = Resolved {
+                    rule: ShapingRule {
+                        key: ShapingKey::MxSuffix(destination.name.clone()),
+                        connections: None,
+                        messages_per_connection: None,
+                        rate: None,
+                        suspend_on: Vec::new(),
+                        suspend_for: crate::config::DEFAULT_SUSPEND_FOR,
+                    },
+                    destination,
+                };
+                self.suspended(&domain, Some(&resolved))
+            }
+            None => self.suspended(&domain, None),
+        }
+    }
+
     /// Suspends `destination` until `until`: in memory, in the spool, and
     /// in Redis when shared. Durable on return (the spool part).
     pub async fn suspend(
