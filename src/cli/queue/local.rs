@@ -25,6 +25,8 @@ use crate::context::Context;
 pub struct Local {
     runtime: tokio::runtime::Runtime,
     ctx: Option<Context>,
+    /// For creating the spool when a command needs one (`queue suspend`).
+    config: Config,
 }
 
 /// Why the spool could not be opened.
@@ -44,7 +46,11 @@ impl Local {
             .map_err(|error| OpenError::Other(error.into()))?;
         let path = config.spool.path.clone();
         if !path.exists() {
-            return Ok(Local { runtime, ctx: None });
+            return Ok(Local {
+                runtime,
+                ctx: None,
+                config: config.clone(),
+            });
         }
         let options = QueueOptions {
             cache_capacity: config.spool.cache_capacity,
@@ -59,6 +65,7 @@ impl Local {
         Ok(Local {
             runtime,
             ctx: Some(ctx),
+            config: config.clone(),
         })
     }
 
@@ -189,9 +196,18 @@ impl Access for Local {
         destination: &str,
         duration: Option<std::time::Duration>,
     ) -> anyhow::Result<SuspensionView> {
-        let Some(ctx) = &self.ctx else {
-            anyhow::bail!("there is no spool yet: start the server once, or suspend through it");
-        };
+        if self.ctx.is_none() {
+            // The spool keeps suspensions: create it.
+            let options = QueueOptions {
+                cache_capacity: self.config.spool.cache_capacity,
+            };
+            let path = self.config.spool.path.clone();
+            let queue = self
+                .runtime
+                .block_on(async { Queue::open_admin(&path, options) })?;
+            self.ctx = Some(Context::new(Arc::new(self.config.clone()), queue));
+        }
+        let ctx = self.ctx.as_ref().expect("the spool was opened just above");
         let destination = crate::delivery::shaping::normalize(destination);
         let duration = duration.unwrap_or_else(|| suspensions::default_duration(ctx, &destination));
         let until = chrono::Utc::now() + chrono::Duration::from_std(duration)?;

@@ -427,18 +427,20 @@ impl Shaper {
         let until = Utc::now()
             + chrono::Duration::from_std(resolved.rule.suspend_for)
                 .unwrap_or(chrono::Duration::hours(1));
-        tracing::warn!(
-            destination = %destination.name,
-            rule = %destination.rule,
-            until = %until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            reply = ?trigger.reply,
-            "destination suspended by its reply"
-        );
-        if let Err(error) = self
+        match self
             .suspend(&destination.name, until, trigger.reply.clone())
             .await
         {
-            tracing::error!(destination = %destination.name, %error, "cannot store the suspension");
+            Ok(_) => tracing::warn!(
+                destination = %destination.name,
+                rule = %destination.rule,
+                until = %until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                reply = ?trigger.reply,
+                "destination suspended by its reply"
+            ),
+            Err(error) => {
+                tracing::error!(destination = %destination.name, %error, "cannot store the suspension");
+            }
         }
     }
 
