@@ -336,6 +336,7 @@ impl Shaper {
         };
         let mut lease = None;
         if let Some(shared) = &self.shared {
+            shared.started().await;
             loop {
                 match shared
                     .lease(&destination.name, &destination.rule, destination.limit)

@@ -145,6 +145,16 @@ impl Shared {
         self.health() == Health::Up
     }
 
+    /// Waits (at most a connection timeout and a bit) for the first try to
+    /// reach Redis, so that a node starting with a backlog does not spend
+    /// its first moments on local limits.
+    pub async fn started(&self) {
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT * 3;
+        while self.health() == Health::Starting && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn connection(&self) -> Option<MultiplexedConnection> {
         if !self.is_up() {
             return None;
