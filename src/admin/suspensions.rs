@@ -106,8 +106,6 @@ pub async fn resume(
     let destination = checked(&destination)?;
     if ctx.shaper.resume(&destination).await? {
         tracing::info!(destination, "destination resumed by the operator");
-        // Mail put off until the end of the suspension is due now.
-        wake_postponed(&ctx, &destination).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AdminError::NoSuspension(destination))
@@ -121,36 +119,6 @@ pub fn default_duration(ctx: &Context, destination: &str) -> std::time::Duration
         .shaping
         .rule_keyed(destination)
         .map_or(crate::config::DEFAULT_SUSPEND_FOR, |rule| rule.suspend_for)
-}
-
-/// Makes the messages put off for `destination` due now: a recipient in
-/// that domain (or whose note names the destination) with a next attempt
-/// in the future and no attempt charged for the wait.
-pub async fn wake_postponed(ctx: &Context, destination: &str) {
-    let queue = ctx.queue.clone();
-    let marker = format!("delivery to {destination} suspended until");
-    let ids = tokio::task::spawn_blocking(move || {
-        let mut ids = Vec::new();
-        for message in queue.iter(None).flatten() {
-            let put_off = message.recipients.iter().any(|recipient| {
-                recipient
-                    .last_reply
-                    .as_deref()
-                    .is_some_and(|reply| reply.contains(&marker))
-            });
-            if put_off && !message.held {
-                ids.push(message.id.clone());
-            }
-        }
-        ids
-    })
-    .await
-    .unwrap_or_default();
-    for id in ids {
-        if let Err(error) = ctx.queue.retry_now(&id).await {
-            tracing::debug!(queue_id = %id, %error, "cannot make a put-off message due");
-        }
-    }
 }
 
 fn checked(destination: &str) -> Result<String, AdminError> {

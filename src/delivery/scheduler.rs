@@ -271,14 +271,7 @@ async fn deliver_message(
     for (indices, suspension) in postponed {
         // Not an attempt: nothing is charged, and the recipients are due
         // again when the suspension ends.
-        let note = format!(
-            "4.7.0 delivery to {} suspended until {}: {}",
-            suspension.destination,
-            suspension
-                .until
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            suspension.reason
-        );
+        let note = super::shaping::postpone_note(&suspension);
         tracing::info!(
             queue_id = %message.id,
             destination = %suspension.destination,

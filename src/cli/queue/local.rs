@@ -224,11 +224,6 @@ impl Access for Local {
             return Ok(false);
         };
         let resumed = self.runtime.block_on(ctx.shaper.resume(destination))?;
-        if resumed {
-            let destination = crate::delivery::shaping::normalize(destination);
-            self.runtime
-                .block_on(suspensions::wake_postponed(ctx, &destination));
-        }
         Ok(resumed)
     }
 

@@ -19,7 +19,7 @@ pub struct ShapingMetrics {
     pub rate_wait_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// 1 while a destination is suspended.
     pub suspended: Family<Labels, Gauge>,
-    /// Redis calls that failed or timed out, by rule ("" for suspensions).
+    /// Redis calls that failed or timed out, by rule ("-" for the others).
     pub redis_errors: Family<Labels, Counter>,
     /// 1 while Redis cannot be reached and limits are local.
     pub redis_fallback: Gauge,

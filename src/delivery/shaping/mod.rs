@@ -195,6 +195,7 @@ impl Shaper {
                 if let Err(error) = shaper.queue.resume(&destination).await {
                     tracing::warn!(destination, %error, "cannot remove a stored suspension");
                 }
+                shaper.wake_postponed(&destination).await;
             }
             if let Some(shared) = &shaper.shared {
                 for suspension in unpushed {
@@ -407,11 +408,14 @@ impl Shaper {
         ))
     }
 
-    /// After a transaction under `resolved`: counts it, and suspends the
+    /// After a transaction under `resolved`: counts it when sent, and suspends the
     /// destination when a reply matches the rule's `suspend_on`.
     pub async fn after(&self, resolved: &Resolved, attempts: &[Attempt]) {
         let destination = &resolved.destination;
-        if attempts.iter().any(|attempt| attempt.remote_mta.is_some()) {
+        if attempts
+            .iter()
+            .any(|attempt| attempt.verdict == Verdict::Sent)
+        {
             self.metrics
                 .messages_sent
                 .get_or_create(&metrics::rule(&destination.rule))
@@ -536,7 +540,8 @@ impl Shaper {
         Ok(suspension)
     }
 
-    /// Ends the suspension of `destination`; true when there was one.
+    /// Ends the suspension of `destination` (here, in the spool and in
+    /// Redis) and makes its put-off mail due; true when there was one.
     pub async fn resume(&self, destination: &str) -> Result<bool, sluice_queue::QueueError> {
         let destination = normalize(destination);
         let local = lock(&self.suspensions).remove(&destination).is_some();
@@ -550,7 +555,42 @@ impl Shaper {
             .suspended
             .get_or_create(&metrics::destination(&destination))
             .set(0);
-        Ok(local || stored || shared_had)
+        let resumed = local || stored || shared_had;
+        if resumed {
+            self.wake_postponed(&destination).await;
+        }
+        Ok(resumed)
+    }
+
+    /// Makes the mail put off for `destination` due now (after a
+    /// resume): the unheld messages with a recipient whose last reply is
+    /// the note [`postpone_note`] wrote for it. Reads every record, on the
+    /// blocking pool.
+    pub async fn wake_postponed(&self, destination: &str) {
+        let queue = self.queue.clone();
+        let marker = format!("delivery to {destination} suspended until");
+        let ids = tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            for message in queue.iter(None).flatten() {
+                let put_off = message.recipients.iter().any(|recipient| {
+                    recipient
+                        .last_reply
+                        .as_deref()
+                        .is_some_and(|reply| reply.contains(&marker))
+                });
+                if put_off && !message.held {
+                    ids.push(message.id.clone());
+                }
+            }
+            ids
+        })
+        .await
+        .unwrap_or_default();
+        for id in ids {
+            if let Err(error) = self.queue.retry_now(&id).await {
+                tracing::debug!(queue_id = %id, %error, "cannot make a put-off message due");
+            }
+        }
     }
 
     /// Every suspension in force, soonest to end first. Expired ones are
@@ -595,6 +635,19 @@ impl Shaper {
         });
         list
     }
+}
+
+/// The last reply noted on recipients put off by `suspension` (what
+/// `queue show` displays, and what [`Shaper::wake_postponed`] looks for).
+pub fn postpone_note(suspension: &Suspension) -> String {
+    format!(
+        "4.7.0 delivery to {} suspended until {}: {}",
+        suspension.destination,
+        suspension
+            .until
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        suspension.reason
+    )
 }
 
 /// A destination as stored: lower case, no trailing dot.

@@ -35,6 +35,9 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often shared suspensions are read, and Redis probed while down.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
+/// The `rule` label of Redis errors outside a rule's decision.
+const NO_RULE: &str = "-";
+
 /// The hash holding shared suspensions.
 const SUSPENSIONS_KEY: &str = "sluice:suspensions";
 
@@ -264,7 +267,7 @@ impl Shared {
         };
         let field = suspension.destination.clone();
         let stored = self
-            .call("", async move |mut connection| {
+            .call(NO_RULE, async move |mut connection| {
                 redis::cmd("HSET")
                     .arg(SUSPENSIONS_KEY)
                     .arg(field)
@@ -284,7 +287,7 @@ impl Shared {
     pub async fn resume(&self, destination: &str) -> bool {
         lock(&self.suspensions).remove(destination);
         let field = destination.to_string();
-        self.call("", async move |mut connection| {
+        self.call(NO_RULE, async move |mut connection| {
             redis::cmd("HDEL")
                 .arg(SUSPENSIONS_KEY)
                 .arg(field)
@@ -361,14 +364,14 @@ impl Shared {
                     tracing::info!("limits shared through Redis");
                 }
             }
-            Ok(Err(error)) => self.failed("", &error.to_string()),
-            Err(_) => self.failed("", "connecting timed out"),
+            Ok(Err(error)) => self.failed(NO_RULE, &error.to_string()),
+            Err(_) => self.failed(NO_RULE, "connecting timed out"),
         }
     }
 
     async fn read_suspensions(&self) -> Option<HashMap<String, Suspension>> {
         let raw: HashMap<String, String> = self
-            .call("", async move |mut connection| {
+            .call(NO_RULE, async move |mut connection| {
                 redis::cmd("HGETALL")
                     .arg(SUSPENSIONS_KEY)
                     .query_async(&mut connection)
@@ -387,7 +390,7 @@ impl Shared {
             }
         }
         if !expired.is_empty() {
-            self.call("", async move |mut connection| {
+            self.call(NO_RULE, async move |mut connection| {
                 redis::cmd("HDEL")
                     .arg(SUSPENSIONS_KEY)
                     .arg(expired)
@@ -404,7 +407,7 @@ impl Shared {
         let ttl = LEASE_TTL.as_millis() as u64;
         for (key, member) in leases {
             let renewed = self
-                .call("", async move |mut connection| {
+                .call(NO_RULE, async move |mut connection| {
                     redis::Script::new(RENEW_SCRIPT)
                         .key(key)
                         .arg(member)
