@@ -137,10 +137,14 @@ pub async fn run(engine: Arc<Engine>) {
 
 /// Delivers the due recipients of one claimed message and records the
 /// outcome. Holds `slot` until done, except when every domain it goes to is
-/// at its `per_domain_concurrency`: then it trades the slot for a `waiting`
+/// at its `per_domain_concurrency` or shaping limit: then it trades the slot for a `waiting`
 /// permit (when one is left), so that a backlog to one slow domain does not
-/// take every slot and starve mail to the others. The transactions it starts
-/// later are still bounded by `concurrency`.
+/// take every slot and starve mail to the others, and keeps only its ID
+/// while it waits (the message is read again when its turn comes). The
+/// transactions it starts later are still bounded by `concurrency`.
+///
+/// A domain whose destination is suspended (`shaping`) is not attempted:
+/// its recipients are put off until the suspension ends, uncharged.
 async fn deliver_message(
     engine: Arc<Engine>,
     claim: Claim,
@@ -196,17 +200,23 @@ async fn deliver_message(
         });
     // Held until the end of this function, whichever it is.
     let waiting_permit = all_busy.then(|| waiting.try_acquire_owned().ok()).flatten();
-    let _held = match waiting_permit {
+    let (_held, light) = match waiting_permit {
         Some(waiting_permit) => {
             drop(slot);
-            waiting_permit
+            (waiting_permit, true)
         }
-        None => slot,
+        None => (slot, false),
     };
+    // Waiting behind busy destinations (a connection limit, a rate): keep
+    // only the ID and the groups, not the envelope; the message is read
+    // again when its turn comes.
+    let id = message.id.clone();
+    let kept: Option<Message> = (!light).then_some(message);
+    let kept_ref = kept.as_ref();
 
     let rounds = groups.iter().map(|(domain, indices)| {
         let engine = engine.clone();
-        let message = &message;
+        let id = &id;
         async move {
             let config = engine.ctx.config();
             let shaper = engine.ctx.shaper.clone();
@@ -236,13 +246,25 @@ async fn deliver_message(
             // deleted or bounced the message meanwhile, leave it alone (its
             // claim is given back, or went with it). Without a wait, the
             // message was read at its claim a moment ago.
-            if (waited_for_domain || waited)
-                && let Ok(current) = engine.ctx.queue.get(&message.id)
-                && current.is_none_or(|current| current.held)
-            {
-                tracing::debug!(queue_id = %message.id, domain, "held or removed while waiting; not delivered");
+            let read_again = if waited_for_domain || waited || kept_ref.is_none() {
+                match engine.ctx.queue.get(id) {
+                    Ok(Some(current)) if !current.held => Some(current),
+                    Ok(_) => {
+                        tracing::debug!(queue_id = %id, domain, "held or removed while waiting; not delivered");
+                        return Round::Attempts(Vec::new());
+                    }
+                    Err(error) if kept_ref.is_none() => {
+                        tracing::warn!(queue_id = %id, %error, "cannot read a waiting message; trying later");
+                        return Round::Attempts(Vec::new());
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let Some(message) = read_again.as_ref().or(kept_ref) else {
                 return Round::Attempts(Vec::new());
-            }
+            };
             // Suspended while this one waited (another message's reply).
             if waited_for_domain
                 && let Some(suspension) = shaper.suspended(domain, shaped.as_ref())
@@ -273,7 +295,7 @@ async fn deliver_message(
         // again when the suspension ends.
         let note = super::shaping::postpone_note(&suspension);
         tracing::info!(
-            queue_id = %message.id,
+            queue_id = %id,
             destination = %suspension.destination,
             recipients = indices.len(),
             until = %suspension.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -281,16 +303,32 @@ async fn deliver_message(
         );
         if let Err(error) = ctx
             .queue
-            .postpone(&message.id, &indices, suspension.until, &note)
+            .postpone(&id, &indices, suspension.until, &note)
             .await
         {
-            tracing::warn!(queue_id = %message.id, %error, "cannot put off delivery to a suspended destination");
+            tracing::warn!(queue_id = %id, %error, "cannot put off delivery to a suspended destination");
         }
     }
     if attempts.is_empty() {
-        ctx.queue.unclaim(&message.id);
+        ctx.queue.unclaim(&id);
         return;
     }
+    let message = match kept {
+        Some(message) => message,
+        // Read again for the record, as it is now.
+        None => match ctx.queue.get(&id) {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                tracing::info!(queue_id = %id, "message left the queue during delivery (deleted or bounced); outcomes not recorded");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "cannot read the message to record its outcomes; it will be retried");
+                unclaim_after_pause_id(&engine, &id).await;
+                return;
+            }
+        },
+    };
     record(&engine, &message, attempts).await;
 }
 
@@ -365,12 +403,17 @@ async fn acquire(
 /// (disk full, I/O errors), and a message due again at once would be
 /// redelivered in a busy loop.
 async fn unclaim_after_pause(engine: &Engine, message: &Message) {
+    unclaim_after_pause_id(engine, &message.id).await;
+}
+
+/// [`unclaim_after_pause`] by ID.
+async fn unclaim_after_pause_id(engine: &Engine, id: &sluice_queue::QueueId) {
     let pause = engine.ctx.config().delivery.retry_initial.max(ERROR_PAUSE);
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
         _ = engine.ctx.shutdown.cancelled() => {}
     }
-    engine.ctx.queue.unclaim(&message.id);
+    engine.ctx.queue.unclaim(id);
 }
 
 /// True when the message was deleted or bounced by the operator while its

@@ -11,7 +11,8 @@
 //! - `metrics`: what `/metrics` shows per rule.
 //!
 //! Mail held back by a connection limit or a rate waits in its delivery
-//! task (its envelope, never its body), without an attempt being charged;
+//! task, keeping only its ID (the scheduler reads it again when its turn
+//! comes), without an attempt being charged;
 //! mail to a suspended destination is put off in the queue until the
 //! suspension ends ([`sluice_queue::Queue::postpone`]: only its ID stays
 //! in the due index), and then goes through the rate like any other.
