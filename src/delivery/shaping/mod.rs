@@ -141,9 +141,19 @@ impl Shaper {
         }
     }
 
-    /// Keeps the shared side going (Redis) until `shutdown`; returns at
-    /// once without `[cluster] redis`.
+    /// Removes ended suspensions from the spool, then keeps the shared
+    /// side going (Redis) until `shutdown`; without `[cluster] redis`,
+    /// returns after the clean-up.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // Suspensions that ended while the server was down leave the spool.
+        let now = Utc::now();
+        for stored in self.queue.suspensions().unwrap_or_default() {
+            if stored.until <= now
+                && let Err(error) = self.queue.resume(&stored.destination).await
+            {
+                tracing::warn!(destination = %stored.destination, %error, "cannot remove an ended suspension");
+            }
+        }
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -159,10 +169,15 @@ impl Shaper {
     fn reconcile(self: &Arc<Self>, found: &HashMap<String, Suspension>) {
         let mut resumed = Vec::new();
         let mut unpushed = Vec::new();
+        let mut expired = Vec::new();
+        let now = Utc::now();
         {
             let mut ours = lock(&self.suspensions);
             ours.retain(|destination, (suspension, pushed)| {
-                if found.contains_key(destination) {
+                if suspension.until <= now {
+                    expired.push(destination.clone());
+                    false
+                } else if found.contains_key(destination) {
                     *pushed = true;
                     true
                 } else if *pushed {
@@ -174,7 +189,7 @@ impl Shaper {
                 }
             });
         }
-        for destination in &resumed {
+        for destination in resumed.iter().chain(&expired) {
             self.metrics
                 .suspended
                 .get_or_create(&metrics::destination(destination))
@@ -186,11 +201,16 @@ impl Shaper {
                 .get_or_create(&metrics::destination(destination))
                 .set(1);
         }
-        if resumed.is_empty() && unpushed.is_empty() {
+        if resumed.is_empty() && unpushed.is_empty() && expired.is_empty() {
             return;
         }
         let shaper = self.clone();
         tokio::spawn(async move {
+            for destination in expired {
+                if let Err(error) = shaper.queue.resume(&destination).await {
+                    tracing::warn!(destination, %error, "cannot remove a stored suspension");
+                }
+            }
             for destination in resumed {
                 tracing::info!(destination, "suspension ended on another node");
                 if let Err(error) = shaper.queue.resume(&destination).await {
