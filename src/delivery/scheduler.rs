@@ -265,10 +265,8 @@ async fn deliver_message(
             let Some(message) = read_again.as_ref().or(kept_ref) else {
                 return Round::Attempts(Vec::new());
             };
-            // Suspended while this one waited (another message's reply).
-            if waited_for_domain
-                && let Some(suspension) = shaper.suspended(domain, shaped.as_ref())
-            {
+            // Suspended meanwhile (another message's reply).
+            if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
                 return Round::Postponed(indices.clone(), suspension);
             }
             let per_connection = admission.as_ref().and_then(|admission| admission.per_connection);
