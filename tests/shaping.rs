@@ -8,6 +8,7 @@
 mod common {
     pub mod admin;
     pub mod destination;
+    pub mod dns;
     pub mod server;
     pub mod smtp;
     pub mod spool;
@@ -15,7 +16,7 @@ mod common {
 }
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::admin::http;
 use common::destination::{Destination, Options, wait_delivered};
+use common::dns::DnsServer;
 use common::spool::with_queue;
 use common::{DEADLINE, Sluice, cli, cli_ok, config_text, wait_for};
 use sluice_queue::Envelope;
@@ -145,6 +147,11 @@ fn connections_carry_at_most_messages_per_connection() {
         per_connection.values().filter(|&&count| count == 3).count(),
         3,
         "one connection is reused for the next waiting messages, up to 3: {per_connection:?}"
+    );
+    assert_eq!(
+        destination.max_open(),
+        1,
+        "the spent connection is closed before the next one opens"
     );
 }
 
@@ -291,17 +298,17 @@ fn the_backlog_is_released_at_the_rate_when_a_suspension_ends() {
         "[shaping.\"dest.test\"]\nrate = \"20/s\"\nconnections = 4\n",
     );
     let config_path = common::write_config(dir.path(), &text);
+    let started = Instant::now();
     cli_ok(
         &config_path,
         &["queue", "suspend", "dest.test", "--for", "2s"],
     );
     enqueue(dir.path(), "dest.test", 50);
-    let started = Instant::now();
     let _server = Sluice::start_with(dir, &text);
     wait_delivered(&destination, 50);
     let times = destination.transaction_times();
     assert!(
-        times[0].duration_since(started) >= Duration::from_millis(1500),
+        times[0].duration_since(started) >= Duration::from_millis(1900),
         "nothing is delivered while suspended"
     );
     let rate = rate_after_burst(&times, 20);
@@ -343,4 +350,36 @@ fn check_config_prints_shaping_and_cluster() {
     let (code, _, err) = cli(&path, &["check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains("shaping.\"x.test\".rate"), "{err}");
+}
+
+#[test]
+fn an_mx_suffix_rule_limits_every_domain_behind_it_together() {
+    let destination = slow_destination(Duration::from_millis(80));
+    let dns = DnsServer::start();
+    for domain in ["one.test", "two.test", "three.test"] {
+        dns.mx(domain, &[(10, &format!("mx.{domain}.hosting.test"))]);
+        dns.a(&format!("mx.{domain}.hosting.test"), &[Ipv4Addr::LOCALHOST]);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "[delivery]\ntls = \"disabled\"\nport = {port}\n\n{dns}\n\
+             [shaping.\".hosting.test\"]\nconnections = 1\n\n\
+             [shaping.\"*\"]\nconnections = 5\n",
+            port = destination.addr.port(),
+            dns = dns.config(),
+        ),
+    );
+    for domain in ["one.test", "two.test", "three.test"] {
+        enqueue(dir.path(), domain, 3);
+    }
+    let _server = Sluice::start_with(dir, &text);
+    wait_delivered(&destination, 9);
+    assert_eq!(
+        destination.max_open(),
+        1,
+        "the three domains share the suffix rule's one connection"
+    );
 }

@@ -321,6 +321,8 @@ pub async fn deliver_domain(
             let ran = match ran {
                 Some(ran) => ran,
                 None => {
+                    // A shaping rule's connection limit counts idle ones too.
+                    engine.pool.make_room().await;
                     let connection = match open_session(engine, host, address, mode, &hop).await {
                         Ok(connection) => connection,
                         Err(error) => {

@@ -269,12 +269,10 @@ async fn deliver_message(
             if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
                 return Round::Postponed(indices.clone(), suspension);
             }
-            let per_connection = admission.as_ref().and_then(|admission| admission.per_connection);
-            let attempts = super::pool::with_transaction_limit(
-                per_connection,
-                deliver_domain(&engine, message, domain, indices),
-            )
-            .await;
+            let scope = admission.as_ref().map(|admission| admission.pool_scope());
+            let attempts =
+                super::pool::shaped(scope, deliver_domain(&engine, message, domain, indices))
+                    .await;
             if let Some(resolved) = &shaped {
                 shaper.after(resolved, &attempts).await;
             }

@@ -88,6 +88,12 @@ impl Default for Options {
     }
 }
 
+thread_local! {
+    /// Set on a connection's thread once its client sent QUIT (and so was
+    /// no longer counted as open).
+    static QUIT_SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// One mail transaction as the destination saw it.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -209,7 +215,9 @@ impl Destination {
                 };
                 std::thread::spawn(move || {
                     let _ = serve(stream, number, &shared);
-                    shared.state.lock().expect("state lock").open -= 1;
+                    if !QUIT_SEEN.with(|seen| seen.get()) {
+                        shared.state.lock().expect("state lock").open -= 1;
+                    }
                 });
             }
         });
@@ -736,6 +744,10 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             }
             "NOOP" => conn.send("250 2.0.0 Ok")?,
             "QUIT" => {
+                // The session is over once the client quits: it no longer
+                // counts as open (the socket may linger a moment).
+                shared.state.lock().expect("state lock").open -= 1;
+                QUIT_SEEN.with(|seen| seen.set(true));
                 conn.send("221 2.0.0 Bye")?;
                 return Ok(());
             }

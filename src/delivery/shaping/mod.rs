@@ -76,8 +76,21 @@ pub struct Admission {
     _lease: Option<shared::Lease>,
     metrics: Arc<ShapingMetrics>,
     rule: String,
+    destination: Arc<Destination>,
     /// The rule's `messages_per_connection`.
     pub per_connection: Option<u32>,
+}
+
+impl Admission {
+    /// What the connection pool must respect for this delivery.
+    pub fn pool_scope(&self) -> super::pool::Shaped {
+        super::pool::Shaped {
+            per_connection: self.per_connection,
+            destination: Arc::from(self.destination.name.as_str()),
+            limit: self.destination.limit,
+            in_use: self.destination.connections.clone(),
+        }
+    }
 }
 
 impl Drop for Admission {
@@ -423,6 +436,7 @@ impl Shaper {
                 _lease: lease,
                 metrics: self.metrics.clone(),
                 rule: destination.rule.clone(),
+                destination: destination.clone(),
                 per_connection: resolved.rule.messages_per_connection.map(|n| n.get()),
             },
             waited,
