@@ -166,6 +166,8 @@ async fn metrics(State(ctx): State<Context>) -> Result<Response, AdminError> {
         .map_err(|error| AdminError::Internal(format!("queue stats failed: {error}")))??;
     let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
+    // Suspensions that ended show 0 (the list drops them).
+    ctx.shaper.list();
     let metrics = &ctx.metrics;
     metrics
         .queue_messages
