@@ -59,6 +59,12 @@ pub struct Destination {
     /// Fair (FIFO): one waiter at a time asks the bucket, the others queue
     /// behind it, so a backlog costs no polling.
     bucket: tokio::sync::Mutex<Gcra>,
+    /// The name again, shared with the connection pool.
+    pool_name: Arc<str>,
+    /// The rule's metrics, looked up once.
+    in_use: prometheus_client::metrics::gauge::Gauge,
+    sent: prometheus_client::metrics::counter::Counter,
+    rate_wait: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// A domain's rule and destination.
@@ -74,8 +80,6 @@ pub struct Resolved {
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
     _lease: Option<shared::Lease>,
-    metrics: Arc<ShapingMetrics>,
-    rule: String,
     destination: Arc<Destination>,
     /// The rule's `messages_per_connection`.
     pub per_connection: Option<u32>,
@@ -86,7 +90,7 @@ impl Admission {
     pub fn pool_scope(&self) -> super::pool::Shaped {
         super::pool::Shaped {
             per_connection: self.per_connection,
-            destination: Arc::from(self.destination.name.as_str()),
+            destination: self.destination.pool_name.clone(),
             limit: self.destination.limit,
             in_use: self.destination.connections.clone(),
         }
@@ -95,10 +99,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.metrics
-            .connections
-            .get_or_create(&metrics::rule(&self.rule))
-            .dec();
+        self.destination.in_use.dec();
     }
 }
 
@@ -318,6 +319,7 @@ impl Shaper {
                     || destination.connections.available_permits() < destination.limit
             });
         }
+        let labels = metrics::rule(rule.key.as_str());
         let destination = Arc::new(Destination {
             name: name.to_string(),
             rule: rule.key.as_str().to_string(),
@@ -325,6 +327,14 @@ impl Shaper {
             rate: rule.rate,
             connections: Arc::new(Semaphore::new(limit)),
             bucket: tokio::sync::Mutex::new(Gcra::default()),
+            pool_name: Arc::from(name),
+            in_use: self.metrics.connections.get_or_create(&labels).clone(),
+            sent: self.metrics.messages_sent.get_or_create(&labels).clone(),
+            rate_wait: self
+                .metrics
+                .rate_wait_seconds
+                .get_or_create(&labels)
+                .clone(),
         });
         destinations.insert(name.to_string(), destination.clone());
         destination
@@ -421,21 +431,13 @@ impl Shaper {
             if spent > Duration::from_millis(1) {
                 waited = true;
             }
-            self.metrics
-                .rate_wait_seconds
-                .get_or_create(&metrics::rule(&destination.rule))
-                .inc_by(spent.as_secs_f64());
+            destination.rate_wait.inc_by(spent.as_secs_f64());
         }
-        self.metrics
-            .connections
-            .get_or_create(&metrics::rule(&destination.rule))
-            .inc();
+        destination.in_use.inc();
         Some((
             Admission {
                 _permit: permit,
                 _lease: lease,
-                metrics: self.metrics.clone(),
-                rule: destination.rule.clone(),
                 destination: destination.clone(),
                 per_connection: resolved.rule.messages_per_connection.map(|n| n.get()),
             },
@@ -451,10 +453,7 @@ impl Shaper {
             .iter()
             .any(|attempt| attempt.verdict == Verdict::Sent)
         {
-            self.metrics
-                .messages_sent
-                .get_or_create(&metrics::rule(&destination.rule))
-                .inc();
+            destination.sent.inc();
         }
         if resolved.rule.suspend_on.is_empty() {
             return;
