@@ -27,6 +27,7 @@ use super::error::AdminError;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
 use super::summary;
+use super::suspensions;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
 
@@ -62,6 +63,11 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/queue/:id/hold", post(hold_one))
         .route("/v1/queue/:id/release", post(release_one))
         .route("/v1/queue/:id/bounce", post(bounce_one))
+        .route("/v1/suspensions", get(suspensions::list))
+        .route(
+            "/v1/suspensions/:destination",
+            post(suspensions::suspend).delete(suspensions::resume),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
@@ -162,6 +168,8 @@ async fn metrics(State(ctx): State<Context>) -> Result<Response, AdminError> {
     let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
     // The spool gauges are fresh even when no mail arrives (cached a second).
     ctx.disk.is_low(ctx.config().spool.min_free);
+    // Suspensions that ended show 0 (the list drops them).
+    ctx.shaper.list();
     let metrics = &ctx.metrics;
     metrics
         .queue_messages
@@ -383,9 +391,13 @@ async fn show(
 
 async fn summary(State(ctx): State<Context>) -> Result<Json<summary::Summary>, AdminError> {
     let queue = ctx.queue.clone();
-    let summary = tokio::task::spawn_blocking(move || summary::build(&queue, chrono::Utc::now()))
-        .await
-        .map_err(|error| AdminError::Internal(format!("queue summary failed: {error}")))??;
+    let mut summary =
+        tokio::task::spawn_blocking(move || summary::build(&queue, chrono::Utc::now()))
+            .await
+            .map_err(|error| AdminError::Internal(format!("queue summary failed: {error}")))??;
+    summary::mark_suspended(&mut summary, |domain| {
+        ctx.shaper.suspended_as_known(domain).is_some()
+    });
     Ok(Json(summary))
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod ops;
 pub mod summary;
+pub mod suspensions;
 pub mod view;
 
 use std::net::SocketAddr;
