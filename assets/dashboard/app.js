@@ -253,7 +253,7 @@
     }
     for (let hoursAgo = 24; hoursAgo >= 0; hoursAgo -= 4) {
       const t = end - hoursAgo * 3600;
-      root.append(svg('text', { x: x(t), y: height - 6, class: 'axis', 'text-anchor': 'middle' },
+      root.append(svg('text', { x: x(t), y: height - 6, class: 'axis', 'text-anchor': hoursAgo === 0 ? 'end' : 'middle' },
         hoursAgo === 0 ? 'now' : clock(t)));
     }
     for (const line of series) {

@@ -92,7 +92,10 @@ impl History {
     /// sample only sets the baseline of the counters (they count from the
     /// server's start, which may be long before).
     pub fn record(&self, now: i64, sample: Sample) {
-        let mut ring = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut ring = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let grown = |now: u64, before: u64| now.saturating_sub(before);
         let (received, sent, deferred, bounced) = match ring.last {
             Some(last) => (
@@ -129,14 +132,21 @@ impl History {
         minute.bounced += bounced;
         // Minutes older than a day go, even across a gap in sampling.
         let oldest = at - (MINUTES as i64 - 1) * 60;
-        while ring.minutes.front().is_some_and(|minute| minute.at < oldest) {
+        while ring
+            .minutes
+            .front()
+            .is_some_and(|minute| minute.at < oldest)
+        {
             ring.minutes.pop_front();
         }
     }
 
     /// The minutes kept, oldest first.
     pub fn minutes(&self) -> Vec<Minute> {
-        let ring = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let ring = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         ring.minutes.iter().copied().collect()
     }
 
@@ -203,8 +213,14 @@ mod tests {
         history.record(660, sample(1010, 2));
         let minutes = history.minutes();
         assert_eq!(minutes.len(), 2);
-        assert_eq!((minutes[0].at, minutes[0].sent, minutes[0].queued), (600, 4, 7));
-        assert_eq!((minutes[1].at, minutes[1].sent, minutes[1].queued), (660, 6, 2));
+        assert_eq!(
+            (minutes[0].at, minutes[0].sent, minutes[0].queued),
+            (600, 4, 7)
+        );
+        assert_eq!(
+            (minutes[1].at, minutes[1].sent, minutes[1].queued),
+            (660, 6, 2)
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ impl Dashboard {
 /// assets, login and logout. They carry no queue data.
 pub fn public_routes() -> Router<Context> {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -143,22 +146,31 @@ async fn state_route(
     extension: Option<axum::Extension<Dashboard>>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
     let dashboard = dashboard_of(extension)?;
-    let queue = ctx.queue.clone();
-    let stats = tokio::task::spawn_blocking(move || queue.stats())
-        .await
-        .map_err(|error| AdminError::Internal(format!("queue stats failed: {error}")))??;
     let config = ctx.config();
+    let queue = ctx.queue.clone();
+    let spool = config.spool.path.clone();
+    // The addresses the listeners got (port 0 in the file means "any"),
+    // from `<spool>/smtp.address`; the configured ones when it is missing.
+    let (stats, bound) = tokio::task::spawn_blocking(move || {
+        (queue.stats(), crate::runfile::read_listeners(&spool))
+    })
+    .await
+    .map_err(|error| AdminError::Internal(format!("queue stats failed: {error}")))?;
+    let stats = stats?;
     let metrics = &ctx.metrics;
-    let listeners: Vec<serde_json::Value> = config
-        .listeners
-        .iter()
-        .map(|listener| {
-            serde_json::json!({
-                "address": listener.address.to_string(),
-                "kind": listener.kind,
+    let listeners: Vec<serde_json::Value> = match bound {
+        Some(bound) => bound
+            .iter()
+            .map(|(kind, address)| serde_json::json!({"address": address.to_string(), "kind": kind}))
+            .collect(),
+        None => config
+            .listeners
+            .iter()
+            .map(|listener| {
+                serde_json::json!({"address": listener.address.to_string(), "kind": listener.kind})
             })
-        })
-        .collect();
+            .collect(),
+    };
     let failure = ctx.queue.failure();
     let delivery = if ctx.shutdown.is_cancelled() {
         "stopping"
