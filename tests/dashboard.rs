@@ -494,3 +494,134 @@ fn the_dashboard_shows_the_queue_and_acts_on_it_in_a_real_browser() {
     eprintln!("dashboard test took {elapsed:?}");
     assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
 }
+
+/// Sends one request; any status is an answer.
+fn call(request: ureq::Request, body: Option<&str>) -> ureq::Response {
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("no answer: {error}"),
+    }
+}
+
+/// A server with `admin_extra` in `[admin]` and mail going nowhere.
+fn quiet_server(admin_extra: &str) -> Sluice {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead = SocketAddr::from(([127, 0, 0, 1], 9));
+    let config = routed_config_text(dir.path(), dead, admin_extra, "");
+    Sluice::start_with(dir, &config)
+}
+
+#[test]
+fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
+    let sluice = quiet_server(&format!("token = \"{TOKEN}\""));
+    let base = format!("http://{}", sluice.admin);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build();
+    let login = |token: &str, headers: &[(&str, &str)]| {
+        let mut request = agent.post(&format!("{base}/login"));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        call(request, Some(&json!({ "token": token }).to_string()))
+    };
+    let own = [
+        ("X-Sluice-Request", "1"),
+        ("Content-Type", "application/json"),
+    ];
+
+    // Refused: a wrong token; a form another page could post (no custom
+    // header); a request from another origin.
+    assert_eq!(login("wrong", &own).status(), 401);
+    assert_eq!(
+        login(TOKEN, &[("Content-Type", "text/plain")]).status(),
+        403
+    );
+    let foreign = [("X-Sluice-Request", "1"), ("Origin", "http://evil.example")];
+    assert_eq!(login(TOKEN, &foreign).status(), 403);
+
+    let response = login(TOKEN, &own);
+    assert_eq!(response.status(), 204);
+    let set_cookie = response.header("set-cookie").expect("a cookie").to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_string();
+    assert!(!cookie.contains(TOKEN), "the token is encoded: {cookie}");
+
+    // The cookie opens the API and the dashboard's data.
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut request = agent.get(&format!("{base}{path}"));
+        if let Some(cookie) = cookie {
+            request = request.set("Cookie", cookie);
+        }
+        call(request, None)
+    };
+    assert_eq!(get("/v1/queue", None).status(), 401);
+    assert_eq!(get("/v1/queue", Some(&cookie)).status(), 200);
+    assert_eq!(get("/v1/queue", Some("sluice_token=00")).status(), 401);
+    let history: Value = get("/v1/dashboard/history", Some(&cookie))
+        .into_json()
+        .expect("history JSON");
+    assert_eq!(history["interval_seconds"], 10, "{history}");
+    let minute = &history["minutes"][0];
+    for key in [
+        "at",
+        "queued",
+        "held",
+        "deferred_recipients",
+        "received",
+        "sent",
+        "deferred",
+        "bounced",
+    ] {
+        assert!(
+            minute[key].is_u64() || minute[key].is_i64(),
+            "{key} in {minute}"
+        );
+    }
+    let state: Value = get("/v1/dashboard/state", Some(&cookie))
+        .into_json()
+        .expect("state JSON");
+    assert_eq!(state["delivery"], "running", "{state}");
+    assert_eq!(state["queue"]["messages"], 0, "{state}");
+
+    // The page itself needs no token and holds no data.
+    let page = get("/", None);
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(get("/assets/app.js", None).status(), 200);
+
+    let out = call(
+        agent
+            .post(&format!("{base}/logout"))
+            .set("X-Sluice-Request", "1"),
+        None,
+    );
+    assert_eq!(out.status(), 204);
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "logout expires the cookie"
+    );
+}
+
+#[test]
+fn without_a_token_the_dashboard_follows_the_loopback_rule() {
+    let sluice = quiet_server("");
+    let session = http("GET", sluice.admin, "/v1/dashboard/session", None).json();
+    assert_eq!(session["token_required"], false);
+    assert_eq!(
+        http("GET", sluice.admin, "/v1/dashboard/state", None).status,
+        200
+    );
+}
