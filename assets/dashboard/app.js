@@ -163,10 +163,26 @@
 
   let view = 'overview';
   let refreshTimer = null;
+  // Bumped whenever the view changes, so a read in flight does not start a
+  // second refresh loop.
+  let generation = 0;
 
   function stopRefresh() {
-    clearInterval(refreshTimer);
+    generation += 1;
+    clearTimeout(refreshTimer);
     refreshTimer = null;
+  }
+
+  // The overview is read again REFRESH_MS after the last read ended, or
+  // later when reading took long (the summary scans the whole queue: at
+  // 100,000 messages that is work for the server), and not while the tab is
+  // hidden.
+  async function refreshOverview(mine) {
+    const begun = Date.now();
+    if (!document.hidden) await loadOverview();
+    if (mine !== generation || view !== 'overview' || $('overview').hidden) return;
+    const took = Date.now() - begun;
+    refreshTimer = setTimeout(() => refreshOverview(mine), Math.max(REFRESH_MS, 10 * took));
   }
 
   function show(name) {
@@ -176,9 +192,9 @@
     $('tab-overview').classList.toggle('active', name === 'overview');
     $('tab-messages').classList.toggle('active', name === 'messages');
     stopRefresh();
+    generation += 1;
     if (name === 'overview') {
-      loadOverview();
-      refreshTimer = setInterval(loadOverview, REFRESH_MS);
+      refreshOverview(generation);
     } else {
       loadPage();
     }
