@@ -252,9 +252,17 @@
 
   // A line chart over the last 24 hours: series = [{cls, values}], one
   // value per entry of `times` (unix seconds).
+  // The charts' time range, in hours (1, 6 or 24), and the last history
+  // read, drawn again when the range changes.
+  let rangeHours = 24;
+  let lastHistory = null;
+
   function chart(container, times, series) {
     const width = 720, height = 180, left = 48, right = 8, top = 8, bottom = 22;
-    const end = Date.now() / 1000, begin = end - 24 * 3600;
+    const end = Date.now() / 1000, begin = end - rangeHours * 3600;
+    const shown = times.map((t, index) => [t, index]).filter(([t]) => t + 60 > begin);
+    times = shown.map(([t]) => t);
+    series = series.map((line) => ({ cls: line.cls, values: shown.map(([, index]) => line.values[index]) }));
     let max = 1;
     for (const line of series) for (const value of line.values) max = Math.max(max, value);
     const magnitude = Math.pow(10, Math.floor(Math.log10(max)));
@@ -267,10 +275,11 @@
       root.append(svg('line', { x1: left, x2: width - right, y1: y(v), y2: y(v), class: 'grid' }));
       root.append(svg('text', { x: left - 6, y: y(v) + 4, class: 'axis', 'text-anchor': 'end' }, number(v)));
     }
-    for (let hoursAgo = 24; hoursAgo >= 0; hoursAgo -= 4) {
-      const t = end - hoursAgo * 3600;
-      root.append(svg('text', { x: x(t), y: height - 6, class: 'axis', 'text-anchor': hoursAgo === 0 ? 'end' : 'middle' },
-        hoursAgo === 0 ? 'now' : clock(t)));
+    const tick = { 1: 600, 6: 3600, 24: 4 * 3600 }[rangeHours];
+    for (let ago = rangeHours * 3600; ago >= 0; ago -= tick) {
+      const t = end - ago;
+      root.append(svg('text', { x: x(t), y: height - 6, class: 'axis', 'text-anchor': ago === 0 ? 'end' : 'middle' },
+        ago === 0 ? 'now' : clock(t)));
     }
     for (const line of series) {
       if (!times.length) continue;
@@ -292,6 +301,7 @@
   }
 
   function renderHistory(history) {
+    lastHistory = history;
     const minutes = history.minutes;
     const times = minutes.map((m) => m.at);
     chart($('chart-queue'), times, [
@@ -623,6 +633,18 @@
       loadPage();
     });
     $('bulk-apply').addEventListener('click', bulk);
+    for (const button of document.querySelectorAll('[data-range]')) {
+      button.addEventListener('click', () => {
+        rangeHours = Number(button.dataset.range);
+        for (const other of document.querySelectorAll('[data-range]')) {
+          other.classList.toggle('active', other === button);
+        }
+        for (const title of document.querySelectorAll('.range-title')) {
+          title.textContent = button.textContent;
+        }
+        if (lastHistory) renderHistory(lastHistory);
+      });
+    }
     $('detail-close').addEventListener('click', () => { $('detail').hidden = true; detailId = null; });
     for (const button of document.querySelectorAll('#detail [data-action]')) {
       button.addEventListener('click', () => act(button.dataset.action));
