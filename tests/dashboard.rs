@@ -3,8 +3,8 @@
 //! with queued, deferred and held mail. Checks what the overview and the
 //! list show, runs actions end to end (one cancelled, one confirmed, one by
 //! filter), proves that a `<script>` in a sender, a subject and a remote
-//! reply is shown as text, and saves a screenshot of the overview to
-//! `target/dashboard.png`.
+//! reply is shown as text, and saves screenshots of the overview and of a
+//! message to `target/dashboard.png` and `target/dashboard-message.png`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them): without them this test fails, saying so.
@@ -36,7 +36,9 @@ const TOKEN: &str = "dash-Token-7";
 /// What the remote server answers every recipient but those at ok.test.
 const REMOTE_REPLY: &str = "451 4.7.1 <script>window.pwned=3</script> greylisted, try later";
 const EVIL_SENDER: &str = "<script>window.pwned=1</script>@evil.test";
-const EVIL_SUBJECT: &str = "<script>window.pwned=2</script> hello";
+/// The subject as sent (an RFC 2047 encoded word at the end) and as shown.
+const EVIL_SUBJECT: &str = "<script>window.pwned=2</script> =?UTF-8?Q?h=C3=A9llo?=";
+const EVIL_SUBJECT_SHOWN: &str = "<script>window.pwned=2</script> héllo";
 
 /// chromedriver on a free loopback port; killed on drop.
 struct Driver {
@@ -432,11 +434,14 @@ fn the_dashboard_shows_the_queue_and_acts_on_it_in_a_real_browser() {
         // The detail: subject, attempts and headers as text.
         click(&client, &format!("tr[data-id='{evil}'] button.link")).await;
         wait_text(&client, "#detail-id", &evil).await;
-        let subject = wait_text(&client, "#detail-envelope dd.subject", "hello").await;
-        assert_eq!(subject, EVIL_SUBJECT);
+        let subject = wait_text(&client, "#detail-envelope dd.subject", "llo").await;
+        assert_eq!(subject, EVIL_SUBJECT_SHOWN);
         assert_eq!(text(&client, "#detail-envelope dd.sender").await, EVIL_SENDER);
         let attempts = wait_text(&client, "#detail-attempts", REMOTE_REPLY).await;
         assert!(attempts.contains("victim@defer.test"), "{attempts}");
+        let png = client.screenshot().await.expect("screenshot");
+        std::fs::write(target.with_file_name("dashboard-message.png"), &png)
+            .expect("save the screenshot");
         let headers = text(&client, "#detail-headers").await;
         assert!(headers.contains(&format!("Subject: {EVIL_SUBJECT}")), "{headers}");
         assert_no_injection(&client).await;

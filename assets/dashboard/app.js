@@ -485,6 +485,35 @@
     return null;
   }
 
+  // RFC 2047 encoded words (`=?UTF-8?B?…?=`, `=?ISO-8859-1?Q?…?=`) as text;
+  // a word that does not decode is left as it is.
+  function decodeWords(text) {
+    return text.replace(/=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=(?:\s+(?==\?))?/g, (whole, charset, encoding, data) => {
+      try {
+        let bytes;
+        if (encoding.toUpperCase() === 'B') {
+          bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        } else {
+          const out = [];
+          const chars = data.replace(/_/g, ' ');
+          for (let i = 0; i < chars.length; i++) {
+            const hex = chars.slice(i + 1, i + 3);
+            if (chars[i] === '=' && /^[0-9A-Fa-f]{2}$/.test(hex)) {
+              out.push(parseInt(hex, 16));
+              i += 2;
+            } else {
+              out.push(chars.charCodeAt(i) & 0xff);
+            }
+          }
+          bytes = Uint8Array.from(out);
+        }
+        return new TextDecoder(charset.split('*')[0]).decode(bytes);
+      } catch (_) {
+        return whole;
+      }
+    });
+  }
+
   function envelopeEntry(list, term, value, className) {
     list.append(el('dt', null, term), el('dd', className || null, value));
   }
@@ -512,7 +541,7 @@
     const envelope = clear($('detail-envelope'));
     envelope.append();
     envelopeEntry(envelope, 'Sender', senderText(message.sender), 'sender');
-    envelopeEntry(envelope, 'Subject', unfoldHeader(headers, 'Subject') || '(none)', 'subject');
+    envelopeEntry(envelope, 'Subject', decodeWords(unfoldHeader(headers, 'Subject') || '(none)'), 'subject');
     envelopeEntry(envelope, 'Received', message.received_at + ' (' + since(message.received_at) + ' ago)');
     envelopeEntry(envelope, 'Size', number(message.size) + ' bytes');
     envelopeEntry(envelope, 'Held', message.held ? 'yes' : 'no', 'held-flag');
