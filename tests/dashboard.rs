@@ -274,8 +274,12 @@ fn the_dashboard_shows_the_queue_and_acts_on_it_in_a_real_browser() {
 
     // The page and its assets carry the policy; data needs the token; a
     // state change without the custom header is refused even with it.
+    // A connection per request: the API closes one whose request it
+    // refused before reading the body, and a pooled one may be reused just
+    // then.
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(20))
+        .max_idle_connections(0)
         .build();
     let page = agent
         .get(&format!("http://{admin}/"))
@@ -524,8 +528,12 @@ fn quiet_server(admin_extra: &str) -> Sluice {
 fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
     let sluice = quiet_server(&format!("token = \"{TOKEN}\""));
     let base = format!("http://{}", sluice.admin);
+    // A connection per request: the API closes one whose request it
+    // refused before reading the body, and a pooled one may be reused just
+    // then.
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(20))
+        .max_idle_connections(0)
         .build();
     let login = |token: &str, headers: &[(&str, &str)]| {
         let mut request = agent.post(&format!("{base}/login"));
@@ -599,6 +607,12 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
         .expect("state JSON");
     assert_eq!(state["delivery"], "running", "{state}");
     assert_eq!(state["queue"]["messages"], 0, "{state}");
+    let overview: Value = get("/v1/dashboard/overview", Some(&cookie))
+        .into_json()
+        .expect("overview JSON");
+    assert_eq!(overview["summary"]["total"]["messages"], 0, "{overview}");
+    assert_eq!(overview["reasons"], json!([]), "{overview}");
+    assert_eq!(overview["reasons_other"], 0, "{overview}");
 
     // The page itself needs no token and holds no data.
     let page = get("/", None);

@@ -219,8 +219,8 @@
     const tasks = [
       getJson('/v1/dashboard/state').then(renderState),
       getJson('/v1/dashboard/history').then(renderHistory),
-      getJson('/v1/queue/summary').then(renderSummary),
-      loadSuspensions(),
+      Promise.all([getJson('/v1/dashboard/overview'), loadSuspensions()])
+        .then(([overview, suspended]) => renderOverview(overview, suspended)),
     ];
     const results = await Promise.allSettled(tasks);
     for (const result of results) {
@@ -315,7 +315,9 @@
     ]);
   }
 
-  function renderSummary(summary) {
+  // `suspended`: the destinations GET /v1/suspensions names.
+  function renderOverview(overview, suspended) {
+    const summary = overview.summary;
     const table = clear($('heatmap'));
     const head = el('tr', null, el('th', null, 'Destination'), el('th', 'num', 'Messages'), el('th', 'num', 'Deferred'), el('th', 'num', 'Held'));
     for (const bucket of AGE_BUCKETS) head.append(el('th', 'num', bucket));
@@ -335,7 +337,7 @@
           show('messages');
         });
         name.append(link);
-        if (row.suspended) name.append(el('span', 'badge', 'suspended'));
+        if (row.suspended || suspended.has(row.domain)) name.append(el('span', 'badge', 'suspended'));
       }
       const tr = el('tr', row.total ? 'total' : null, name, el('td', 'num', number(row.messages)),
         el('td', 'num', number(row.deferred)), el('td', 'num', number(row.held)));
@@ -352,28 +354,22 @@
     if (summary.domains.length > 20) {
       table.append(el('tr', null, el('td', 'empty', (summary.domains.length - 20) + ' more destinations not shown')));
     }
-    // Top deferral reasons: the most common last reply per destination,
-    // added up across destinations.
-    const reasons = new Map();
-    for (const row of summary.domains) {
-      if (!row.top_reply) continue;
-      const entry = reasons.get(row.top_reply) || { count: 0, domains: [] };
-      entry.count += row.top_reply_count;
-      entry.domains.push(row.domain);
-      reasons.set(row.top_reply, entry);
-    }
+    // Top deferral reasons: every deferred recipient's last reply, counted.
     const list = clear($('reasons'));
     list.append(el('tr', null, el('th', 'num', 'Recipients'), el('th', null, 'Reply'), el('th', null, 'Destinations')));
-    const sorted = [...reasons.entries()].sort((a, b) => b[1].count - a[1].count).slice(0, 10);
-    for (const [reply, entry] of sorted) {
-      list.append(el('tr', null, el('td', 'num', number(entry.count)), el('td', 'mono reply', reply),
-        el('td', null, entry.domains.slice(0, 5).join(', ') + (entry.domains.length > 5 ? ', …' : ''))));
+    for (const reason of overview.reasons) {
+      list.append(el('tr', null, el('td', 'num', number(reason.recipients)), el('td', 'mono reply', reason.reply),
+        el('td', null, reason.domains.join(', ') + (reason.domains.length >= 5 ? ', …' : ''))));
     }
-    if (!sorted.length) list.append(el('tr', null, el('td', 'empty', 'none')));
+    if (overview.reasons_other) {
+      list.append(el('tr', null, el('td', 'num', number(overview.reasons_other)), el('td', 'empty', 'other replies'), el('td')));
+    }
+    if (!overview.reasons.length) list.append(el('tr', null, el('td', 'empty', 'none')));
   }
 
+  // Shows the suspensions; resolves to the set of suspended destinations.
   async function loadSuspensions() {
-    const box = clear($('suspensions'));
+    const box = $('suspensions');
     let suspensions = [];
     try {
       suspensions = (await getJson('/v1/suspensions')).suspensions || [];
@@ -381,15 +377,17 @@
       // Servers without suspensions answer 404: nothing is suspended.
       if (!(error instanceof ApiError && error.status === 404)) throw error;
     }
+    clear(box);
     if (!suspensions.length) {
       box.append(el('p', 'empty', 'none'));
-      return;
+      return new Set();
     }
     const table = el('table', 'list', el('tr', null, el('th', null, 'Destination'), el('th', null, 'Until'), el('th', null, 'Reason')));
     for (const entry of suspensions) {
       table.append(el('tr', null, el('td', 'mono', entry.destination), el('td', null, entry.until), el('td', 'reply', entry.reason || '')));
     }
     box.append(table);
+    return new Set(suspensions.map((entry) => String(entry.destination).toLowerCase()));
   }
 
   // ---- messages ----

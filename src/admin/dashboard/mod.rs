@@ -3,9 +3,11 @@
 //! The page (`assets/dashboard/`: HTML, one script, one style sheet) is
 //! embedded in the binary and needs nothing from elsewhere; its charts are
 //! SVG drawn by the script. It reads the API with the same token as every
-//! client (kept in a cookie by [`session`]), plus two routes of its own:
-//! `GET /v1/dashboard/history` (the [`history`] the server samples) and
-//! `GET /v1/dashboard/state` (listeners, deliveries in flight, counters).
+//! client (kept in a cookie by [`session`]), plus routes of its own:
+//! `GET /v1/dashboard/history` (the [`history`] the server samples),
+//! `GET /v1/dashboard/overview` (the queue summary and the top deferral
+//! reasons from one scan: [`overview`]) and `GET /v1/dashboard/state`
+//! (listeners, deliveries in flight, counters).
 //!
 //! Security, since the page shows attacker-controlled text (senders,
 //! subjects, remote replies):
@@ -18,6 +20,7 @@
 //!   `browser::guard` refuses them from any other origin (CSRF).
 
 pub mod history;
+pub mod overview;
 pub mod session;
 
 use axum::Json;
@@ -90,6 +93,7 @@ pub fn protected_routes() -> Router<Context> {
     Router::new()
         .route("/v1/dashboard/history", get(history_route))
         .route("/v1/dashboard/state", get(state_route))
+        .route("/v1/dashboard/overview", get(overview_route))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -137,6 +141,17 @@ async fn history_route(
         "interval_seconds": history::SAMPLE_INTERVAL.as_secs(),
         "minutes": minutes,
     })))
+}
+
+/// `GET /v1/dashboard/overview`: see [`overview`].
+async fn overview_route(
+    State(ctx): State<Context>,
+) -> Result<Json<overview::Overview>, AdminError> {
+    let queue = ctx.queue.clone();
+    let overview = tokio::task::spawn_blocking(move || overview::build(&queue, Utc::now()))
+        .await
+        .map_err(|error| AdminError::Internal(format!("queue overview failed: {error}")))??;
+    Ok(Json(overview))
 }
 
 /// `GET /v1/dashboard/state`: the listeners, the delivery side, the queue's
