@@ -164,8 +164,8 @@ async fn state_route(
     let config = ctx.config();
     let queue = ctx.queue.clone();
     let spool = config.spool.path.clone();
-    // The addresses the listeners got (port 0 in the file means "any"),
-    // from `<spool>/smtp.address`; the configured ones when it is missing.
+    // The addresses the listeners got (the real port where the configuration
+    // says 0), from `<spool>/smtp.address`; the configured ones without it.
     let (stats, bound) = tokio::task::spawn_blocking(move || {
         (queue.stats(), crate::runfile::read_listeners(&spool))
     })
