@@ -23,6 +23,7 @@ use sluice_queue::QueueId;
 use super::browser;
 use super::bulk::{self, Action};
 use super::content;
+use super::dashboard;
 use super::error::AdminError;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
@@ -43,8 +44,10 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// The content type of `/metrics` (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Every route of the admin API over `ctx`. Every route but `/health`
-/// requires `Authorization: Bearer <token>` when `[admin] token` is set.
+/// Every route of the admin API over `ctx`, and the dashboard's. Every route
+/// but `/health` and the dashboard's page, assets and login requires
+/// `Authorization: Bearer <token>` when `[admin] token` is set (the
+/// dashboard's login cookie stands for it: `dashboard::session`).
 /// Every request is first checked against web pages (`browser::guard`:
 /// Host, Origin, custom header), then its body is limited (see
 /// [`limit_body`]).
@@ -69,12 +72,16 @@ pub fn router(ctx: Context) -> Router {
             post(suspensions::suspend).delete(suspensions::resume),
         )
         .route("/metrics", get(metrics))
+        .merge(dashboard::protected_routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        .merge(dashboard::public_routes())
         .merge(protected)
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        // Inside the guard: the guard judges the request's own headers.
+        .layer(middleware::from_fn(dashboard::session::cookie_to_bearer))
         .layer(middleware::from_fn(limit_body))
         .layer(middleware::from_fn(browser::guard))
         .with_state(ctx)
@@ -146,7 +153,7 @@ async fn require_token(State(ctx): State<Context>, request: Request, next: Next)
 
 /// Compares without stopping at the first difference, so response time does
 /// not tell how much of a guessed token was right.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
