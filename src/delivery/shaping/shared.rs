@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -81,6 +81,12 @@ redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return 1
 ";
+
+/// The scripts, their SHA1 digests computed once (each call sends
+/// EVALSHA, loading the script on a NOSCRIPT answer).
+static RATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RATE_SCRIPT));
+static LEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LEASE_SCRIPT));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_SCRIPT));
 
 /// Whether Redis is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +215,7 @@ impl Shared {
         let burst = rate.burst();
         let micros: u64 = self
             .call(rule, async move |mut connection| {
-                redis::Script::new(RATE_SCRIPT)
-                    .key(key)
+                RATE.key(key)
                     .arg(interval)
                     .arg(burst)
                     .invoke_async(&mut connection)
@@ -237,7 +242,7 @@ impl Shared {
         let granted: Option<i64> = {
             let (key, member) = (key.clone(), member.clone());
             self.call(rule, async move |mut connection| {
-                redis::Script::new(LEASE_SCRIPT)
+                LEASE
                     .key(key)
                     .arg(limit)
                     .arg(member)
@@ -408,7 +413,7 @@ impl Shared {
         for (key, member) in leases {
             let renewed = self
                 .call(NO_RULE, async move |mut connection| {
-                    redis::Script::new(RENEW_SCRIPT)
+                    RENEW
                         .key(key)
                         .arg(member)
                         .arg(ttl)
