@@ -380,15 +380,23 @@ impl Shaper {
             }
         };
         let mut lease = None;
+        // The rate's first answer, when Redis gave it with the lease.
+        let mut first_rate_wait = None;
         if let Some(shared) = &self.shared {
             shared.started().await;
             loop {
                 match shared
-                    .lease(&destination.name, &destination.rule, destination.limit)
+                    .lease(
+                        &destination.name,
+                        &destination.rule,
+                        destination.limit,
+                        destination.rate,
+                    )
                     .await
                 {
-                    LeaseAnswer::Granted(granted) => {
+                    LeaseAnswer::Granted(granted, rate_wait) => {
                         lease = Some(granted);
+                        first_rate_wait = rate_wait;
                         break;
                     }
                     LeaseAnswer::Unavailable => break,
@@ -409,13 +417,14 @@ impl Shaper {
                 _ = shutdown.cancelled() => return None,
             };
             loop {
-                let shared_wait = match &self.shared {
-                    Some(shared) => {
+                let shared_wait = match (&self.shared, first_rate_wait.take()) {
+                    (_, Some(wait)) => Some(wait),
+                    (Some(shared), None) => {
                         shared
                             .rate_wait(&destination.name, &destination.rule, rate)
                             .await
                     }
-                    None => None,
+                    (None, None) => None,
                 };
                 let wait = shared_wait.unwrap_or_else(|| bucket.take(rate, Instant::now()));
                 if wait.is_zero() {

@@ -41,36 +41,41 @@ const NO_RULE: &str = "-";
 /// The hash holding shared suspensions.
 const SUSPENSIONS_KEY: &str = "sluice:suspensions";
 
-/// GCRA in one step: takes a token and returns 0, or returns the
-/// microseconds to wait. KEYS[1]: the bucket; ARGV: interval (µs), burst.
-const RATE_SCRIPT: &str = r"
+/// One admission decision, atomically: a connection lease when asked,
+/// then a rate token when asked (GCRA on Redis's clock). Returns -1 when
+/// every lease is taken (nothing changed), else the microseconds to wait
+/// for the rate (0: the token was taken, or no rate was asked; a lease
+/// asked for is then held either way).
+/// KEYS[1]: the lease set; KEYS[2]: the rate bucket. ARGV: lease limit (0:
+/// no lease), member, lease ttl (ms), rate interval (µs; 0: no rate), burst.
+const ADMIT_SCRIPT: &str = r"
 local time = redis.call('TIME')
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local ttl = tonumber(ARGV[3])
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    return -1
+  end
+  redis.call('ZADD', KEYS[1], now_ms + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+end
+local interval = tonumber(ARGV[4])
+if interval == 0 then
+  return 0
+end
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local tolerance = interval * (tonumber(ARGV[5]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[2]) or now)
 if tat < now then tat = now end
 local allowed_from = tat - tolerance
 if now >= allowed_from then
   local next = tat + interval
-  redis.call('SET', KEYS[1], string.format('%d', next), 'PX', math.floor((next - now) / 1000) + 1000)
+  redis.call('SET', KEYS[2], string.format('%d', next), 'PX', math.floor((next - now) / 1000) + 1000)
   return 0
 end
 return math.floor(allowed_from - now) + 1
-";
-
-/// Takes a connection lease if fewer than ARGV[1] live ones exist.
-/// KEYS[1]: the lease set; ARGV: limit, member, ttl (ms).
-const LEASE_SCRIPT: &str = r"
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-  return 1
-end
-return 0
 ";
 
 /// Pushes the expiry of a live lease. KEYS[1]: the set; ARGV: member, ttl.
@@ -84,9 +89,13 @@ return 1
 
 /// The scripts, their SHA1 digests computed once (each call sends
 /// EVALSHA, loading the script on a NOSCRIPT answer).
-static RATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RATE_SCRIPT));
-static LEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LEASE_SCRIPT));
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT));
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_SCRIPT));
+
+/// The sorted set of `destination`'s connection leases.
+fn leases_key(destination: &str) -> String {
+    format!("sluice:connections:{destination}")
+}
 
 /// Whether Redis is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +111,9 @@ enum Health {
 
 /// The answer to a lease request.
 pub enum LeaseAnswer {
-    /// Granted; released when dropped.
-    Granted(Lease),
+    /// Granted; released when dropped. With the rate asked for too, how
+    /// long to wait for it (zero: the token was taken).
+    Granted(Lease, Option<Duration>),
     /// Every lease of the destination is taken (by any node).
     Full,
     /// Redis is not in use now: go by the local limit.
@@ -210,59 +220,75 @@ impl Shared {
     /// How long to wait for `rate` at `destination` (zero: a token was
     /// taken); `None` when Redis is not in use.
     pub async fn rate_wait(&self, destination: &str, rule: &str, rate: Rate) -> Option<Duration> {
-        let key = format!("sluice:rate:{destination}");
-        let interval = rate.interval().as_micros() as u64;
-        let burst = rate.burst();
-        let micros: u64 = self
-            .call(rule, async move |mut connection| {
-                RATE.key(key)
-                    .arg(interval)
-                    .arg(burst)
-                    .invoke_async(&mut connection)
-                    .await
-            })
-            .await?;
-        Some(Duration::from_micros(micros))
+        let micros = self.admit(destination, rule, None, Some(rate)).await?;
+        Some(Duration::from_micros(micros.max(0).unsigned_abs()))
     }
 
-    /// Asks for one of `limit` connection leases to `destination`.
+    /// Asks for one of `limit` connection leases to `destination` and, with
+    /// `rate`, for a rate token in the same call.
     pub async fn lease(
         self: &Arc<Self>,
         destination: &str,
         rule: &str,
         limit: usize,
+        rate: Option<Rate>,
     ) -> LeaseAnswer {
         if !self.is_up() {
             return LeaseAnswer::Unavailable;
         }
         let number = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let key = format!("sluice:connections:{destination}");
         let member = format!("{}:{}:{number}", self.node, std::process::id());
-        let ttl = LEASE_TTL.as_millis() as u64;
-        let granted: Option<i64> = {
-            let (key, member) = (key.clone(), member.clone());
-            self.call(rule, async move |mut connection| {
-                LEASE
-                    .key(key)
-                    .arg(limit)
-                    .arg(member)
-                    .arg(ttl)
-                    .invoke_async(&mut connection)
-                    .await
-            })
-            .await
-        };
-        match granted {
+        let answer = self
+            .admit(destination, rule, Some((limit, member.clone())), rate)
+            .await;
+        match answer {
             None => LeaseAnswer::Unavailable,
-            Some(0) => LeaseAnswer::Full,
-            Some(_) => {
+            Some(micros) if micros < 0 => LeaseAnswer::Full,
+            Some(micros) => {
+                let key = leases_key(destination);
                 lock(&self.leases).insert(number, (key, member));
-                LeaseAnswer::Granted(Lease {
-                    shared: self.clone(),
-                    number,
-                })
+                LeaseAnswer::Granted(
+                    Lease {
+                        shared: self.clone(),
+                        number,
+                    },
+                    rate.map(|_| Duration::from_micros(micros.unsigned_abs())),
+                )
             }
         }
+    }
+
+    /// One run of [`ADMIT_SCRIPT`]: a lease (`limit`, member) and a rate
+    /// token as asked.
+    async fn admit(
+        &self,
+        destination: &str,
+        rule: &str,
+        lease: Option<(usize, String)>,
+        rate: Option<Rate>,
+    ) -> Option<i64> {
+        let (limit, member) = lease.unwrap_or_default();
+        let (interval, burst) = rate.map_or((0, 1), |rate| {
+            (rate.interval().as_micros() as u64, rate.burst())
+        });
+        let (leases, bucket) = (
+            leases_key(destination),
+            format!("sluice:rate:{destination}"),
+        );
+        let ttl = LEASE_TTL.as_millis() as u64;
+        self.call(rule, async move |mut connection| {
+            ADMIT
+                .key(leases)
+                .key(bucket)
+                .arg(limit)
+                .arg(member)
+                .arg(ttl)
+                .arg(interval)
+                .arg(burst)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await
     }
 
     /// Stores a suspension for every node (best effort).
