@@ -50,9 +50,13 @@ pub async fn run(engines: Arc<ArcSwap<Engine>>) {
 
     // Claimed messages in progress. Twice the transaction limit keeps the
     // transaction slots busy while finished messages are being recorded.
-    let slots = Arc::new(Semaphore::new(
-        ctx.config().delivery.concurrency.get().saturating_mul(2),
-    ));
+    // A reload that raises the limit adds slots (at the next turn of the
+    // loop); one that lowers it keeps them, the engine's transaction limit
+    // being what bounds the attempts.
+    let slot_count =
+        |ctx: &crate::context::Context| ctx.config().delivery.concurrency.get().saturating_mul(2);
+    let mut slot_total = slot_count(&ctx);
+    let slots = Arc::new(Semaphore::new(slot_total));
     let waiting = Arc::new(Semaphore::new(WAITING_FOR_DOMAIN));
     let changed = ctx.queue.changed();
     let jumped = engine
@@ -60,6 +64,11 @@ pub async fn run(engines: Arc<ArcSwap<Engine>>) {
         .jumped()
         .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
     loop {
+        let wanted = slot_count(&ctx);
+        if wanted > slot_total {
+            slots.add_permits(wanted - slot_total);
+            slot_total = wanted;
+        }
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
