@@ -412,9 +412,18 @@ impl Shaper {
         }
         if let Some(rate) = destination.rate {
             let started = Instant::now();
-            let mut bucket = tokio::select! {
-                bucket = destination.bucket.lock() => bucket,
-                _ = shutdown.cancelled() => return None,
+            // Waiting counts (the message is read again before delivery)
+            // only when another delivery had the bucket or the rate made
+            // this one sleep, not for a busy machine's scheduling delay.
+            let mut bucket = match destination.bucket.try_lock() {
+                Ok(bucket) => bucket,
+                Err(_) => {
+                    waited = true;
+                    tokio::select! {
+                        bucket = destination.bucket.lock() => bucket,
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
             };
             loop {
                 let shared_wait = match (&self.shared, first_rate_wait.take()) {
@@ -430,17 +439,16 @@ impl Shaper {
                 if wait.is_zero() {
                     break;
                 }
+                waited = true;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return None,
                 }
             }
             drop(bucket);
-            let spent = started.elapsed();
-            if spent > Duration::from_millis(1) {
-                waited = true;
-            }
-            destination.rate_wait.inc_by(spent.as_secs_f64());
+            destination
+                .rate_wait
+                .inc_by(started.elapsed().as_secs_f64());
         }
         destination.in_use.inc();
         Some((
