@@ -391,28 +391,28 @@ impl Queue {
             message,
             body: place,
         };
-        if let Err(error) = self.inner.store.insert_new(&record, &inline) {
+        // Written and indexed under the state lock that every change holds,
+        // so that no change sees the record before the index does (the
+        // index trusts each record to be what it was last set from), and
+        // indexed before the fsync so that a cancelled commit cannot leave
+        // a stored but unscheduled message; claiming it early risks at most
+        // a duplicate delivery after a crash, never a loss.
+        let inserted = {
+            let mut state = self.inner.state();
+            let inserted = self.inner.store.insert_new(&record, &inline);
+            if inserted.is_ok()
+                && let Some(index) = state.as_mut()
+            {
+                index.schedule.set(&id, None, record.message.due_at());
+                index.stats.add(&record.message);
+            }
+            inserted
+        };
+        if let Err(error) = inserted {
             if place == BodyPlace::File {
                 self.inner.remove_body_file(&id).await;
             }
             return Err(error);
-        }
-        // Indexed before the fsync so that a cancelled commit cannot leave a
-        // stored but unscheduled message; claiming it early risks at most a
-        // duplicate delivery after a crash, never a loss. The record is
-        // visible from `insert_new` on, so a delete may already have taken
-        // it (`delete --all` racing arrivals): index only what is still
-        // stored, checked under the state lock that every change holds,
-        // or the counters would drift and a stale entry linger.
-        {
-            let mut state = self.inner.state();
-            if let Some(index) = state.as_mut() {
-                // A failed lookup indexes it anyway, as before: at worst a stale entry.
-                if self.inner.store.contains(&id).unwrap_or(true) {
-                    index.schedule.set(&id, record.message.due_at());
-                    index.stats.add(&record.message);
-                }
-            }
         }
         if let Err(error) = self.inner.group.durable().await {
             if self.inner.forget(&record) {
@@ -503,7 +503,7 @@ impl Queue {
                 // Deleted between the index and the read: nothing to deliver.
                 Ok(None) => {
                     if let Some(index) = self.inner.state().as_mut() {
-                        index.schedule.remove(id);
+                        index.schedule.remove(id, None);
                     }
                 }
                 Err(QueueError::Corrupt { id: text, reason }) => {
@@ -777,7 +777,7 @@ impl Index {
             match record {
                 Ok(record) => {
                     let message = &record.message;
-                    index.schedule.set(&message.id, message.due_at());
+                    index.schedule.set(&message.id, None, message.due_at());
                     index.stats.add(message);
                 }
                 Err(QueueError::Corrupt { id, reason }) => {
@@ -814,12 +814,24 @@ impl Inner {
     /// off the runtime).
     fn forget(&self, record: &Record) -> bool {
         let id = &record.message.id;
-        if let Some(index) = self.state().as_mut() {
-            index.schedule.remove(id);
-            index.stats.remove(&record.message);
-        }
-        match self.store.remove(record) {
-            Ok(()) => record.body == BodyPlace::File,
+        let mut state = self.state();
+        // As it is now: a change may have come between commit and failure.
+        let current = match self.store.get(id) {
+            Ok(Some(current)) => current,
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
+                return false;
+            }
+        };
+        match self.store.remove(&current) {
+            Ok(()) => {
+                if let Some(index) = state.as_mut() {
+                    index.schedule.remove(id, current.message.due_at());
+                    index.stats.remove(&current.message);
+                }
+                current.body == BodyPlace::File
+            }
             Err(error) => {
                 tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
                 false
@@ -866,7 +878,7 @@ impl Inner {
         if disposition == Disposition::Remove || record.message.is_finished() {
             self.store.remove(&record)?;
             if let Some(index) = state.as_mut() {
-                index.schedule.remove(id);
+                index.schedule.remove(id, before.due_at());
                 index.stats.remove(&before);
             }
             return Ok(Changed {
@@ -887,7 +899,7 @@ impl Inner {
         if lease == Lease::End {
             index.schedule.unclaim(id);
         }
-        index.schedule.set(id, due);
+        index.schedule.set(id, before.due_at(), due);
         index.stats.remove(&before);
         index.stats.add(&record.message);
         Ok(Changed {
