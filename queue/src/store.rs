@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -168,6 +169,7 @@ impl Store {
             data_path: path,
             blobs: dir.join("blobs"),
             synced_blobs: HashSet::new(),
+            blobs_listed: None,
         })
     }
 
@@ -337,7 +339,16 @@ pub(crate) struct Durability {
     blobs: PathBuf,
     /// Blob files already fsynced, so each is synced once.
     synced_blobs: HashSet<OsString>,
+    /// The blob directory's modification time at the last listing, when
+    /// it was old enough then (see [`Durability::blobs_unchanged`]).
+    blobs_listed: Option<SystemTime>,
 }
+
+/// How much older than the listing a directory's modification time must be
+/// for an unchanged time to prove an unchanged directory: file systems stamp
+/// times from a coarse clock (a few milliseconds), so an entry created in
+/// the same tick as a listing may leave the time as it was.
+const MTIME_SETTLED: Duration = Duration::from_secs(2);
 
 impl Durability {
     /// Makes every write applied before the call durable.
@@ -352,7 +363,32 @@ impl Durability {
             .map_err(|error| format!("fsync of {}: {error}", self.data_path.display()))
     }
 
+    /// True when the blob directory has not changed since its last listing:
+    /// its modification time is still the one seen then, and that time was
+    /// settled. One `statx` instead of opening and listing the directory at
+    /// every flush (sled writes blobs only for oversized pages, rarely).
+    fn blobs_unchanged(&self) -> std::io::Result<bool> {
+        let Some(listed) = self.blobs_listed else {
+            return Ok(false);
+        };
+        match std::fs::metadata(&self.blobs) {
+            Ok(metadata) => Ok(metadata.modified()? == listed),
+            Err(error) if error.kind() == ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     fn sync_blobs(&mut self) -> std::io::Result<()> {
+        if self.blobs_unchanged()? {
+            return Ok(());
+        }
+        // Taken before the listing: a change after it moves the time on.
+        let listing_started = SystemTime::now();
+        let modified = match std::fs::metadata(&self.blobs) {
+            Ok(metadata) => metadata.modified()?,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
@@ -377,6 +413,10 @@ impl Durability {
         if synced_new {
             File::open(&self.blobs)?.sync_all()?;
         }
+        let settled = modified
+            .checked_add(MTIME_SETTLED)
+            .is_some_and(|settled| settled <= listing_started);
+        self.blobs_listed = settled.then_some(modified);
         Ok(())
     }
 }
