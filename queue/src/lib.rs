@@ -163,7 +163,7 @@ pub struct QueueOptions {
 impl Default for QueueOptions {
     fn default() -> Self {
         QueueOptions {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 16 * 1024 * 1024,
         }
     }
 }
