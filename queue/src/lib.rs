@@ -773,12 +773,12 @@ impl Index {
             schedule: Schedule::default(),
             stats: QueueStats::default(),
         };
-        for record in store.records(None) {
-            match record {
-                Ok(record) => {
-                    let message = &record.message;
-                    index.schedule.set(&message.id, None, message.due_at());
-                    index.stats.add(message);
+        let mut sketches = store.sketches();
+        while let Some(sketch) = sketches.next_sketch() {
+            match sketch {
+                Ok((id, sketch)) => {
+                    index.schedule.set(&id, None, sketch.due_at());
+                    index.stats.add_sketch(&sketch);
                 }
                 Err(QueueError::Corrupt { id, reason }) => {
                     tracing::error!(queue_id = %id, %reason, "skipping corrupt queue record");

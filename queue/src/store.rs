@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 use crate::failure::Failure;
-use crate::model::{Message, QueueId};
+use crate::model::{Message, QueueId, Sketch};
 
 /// Bytes per inline body chunk. sled writes any page bigger than an eighth
 /// of its 512 KiB segment as a separate "blob" file that it never fsyncs; a
@@ -315,6 +315,17 @@ impl Store {
         })
     }
 
+    /// Every record in ID order, read as a [`Sketch`] (what the index
+    /// needs), for rebuilding the index.
+    pub(crate) fn sketches(&self) -> Sketches {
+        Sketches {
+            records: self
+                .tree
+                .range(vec![RECORD_PREFIX]..vec![RECORD_PREFIX + 1]),
+            value: None,
+        }
+    }
+
     /// The ID of the newest record, if any.
     pub(crate) fn last_id(&self) -> Result<Option<QueueId>, QueueError> {
         let last = self
@@ -324,6 +335,47 @@ impl Store {
             .transpose()
             .map_err(storage("reading the queue"))?;
         last.map(|(key, _)| id_from_prefixed_key(&key)).transpose()
+    }
+}
+
+/// A lending iterator over record sketches (a [`Sketch`] borrows its
+/// record's bytes).
+pub(crate) struct Sketches {
+    records: sled::Iter,
+    value: Option<sled::IVec>,
+}
+
+/// How a record is read for a sketch: only `message`, the rest skipped.
+#[derive(Deserialize)]
+struct RecordSketch<'a> {
+    #[serde(borrow)]
+    message: Sketch<'a>,
+}
+
+impl Sketches {
+    /// The next record's ID and sketch.
+    pub(crate) fn next_sketch(&mut self) -> Option<Result<(QueueId, Sketch<'_>), QueueError>> {
+        let (key, value) = match self.records.next()? {
+            Ok(entry) => entry,
+            Err(error) => return Some(Err(storage("reading the queue")(error))),
+        };
+        let id = match id_from_prefixed_key(&key) {
+            Ok(id) => id,
+            Err(error) => return Some(Err(error)),
+        };
+        let value = self.value.insert(value);
+        let sketch = match decode_as::<RecordSketch<'_>>(&id, value) {
+            Ok(record) => record.message,
+            Err(error) => return Some(Err(error)),
+        };
+        if sketch.id != id.as_str() {
+            let named = sketch.id.to_string();
+            return Some(Err(QueueError::Corrupt {
+                id: id.to_string(),
+                reason: format!("record names message {named}"),
+            }));
+        }
+        Some(Ok((id, sketch)))
     }
 }
 
@@ -589,6 +641,50 @@ mod tests {
             store.get(&absent),
             Err(QueueError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn sketches_give_what_full_records_give() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store opens");
+        let ids = IdGenerator::new(None);
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let mut expected = Vec::new();
+        for (held, status, next) in [
+            (false, RecipientStatus::Pending, None),
+            (false, RecipientStatus::Deferred, Some(later)),
+            (true, RecipientStatus::Deferred, Some(later)),
+            (false, RecipientStatus::Delivered, None),
+        ] {
+            let id = ids.next();
+            let mut record = record(&id, 0);
+            record.message.held = held;
+            record.message.recipients[0].status = status;
+            record.message.recipients[0].next_attempt_at = next;
+            record.message.recipients[0].last_reply = Some("451 \"quoted\" later".into());
+            record
+                .message
+                .recipients
+                .push(record.message.recipients[0].clone());
+            record.message.recipients[1].status = RecipientStatus::Failed;
+            store.insert_new(&record, &[]).expect("insert");
+            expected.push(record.message);
+        }
+        let mut sketches = store.sketches();
+        for message in &expected {
+            let (id, sketch) = sketches
+                .next_sketch()
+                .expect("one per record")
+                .expect("reads");
+            assert_eq!(id, message.id);
+            assert_eq!(sketch.due_at(), message.due_at());
+            let (mut full, mut sketched) =
+                (crate::QueueStats::default(), crate::QueueStats::default());
+            full.add(message);
+            sketched.add_sketch(&sketch);
+            assert_eq!(full, sketched);
+        }
+        assert!(sketches.next_sketch().is_none());
     }
 
     #[test]
