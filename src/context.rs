@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::disk::DiskReserve;
 use crate::metrics::Metrics;
 
 /// What the listener, the scheduler and the admin API share.
@@ -23,6 +24,8 @@ pub struct Context {
     pub resolver: hickory_resolver::TokioResolver,
     /// Counters and gauges exported on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The free-space reserve of the spool's filesystem (`spool.min_free`).
+    pub disk: Arc<DiskReserve>,
     /// Cancelled once on SIGTERM/SIGINT; every task watches it.
     pub shutdown: CancellationToken,
     /// Every connection and delivery task is spawned on this, so shutdown can
@@ -35,11 +38,17 @@ impl Context {
     /// fresh metrics, shutdown token and task tracker.
     pub fn new(config: Arc<Config>, queue: Queue) -> Self {
         let resolver = crate::delivery::route::resolver(&config);
+        let metrics = Arc::new(Metrics::new());
+        let disk = Arc::new(DiskReserve::new(
+            &config.spool.path,
+            metrics.spool_space.clone(),
+        ));
         Self {
             config: Arc::new(ArcSwap::new(config)),
             queue,
             resolver,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            disk,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

@@ -5,29 +5,63 @@
 //! at most, so `level = "debug"` shows what sluice does, not their
 //! internals. A `target=level` directive in `[log] level` applies as
 //! written (`level = "debug,hickory_proto=debug"`), and `RUST_LOG`, when
-//! set, replaces the whole filter.
+//! set, replaces the whole filter. A reload changes the level
+//! ([`set_level`]); the format stays until a restart.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
 /// The crates whose events `[log] level` is about.
 const OWN_TARGETS: [&str; 2] = ["sluice", "sluice_queue"];
 
+/// Changes the filter of the installed subscriber.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Set by [`init`] when `[log] level` decides the filter (no `RUST_LOG`).
+static RELOAD: OnceLock<SetFilter> = OnceLock::new();
+
 /// Installs the global subscriber. `RUST_LOG` overrides `[log] level`.
 pub fn init(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives(&log.level)));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let reloadable = from_env.is_none();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(directives(&log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: log files and journald get plain text.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let (installed, set_filter): (_, SetFilter) = match log.format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+            (builder.try_init(), set)
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set = Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()));
+            (builder.try_init(), set)
+        }
     };
+    if installed.is_ok() && reloadable {
+        let _ = RELOAD.set(set_filter);
+    }
+}
+
+/// Puts `[log] level` in force for the events that come next (a reload).
+/// Does nothing when `RUST_LOG` set the filter, which then stays.
+pub fn set_level(level: &str) {
+    if let Some(set) = RELOAD.get()
+        && let Err(error) = set(EnvFilter::new(directives(level)))
+    {
+        tracing::warn!(%error, "cannot change the log level");
+    }
 }
 
 /// The `EnvFilter` directives for `[log] level`: each bare level applies to

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::cli;
 use sluice::config::Config;
@@ -43,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
+    /// Show the next hops and TLS policy (DANE, MTA-STS, static) for a
+    /// recipient domain, without sending anything.
+    Route(cli::route::RouteArgs),
     /// Submit a message read on stdin, like sendmail(1) (`sendmail --help`).
     #[command(disable_help_flag = true)]
     Sendmail {
@@ -96,6 +98,10 @@ fn exit(result: anyhow::Result<u8>) -> ExitCode {
 fn sendmail(args: &[String], config: Option<&std::path::Path>) -> anyhow::Result<u8> {
     match cli::sendmail::run(args, config) {
         Err(error) if error.is_usage() => sendmail_usage_error(&error.to_string()),
+        Err(error) if error.exit_code() != 1 => {
+            eprintln!("sluice: {error}");
+            Ok(error.exit_code())
+        }
         result => Ok(result?),
     }
 }
@@ -128,28 +134,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::CheckConfig => {
             let loaded = Config::load(cli.config.as_deref())?;
-            // Files named by the config are loaded as `serve` would; a
-            // problem is a warning (like `postfix check`), so a config
-            // written for another machine still checks.
-            if let Some(Err(error)) = loaded.config.tls.as_ref().map(|tls| {
-                sluice::server::tls::server_config(tls).context("loading the [tls] certificate")
-            }) {
-                eprintln!("sluice: warning: {}", render(&error));
-            }
-            if let Err(error) = sluice::delivery::tls::TlsClients::from_config(&loaded.config) {
-                eprintln!("sluice: warning: {}", render(&error.into()));
-            }
-            // DKIM keys are refused, not warned about: a server that cannot
-            // sign would send mail that receivers reject.
-            if let Err(error) = sluice::auth::dkim::Signer::load(&loaded.config.dkim) {
-                let path = loaded.path.clone().unwrap_or_default();
-                return Err(sluice::config::ConfigError::Invalid {
-                    path,
-                    key: error.key(),
-                    message: error.message,
-                }
-                .into());
-            }
+            // Every file the config names is loaded as `serve` and a reload
+            // load it: a check that passes means a start that does.
+            sluice::reload::files::load(&loaded.config, loaded.path.as_deref())?;
             match &loaded.path {
                 Some(path) => println!("# configuration from {} is valid", path.display()),
                 None => println!("# no configuration file: embedded defaults"),
@@ -172,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .enable_all()
                 .build()?;
             let spool = loaded.config.spool.path.clone();
-            match runtime.block_on(sluice::serve::run(loaded.config))? {
+            match runtime.block_on(sluice::serve::run(loaded.config, loaded.path))? {
                 sluice::serve::Stopped::Requested => Ok(0),
                 // A runtime error, exit 1 (DESIGN.md "Exit codes"): systemd's
                 // Restart=on-failure restarts the server, which reopens the
@@ -187,6 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dkim { command } => {
             cli::dkim::run(command)?;
             Ok(0)
+        }
+        Command::Route(args) => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            cli::route::run(&args, &loaded.config)
         }
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;

@@ -36,6 +36,16 @@ pub struct Metrics {
     /// Inbound authentication verdicts, by `kind` (spf, dkim, dmarc) and
     /// `result` (pass, fail, softfail, neutral, none, temperror, permerror…).
     pub auth_results: Family<Vec<(String, String)>, Counter>,
+    /// Free space on the spool's filesystem and whether new mail is
+    /// refused for want of it (`spool.min_free`), kept by
+    /// [`crate::disk::DiskReserve`].
+    pub spool_space: crate::disk::SpaceGauges,
+    /// Outbound TLS sessions by recipient `domain`, `policy` (dane, mta-sts,
+    /// required, opportunistic) and `result` (success, failure): what a
+    /// TLS-RPT (RFC 8460) report is built from.
+    pub tls_sessions: Family<Vec<(String, String)>, Counter>,
+    /// Configuration reloads (SIGHUP), by `result` (ok, failed).
+    pub config_reloads: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,6 +71,9 @@ impl Metrics {
             queue_recipients: Family::default(),
             dkim_signatures: Counter::default(),
             auth_results: Family::default(),
+            spool_space: crate::disk::SpaceGauges::default(),
+            tls_sessions: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,10 +136,43 @@ impl Metrics {
             "Inbound SPF, DKIM and DMARC verdicts by kind and result",
             metrics.auth_results.clone(),
         );
+        registry.register(
+            "spool_free_bytes",
+            "Free bytes on the spool's filesystem at the last check",
+            metrics.spool_space.free_bytes.clone(),
+        );
+        registry.register(
+            "spool_space_low",
+            "1 while new mail is refused because the spool's free space is below spool.min_free",
+            metrics.spool_space.low.clone(),
+        );
+        registry.register(
+            "tls_sessions",
+            "Outbound TLS sessions by recipient domain, policy and result",
+            metrics.tls_sessions.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or failed (the old settings stayed)",
+            metrics.config_reloads.clone(),
+        );
+        // Both results are shown from the start, at 0.
+        for result in ["ok", "failed"] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&vec![("result".to_string(), result.to_string())]);
+        }
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts one configuration reload with `result` "ok" or "failed".
+    pub fn config_reloaded(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

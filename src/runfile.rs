@@ -36,21 +36,32 @@ impl RunFile {
     /// Writes `text` to `path` atomically: a reader sees the old file or
     /// the whole new one, never a part.
     pub fn write(path: PathBuf, text: &str) -> io::Result<RunFile> {
-        let mut temporary = path.clone().into_os_string();
-        temporary.push(".new");
-        let temporary = PathBuf::from(temporary);
-        std::fs::write(&temporary, text)?;
-        if let Err(error) = std::fs::rename(&temporary, &path) {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error);
-        }
+        replace(&path, text)?;
         Ok(RunFile { path })
+    }
+
+    /// Replaces the file's text, atomically as [`RunFile::write`] does.
+    pub fn rewrite(&self, text: &str) -> io::Result<()> {
+        replace(&self.path, text)
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Writes `text` to a temporary file and renames it over `path`.
+fn replace(path: &Path, text: &str) -> io::Result<()> {
+    let mut temporary = path.to_path_buf().into_os_string();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, text)?;
+    if let Err(error) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    Ok(())
 }
 
 impl Drop for RunFile {

@@ -1,7 +1,11 @@
 //! `sluice serve`: opens the queue, binds the listeners and the admin API,
-//! starts the scheduler, reports readiness, and shuts down on SIGTERM/SIGINT
-//! or when the spool can no longer be written (see [`Stopped::StorageFailed`]).
+//! starts the scheduler, reports readiness, reloads the configuration on
+//! SIGHUP (see [`crate::reload`]), and shuts down on SIGTERM, SIGINT or
+//! SIGQUIT or when the spool can no longer be written (see
+//! [`Stopped::StorageFailed`]). Every way out removes the files it left in
+//! the spool (`admin.address`, `smtp.address`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -11,13 +15,15 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::context::Context;
 use crate::delivery::Scheduler;
+use crate::delivery::retry::SystemClock;
+use crate::reload::Reloader;
 use crate::runfile::{self, RunFile};
 use crate::server::Server;
 
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// SIGTERM or SIGINT: a clean stop.
+    /// SIGTERM, SIGINT or SIGQUIT: a clean stop.
     Requested,
     /// A write to the spool's database failed (disk full, I/O error). sled
     /// refuses every later write until the database is opened again, so the
@@ -65,8 +71,12 @@ async fn open_queue(spool: std::path::PathBuf, options: QueueOptions) -> anyhow:
 
 /// Runs the server until a shutdown signal or a storage failure; returns
 /// once every task ended (or the grace period ran out) and the queue is
-/// flushed.
-pub async fn run(config: Config) -> anyhow::Result<Stopped> {
+/// flushed. `path` is the configuration file, read again on SIGHUP.
+pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stopped> {
+    // First of all: from here on, no signal kills the process without the
+    // clean-up below.
+    let mut signals = Signals::new().context("watching signals")?;
+    let files = crate::reload::files::load(&config, path.as_deref())?;
     let config = Arc::new(config);
     let spool = config.spool.path.clone();
     let options = QueueOptions {
@@ -78,16 +88,27 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     let queue = open_queue(spool, options).await?;
     let ctx = Context::new(config.clone(), queue.clone());
 
-    let server = Server::new(&ctx, smtp_sockets)?;
+    let crate::reload::files::Files {
+        server_tls,
+        tls_clients,
+        dkim,
+    } = files;
+    let server = Arc::new(Server::new(&ctx, smtp_sockets, server_tls, dkim));
     let admin = Admin::new(&ctx, admin_socket);
-    let scheduler = Scheduler::new(&ctx)?;
+    let scheduler = Scheduler::with_tls(&ctx, Arc::new(SystemClock), tls_clients);
     let smtp_addresses: Vec<String> = server
         .local_addrs()
         .iter()
-        .map(ToString::to_string)
+        .map(|(_, address)| address.to_string())
         .collect();
-    // Kept until the server stops: `sluice sendmail` reads it.
-    let _smtp_address_file = record_smtp_listeners(&config, &server.local_addrs());
+    let mut reloader = Reloader {
+        path,
+        ctx: ctx.clone(),
+        server: server.clone(),
+        delivery: scheduler.reloader(),
+        // Kept until the server stops: `sluice sendmail` reads it.
+        smtp_address_file: record_smtp_listeners(&config, &server.local_addrs()),
+    };
     tracing::info!(
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
@@ -97,39 +118,54 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     );
 
     let mut parts = tokio::task::JoinSet::new();
-    parts.spawn(server.run());
+    server.start();
     parts.spawn(admin.run());
     parts.spawn(scheduler.run());
     // Readiness for systemd (Type=notify): listeners are bound.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    let stopped = tokio::select! {
-        () = wait_for_signal() => Stopped::Requested,
-        reason = queue.failed() => {
-            tracing::error!(
-                spool = %config.spool.path.display(),
-                %reason,
-                "the spool cannot be written (disk full or I/O error): stopping; \
-                 acknowledged mail is safe on disk and a restart resumes once writes succeed"
-            );
-            Stopped::StorageFailed
+    let stopped = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop(name) => {
+                    tracing::info!(
+                        signal = name,
+                        "shutdown requested: no new connections, finishing work in progress"
+                    );
+                    break Stopped::Requested;
+                }
+                Signal::Reload => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                    reloader.reload().await;
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                }
+                Signal::Ignored(name) => tracing::info!(signal = name, "signal ignored"),
+            },
+            reason = queue.failed() => {
+                tracing::error!(
+                    spool = %config.spool.path.display(),
+                    %reason,
+                    "the spool cannot be written (disk full or I/O error): stopping; \
+                     acknowledged mail is safe on disk and a restart resumes once writes succeed"
+                );
+                break Stopped::StorageFailed;
+            }
         }
     };
-    if stopped == Stopped::Requested {
-        tracing::info!("shutdown requested: no new connections, finishing work in progress");
-    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     ctx.shutdown.cancel();
     ctx.tasks.close();
-    let grace = config.limits.shutdown_grace;
+    let grace = ctx.config().limits.shutdown_grace;
     if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
         tracing::warn!(
             grace = ?grace,
             "tasks still running after the shutdown grace period; stopping them"
         );
     }
+    server.stop();
     parts.abort_all();
     while parts.join_next().await.is_some() {}
+    drop(reloader);
     let closed = queue.close().await;
     if stopped == Stopped::StorageFailed {
         // The final flush fails too; what it could not write was never
@@ -145,22 +181,15 @@ pub async fn run(config: Config) -> anyhow::Result<Stopped> {
     Ok(stopped)
 }
 
-/// Writes `<spool>/smtp.address` (see [`crate::runfile`]); the listeners
-/// were bound in `[[listener]]` order. A failure is only a warning:
-/// `sluice sendmail` then uses the configured address.
-fn record_smtp_listeners(config: &Config, bound: &[std::net::SocketAddr]) -> Option<RunFile> {
+/// Writes `<spool>/smtp.address` (see [`crate::runfile`]) with the bound
+/// listeners in `[[listener]]` order. A failure is only a warning: `sluice
+/// sendmail` then uses the configured address.
+fn record_smtp_listeners(
+    config: &Config,
+    listeners: &[(crate::config::ListenerKind, std::net::SocketAddr)],
+) -> Option<RunFile> {
     let path = runfile::smtp_address_file(&config.spool.path);
-    if bound.len() != config.listeners.len() {
-        tracing::warn!(path = %path.display(), "cannot tell which address each listener got; not recording them");
-        return None;
-    }
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .zip(bound)
-        .map(|(listener, address)| (listener.kind, *address))
-        .collect();
-    match RunFile::write(path.clone(), &runfile::format_listeners(&listeners)) {
+    match RunFile::write(path.clone(), &runfile::format_listeners(listeners)) {
         Ok(file) => Some(file),
         Err(error) => {
             tracing::warn!(
@@ -173,18 +202,49 @@ fn record_smtp_listeners(config: &Config, bound: &[std::net::SocketAddr]) -> Opt
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// What a signal asks of the server.
+enum Signal {
+    /// SIGTERM, SIGINT, SIGQUIT: stop cleanly.
+    Stop(&'static str),
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// SIGUSR1, SIGUSR2: nothing (their default action would kill the
+    /// process and leave its files behind).
+    Ignored(&'static str),
+}
+
+/// The signals `serve` handles; installed once at start.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
+            user2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// The next signal received.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+            _ = self.interrupt.recv() => Signal::Stop("SIGINT"),
+            _ = self.quit.recv() => Signal::Stop("SIGQUIT"),
+            _ = self.hangup.recv() => Signal::Reload,
+            _ = self.user1.recv() => Signal::Ignored("SIGUSR1"),
+            _ = self.user2.recv() => Signal::Ignored("SIGUSR2"),
         }
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -56,6 +56,7 @@ fn check_config_prints_an_effective_config_that_checks_again_unchanged() {
     for line in [
         "hostname = \"mx.example.org\"",
         "path = \"./spool\"",
+        "min_free = \"auto\"",
         "address = \"127.0.0.1:2525\"",
         "kind = \"relay\"",
         "max_message_size = \"35MiB\"",
@@ -181,7 +182,19 @@ fn every_documented_config_key_is_accepted_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("design.toml");
     std::fs::write(&path, DESIGN_CONFIG.replace("HASH", HASH)).unwrap();
-    let (code, stdout, stderr) = run(&["check-config", "--config", path.to_str().unwrap()]);
+    // check-config loads the files it names, as a start would: the example's
+    // relative conf/tls/ files are made in the directory it runs in.
+    let tls = dir.path().join("conf/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["mx.example.org".into()]).unwrap();
+    std::fs::write(tls.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(tls.join("ca.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+    let (code, stdout, stderr) = run_in(
+        dir.path(),
+        None,
+        &["check-config", "--config", path.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "DESIGN.md's example config is rejected: {stderr}");
     let printed = effective(&stdout);
     // Every value is printed as written ("5d" stays "5d"), except the
@@ -380,24 +393,34 @@ fn runtime_errors_exit_1_with_one_sluice_prefixed_line_naming_the_cause() {
     assert!(last.contains(&taken), "{stderr}");
 }
 
+/// DESIGN.md "Reload": check-config loads certificate and key files too,
+/// so it fails exactly where a reload or a start would (exit 1, naming the
+/// config file, the key and the file).
 #[test]
-fn check_config_warns_about_certificate_files_it_cannot_load() {
+fn check_config_fails_on_certificate_files_it_cannot_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tls.toml");
-    std::fs::write(
-        &path,
-        "[tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n\
-         [delivery]\ntls_ca = \"/nonexistent/ca.pem\"\n",
-    )
-    .unwrap();
-    let (code, _, stderr) = run(&["check-config", "--config", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stderr}");
-    for file in ["/nonexistent/cert.pem", "/nonexistent/ca.pem"] {
+    for (text, key, file) in [
+        (
+            "[tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n",
+            "tls.certificate",
+            "/nonexistent/cert.pem",
+        ),
+        (
+            "[delivery]\ntls_ca = \"/nonexistent/ca.pem\"\n",
+            "delivery.tls_ca",
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let (code, _, stderr) = run(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{stderr}");
         assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with("sluice: warning: ") && l.contains(file)),
-            "no warning naming {file}: {stderr}"
+            stderr.starts_with("sluice: ")
+                && stderr.contains("tls.toml")
+                && stderr.contains(key)
+                && stderr.contains(file),
+            "the error names the config file, {key} and {file}: {stderr}"
         );
     }
 }

@@ -59,10 +59,11 @@ fn opportunistic_tls_is_used_when_offered() {
     assert!(seen[0].tls.is_some(), "the transaction must run over TLS");
     assert_eq!(seen[0].body, BODY);
     let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
-    let tls = field(&line, "tls");
+    assert_eq!(field(&line, "tls"), "opportunistic", "{line}");
+    let tls = field(&line, "tls_session");
     assert!(
         tls.starts_with("TLSv1.3/TLS13_"),
-        "tls= names version and cipher: {line}"
+        "tls_session= names version and cipher: {line}"
     );
 }
 
@@ -179,7 +180,8 @@ fn required_tls_delivers_when_the_certificate_matches_the_mx_name() {
     let seen = wait_delivered(&destination, 1);
     assert!(seen[0].tls.is_some());
     let line = sluice.wait_log(&[&format!("queue_id={id}"), "status=sent"]);
-    assert!(field(&line, "tls").starts_with("TLSv1."), "{line}");
+    assert_eq!(field(&line, "tls"), "required", "{line}");
+    assert!(field(&line, "tls_session").starts_with("TLSv1."), "{line}");
 }
 
 #[test]

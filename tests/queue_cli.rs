@@ -549,6 +549,18 @@ fn bulk_actions(config: &Path, ids: &[String]) {
         argv.extend_from_slice(args);
         cli_ok(config, &argv)
     };
+    // `list --older-than`: every message is at least 0 s old, none a day.
+    let listed = q(&["list", "--older-than", "0s"]);
+    assert!(
+        ids.iter().all(|id| listed.contains(id.as_str())),
+        "{listed}"
+    );
+    assert_eq!(
+        q(&["list", "--older-than", "1d"]),
+        "No queued message matches the filter\n"
+    );
+    assert_eq!(q(&["list", "--json", "--older-than", "1d"]).trim(), "[]");
+
     assert_eq!(q(&["hold", &ids[0], &ids[3]]), "2 messages held\n");
     assert!(held(config, &ids[0]) && held(config, &ids[3]));
 
@@ -880,7 +892,17 @@ fn bounce_after_one_try_logs_the_attempts_made() {
     sluice.wait_log(&["status=deferred"]);
     let deferred = show_json(&config, &ids[0]);
     assert_eq!(deferred["recipients"][0]["attempts"], 1, "{deferred}");
-    cli_ok(&config, &["queue", "bounce", &ids[0]]);
+    // The API's answer shows the message as bounced, with the one try made.
+    let bounced = http(
+        "POST",
+        sluice.admin,
+        &format!("/v1/queue/{}/bounce", ids[0]),
+        None,
+    );
+    assert_eq!(bounced.status, 200, "{}", bounced.body);
+    let bounced = bounced.json();
+    assert_eq!(bounced["recipients"][0]["status"], "failed", "{bounced}");
+    assert_eq!(bounced["recipients"][0]["attempts"], 1, "{bounced}");
     sluice.wait_log(&["status=bounced"]);
     let log = sluice.log_text();
     let line = |status: &str| {

@@ -6,6 +6,7 @@ mod common {
     pub mod destination;
     pub mod server;
     pub mod smtp;
+    pub mod spool;
     pub use {server::*, smtp::*};
 }
 
@@ -322,7 +323,7 @@ fn unknown_flag_is_a_usage_error() {
     write_client_config(&config, 9);
     for args in [
         &["-x", "b@dest.test"][..],
-        &["-bs"],
+        &["-bi"],
         &["-f"],
         &["--bogus", "b@dest.test"],
     ] {
@@ -543,17 +544,23 @@ fn listener_on_port_0_is_found_through_the_address_the_server_recorded() {
     let delivered = wait_delivered(&destination, 1);
     assert_eq!(delivered[0].recipients, ["b@dest.test"]);
 
-    // A clean shutdown removes the record; sendmail then says what is missing.
+    // A clean shutdown removes the record; with no server to answer,
+    // sendmail writes into the (absolute) spool itself.
     assert!(server.terminate().success());
     assert!(!record.exists(), "smtp.address removed at shutdown");
     let admin_record = server.dir.path().join("spool").join("admin.address");
     assert!(!admin_record.exists(), "admin.address removed at shutdown");
-    let (code, _, stderr) = sendmail(&server.config_path, &["b@dest.test"], b"x\n");
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("port 0") && stderr.contains("smtp.address"),
-        "{stderr}"
+    let (code, stdout, stderr) = sendmail(
+        &server.config_path,
+        &["-v", "b@dest.test"],
+        b"Subject: dropped\n\nx\n",
     );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("queued as "), "{stdout}");
+    let server = server.restart();
+    let delivered = wait_delivered(&destination, 2);
+    assert!(text(&delivered[1].body).contains("Subject: dropped\r\n"));
+    drop(server);
 }
 
 #[test]
@@ -620,4 +627,273 @@ fn a_refused_ehlo_falls_back_to_helo_on_the_same_session() {
         !commands[..helo.unwrap_or(0)].iter().any(|c| c == "QUIT"),
         "no QUIT before HELO: {commands:?}"
     );
+}
+
+/// A config with an absolute spool in `dir`, a listener nothing answers
+/// on (port 0, recorded nowhere), mail routed to `route`, and `extra`.
+fn maildrop_config(dir: &Path, route: std::net::SocketAddr, extra: &str) -> PathBuf {
+    let text = common::config_text(
+        dir,
+        "",
+        &format!("[delivery]\ntls = \"disabled\"\n\n[routes]\n\"*\" = \"{route}\"\n\n{extra}"),
+    );
+    common::write_config(dir, &text)
+}
+
+/// The stored message, read offline with `sluice queue cat`.
+fn stored(config: &Path, id: &str) -> String {
+    common::cli_ok(config, &["queue", "cat", id])
+}
+
+/// With no server answering, the message is written into the spool by
+/// sendmail itself, with the processing a submission gets: our Received:
+/// field, the added Date: and Message-ID:, and a DKIM signature from the
+/// matching [[dkim]] entry. The server delivers it once it starts.
+#[test]
+fn no_server_writes_into_the_spool_with_the_same_processing_and_the_server_delivers_it() {
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = common::run(None, |command| {
+        command.args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "origin.test",
+            "--selector",
+            "s1",
+            "--out",
+        ]);
+        command.arg(dir.path());
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let key = dir.path().join("origin.test.s1.pem");
+    let config = maildrop_config(
+        dir.path(),
+        destination.addr,
+        &format!(
+            "[[dkim]]\ndomain = \"origin.test\"\nselector = \"s1\"\nprivate_key = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let (code, stdout, stderr) = sendmail(
+        &config,
+        &["-v", "-f", "a@origin.test", "b@dest.test"],
+        b"From: A <a@origin.test>\nSubject: maildrop\n\nwritten while the server was down\n",
+    );
+    assert_eq!(
+        code, 0,
+        "sendmail with no server must take the message: {stderr}"
+    );
+    assert_eq!(stderr, "", "silent success");
+    let id = stdout
+        .trim()
+        .strip_prefix("queued as ")
+        .unwrap_or_else(|| panic!("no queue ID in {stdout:?}"))
+        .to_string();
+    let message = stored(&config, &id);
+    let headers = header_section(message.as_bytes());
+    assert!(headers.starts_with("DKIM-Signature: "), "{headers}");
+    assert!(
+        headers.contains("d=origin.test") && headers.contains("s=s1"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("Received: from ") && headers.contains(&format!("id {id}")),
+        "{headers}"
+    );
+    assert!(headers.contains("\r\nDate: "), "{headers}");
+    assert!(headers.contains("\r\nMessage-ID: <"), "{headers}");
+    assert_eq!(destination.transactions().len(), 0);
+
+    // The server picks it up at start.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let _server = Sluice::start_with(dir, &text_config);
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].mail_from, "a@origin.test");
+    assert_eq!(delivered[0].recipients, ["b@dest.test"]);
+    assert_eq!(text(&delivered[0].body), message, "delivered as stored");
+}
+
+/// Runs sendmail for `config` in the background with `stdin`.
+fn spawn_sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> std::process::Child {
+    let mut child = Command::new(common::binary())
+        .env_remove("SLUICE_CONFIG")
+        .arg("sendmail")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sendmail");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child
+}
+
+/// A spool held by another process (here the test, as a server that does
+/// not answer would) is waited for: released within the wait, the message
+/// is taken; held past it, sendmail exits 1 saying why.
+#[test]
+fn a_held_spool_is_waited_for_then_sendmail_exits_1() {
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = maildrop_config(dir.path(), destination.addr, "");
+    let spool = dir.path().join("spool");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Released after a second: sendmail waits, then takes the message.
+    let queue = common::spool::open_spool(&spool);
+    let child = spawn_sendmail(&config, &["-v", "b@dest.test"], b"Subject: waited\n\nx\n");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    runtime.block_on(queue.close()).unwrap();
+    drop(queue);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("in use by another process: waiting"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("queued as "));
+
+    // Held throughout: exit 1 after the bounded wait, nothing written.
+    let queue = common::spool::open_spool(&spool);
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: refused\n\nx\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(9),
+        "the wait is bounded but real: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("is locked by another process") && stderr.contains("try again later"),
+        "{stderr}"
+    );
+    assert_eq!(
+        queue.iter(None).count(),
+        1,
+        "only the first message is queued"
+    );
+    runtime.block_on(queue.close()).unwrap();
+}
+
+/// The SMTP dialogue a `-bs` client sends (all at once: the session reads
+/// it in turn).
+const BS_SESSION: &[u8] =
+    b"EHLO client.test\r\nMAIL FROM:<a@origin.test>\r\nRCPT TO:<b@dest.test>\r\n\
+RCPT TO:<c@dest.test>\r\nDATA\r\nSubject: bs\r\n\r\nover stdin\r\n.\r\nQUIT\r\n";
+
+/// The replies of a `-bs` session, one per line of the dialogue above.
+fn assert_bs_replies(stdout: &str) -> String {
+    let codes: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.len() >= 4 && line.as_bytes()[3] == b' ')
+        .map(|line| &line[..3])
+        .collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "250", "354", "250", "221"],
+        "{stdout}"
+    );
+    let queued = stdout
+        .lines()
+        .find(|line| line.contains("queued as "))
+        .unwrap_or_else(|| panic!("no queue ID in {stdout:?}"));
+    queued
+        .split("queued as ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `-bs` with a running server: the dialogue is relayed to it.
+#[test]
+fn bs_relays_the_smtp_dialogue_to_the_running_server() {
+    let setup = Setup::new();
+    let (code, stdout, stderr) = setup.sendmail(&["-bs"], BS_SESSION);
+    assert_eq!(code, 0, "{stderr}");
+    let id = assert_bs_replies(&stdout);
+    let delivered = setup.delivered(1);
+    assert_eq!(delivered[0].recipients, ["b@dest.test", "c@dest.test"]);
+    assert!(text(&delivered[0].body).contains(&format!("id {id}")));
+    setup.server.wait_log(&["message accepted", &id]);
+}
+
+/// `-bs` with no server: the same session runs over the spool, and the
+/// server delivers the message when it starts.
+#[test]
+fn bs_without_a_server_runs_the_session_over_the_spool() {
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = maildrop_config(dir.path(), destination.addr, "");
+    let (code, stdout, stderr) = sendmail(&config, &["-bs"], BS_SESSION);
+    assert_eq!(code, 0, "{stderr}");
+    let id = assert_bs_replies(&stdout);
+    assert!(stdout.starts_with("220 sluice.test ESMTP"), "{stdout}");
+    assert!(!stdout.contains("STARTTLS"), "{stdout}");
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let _server = Sluice::start_with(dir, &text_config);
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].recipients, ["b@dest.test", "c@dest.test"]);
+    assert!(text(&delivered[0].body).contains(&format!("id {id}")));
+    assert!(text(&delivered[0].body).contains("over stdin\r\n"));
+}
+
+/// A server that starts while sendmail holds the spool (a `-bs` session
+/// still open) waits for it, starts once the session ends, and delivers
+/// what the session wrote.
+#[test]
+fn a_server_starting_while_sendmail_holds_the_spool_waits_for_it() {
+    use std::io::BufRead;
+    let destination = Destination::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = maildrop_config(dir.path(), destination.addr, "");
+    let mut child = Command::new(common::binary())
+        .env_remove("SLUICE_CONFIG")
+        .args(["sendmail", "-bs", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sendmail -bs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"EHLO client.test\r\nMAIL FROM:<a@origin.test>\r\nRCPT TO:<held@dest.test>\r\n\
+              DATA\r\nSubject: held\r\n\r\nx\r\n.\r\n",
+        )
+        .unwrap();
+    let mut replies = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("queued as") {
+        let mut line = String::new();
+        assert!(replies.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+
+    // The session is still open: the spool is held.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let starting = std::thread::spawn(move || Sluice::start_with(dir, &text_config));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin.write_all(b"QUIT\r\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let server = starting.join().expect("the server started");
+    assert!(
+        server
+            .log_text()
+            .contains("the spool is in use by another process; waiting for it"),
+        "{}",
+        server.log_text()
+    );
+    let delivered = wait_delivered(&destination, 1);
+    assert_eq!(delivered[0].recipients, ["held@dest.test"]);
 }

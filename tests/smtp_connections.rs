@@ -95,6 +95,17 @@ fn connections_over_the_global_limit_get_421() {
     let mut second = SmtpClient::connect(server.smtp);
     let reply = second.read_reply();
     assert!(reply.starts_with("421 4.7.0"), "{reply:?}");
+    // A refused connection has its connect and disconnect lines too, and
+    // the reason with the reply between them.
+    let refused = server.wait_log(&["too many connections, refused"]);
+    assert!(refused.contains("reply=\"421 4.7.0 "), "{refused}");
+    server.wait_log(&["disconnect commands=0"]);
+    let log = server.log_text();
+    assert_eq!(
+        log.matches(": connect client=").count(),
+        2,
+        "one connect line per connection, refused or not:\n{log}"
+    );
 }
 
 #[test]

@@ -411,3 +411,24 @@ fn every_refused_command_logs_one_line_with_its_reply() {
         relay[0]
     );
 }
+
+/// A message refused at its end (here for a bare LF) logs the reply the
+/// client got, as a refused command does.
+#[test]
+fn a_message_refused_at_its_end_logs_the_reply() {
+    let server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@origin.test>", "250");
+    client.expect("RCPT TO:<b@dest.test>", "250");
+    client.expect("DATA", "354");
+    client.send_raw(b"Subject: x\r\n\nbare\r\n.\r\n");
+    let reply = client.read_reply();
+    assert!(reply.starts_with("550 5.5.2"), "{reply}");
+    let line = server.wait_log(&["transaction refused", "bare CR or LF"]);
+    assert_eq!(common::field(&line, "command"), "data", "{line}");
+    assert!(
+        common::field(&line, "reply").starts_with("550 5.5.2 Error: bare CR or LF"),
+        "{line}"
+    );
+}

@@ -84,6 +84,7 @@ mod dsn;
 mod failure;
 mod model;
 mod schedule;
+mod side;
 mod stats;
 mod store;
 
@@ -95,6 +96,7 @@ pub use model::{
     ATTEMPTS_LOG_LEN, AttemptRecord, Envelope, EnvelopeDsn, LoggedAttempt, Message, Outcome,
     QueueId, Recipient, RecipientStatus, RecipientUpdate,
 };
+pub use side::SideTree;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -455,6 +457,12 @@ impl Queue {
             .map(|record| record.map(|record| record.message))
     }
 
+    /// The named key-value tree beside the queue (e.g. `"mta-sts"`), for
+    /// state that must survive a restart; the queue never reads it.
+    pub fn side_tree(&self, name: &str) -> Result<SideTree, QueueError> {
+        self.inner.store.side_tree(name)
+    }
+
     /// Opens the body of a queued message for reading. Does no file I/O: a
     /// body file is opened at the first read, and reading it
     /// ([`BodyReader::is_file`]) blocks, so async code does that on the
@@ -577,10 +585,14 @@ impl Queue {
                 if !recipient.is_open() {
                     continue;
                 }
-                recipient.attempts = recipient.attempts.saturating_add(1);
+                if !matches!(update.outcome, Outcome::Bounced { .. }) {
+                    recipient.attempts = recipient.attempts.saturating_add(1);
+                }
                 let (status, reply, next_attempt_at) = match update.outcome {
                     Outcome::Delivered { reply } => (RecipientStatus::Delivered, reply, None),
-                    Outcome::Failed { reply } => (RecipientStatus::Failed, reply, None),
+                    Outcome::Failed { reply } | Outcome::Bounced { reply } => {
+                        (RecipientStatus::Failed, reply, None)
+                    }
                     Outcome::Deferred {
                         reply,
                         next_attempt_at,

@@ -166,6 +166,12 @@ pub enum Outcome {
         /// The next hop's reply (or a description of the local error).
         reply: String,
     },
+    /// Failed without a delivery attempt (the operator bounced it): as
+    /// [`Outcome::Failed`], but the recipient's attempt count is unchanged.
+    Bounced {
+        /// Why, for the recipient's last reply and the DSN.
+        reply: String,
+    },
 }
 
 /// An outcome for the recipient at `index` in [`Message::recipients`].

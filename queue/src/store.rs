@@ -146,6 +146,16 @@ impl Store {
         })
     }
 
+    /// The side tree `name` (see [`crate::SideTree`]); never the queue's.
+    pub(crate) fn side_tree(&self, name: &str) -> Result<crate::SideTree, QueueError> {
+        let full = format!("side/{name}");
+        let tree = self
+            .db
+            .open_tree(full.as_bytes())
+            .map_err(storage("opening a side tree"))?;
+        Ok(crate::SideTree::new(name, tree))
+    }
+
     /// A clone of the tree handle, for body readers.
     pub(crate) fn tree(&self) -> sled::Tree {
         self.tree.clone()

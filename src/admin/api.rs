@@ -160,6 +160,8 @@ async fn metrics(State(ctx): State<Context>) -> Result<Response, AdminError> {
         .map_err(|error| AdminError::Internal(format!("queue stats failed: {error}")))??;
     let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
+    // The spool gauges are fresh even when no mail arrives (cached a second).
+    ctx.disk.is_low(ctx.config().spool.min_free);
     let metrics = &ctx.metrics;
     metrics
         .queue_messages

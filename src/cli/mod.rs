@@ -3,4 +3,5 @@
 pub mod dkim;
 pub mod hash_password;
 pub mod queue;
+pub mod route;
 pub mod sendmail;

@@ -40,6 +40,9 @@ pub enum QueueCommand {
         /// Only messages from this sender ("" for the null sender <>).
         #[arg(long, value_name = "ADDRESS")]
         sender: Option<String>,
+        /// Only messages received at least this long ago (90s, 30m, 1h, 2d).
+        #[arg(long, value_name = "AGE", value_parser = crate::admin::bulk::parse_age)]
+        older_than: Option<std::time::Duration>,
     },
     /// Envelope, per-recipient state, attempts and last reply of a message.
     Show {
@@ -296,12 +299,13 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
             status,
             domain,
             sender,
+            older_than,
         } => {
             let filter = ListFilter {
                 status: status.map(StatusFilter::from),
                 domain,
                 sender,
-                older_than: None,
+                older_than,
             };
             if json {
                 access.json_list(&filter, &mut out)?;

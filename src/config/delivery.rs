@@ -58,6 +58,8 @@ pub(super) struct DeliveryFile {
     pub command_timeout: Duration,
     #[serde(with = "duration")]
     pub data_timeout: Duration,
+    pub mta_sts: bool,
+    pub dane: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,6 +102,11 @@ pub struct DeliveryConfig {
     pub relay_host: Option<NextHopAddress>,
     /// The smarthost account; only with `relay_host`.
     pub relay_auth: Option<RelayAuth>,
+    /// Fetch, cache and obey recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// Use DNSSEC-authenticated TLSA records (RFC 7672) when every
+    /// nameserver is on loopback.
+    pub dane: bool,
 }
 
 impl DeliveryFile {
@@ -164,6 +171,8 @@ impl DeliveryFile {
             tls_ca: self.tls_ca,
             relay_host,
             relay_auth: self.relay_auth,
+            mta_sts: self.mta_sts,
+            dane: self.dane,
         })
     }
 }
@@ -186,6 +195,8 @@ impl From<&DeliveryConfig> for DeliveryFile {
             tls_ca: delivery.tls_ca.clone(),
             relay_host: delivery.relay_host.as_ref().map(ToString::to_string),
             relay_auth: delivery.relay_auth.clone(),
+            mta_sts: delivery.mta_sts,
+            dane: delivery.dane,
         }
     }
 }

@@ -148,6 +148,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: PathBuf::from("./spool"),
             cache_capacity: 16 * MIB,
+            min_free: super::MinFree::Auto,
         }
     }
 }
@@ -197,6 +198,8 @@ impl Default for DeliveryFile {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            mta_sts: true,
+            dane: true,
             tls_ca: None,
             relay_host: None,
             relay_auth: None,

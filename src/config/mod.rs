@@ -40,7 +40,7 @@ pub use log::{LogConfig, LogFormat};
 pub use next_hop::{HostName, NextHopAddress};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
-pub use spool::SpoolConfig;
+pub use spool::{MinFree, SpoolConfig};
 pub use units::{format_byte_size, format_duration, parse_byte_size};
 
 use file::ConfigFile;

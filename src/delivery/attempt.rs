@@ -15,6 +15,7 @@ use super::dsn::Diagnostic;
 use super::loops;
 use super::pool::PoolKey;
 use super::route::{Host, NextHop, NextHopKind, RouteError};
+use super::secure::{self, HostPolicy};
 use super::tls::TlsMode;
 use crate::smtp::client::Envelope;
 use crate::smtp::reply::{EnhancedCode, Reply};
@@ -47,6 +48,9 @@ pub struct Attempt {
     pub relay: String,
     /// `TLSv1.3/CIPHER`, "plaintext", or "none".
     pub tls: String,
+    /// Which TLS policy applied (the log line's `tls=`): dane, mta-sts,
+    /// required, opportunistic, plaintext, or "none" (no session).
+    pub tls_policy: &'static str,
     /// The server that answered offers DSN (RFC 3461): a success report
     /// for a sent recipient is then `delivered`, else `relayed`.
     pub next_hop_dsn: bool,
@@ -68,6 +72,7 @@ impl Attempt {
             remote_mta: Some(session.host.clone()),
             relay: session.relay.clone(),
             tls: session.tls.clone(),
+            tls_policy: session.tls_policy,
             next_hop_dsn: session.dsn,
         }
     }
@@ -95,6 +100,7 @@ impl Attempt {
             remote_mta: failure.remote_mta.clone(),
             relay: failure.relay.clone().unwrap_or_else(|| "none".into()),
             tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
+            tls_policy: failure.tls_policy.unwrap_or("none"),
             next_hop_dsn: false,
         }
     }
@@ -117,6 +123,8 @@ pub struct Failure {
     pub relay: Option<String>,
     /// The TLS state of the session, when one was open.
     pub tls: Option<String>,
+    /// The TLS policy that applied, when a host was tried under one.
+    pub tls_policy: Option<&'static str>,
 }
 
 impl Failure {
@@ -130,6 +138,7 @@ impl Failure {
             remote_mta: None,
             relay: None,
             tls: None,
+            tls_policy: None,
         }
     }
 
@@ -172,6 +181,7 @@ impl Failure {
             remote_mta: Some(host.to_string()),
             relay: Some(relay.to_string()),
             tls: None,
+            tls_policy: None,
         }
     }
 }
@@ -181,6 +191,8 @@ struct Session {
     host: String,
     relay: String,
     tls: String,
+    /// The log line's `tls=`.
+    tls_policy: &'static str,
     /// The server offers DSN (RFC 3461).
     dsn: bool,
 }
@@ -243,6 +255,11 @@ pub async fn deliver_domain(
         _ => None,
     };
     let policy = engine.ctx.config().tls_policy_for(domain);
+    // DANE and MTA-STS (delivery::secure) come before the static policy.
+    let security = engine
+        .secure
+        .for_domain(domain, &hop, engine.router.resolver(), &engine.tls.verified)
+        .await;
     let mut last_failure = Failure::local(
         false,
         EnhancedCode::new(4, 4, 0),
@@ -259,6 +276,16 @@ pub async fn deliver_domain(
     let mut tried = false;
     let mut connections = 0;
     for host in hop.hosts.iter().take(MAX_HOSTS) {
+        let host_policy = security.for_host(host).await;
+        if let HostPolicy::Refused { policy, reason } = &host_policy {
+            tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
+            secure::count_session(&engine.ctx.metrics, domain, policy, false);
+            let mut failure = Failure::local(false, EnhancedCode::new(4, 7, 5), reason.clone());
+            failure.tls_policy = Some(policy);
+            last_failure = failure;
+            tried = true;
+            continue;
+        }
         let addresses = match engine.router.addresses(&hop, host).await {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -275,7 +302,7 @@ pub async fn deliver_domain(
                 continue;
             }
         };
-        let mode = TlsMode::choose(policy, hop.kind, host.port, auth.is_some());
+        let mode = host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
         for ip in addresses {
             if connections >= MAX_ADDRESSES {
                 tracing::debug!(domain, "address limit reached for this attempt");
@@ -310,6 +337,7 @@ pub async fn deliver_domain(
                     relay: &relay,
                     key: &key,
                     reused: true,
+                    policy: &host_policy,
                 };
                 match transaction(engine, connection, &target, message, &open).await {
                     Ok(result) => ran = Some(result),
@@ -321,7 +349,20 @@ pub async fn deliver_domain(
             let ran = match ran {
                 Some(ran) => ran,
                 None => {
-                    let connection = match open_session(engine, host, address, mode, &hop).await {
+                    let (connector, observed) =
+                        secure::connector_for(&host_policy, &engine.tls.roots);
+                    let opened =
+                        open_session(engine, host, address, mode, &hop, connector.as_ref()).await;
+                    secure::observe_session(
+                        engine,
+                        domain,
+                        &relay,
+                        &host_policy,
+                        mode,
+                        &opened,
+                        observed.as_ref(),
+                    );
+                    let connection = match opened {
                         Ok(connection) => connection,
                         Err(error) => {
                             tracing::debug!(domain, %relay, %error, "session setup failed");
@@ -331,6 +372,13 @@ pub async fn deliver_domain(
                             // none works (as Postfix's smtp_skip_5xx_greeting
                             // and smtp_sasl_auth_soft_bounce).
                             last_failure = Failure::from_client(&error, &host.name, &relay);
+                            // Name the policy that made TLS mandatory, so
+                            // `queue show` says why (DANE, MTA-STS).
+                            if let Some(why) = host_policy.describe(&security, host) {
+                                last_failure.reason = format!("{why}: {}", last_failure.reason);
+                                last_failure.reply = None;
+                                last_failure.tls_policy = Some(host_policy.label(mode, false));
+                            }
                             continue;
                         }
                     };
@@ -339,6 +387,7 @@ pub async fn deliver_domain(
                         relay: &relay,
                         key: &key,
                         reused: false,
+                        policy: &host_policy,
                     };
                     match transaction(engine, connection, &target, message, &open).await {
                         Ok(ran) => ran,
@@ -389,6 +438,7 @@ async fn open_session(
     address: SocketAddr,
     mode: TlsMode,
     hop: &NextHop,
+    connector: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<Connection, ClientError> {
     let config = engine.ctx.config();
     let hostname = config.hostname.as_str();
@@ -401,14 +451,16 @@ async fn open_session(
     connection.open(hostname).await?;
     match mode {
         TlsMode::Disabled | TlsMode::Implicit => {}
-        TlsMode::Required => {
+        TlsMode::Required | TlsMode::Dane => {
             if !connection.capabilities().starttls {
                 let _ = connection.quit().await;
                 return Err(ClientError::TlsNotOffered);
             }
             connection.send_starttls().await?;
+            // DANE brings its own verifier (delivery::dane).
+            let connector = connector.unwrap_or(&engine.tls.verified);
             connection = connection
-                .finish_starttls(&engine.tls.verified, server_name(&host.name)?, hostname)
+                .finish_starttls(connector, server_name(&host.name)?, hostname)
                 .await?;
         }
         TlsMode::Opportunistic if connection.capabilities().starttls => {
@@ -417,7 +469,11 @@ async fn open_session(
                     let name = server_name(&host.name)
                         .or_else(|_| server_name(&address.ip().to_string()))?;
                     match connection
-                        .finish_starttls(&engine.tls.unverified, name, hostname)
+                        .finish_starttls(
+                            connector.unwrap_or(&engine.tls.unverified),
+                            name,
+                            hostname,
+                        )
                         .await
                     {
                         Ok(upgraded) => upgraded,
@@ -483,6 +539,8 @@ struct Target<'a> {
     relay: &'a str,
     key: &'a PoolKey,
     reused: bool,
+    /// The host's TLS policy (for the log line's `tls=`).
+    policy: &'a HostPolicy,
 }
 
 /// What a transaction on one host came to.
@@ -517,6 +575,9 @@ async fn transaction(
             .tls()
             .map(ToString::to_string)
             .unwrap_or_else(|| "plaintext".into()),
+        tls_policy: target
+            .policy
+            .label(target.key.tls, connection.tls().is_some()),
         dsn: connection.capabilities().dsn,
     };
     let with_session = |failure: Failure| -> Failure {
@@ -524,6 +585,7 @@ async fn transaction(
             remote_mta: Some(session.host.clone()),
             relay: Some(session.relay.clone()),
             tls: Some(session.tls.clone()),
+            tls_policy: Some(session.tls_policy),
             ..failure
         }
     };

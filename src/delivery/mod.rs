@@ -7,24 +7,31 @@
 //! - `route`: relay_host, `[routes]`, MX and implicit MX;
 //! - `client`: the SMTP client's I/O, a pump over `smtp::client`;
 //! - `tls`: outbound TLS policy; `pool`: connection reuse;
+//! - `secure`: which policy governs (DANE, MTA-STS, static), over `dane`
+//!   (TLSA lookups, the TLSA certificate verifier) and `mta_sts` (policy
+//!   discovery, fetch, cache);
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
 //! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
 
 pub mod attempt;
 pub mod client;
+pub mod dane;
 pub mod dsn;
 pub mod history;
 pub mod loops;
+pub mod mta_sts;
 pub mod notices;
 pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod scheduler;
+pub mod secure;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use sluice_queue::{Message, Outcome, QueueId, RecipientStatus, RecipientUpdate};
 use tokio::sync::Semaphore;
 
@@ -35,6 +42,7 @@ use self::client::Timeouts;
 use self::pool::Pool;
 use self::retry::{Clock, RetryPolicy, SystemClock};
 use self::route::Router;
+use self::secure::Secure;
 use self::tls::TlsClients;
 use crate::smtp::reply::EnhancedCode;
 
@@ -43,36 +51,68 @@ pub struct Engine {
     ctx: Context,
     router: Router,
     tls: TlsClients,
+    /// DANE and MTA-STS (`delivery.dane`, `delivery.mta_sts`).
+    secure: Secure,
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     timeouts: Timeouts,
     /// `delivery.concurrency`: SMTP transactions in flight in total.
     transactions: Arc<Semaphore>,
     /// `delivery.per_domain_concurrency`, one semaphore per recipient domain.
-    domains: Mutex<HashMap<String, Arc<Semaphore>>>,
-    pool: Pool,
+    domains: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    pool: Arc<Pool>,
 }
 
 impl Engine {
-    fn new(ctx: &Context, clock: Arc<dyn Clock>) -> anyhow::Result<Engine> {
-        let delivery = &ctx.config().delivery;
-        let router = Router::with_resolver(&ctx.config(), ctx.resolver.clone());
-        let tls = TlsClients::from_config(&ctx.config())?;
-        Ok(Engine {
+    fn new(ctx: &Context, clock: Arc<dyn Clock>, tls: TlsClients) -> Engine {
+        let config = ctx.config();
+        let delivery = &config.delivery;
+        Engine {
             ctx: ctx.clone(),
-            router,
+            router: Router::with_resolver(&config, ctx.resolver.clone()),
             tls,
+            secure: Secure::from_config(&config, Some(&ctx.queue)),
             policy: RetryPolicy::from_config(delivery),
             clock,
-            timeouts: Timeouts {
-                connect: delivery.connect_timeout,
-                command: delivery.command_timeout,
-                data: delivery.data_timeout,
-            },
+            timeouts: timeouts(delivery),
             transactions: Arc::new(Semaphore::new(delivery.concurrency.get())),
-            domains: Mutex::new(HashMap::new()),
-            pool: Pool::new(delivery.per_domain_concurrency.get()),
-        })
+            domains: Arc::new(Mutex::new(HashMap::new())),
+            pool: Arc::new(Pool::new(delivery.per_domain_concurrency.get())),
+        }
+    }
+
+    /// The engine for `config` (a reload), for the attempts that start from
+    /// now on: routes, TLS clients, retry policy and timeouts from `config`;
+    /// the connection pool and clock carried over, and the concurrency
+    /// limits too unless `config` changes them (attempts in flight then
+    /// finish under the old limit).
+    fn reloaded(
+        &self,
+        old: &crate::config::Config,
+        config: &crate::config::Config,
+        tls: TlsClients,
+    ) -> Engine {
+        let (old, new) = (&old.delivery, &config.delivery);
+        Engine {
+            ctx: self.ctx.clone(),
+            router: Router::with_resolver(config, self.ctx.resolver.clone()),
+            tls,
+            secure: Secure::from_config(config, Some(&self.ctx.queue)),
+            policy: RetryPolicy::from_config(new),
+            clock: self.clock.clone(),
+            timeouts: timeouts(new),
+            transactions: if old.concurrency == new.concurrency {
+                self.transactions.clone()
+            } else {
+                Arc::new(Semaphore::new(new.concurrency.get()))
+            },
+            domains: if old.per_domain_concurrency == new.per_domain_concurrency {
+                self.domains.clone()
+            } else {
+                Arc::new(Mutex::new(HashMap::new()))
+            },
+            pool: self.pool.clone(),
+        }
     }
 
     /// The semaphore limiting transactions to `domain`.
@@ -95,9 +135,40 @@ impl Engine {
     }
 }
 
+/// The outbound timeouts of `[delivery]`.
+fn timeouts(delivery: &crate::config::DeliveryConfig) -> Timeouts {
+    Timeouts {
+        connect: delivery.connect_timeout,
+        command: delivery.command_timeout,
+        data: delivery.data_timeout,
+    }
+}
+
 /// Runs due deliveries under the configured concurrency limits.
 pub struct Scheduler {
-    engine: Arc<Engine>,
+    engine: Arc<ArcSwap<Engine>>,
+}
+
+/// Puts a new configuration in force for the delivery attempts that start
+/// from now on (see [`Scheduler::reloader`]).
+#[derive(Clone)]
+pub struct Reloader {
+    engine: Arc<ArcSwap<Engine>>,
+}
+
+impl Reloader {
+    /// Attempts that start after this use `config` (which replaces `old`)
+    /// and `tls` (the TLS clients from [`crate::reload::files::load`]);
+    /// those in flight finish as they began.
+    pub fn reload(
+        &self,
+        old: &crate::config::Config,
+        config: &crate::config::Config,
+        tls: TlsClients,
+    ) {
+        let next = self.engine.load().reloaded(old, config, tls);
+        self.engine.store(Arc::new(next));
+    }
 }
 
 impl Scheduler {
@@ -110,9 +181,23 @@ impl Scheduler {
 
     /// Like [`Scheduler::new`], reading time from `clock` (tests).
     pub fn with_clock(ctx: &Context, clock: Arc<dyn Clock>) -> anyhow::Result<Scheduler> {
-        Ok(Scheduler {
-            engine: Arc::new(Engine::new(ctx, clock)?),
-        })
+        let tls = TlsClients::from_config(&ctx.config())?;
+        Ok(Scheduler::with_tls(ctx, clock, tls))
+    }
+
+    /// The scheduler with `tls`, the TLS client configurations already
+    /// loaded (by [`crate::reload::files::load`]).
+    pub fn with_tls(ctx: &Context, clock: Arc<dyn Clock>, tls: TlsClients) -> Scheduler {
+        Scheduler {
+            engine: Arc::new(ArcSwap::new(Arc::new(Engine::new(ctx, clock, tls)))),
+        }
+    }
+
+    /// The handle a reload uses to swap the delivery settings.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            engine: self.engine.clone(),
+        }
     }
 
     /// Delivers due work until `ctx.shutdown` is cancelled. Delivery tasks
@@ -159,7 +244,8 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         .iter()
         .map(|attempt| RecipientUpdate {
             index: attempt.index,
-            outcome: Outcome::Failed {
+            // Not a delivery attempt: the attempt count stays as it was.
+            outcome: Outcome::Bounced {
                 reply: attempt.reply.clone(),
             },
         })

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use sluice_queue::{Claim, Message, Outcome, RecipientStatus, RecipientUpdate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,8 +35,10 @@ const WAITING_FOR_DOMAIN: usize = 10_000;
 /// Pause after a queue error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// The scheduler loop; returns at shutdown.
-pub async fn run(engine: Arc<Engine>) {
+/// The scheduler loop; returns at shutdown. Each claimed message is
+/// delivered by the engine in force when it was claimed (a reload swaps it).
+pub async fn run(engines: Arc<ArcSwap<Engine>>) {
+    let engine = engines.load_full();
     let ctx = engine.ctx.clone();
     let reaper_engine = engine.clone();
     let reaper_shutdown = ctx.shutdown.clone();
@@ -125,7 +128,7 @@ pub async fn run(engine: Arc<Engine>) {
                 ctx.queue.unclaim(&claim.message.id);
                 continue;
             };
-            let engine = engine.clone();
+            let engine = engines.load_full();
             ctx.tasks
                 .spawn(deliver_message(engine, claim, permit, waiting.clone()));
         }
@@ -487,7 +490,8 @@ pub fn log_outcome(
         attempts,
         status = %status,
         dsn = %attempt.status,
-        tls = %attempt.tls,
+        tls = %attempt.tls_policy,
+        tls_session = %attempt.tls,
         next_attempt = %next,
         reply = ?attempt.reply,
         "delivery"

@@ -42,6 +42,8 @@ pub enum TlsMode {
     Required,
     /// TLS from the first byte (port 465, RFC 8314), certificate checked.
     Implicit,
+    /// STARTTLS authenticated by DANE TLSA records (RFC 7672), or defer.
+    Dane,
 }
 
 impl TlsMode {
@@ -68,7 +70,7 @@ impl TlsMode {
 
     /// True when the certificate must verify.
     pub fn verifies(self) -> bool {
-        matches!(self, TlsMode::Required | TlsMode::Implicit)
+        matches!(self, TlsMode::Required | TlsMode::Implicit | TlsMode::Dane)
     }
 }
 
@@ -80,6 +82,9 @@ pub struct TlsClients {
     pub verified: TlsConnector,
     /// Accepts any certificate (opportunistic TLS).
     pub unverified: TlsConnector,
+    /// The roots of `verified` (webpki plus `delivery.tls_ca`), for the
+    /// MTA-STS testing verifier.
+    pub roots: Arc<RootCertStore>,
 }
 
 impl TlsClients {
@@ -98,9 +103,10 @@ impl TlsClients {
                     })?;
             }
         }
+        let roots = Arc::new(roots);
         let verified = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
         let unverified = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -110,6 +116,7 @@ impl TlsClients {
         Ok(TlsClients {
             verified: TlsConnector::from(Arc::new(verified)),
             unverified: TlsConnector::from(Arc::new(unverified)),
+            roots,
         })
     }
 

@@ -31,7 +31,7 @@ use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusa
 use crate::smtp::line::{CommandLines, Line};
 use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Action, MessageOutcome, Session, SessionConfig, log_address};
+use crate::smtp::session::{Action, LogReply, MessageOutcome, Session, SessionConfig, log_address};
 
 /// How long the last replies may take to write when closing.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,8 +56,8 @@ pub struct Shared {
     /// `[[user]]` checks.
     pub auth: Authenticator,
     /// Delays after failed AUTH attempts, per client.
-    pub auth_failures: AuthFailures,
-    /// The `[[dkim]]` keys, loaded at start.
+    pub auth_failures: Arc<AuthFailures>,
+    /// The `[[dkim]]` keys, loaded at start or reload.
     pub dkim: Signer,
     /// Present when `[verify] enabled`.
     pub verifier: Option<Verifier>,
@@ -105,6 +105,25 @@ pub async fn serve(
     tracing::info!(client = %peer.ip(), "connect");
     let mut session = Session::new(config, peer.ip(), implicit_tls);
     serve_session(&shared, stream, peer, &mut session, implicit_tls).await;
+    tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
+}
+
+/// Serves one session over a local stream rather than an accepted socket:
+/// `sluice sendmail` when no server answers (the pipe from its submission
+/// code, or stdin and stdout for `-bs`), as a listener of `config` serves a
+/// client at `peer`. No TLS: `config` must not offer STARTTLS. Logs the
+/// `connect` and `disconnect` lines as [`serve`] does.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: S,
+    peer: SocketAddr,
+    config: Arc<SessionConfig>,
+) {
+    tracing::info!(client = %peer.ip(), "connect");
+    let mut session = Session::new(config, peer.ip(), false);
+    let greeting = session.greeting();
+    // Without STARTTLS on offer, the session can only end closed.
+    let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
 
@@ -284,6 +303,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
         let command_timeout = self.shared.ctx.config().limits.command_timeout;
+        let min_free = self.shared.ctx.config().spool.min_free;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -293,6 +313,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 let action = match line {
                     Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
+                        // Cached: at most one statvfs a second for the process.
+                        session.set_storage_low(self.shared.ctx.disk.is_low(min_free));
                         let action = session.handle_line(&line);
                         if !was_chunking {
                             // A new transaction (or none) starts from scratch.
@@ -531,7 +553,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
-                log_refused(session, refusal.reason());
+                log_refused(session, refusal);
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
@@ -653,7 +675,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         tracing::info!(queue_id = %body.id(), client = %session.client(),
             results = %summary.join(","), "authentication checked");
         if verdict.reject {
-            log_refused(session, Refusal::DmarcReject.reason());
+            log_refused(session, Refusal::DmarcReject);
             return Err(MessageOutcome::Refused(Refusal::DmarcReject));
         }
         let (length, mut replacement) =
@@ -840,16 +862,24 @@ async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
     }
 }
 
-fn log_refused(session: &Session, reason: &str) {
+/// The `transaction refused` line for a message refused at its end, with
+/// the reply the client gets, as a refused command's line has.
+fn log_refused(session: &Session, refusal: Refusal) {
     let sender = session
         .transaction()
         .map(|t| display_sender(&t.sender))
         .unwrap_or_default();
+    let command = match session.transaction() {
+        Some(transaction) if transaction.chunking => "bdat",
+        _ => "data",
+    };
     tracing::info!(
         client = %session.client(),
         helo = %session.helo_name().unwrap_or(""),
         sender = %sender,
-        reason = %reason,
+        command,
+        reason = %refusal.reason(),
+        reply = %LogReply(&refusal.reply()),
         "transaction refused"
     );
 }
@@ -889,7 +919,7 @@ mod tests {
             submission_config: session_config.clone(),
             tls: None,
             auth: Authenticator::new(&[]),
-            auth_failures: AuthFailures::new(),
+            auth_failures: Arc::new(AuthFailures::new()),
             dkim: Signer::empty(),
             verifier: None,
         });

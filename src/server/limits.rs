@@ -6,50 +6,69 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Connection counts, global (a semaphore) and per client address.
+/// Connection counts, in total and per client address. The maxima can be
+/// changed while connections are open (a reload): the counts carry over, so
+/// a lower maximum refuses new connections until enough old ones closed.
 pub struct ConnectionLimits {
-    global: Arc<Semaphore>,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max_per_ip: usize,
+    counts: Arc<Mutex<Counts>>,
+    max: AtomicUsize,
+    max_per_ip: AtomicUsize,
+}
+
+/// The connections open now.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// Held for as long as a connection is open; gives its slots back on drop.
 pub struct ConnectionSlot {
-    _global: OwnedSemaphorePermit,
     ip: IpAddr,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl ConnectionLimits {
     /// Limits of `max` connections in total and `max_per_ip` per address.
     pub fn new(max: usize, max_per_ip: usize) -> ConnectionLimits {
         ConnectionLimits {
-            global: Arc::new(Semaphore::new(max)),
-            per_ip: Arc::new(Mutex::new(HashMap::new())),
-            max_per_ip,
+            counts: Arc::new(Mutex::new(Counts::default())),
+            max: AtomicUsize::new(max),
+            max_per_ip: AtomicUsize::new(max_per_ip),
         }
+    }
+
+    /// Puts new maxima in force for the connections that come next.
+    pub fn set_limits(&self, max: usize, max_per_ip: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     /// A slot for a connection from `ip`, or `None` when a limit is reached.
     /// The per-client count is by [`client_key`].
     pub fn try_acquire(&self, ip: IpAddr) -> Option<ConnectionSlot> {
         let ip = client_key(ip);
-        let global = self.global.clone().try_acquire_owned().ok()?;
-        let mut per_ip = self.per_ip.lock().ok()?;
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
+        let mut counts = self.counts.lock().ok()?;
+        if counts.total >= self.max.load(Ordering::Relaxed) {
+            return None;
+        }
+        let max_per_ip = self.max_per_ip.load(Ordering::Relaxed);
+        let count = counts.per_ip.entry(ip).or_insert(0);
+        if *count >= max_per_ip {
+            if *count == 0 {
+                counts.per_ip.remove(&ip);
+            }
             return None;
         }
         *count += 1;
+        counts.total += 1;
         Some(ConnectionSlot {
-            _global: global,
             ip,
-            per_ip: self.per_ip.clone(),
+            counts: self.counts.clone(),
         })
     }
 }
@@ -70,12 +89,14 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Ok(mut per_ip) = self.per_ip.lock()
-            && let Some(count) = per_ip.get_mut(&self.ip)
-        {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(count) = counts.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                counts.per_ip.remove(&self.ip);
             }
         }
     }
@@ -189,6 +210,23 @@ mod tests {
             .try_acquire("192.0.2.1".parse().unwrap())
             .expect("first");
         assert!(limits.try_acquire("192.0.2.2".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn new_maxima_apply_to_the_next_connections_and_counts_carry_over() {
+        let limits = ConnectionLimits::new(3, 3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = limits.try_acquire(ip).expect("first");
+        let _second = limits.try_acquire(ip).expect("second");
+        limits.set_limits(3, 1);
+        assert!(limits.try_acquire(ip).is_none(), "per-IP maximum lowered");
+        limits.set_limits(2, 5);
+        assert!(limits.try_acquire("192.0.2.2".parse().unwrap()).is_none());
+        drop(first);
+        assert!(
+            limits.try_acquire(ip).is_some(),
+            "a closed slot is free again"
+        );
     }
 
     #[test]

@@ -7,29 +7,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
 use crate::config::ListenerKind;
+use crate::server::Inbound;
 use crate::server::connection::{self, Shared, closing_reply};
-use crate::server::limits::ConnectionLimits;
+use crate::smtp::counts::CommandCounts;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::Session;
+use crate::smtp::session::{LogReply, Session};
 
-/// Accepts on `listener` until the task is aborted. After shutdown starts,
-/// new connections are answered `421 4.3.2` (`421 4.3.0` after a storage
-/// failure) and closed.
+/// Accepts on `listener` until the task is aborted. Each connection is
+/// served with the [`Inbound`] in force when it was accepted (a reload swaps
+/// it). After shutdown starts, new connections are answered `421 4.3.2`
+/// (`421 4.3.0` after a storage failure) and closed.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     kind: ListenerKind,
-    shared: Arc<Shared>,
-    limits: Arc<ConnectionLimits>,
+    inbound: Arc<ArcSwap<Inbound>>,
 ) {
-    let config = match kind {
-        ListenerKind::Relay => shared.relay_config.clone(),
-        ListenerKind::Submission | ListenerKind::Submissions => shared.submission_config.clone(),
-    };
     let implicit_tls = kind == ListenerKind::Submissions;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -42,18 +41,27 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let current = inbound.load_full();
+        let (shared, limits) = (&current.shared, &current.limits);
         if shared.ctx.shutdown.is_cancelled() {
-            tokio::spawn(refuse(stream, closing_reply(&shared.ctx)));
+            let reply = closing_reply(&shared.ctx);
+            log_refused_connection(peer, "shutting down, refused", &reply);
+            tokio::spawn(refuse(stream, reply));
             continue;
         }
         let Some(slot) = limits.try_acquire(peer.ip()) else {
-            tracing::info!(client = %peer.ip(), "too many connections, refused");
             let reply = Session::too_many_connections(&shared.ctx.config().hostname);
+            log_refused_connection(peer, "too many connections, refused", &reply);
             tokio::spawn(refuse(stream, reply));
             continue;
         };
         let shared = shared.clone();
-        let config = config.clone();
+        let config = match kind {
+            ListenerKind::Relay => shared.relay_config.clone(),
+            ListenerKind::Submission | ListenerKind::Submissions => {
+                shared.submission_config.clone()
+            }
+        };
         let span = tracing::info_span!("smtp", peer = %peer);
         shared.ctx.tasks.clone().spawn(
             async move {
@@ -78,6 +86,14 @@ async fn serve_counted(
     tracing::debug!("connected");
     connection::serve(shared, stream, peer, config, implicit_tls).await;
     tracing::debug!("disconnected");
+}
+
+/// The lines of a connection refused at connect: `connect`, why with the
+/// reply, and `disconnect` with no commands, as every connection has.
+fn log_refused_connection(peer: SocketAddr, why: &str, reply: &Reply) {
+    tracing::info!(client = %peer.ip(), "connect");
+    tracing::info!(client = %peer.ip(), reply = %LogReply(reply), "{why}");
+    tracing::info!(client = %peer.ip(), "disconnect {}", CommandCounts::default());
 }
 
 /// Answers a connection we will not serve, then closes it.

@@ -205,6 +205,9 @@ pub struct Session {
     /// Why the command being handled was refused, when the refusal is a
     /// policy decision worth a `transaction refused` line.
     refusal_reason: Option<&'static str>,
+    /// The spool's free space is below `spool.min_free`: MAIL gets
+    /// `452 4.3.1`. Set by the I/O shell ([`Session::set_storage_low`]).
+    storage_low: bool,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -229,7 +232,16 @@ impl Session {
             auth_failures: 0,
             commands: CommandCounts::default(),
             refusal_reason: None,
+            storage_low: false,
         }
+    }
+
+    /// Tells the session whether the spool's free space is below the
+    /// reserve (`spool.min_free`); while it is, MAIL gets
+    /// `452 4.3.1 Insufficient system storage` (RFC 3463 §3.4: mail system
+    /// full) and the rest of the session goes on.
+    pub fn set_storage_low(&mut self, low: bool) {
+        self.storage_low = low;
     }
 
     /// The commands of this connection so far, by verb.
@@ -687,6 +699,14 @@ impl Session {
                 "Error: message size exceeds fixed maximum message size",
             ));
         }
+        if self.storage_low {
+            self.refusal_reason = Some("spool free space below spool.min_free");
+            return Action::Reply(Reply::new(
+                452,
+                code(4, 3, 1),
+                "Insufficient system storage",
+            ));
+        }
         self.transaction = Some(Transaction {
             sender,
             recipients: Vec::new(),
@@ -981,7 +1001,7 @@ impl Session {
 /// A reply as one log field value: in double quotes, with `"`, `\`, `=` and
 /// control characters escaped (`=` as `\u{3d}`), so text a client put in
 /// the reply (an address) cannot add a `key=value` field to the line.
-struct LogReply<'a>(&'a Reply);
+pub struct LogReply<'a>(pub &'a Reply);
 
 impl fmt::Display for LogReply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1399,6 +1419,22 @@ mod tests {
                 "PostMaster@mx.test".into()
             ]
         );
+    }
+
+    #[test]
+    fn mail_gets_452_4_3_1_while_storage_is_low_and_250_once_it_is_back() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        session.set_storage_low(true);
+        let reply = expect(&mut session, "MAIL FROM:<a@b.test>", "452 4.3.1");
+        assert_eq!(reply, "452 4.3.1 Insufficient system storage\r\n");
+        assert!(session.transaction().is_none());
+        expect(&mut session, "NOOP", "250");
+        session.set_storage_low(false);
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        // A transaction already open goes on.
+        session.set_storage_low(true);
+        expect(&mut session, "RCPT TO:<r@x.test>", "250");
     }
 
     #[test]

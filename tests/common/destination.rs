@@ -774,6 +774,12 @@ fn parse_path(text: &str, prefix: &str) -> (String, Vec<String>) {
 pub struct TestCerts {
     pub ca_pem: String,
     pub server: Arc<rustls::ServerConfig>,
+    /// The server certificate (DER), for TLSA records.
+    pub leaf_der: Vec<u8>,
+    /// The server certificate's SubjectPublicKeyInfo (DER).
+    pub leaf_spki: Vec<u8>,
+    /// The CA certificate's SubjectPublicKeyInfo (DER).
+    pub ca_spki: Vec<u8>,
 }
 
 impl TestCerts {
@@ -803,6 +809,9 @@ impl TestCerts {
         TestCerts {
             ca_pem: ca.pem(),
             server: Arc::new(server),
+            leaf_der: certificate.der().to_vec(),
+            leaf_spki: key.public_key_der(),
+            ca_spki: ca_key.public_key_der(),
         }
     }
 

@@ -2,7 +2,10 @@
 //! and TCP on the same free port, answering from a table each test fills
 //! (MX, A, AAAA, TXT, null MX, NXDOMAIN, or any error RCODE such as SERVFAIL or
 //! REFUSED). Unknown names are NXDOMAIN; a known name without records of the
-//! asked type is an empty NOERROR. [`SilentNameserver`] is the other kind:
+//! asked type is an empty NOERROR. TLSA records can be served, and names
+//! marked [`DnsServer::secure`] answer with the AD bit set, as a local
+//! validating resolver does for DNSSEC-signed data (DANE tests).
+//! [`SilentNameserver`] is the other kind:
 //! it reads queries and never answers.
 //!
 //! Point sluice at it with `[dns] nameservers = ["<addr>"]`.
@@ -14,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Header, Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
+use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
@@ -36,6 +40,8 @@ struct Zone {
     /// Error RCODEs for one record type of a name, before `names`.
     type_errors: HashMap<(String, RecordType), ResponseCode>,
     queries: Vec<(String, RecordType)>,
+    /// Names whose answers carry the AD bit (DNSSEC-authenticated).
+    secure: std::collections::HashSet<String>,
 }
 
 /// A running test DNS server; stops when dropped.
@@ -137,6 +143,42 @@ impl DnsServer {
     pub fn txt(&self, name: &str, text: &str) {
         let chunks: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
         self.add(name, RData::TXT(TXT::from_bytes(chunks)));
+    }
+
+    /// Adds a TLSA record (RFC 6698) at `name` (e.g. `_25._tcp.mx.test`).
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) {
+        self.add(
+            name,
+            RData::TLSA(TLSA::new(
+                CertUsage::from(usage),
+                Selector::from(selector),
+                Matching::from(matching),
+                data.to_vec(),
+            )),
+        );
+    }
+
+    /// Answers about `name` carry the AD bit from now on, as a validating
+    /// resolver's answers for DNSSEC-signed data do.
+    pub fn secure(&self, name: &str) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .secure
+            .insert(key(name));
+    }
+
+    /// Removes every record of `name` of `record_type`.
+    pub fn clear(&self, name: &str, record_type: RecordType) {
+        if let Some(Entry::Records(records)) = self
+            .zone
+            .lock()
+            .expect("zone lock")
+            .names
+            .get_mut(&key(name))
+        {
+            records.remove(&record_type);
+        }
     }
 
     /// Makes `name` exist with no records at all (NOERROR, empty answer).
@@ -302,18 +344,21 @@ impl RequestHandler for Handler {
         };
         let name = key(&info.query.name().to_string());
         let record_type = info.query.query_type();
-        let entry = {
+        let (entry, secure) = {
             let mut zone = self.zone.lock().expect("zone lock");
             zone.queries.push((name.clone(), record_type));
-            match zone.type_errors.get(&(name.clone(), record_type)) {
+            let secure = zone.secure.contains(&name);
+            let entry = match zone.type_errors.get(&(name.clone(), record_type)) {
                 Some(code) => Some(Entry::Error(*code)),
                 None => zone.names.get(&name).cloned(),
-            }
+            };
+            (entry, secure)
         };
         let builder = MessageResponseBuilder::from_message_request(request);
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         metadata.recursion_available = true;
+        metadata.authentic_data = secure;
         let owner = Name::from_str(&name).unwrap_or_else(|_| Name::root());
         let result = match entry {
             Some(Entry::Error(code)) => {

@@ -23,7 +23,9 @@
 //!   of sendmail and Postfix); recipients and other options are ignored.
 //! - `-q`: attempt delivery of all queued mail now, as `sluice queue retry
 //!   --all`. `-q` with a value (`-q1h`, `-qRsite`, ...) is a usage error.
-//! - Any other `-b` mode (`-bs`, `-bi`, `-bv`, ...) is a usage error. When
+//! - `-bs`: an SMTP session on stdin and stdout, as mutt or cron may use
+//!   (see [`super::stdio`]); recipients and other options are ignored.
+//! - Any other `-b` mode (`-bi`, `-bv`, `-bd`, ...) is a usage error. When
 //!   several modes are given, the last one applies.
 //! - `-o X` (`-odi`, `-odb`, `-oem`, `-oee`, `-om`, `-oo`, ...): accepted and
 //!   ignored, as Postfix does (use the configuration file instead); `-oi` is
@@ -47,7 +49,8 @@ use super::SendmailError;
 pub const USAGE: &str = "\
 Usage: sluice sendmail [OPTIONS] [RECIPIENT...] < message
 
-Reads a message on stdin and submits it to the running sluice server.
+Reads a message on stdin and submits it to the running sluice server,
+or writes it into the spool itself when no server answers.
 
 Options:
   -f SENDER     envelope sender (default: your login name @ hostname)
@@ -56,6 +59,7 @@ Options:
   -i, -oi       a line with a single dot does not end input (always so)
   -bm           read mail from stdin (the default mode)
   -bp           list the queue (as `sluice queue list`)
+  -bs           speak SMTP on stdin and stdout
   -q            deliver all queued mail now (as `sluice queue retry --all`)
   -v            print the queue ID on success
   -o X, -N, -R, -V, -B, -h, -G, -U, -m, -n   accepted and ignored
@@ -72,12 +76,14 @@ pub enum Mode {
     ListQueue,
     /// `-q`: retry all queued mail.
     RetryQueue,
+    /// `-bs`: an SMTP session on stdin and stdout.
+    Smtp,
 }
 
 /// The parsed command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `-bm`, `-bp` or `-q`.
+    /// `-bm`, `-bp`, `-bs` or `-q`.
     pub mode: Mode,
     /// `-f`: `Some("")` is the null sender.
     pub sender: Option<String>,
@@ -161,6 +167,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
                             options.mode = match value.as_str() {
                                 "m" => Mode::Submit,
                                 "p" => Mode::ListQueue,
+                                "s" => Mode::Smtp,
                                 _ => {
                                     return Err(usage(format!("mode -b{value} is not supported")));
                                 }
@@ -254,7 +261,7 @@ mod tests {
         for bad in [
             &["-x"][..],
             &["-f"],
-            &["-bs"],
+            &["-bi"],
             &["-bx"],
             &["--frob"],
             &["-q1h"],

@@ -6,6 +6,7 @@
 //! sluice sendmail [OPTIONS] [RECIPIENT...] < message
 //! sluice sendmail -bp        (the queue, as `sluice queue list`)
 //! sluice sendmail -q         (retry all, as `sluice queue retry --all`)
+//! sluice sendmail -bs        (SMTP on stdin and stdout)
 //! ```
 //!
 //! Also reached by invoking the binary under the name `sendmail` (for
@@ -21,29 +22,40 @@
 //!   each once);
 //! - [`message`]: preparing the message (pure: header section, added and
 //!   removed headers, `-t` recipients, line endings);
-//! - [`submit`]: finding the running server and the SMTP submission.
+//! - [`submit`]: finding the running server and the SMTP submission;
+//! - [`maildrop`]: when no server answers, the server's own session run in
+//!   this process over the spool;
+//! - [`stdio`]: `-bs`, SMTP on stdin and stdout.
 //!
 //! # Exit status
 //!
 //! - 0: the server accepted the message (a 250 after the data: it is on
-//!   disk). Nothing is printed unless `-v`.
+//!   disk), or, with no server answering, it was written into the spool
+//!   ([`maildrop`]). Nothing is printed unless `-v`.
 //! - 1: a runtime error, one line on stderr starting `sluice: `. No server
-//!   answering (`sluice: cannot submit: no server answers on 127.0.0.1:2525
-//!   (connection refused); is sluice serve running?`), any 4xx/5xx reply (the
-//!   server's reply is printed; nothing was queued), a lost connection, an
-//!   unreadable stdin or configuration.
+//!   answering and a relative spool path (`sluice: cannot submit: no server
+//!   answers on 127.0.0.1:2525 (connection refused); is sluice serve
+//!   running?`), a spool this user cannot write, a 5xx reply (the server's
+//!   reply is printed; nothing was queued), a lost connection, an
+//!   unreadable stdin or configuration; a 4xx reply (printed; nothing was
+//!   queued), such as `452 4.3.1 Insufficient system storage`; or no server
+//!   answering and the spool still held by another process after
+//!   [`maildrop::LOCK_WAIT`]. (DESIGN.md's exit codes have no separate
+//!   status for "try again later", sysexits' `EX_TEMPFAIL`.)
 //! - 2: a usage error: an unknown option, a missing option argument, an
 //!   invalid address, no recipients.
 
 pub mod args;
 pub mod envelope;
+pub mod maildrop;
 pub mod message;
+pub mod stdio;
 pub mod submit;
 pub mod user;
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::cli::queue::{QueueCommand, Targets};
 use crate::config::{Config, ConfigError};
@@ -72,15 +84,33 @@ pub enum SendmailError {
     #[error("cannot submit: the server refused {command}: {reply}")]
     Refused { command: String, reply: String },
     /// The conversation broke down (connection lost, garbled reply).
-    #[error("cannot submit: {what} with the server at {address}: {reason}")]
+    #[error("cannot submit: {what} with {server}: {reason}")]
     Conversation {
         what: &'static str,
-        address: SocketAddr,
+        /// "the server at 127.0.0.1:2525", or the local session.
+        server: String,
         reason: String,
     },
     /// Reading the message on stdin failed, or it cannot be submitted.
     #[error("cannot read the message on stdin: {0}")]
     Input(String),
+    /// No server answered and another process holds the spool (exit 1: try
+    /// again later).
+    #[error(
+        "cannot submit: {refused}, and the spool {} is locked by another process (a server that \
+         does not answer?) after waiting {}s; try again later",
+        path.display(),
+        waited.as_secs()
+    )]
+    SpoolBusy {
+        path: PathBuf,
+        /// Why no server answered.
+        refused: String,
+        waited: std::time::Duration,
+    },
+    /// No server answered and writing into the spool failed.
+    #[error("cannot write into the spool {}: {reason}", path.display())]
+    Spool { path: PathBuf, reason: String },
     /// `-bp` or `-q` failed (as `sluice queue list` or `retry --all` would).
     #[error(transparent)]
     Queue(anyhow::Error),
@@ -90,6 +120,29 @@ impl SendmailError {
     /// True for a command-line problem (exit 2), false for a runtime one (exit 1).
     pub fn is_usage(&self) -> bool {
         matches!(self, SendmailError::Usage(_))
+    }
+
+    /// Why no server took the message, in a few words, for messages that
+    /// go on to say what was tried instead: "no server answers on
+    /// 127.0.0.1:2525 (connection refused)".
+    pub fn no_server_reason(&self) -> String {
+        match self {
+            SendmailError::Connect { address, reason } => {
+                format!("no server answers on {address} ({reason})")
+            }
+            SendmailError::NoListener(reason) => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The exit status for this error: 2 for a usage error, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendmailError::Usage(_) => 2,
+            // DESIGN.md's exit codes: a refusal, temporary (a 4xx, a held
+            // spool) or not, is a runtime error.
+            _ => 1,
+        }
     }
 }
 
@@ -112,11 +165,13 @@ pub fn run(args: &[String], config: Option<&Path>) -> Result<u8, SendmailError> 
     let loaded = Config::load(config_path)?;
     let queue_command = match options.mode {
         Mode::Submit => None,
+        Mode::Smtp => return stdio::run(&loaded.config),
         Mode::ListQueue => Some(QueueCommand::List {
             json: false,
             status: None,
             domain: None,
             sender: None,
+            older_than: None,
         }),
         Mode::RetryQueue => Some(QueueCommand::Retry {
             targets: Targets::all(),

@@ -1,4 +1,6 @@
-//! Submitting the prepared message to the running server over SMTP.
+//! Submitting the prepared message to the running server over SMTP, or,
+//! when none answers, to the same session run in this process over the
+//! spool ([`super::maildrop`]).
 //!
 //! # Where
 //!
@@ -33,6 +35,7 @@
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::config::{Config, ListenerKind};
@@ -43,6 +46,7 @@ use crate::smtp::ehlo::Capabilities;
 use crate::smtp::reply::{Reply, ReplyBuffer};
 
 use super::SendmailError;
+use super::maildrop::Maildrop;
 use super::message::WriteError;
 
 /// How long to wait for the connection to the local server.
@@ -51,51 +55,62 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Submits one message to the running server: `write_message` writes it
 /// with CRLF line endings, not dot-stuffed. Returns the queue ID once the
 /// server has the message on disk.
+///
+/// When no server answers and the spool path is absolute, the message goes
+/// through the same SMTP session run in this process over the spool
+/// ([`Maildrop`]): the same `Received:` field, added headers, DKIM
+/// signatures and durable commit as a submission, and exit 0 once it is
+/// on disk. The running server delivers it when it starts.
 pub fn submit(
     config: &Config,
     sender: &str,
     recipients: &[String],
     write_message: impl FnOnce(&mut dyn Write) -> Result<(), WriteError>,
 ) -> Result<String, SendmailError> {
-    let mut connection = connect(config)?;
-    let capabilities = connection.open(config.hostname.as_str())?;
-    let envelope = Envelope {
-        sender,
-        recipients,
-        // A streamed message's size is not known in advance: no SIZE parameter.
-        size: None,
-        eight_bit: true,
-        smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
-        message_dsn: None,
-        recipient_dsn: &[],
+    let refused = match connect_server(config) {
+        Ok((stream, address)) => {
+            let mut connection =
+                Connection::over(stream, format!("the server at {address}"), config)?;
+            return connection.submit(config, sender, recipients, write_message);
+        }
+        Err(error) => error,
     };
-    let reply = connection.transaction(
-        &capabilities,
-        envelope,
-        config.limits.data_timeout,
-        write_message,
-    )?;
-    let text = reply.one_line();
-    queue_id(&text).ok_or_else(|| {
-        connection.broken(
-            "reading the final reply",
-            format!("no queue ID in {text:?}"),
-        )
-    })
+    let maildrop = Maildrop::open(config, refused)?;
+    let (ours, theirs) = UnixStream::pair().map_err(|error| maildrop.failed(error))?;
+    let session = maildrop
+        .serve(theirs)
+        .map_err(|error| maildrop.failed(error))?;
+    let mut connection = Connection::over(ours, maildrop.describe(), config)?;
+    let submitted = connection.submit(config, sender, recipients, write_message);
+    // Hanging up ends the local session, if it is not over yet.
+    drop(connection);
+    maildrop.close(session)?;
+    submitted
 }
 
 /// Connects to the first of [`submission_addresses`] that answers; the
 /// error of the last one tried when none does.
-fn connect(config: &Config) -> Result<Connection, SendmailError> {
+pub(super) fn connect_server(config: &Config) -> Result<(TcpStream, SocketAddr), SendmailError> {
     let mut failure = None;
     for address in submission_addresses(config)? {
-        match Connection::connect(address, config.limits.command_timeout) {
-            Ok(client) => return Ok(client),
-            Err(error @ SendmailError::Connect { .. }) => failure = Some(error),
-            Err(error) => return Err(error),
+        match connect_to(address) {
+            Ok(stream) => return Ok((stream, address)),
+            Err(error) => failure = Some(error),
         }
     }
     Err(failure.expect("submission_addresses returns at least one address"))
+}
+
+/// A TCP connection to `address`, or [`SendmailError::Connect`].
+fn connect_to(address: SocketAddr) -> Result<TcpStream, SendmailError> {
+    TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|error| SendmailError::Connect {
+        address,
+        reason: match error.kind() {
+            io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "connection timed out".into(),
+            _ => error.to_string(),
+        },
+    })
 }
 
 /// Where to submit, in order: the first relay listener the running server
@@ -152,40 +167,55 @@ fn listener_address(config: &Config) -> Result<SocketAddr, SendmailError> {
     Ok(reachable(address))
 }
 
+/// A blocking byte stream to an SMTP session: a TCP connection to the
+/// running server, or the pipe to the session this process runs over the
+/// spool when no server answers ([`Maildrop`]).
+pub(super) trait Socket: Read + Write + Sized {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn try_clone(&self) -> io::Result<Self>;
+}
+
+macro_rules! socket {
+    ($type:ty) => {
+        impl Socket for $type {
+            fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                <$type>::set_read_timeout(self, timeout)
+            }
+            fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                <$type>::set_write_timeout(self, timeout)
+            }
+            fn try_clone(&self) -> io::Result<Self> {
+                <$type>::try_clone(self)
+            }
+        }
+    };
+}
+socket!(TcpStream);
+socket!(UnixStream);
+
 /// The blocking I/O of one submission: a socket with timeouts, the output
 /// the machines append, and the replies read so far. It holds no SMTP rule:
 /// those are in [`crate::smtp::client`], and sendmail's own in
 /// [`Connection::transaction`].
-struct Connection {
-    address: SocketAddr,
-    reader: TcpStream,
-    writer: BufWriter<TcpStream>,
+struct Connection<S: Socket> {
+    /// Who answers, for messages: "the server at 127.0.0.1:2525".
+    server: String,
+    reader: S,
+    writer: BufWriter<S>,
     /// What the machines appended and is not written yet.
     out: Vec<u8>,
     replies: ReplyBuffer,
     command_timeout: Duration,
 }
 
-impl Connection {
-    fn connect(
-        address: SocketAddr,
-        command_timeout: Duration,
-    ) -> Result<Connection, SendmailError> {
-        let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|error| {
-            SendmailError::Connect {
-                address,
-                reason: match error.kind() {
-                    io::ErrorKind::ConnectionRefused => "connection refused".into(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                        "connection timed out".into()
-                    }
-                    _ => error.to_string(),
-                },
-            }
-        })?;
+impl<S: Socket> Connection<S> {
+    /// The submission over `stream`, connected to `server`.
+    fn over(stream: S, server: String, config: &Config) -> Result<Connection<S>, SendmailError> {
+        let command_timeout = config.limits.command_timeout;
         let broken = |error: io::Error| SendmailError::Conversation {
             what: "setting up the connection",
-            address,
+            server: server.clone(),
             reason: error.to_string(),
         };
         stream
@@ -196,7 +226,7 @@ impl Connection {
             .map_err(broken)?;
         let reader = stream.try_clone().map_err(broken)?;
         Ok(Connection {
-            address,
+            server,
             reader,
             writer: BufWriter::with_capacity(64 * 1024, stream),
             out: Vec::with_capacity(512),
@@ -205,10 +235,45 @@ impl Connection {
         })
     }
 
+    /// The whole submission: the opening, the transaction, the queue ID
+    /// from the final reply.
+    fn submit(
+        &mut self,
+        config: &Config,
+        sender: &str,
+        recipients: &[String],
+        write_message: impl FnOnce(&mut dyn Write) -> Result<(), WriteError>,
+    ) -> Result<String, SendmailError> {
+        let capabilities = self.open(config.hostname.as_str())?;
+        let envelope = Envelope {
+            sender,
+            recipients,
+            // A streamed message's size is not known in advance: no SIZE parameter.
+            size: None,
+            eight_bit: true,
+            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+            message_dsn: None,
+            recipient_dsn: &[],
+        };
+        let reply = self.transaction(
+            &capabilities,
+            envelope,
+            config.limits.data_timeout,
+            write_message,
+        )?;
+        let text = reply.one_line();
+        queue_id(&text).ok_or_else(|| {
+            self.broken(
+                "reading the final reply",
+                format!("no queue ID in {text:?}"),
+            )
+        })
+    }
+
     fn broken(&self, what: &'static str, error: impl ToString) -> SendmailError {
         SendmailError::Conversation {
             what,
-            address: self.address,
+            server: self.server.clone(),
             reason: error.to_string(),
         }
     }
