@@ -82,6 +82,7 @@ mod body;
 mod commit;
 mod dsn;
 mod failure;
+mod memory;
 mod model;
 mod schedule;
 mod side;
@@ -268,6 +269,16 @@ impl Queue {
         }
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
+        // Rebuilt on a database instance of its own, dropped before the
+        // serving one opens: sled 0.34 keeps every page it read until each of
+        // its 256 cache shards saw 64 accesses (lru.rs), whatever the cache
+        // capacity, so a scan of every record in the serving instance would
+        // keep the whole record tree (about 1 KB a message) in memory for
+        // good. The second open costs a fraction of the scan.
+        let rebuilt = match mode {
+            Mode::Serve => Some(Index::rebuild_apart(&db_dir)?),
+            Mode::Admin => None,
+        };
         let store = Store::open(&db_dir, options.cache_capacity)?;
         let mut durability = store.durability(&db_dir)?;
         for dir in [path, db_dir.as_path()] {
@@ -282,14 +293,13 @@ impl Queue {
                 "removed body chunks of writes interrupted by a crash"
             );
         }
-        let state = match mode {
-            Mode::Serve => {
-                let index = Index::rebuild(&store)?;
+        let state = match rebuilt {
+            Some(index) => {
                 remove_orphan_bodies(&store, &spool)?;
                 tracing::info!(spool = %path.display(), messages = index.stats.messages, "queue opened");
                 Some(index)
             }
-            Mode::Admin => {
+            None => {
                 tracing::debug!(spool = %path.display(), "queue opened for administration");
                 None
             }
@@ -778,6 +788,18 @@ struct Changed {
 }
 
 impl Index {
+    /// [`Index::rebuild`] on a database instance opened for it and closed
+    /// after it, with a small cache; then hands the memory its pages took
+    /// back to the system.
+    fn rebuild_apart(db_dir: &Path) -> Result<Index, QueueError> {
+        let index = {
+            let store = Store::open(db_dir, 1024 * 1024)?;
+            Index::rebuild(&store)?
+        };
+        memory::release_free();
+        Ok(index)
+    }
+
     /// Reads every record into a fresh index; corrupt records are logged
     /// and skipped.
     fn rebuild(store: &Store) -> Result<Index, QueueError> {
