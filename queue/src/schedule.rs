@@ -35,6 +35,10 @@ fn long_key(number: u64) -> Key {
     Key(key)
 }
 
+/// Messages new to the index, gathered for [`Schedule::add_staged`].
+#[derive(Debug, Default)]
+pub(crate) struct Staged(Vec<(i64, Key)>);
+
 /// Due times and leases of every queued message.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
@@ -94,6 +98,26 @@ impl Schedule {
         }
         let number = u64::from_be_bytes(key.0[1..9].try_into().ok()?);
         self.long.get(&number).cloned()
+    }
+
+    /// Stages a message new to the index, due at `due`, for
+    /// [`Schedule::add_staged`].
+    pub(crate) fn stage(&mut self, staged: &mut Staged, id: &QueueId, due: DateTime<Utc>) {
+        let key = self.key_or_new(id);
+        staged.0.push((millis(due), key));
+    }
+
+    /// Adds the staged messages at once (the rebuild at open): a set built
+    /// from sorted elements has full nodes, where one built by inserting
+    /// in no particular order (due times do not follow IDs) has nodes about
+    /// half full: about 27 bytes a message instead of 49.
+    pub(crate) fn add_staged(&mut self, staged: Staged) {
+        let built: BTreeSet<(i64, Key)> = staged.0.into_iter().collect();
+        if self.due.is_empty() {
+            self.due = built;
+        } else {
+            self.due.extend(built);
+        }
     }
 
     /// Records that the message's due time changed from `old` (what the
@@ -233,6 +257,32 @@ mod tests {
             vec![id("B"), id("A"), id("C")]
         );
         assert_eq!(schedule.next_due(), Some(at(100)));
+    }
+
+    #[test]
+    fn staged_messages_are_added_at_once_beside_those_already_indexed() {
+        let long = "L".repeat(40);
+        let mut schedule = Schedule::default();
+        schedule.set(&id("E"), None, Some(at(3)));
+        let mut staged = Staged::default();
+        schedule.stage(&mut staged, &id("C"), at(5));
+        schedule.stage(&mut staged, &id("B"), at(1));
+        schedule.stage(&mut staged, &id(&long), at(2));
+        schedule.stage(&mut staged, &id("A"), at(5));
+        assert_eq!(schedule.due_count(), 1);
+        schedule.add_staged(staged);
+        assert_eq!(schedule.due_count(), 5);
+        assert_eq!(
+            schedule.claim_due(at(10), 10),
+            vec![id("B"), id(&long), id("E"), id("A"), id("C")]
+        );
+        // A staged message is indexed like one set: its due time moves.
+        let mut schedule = Schedule::default();
+        let mut staged = Staged::default();
+        schedule.stage(&mut staged, &id("A"), at(1));
+        schedule.add_staged(staged);
+        schedule.set(&id("A"), Some(at(1)), Some(at(50)));
+        assert_eq!(schedule.next_due(), Some(at(50)));
     }
 
     #[test]
