@@ -10,6 +10,9 @@
 #
 # Usage: bench/ab.sh OLD_BIN NEW_BIN
 #   MESSAGES=4000  SESSIONS=20  ROUNDS=5  KEEP=1
+#   OLD_EXTRA / NEW_EXTRA: TOML appended to that side's config, e.g. one
+#   binary against itself with a "*" shaping rule that never binds:
+#   NEW_EXTRA=$'[shaping."*"]\nrate = "100000/s"\nconnections = 1000' bench/ab.sh B B
 # Needs smtp-source and smtp-sink (Debian's postfix package). Nothing leaves
 # 127.0.0.1.
 set -euo pipefail
@@ -67,6 +70,8 @@ tls = "disabled"
 [routes]
 "*" = "127.0.0.1:$sink_port"
 EOF
+    if [ "$kind" = old ]; then extra=${OLD_EXTRA:-}; else extra=${NEW_EXTRA:-}; fi
+    printf '%s\n' "$extra" >>"$dir/sluice.toml"
     "${bin[$kind]}" serve --config "$dir/sluice.toml" 2>"$dir/log" &
     pids+=($!)
     wait_port "${smtp_port[$kind]}"

@@ -31,6 +31,8 @@ pub struct Context {
     /// Every connection and delivery task is spawned on this, so shutdown can
     /// wait for them (with a deadline).
     pub tasks: TaskTracker,
+    /// Traffic shaping: limits per destination and suspensions.
+    pub shaper: Arc<crate::delivery::shaping::Shaper>,
 }
 
 impl Context {
@@ -43,12 +45,18 @@ impl Context {
             &config.spool.path,
             metrics.spool_space.clone(),
         ));
+        let shaper = Arc::new(crate::delivery::shaping::Shaper::new(
+            &config,
+            &queue,
+            metrics.shaping.clone(),
+        ));
         Self {
             config: Arc::new(ArcSwap::new(config)),
             queue,
             resolver,
             metrics,
             disk,
+            shaper,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub tls_sessions: Family<Vec<(String, String)>, Counter>,
     /// Configuration reloads (SIGHUP), by `result` (ok, failed).
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
+    /// Traffic shaping per rule and destination (`delivery::shaping`).
+    pub shaping: std::sync::Arc<crate::delivery::shaping::metrics::ShapingMetrics>,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
             spool_space: crate::disk::SpaceGauges::default(),
             tls_sessions: Family::default(),
             config_reloads: Family::default(),
+            shaping: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +165,7 @@ impl Metrics {
                 .config_reloads
                 .get_or_create(&vec![("result".to_string(), result.to_string())]);
         }
+        metrics.shaping.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -757,3 +757,51 @@ fn dkim_keys_are_loaded_again_by_a_reload() {
     let header = signature("two", 3).expect("signed");
     assert!(header.contains("s=two"), "{header}");
 }
+
+/// The config of [`routed`] with `delivery.concurrency = concurrency`.
+fn with_concurrency(dir: &Path, route: SocketAddr, concurrency: usize) -> String {
+    routed(dir, route, "").replace(
+        "[delivery]\n",
+        &format!("[delivery]\nconcurrency = {concurrency}\nper_domain_concurrency = 20\n"),
+    )
+}
+
+#[test]
+fn a_reload_raises_delivery_concurrency_beyond_its_value_at_start() {
+    let destination = Destination::start(Options::default());
+    destination.on_data(|_, _| {
+        std::thread::sleep(Duration::from_millis(300));
+        None
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = with_concurrency(dir.path(), destination.addr, 1);
+    let server = Sluice::start_with(dir, &text);
+    let mut client = server.connect();
+    for n in 0..24 {
+        client.send_message(
+            "a@client.test",
+            &["b@example.test"],
+            &message(&n.to_string()),
+        );
+    }
+    wait_delivered(&destination, 2);
+    assert_eq!(
+        destination.max_open(),
+        1,
+        "one transaction at a time at first"
+    );
+
+    write_config(
+        server.dir.path(),
+        &with_concurrency(server.dir.path(), destination.addr, 8),
+    );
+    let log = hup(&server, "ok");
+    assert!(log.contains("delivery.concurrency"), "{log}");
+    wait_delivered(&destination, 24);
+    assert!(
+        destination.max_open() >= 6,
+        "up to 8 transactions at once after the reload (4 times the claim slots sized at start), \
+         saw at most {} connections",
+        destination.max_open()
+    );
+}

@@ -377,6 +377,19 @@ fn policy_fetches_refuse_redirects_and_oversized_bodies() {
     sluice.wait_log(&["MTA-STS policy fetch failed", "over 65536 bytes"]);
     assert_eq!(redirect.requests().len(), 1);
     assert!(big.requests().len() == 1, "the redirect was not followed");
+
+    // A failed fetch is not tried again at once for the same id.
+    let again = sluice.connect().send_message(
+        "alice@origin.test",
+        &["c@redirect.test"],
+        "Subject: again\r\n\r\nhi\r\n",
+    );
+    sluice.wait_log(&[&format!("queue_id={again}"), "status=sent"]);
+    assert_eq!(
+        redirect.requests().len(),
+        1,
+        "no second fetch within the backoff"
+    );
 }
 
 // ------------------------------------------------------------------- DANE

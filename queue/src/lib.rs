@@ -22,6 +22,7 @@
 //!                       m<ID>            record: Message + where its body is (JSON)
 //!                       b<ID>/<u32 BE>   inline body chunk, 4 KiB each
 //!                       p<ID>            chunks of ID being written or removed
+//!                     and a tree "suspensions": destination -> Suspension (JSON)
 //! spool/bodies/<ID>   bodies bigger than 64 KiB
 //! spool/tmp/<ID>      big bodies being received; emptied at open
 //! ```
@@ -88,6 +89,7 @@ mod schedule;
 mod side;
 mod stats;
 mod store;
+mod suspensions;
 
 pub use body::{BodyReader, BodyWriter};
 pub use dsn::{
@@ -98,6 +100,7 @@ pub use model::{
     QueueId, Recipient, RecipientStatus, RecipientUpdate,
 };
 pub use side::SideTree;
+pub use suspensions::Suspension;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -634,6 +637,77 @@ impl Queue {
         }
     }
 
+    /// Puts off the open recipients at `indices` until `until` without
+    /// charging them an attempt (a suspended or shaped destination), noting
+    /// `note` as their last reply. The claim, if any, is kept: the caller
+    /// ends it as usual. Durable.
+    pub async fn postpone(
+        &self,
+        id: &QueueId,
+        indices: &[usize],
+        until: DateTime<Utc>,
+        note: &str,
+    ) -> Result<Message, QueueError> {
+        self.change(id, Lease::Keep, |message| {
+            for &index in indices {
+                if let Some(recipient) = message.recipients.get_mut(index)
+                    && recipient.is_open()
+                {
+                    recipient.next_attempt_at = Some(until);
+                    recipient.last_reply = Some(note.to_string());
+                }
+            }
+            Disposition::Keep
+        })
+        .await
+    }
+
+    /// Every stored suspension, expired ones included (the caller decides).
+    pub fn suspensions(&self) -> Result<Vec<Suspension>, QueueError> {
+        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let mut found = Vec::new();
+        for entry in tree.iter() {
+            let (key, value) = entry
+                .map_err(|error| QueueError::Storage(format!("reading suspensions: {error}")))?;
+            match serde_json::from_slice::<Suspension>(&value) {
+                Ok(suspension) => found.push(suspension),
+                Err(error) => tracing::warn!(
+                    destination = %String::from_utf8_lossy(&key),
+                    %error,
+                    "unreadable suspension ignored"
+                ),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores (or replaces) the suspension of its destination. Durable.
+    pub async fn suspend(&self, suspension: &Suspension) -> Result<(), QueueError> {
+        if self.inner.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let value = serde_json::to_vec(suspension)
+            .map_err(|error| QueueError::Storage(format!("encoding a suspension: {error}")))?;
+        tree.insert(suspension.destination.as_bytes(), value)
+            .map_err(|error| QueueError::Storage(format!("writing a suspension: {error}")))?;
+        self.inner.group.durable().await
+    }
+
+    /// Removes the suspension of `destination`; true when there was one.
+    /// Durable.
+    pub async fn resume(&self, destination: &str) -> Result<bool, QueueError> {
+        if self.inner.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let removed = tree
+            .remove(destination.as_bytes())
+            .map_err(|error| QueueError::Storage(format!("removing a suspension: {error}")))?;
+        self.inner.group.durable().await?;
+        Ok(removed.is_some())
+    }
+
     /// Parks a message: it is never claimed until released. Durable.
     pub async fn hold(&self, id: &QueueId) -> Result<Message, QueueError> {
         self.change(id, Lease::Keep, |message| {
@@ -658,7 +732,11 @@ impl Queue {
         let now = Utc::now();
         self.change(id, Lease::Keep, |message| {
             for recipient in &mut message.recipients {
-                if recipient.status == RecipientStatus::Deferred {
+                // A pending recipient with a time was put off (postpone).
+                if recipient.status == RecipientStatus::Deferred
+                    || (recipient.status == RecipientStatus::Pending
+                        && recipient.next_attempt_at.is_some())
+                {
                     recipient.next_attempt_at = Some(now);
                 }
             }

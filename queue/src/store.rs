@@ -156,6 +156,14 @@ impl Store {
         Ok(crate::SideTree::new(name, tree))
     }
 
+    /// Another tree of the same database (flushed by the same group
+    /// commit), opened on first use.
+    pub(crate) fn named_tree(&self, name: &str) -> Result<sled::Tree, QueueError> {
+        self.db
+            .open_tree(name)
+            .map_err(|error| QueueError::Storage(format!("opening the {name} tree: {error}")))
+    }
+
     /// A clone of the tree handle, for body readers.
     pub(crate) fn tree(&self) -> sled::Tree {
         self.tree.clone()

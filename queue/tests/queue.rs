@@ -758,3 +758,56 @@ async fn outcomes_with_attempts_keep_the_last_twenty_across_a_reopen() {
     assert_eq!(log[ATTEMPTS_LOG_LEN - 1].reply, "451 4.3.0 try 22");
     assert_eq!(message.recipients[0].attempts, ATTEMPTS_LOG_LEN as u32 + 4);
 }
+
+#[tokio::test]
+async fn postponed_recipients_wait_uncharged_and_retry_now_wakes_them() {
+    let (_dir, queue, id) = one_message().await;
+    let now = Utc::now();
+    let claims = claimed_ids(&queue, now, 10);
+    assert_eq!(claims, vec![id.clone()]);
+    let until = now + chrono::Duration::hours(1);
+    let message = queue
+        .postpone(&id, &[0], until, "4.7.0 delivery to x.example suspended")
+        .await
+        .expect("postpone");
+    let recipient = &message.recipients[0];
+    assert_eq!(recipient.status, RecipientStatus::Pending);
+    assert_eq!(recipient.attempts, 0, "no attempt charged");
+    assert_eq!(recipient.next_attempt_at, Some(until));
+    queue.unclaim(&id);
+    assert!(
+        claimed_ids(&queue, now, 10).is_empty(),
+        "not due before the end"
+    );
+    let due = queue.next_due().expect("next due").expect("some");
+    assert_eq!(due.timestamp_millis(), until.timestamp_millis());
+    queue.retry_now(&id).await.expect("retry now");
+    assert_eq!(claimed_ids(&queue, Utc::now(), 10), vec![id]);
+}
+
+#[tokio::test]
+async fn suspensions_are_kept_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let until = Utc::now() + chrono::Duration::minutes(30);
+    {
+        let queue = open(&dir);
+        for destination in ["yahoo.com", ".google.com"] {
+            queue
+                .suspend(&sluice_queue::Suspension {
+                    destination: destination.into(),
+                    until,
+                    reason: "421 4.7.0 [TSS04]".into(),
+                })
+                .await
+                .expect("suspend");
+        }
+        assert!(queue.resume("yahoo.com").await.expect("resume"));
+        assert!(!queue.resume("other.example").await.expect("resume"));
+        queue.close().await.expect("close");
+    }
+    let queue = open(&dir);
+    let kept = queue.suspensions().expect("read");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].destination, ".google.com");
+    assert_eq!(kept[0].until, until);
+}

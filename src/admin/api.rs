@@ -23,10 +23,12 @@ use sluice_queue::QueueId;
 use super::browser;
 use super::bulk::{self, Action};
 use super::content;
+use super::dashboard;
 use super::error::AdminError;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
 use super::summary;
+use super::suspensions;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
 
@@ -42,8 +44,10 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// The content type of `/metrics` (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Every route of the admin API over `ctx`. Every route but `/health`
-/// requires `Authorization: Bearer <token>` when `[admin] token` is set.
+/// Every route of the admin API over `ctx`, and the dashboard's. Every route
+/// but `/health` and the dashboard's page, assets and login requires
+/// `Authorization: Bearer <token>` when `[admin] token` is set (the
+/// dashboard's login cookie stands for it: `dashboard::session`).
 /// Every request is first checked against web pages (`browser::guard`:
 /// Host, Origin, custom header), then its body is limited (see
 /// [`limit_body`]).
@@ -62,13 +66,22 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/queue/:id/hold", post(hold_one))
         .route("/v1/queue/:id/release", post(release_one))
         .route("/v1/queue/:id/bounce", post(bounce_one))
+        .route("/v1/suspensions", get(suspensions::list))
+        .route(
+            "/v1/suspensions/:destination",
+            post(suspensions::suspend).delete(suspensions::resume),
+        )
         .route("/metrics", get(metrics))
+        .merge(dashboard::protected_routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        .merge(dashboard::public_routes())
         .merge(protected)
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        // Inside the guard: the guard judges the request's own headers.
+        .layer(middleware::from_fn(dashboard::session::cookie_to_bearer))
         .layer(middleware::from_fn(limit_body))
         .layer(middleware::from_fn(browser::guard))
         .with_state(ctx)
@@ -140,7 +153,7 @@ async fn require_token(State(ctx): State<Context>, request: Request, next: Next)
 
 /// Compares without stopping at the first difference, so response time does
 /// not tell how much of a guessed token was right.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
@@ -162,6 +175,8 @@ async fn metrics(State(ctx): State<Context>) -> Result<Response, AdminError> {
     let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
     // The spool gauges are fresh even when no mail arrives (cached a second).
     ctx.disk.is_low(ctx.config().spool.min_free);
+    // Suspensions that ended show 0 (the list drops them).
+    ctx.shaper.list();
     let metrics = &ctx.metrics;
     metrics
         .queue_messages
@@ -383,9 +398,13 @@ async fn show(
 
 async fn summary(State(ctx): State<Context>) -> Result<Json<summary::Summary>, AdminError> {
     let queue = ctx.queue.clone();
-    let summary = tokio::task::spawn_blocking(move || summary::build(&queue, chrono::Utc::now()))
-        .await
-        .map_err(|error| AdminError::Internal(format!("queue summary failed: {error}")))??;
+    let mut summary =
+        tokio::task::spawn_blocking(move || summary::build(&queue, chrono::Utc::now()))
+            .await
+            .map_err(|error| AdminError::Internal(format!("queue summary failed: {error}")))??;
+    summary::mark_suspended(&mut summary, |domain| {
+        ctx.shaper.suspended_as_known(domain).is_some()
+    });
     Ok(Json(summary))
 }
 

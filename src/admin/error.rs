@@ -47,6 +47,9 @@ pub enum AdminError {
     /// The request body did not arrive in time.
     #[error("request body not received within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// `DELETE /v1/suspensions/{destination}` of one not suspended.
+    #[error("{0} is not suspended")]
+    NoSuspension(String),
     /// The queue failed.
     #[error(transparent)]
     Queue(QueueError),
@@ -75,7 +78,9 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::BadId(_) | AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotFound(_) | AdminError::NoEndpoint => StatusCode::NOT_FOUND,
+            AdminError::NotFound(_) | AdminError::NoEndpoint | AdminError::NoSuspension(_) => {
+                StatusCode::NOT_FOUND
+            }
             AdminError::Queue(QueueError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Held(_) => StatusCode::CONFLICT,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -1,4 +1,5 @@
-//! The admin HTTP API (`/v1/queue…`, `/health`, `/metrics`).
+//! The admin HTTP API (`/v1/queue…`, `/health`, `/metrics`) and the queue
+//! dashboard at `/` (`dashboard`).
 //!
 //! `api` holds the routes, `ops` the queue actions (shared with the offline
 //! `sluice queue`), `view` the JSON shapes, `error` the error answers, `http`
@@ -13,10 +14,12 @@ pub mod api;
 pub mod browser;
 pub mod bulk;
 pub mod content;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod ops;
 pub mod summary;
+pub mod suspensions;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -91,7 +94,8 @@ impl Admin {
     /// Serves requests until shutdown, with the limits of [`http`]. The
     /// address file is removed when this returns or is cancelled.
     pub async fn run(self) {
-        let router = api::router(self.ctx.clone());
+        let dashboard = dashboard::Dashboard::start(&self.ctx);
+        let router = api::router(self.ctx.clone()).layer(axum::Extension(dashboard));
         http::serve(self.listener, router, self.ctx.shutdown.clone()).await;
         drop(self.address_file);
     }

@@ -6,8 +6,9 @@
 //! A message counts for a domain when it has a pending or deferred recipient
 //! there (once, however many recipients); `deferred` counts those with a
 //! deferred recipient there, `held` the held ones. The `total` row counts
-//! each message once. Ages are from arrival. Suspensions of destinations do
-//! not exist yet: `suspended` is always `false` (and `0` in the total).
+//! each message once. Ages are from arrival. `suspended` says whether the
+//! domain (or the MX suffix it is known to be shaped under) is suspended
+//! now ([`mark_suspended`]).
 
 use std::collections::HashMap;
 
@@ -116,8 +117,7 @@ pub struct DomainRow {
     /// Its counts.
     #[serde(flatten)]
     pub counts: Counts,
-    /// Whether deliveries to it are suspended (always `false`: suspensions
-    /// do not exist yet).
+    /// Whether deliveries to it are suspended now.
     pub suspended: bool,
     /// The most common last reply of its deferred recipients, or `null`.
     pub top_reply: Option<String>,
@@ -232,6 +232,13 @@ impl SummaryBuilder {
             total: self.total,
             domains,
         }
+    }
+}
+
+/// Sets `suspended` on the rows whose domain `is_suspended` says so.
+pub fn mark_suspended(summary: &mut Summary, is_suspended: impl Fn(&str) -> bool) {
+    for row in &mut summary.domains {
+        row.suspended = is_suspended(&row.domain);
     }
 }
 

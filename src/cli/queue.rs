@@ -20,6 +20,7 @@ use sluice_queue::{QueueId, RecipientStatus};
 
 pub use crate::admin::bulk::Action;
 use crate::admin::summary::Summary;
+use crate::admin::suspensions::{SuspensionList, SuspensionView};
 use crate::admin::view::{ListFilter, MessageView, StatusFilter};
 use crate::config::{Config, Loaded};
 
@@ -92,6 +93,33 @@ pub enum QueueCommand {
         #[command(flatten)]
         targets: Targets,
     },
+    /// Stop delivery attempts to a destination for a while (its mail waits
+    /// and is not charged attempts).
+    Suspend {
+        /// A recipient domain, or an MX suffix like ".google.com".
+        destination: String,
+        /// How long (default: the rule's suspend_for, else 30m).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_suspend_for)]
+        duration: Option<std::time::Duration>,
+    },
+    /// End a suspension now; the destination's waiting mail becomes due.
+    Resume {
+        /// The destination as suspended.
+        destination: String,
+    },
+    /// The destinations suspended now, until when, and why.
+    Suspended {
+        /// `{"suspensions": [...]}` instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_suspend_for(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("bad duration {text:?}: expected e.g. \"30m\" or \"2h\""))
 }
 
 /// Which messages an action applies to: IDs, `--all`, or filters.
@@ -202,6 +230,16 @@ trait Access {
     fn summary(&mut self) -> anyhow::Result<Summary>;
     /// Writes the stored message (or its header section) to `out`.
     fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()>;
+    /// Suspends `destination` for `duration` (default: its rule's).
+    fn suspend(
+        &mut self,
+        destination: &str,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<SuspensionView>;
+    /// Ends the suspension of `destination`; false when there was none.
+    fn resume(&mut self, destination: &str) -> anyhow::Result<bool>;
+    /// The suspensions in force.
+    fn suspensions(&mut self) -> anyhow::Result<SuspensionList>;
     /// Releases what was opened, flushing it.
     fn close(&mut self) -> anyhow::Result<()>;
 }
@@ -345,9 +383,61 @@ fn dispatch(command: QueueCommand, access: &mut dyn Access) -> anyhow::Result<i3
         QueueCommand::Release { targets } => return act(access, out, Action::Release, targets),
         QueueCommand::Delete { targets } => return act(access, out, Action::Delete, targets),
         QueueCommand::Bounce { targets } => return act(access, out, Action::Bounce, targets),
+        QueueCommand::Suspend {
+            destination,
+            duration,
+        } => {
+            check_destination(&destination)?;
+            let suspension = access.suspend(&destination, duration)?;
+            writeln!(
+                out,
+                "{}: suspended until {}",
+                suspension.destination, suspension.until
+            )?;
+        }
+        QueueCommand::Resume { destination } => {
+            check_destination(&destination)?;
+            if !access.resume(&destination)? {
+                anyhow::bail!(
+                    "{} is not suspended",
+                    crate::delivery::shaping::normalize(&destination)
+                );
+            }
+            writeln!(
+                out,
+                "{}: resumed",
+                crate::delivery::shaping::normalize(&destination)
+            )?;
+        }
+        QueueCommand::Suspended { json } => {
+            let list = access.suspensions()?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &list)?;
+                writeln!(out)?;
+            } else if list.suspensions.is_empty() {
+                writeln!(out, "No destination is suspended.")?;
+            } else {
+                for suspension in &list.suspensions {
+                    writeln!(
+                        out,
+                        "{}  until {}  {}",
+                        suspension.destination, suspension.until, suspension.reason
+                    )?;
+                }
+            }
+        }
     }
     out.flush()?;
     Ok(0)
+}
+
+fn check_destination(destination: &str) -> anyhow::Result<()> {
+    if !crate::delivery::shaping::valid_destination(destination) {
+        anyhow::bail!(
+            "bad destination {destination:?}: expected a domain or an MX suffix like \".google.com\""
+        );
+    }
+    Ok(())
 }
 
 fn plural(count: u64) -> &'static str {

@@ -18,6 +18,7 @@ use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::log::{LogConfig, LogFormat};
 use super::policy::{self, PolicyConfig, UserConfig};
 use super::print;
+use super::shaping::{ClusterFile, Shaping, ShapingFile};
 use super::spool::SpoolConfig;
 use super::units::MIB;
 use super::{Config, ConfigError, Invalid};
@@ -44,6 +45,9 @@ pub(super) struct ConfigFile {
     #[serde(rename = "dkim", skip_serializing_if = "Vec::is_empty")]
     pub dkim: Vec<DkimEntry>,
     pub verify: VerifyConfig,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub shaping: BTreeMap<String, ShapingFile>,
+    pub cluster: ClusterFile,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -75,6 +79,8 @@ impl ConfigFile {
         dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
+        let shaping = Shaping::from_file(self.shaping, invalid)?;
+        let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -89,6 +95,8 @@ impl ConfigFile {
             routes,
             dkim: self.dkim,
             verify: self.verify,
+            shaping,
+            cluster,
             admin: self.admin,
             log: self.log,
         })
@@ -112,6 +120,8 @@ impl From<&Config> for ConfigFile {
             routes: write_routes(&config.routes),
             dkim: config.dkim.clone(),
             verify: config.verify.clone(),
+            shaping: config.shaping.to_file(),
+            cluster: ClusterFile::from(&config.cluster),
             admin: config.admin.clone(),
             log: config.log.clone(),
         }
@@ -137,6 +147,8 @@ impl Default for ConfigFile {
             routes: BTreeMap::new(),
             dkim: Vec::new(),
             verify: VerifyConfig::default(),
+            shaping: BTreeMap::new(),
+            cluster: ClusterFile::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
         }

@@ -8,7 +8,8 @@
 //! - one file per section, holding its typed settings and its validation:
 //!   `spool`, `listeners` (`[[listener]]`, `[tls]`), `limits`, `policy`
 //!   (`[policy]`, `[[user]]`), `delivery` (`[delivery]`, `[tls_policy]`,
-//!   `[routes]`), `dns`, `dkim` (`[[dkim]]`, `[verify]`), `admin`, `log`;
+//!   `[routes]`), `dns`, `dkim` (`[[dkim]]`, `[verify]`), `shaping`
+//!   (`[shaping]`, `[cluster]`), `admin`, `log`;
 //! - `next_hop`: the host-and-port values of `relay_host` and `[routes]`;
 //! - `units`: sizes and durations ("35MiB", "5d");
 //! - `print`: what `sluice check-config` prints, and its redaction.
@@ -24,6 +25,7 @@ mod log;
 mod next_hop;
 mod policy;
 mod print;
+mod shaping;
 mod spool;
 mod units;
 
@@ -40,6 +42,7 @@ pub use log::{LogConfig, LogFormat};
 pub use next_hop::{HostName, NextHopAddress};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
+pub use shaping::{ClusterConfig, DEFAULT_SUSPEND_FOR, Rate, Shaping, ShapingKey, ShapingRule};
 pub use spool::{MinFree, SpoolConfig};
 pub use units::{format_byte_size, format_duration, parse_byte_size};
 
@@ -133,6 +136,10 @@ pub struct Config {
     pub dkim: Vec<DkimEntry>,
     /// `[verify]`.
     pub verify: VerifyConfig,
+    /// `[shaping."KEY"]`: traffic shaping per destination.
+    pub shaping: Shaping,
+    /// `[cluster]`: limits shared through Redis.
+    pub cluster: ClusterConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// `[log]`.

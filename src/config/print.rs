@@ -33,6 +33,14 @@ impl Config {
         for user in &mut copy.users {
             user.password_hash = REDACTED.to_string();
         }
+        // redis://user:password@host: the password part.
+        if let Some(url) = &mut copy.cluster.redis
+            && let Some((scheme, rest)) = url.split_once("://")
+            && let Some((credentials, host)) = rest.rsplit_once('@')
+            && let Some((user, _)) = credentials.split_once(':')
+        {
+            *url = format!("{scheme}://{user}:{REDACTED}@{host}");
+        }
         copy
     }
 }

@@ -349,6 +349,8 @@ pub async fn deliver_domain(
             let ran = match ran {
                 Some(ran) => ran,
                 None => {
+                    // A shaping rule's connection limit counts idle ones too.
+                    engine.pool.make_room().await;
                     let (connector, observed) =
                         secure::connector_for(&host_policy, &engine.tls.roots);
                     let opened =

@@ -11,7 +11,9 @@
 //!   (TLSA lookups, the TLSA certificate verifier) and `mta_sts` (policy
 //!   discovery, fetch, cache);
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
-//! - `loops`: never deliver to ourselves (RFC 5321 §5.1).
+//! - `loops`: never deliver to ourselves (RFC 5321 §5.1);
+//! - `shaping`: limits per destination (`[shaping]`), suspensions, and
+//!   their sharing through Redis (`[cluster]`).
 
 pub mod attempt;
 pub mod client;
@@ -26,6 +28,7 @@ pub mod retry;
 pub mod route;
 pub mod scheduler;
 pub mod secure;
+pub mod shaping;
 pub mod tls;
 
 use std::collections::HashMap;

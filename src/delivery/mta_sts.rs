@@ -13,10 +13,14 @@
 //!   until `max_age` after the fetch (§5.1). A cached policy whose id equals
 //!   the TXT id is used without a fetch; a new id triggers one. When the TXT
 //!   record is gone or the fetch fails, an unexpired cached policy stays in
-//!   force (§5.1); without one, delivery goes on as before.
+//!   force (§5.1); without one, delivery goes on as before. A failed fetch
+//!   is not tried again for the same id within [`FAILED_FETCH_BACKOFF`]
+//!   (in memory; a reload or restart forgets it).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -240,6 +244,14 @@ pub enum FetchError {
     Timeout { host: String },
 }
 
+/// How long a failed policy fetch is not tried again for the same TXT id
+/// (a new id is fetched at once). Without it, every attempt to a domain
+/// whose policy server is down would wait for the fetch's timeout.
+pub const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The most domains whose failed fetches are remembered.
+const MAX_FAILED_FETCHES: usize = 10_000;
+
 /// MTA-STS for delivery: the switch, and the cache when a spool is open.
 #[derive(Clone)]
 pub struct MtaSts {
@@ -247,6 +259,8 @@ pub struct MtaSts {
     cache: Option<SideTree>,
     /// HTTPS port; 443 except in unit tests.
     port: u16,
+    /// Domain → the TXT id whose policy could not be fetched, and when.
+    failed: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl MtaSts {
@@ -257,6 +271,7 @@ impl MtaSts {
             enabled,
             cache,
             port: 443,
+            failed: Arc::default(),
         }
     }
 
@@ -323,8 +338,20 @@ impl MtaSts {
                 source: Source::Cached,
             });
         }
+        if self.failed_recently(domain, &id) {
+            tracing::debug!(
+                domain,
+                id,
+                "MTA-STS policy fetch failed recently, not tried again yet"
+            );
+            return cached.map(|cached| ActivePolicy {
+                cached,
+                source: Source::CachedAfterFailure,
+            });
+        }
         match fetch(domain, self.port, resolver, connector).await {
             Ok(policy) => {
+                lock(&self.failed).remove(domain);
                 let max_age = i64::try_from(policy.max_age).unwrap_or(i64::MAX);
                 let fresh = CachedPolicy {
                     id,
@@ -351,6 +378,7 @@ impl MtaSts {
                 })
             }
             Err(error) => {
+                self.remember_failure(domain, id);
                 tracing::warn!(domain, %error, cached = cached.is_some(), "MTA-STS policy fetch failed");
                 cached.map(|cached| ActivePolicy {
                     cached,
@@ -359,6 +387,31 @@ impl MtaSts {
             }
         }
     }
+
+    /// True when the policy of `domain` under `id` failed to be fetched
+    /// less than [`FAILED_FETCH_BACKOFF`] ago.
+    fn failed_recently(&self, domain: &str, id: &str) -> bool {
+        lock(&self.failed)
+            .get(domain)
+            .is_some_and(|(failed_id, at)| failed_id == id && at.elapsed() < FAILED_FETCH_BACKOFF)
+    }
+
+    fn remember_failure(&self, domain: &str, id: String) {
+        let mut failed = lock(&self.failed);
+        if failed.len() >= MAX_FAILED_FETCHES {
+            failed.retain(|_, (_, at)| at.elapsed() < FAILED_FETCH_BACKOFF);
+            if failed.len() >= MAX_FAILED_FETCHES {
+                failed.clear();
+            }
+        }
+        failed.insert(domain.to_string(), (id, Instant::now()));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Fetches and parses the policy of `domain` (RFC 8461 §3.3).

@@ -45,12 +45,18 @@ pub async fn run(engines: Arc<ArcSwap<Engine>>) {
     ctx.tasks.spawn(async move {
         reaper_engine.pool.run_reaper(reaper_shutdown).await;
     });
+    ctx.tasks
+        .spawn(ctx.shaper.clone().run(ctx.shutdown.clone()));
 
     // Claimed messages in progress. Twice the transaction limit keeps the
     // transaction slots busy while finished messages are being recorded.
-    let slots = Arc::new(Semaphore::new(
-        ctx.config().delivery.concurrency.get().saturating_mul(2),
-    ));
+    // A reload that raises the limit adds slots (at the next turn of the
+    // loop); one that lowers it keeps them, the engine's transaction limit
+    // being what bounds the attempts.
+    let slot_count =
+        |ctx: &crate::context::Context| ctx.config().delivery.concurrency.get().saturating_mul(2);
+    let mut slot_total = slot_count(&ctx);
+    let slots = Arc::new(Semaphore::new(slot_total));
     let waiting = Arc::new(Semaphore::new(WAITING_FOR_DOMAIN));
     let changed = ctx.queue.changed();
     let jumped = engine
@@ -58,6 +64,11 @@ pub async fn run(engines: Arc<ArcSwap<Engine>>) {
         .jumped()
         .unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
     loop {
+        let wanted = slot_count(&ctx);
+        if wanted > slot_total {
+            slots.add_permits(wanted - slot_total);
+            slot_total = wanted;
+        }
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -138,10 +149,14 @@ pub async fn run(engines: Arc<ArcSwap<Engine>>) {
 
 /// Delivers the due recipients of one claimed message and records the
 /// outcome. Holds `slot` until done, except when every domain it goes to is
-/// at its `per_domain_concurrency`: then it trades the slot for a `waiting`
+/// at its `per_domain_concurrency` or shaping limit: then it trades the slot for a `waiting`
 /// permit (when one is left), so that a backlog to one slow domain does not
-/// take every slot and starve mail to the others. The transactions it starts
-/// later are still bounded by `concurrency`.
+/// take every slot and starve mail to the others, and keeps only its ID
+/// while it waits (the message is read again when its turn comes). The
+/// transactions it starts later are still bounded by `concurrency`.
+///
+/// A domain whose destination is suspended (`shaping`) is not attempted:
+/// its recipients are put off until the suspension ends, uncharged.
 async fn deliver_message(
     engine: Arc<Engine>,
     claim: Claim,
@@ -191,52 +206,155 @@ async fn deliver_message(
     }
 
     let all_busy = attempts.is_empty()
-        && groups
-            .keys()
-            .all(|domain| engine.domain_limit(domain).available_permits() == 0);
+        && groups.keys().all(|domain| {
+            engine.domain_limit(domain).available_permits() == 0
+                || engine.ctx.shaper.looks_busy(domain)
+        });
     // Held until the end of this function, whichever it is.
     let waiting_permit = all_busy.then(|| waiting.try_acquire_owned().ok()).flatten();
-    let _held = match waiting_permit {
+    let (_held, light) = match waiting_permit {
         Some(waiting_permit) => {
             drop(slot);
-            waiting_permit
+            (waiting_permit, true)
         }
-        None => slot,
+        None => (slot, false),
     };
+    // Waiting behind busy destinations (a connection limit, a rate): keep
+    // only the ID and the groups, not the envelope; the message is read
+    // again when its turn comes.
+    let id = message.id.clone();
+    let kept: Option<Message> = (!light).then_some(message);
+    let kept_ref = kept.as_ref();
 
     let rounds = groups.iter().map(|(domain, indices)| {
         let engine = engine.clone();
-        let message = &message;
+        let id = &id;
         async move {
-            let (_domain_permit, waited_for_domain) = acquire(engine.domain_limit(domain)).await;
+            let config = engine.ctx.config();
+            let shaper = engine.ctx.shaper.clone();
+            let shaped = shaper
+                .resolve(&config, domain, async || mx_host_names(&engine, domain).await)
+                .await;
+            if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
+                return Round::Postponed(indices.clone(), suspension);
+            }
+            let (admission, waited_for_domain, _domain_permit) = match &shaped {
+                Some(resolved) => match shaper.admit(resolved, &engine.ctx.shutdown).await {
+                    Some((admission, waited)) => (Some(admission), waited, None),
+                    None => return Round::Attempts(Vec::new()),
+                },
+                None => {
+                    let (permit, waited) = acquire(engine.domain_limit(domain)).await;
+                    (None, waited, Some(permit))
+                }
+            };
             let (_permit, waited) = acquire(engine.transactions.clone()).await;
             // Shutting down: leave these recipients as they are; they are
             // due again after the restart.
             if engine.ctx.shutdown.is_cancelled() {
-                return Vec::new();
+                return Round::Attempts(Vec::new());
             }
             // The wait for the permits can be long: if the operator held,
             // deleted or bounced the message meanwhile, leave it alone (its
             // claim is given back, or went with it). Without a wait, the
             // message was read at its claim a moment ago.
-            if (waited_for_domain || waited)
-                && let Ok(current) = engine.ctx.queue.get(&message.id)
-                && current.is_none_or(|current| current.held)
-            {
-                tracing::debug!(queue_id = %message.id, domain, "held or removed while waiting; not delivered");
-                return Vec::new();
+            let read_again = if waited_for_domain || waited || kept_ref.is_none() {
+                match engine.ctx.queue.get(id) {
+                    Ok(Some(current)) if !current.held => Some(current),
+                    Ok(_) => {
+                        tracing::debug!(queue_id = %id, domain, "held or removed while waiting; not delivered");
+                        return Round::Attempts(Vec::new());
+                    }
+                    Err(error) if kept_ref.is_none() => {
+                        tracing::warn!(queue_id = %id, %error, "cannot read a waiting message; trying later");
+                        return Round::Attempts(Vec::new());
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let Some(message) = read_again.as_ref().or(kept_ref) else {
+                return Round::Attempts(Vec::new());
+            };
+            // Suspended meanwhile (another message's reply).
+            if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
+                return Round::Postponed(indices.clone(), suspension);
             }
-            deliver_domain(&engine, message, domain, indices).await
+            let scope = admission.as_ref().map(|admission| admission.pool_scope());
+            let attempts =
+                super::pool::shaped(scope, deliver_domain(&engine, message, domain, indices))
+                    .await;
+            if let Some(resolved) = &shaped {
+                shaper.after(resolved, &attempts).await;
+            }
+            Round::Attempts(attempts)
         }
     });
-    for results in futures::future::join_all(rounds).await {
-        attempts.extend(results);
+    let mut postponed = Vec::new();
+    for round in futures::future::join_all(rounds).await {
+        match round {
+            Round::Attempts(results) => attempts.extend(results),
+            Round::Postponed(indices, suspension) => postponed.push((indices, suspension)),
+        }
+    }
+    for (indices, suspension) in postponed {
+        // Not an attempt: nothing is charged, and the recipients are due
+        // again when the suspension ends.
+        let note = super::shaping::postpone_note(&suspension);
+        tracing::info!(
+            queue_id = %id,
+            destination = %suspension.destination,
+            recipients = indices.len(),
+            until = %suspension.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "destination suspended; delivery put off"
+        );
+        if let Err(error) = ctx
+            .queue
+            .postpone(&id, &indices, suspension.until, &note)
+            .await
+        {
+            tracing::warn!(queue_id = %id, %error, "cannot put off delivery to a suspended destination");
+        }
     }
     if attempts.is_empty() {
-        ctx.queue.unclaim(&message.id);
+        ctx.queue.unclaim(&id);
         return;
     }
+    let message = match kept {
+        Some(message) => message,
+        // Read again for the record, as it is now.
+        None => match ctx.queue.get(&id) {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                tracing::info!(queue_id = %id, "message left the queue during delivery (deleted or bounced); outcomes not recorded");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, %error, "cannot read the message to record its outcomes; it will be retried");
+                unclaim_after_pause_id(&engine, &id).await;
+                return;
+            }
+        },
+    };
     record(&engine, &message, attempts).await;
+}
+
+/// What became of one domain group of a message in this round.
+enum Round {
+    /// Delivered (or not, at shutdown: then empty).
+    Attempts(Vec<Attempt>),
+    /// Its destination is suspended: these recipients wait, uncharged.
+    Postponed(Vec<usize>, sluice_queue::Suspension),
+}
+
+/// The MX host names of `domain` (or its route's host), for shaping rules
+/// keyed by MX suffix; empty when they cannot be found.
+async fn mx_host_names(engine: &Engine, domain: &str) -> Vec<String> {
+    match engine.router.next_hop(domain).await {
+        Ok(hop) => hop.hosts.iter().map(|host| host.name.clone()).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// True while a recipient still needs an attempt.
@@ -293,12 +411,17 @@ async fn acquire(
 /// (disk full, I/O errors), and a message due again at once would be
 /// redelivered in a busy loop.
 async fn unclaim_after_pause(engine: &Engine, message: &Message) {
+    unclaim_after_pause_id(engine, &message.id).await;
+}
+
+/// [`unclaim_after_pause`] by ID.
+async fn unclaim_after_pause_id(engine: &Engine, id: &sluice_queue::QueueId) {
     let pause = engine.ctx.config().delivery.retry_initial.max(ERROR_PAUSE);
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
         _ = engine.ctx.shutdown.cancelled() => {}
     }
-    engine.ctx.queue.unclaim(&message.id);
+    engine.ctx.queue.unclaim(id);
 }
 
 /// True when the message was deleted or bounced by the operator while its

@@ -22,14 +22,16 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// Of `keys`, those that take effect only after a restart: the admin
-/// listener, the DNS resolver, the log format and the spool's cache
-/// (a changed `spool.path` is refused before this is asked).
+/// listener, the DNS resolver, the log format, the spool's cache and the
+/// Redis connection of `[cluster]` (a changed `spool.path` is refused
+/// before this is asked; `spool.min_free` applies at once).
 pub fn needing_restart(keys: &[String]) -> Vec<String> {
     keys.iter()
         .filter(|key| {
             key.starts_with("admin.address")
                 || key.starts_with("dns.")
-                || key.starts_with("spool.")
+                || key.starts_with("cluster.")
+                || *key == "spool.cache_capacity"
                 || *key == "log.format"
         })
         .cloned()
@@ -123,15 +125,24 @@ mod tests {
         let keys: Vec<String> = [
             "admin.address",
             "admin.token",
+            "cluster.redis",
             "dns.timeout",
             "log.format",
             "log.level",
+            "spool.cache_capacity",
+            "spool.min_free",
         ]
         .map(String::from)
         .to_vec();
         assert_eq!(
             needing_restart(&keys),
-            ["admin.address", "dns.timeout", "log.format"]
+            [
+                "admin.address",
+                "cluster.redis",
+                "dns.timeout",
+                "log.format",
+                "spool.cache_capacity"
+            ]
         );
     }
 }

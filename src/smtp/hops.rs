@@ -12,31 +12,13 @@
 //! prepends itself is not, so `limits.max_hops = 50` accepts a message that
 //! already passed 50 MTAs.
 
-/// The field name counted, lower case (names are case-insensitive,
-/// RFC 5322 §1.2.2).
-const RECEIVED: &[u8] = b"received";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// At the start of a header line.
-    LineStart,
-    /// `matched` octets of "received" seen at the start of the line.
-    Name { matched: usize },
-    /// "received" followed by white space: waiting for the colon (the
-    /// obsolete syntax of RFC 5322 §4.5 allows WSP before it).
-    NameSpace,
-    /// A CR at the start of a line: an empty line if LF follows.
-    EmptyCr,
-    /// The rest of a line that is not a `Received:` field name.
-    Skip,
-    /// The header section has ended (or the message had no header).
-    Body,
-}
+use crate::smtp::header_field::FieldFinder;
 
 /// Counts `Received:` header fields in a message as it streams by.
 #[derive(Debug, Clone)]
 pub struct HopCounter {
-    state: State,
+    /// The `Received:` fields (names are case-insensitive, RFC 5322 §1.2.2).
+    finder: FieldFinder,
     hops: usize,
 }
 
@@ -50,7 +32,7 @@ impl HopCounter {
     /// A counter at the start of a message.
     pub fn new() -> HopCounter {
         HopCounter {
-            state: State::LineStart,
+            finder: FieldFinder::new(b"received"),
             hops: 0,
         }
     }
@@ -59,40 +41,10 @@ impl HopCounter {
     /// before it is part of the line end); the header ends at the first
     /// empty line.
     pub fn feed(&mut self, bytes: &[u8]) {
-        let mut index = 0;
-        while index < bytes.len() {
-            let byte = bytes[index];
-            self.state = match self.state {
-                State::Body => return,
-                State::Skip => {
-                    // Jump to the end of the line.
-                    match bytes[index..].iter().position(|&b| b == b'\n') {
-                        Some(at) => {
-                            index += at + 1;
-                            self.state = State::LineStart;
-                            continue;
-                        }
-                        None => return,
-                    }
-                }
-                State::LineStart => match byte {
-                    b'\r' => State::EmptyCr,
-                    b'\n' => State::Body,
-                    _ => self.name_byte(0, byte),
-                },
-                State::EmptyCr => match byte {
-                    b'\n' => State::Body,
-                    _ => State::Skip,
-                },
-                State::Name { matched } => self.name_byte(matched, byte),
-                State::NameSpace => match byte {
-                    b' ' | b'\t' => State::NameSpace,
-                    b':' => self.counted(),
-                    b'\n' => State::LineStart,
-                    _ => State::Skip,
-                },
-            };
-            index += 1;
+        let mut rest = bytes;
+        while let Some(taken) = self.finder.find(rest) {
+            self.hops = self.hops.saturating_add(1);
+            rest = &rest[taken..];
         }
     }
 
@@ -104,31 +56,6 @@ impl HopCounter {
     /// True when more than `max_hops` fields were seen.
     pub fn exceeds(&self, max_hops: usize) -> bool {
         self.hops > max_hops
-    }
-
-    fn name_byte(&mut self, matched: usize, byte: u8) -> State {
-        if matched == RECEIVED.len() {
-            return match byte {
-                b':' => self.counted(),
-                b' ' | b'\t' => State::NameSpace,
-                b'\n' => State::LineStart,
-                _ => State::Skip,
-            };
-        }
-        if byte.to_ascii_lowercase() == RECEIVED[matched] {
-            State::Name {
-                matched: matched + 1,
-            }
-        } else if byte == b'\n' {
-            State::LineStart
-        } else {
-            State::Skip
-        }
-    }
-
-    fn counted(&mut self) -> State {
-        self.hops = self.hops.saturating_add(1);
-        State::Skip
     }
 }
 
@@ -205,7 +132,7 @@ mod tests {
     fn body_is_not_scanned_after_the_header() {
         let mut counter = HopCounter::new();
         counter.feed(b"Subject: x\r\n\r\n");
-        assert_eq!(counter.state, State::Body);
+        assert!(counter.finder.header_ended());
         counter.feed("Received: x\r\n".repeat(1000).as_bytes());
         assert_eq!(counter.hops(), 0);
     }

@@ -9,24 +9,15 @@
 //! when it is one `<...>` token of printable ASCII, so nothing a client sends
 //! can break a log line.
 
-/// The field name looked for, lower case.
-const NAME: &[u8] = b"message-id";
+use crate::smtp::header_field::FieldFinder;
 
 /// The most of a field value kept (a header line's limit, RFC 5322 §2.1.1).
 const MAX_VALUE: usize = 998;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// At the start of a header line.
-    LineStart,
-    /// `matched` octets of "message-id" seen at the start of the line.
-    Name { matched: usize },
-    /// The name followed by white space: waiting for the colon.
-    NameSpace,
-    /// A CR at the start of a line: an empty line if LF follows.
-    EmptyCr,
-    /// The rest of a line that is not the field looked for.
-    Skip,
+    /// Looking for the field.
+    Looking,
     /// Reading the field's value.
     Value,
     /// After the LF ending a line of the value: a continuation line
@@ -39,6 +30,7 @@ enum State {
 /// Finds the Message-ID in a message as it streams by.
 #[derive(Debug)]
 pub struct MessageIdScanner {
+    finder: FieldFinder,
     state: State,
     value: Vec<u8>,
     id: Option<String>,
@@ -54,7 +46,8 @@ impl MessageIdScanner {
     /// A scanner at the start of a message.
     pub fn new() -> MessageIdScanner {
         MessageIdScanner {
-            state: State::LineStart,
+            finder: FieldFinder::new(b"message-id"),
+            state: State::Looking,
             value: Vec::new(),
             id: None,
         }
@@ -62,46 +55,35 @@ impl MessageIdScanner {
 
     /// Looks at the next octets of the message.
     pub fn feed(&mut self, bytes: &[u8]) {
-        let mut index = 0;
-        while index < bytes.len() {
-            let byte = bytes[index];
-            self.state = match self.state {
-                State::Done => return,
-                State::Skip => match memchr::memchr(b'\n', &bytes[index..]) {
-                    Some(at) => {
-                        index += at + 1;
-                        self.state = State::LineStart;
-                        continue;
+        let mut rest = bytes;
+        if self.state == State::Looking {
+            match self.finder.find(rest) {
+                Some(taken) => {
+                    rest = &rest[taken..];
+                    self.state = State::Value;
+                }
+                None => {
+                    if self.finder.header_ended() {
+                        self.state = State::Done;
                     }
-                    None => return,
-                },
-                State::LineStart => self.line_start(byte),
-                State::EmptyCr => match byte {
-                    b'\n' => State::Done,
-                    _ => State::Skip,
-                },
-                State::Name { matched } => name_byte(matched, byte),
-                State::NameSpace => match byte {
-                    b' ' | b'\t' => State::NameSpace,
-                    b':' => State::Value,
-                    b'\n' => State::LineStart,
-                    _ => State::Skip,
-                },
+                    return;
+                }
+            }
+        }
+        for &byte in rest {
+            self.state = match self.state {
+                State::Looking | State::Done => return,
                 State::Value => {
                     if byte == b'\n' {
                         State::ValueEnd
                     } else {
-                        if self.value.len() < MAX_VALUE {
-                            self.value.push(byte);
-                        }
+                        self.keep(byte);
                         State::Value
                     }
                 }
                 State::ValueEnd => match byte {
                     b' ' | b'\t' => {
-                        if self.value.len() < MAX_VALUE {
-                            self.value.push(byte);
-                        }
+                        self.keep(byte);
                         State::Value
                     }
                     _ => {
@@ -110,7 +92,6 @@ impl MessageIdScanner {
                     }
                 },
             };
-            index += 1;
         }
     }
 
@@ -123,11 +104,9 @@ impl MessageIdScanner {
         self.id.as_deref()
     }
 
-    fn line_start(&mut self, byte: u8) -> State {
-        match byte {
-            b'\r' => State::EmptyCr,
-            b'\n' => State::Done,
-            _ => name_byte(0, byte),
+    fn keep(&mut self, byte: u8) {
+        if self.value.len() < MAX_VALUE {
+            self.value.push(byte);
         }
     }
 
@@ -143,26 +122,6 @@ impl MessageIdScanner {
         if valid {
             self.id = String::from_utf8(token.to_vec()).ok();
         }
-    }
-}
-
-fn name_byte(matched: usize, byte: u8) -> State {
-    if matched == NAME.len() {
-        return match byte {
-            b':' => State::Value,
-            b' ' | b'\t' => State::NameSpace,
-            b'\n' => State::LineStart,
-            _ => State::Skip,
-        };
-    }
-    if byte.to_ascii_lowercase() == NAME[matched] {
-        State::Name {
-            matched: matched + 1,
-        }
-    } else if byte == b'\n' {
-        State::LineStart
-    } else {
-        State::Skip
     }
 }
 

@@ -9,6 +9,7 @@ pub mod data;
 pub mod dot;
 pub mod dsn_params;
 pub mod ehlo;
+pub mod header_field;
 pub mod hops;
 pub mod intake;
 pub mod line;

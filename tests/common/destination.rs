@@ -88,6 +88,12 @@ impl Default for Options {
     }
 }
 
+thread_local! {
+    /// Set on a connection's thread once its client sent QUIT (and so was
+    /// no longer counted as open).
+    static QUIT_SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// One mail transaction as the destination saw it.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -129,6 +135,11 @@ struct State {
     data_seen: u32,
     data_command_seen: u32,
     connections: usize,
+    /// Connections open now, and the most open at once.
+    open: usize,
+    max_open: usize,
+    /// When each transaction reached the end of data.
+    transaction_times: Vec<std::time::Instant>,
     tls_failures: usize,
     commands: Vec<String>,
 }
@@ -198,10 +209,15 @@ impl Destination {
                 let number = {
                     let mut state = shared.state.lock().expect("state lock");
                     state.connections += 1;
+                    state.open += 1;
+                    state.max_open = state.max_open.max(state.open);
                     state.connections - 1
                 };
                 std::thread::spawn(move || {
                     let _ = serve(stream, number, &shared);
+                    if !QUIT_SEEN.with(|seen| seen.get()) {
+                        shared.state.lock().expect("state lock").open -= 1;
+                    }
                 });
             }
         });
@@ -256,6 +272,20 @@ impl Destination {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.lock().expect("state lock").connections
+    }
+
+    /// The most connections that were open at once.
+    pub fn max_open(&self) -> usize {
+        self.state.lock().expect("state lock").max_open
+    }
+
+    /// When each transaction reached the end of data, in order.
+    pub fn transaction_times(&self) -> Vec<std::time::Instant> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .transaction_times
+            .clone()
     }
 
     /// TLS handshakes that failed.
@@ -684,24 +714,22 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 let reply = rule
                     .and_then(|rule| rule(&accepted[0], attempt))
                     .unwrap_or_else(|| "250 2.0.0 Ok: queued".to_string());
-                shared
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .transactions
-                    .push(Transaction {
-                        connection: number,
-                        helo: helo.clone(),
-                        mail_from,
-                        mail_params,
-                        recipients: std::mem::take(&mut accepted),
-                        rejected: std::mem::take(&mut rejected),
-                        rcpt_params: std::mem::take(&mut rcpt_params),
-                        body,
-                        tls: conn.tls.clone(),
-                        auth: authenticated.clone(),
-                        final_reply: reply.clone(),
-                    });
+                let mut state = shared.state.lock().expect("state lock");
+                state.transaction_times.push(std::time::Instant::now());
+                state.transactions.push(Transaction {
+                    connection: number,
+                    helo: helo.clone(),
+                    mail_from,
+                    mail_params,
+                    recipients: std::mem::take(&mut accepted),
+                    rejected: std::mem::take(&mut rejected),
+                    rcpt_params: std::mem::take(&mut rcpt_params),
+                    body,
+                    tls: conn.tls.clone(),
+                    auth: authenticated.clone(),
+                    final_reply: reply.clone(),
+                });
+                drop(state);
                 mail = None;
                 if !conn.answer(&reply, &shared.stop)? {
                     return Ok(());
@@ -716,6 +744,10 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             }
             "NOOP" => conn.send("250 2.0.0 Ok")?,
             "QUIT" => {
+                // The session is over once the client quits: it no longer
+                // counts as open (the socket may linger a moment).
+                shared.state.lock().expect("state lock").open -= 1;
+                QUIT_SEEN.with(|seen| seen.set(true));
                 conn.send("221 2.0.0 Bye")?;
                 return Ok(());
             }

@@ -15,6 +15,7 @@ use crate::admin::content;
 use crate::admin::error::AdminError;
 use crate::admin::ops;
 use crate::admin::summary::{self, Summary};
+use crate::admin::suspensions::{self, SuspensionList, SuspensionView};
 use crate::admin::view::{JsonArrayWriter, ListFilter, MessageView};
 use crate::config::Config;
 use crate::context::Context;
@@ -24,6 +25,8 @@ use crate::context::Context;
 pub struct Local {
     runtime: tokio::runtime::Runtime,
     ctx: Option<Context>,
+    /// For creating the spool when a command needs one (`queue suspend`).
+    config: Config,
 }
 
 /// Why the spool could not be opened.
@@ -43,7 +46,11 @@ impl Local {
             .map_err(|error| OpenError::Other(error.into()))?;
         let path = config.spool.path.clone();
         if !path.exists() {
-            return Ok(Local { runtime, ctx: None });
+            return Ok(Local {
+                runtime,
+                ctx: None,
+                config: config.clone(),
+            });
         }
         let options = QueueOptions {
             cache_capacity: config.spool.cache_capacity,
@@ -58,6 +65,7 @@ impl Local {
         Ok(Local {
             runtime,
             ctx: Some(ctx),
+            config: config.clone(),
         })
     }
 
@@ -162,7 +170,11 @@ impl Access for Local {
             return Ok(Summary::default());
         };
         let _guard = self.runtime.enter();
-        Ok(summary::build(&ctx.queue, chrono::Utc::now())?)
+        let mut summary = summary::build(&ctx.queue, chrono::Utc::now())?;
+        summary::mark_suspended(&mut summary, |domain| {
+            ctx.shaper.suspended_as_known(domain).is_some()
+        });
+        Ok(summary)
     }
 
     fn cat(&mut self, id: &QueueId, headers: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -179,6 +191,50 @@ impl Access for Local {
 
     /// Waits for any task an action started (a bounce's DSN), then flushes
     /// the queue to disk and releases the spool.
+    fn suspend(
+        &mut self,
+        destination: &str,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<SuspensionView> {
+        if self.ctx.is_none() {
+            // The spool keeps suspensions: create it.
+            let options = QueueOptions {
+                cache_capacity: self.config.spool.cache_capacity,
+            };
+            let path = self.config.spool.path.clone();
+            let queue = self
+                .runtime
+                .block_on(async { Queue::open_admin(&path, options) })?;
+            self.ctx = Some(Context::new(Arc::new(self.config.clone()), queue));
+        }
+        let ctx = self.ctx.as_ref().expect("the spool was opened just above");
+        let destination = crate::delivery::shaping::normalize(destination);
+        let duration = duration.unwrap_or_else(|| suspensions::default_duration(ctx, &destination));
+        let until = chrono::Utc::now() + chrono::Duration::from_std(duration)?;
+        let suspension = self.runtime.block_on(ctx.shaper.suspend(
+            &destination,
+            until,
+            crate::delivery::shaping::BY_HAND.to_string(),
+        ))?;
+        Ok(SuspensionView::from(&suspension))
+    }
+
+    fn resume(&mut self, destination: &str) -> anyhow::Result<bool> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(false);
+        };
+        let resumed = self.runtime.block_on(ctx.shaper.resume(destination))?;
+        Ok(resumed)
+    }
+
+    fn suspensions(&mut self) -> anyhow::Result<SuspensionList> {
+        let suspensions = match &self.ctx {
+            Some(ctx) => ctx.shaper.list().iter().map(SuspensionView::from).collect(),
+            None => Vec::new(),
+        };
+        Ok(SuspensionList { suspensions })
+    }
+
     fn close(&mut self) -> anyhow::Result<()> {
         let Some(ctx) = self.ctx.take() else {
             return Ok(());

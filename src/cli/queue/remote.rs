@@ -13,6 +13,7 @@ use super::Access;
 use crate::admin::bulk::Action;
 use crate::admin::error::ErrorBody;
 use crate::admin::summary::Summary;
+use crate::admin::suspensions::{SuspensionList, SuspensionView};
 use crate::admin::view::{ListFilter, MessageView};
 
 /// How long to wait for the admin API to accept a connection: it is local,
@@ -238,6 +239,40 @@ impl Access for Remote {
         // A body cut short (the server failed midway) is an error (exit 1).
         io::copy(&mut response.into_reader(), out)?;
         Ok(())
+    }
+
+    fn suspend(
+        &mut self,
+        destination: &str,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<SuspensionView> {
+        let body = duration.map(|duration| {
+            serde_json::json!({ "for": crate::config::format_duration(duration) }).to_string()
+        });
+        let path = format!("/v1/suspensions/{destination}");
+        self.call_with(
+            "POST",
+            &path,
+            Some(body.as_deref().unwrap_or("").as_bytes()),
+        )?
+        .into_json::<SuspensionView>()
+        .context("reading the admin API's answer")
+    }
+
+    fn resume(&mut self, destination: &str) -> anyhow::Result<bool> {
+        let path = format!("/v1/suspensions/{destination}");
+        let request = self.call("DELETE", &path);
+        match request {
+            Ok(_) => Ok(true),
+            Err(error) if error.to_string().ends_with("is not suspended") => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn suspensions(&mut self) -> anyhow::Result<SuspensionList> {
+        self.call("GET", "/v1/suspensions")?
+            .into_json::<SuspensionList>()
+            .context("reading the admin API's answer")
     }
 
     fn close(&mut self) -> anyhow::Result<()> {
