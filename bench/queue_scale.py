@@ -4,7 +4,7 @@
 usage: queue_scale.py SPOOL_DIR NAME=BIN [NAME=BIN ...]
 
 SPOOL_DIR holds a spool filled by examples/queue_fill (deferred messages,
-due in an hour, so a server leaves them alone). For each build, in order:
+due in 12 hours, so a server leaves them alone). For each build, in order:
 
 - serve: time from the spawn to the first 220 on the SMTP port; RSS once
   the server is idle ("at rest"); its CPU use over IDLE_SECONDS (default 10);

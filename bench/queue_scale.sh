@@ -1,6 +1,6 @@
 #!/bin/sh
 # The queue at scale: COUNT deferred 4 KiB messages (two recipients each,
-# one refused attempt logged, due again in an hour: what a relay to a closed
+# one refused attempt logged, due again in 12 hours: what a relay to a closed
 # port leaves), then per build: start-up to the first 220, RSS at rest and
 # after `queue list`, idle CPU, time to the first line of `queue list`,
 # `queue hold --all` / `release --all` through the API and offline, and the

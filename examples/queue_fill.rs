@@ -3,7 +3,8 @@
 //!
 //! Usage: `cargo run --release --example queue_fill -- SPOOL COUNT [--held|--deferred]`
 //! (`--held` holds every message; `--deferred` records a refused delivery
-//! attempt for every recipient, due again in an hour, as a server relaying
+//! attempt for every recipient, due again in 12 hours (a run over three
+//! builds at a million messages takes more than an hour), as a server relaying
 //! to a closed port would have; either way a server started on the spool
 //! leaves them alone for a while).
 
@@ -76,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Claims every due message and records a refused connection for each
-/// recipient, due again in an hour.
+/// recipient, due again in 12 hours.
 async fn defer_all(queue: &Queue) -> anyhow::Result<()> {
     let reply = "connect to 127.0.0.1:9: Connection refused";
     loop {
@@ -96,7 +97,7 @@ async fn defer_all(queue: &Queue) -> anyhow::Result<()> {
                         index,
                         outcome: Outcome::Deferred {
                             reply: reply.into(),
-                            next_attempt_at: now + chrono::Duration::hours(1),
+                            next_attempt_at: now + chrono::Duration::hours(12),
                         },
                     })
                     .collect();
