@@ -192,7 +192,7 @@ fn check_config_prints_durations_and_sizes_in_the_config_style() {
         "retry_initial = \"1500ms\"",
         "retry_max = \"1h\"",
         "shutdown_grace = \"30s\"",
-        "cache_capacity = \"64MiB\"",
+        "cache_capacity = \"16MiB\"",
     ] {
         assert!(
             stdout.lines().any(|printed| printed == line),

@@ -83,6 +83,7 @@ mod body;
 mod commit;
 mod dsn;
 mod failure;
+mod memory;
 mod model;
 mod schedule;
 mod side;
@@ -168,7 +169,7 @@ pub struct QueueOptions {
 impl Default for QueueOptions {
     fn default() -> Self {
         QueueOptions {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 16 * 1024 * 1024,
         }
     }
 }
@@ -271,6 +272,16 @@ impl Queue {
         }
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
+        // Rebuilt on a database instance of its own, dropped before the
+        // serving one opens: sled 0.34 keeps every page it read until each of
+        // its 256 cache shards saw 64 accesses (lru.rs), whatever the cache
+        // capacity, so a scan of every record in the serving instance would
+        // keep the whole record tree (about 1 KB a message) in memory for
+        // good. The second open costs a fraction of the scan.
+        let rebuilt = match mode {
+            Mode::Serve => Some(Index::rebuild_apart(&db_dir)?),
+            Mode::Admin => None,
+        };
         let store = Store::open(&db_dir, options.cache_capacity)?;
         let mut durability = store.durability(&db_dir)?;
         for dir in [path, db_dir.as_path()] {
@@ -285,14 +296,17 @@ impl Queue {
                 "removed body chunks of writes interrupted by a crash"
             );
         }
-        let state = match mode {
-            Mode::Serve => {
-                let index = Index::rebuild(&store)?;
+        let state = match rebuilt {
+            Some(index) => {
                 remove_orphan_bodies(&store, &spool)?;
+                // Opening sled decodes its whole snapshot (tens of MB at a
+                // million messages) between allocations that stay: give the
+                // holes back.
+                memory::release_free();
                 tracing::info!(spool = %path.display(), messages = index.stats.messages, "queue opened");
                 Some(index)
             }
-            Mode::Admin => {
+            None => {
                 tracing::debug!(spool = %path.display(), "queue opened for administration");
                 None
             }
@@ -396,28 +410,28 @@ impl Queue {
             message,
             body: place,
         };
-        if let Err(error) = self.inner.store.insert_new(&record, &inline) {
+        // Written and indexed under the state lock that every change holds,
+        // so that no change sees the record before the index does (the
+        // index trusts each record to be what it was last set from), and
+        // indexed before the fsync so that a cancelled commit cannot leave
+        // a stored but unscheduled message; claiming it early risks at most
+        // a duplicate delivery after a crash, never a loss.
+        let inserted = {
+            let mut state = self.inner.state();
+            let inserted = self.inner.store.insert_new(&record, &inline);
+            if inserted.is_ok()
+                && let Some(index) = state.as_mut()
+            {
+                index.schedule.set(&id, None, record.message.due_at());
+                index.stats.add(&record.message);
+            }
+            inserted
+        };
+        if let Err(error) = inserted {
             if place == BodyPlace::File {
                 self.inner.remove_body_file(&id).await;
             }
             return Err(error);
-        }
-        // Indexed before the fsync so that a cancelled commit cannot leave a
-        // stored but unscheduled message; claiming it early risks at most a
-        // duplicate delivery after a crash, never a loss. The record is
-        // visible from `insert_new` on, so a delete may already have taken
-        // it (`delete --all` racing arrivals): index only what is still
-        // stored, checked under the state lock that every change holds,
-        // or the counters would drift and a stale entry linger.
-        {
-            let mut state = self.inner.state();
-            if let Some(index) = state.as_mut() {
-                // A failed lookup indexes it anyway, as before: at worst a stale entry.
-                if self.inner.store.contains(&id).unwrap_or(true) {
-                    index.schedule.set(&id, record.message.due_at());
-                    index.stats.add(&record.message);
-                }
-            }
         }
         if let Err(error) = self.inner.group.durable().await {
             if self.inner.forget(&record) {
@@ -514,7 +528,7 @@ impl Queue {
                 // Deleted between the index and the read: nothing to deliver.
                 Ok(None) => {
                     if let Some(index) = self.inner.state().as_mut() {
-                        index.schedule.remove(id);
+                        index.schedule.remove(id, None);
                     }
                 }
                 Err(QueueError::Corrupt { id: text, reason }) => {
@@ -856,6 +870,18 @@ struct Changed {
 }
 
 impl Index {
+    /// [`Index::rebuild`] on a database instance opened for it and closed
+    /// after it, with a small cache; then hands the memory its pages took
+    /// back to the system.
+    fn rebuild_apart(db_dir: &Path) -> Result<Index, QueueError> {
+        let index = {
+            let store = Store::open(db_dir, 1024 * 1024)?;
+            Index::rebuild(&store)?
+        };
+        memory::release_free();
+        Ok(index)
+    }
+
     /// Reads every record into a fresh index; corrupt records are logged
     /// and skipped.
     fn rebuild(store: &Store) -> Result<Index, QueueError> {
@@ -863,12 +889,15 @@ impl Index {
             schedule: Schedule::default(),
             stats: QueueStats::default(),
         };
-        for record in store.records(None) {
-            match record {
-                Ok(record) => {
-                    let message = &record.message;
-                    index.schedule.set(&message.id, message.due_at());
-                    index.stats.add(message);
+        let mut staged = schedule::Staged::default();
+        let mut sketches = store.sketches();
+        while let Some(sketch) = sketches.next_sketch() {
+            match sketch {
+                Ok((id, sketch)) => {
+                    if let Some(due) = sketch.due_at() {
+                        index.schedule.stage(&mut staged, &id, due);
+                    }
+                    index.stats.add_sketch(&sketch);
                 }
                 Err(QueueError::Corrupt { id, reason }) => {
                     tracing::error!(queue_id = %id, %reason, "skipping corrupt queue record");
@@ -876,6 +905,7 @@ impl Index {
                 Err(other) => return Err(other),
             }
         }
+        index.schedule.add_staged(staged);
         Ok(index)
     }
 }
@@ -904,12 +934,24 @@ impl Inner {
     /// off the runtime).
     fn forget(&self, record: &Record) -> bool {
         let id = &record.message.id;
-        if let Some(index) = self.state().as_mut() {
-            index.schedule.remove(id);
-            index.stats.remove(&record.message);
-        }
-        match self.store.remove(record) {
-            Ok(()) => record.body == BodyPlace::File,
+        let mut state = self.state();
+        // As it is now: a change may have come between commit and failure.
+        let current = match self.store.get(id) {
+            Ok(Some(current)) => current,
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
+                return false;
+            }
+        };
+        match self.store.remove(&current) {
+            Ok(()) => {
+                if let Some(index) = state.as_mut() {
+                    index.schedule.remove(id, current.message.due_at());
+                    index.stats.remove(&current.message);
+                }
+                current.body == BodyPlace::File
+            }
             Err(error) => {
                 tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
                 false
@@ -956,7 +998,7 @@ impl Inner {
         if disposition == Disposition::Remove || record.message.is_finished() {
             self.store.remove(&record)?;
             if let Some(index) = state.as_mut() {
-                index.schedule.remove(id);
+                index.schedule.remove(id, before.due_at());
                 index.stats.remove(&before);
             }
             return Ok(Changed {
@@ -977,7 +1019,7 @@ impl Inner {
         if lease == Lease::End {
             index.schedule.unclaim(id);
         }
-        index.schedule.set(id, due);
+        index.schedule.set(id, before.due_at(), due);
         index.stats.remove(&before);
         index.stats.add(&record.message);
         Ok(Changed {

@@ -279,14 +279,69 @@ impl Message {
     /// of its open recipients (a pending recipient without a time is due since
     /// the message arrived). `None` when held or finished.
     pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
-        if self.held {
-            return None;
-        }
-        self.recipients
-            .iter()
-            .filter(|r| r.is_open())
-            .map(|r| r.next_attempt_at.unwrap_or(self.received_at))
-            .min()
+        due_time(
+            self.held,
+            self.received_at,
+            self.recipients
+                .iter()
+                .map(|r| (r.status, r.next_attempt_at)),
+        )
+    }
+}
+
+/// [`Message::due_at`] over the fields it needs.
+fn due_time(
+    held: bool,
+    received_at: DateTime<Utc>,
+    recipients: impl Iterator<Item = (RecipientStatus, Option<DateTime<Utc>>)>,
+) -> Option<DateTime<Utc>> {
+    if held {
+        return None;
+    }
+    recipients
+        .filter(|(status, _)| {
+            matches!(status, RecipientStatus::Pending | RecipientStatus::Deferred)
+        })
+        .map(|(_, next)| next.unwrap_or(received_at))
+        .min()
+}
+
+/// What the index and the counters need of a stored message, decoded
+/// without the strings (sender, addresses, replies, attempt history) that
+/// make most of a record, so rebuilding the index at open allocates and
+/// parses little.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Sketch<'a> {
+    /// The queue ID, borrowed from the record when it can be.
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    /// Parked by the operator.
+    pub held: bool,
+    /// When the message was committed.
+    pub received_at: DateTime<Utc>,
+    /// Status and next attempt of each recipient.
+    pub recipients: Vec<RecipientSketch>,
+}
+
+/// The part of a [`Recipient`] a [`Sketch`] keeps.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RecipientSketch {
+    /// Where delivery to it stands.
+    pub status: RecipientStatus,
+    /// When it is due (again).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl Sketch<'_> {
+    /// [`Message::due_at`] of the message sketched.
+    pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
+        due_time(
+            self.held,
+            self.received_at,
+            self.recipients
+                .iter()
+                .map(|r| (r.status, r.next_attempt_at)),
+        )
     }
 }
 

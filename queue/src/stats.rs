@@ -2,7 +2,7 @@
 //! costs a lock and a copy, not a scan.
 
 use crate::QueueStats;
-use crate::model::{Message, RecipientStatus};
+use crate::model::{Message, RecipientStatus, Sketch};
 
 impl QueueStats {
     /// Counts a message that entered the queue (or its new state).
@@ -15,11 +15,27 @@ impl QueueStats {
         self.apply(message, |count, n| *count = count.saturating_sub(n));
     }
 
+    /// [`QueueStats::add`] for a message read as a [`Sketch`].
+    pub(crate) fn add_sketch(&mut self, message: &Sketch<'_>) {
+        let statuses = message.recipients.iter().map(|r| r.status);
+        self.count(message.held, statuses, |count, n| *count += n);
+    }
+
     fn apply(&mut self, message: &Message, change: impl Fn(&mut u64, u64)) {
+        let statuses = message.recipients.iter().map(|r| r.status);
+        self.count(message.held, statuses, change);
+    }
+
+    fn count(
+        &mut self,
+        held: bool,
+        statuses: impl Iterator<Item = RecipientStatus>,
+        change: impl Fn(&mut u64, u64),
+    ) {
         change(&mut self.messages, 1);
-        change(&mut self.held, u64::from(message.held));
-        for recipient in &message.recipients {
-            let count = match recipient.status {
+        change(&mut self.held, u64::from(held));
+        for status in statuses {
+            let count = match status {
                 RecipientStatus::Pending => &mut self.pending,
                 RecipientStatus::Deferred => &mut self.deferred,
                 RecipientStatus::Delivered => &mut self.delivered,

@@ -241,6 +241,36 @@ async fn reopening_the_spool_voids_leases() {
 }
 
 #[tokio::test]
+async fn the_index_is_rebuilt_at_open_over_many_read_ahead_batches() {
+    // More records than several of the batches the index rebuild reads
+    // ahead in (256), some held (not due).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(&dir);
+    let mut due = Vec::new();
+    for n in 0..700 {
+        let id = queue
+            .enqueue(envelope(&["a@x.example"]), b"x")
+            .await
+            .expect("enqueue");
+        if n % 7 == 0 {
+            queue.hold(&id).await.expect("hold");
+        } else {
+            due.push(id);
+        }
+    }
+    queue.close().await.expect("close");
+    drop(queue);
+
+    let queue = open(&dir);
+    assert_eq!(queue.stats().expect("stats").messages, 700);
+    assert_eq!(
+        claimed_ids(&queue, far_future(), 1000),
+        due,
+        "every unheld message is due again, in arrival order"
+    );
+}
+
+#[tokio::test]
 async fn held_message_is_never_claimed_until_released() {
     let (dir, queue, id) = one_message().await;
     assert!(queue.hold(&id).await.expect("hold").held);

@@ -159,7 +159,7 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             path: PathBuf::from("./spool"),
-            cache_capacity: 64 * MIB,
+            cache_capacity: 16 * MIB,
             min_free: super::MinFree::Auto,
         }
     }
