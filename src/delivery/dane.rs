@@ -32,11 +32,12 @@ use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
+
+use super::tls::HandshakeSignatures;
 
 use crate::config::Config;
 
@@ -323,19 +324,18 @@ async fn ask(
 /// (usable ones, at least one), for one host.
 pub fn connector(records: Vec<TlsaRecord>) -> Result<TlsConnector, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(DaneVerifier { records, provider }))
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    let verifier = DaneVerifier {
+        records,
+        signatures: HandshakeSignatures(provider.clone()),
+    };
+    super::tls::connector_with(provider, Arc::new(verifier))
 }
 
 /// Authenticates a server certificate by TLSA records (RFC 7672 §3.1).
 #[derive(Debug)]
 pub struct DaneVerifier {
     records: Vec<TlsaRecord>,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl DaneVerifier {
@@ -343,7 +343,7 @@ impl DaneVerifier {
     pub fn new(records: Vec<TlsaRecord>) -> DaneVerifier {
         DaneVerifier {
             records,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            signatures: HandshakeSignatures(Arc::new(rustls::crypto::ring::default_provider())),
         }
     }
 }
@@ -377,7 +377,7 @@ impl ServerCertVerifier for DaneVerifier {
                 roots.roots.push(trust_anchor.to_owned());
                 let verifier = WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
-                    self.provider.clone(),
+                    self.signatures.0.clone(),
                 )
                 .build()
                 .map_err(|error| rustls::Error::General(error.to_string()))?;
@@ -403,12 +403,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -417,18 +412,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 

@@ -15,7 +15,7 @@ use hickory_resolver::proto::rr::RecordType;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use sluice_queue::Queue;
 use tokio_rustls::TlsConnector;
 
@@ -293,12 +293,7 @@ fn testing_connector(
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|error| rustls::Error::General(error.to_string()))?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RecordingVerifier { inner, observed }))
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    super::tls::connector_with(provider, Arc::new(RecordingVerifier { inner, observed }))
 }
 
 /// MTA-STS testing (RFC 8461 §5): checks the certificate as enforce would,
