@@ -8,10 +8,20 @@
 //! finishes publishes its number; every writer whose ticket is at or below it
 //! wakes up. Writers arriving while a flush runs all share the next one, so the
 //! fsync rate stays near the disk's while throughput grows with concurrency.
+//!
+//! A writer that can wait a little ([`GroupCommit::durable_within`]: a
+//! delivery result) does not start a flush of its own at once: it rides on
+//! the next one that a writer who cannot wait (a message being accepted)
+//! starts, or on one of its own once its delay runs out. At one SMTP session
+//! that halves the fsyncs per relayed message, and the acceptance of the
+//! next message no longer queues behind the flush of the previous one's
+//! delivery result. Either way the writer returns only once its change is on
+//! disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -33,6 +43,12 @@ struct Tickets {
     started: u64,
     /// Highest ticket handed out: the flusher runs until `started` reaches it.
     requested: u64,
+    /// Highest ticket handed out to a writer that can wait, and the time
+    /// by which some flush must start for it: the earliest deadline among
+    /// those still waiting. Served by any flush, or by one started at the
+    /// deadline.
+    deferred: u64,
+    deferred_until: Option<Instant>,
     /// Set by [`GroupCommit::shutdown`]: no new tickets; the flusher serves the
     /// outstanding ones, flushes once more and exits.
     shutdown: bool,
@@ -92,13 +108,30 @@ impl GroupCommit {
     /// Returns once every write the caller applied before calling this is
     /// durable. Fails with [`QueueError::Closed`] after shutdown.
     pub(crate) async fn durable(&self) -> Result<(), QueueError> {
+        self.durable_within(Duration::ZERO).await
+    }
+
+    /// Like [`GroupCommit::durable`], but the flush that covers the caller's
+    /// writes may start up to `delay` from now, so that it can be one that
+    /// another writer starts meanwhile. Durable on return, as `durable`.
+    pub(crate) async fn durable_within(&self, delay: Duration) -> Result<(), QueueError> {
         let ticket = {
             let mut tickets = self.shared.tickets();
             if tickets.shutdown {
                 return Err(QueueError::Closed);
             }
             let ticket = tickets.started + 1;
-            tickets.requested = tickets.requested.max(ticket);
+            if delay.is_zero() {
+                tickets.requested = tickets.requested.max(ticket);
+            } else {
+                let until = Instant::now() + delay;
+                tickets.deferred = tickets.deferred.max(ticket);
+                tickets.deferred_until = Some(
+                    tickets
+                        .deferred_until
+                        .map_or(until, |earlier| earlier.min(until)),
+                );
+            }
             ticket
         };
         self.shared.wake.notify_one();
@@ -148,13 +181,36 @@ where
     loop {
         let (number, last) = {
             let mut tickets = shared.tickets();
-            while tickets.requested <= tickets.started && !tickets.shutdown {
+            loop {
+                if tickets.requested > tickets.started || tickets.shutdown {
+                    break;
+                }
+                let deferred = match tickets.deferred_until {
+                    Some(until) if tickets.deferred > tickets.started => until,
+                    _ => {
+                        tickets = shared
+                            .wake
+                            .wait(tickets)
+                            .unwrap_or_else(|poison| poison.into_inner());
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                if deferred <= now {
+                    break;
+                }
                 tickets = shared
                     .wake
-                    .wait(tickets)
-                    .unwrap_or_else(|poison| poison.into_inner());
+                    .wait_timeout(tickets, deferred - now)
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .0;
             }
             tickets.started += 1;
+            // This flush covers every ticket handed out so far, deferred
+            // ones included.
+            if tickets.deferred <= tickets.started {
+                tickets.deferred_until = None;
+            }
             // After shutdown no ticket can be handed out any more, so this
             // flush covers everything: it is the last one.
             (tickets.started, tickets.shutdown)
@@ -203,6 +259,43 @@ mod tests {
         let thread = group.shutdown().expect("first shutdown returns the thread");
         thread.join().expect("flusher exits cleanly");
         assert!(matches!(group.durable().await, Err(QueueError::Closed)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_writer_rides_on_the_next_flush_or_its_own_at_the_deadline() {
+        let group = Arc::new(GroupCommit::start(|| Ok(())).expect("starts"));
+        // Alone, it waits out its delay, then gets a flush of its own.
+        let started = Instant::now();
+        group
+            .durable_within(Duration::from_millis(200))
+            .await
+            .expect("durable");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(190), "took {waited:?}");
+        assert_eq!(group.count(), 1);
+
+        // A writer who cannot wait flushes at once, for both of them.
+        let deferred = tokio::spawn({
+            let group = group.clone();
+            async move {
+                let started = Instant::now();
+                group
+                    .durable_within(Duration::from_secs(30))
+                    .await
+                    .map(|()| started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!deferred.is_finished(), "a deferred writer flushed at once");
+        assert_eq!(group.count(), 1);
+        group.durable().await.expect("durable");
+        let waited = tokio::time::timeout(Duration::from_secs(5), deferred)
+            .await
+            .expect("the deferred writer rode on that flush")
+            .expect("task")
+            .expect("durable");
+        assert!(waited < Duration::from_secs(5), "took {waited:?}");
+        assert_eq!(group.count(), 2, "one flush served both writers");
     }
 
     #[tokio::test]

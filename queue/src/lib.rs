@@ -105,6 +105,7 @@ pub use suspensions::Suspension;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -114,6 +115,13 @@ use crate::commit::GroupCommit;
 use crate::model::IdGenerator;
 use crate::schedule::Schedule;
 use crate::store::{BodyPlace, Record, Store};
+
+/// How long a delivery result may wait for a flush that another writer
+/// starts (see [`GroupCommit::durable_within`]) before it gets one of its
+/// own. It is durable on return either way; this only bounds how long a
+/// crash before that flush could make the message go out again, which
+/// delivery's at-least-once promise allows.
+const RESULT_FLUSH_DELAY: Duration = Duration::from_millis(2);
 
 /// Everything that can go wrong in the queue, in words an operator understands.
 #[derive(Debug, thiserror::Error)]
@@ -586,7 +594,7 @@ impl Queue {
         updates: Vec<RecipientUpdate>,
         attempts: Vec<LoggedAttempt>,
     ) -> Result<Message, QueueError> {
-        self.change(id, Lease::End, |message| {
+        self.change_within(id, Lease::End, RESULT_FLUSH_DELAY, |message| {
             for logged in attempts {
                 if let Some(recipient) = message.recipients.get_mut(logged.index)
                     && recipient.is_open()
@@ -830,8 +838,20 @@ impl Queue {
         lease: Lease,
         edit: impl FnOnce(&mut Message) -> Disposition,
     ) -> Result<Message, QueueError> {
+        self.change_within(id, lease, Duration::ZERO, edit).await
+    }
+
+    /// [`Queue::change`], made durable by a flush that starts within `delay`
+    /// (see [`GroupCommit::durable_within`]).
+    async fn change_within(
+        &self,
+        id: &QueueId,
+        lease: Lease,
+        delay: Duration,
+        edit: impl FnOnce(&mut Message) -> Disposition,
+    ) -> Result<Message, QueueError> {
         let changed = self.inner.apply(id, lease, edit)?;
-        self.inner.group.durable().await?;
+        self.inner.group.durable_within(delay).await?;
         if changed.removed_file {
             self.inner.remove_body_file(id).await;
         }
