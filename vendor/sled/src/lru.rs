@@ -16,14 +16,21 @@ use crate::{
 #[cfg(any(test, feature = "lock_free_delays"))]
 const MAX_QUEUE_ITEMS: usize = 4;
 
+// sluice: 8, not 64, and 32 shards, not 256 (below). An access is counted
+// only once its shard's block of MAX_QUEUE_ITEMS fills, so a page read just
+// once (a scan: `queue list`, the offline commands) stays in memory until
+// then: up to N_SHARDS * MAX_QUEUE_ITEMS pages beyond the configured cache
+// capacity, 16,384 pages (70-80 MiB of queue records) with sled's numbers,
+// 256 with these. The shards only spread lock contention between threads,
+// and a queue's writers are few.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const MAX_QUEUE_ITEMS: usize = 64;
+const MAX_QUEUE_ITEMS: usize = 8;
 
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
 
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const N_SHARDS: usize = 256;
+const N_SHARDS: usize = 32;
 
 struct AccessBlock {
     len: AtomicUsize,
