@@ -84,6 +84,7 @@ mod commit;
 mod dsn;
 mod failure;
 mod memory;
+pub use memory::limit_heap_arenas;
 mod model;
 mod schedule;
 mod side;
