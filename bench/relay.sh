@@ -15,7 +15,12 @@
 # Needs root (Postfix's master runs as root, smtp-sink must drop to a user),
 # postfix, smtp-source and smtp-sink. Nothing leaves 127.0.0.1.
 #
-# Usage: bench/relay.sh            (MESSAGES=20000 SESSIONS=20 SIZE=4096)
+# Each of ROUNDS rounds (default 3) runs both, in alternating order, after
+# the machine has settled (dirty pages written back, CPU idle again: the
+# other MTA's clean-up must not be charged to the next one); medians of the
+# rounds are printed at the end.
+#
+# Usage: bench/relay.sh            (MESSAGES=20000 SESSIONS=20 SIZE=4096 ROUNDS=3)
 #        ONLY=sluice bench/relay.sh   (skip Postfix)
 #        PERF=1 KEEP=1 ONLY=sluice bench/relay.sh   (profile sluice with perf)
 #        SLUICE_BIN=/path/to/sluice bench/relay.sh   (use this binary instead of building;
@@ -29,6 +34,7 @@ SIZE=${SIZE:-4096}
 DEST_CONCURRENCY=${DEST_CONCURRENCY:-20}
 TIMEOUT=${TIMEOUT:-600}
 ONLY=${ONLY:-both}
+ROUNDS=${ROUNDS:-3}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/sluice-bench.XXXXXX)
@@ -86,9 +92,37 @@ start_sink() { # name
     chown "$SINK_USER" "$WORK/$1"
     SINK_OUT="$WORK/$1/counter"
     SINK_DUMP="$WORK/$1/dump"
+    : >"$SINK_DUMP"
+    chown "$SINK_USER" "$SINK_DUMP"
     smtp-sink -c -u "$SINK_USER" -D "$SINK_DUMP" "127.0.0.1:$SINK_PORT" 1024 >"$SINK_OUT" 2>&1 &
-    PIDS+=($!)
+    SINK_PID=$!
+    PIDS+=($SINK_PID)
     wait_port "$SINK_PORT"
+}
+
+stop_sink() {
+    kill "$SINK_PID" 2>/dev/null || true
+    wait "$SINK_PID" 2>/dev/null || true
+}
+
+# Waits until the machine is quiet: dirty pages written back and at least
+# 90% of the CPU idle over a second (at most 30 s).
+settle() {
+    sync
+    for _ in $(seq 1 30); do
+        local idle
+        idle=$(python3 -c '
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
+print(int(100 * (i1 - i0) / max(1, t1 - t0)))')
+        if [ "$idle" -ge 90 ]; then
+            return 0
+        fi
+    done
 }
 
 sink_count() {
@@ -144,6 +178,7 @@ run_sluice() {
     local smtp_port admin_port
     smtp_port=$(free_port)
     admin_port=$(free_port)
+    rm -rf "$WORK/sluice"
     mkdir -p "$WORK/sluice"
     cat >"$WORK/sluice/sluice.toml" <<EOF
 hostname = "sluice.bench"
@@ -195,6 +230,7 @@ EOF
     left=$("$SLUICE_BIN" queue list --json --config "$WORK/sluice/sluice.toml" 2>/dev/null |
         python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo "?")
     echo "sluice: queue after the run: $left message(s)"
+    stop_sink
     SLUICE_RATE=$(python3 -c "print(f'{$MESSAGES / $SLUICE_SECONDS:.0f}')")
     echo "sluice: $MESSAGES messages end to end in ${SLUICE_SECONDS}s = $SLUICE_RATE msgs/s"
 }
@@ -204,6 +240,7 @@ run_postfix() {
     local port
     port=$(free_port)
     POSTFIX_DIR="$WORK/postfix"
+    rm -rf "$POSTFIX_DIR"
     mkdir -p "$POSTFIX_DIR/etc" "$POSTFIX_DIR/queue" "$POSTFIX_DIR/data"
     chown postfix "$POSTFIX_DIR/data"
     cat >"$POSTFIX_DIR/etc/main.cf" <<EOF
@@ -267,17 +304,33 @@ EOF
     echo "postfix: queue after the run: $left"
     postfix -c "$POSTFIX_DIR/etc" stop >/dev/null 2>&1 || true
     POSTFIX_DIR=""
+    stop_sink
     POSTFIX_RATE=$(python3 -c "print(f'{$MESSAGES / $POSTFIX_SECONDS:.0f}')")
     echo "postfix: $MESSAGES messages end to end in ${POSTFIX_SECONDS}s = $POSTFIX_RATE msgs/s"
 }
 
 echo "bench: $MESSAGES messages of $SIZE bytes, $SESSIONS injecting sessions, $(nproc) CPUs"
+median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
+
 case "$ONLY" in
 sluice) run_sluice ;;
 postfix) run_postfix ;;
 *)
-    run_postfix
-    run_sluice
-    python3 -c "print(f'ratio sluice/postfix: {$POSTFIX_SECONDS / $SLUICE_SECONDS:.2f}x')"
+    sluice_runs=()
+    postfix_runs=()
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "== round $round"
+        if [ $((round % 2)) = 1 ]; then
+            settle; run_postfix; settle; run_sluice
+        else
+            settle; run_sluice; settle; run_postfix
+        fi
+        sluice_runs+=("$SLUICE_SECONDS")
+        postfix_runs+=("$POSTFIX_SECONDS")
+    done
+    sluice_median=$(median "${sluice_runs[@]}")
+    postfix_median=$(median "${postfix_runs[@]}")
+    python3 -c "print(f'median of $ROUNDS: sluice {$MESSAGES / $sluice_median:.0f} msgs/s, postfix {$MESSAGES / $postfix_median:.0f} msgs/s')"
+    python3 -c "print(f'ratio sluice/postfix: {$postfix_median / $sluice_median:.2f}x')"
     ;;
 esac
