@@ -5,7 +5,8 @@
 # one temporary directory, fsync every accepted message before the 250, and
 # relay to the same smtp-sink on loopback (nothing leaves 127.0.0.1), so
 # each measures inject with its own delivery running, as in production.
-# Between phases the script waits until both queues are empty.
+# Between phases the script waits until both queues are empty and the
+# machine has settled (dirty pages written back, CPU idle again).
 # Load: Postfix's smtp-source, 4 KiB single-recipient messages, a new
 # connection per message, at 1, 20 and 100 concurrent sessions. Then
 # bench/latency.py measures the time from the end of DATA to the 250 at 20
@@ -191,6 +192,28 @@ drain() {
     echo "warning: queues not drained after 60s (sluice $sluice_left, postfix $postfix_left)" >&2
 }
 
+# Waits until the machine is quiet after a drain: dirty pages written back
+# (Postfix deletes a queue file per message) and at least 90% of the CPU
+# idle over a second, at most 30 s; so neither server is charged for the
+# other's clean-up.
+settle() {
+    sync
+    for _ in $(seq 1 30); do
+        local idle
+        idle=$(python3 -c '
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
+print(int(100 * (i1 - i0) / max(1, t1 - t0)))')
+        if [ "$idle" -ge 90 ]; then
+            return 0
+        fi
+    done
+}
+
 # Warm-up, not measured: first connections, caches, Postfix's smtpd processes.
 inject "$sluice_port" 10 "$WARMUP" >/dev/null
 inject "$postfix_port" 10 "$WARMUP" >/dev/null
@@ -209,11 +232,11 @@ for sessions in 1 20 100; do
     for round in $(seq 1 "$ROUNDS"); do
         # Alternate who goes first: neither always meets the busier machine.
         if [ $((round % 2)) = 1 ]; then
-            s=$(inject "$sluice_port" "$sessions" "$count"); drain
-            p=$(inject "$postfix_port" "$sessions" "$count"); drain
+            s=$(inject "$sluice_port" "$sessions" "$count"); drain; settle
+            p=$(inject "$postfix_port" "$sessions" "$count"); drain; settle
         else
-            p=$(inject "$postfix_port" "$sessions" "$count"); drain
-            s=$(inject "$sluice_port" "$sessions" "$count"); drain
+            p=$(inject "$postfix_port" "$sessions" "$count"); drain; settle
+            s=$(inject "$sluice_port" "$sessions" "$count"); drain; settle
         fi
         sluice_rates+=("$s")
         postfix_rates+=("$p")
@@ -227,8 +250,10 @@ done
 
 echo
 echo "== latency from end of DATA to the 250, 20 sessions, $LATENCY_MESSAGES messages"
+settle
 echo -n "sluice : "; python3 bench/latency.py 127.0.0.1:"$sluice_port" 20 "$LATENCY_MESSAGES" "$SIZE"
 drain
+settle
 echo -n "postfix: "; python3 bench/latency.py 127.0.0.1:"$postfix_port" 20 "$LATENCY_MESSAGES" "$SIZE"
 
 accepted=$(grep -c "message accepted" "$work/sluice/log" || true)
