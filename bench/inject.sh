@@ -45,9 +45,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$work"
@@ -192,28 +191,6 @@ drain() {
     echo "warning: queues not drained after 60s (sluice $sluice_left, postfix $postfix_left)" >&2
 }
 
-# Waits until the machine is quiet after a drain: dirty pages written back
-# (Postfix deletes a queue file per message) and at least 90% of the CPU
-# idle over a second, at most 30 s; so neither server is charged for the
-# other's clean-up.
-settle() {
-    sync
-    for _ in $(seq 1 30); do
-        local idle
-        idle=$(python3 -c '
-import time
-def snap():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
-print(int(100 * (i1 - i0) / max(1, t1 - t0)))')
-        if [ "$idle" -ge 90 ]; then
-            return 0
-        fi
-    done
-}
-
 # Warm-up, not measured: first connections, caches, Postfix's smtpd processes.
 inject "$sluice_port" 10 "$WARMUP" >/dev/null
 inject "$postfix_port" 10 "$WARMUP" >/dev/null
@@ -222,7 +199,6 @@ drain
 echo
 echo "== inject rate: smtp-source, ${SIZE}-byte messages, one connection per message, median of $ROUNDS runs"
 printf '%-9s %12s %12s %8s   %s\n' sessions "sluice/s" "postfix/s" ratio "(each run: sluice/postfix)"
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.0f}")' "$@"; }
 for sessions in 1 20 100; do
     count=$MESSAGES_N
     [ "$sessions" = 1 ] && count=$MESSAGES_1

@@ -17,3 +17,24 @@ wait_port() { # port
 
 # The median of the numbers given (the lower middle one for an even count).
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# Waits until the machine is quiet: dirty pages written back and at least
+# 90% of the CPU idle over a second (at most 30 s), so that one side is not
+# charged for the other's clean-up (Postfix deletes a queue file a message).
+settle() {
+    sync
+    for _ in $(seq 1 30); do
+        local idle
+        idle=$(python3 -c '
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
+print(int(100 * (i1 - i0) / max(1, t1 - t0)))')
+        if [ "$idle" -ge 90 ]; then
+            return 0
+        fi
+    done
+}

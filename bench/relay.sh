@@ -68,22 +68,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 now() { date +%s.%N; }
 
-wait_port() { # port
-    for _ in $(seq 1 200); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "bench: nothing listens on port $1" >&2
-    return 1
-}
 
 # Starts smtp-sink on a free port; sets SINK_PORT, SINK_OUT, SINK_DUMP.
 start_sink() { # name
@@ -105,25 +94,6 @@ stop_sink() {
     wait "$SINK_PID" 2>/dev/null || true
 }
 
-# Waits until the machine is quiet: dirty pages written back and at least
-# 90% of the CPU idle over a second (at most 30 s).
-settle() {
-    sync
-    for _ in $(seq 1 30); do
-        local idle
-        idle=$(python3 -c '
-import time
-def snap():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
-print(int(100 * (i1 - i0) / max(1, t1 - t0)))')
-        if [ "$idle" -ge 90 ]; then
-            return 0
-        fi
-    done
-}
 
 sink_count() {
     tail -c 200 "$SINK_OUT" 2>/dev/null | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2 || true
@@ -310,8 +280,6 @@ EOF
 }
 
 echo "bench: $MESSAGES messages of $SIZE bytes, $SESSIONS injecting sessions, $(nproc) CPUs"
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
-
 case "$ONLY" in
 sluice) run_sluice ;;
 postfix) run_postfix ;;
