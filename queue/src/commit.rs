@@ -43,11 +43,9 @@ struct Tickets {
     started: u64,
     /// Highest ticket handed out: the flusher runs until `started` reaches it.
     requested: u64,
-    /// Highest ticket handed out to a writer that can wait, and the time
-    /// by which some flush must start for it: the earliest deadline among
-    /// those still waiting. Served by any flush, or by one started at the
-    /// deadline.
-    deferred: u64,
+    /// The time by which a flush must start for the writers that can wait
+    /// and are waiting (the earliest of their deadlines); `None` when there
+    /// are none. Every flush serves them all, so starting one clears it.
     deferred_until: Option<Instant>,
     /// Set by [`GroupCommit::shutdown`]: no new tickets; the flusher serves the
     /// outstanding ones, flushes once more and exits.
@@ -125,7 +123,6 @@ impl GroupCommit {
                 tickets.requested = tickets.requested.max(ticket);
             } else {
                 let until = Instant::now() + delay;
-                tickets.deferred = tickets.deferred.max(ticket);
                 tickets.deferred_until = Some(
                     tickets
                         .deferred_until
@@ -185,15 +182,12 @@ where
                 if tickets.requested > tickets.started || tickets.shutdown {
                     break;
                 }
-                let deferred = match tickets.deferred_until {
-                    Some(until) if tickets.deferred > tickets.started => until,
-                    _ => {
-                        tickets = shared
-                            .wake
-                            .wait(tickets)
-                            .unwrap_or_else(|poison| poison.into_inner());
-                        continue;
-                    }
+                let Some(deferred) = tickets.deferred_until else {
+                    tickets = shared
+                        .wake
+                        .wait(tickets)
+                        .unwrap_or_else(|poison| poison.into_inner());
+                    continue;
                 };
                 let now = Instant::now();
                 if deferred <= now {
@@ -208,9 +202,7 @@ where
             tickets.started += 1;
             // This flush covers every ticket handed out so far, deferred
             // ones included.
-            if tickets.deferred <= tickets.started {
-                tickets.deferred_until = None;
-            }
+            tickets.deferred_until = None;
             // After shutdown no ticket can be handed out any more, so this
             // flush covers everything: it is the last one.
             (tickets.started, tickets.shutdown)
