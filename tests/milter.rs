@@ -181,6 +181,15 @@ fn rspamd_adds_its_headers_to_a_clean_message() {
     );
     assert!(header.contains("X-Rspamd-Queue-Id: "), "{header:?}");
     assert!(
+        header.contains("\r\nX-Spam-Status: No, score="),
+        "{header:?}"
+    );
+    // rspamd puts its Authentication-Results right below our Received:.
+    assert!(
+        header.contains("\r\nAuthentication-Results: "),
+        "{header:?}"
+    );
+    assert!(
         !header.contains("X-Spam: Yes"),
         "a clean message is not marked spam: {header:?}"
     );

@@ -109,7 +109,7 @@ fn log_refused(session: &Session, reply: &Reply) {
         helo = %session.helo_name().unwrap_or(""),
         sender = %sender,
         command,
-        reason = "milter",
+        reason = %"milter",
         reply = %LogReply(reply),
         "transaction refused"
     );
