@@ -31,6 +31,8 @@ const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EM
 /// binary. A watchdog shell ends it when the test process is gone.
 struct Rspamd {
     address: SocketAddr,
+    /// The shell that runs rspamd and ends it after us.
+    _watchdog: std::process::Child,
 }
 
 fn free_port() -> u16 {
@@ -85,7 +87,7 @@ fn rspamd() -> &'static Rspamd {
              kill $r 2>/dev/null; wait $r",
             test = std::process::id()
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &watchdog])
             .stdin(Stdio::null())
             .spawn()
@@ -97,7 +99,10 @@ fn rspamd() -> &'static Rspamd {
             Duration::from_secs(120),
             || TcpStream::connect(address).ok(),
         );
-        Rspamd { address }
+        Rspamd {
+            address,
+            _watchdog: watchdog,
+        }
     })
 }
 

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     });
     let mut responses = responses.into_iter();
     loop {
-        match conversation.next() {
+        match conversation.step() {
             Next::Write(octets) => assert!(!octets.is_empty()),
             Next::Read => match responses.next() {
                 Some(response) => {

@@ -68,7 +68,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conversation = Conversation::new(transaction);
     let mut input: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        match conversation.next() {
+        match conversation.step() {
             Next::Write(octets) => stream.write_all(&octets).await?,
             Next::Read => loop {
                 if let Some((response, used)) = codec::decode(&input)? {

@@ -1,5 +1,5 @@
 //! One milter's conversation about one message, as a pure state machine:
-//! [`Conversation::next`] says what to write or that a reply is awaited,
+//! [`Conversation::step`] says what to write or that a reply is awaited,
 //! [`Conversation::receive`] takes each decoded reply, and the end is a
 //! [`Verdict`]. No sockets: the client in [`super::client`] moves the
 //! octets.
@@ -160,7 +160,7 @@ impl<'a> Conversation<'a> {
 
     /// What to do now. After [`Next::Read`], call [`Conversation::receive`]
     /// before asking again.
-    pub fn next(&mut self) -> Next {
+    pub fn step(&mut self) -> Next {
         if self.awaiting.is_some() {
             return Next::Read;
         }
@@ -538,7 +538,7 @@ mod tests {
         let mut since = String::new();
         let mut first = true;
         loop {
-            match conversation.next() {
+            match conversation.step() {
                 Next::Write(octets) => {
                     let codes = commands(&octets);
                     written.push_str(&codes);
@@ -709,9 +709,9 @@ mod tests {
     fn edits_before_the_end_break_the_protocol() {
         let recipients = vec!["b@example.net".to_string()];
         let mut conversation = Conversation::new(transaction(&recipients));
-        assert!(matches!(conversation.next(), Next::Write(_)));
+        assert!(matches!(conversation.step(), Next::Write(_)));
         conversation.receive(optneg(0)).unwrap();
-        assert!(matches!(conversation.next(), Next::Write(_)));
+        assert!(matches!(conversation.step(), Next::Write(_)));
         assert_eq!(
             conversation.receive(Response::AddHeader {
                 name: "X".into(),
@@ -728,10 +728,10 @@ mod tests {
     fn negotiation_needs_option_negotiation_and_a_version() {
         let recipients = vec![];
         let mut conversation = Conversation::new(transaction(&recipients));
-        conversation.next();
+        conversation.step();
         assert!(conversation.receive(Response::Continue).is_err());
         let mut conversation = Conversation::new(transaction(&recipients));
-        conversation.next();
+        conversation.step();
         assert_eq!(
             conversation.receive(Response::OptionNegotiation {
                 version: 1,
@@ -750,7 +750,7 @@ mod tests {
             (step::HEADER_LEADING_SPACE, b"Subject\0 test\0"),
         ] {
             let mut conversation = Conversation::new(transaction(&recipients));
-            conversation.next();
+            conversation.step();
             conversation
                 .receive(optneg(
                     steps
@@ -761,7 +761,7 @@ mod tests {
                         | step::NR_DATA,
                 ))
                 .unwrap();
-            let Next::Write(octets) = conversation.next() else {
+            let Next::Write(octets) = conversation.step() else {
                 panic!("expected a write");
             };
             let found = octets.windows(expected.len()).any(|w| w == expected);
