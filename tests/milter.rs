@@ -96,7 +96,7 @@ fn rspamd() -> &'static Rspamd {
         // Loading its rules takes rspamd several seconds (more on a busy machine).
         wait_for(
             &format!("rspamd (Debian package rspamd) to listen; its log is in {d}"),
-            Duration::from_secs(120),
+            Duration::from_secs(240),
             || TcpStream::connect(address).ok(),
         );
         Rspamd {
