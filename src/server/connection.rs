@@ -705,7 +705,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         let size = body.len();
-        match ctx.queue.commit(envelope, body).await {
+        match ctx
+            .queue
+            .commit_noted(envelope, body, message_id.map(str::to_string))
+            .await
+        {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
                 ctx.metrics.message_size_bytes.observe(octets as f64);
