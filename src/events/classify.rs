@@ -118,6 +118,8 @@ fn builtin(reply: &str) -> &'static str {
     if has(&[
         "dns",
         "mx record",
+        "no mx",
+        "address record",
         "no address",
         "nxdomain",
         "resolve",
