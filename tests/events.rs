@@ -168,7 +168,10 @@ fn events_reach_a_signed_webhook_after_its_outage() {
         dir.path(),
         destination.addr,
         "",
-        &subscriber("app", &receiver.url(), ""),
+        &format!(
+            "{}\n[limits]\nmax_recipients = 2\n",
+            subscriber("app", &receiver.url(), "")
+        ),
     );
     let sluice = Sluice::start_with(dir, &config);
     let mut client = sluice.connect();
@@ -235,6 +238,30 @@ fn events_reach_a_signed_webhook_after_its_outage() {
     ids.dedup();
     assert_eq!(ids.len(), events.len(), "no duplicate without a restart");
     // The bounce (a DSN to alice) is a message of its own: its events come too.
+    // A refused RCPT is a `rejected` event; suspending and resuming a
+    // destination by hand are events too.
+    let mut client = sluice.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<alice@example.org>", "250");
+    client.expect("RCPT TO:<one@dest.test>", "250");
+    client.expect("RCPT TO:<two@dest.test>", "250");
+    client.expect("RCPT TO:<three@dest.test>", "452");
+    let (code, _, stderr) = sluice.cli(&["queue", "suspend", "dest.test", "--for", "1h"]);
+    assert_eq!(code, 0, "suspend: {stderr}");
+    let (code, _, stderr) = sluice.cli(&["queue", "resume", "dest.test"]);
+    assert_eq!(code, 0, "resume: {stderr}");
+    let events = wait_for("rejected, suspended and resumed events", DEADLINE, || {
+        let events = receiver.events();
+        (!of_type(&events, "rejected").is_empty()
+            && !of_type(&events, "suspended").is_empty()
+            && !of_type(&events, "resumed").is_empty())
+        .then_some(events)
+    });
+    let rejected = of_type(&events, "rejected")[0];
+    assert_eq!(rejected["recipient"], "three@dest.test", "{rejected}");
+    assert_eq!(rejected["reply"]["code"], 452, "{rejected}");
+    assert_eq!(rejected["client"], "127.0.0.1", "{rejected}");
+    assert_eq!(of_type(&events, "suspended")[0]["destination"], "dest.test");
     let status = sluice.cli(&["events", "status", "--json"]);
     assert_eq!(status.0, 0, "events status: {status:?}");
     let statuses: Value = serde_json::from_str(&status.1).expect("JSON");

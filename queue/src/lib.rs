@@ -888,6 +888,11 @@ impl Queue {
         self.inner.journal.set_enabled(on);
     }
 
+    /// Whether changes are journaled now ([`Queue::set_journal`]).
+    pub fn journal_enabled(&self) -> bool {
+        self.inner.journal.enabled()
+    }
+
     /// Up to `max` journal entries after sequence number `after`, in order.
     pub fn journal_read(&self, after: u64, max: usize) -> Result<Vec<JournalEntry>, QueueError> {
         self.inner.journal.read(after, max)
