@@ -85,7 +85,7 @@ fn builtin(reply: &str) -> &'static str {
             (7, 1) if has(&["spam", "reputation", "listed"]) => return "spam_block",
             (7, 10 | 30) => return "tls",
             (7, 5) => return "tls",
-            (7, 23 | 24 | 25 | 26 | 27) => return "policy",
+            (7, 23..=27) => return "policy",
             (7, _) => return "policy",
             _ => {}
         }

@@ -211,10 +211,11 @@ fn prune(queue: &Queue, names: &[String]) {
             _ => return,
         }
     }
-    if lowest > 0 && lowest != u64::MAX {
-        if let Err(error) = queue.journal_prune(lowest) {
-            tracing::warn!(%error, "pruning the event journal failed");
-        }
+    if lowest > 0
+        && lowest != u64::MAX
+        && let Err(error) = queue.journal_prune(lowest)
+    {
+        tracing::warn!(%error, "pruning the event journal failed");
     }
 }
 

@@ -208,6 +208,68 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
 }
 
+/// Records an event about no queued message (`rejected`, `delayed`,
+/// `suspended`, `resumed`) in the journal, off the caller's path: it
+/// reports a decision already made, whose reply must not wait for a flush.
+/// Nothing is written while no subscriber is configured.
+pub fn record(queue: &sluice_queue::Queue, event: Event) {
+    if !queue.journal_enabled() {
+        return;
+    }
+    let queue = queue.clone();
+    tokio::spawn(async move {
+        let kind = event.kind.clone();
+        if let Err(error) = queue.journal_append(vec![event.journal_entry()]).await {
+            tracing::warn!(%error, kind, "writing an event failed");
+        }
+    });
+}
+
+/// The `rejected` event of a refused RCPT (`recipient` set) or of a refused
+/// message (DATA/BDAT, one event per recipient of the transaction).
+pub fn rejected(
+    queue: &sluice_queue::Queue,
+    node: &str,
+    client: std::net::IpAddr,
+    sender: Option<&str>,
+    recipients: &[&str],
+    reply: &crate::smtp::reply::Reply,
+) {
+    if !queue.journal_enabled() {
+        return;
+    }
+    let text = reply.to_string();
+    let line = text.lines().next().unwrap_or("").to_string();
+    let targets: Vec<Option<&str>> = if recipients.is_empty() {
+        vec![None]
+    } else {
+        recipients
+            .iter()
+            .map(|recipient| Some(*recipient))
+            .collect()
+    };
+    for recipient in targets {
+        let mut event = Event::new("rejected", node);
+        event.sender = sender.map(str::to_string);
+        event.recipient = recipient.map(str::to_string);
+        event.client = Some(client.to_string());
+        event.reply = Some(reply_object(line.trim_end()));
+        record(queue, event);
+    }
+}
+
+/// The forward path of an `RCPT TO:<…>` line, for a `rejected` event.
+pub fn rcpt_address(line: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(line).ok()?;
+    if text.len() < 8 || !text[..8].eq_ignore_ascii_case("RCPT TO:") {
+        return None;
+    }
+    let rest = text[8..].trim_start();
+    let inner = rest.strip_prefix('<')?;
+    let end = inner.find('>')?;
+    Some(inner[..end].to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,66 +361,4 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
-}
-
-/// Records an event about no queued message (`rejected`, `delayed`,
-/// `suspended`, `resumed`) in the journal, off the caller's path: it
-/// reports a decision already made, whose reply must not wait for a flush.
-/// Nothing is written while no subscriber is configured.
-pub fn record(queue: &sluice_queue::Queue, event: Event) {
-    if !queue.journal_enabled() {
-        return;
-    }
-    let queue = queue.clone();
-    tokio::spawn(async move {
-        let kind = event.kind.clone();
-        if let Err(error) = queue.journal_append(vec![event.journal_entry()]).await {
-            tracing::warn!(%error, kind, "writing an event failed");
-        }
-    });
-}
-
-/// The `rejected` event of a refused RCPT (`recipient` set) or of a refused
-/// message (DATA/BDAT, one event per recipient of the transaction).
-pub fn rejected(
-    queue: &sluice_queue::Queue,
-    node: &str,
-    client: std::net::IpAddr,
-    sender: Option<&str>,
-    recipients: &[&str],
-    reply: &crate::smtp::reply::Reply,
-) {
-    if !queue.journal_enabled() {
-        return;
-    }
-    let text = reply.to_string();
-    let line = text.lines().next().unwrap_or("").to_string();
-    let targets: Vec<Option<&str>> = if recipients.is_empty() {
-        vec![None]
-    } else {
-        recipients
-            .iter()
-            .map(|recipient| Some(*recipient))
-            .collect()
-    };
-    for recipient in targets {
-        let mut event = Event::new("rejected", node);
-        event.sender = sender.map(str::to_string);
-        event.recipient = recipient.map(str::to_string);
-        event.client = Some(client.to_string());
-        event.reply = Some(reply_object(line.trim_end()));
-        record(queue, event);
-    }
-}
-
-/// The forward path of an `RCPT TO:<…>` line, for a `rejected` event.
-pub fn rcpt_address(line: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(line).ok()?;
-    if text.len() < 8 || !text[..8].eq_ignore_ascii_case("RCPT TO:") {
-        return None;
-    }
-    let rest = text[8..].trim_start();
-    let inner = rest.strip_prefix('<')?;
-    let end = inner.find('>')?;
-    Some(inner[..end].to_string())
 }
