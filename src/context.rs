@@ -33,6 +33,8 @@ pub struct Context {
     pub tasks: TaskTracker,
     /// Traffic shaping: limits per destination and suspensions.
     pub shaper: Arc<crate::delivery::shaping::Shaper>,
+    /// The event subscribers, once started (`serve`).
+    pub events: Arc<std::sync::OnceLock<Arc<crate::events::Dispatchers>>>,
 }
 
 impl Context {
@@ -57,6 +59,7 @@ impl Context {
             metrics,
             disk,
             shaper,
+            events: Arc::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
+    /// Delivery events for applications ([[events]] subscribers).
+    Events {
+        #[command(subcommand)]
+        command: cli::events::EventsCommand,
+    },
     /// Show the next hops and TLS policy (DANE, MTA-STS, static) for a
     /// recipient domain, without sending anything.
     Route(cli::route::RouteArgs),
@@ -214,6 +219,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dkim { command } => {
             cli::dkim::run(command)?;
             Ok(0)
+        }
+        Command::Events { command } => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            cli::events::run(command, &loaded)
         }
         Command::Route(args) => {
             let loaded = Config::load(cli.config.as_deref())?;

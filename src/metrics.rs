@@ -48,6 +48,8 @@ pub struct Metrics {
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
     /// Traffic shaping per rule and destination (`delivery::shaping`).
     pub shaping: std::sync::Arc<crate::delivery::shaping::metrics::ShapingMetrics>,
+    /// Delivery events per subscriber (`events::dispatch`).
+    pub events: std::sync::Arc<crate::events::EventMetrics>,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             tls_sessions: Family::default(),
             config_reloads: Family::default(),
             shaping: Default::default(),
+            events: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,6 +169,7 @@ impl Metrics {
                 .get_or_create(&vec![("result".to_string(), result.to_string())]);
         }
         metrics.shaping.register(&mut registry);
+        metrics.events.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -95,6 +95,14 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     } = files;
     let server = Arc::new(Server::new(&ctx, smtp_sockets, server_tls, dkim));
     let admin = Admin::new(&ctx, admin_socket);
+    let dispatchers = crate::events::Dispatchers::start(
+        &config,
+        &queue,
+        tls_clients.verified.clone(),
+        ctx.metrics.events.clone(),
+        ctx.shutdown.clone(),
+    );
+    let _ = ctx.events.set(dispatchers);
     let scheduler = Scheduler::with_tls(&ctx, Arc::new(SystemClock), tls_clients);
     let smtp_addresses: Vec<String> = server
         .local_addrs()

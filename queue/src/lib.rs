@@ -83,6 +83,8 @@ mod body;
 mod commit;
 mod dsn;
 mod failure;
+mod journal;
+pub use journal::{JournalEntry, JournalKind};
 mod memory;
 pub use memory::limit_heap_arenas;
 mod model;
@@ -216,6 +218,8 @@ struct Inner {
     state: Mutex<State>,
     group: GroupCommit,
     changed: Arc<Notify>,
+    /// Every recipient's change of state, for delivery events.
+    journal: journal::Journal,
     /// Held (flock) for as long as the queue is open; declared last so that
     /// it is released only after sled closed its files.
     _lock: File,
@@ -322,6 +326,11 @@ impl Queue {
         };
 
         let ids = IdGenerator::new(store.last_id()?.as_ref());
+        let journal = journal::Journal::open(
+            store.named_tree("journal")?,
+            store.named_tree("journal_cursors")?,
+            store.named_tree("journal_notes")?,
+        )?;
         let failure = store.failure();
         let group =
             GroupCommit::start(move || durability.flush().inspect_err(|error| failure.set(error)))
@@ -334,6 +343,7 @@ impl Queue {
                 state: Mutex::new(state),
                 group,
                 changed: Arc::new(Notify::new()),
+                journal,
                 _lock: lock,
             }),
         })
@@ -358,7 +368,7 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, false).await
+        self.commit_with(envelope, body, false, None).await
     }
 
     /// [`Queue::commit`] for a message that is held from the start (a
@@ -370,7 +380,19 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, true).await
+        self.commit_with(envelope, body, true, None).await
+    }
+
+    /// [`Queue::commit`] (held when `held`), with the message's Message-ID
+    /// for the journal's entries about it.
+    pub async fn commit_noted(
+        &self,
+        envelope: Envelope,
+        body: BodyWriter,
+        held: bool,
+        message_id: Option<String>,
+    ) -> Result<QueueId, QueueError> {
+        self.commit_with(envelope, body, held, message_id).await
     }
 
     async fn commit_with(
@@ -378,6 +400,7 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
         held: bool,
+        message_id: Option<String>,
     ) -> Result<QueueId, QueueError> {
         if self.inner.group.is_closed() {
             return Err(QueueError::Closed);
@@ -448,7 +471,23 @@ impl Queue {
         // a duplicate delivery after a crash, never a loss.
         let inserted = {
             let mut state = self.inner.state();
-            let inserted = self.inner.store.insert_new(&record, &inline);
+            // The journal's entries go into the log before the record (see
+            // journal.rs: why this ordering is safe).
+            let journaled = if self.inner.journal.enabled() {
+                let entries = self
+                    .inner
+                    .journal
+                    .received(&record.message, message_id.as_deref());
+                message_id
+                    .as_deref()
+                    .map_or(Ok(()), |message_id| {
+                        self.inner.journal.set_note(id.as_str(), message_id)
+                    })
+                    .and_then(|()| self.inner.journal.insert(&entries))
+            } else {
+                Ok(())
+            };
+            let inserted = journaled.and_then(|()| self.inner.store.insert_new(&record, &inline));
             if inserted.is_ok()
                 && let Some(index) = state.as_mut()
             {
@@ -865,6 +904,64 @@ impl Queue {
 
     /// [`Queue::change`], made durable by a flush that starts within `delay`
     /// (see [`GroupCommit::durable_within`]).
+    /// Writes journal entries for every change from now on (`true`), or
+    /// none (`false`, the default: a relay without event subscribers pays
+    /// nothing).
+    pub fn set_journal(&self, on: bool) {
+        self.inner.journal.set_enabled(on);
+    }
+
+    /// Whether changes are journaled now ([`Queue::set_journal`]).
+    pub fn journal_enabled(&self) -> bool {
+        self.inner.journal.enabled()
+    }
+
+    /// Up to `max` journal entries after sequence number `after`, in order.
+    pub fn journal_read(&self, after: u64, max: usize) -> Result<Vec<JournalEntry>, QueueError> {
+        self.inner.journal.read(after, max)
+    }
+
+    /// The last sequence number `subscriber` took, `None` for a subscriber
+    /// never seen (which starts at the current end of the journal).
+    pub fn journal_cursor(&self, subscriber: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.journal.cursor(subscriber)
+    }
+
+    /// Records that `subscriber` took every entry up to `seq`; durable on
+    /// return (a crash before that re-sends them: at least once).
+    pub async fn journal_ack(&self, subscriber: &str, seq: u64) -> Result<(), QueueError> {
+        self.inner.journal.set_cursor(subscriber, seq)?;
+        self.inner.group.durable_within(RESULT_FLUSH_DELAY).await
+    }
+
+    /// The last sequence number written (0: none yet).
+    pub fn journal_last(&self) -> u64 {
+        self.inner.journal.last()
+    }
+
+    /// How many entries follow sequence number `after`.
+    pub fn journal_pending(&self, after: u64) -> u64 {
+        self.inner.journal.count_after(after)
+    }
+
+    /// Removes the entries up to `upto`, which every subscriber has taken.
+    pub fn journal_prune(&self, upto: u64) -> Result<usize, QueueError> {
+        self.inner.journal.prune(upto)
+    }
+
+    /// Appends entries that are about no change of a message (the binary's
+    /// own events); durable on return.
+    pub async fn journal_append(&self, entries: Vec<JournalEntry>) -> Result<(), QueueError> {
+        if !self.inner.journal.enabled() || entries.is_empty() {
+            return Ok(());
+        }
+        {
+            let _state = self.inner.state();
+            self.inner.journal.insert(&entries)?;
+        }
+        self.inner.group.durable_within(RESULT_FLUSH_DELAY).await
+    }
+
     async fn change_within(
         &self,
         id: &QueueId,
@@ -1037,7 +1134,15 @@ impl Inner {
         };
         let before = record.message.clone();
         let disposition = edit(&mut record.message);
-        if disposition == Disposition::Remove || record.message.is_finished() {
+        let removing = disposition == Disposition::Remove || record.message.is_finished();
+        if self.journal.enabled() {
+            let entries = self.journal.changes(&before, &record.message, removing);
+            self.journal.insert(&entries)?;
+            if removing {
+                self.journal.forget_note(id.as_str())?;
+            }
+        }
+        if removing {
             self.store.remove(&record)?;
             if let Some(index) = state.as_mut() {
                 index.schedule.remove(id, before.due_at());

@@ -66,6 +66,7 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/queue/:id/hold", post(hold_one))
         .route("/v1/queue/:id/release", post(release_one))
         .route("/v1/queue/:id/bounce", post(bounce_one))
+        .route("/v1/events", get(events_status))
         .route("/v1/suspensions", get(suspensions::list))
         .route(
             "/v1/suspensions/:destination",
@@ -160,6 +161,16 @@ pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             .zip(expected)
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
+}
+
+/// `GET /v1/events`: each `[[events]]` subscriber's pending count, oldest
+/// entry, counters and last error (`sluice events status`).
+async fn events_status(State(ctx): State<Context>) -> Json<Vec<crate::events::SubscriberStatus>> {
+    let statuses = match ctx.events.get() {
+        Some(dispatchers) => dispatchers.statuses(),
+        None => Vec::new(),
+    };
+    Json(statuses)
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -10,7 +10,7 @@
 
 mod local;
 mod output;
-mod remote;
+pub(crate) mod remote;
 
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -281,7 +281,7 @@ pub fn run(command: QueueCommand, loaded: &Loaded) -> anyhow::Result<i32> {
 /// (the embedded default `./spool`) depends on the working directory, which
 /// may be anyone's (`/tmp`), and whoever wrote a record there would receive
 /// the bearer token (as for `sluice sendmail`, see [`crate::runfile`]).
-fn admin_address(config: &Config) -> Option<SocketAddr> {
+pub(crate) fn admin_address(config: &Config) -> Option<SocketAddr> {
     let recorded = config
         .spool
         .path

@@ -13,6 +13,7 @@ use super::admin::AdminConfig;
 use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
 use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
+use super::events::{self, BounceClassConfig, EventsConfig};
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::log::{LogConfig, LogFormat};
@@ -53,6 +54,10 @@ pub(super) struct ConfigFile {
     pub cluster: ClusterFile,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    #[serde(rename = "events", skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventsConfig>,
+    #[serde(rename = "bounce_class", skip_serializing_if = "Vec::is_empty")]
+    pub bounce_classes: Vec<BounceClassConfig>,
 }
 
 impl ConfigFile {
@@ -85,6 +90,7 @@ impl ConfigFile {
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
         let milters = milter::into_settings(self.milters, invalid)?;
+        events::check(&self.events, &self.bounce_classes, invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -104,6 +110,8 @@ impl ConfigFile {
             cluster,
             admin: self.admin,
             log: self.log,
+            events: self.events,
+            bounce_classes: self.bounce_classes,
         })
     }
 }
@@ -130,6 +138,8 @@ impl From<&Config> for ConfigFile {
             cluster: ClusterFile::from(&config.cluster),
             admin: config.admin.clone(),
             log: config.log.clone(),
+            events: config.events.clone(),
+            bounce_classes: config.bounce_classes.clone(),
         }
     }
 }
@@ -158,6 +168,8 @@ impl Default for ConfigFile {
             cluster: ClusterFile::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            events: Vec::new(),
+            bounce_classes: Vec::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod admin;
 mod delivery;
 mod dkim;
 mod dns;
+mod events;
 mod file;
 mod limits;
 mod listeners;
@@ -37,6 +38,7 @@ pub use admin::AdminConfig;
 pub use delivery::{DeliveryConfig, RelayAuth, TlsPolicy};
 pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimEntry, VerifyConfig};
 pub use dns::DnsConfig;
+pub use events::{BOUNCE_CLASSES, BounceClassConfig, EVENT_TYPES, EventSink, EventsConfig};
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
 pub use log::{LogConfig, LogFormat};
@@ -148,6 +150,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[[events]]`: delivery-event subscribers.
+    pub events: Vec<EventsConfig>,
+    /// `[[bounce_class]]`: the operator's classifier rules, before the built-in ones.
+    pub bounce_classes: Vec<BounceClassConfig>,
 }
 
 /// The embedded defaults: what an empty file gives.

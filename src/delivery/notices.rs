@@ -94,6 +94,14 @@ pub async fn queue_reports(
         )
         .await?;
         ctx.queue.note_delay_notice(&message.id, now).await?;
+        for recipient in &delayed {
+            let mut event = crate::events::Event::new("delayed", &ctx.config().cluster.node);
+            event.queue_id = Some(message.id.to_string());
+            event.sender = Some(message.sender.clone());
+            event.recipient = Some(recipient.address.clone());
+            event.relay = recipient.remote_mta.clone();
+            crate::events::record(&ctx.queue, event);
+        }
     }
     Ok(())
 }

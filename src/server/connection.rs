@@ -317,6 +317,19 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         // Cached: at most one statvfs a second for the process.
                         session.set_storage_low(self.shared.ctx.disk.is_low(min_free));
                         let action = session.handle_line(&line);
+                        if let Some(reply) = action.refusal()
+                            && let Some(recipient) = crate::events::rcpt_address(&line)
+                        {
+                            let ctx = &self.shared.ctx;
+                            crate::events::rejected(
+                                &ctx.queue,
+                                &ctx.config().cluster.node,
+                                session.client(),
+                                session.transaction().map(|t| t.sender.as_str()),
+                                &[recipient.as_str()],
+                                reply,
+                            );
+                        }
                         if !was_chunking {
                             // A new transaction (or none) starts from scratch.
                             self.chunked = None;
@@ -554,7 +567,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
-                log_refused(session, refusal);
+                log_refused(&self.shared.ctx, session, refusal);
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
@@ -689,7 +702,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         tracing::info!(queue_id = %body.id(), client = %session.client(),
             results = %summary.join(","), "authentication checked");
         if verdict.reject {
-            log_refused(session, Refusal::DmarcReject);
+            log_refused(&self.shared.ctx, session, Refusal::DmarcReject);
             return Err(MessageOutcome::Refused(Refusal::DmarcReject));
         }
         let (length, mut replacement) =
@@ -720,11 +733,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         let size = body.len();
-        let committed = if held {
-            ctx.queue.commit_held(envelope, body).await
-        } else {
-            ctx.queue.commit(envelope, body).await
-        };
+        let committed = ctx
+            .queue
+            .commit_noted(envelope, body, held, message_id.map(str::to_string))
+            .await;
         match committed {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
@@ -885,7 +897,19 @@ async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
 
 /// The `transaction refused` line for a message refused at its end, with
 /// the reply the client gets, as a refused command's line has.
-fn log_refused(session: &Session, refusal: Refusal) {
+fn log_refused(ctx: &crate::context::Context, session: &Session, refusal: Refusal) {
+    let recipients: Vec<&str> = session
+        .transaction()
+        .map(|t| t.recipients.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    crate::events::rejected(
+        &ctx.queue,
+        &ctx.config().cluster.node,
+        session.client(),
+        session.transaction().map(|t| t.sender.as_str()),
+        &recipients,
+        &refusal.reply(),
+    );
     let sender = session
         .transaction()
         .map(|t| display_sender(&t.sender))

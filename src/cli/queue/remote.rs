@@ -61,6 +61,11 @@ impl Remote {
         }
     }
 
+    /// `GET path`, its JSON answer (`sluice events status`).
+    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.call("GET", path)?.into_json()?)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }

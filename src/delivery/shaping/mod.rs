@@ -577,6 +577,10 @@ impl Shaper {
             reason,
         };
         self.queue.suspend(&suspension).await?;
+        let mut event = crate::events::Event::new("suspended", "");
+        event.destination = Some(suspension.destination.clone());
+        event.reply = Some(crate::events::reply_object(&suspension.reason));
+        crate::events::record(&self.queue, event);
         lock(&self.suspensions).insert(suspension.destination.clone(), (suspension.clone(), false));
         self.metrics
             .suspended
@@ -608,6 +612,9 @@ impl Shaper {
             .set(0);
         let resumed = local || stored || shared_had;
         if resumed {
+            let mut event = crate::events::Event::new("resumed", "");
+            event.destination = Some(destination.clone());
+            crate::events::record(&self.queue, event);
             self.wake_postponed(&destination).await;
         }
         Ok(resumed)
