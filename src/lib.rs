@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod delivery;
+pub mod local;
 pub mod disk;
 pub mod logging;
 pub mod metrics;

@@ -15,6 +15,7 @@ use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
+use super::local::{LocalConfig, ServerConfig};
 use super::log::{LogConfig, LogFormat};
 use super::policy::{self, PolicyConfig, UserConfig};
 use super::print;
@@ -50,6 +51,8 @@ pub(super) struct ConfigFile {
     pub cluster: ClusterFile,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub local: LocalConfig,
+    pub server: ServerConfig,
 }
 
 impl ConfigFile {
@@ -79,6 +82,8 @@ impl ConfigFile {
         dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
+        self.local.check(invalid)?;
+        self.server.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
         Ok(Config {
@@ -99,6 +104,8 @@ impl ConfigFile {
             cluster,
             admin: self.admin,
             log: self.log,
+            local: self.local,
+            server: self.server,
         })
     }
 }
@@ -124,6 +131,12 @@ impl From<&Config> for ConfigFile {
             cluster: ClusterFile::from(&config.cluster),
             admin: config.admin.clone(),
             log: config.log.clone(),
+            // Printed resolved, so `check-config` shows where they are.
+            local: LocalConfig {
+                submit_socket: Some(config.local.submit_socket(&config.spool.path)),
+                maildrop: Some(config.local.maildrop(&config.spool.path)),
+            },
+            server: config.server.clone(),
         }
     }
 }
@@ -151,6 +164,8 @@ impl Default for ConfigFile {
             cluster: ClusterFile::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            local: LocalConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }

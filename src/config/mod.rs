@@ -21,6 +21,7 @@ mod dns;
 mod file;
 mod limits;
 mod listeners;
+mod local;
 mod log;
 mod next_hop;
 mod policy;
@@ -38,6 +39,7 @@ pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimEntry, VerifyConfig};
 pub use dns::DnsConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
+pub use local::{LocalConfig, ServerConfig};
 pub use log::{LogConfig, LogFormat};
 pub use next_hop::{HostName, NextHopAddress};
 pub use policy::{PolicyConfig, UserConfig};
@@ -144,6 +146,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[local]`.
+    pub local: LocalConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
 }
 
 /// The embedded defaults: what an empty file gives.

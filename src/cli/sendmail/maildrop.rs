@@ -58,6 +58,14 @@ impl Maildrop {
             return Err(refused);
         }
         let spool = config.spool.path.clone();
+        // Root writes as the spool's owner (DESIGN.md "Local access"): no
+        // root-owned file in the spool, no link followed with root's rights.
+        if let Err(error) = crate::local::privilege::become_spool_owner(&spool) {
+            return Err(SendmailError::Spool {
+                path: spool,
+                reason: error.to_string(),
+            });
+        }
         let broken = |error: &dyn std::fmt::Display| SendmailError::Spool {
             path: spool.clone(),
             reason: format!(

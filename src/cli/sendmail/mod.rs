@@ -47,6 +47,7 @@
 
 pub mod args;
 pub mod envelope;
+pub mod helper;
 pub mod maildrop;
 pub mod message;
 pub mod stdio;
@@ -54,7 +55,6 @@ pub mod submit;
 pub mod user;
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cli::queue::{QueueCommand, Targets};
@@ -77,9 +77,21 @@ pub enum SendmailError {
     /// The configuration names no listener sendmail can use.
     #[error("cannot submit: {0}")]
     NoListener(String),
-    /// Nothing accepts connections at the listener address.
-    #[error("cannot submit: no server answers on {address} ({reason}); is sluice serve running?")]
-    Connect { address: SocketAddr, reason: String },
+    /// Nothing accepts connections on `local.submit_socket`.
+    #[error(
+        "cannot submit: no server answers on {} ({reason}); is sluice serve running?",
+        socket.display()
+    )]
+    Connect { socket: PathBuf, reason: String },
+    /// No server answered and the `sluice-maildrop` helper did not take
+    /// the message.
+    #[error("cannot write into the maildrop {}: {reason}", path.display())]
+    Maildrop {
+        path: PathBuf,
+        reason: String,
+        /// Worth trying again later (exit 75).
+        temporary: bool,
+    },
     /// The server answered a command with a 4xx or 5xx reply.
     #[error("cannot submit: the server refused {command}: {reply}")]
     Refused { command: String, reply: String },
@@ -127,8 +139,8 @@ impl SendmailError {
     /// 127.0.0.1:2525 (connection refused)".
     pub fn no_server_reason(&self) -> String {
         match self {
-            SendmailError::Connect { address, reason } => {
-                format!("no server answers on {address} ({reason})")
+            SendmailError::Connect { socket, reason } => {
+                format!("no server answers on {} ({reason})", socket.display())
             }
             SendmailError::NoListener(reason) => reason.clone(),
             other => other.to_string(),
@@ -139,8 +151,12 @@ impl SendmailError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SendmailError::Usage(_) => 2,
-            // DESIGN.md's exit codes: a refusal, temporary (a 4xx, a held
-            // spool) or not, is a runtime error.
+            // DESIGN.md "Exit codes": EX_TEMPFAIL when the message could not
+            // be queued for a temporary reason (a 4xx, a held spool, no
+            // server and no way into the spool).
+            SendmailError::SpoolBusy { .. } | SendmailError::Connect { .. } => 75,
+            SendmailError::Refused { reply, .. } if reply.starts_with('4') => 75,
+            SendmailError::Maildrop { temporary: true, .. } => 75,
             _ => 1,
         }
     }
