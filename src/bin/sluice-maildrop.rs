@@ -4,13 +4,18 @@
 //! the maildrop directory (mode 1730, owned by the service user and that
 //! group); `sluice sendmail` runs it with the maildrop file on stdin.
 //!
-//! It checks the file ([`sluice::local::maildrop::parse`]), refuses one
+//! It checks the file (`sluice::local::maildrop::parse`), refuses one
 //! whose uid is not the caller's, and writes it under a temporary name,
 //! fsynced, then renamed: the server takes in only finished files. It
 //! changes nothing else and reads nothing but stdin.
 //!
 //! Exit status: 0 written; 1 a refused file (malformed, wrong uid, too
 //! large); 75 a temporary failure (the directory cannot be written).
+
+// The parser alone, not the whole library: the helper stays small.
+#[path = "../local/maildrop.rs"]
+#[allow(dead_code)] // the writer half is `sluice sendmail`'s
+mod maildrop;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -32,11 +37,15 @@ fn main() -> ExitCode {
         .unwrap_or(HARD_LIMIT)
         .min(HARD_LIMIT);
     let mut bytes = Vec::new();
-    if let Err(error) = std::io::stdin().lock().take(limit + 1).read_to_end(&mut bytes) {
+    if let Err(error) = std::io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+    {
         eprintln!("sluice-maildrop: cannot read stdin: {error}");
         return ExitCode::from(75);
     }
-    let dropped = match sluice::local::maildrop::parse(&bytes, limit as usize) {
+    let dropped = match maildrop::parse(&bytes, limit as usize) {
         Ok(dropped) => dropped,
         Err(error) => {
             eprintln!("sluice-maildrop: refused: {error}");

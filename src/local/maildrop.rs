@@ -55,9 +55,7 @@ pub fn parse(bytes: &[u8], max_size: usize) -> Result<Dropped<'_>, MaildropError
     if bytes.len() > max_size {
         return Err(MaildropError::TooLarge { limit: max_size });
     }
-    let mut rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or(MaildropError::Magic)?;
+    let mut rest = bytes.strip_prefix(MAGIC).ok_or(MaildropError::Magic)?;
     let mut uid = None;
     let mut sender = None;
     let mut recipients = Vec::new();
@@ -82,9 +80,8 @@ pub fn parse(bytes: &[u8], max_size: usize) -> Result<Dropped<'_>, MaildropError
             return Err(bad("control character"));
         }
         let (key, value) = line.split_once(' ').ok_or(bad("no value"))?;
-        let address_ok = |value: &str| {
-            !value.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
-        };
+        let address_ok =
+            |value: &str| !value.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
         match key {
             "uid" if uid.is_none() => {
                 uid = Some(value.parse::<u32>().map_err(|_| bad("bad uid"))?);

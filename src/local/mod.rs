@@ -59,9 +59,8 @@ pub fn prepare_spool(config: &Config) -> anyhow::Result<submit::SubmitSocket> {
             "spool modes repaired: directories 0700, files 0600"
         ),
         Err(error) => {
-            return Err(error).with_context(|| {
-                format!("cannot set the modes of the spool {}", spool.display())
-            });
+            return Err(error)
+                .with_context(|| format!("cannot set the modes of the spool {}", spool.display()));
         }
     }
     let maildrop = config.local.maildrop(spool);

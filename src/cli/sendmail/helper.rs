@@ -42,7 +42,10 @@ pub fn drop_off(
     let directory = config.local.maildrop(&config.spool.path);
     let failed = |reason: String, temporary: bool| SendmailError::Maildrop {
         path: directory.clone(),
-        reason: format!("{reason} (no server took the message: {})", refused.no_server_reason()),
+        reason: format!(
+            "{reason} (no server took the message: {})",
+            refused.no_server_reason()
+        ),
         temporary,
     };
     // SAFETY: getuid has no preconditions and cannot fail.

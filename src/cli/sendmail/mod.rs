@@ -156,7 +156,9 @@ impl SendmailError {
             // server and no way into the spool).
             SendmailError::SpoolBusy { .. } | SendmailError::Connect { .. } => 75,
             SendmailError::Refused { reply, .. } if reply.starts_with('4') => 75,
-            SendmailError::Maildrop { temporary: true, .. } => 75,
+            SendmailError::Maildrop {
+                temporary: true, ..
+            } => 75,
             _ => 1,
         }
     }
