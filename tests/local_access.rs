@@ -352,7 +352,9 @@ fn a_fake_listener_on_the_smtp_port_gets_nothing_while_the_server_is_down() {
     drop(fake);
     let server = server.restart();
     let delivered = wait_delivered(&destination, 1);
-    assert!(String::from_utf8_lossy(&delivered[0].body).contains("Subject: stolen?"));
+    let body = String::from_utf8_lossy(&delivered[0].body).into_owned();
+    assert!(body.contains("Subject: stolen?"), "{body}");
+    assert!(body.contains("(sluice, from userid 0 (root))"), "{body}");
     drop(server);
 }
 

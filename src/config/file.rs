@@ -82,7 +82,6 @@ impl ConfigFile {
         dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
-        self.local.check(invalid)?;
         self.server.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;

@@ -39,20 +39,6 @@ impl LocalConfig {
             PathBuf::from(name)
         })
     }
-
-    pub(super) fn check(&self, invalid: Invalid) -> Result<(), ConfigError> {
-        for (key, path) in [
-            ("local.submit_socket", &self.submit_socket),
-            ("local.maildrop", &self.maildrop),
-        ] {
-            if let Some(path) = path
-                && !path.is_absolute()
-            {
-                return Err(invalid.at(key, "must be an absolute path"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `[server]`, as written and as used.
