@@ -1,19 +1,16 @@
-//! Submitting the prepared message to the running server over SMTP, or,
-//! when none answers, to the same session run in this process over the
-//! spool ([`super::maildrop`]).
+//! Submitting the prepared message to the running server over SMTP on its
+//! UNIX socket, or, when none answers, to the same session run in this
+//! process over the spool ([`super::maildrop`]) or to the maildrop helper.
 //!
 //! # Where
 //!
-//! The message goes to the running server's first `relay`-kind listener
-//! (submission listeners require TLS and AUTH): the address the server
-//! recorded in `<spool>/smtp.address` when it started (so a listener on port
-//! 0, or a configuration edited since, is still found; only with an absolute
-//! spool path, since a relative one depends on the working directory, which
-//! may be anyone's), else the first relay `[[listener]]` of the
-//! configuration. When the recorded address does not answer (a stale file
-//! after a crash), the configured one is tried. A wildcard listener address
-//! (`0.0.0.0`, `::`) is reached on `127.0.0.1` / `::1`; loopback is in the
-//! default `relay_networks`, so no AUTH is needed.
+//! The message goes to the running server's `local.submit_socket` (default
+//! `<spool>/submit.sock`), never over TCP: while the server is down, any
+//! user may bind its TCP ports, and would get the message. The server
+//! serves the socket as a relay listener serves a loopback client and
+//! names the peer's uid in `Received:`. When nothing answers there, root and
+//! the spool's owner write the spool ([`super::maildrop`]); other users go
+//! through the setgid helper ([`super::helper`]).
 //!
 //! # How
 //!
