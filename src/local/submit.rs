@@ -26,7 +26,8 @@ pub struct SubmitSocket {
 
 impl SubmitSocket {
     /// Binds `path` (mode 0666). A socket left by a previous run is
-    /// replaced; anything else at `path` is an error. A missing parent
+    /// replaced; a socket another server answers on, or anything else at
+    /// `path`, is an error. A missing parent
     /// directory is created 0755 (as /run/sluice is).
     pub fn bind(path: &Path) -> io::Result<SubmitSocket> {
         let context = |error: io::Error| {
@@ -37,6 +38,13 @@ impl SubmitSocket {
         };
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.file_type().is_socket() => {
+                // Another server's (on another spool): not ours to take.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(context(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another server is listening there",
+                    )));
+                }
                 std::fs::remove_file(path).map_err(context)?
             }
             Ok(_) => {
@@ -116,5 +124,31 @@ impl SubmitSocket {
 impl Drop for SubmitSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("submit.sock");
+        let first = SubmitSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        let error = SubmitSocket::bind(&path).err().expect("in use");
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+        // Left behind (a crash): replaced.
+        std::mem::forget(first);
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("x.sock")).unwrap();
+        drop(listener);
+        let stale = dir.path().join("x.sock");
+        let second = SubmitSocket::bind(&stale).unwrap();
+        drop(second);
+        assert!(!stale.exists(), "removed when dropped");
+        std::fs::write(&stale, "a file").unwrap();
+        assert!(SubmitSocket::bind(&stale).is_err());
     }
 }

@@ -1251,6 +1251,22 @@ mod tests {
     }
 
     #[test]
+    fn a_local_submission_names_the_peer_uid_in_received() {
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let mut session = relay_session();
+        session.set_local_peer(1001, "al(ic)e\r\n");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let header = session.received_header("Q", at);
+        assert!(
+            header.starts_with(
+                "Received: by mx.test (sluice, from userid 1001 (alice))\r\n\twith ESMTP id Q"
+            ),
+            "{header}"
+        );
+    }
+
+    #[test]
     fn no_starttls_without_certificate() {
         let mut session = session_from(
             "127.0.0.1",
