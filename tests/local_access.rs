@@ -387,7 +387,7 @@ fn a_plain_users_sendmail_goes_over_the_socket_or_through_the_maildrop() {
         dir.path(),
         destination.addr,
         &format!(
-            "[local]\nsubmit_socket = \"{}\"\n",
+            "[limits]\nmax_message_size = \"64KiB\"\n\n[local]\nsubmit_socket = \"{}\"\n",
             run.join("submit.sock").display()
         ),
     );
@@ -424,6 +424,10 @@ fn a_plain_users_sendmail_goes_over_the_socket_or_through_the_maildrop() {
     assert_eq!(files.len(), 1, "one maildrop file");
     // A file no helper wrote: set aside, not a crash.
     std::fs::write(maildrop.join("0000-garbage"), "not a maildrop file\n").unwrap();
+    // Over max_message_size (64 KiB) plus 1 MiB: set aside unread.
+    let mut oversized = b"SLUICE-MAILDROP 1\nuid 0\nsender a@b.test\nrcpt c@d.test\n\n".to_vec();
+    oversized.resize(1200 * 1024, b'x');
+    std::fs::write(maildrop.join("0001-oversized"), oversized).unwrap();
     assert_eq!(destination.delivered().len(), 1, "nothing while down");
 
     let server = server.restart();
@@ -432,6 +436,7 @@ fn a_plain_users_sendmail_goes_over_the_socket_or_through_the_maildrop() {
     assert!(body.contains("Subject: through the maildrop"), "{body}");
     assert!(body.contains(&received), "{received} in {body}");
     server.wait_log(&["maildrop file refused", "0000-garbage"]);
+    server.wait_log(&["maildrop file refused", "0001-oversized", "larger than"]);
     wait_for("the maildrop emptied", DEADLINE, || {
         let left: Vec<_> = std::fs::read_dir(&maildrop)
             .unwrap()
@@ -441,9 +446,24 @@ fn a_plain_users_sendmail_goes_over_the_socket_or_through_the_maildrop() {
         left.is_empty().then_some(())
     });
     assert!(maildrop.join("rejected").join("0000-garbage").exists());
+    assert!(maildrop.join("rejected").join("0001-oversized").exists());
+
+    // While the server runs, a file the helper writes is taken in too.
+    let helper = server.dir.path().join("bin/sluice-maildrop");
+    let mut drop_off = user.command(&helper);
+    drop_off.arg(&maildrop);
+    let file = format!(
+        "SLUICE-MAILDROP 1\nuid {}\nsender {}@sluice.test\nrcpt b@dest.test\n\nSubject: while up\r\n\r\nx\r\n",
+        user.uid, user.name
+    );
+    let (code, _, stderr) = output(drop_off, file.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let delivered = wait_delivered(&destination, 3);
+    let body = String::from_utf8_lossy(&delivered[2].body).into_owned();
+    assert!(body.contains("Subject: while up"), "{body}");
 
     // The helper refuses a file naming another uid.
-    let mut forged = user.command(&server.dir.path().join("bin/sluice-maildrop"));
+    let mut forged = user.command(&helper);
     forged.arg(&maildrop);
     let (code, _, stderr) = output(
         forged,
@@ -463,6 +483,8 @@ fn server_user_binds_as_root_then_runs_as_that_user() {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    // A spool root made earlier: given to the user at start.
+    std::fs::create_dir_all(home.join("spool/db")).unwrap();
     let path = config(
         &home,
         destination.addr,

@@ -32,6 +32,17 @@ pub fn privilege_after_bind(config: &Config) -> anyhow::Result<()> {
             let account = privilege::account_by_name(name).with_context(|| {
                 format!("server.user: no user {name:?} in the password database")
             })?;
+            let spool = &config.spool.path;
+            let changed =
+                spool_mode::give_to(spool, account.uid, account.gid).with_context(|| {
+                    format!(
+                        "cannot give the spool {} to server.user {name}",
+                        spool.display()
+                    )
+                })?;
+            if changed > 0 {
+                tracing::warn!(spool = %spool.display(), user = %name, changed, "spool ownership repaired");
+            }
             privilege::become_account(&account)
                 .with_context(|| format!("server.user: cannot become {name}"))?;
             tracing::info!(user = %name, uid = account.uid, gid = account.gid, "running as server.user");

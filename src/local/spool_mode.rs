@@ -48,6 +48,34 @@ fn repair_entry(path: &Path, changed: &mut usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes everything in `spool` (itself included) owned by `uid`:`gid`,
+/// never through a symbolic link (lchown); root only, before becoming
+/// `[server] user`. A missing spool is left to be created. Returns how many
+/// entries changed owner.
+pub fn give_to(spool: &Path, uid: u32, gid: u32) -> io::Result<usize> {
+    use std::os::unix::fs::MetadataExt as _;
+    fn walk(path: &Path, uid: u32, gid: u32, changed: &mut usize) -> io::Result<()> {
+        let metadata = match std::fs::symlink_metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if metadata.uid() != uid || metadata.gid() != gid {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+            *changed += 1;
+        }
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), uid, gid, changed)?;
+            }
+        }
+        Ok(())
+    }
+    let mut changed = 0;
+    walk(spool, uid, gid, &mut changed)?;
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
