@@ -24,6 +24,9 @@ use crate::server::Server;
 /// How often the maildrop directory is looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// How old an unfinished (`tmp-`) file must be to count as abandoned.
+const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+
 /// Where refused files are set aside, inside the maildrop directory.
 pub const REJECTED: &str = "rejected";
 
@@ -105,7 +108,21 @@ fn list(dir: &Path) -> io::Result<Vec<String>> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if name.starts_with("tmp-") || name == REJECTED || name.starts_with('.') {
+        if name.starts_with("tmp-") {
+            // Left by a helper that died mid-write: nobody will finish it.
+            let abandoned = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > ABANDONED);
+            if abandoned {
+                tracing::warn!(file = %name, "removing an unfinished maildrop file");
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
+        if name == REJECTED || name.starts_with('.') {
             continue;
         }
         names.push(name);
