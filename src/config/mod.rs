@@ -23,6 +23,7 @@ mod limits;
 mod listeners;
 mod local;
 mod log;
+mod milter;
 mod next_hop;
 mod policy;
 mod print;
@@ -41,6 +42,7 @@ pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
 pub use local::{LocalConfig, ServerConfig};
 pub use log::{LogConfig, LogFormat};
+pub use milter::{MilterAddress, MilterConfig, OnFailure};
 pub use next_hop::{HostName, NextHopAddress};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
@@ -138,6 +140,8 @@ pub struct Config {
     pub dkim: Vec<DkimEntry>,
     /// `[verify]`.
     pub verify: VerifyConfig,
+    /// `[[milter]]`: content filters, in order.
+    pub milters: Vec<MilterConfig>,
     /// `[shaping."KEY"]`: traffic shaping per destination.
     pub shaping: Shaping,
     /// `[cluster]`: limits shared through Redis.
