@@ -632,7 +632,8 @@ fn no_server_writes_into_the_spool_with_the_same_processing_and_the_server_deliv
         "{headers}"
     );
     assert!(
-        headers.contains("Received: from ") && headers.contains(&format!("id {id}")),
+        headers.contains("Received: by sluice.test (sluice, from userid ")
+            && headers.contains(&format!("id {id}")),
         "{headers}"
     );
     assert!(headers.contains("\r\nDate: "), "{headers}");
