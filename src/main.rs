@@ -80,6 +80,8 @@ enum Generate {
 }
 
 fn main() -> ExitCode {
+    // The spool is 0700/0600 whatever the umask (DESIGN.md "Local access").
+    sluice::local::privilege::restrict_umask();
     // Installed as `sendmail` (a symlink to this binary): behave as
     // `sluice sendmail`, the configuration from SLUICE_CONFIG. As `mailq`:
     // `sluice sendmail -bp`, which is `sluice queue list`.
@@ -230,6 +232,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;
+            // Root against a spool it does not own: as its owner, before
+            // opening anything.
+            sluice::local::privilege::become_spool_owner(&loaded.config.spool.path)?;
             let code = cli::queue::run(command, &loaded)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }

@@ -85,7 +85,9 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     // Listen first: a start that cannot bind must not create the spool.
     let smtp_sockets = Server::bind_sockets(&config).await?;
     let admin_socket = Admin::bind_socket(&config).await?;
+    crate::local::privilege_after_bind(&config)?;
     let queue = open_queue(spool, options).await?;
+    let submit_socket = crate::local::prepare_spool(&config)?;
     let ctx = Context::new(config.clone(), queue.clone());
 
     let crate::reload::files::Files {
@@ -129,6 +131,12 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     server.start();
     parts.spawn(admin.run());
     parts.spawn(scheduler.run());
+    parts.spawn(submit_socket.run(ctx.clone(), server.clone()));
+    parts.spawn(crate::local::intake::run(
+        ctx.clone(),
+        server.clone(),
+        config.local.maildrop(&config.spool.path),
+    ));
     // Readiness for systemd (Type=notify): listeners are bound.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 

@@ -126,8 +126,8 @@ fn below_the_reserve_mail_gets_452_while_delivery_goes_on() {
     std::fs::write(
         &client_config,
         format!(
-            "hostname = \"sluice.test\"\n[[listener]]\naddress = \"{}\"\nkind = \"relay\"\n",
-            server.smtp
+            "hostname = \"sluice.test\"\n[local]\nsubmit_socket = \"{}\"\n",
+            server.dir.path().join("spool/submit.sock").display()
         ),
     )
     .unwrap();
@@ -137,7 +137,10 @@ fn below_the_reserve_mail_gets_452_while_delivery_goes_on() {
             .arg(&client_config)
             .arg("b@dest.test");
     });
-    assert_eq!(code, 1, "a 4xx refusal is a runtime error: {stderr}");
+    assert_eq!(
+        code, 75,
+        "a 4xx refusal is a temporary failure (EX_TEMPFAIL): {stderr}"
+    );
     assert!(
         stderr.contains("452 4.3.1 Insufficient system storage"),
         "{stderr}"

@@ -97,7 +97,7 @@ pub(crate) struct SpillFile {
 impl SpillFile {
     /// Creates `path`. Blocking.
     fn create(id: QueueId, path: PathBuf) -> io::Result<SpillFile> {
-        let file = File::create(&path)?;
+        let file = create_file(&path)?;
         Ok(SpillFile {
             id,
             path,
@@ -281,9 +281,9 @@ impl BodyWriter {
                 let new_path = spill.path.with_extension("rewrite");
                 let spill = tokio::task::spawn_blocking(move || -> io::Result<SpillFile> {
                     let copy = (|| -> io::Result<File> {
-                        let mut old = File::open(&spill.path)?;
+                        let mut old = open_file(&spill.path)?;
                         io::Seek::seek(&mut old, io::SeekFrom::Start(length))?;
-                        let mut new = File::create(&new_path)?;
+                        let mut new = create_file(&new_path)?;
                         new.write_all(&replacement)?;
                         io::copy(&mut BufReader::with_capacity(FILE_BUFFER, old), &mut new)?;
                         std::fs::rename(&new_path, &spill.path)?;
@@ -332,7 +332,7 @@ impl BodyWriter {
         let capacity = usize::try_from(self.len).unwrap_or(0);
         tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut bytes = Vec::with_capacity(capacity);
-            File::open(&path)?.read_to_end(&mut bytes)?;
+            open_file(&path)?.read_to_end(&mut bytes)?;
             Ok(bytes)
         })
         .await
@@ -504,7 +504,7 @@ impl Read for BodyReader {
                 let reader = match reader {
                     Some(reader) => reader,
                     None => {
-                        let file = File::open(&*path).map_err(|error| {
+                        let file = open_file(path).map_err(|error| {
                             io::Error::new(
                                 error.kind(),
                                 format!("queue {id}: body file {}: {error}", path.display()),
@@ -545,4 +545,25 @@ impl Read for BodyReader {
             }
         }
     }
+}
+
+/// Creates (or truncates) a body file, 0600, never through a symbolic link.
+fn create_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens a body file for reading, never through a symbolic link.
+fn open_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }

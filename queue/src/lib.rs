@@ -1189,11 +1189,16 @@ impl Drop for Inner {
 
 /// Takes the spool's lock file, or reports who has it.
 fn lock_spool(root: &Path) -> Result<File, QueueError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = root.join("lock");
+    // Never through a symbolic link: the spool's owner could point one at
+    // a file of root's choosing (DESIGN.md "Local access and privileges").
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(spool_error(&path))?;
     match file.try_lock() {

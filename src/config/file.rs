@@ -16,6 +16,7 @@ use super::dns::DnsConfig;
 use super::events::{self, BounceClassConfig, EventsConfig};
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
+use super::local::{LocalConfig, ServerConfig};
 use super::log::{LogConfig, LogFormat};
 use super::milter::{self, MilterFile};
 use super::policy::{self, PolicyConfig, UserConfig};
@@ -58,6 +59,8 @@ pub(super) struct ConfigFile {
     pub events: Vec<EventsConfig>,
     #[serde(rename = "bounce_class", skip_serializing_if = "Vec::is_empty")]
     pub bounce_classes: Vec<BounceClassConfig>,
+    pub local: LocalConfig,
+    pub server: ServerConfig,
 }
 
 impl ConfigFile {
@@ -87,6 +90,7 @@ impl ConfigFile {
         dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
+        self.server.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
         let milters = milter::into_settings(self.milters, invalid)?;
@@ -112,6 +116,8 @@ impl ConfigFile {
             log: self.log,
             events: self.events,
             bounce_classes: self.bounce_classes,
+            local: self.local,
+            server: self.server,
         })
     }
 }
@@ -140,6 +146,12 @@ impl From<&Config> for ConfigFile {
             log: config.log.clone(),
             events: config.events.clone(),
             bounce_classes: config.bounce_classes.clone(),
+            // Printed resolved, so `check-config` shows where they are.
+            local: LocalConfig {
+                submit_socket: Some(config.local.submit_socket(&config.spool.path)),
+                maildrop: Some(config.local.maildrop(&config.spool.path)),
+            },
+            server: config.server.clone(),
         }
     }
 }
@@ -170,6 +182,8 @@ impl Default for ConfigFile {
             log: LogConfig::default(),
             events: Vec::new(),
             bounce_classes: Vec::new(),
+            local: LocalConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }

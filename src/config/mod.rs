@@ -22,6 +22,7 @@ mod events;
 mod file;
 mod limits;
 mod listeners;
+mod local;
 mod log;
 mod milter;
 mod next_hop;
@@ -41,6 +42,7 @@ pub use dns::DnsConfig;
 pub use events::{BOUNCE_CLASSES, BounceClassConfig, EVENT_TYPES, EventSink, EventsConfig};
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
+pub use local::{LocalConfig, ServerConfig};
 pub use log::{LogConfig, LogFormat};
 pub use milter::{MilterAddress, MilterConfig, OnFailure};
 pub use next_hop::{HostName, NextHopAddress};
@@ -154,6 +156,10 @@ pub struct Config {
     pub events: Vec<EventsConfig>,
     /// `[[bounce_class]]`: the operator's classifier rules, before the built-in ones.
     pub bounce_classes: Vec<BounceClassConfig>,
+    /// `[local]`.
+    pub local: LocalConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
 }
 
 /// The embedded defaults: what an empty file gives.

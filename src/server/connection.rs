@@ -119,9 +119,13 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     config: Arc<SessionConfig>,
+    local_peer: Option<(u32, &str)>,
 ) {
     tracing::info!(client = %peer.ip(), "connect");
     let mut session = Session::new(config, peer.ip(), false);
+    if let Some((uid, name)) = local_peer {
+        session.set_local_peer(uid, name);
+    }
     let greeting = session.greeting();
     // Without STARTTLS on offer, the session can only end closed.
     let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;

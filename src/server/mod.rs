@@ -160,13 +160,22 @@ impl Server {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.serve_local_from(stream, None).await;
+    }
+
+    /// [`Server::serve_local`] for a peer known by uid and user name (a
+    /// connection on `local.submit_socket`): the `Received:` field names it.
+    pub async fn serve_local_from<S>(&self, stream: S, peer: Option<(u32, &str)>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let current = self.inbound.load_full();
         let config = Arc::new(SessionConfig {
             tls_available: false,
             ..(*current.shared.relay_config).clone()
         });
         let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        connection::serve_stream(&current.shared, stream, loopback, config).await;
+        connection::serve_stream(&current.shared, stream, loopback, config, peer).await;
     }
 
     /// Starts accepting on every listener. Connection tasks are spawned on

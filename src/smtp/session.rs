@@ -209,6 +209,9 @@ pub struct Session {
     /// Why the command being handled was refused, when the refusal is a
     /// policy decision worth a `transaction refused` line.
     refusal_reason: Option<&'static str>,
+    /// A local submission's sender process (`from userid 1001 (alice)`),
+    /// named in the `Received:` field instead of an address.
+    local_peer: Option<String>,
     /// The spool's free space is below `spool.min_free`: MAIL gets
     /// `452 4.3.1`. Set by the I/O shell ([`Session::set_storage_low`]).
     storage_low: bool,
@@ -237,7 +240,19 @@ impl Session {
             commands: CommandCounts::default(),
             refusal_reason: None,
             storage_low: false,
+            local_peer: None,
         }
+    }
+
+    /// Marks the session as a local submission by user `name` (uid `uid`),
+    /// as told by the kernel (SO_PEERCRED): the `Received:` field names them
+    /// (`by host (sluice, from userid 1001 (alice))`, as Postfix does).
+    pub fn set_local_peer(&mut self, uid: u32, name: &str) {
+        let name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && !"()\\".contains(*c))
+            .collect();
+        self.local_peer = Some(format!("from userid {uid} ({name})"));
     }
 
     /// Tells the session whether the spool's free space is below the
@@ -377,6 +392,14 @@ impl Session {
             Some([single]) => format!("\r\n\tfor <{single}>"),
             _ => String::new(),
         };
+        if let Some(peer) = &self.local_peer {
+            return format!(
+                "Received: by {host} (sluice, {peer})\r\n\twith {protocol} id {id}{recipient};\r\n\t{date}\r\n",
+                host = self.config.hostname,
+                protocol = self.protocol(),
+                date = now.to_rfc2822(),
+            );
+        }
         format!(
             "Received: from {helo} ({address})\r\n\tby {host} (sluice) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
             host = self.config.hostname,
@@ -1234,6 +1257,22 @@ mod tests {
         let mut session = relay_session();
         expect(&mut session, "HELO c.test", "250");
         assert_eq!(session.protocol(), "SMTP");
+    }
+
+    #[test]
+    fn a_local_submission_names_the_peer_uid_in_received() {
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let mut session = relay_session();
+        session.set_local_peer(1001, "al(ic)e\r\n");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let header = session.received_header("Q", at);
+        assert!(
+            header.starts_with(
+                "Received: by mx.test (sluice, from userid 1001 (alice))\r\n\twith ESMTP id Q"
+            ),
+            "{header}"
+        );
     }
 
     #[test]
