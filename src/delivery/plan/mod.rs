@@ -19,7 +19,7 @@ pub mod record;
 pub mod walk;
 
 pub use self::error::DeliveryError;
-pub use self::outcome::{Attempt, Failure, SessionFacts, Verdict};
+pub use self::outcome::{Attempt, Failure, HostTry, SessionFacts, Verdict};
 pub use self::record::{RecordPlan, Reports};
 pub use self::walk::{Fallback, HostWalk, MAX_ADDRESSES, MAX_HOSTS, Ran, Step};
 

@@ -37,6 +37,32 @@ pub struct Attempt {
     /// The server that answered offers DSN (RFC 3461): a success report
     /// for a sent recipient is then `delivered`, else `relayed`.
     pub next_hop_dsn: bool,
+    /// The hosts tried for this recipient in this attempt before the one
+    /// that gave its result, oldest first (`attempts_log` shows each).
+    pub earlier: Vec<HostTry>,
+}
+
+/// A host tried in an attempt that did not settle the recipient, with what
+/// it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTry {
+    /// `host[ip]:port`.
+    pub relay: String,
+    /// `TLSv1.3/CIPHER`, "plaintext", or "none".
+    pub tls: String,
+    /// Its reply, or our reason, on one line.
+    pub reply: String,
+}
+
+impl HostTry {
+    /// The host of `failure`, and its reply.
+    pub fn of(failure: &Failure) -> HostTry {
+        HostTry {
+            relay: failure.relay.clone().unwrap_or_else(|| "none".into()),
+            tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
+            reply: failure.reply_line(),
+        }
+    }
 }
 
 /// Facts about an open session, for the log and the DSN.
@@ -73,6 +99,7 @@ impl Attempt {
             tls: session.tls.clone(),
             tls_policy: session.tls_policy,
             next_hop_dsn: session.dsn,
+            earlier: Vec::new(),
         }
     }
 
@@ -105,6 +132,7 @@ impl Attempt {
             tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
             tls_policy: failure.tls_policy.unwrap_or("none"),
             next_hop_dsn: false,
+            earlier: Vec::new(),
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::delivery::loops;
 use crate::delivery::route::{NextHopKind, RouteError};
 use crate::smtp::ehlo::Capabilities;
 
-use super::{Attempt, DeliveryError, Failure, SessionFacts, Verdict};
+use super::{Attempt, DeliveryError, Failure, HostTry, SessionFacts, Verdict};
 
 /// MX hosts looked at per attempt, at most: DNS answers come from the
 /// remote side too, and a thousand MX records must not keep one delivery
@@ -133,6 +133,10 @@ pub struct HostWalk<'a> {
     over: bool,
     /// The reply that matched `suspend_on`, when one did.
     throttled: Option<String>,
+    /// The hosts contacted so far that settled nobody, with their replies.
+    tries: Vec<HostTry>,
+    /// `last` is the failure of the last of `tries`.
+    last_is_a_try: bool,
 }
 
 impl<'a> HostWalk<'a> {
@@ -164,6 +168,8 @@ impl<'a> HostWalk<'a> {
             connections: 0,
             over: false,
             throttled: None,
+            tries: Vec::new(),
+            last_is_a_try: false,
         }
     }
 
@@ -198,6 +204,7 @@ impl<'a> HostWalk<'a> {
                     self.last = Failure::from(DeliveryError::Loop {
                         domain: self.domain.to_string(),
                     });
+                    self.last_is_a_try = false;
                 }
                 return self.finish();
             }
@@ -219,6 +226,7 @@ impl<'a> HostWalk<'a> {
     /// The host's TLS policy refused it (`failure` says why).
     pub fn refused(&mut self, failure: Failure) {
         self.last = failure;
+        self.last_is_a_try = false;
         self.tried = true;
     }
 
@@ -231,6 +239,7 @@ impl<'a> HostWalk<'a> {
             NextHopKind::ImplicitMx => DeliveryError::Route(error),
             _ => DeliveryError::HostAddress(error),
         });
+        self.last_is_a_try = false;
         self.tried = true;
     }
 
@@ -243,7 +252,7 @@ impl<'a> HostWalk<'a> {
     /// be set up: the next address or host gets the open recipients.
     pub fn failed(&mut self, failure: Failure) {
         self.watch(&failure.reply_line());
-        self.last = failure;
+        self.tried_host(failure);
     }
 
     /// The transaction on the address of the last [`Step::Connect`] ran.
@@ -261,16 +270,24 @@ impl<'a> HostWalk<'a> {
                 self.settle(settled);
                 self.watch(&failure.reply_line());
                 self.open = open;
-                self.last = failure;
+                self.tried_host(failure);
             }
         }
     }
 
-    fn settle(&mut self, attempts: Vec<Attempt>) {
-        for attempt in &attempts {
+    /// A host was contacted and left the open recipients open.
+    fn tried_host(&mut self, failure: Failure) {
+        self.tries.push(HostTry::of(&failure));
+        self.last = failure;
+        self.last_is_a_try = true;
+    }
+
+    fn settle(&mut self, mut attempts: Vec<Attempt>) {
+        for attempt in &mut attempts {
             if attempt.verdict != Verdict::Sent {
                 self.watch(&attempt.reply);
             }
+            attempt.earlier.clone_from(&self.tries);
         }
         self.settled.extend(attempts);
     }
@@ -289,8 +306,17 @@ impl<'a> HostWalk<'a> {
     fn finish(&mut self) -> Step {
         self.over = true;
         let mut settled = std::mem::take(&mut self.settled);
+        // The last host contacted gives the open recipients their result;
+        // the ones before it are their history.
+        let mut earlier = std::mem::take(&mut self.tries);
+        if self.last_is_a_try {
+            earlier.pop();
+        }
         let last = &self.last;
-        settled.extend(self.open.drain(..).map(|index| Attempt::local(index, last)));
+        settled.extend(self.open.drain(..).map(|index| Attempt {
+            earlier: earlier.clone(),
+            ..Attempt::local(index, last)
+        }));
         Step::Done(settled)
     }
 }
@@ -447,6 +473,45 @@ mod tests {
         let attempts = done(walk.step());
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].verdict, Verdict::Sent);
+    }
+
+    #[test]
+    fn each_host_contacted_is_in_the_history_of_the_recipients_it_left_open() {
+        // Issue 21: attempts_log shows each host tried, with its reply.
+        let mut walk = HostWalk::new("d.test", NextHopKind::Mx, 3, &[0, 1], &[], None);
+        look_up(walk.step());
+        walk.resolved([address(1)]);
+        connect(walk.step());
+        walk.failed(refused_session(421, "4.3.2 busy"));
+        look_up(walk.step());
+        walk.resolved([address(2)]);
+        connect(walk.step());
+        walk.ran(Ran::BrokenOff {
+            settled: vec![server(1, 550, (5, 1, 1), "mx2.test")],
+            open: vec![0],
+            failure: refused_session(421, "4.3.2 closing"),
+        });
+        look_up(walk.step());
+        walk.resolved([address(3)]);
+        connect(walk.step());
+        walk.failed(refused_session(421, "4.3.2 gone"));
+        let mut attempts = done(walk.step());
+        attempts.sort_by_key(|attempt| attempt.index);
+        let replies = |attempt: &Attempt| -> Vec<String> {
+            attempt
+                .earlier
+                .iter()
+                .map(|tried| tried.reply.clone())
+                .collect()
+        };
+        assert_eq!(
+            replies(&attempts[0]),
+            ["421 4.3.2 busy", "421 4.3.2 closing"]
+        );
+        assert_eq!(attempts[0].reply, "421 4.3.2 gone");
+        assert_eq!(replies(&attempts[1]), ["421 4.3.2 busy"]);
+        assert_eq!(attempts[1].relay, "mx2.test[192.0.2.1]:25");
+        assert_eq!(attempts[0].earlier[0].relay, "mx1.test[192.0.2.1]:25");
     }
 
     #[test]
