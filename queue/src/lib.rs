@@ -546,7 +546,17 @@ impl Queue {
     /// The named key-value tree beside the queue (e.g. `"mta-sts"`), for
     /// state that must survive a restart; the queue never reads it.
     pub fn side_tree(&self, name: &str) -> Result<SideTree, QueueError> {
-        self.inner.store.side_tree(name)
+        let tree = self.inner.store.side_tree(name)?;
+        Ok(SideTree::new(name, tree, self.clone()))
+    }
+
+    /// Waits until every write applied so far is on disk (the group
+    /// commit), for the side trees.
+    pub(crate) async fn durable(&self) -> Result<(), QueueError> {
+        if self.inner.group.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        self.inner.group.durable().await
     }
 
     /// Opens the body of a queued message for reading. Does no file I/O: a

@@ -1,21 +1,26 @@
 //! Small key-value trees beside the queue, in the same sled database, for
 //! state the delivery side keeps across restarts (the MTA-STS policy cache).
-//! The queue gives them out by name and never reads them.
+//! The queue gives them out by name and never reads them. Their writes are
+//! made durable by the queue's group commit, like every other write, so a
+//! failing flush is reported (`Queue::failure`) like any other.
 
-use crate::QueueError;
+use crate::{Queue, QueueError};
 
 /// One named tree of byte values under string keys. Cheap to clone.
 #[derive(Clone)]
 pub struct SideTree {
     name: String,
     tree: sled::Tree,
+    /// The queue whose group commit makes the writes durable.
+    queue: Queue,
 }
 
 impl SideTree {
-    pub(crate) fn new(name: &str, tree: sled::Tree) -> SideTree {
+    pub(crate) fn new(name: &str, tree: sled::Tree, queue: Queue) -> SideTree {
         SideTree {
             name: name.to_string(),
             tree,
+            queue,
         }
     }
 
@@ -32,8 +37,7 @@ impl SideTree {
         let error =
             |error: sled::Error| QueueError::Storage(format!("tree {}: {error}", self.name));
         self.tree.insert(key.as_bytes(), value).map_err(error)?;
-        self.tree.flush_async().await.map_err(error)?;
-        Ok(())
+        self.queue.durable().await
     }
 
     /// Removes `key`.

@@ -147,13 +147,11 @@ impl Store {
     }
 
     /// The side tree `name` (see [`crate::SideTree`]); never the queue's.
-    pub(crate) fn side_tree(&self, name: &str) -> Result<crate::SideTree, QueueError> {
+    pub(crate) fn side_tree(&self, name: &str) -> Result<sled::Tree, QueueError> {
         let full = format!("side/{name}");
-        let tree = self
-            .db
+        self.db
             .open_tree(full.as_bytes())
-            .map_err(storage("opening a side tree"))?;
-        Ok(crate::SideTree::new(name, tree))
+            .map_err(storage("opening a side tree"))
     }
 
     /// Another tree of the same database (flushed by the same group
