@@ -29,6 +29,7 @@ use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
+use crate::smtp::lines::LineBreaker;
 use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, LogReply, MessageOutcome, Session, SessionConfig, log_address};
@@ -235,6 +236,8 @@ struct Chunked<'a> {
     intake: ChunkIntake,
     /// Finds the Message-ID for the log.
     message_id: MessageIdScanner,
+    /// Breaks lines over 998 octets before they are signed and stored.
+    lines: LineBreaker,
 }
 
 struct Connection<'a, S> {
@@ -413,6 +416,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
         let mut message_id = MessageIdScanner::new();
+        let mut lines = LineBreaker::new();
+        let mut broken = Vec::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
@@ -428,10 +433,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                storage_failed |= write_body(&mut body, &decoded).await;
-                message_id.feed(&decoded);
+                let stored = lines.feed(&decoded, &mut broken);
+                storage_failed |= write_body(&mut body, stored).await;
+                message_id.feed(stored);
                 if let Some(signing) = signing.as_mut() {
-                    signing.write(&decoded);
+                    signing.write(stored);
                 }
             }
             decoded.clear();
@@ -450,6 +456,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 signing,
                 storage_failed,
                 &mut message_id,
+                lines,
             )
             .await)
     }
@@ -480,11 +487,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
                     message_id: MessageIdScanner::new(),
+                    lines: LineBreaker::new(),
                 }
             }
         };
         chunked.intake.start_chunk(size, last);
         let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut broken = Vec::new();
         loop {
             let take = chunked.intake.feed(&self.input);
             let chunk = self.input.split_to(take);
@@ -492,10 +501,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if chunked.intake.is_refused() {
                 chunked.body = None;
             } else if !chunk.is_empty() {
-                chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
-                chunked.message_id.feed(&chunk);
+                let stored = chunked.lines.feed(&chunk, &mut broken);
+                chunked.storage_failed |= write_body(&mut chunked.body, stored).await;
+                chunked.message_id.feed(stored);
                 if let Some(signing) = chunked.signing.as_mut() {
-                    signing.write(&chunk);
+                    signing.write(stored);
                 }
             }
             if chunked.intake.remaining() == 0 {
@@ -519,6 +529,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.signing,
                 chunked.storage_failed,
                 &mut message_id,
+                chunked.lines,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -547,9 +558,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         outcome: Outcome,
         body: Option<BodyWriter>,
-        signing: Option<SigningStream<'_>>,
+        mut signing: Option<SigningStream<'_>>,
         storage_failed: bool,
         message_id: &mut MessageIdScanner,
+        mut lines: LineBreaker,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
@@ -557,14 +569,30 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
-                Some(mut body) if !storage_failed => {
+                Some(body) if !storage_failed => {
+                    // What the breaker still holds (a last header line with
+                    // no line end) goes in too.
+                    let rest = lines.finish();
+                    let mut body = Some(body);
+                    if !rest.is_empty() {
+                        if write_body(&mut body, &rest).await {
+                            return MessageOutcome::StorageFailed;
+                        }
+                        message_id.feed(&rest);
+                        if let Some(signing) = signing.as_mut() {
+                            signing.write(&rest);
+                        }
+                    }
+                    let Some(mut body) = body else {
+                        return MessageOutcome::StorageFailed;
+                    };
                     if let Err(outcome) = self.sign(session, &mut body, signing).await {
                         return outcome;
                     }
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets, message_id.finish())
+                    self.commit(session, body, octets, message_id.finish(), lines.broken())
                         .await
                 }
                 _ => MessageOutcome::StorageFailed,
@@ -697,6 +725,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
         octets: u64,
         message_id: Option<&str>,
+        broken_lines: u64,
     ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
         let Some(envelope) = session.envelope() else {
@@ -719,6 +748,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     nrcpt = recipients,
                     protocol = %session.protocol(),
                     user = %session.user().unwrap_or("-"),
+                    broken_lines,
                     "message accepted"
                 );
                 MessageOutcome::Queued(id.to_string())
