@@ -938,6 +938,7 @@ mod tests {
             max_message_size: 1 << 20,
             max_recipients: 10,
             max_errors: 20,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,
