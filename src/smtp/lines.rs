@@ -352,6 +352,34 @@ mod tests {
 
     proptest! {
         #[test]
+        fn arbitrary_octets_never_give_a_line_over_the_limit(
+            input in proptest::collection::vec(
+                prop_oneof![Just(b'\r'), Just(b'\n'), Just(b' '), Just(0xC3), Just(0xA9), any::<u8>()],
+                0..64,
+            ),
+            repeat in 1usize..80,
+            at in 0usize..5000,
+        ) {
+            let message: Vec<u8> = input.iter().copied().cycle().take(input.len() * repeat).collect();
+            let at = at % (message.len() + 1);
+            let whole = break_pieces(&[&message]).0;
+            prop_assert_eq!(&whole, &break_pieces(&[&message[..at], &message[at..]]).0);
+            for line in whole.split(|&byte| byte == b'\n') {
+                let crs = line.iter().rev().take_while(|&&byte| byte == b'\r').count();
+                prop_assert!(line.len() - crs <= MAX_LINE, "a line of {}", line.len() - crs);
+            }
+            let mut original = message.iter();
+            for &byte in &whole {
+                if original.as_slice().first() == Some(&byte) {
+                    original.next();
+                } else {
+                    prop_assert!(matches!(byte, b'\r' | b'\n' | b' '), "{byte}");
+                }
+            }
+            prop_assert!(original.as_slice().is_empty());
+        }
+
+        #[test]
         fn any_message_in_any_pieces_keeps_every_octet_and_no_line_is_too_long(
             lines in proptest::collection::vec(
                 ("[a-z ]{0,3}", 0usize..2600, proptest::bool::ANY),
