@@ -36,7 +36,9 @@ fn a_5000_octet_body_line_and_a_1500_octet_subject_reach_a_destination_that_refu
     let words: Vec<String> = (0..150).map(|n| format!("word{n:05}")).collect();
     let subject = format!("Subject: {}", words.join(" "));
     assert!(subject.len() >= 1500, "{}", subject.len());
-    let long_line: String = (0..5000).map(|n| char::from(b'a' + (n % 26) as u8)).collect();
+    let long_line: String = (0..5000)
+        .map(|n| char::from(b'a' + (n % 26) as u8))
+        .collect();
     let body = format!(
         "From: alice@origin.test\r\nTo: bob@dest.test\r\n{subject}\r\n\r\nfirst\r\n{long_line}\r\nlast\r\n"
     );
@@ -92,7 +94,10 @@ fn a_998_octet_line_is_stored_untouched_and_logged_as_none_broken() {
         .send_message("alice@origin.test", &["bob@dest.test"], &body);
     let seen = wait_delivered(&destination, 1);
     let text = String::from_utf8_lossy(&seen[0].body);
-    assert!(text.ends_with(&body), "a 998-octet line is left alone: {text}");
+    assert!(
+        text.ends_with(&body),
+        "a 998-octet line is left alone: {text}"
+    );
     let accepted = sluice.wait_log(&[&format!("queue_id={id}"), "message accepted"]);
     assert_eq!(field(&accepted, "broken_lines"), "0", "{accepted}");
 }

@@ -343,7 +343,11 @@ fn bdat_smuggling_with_bare_cr_is_refused_with_550_and_nothing_queued() {
     client.expect("NOOP", "250");
     client.expect("QUIT", "221");
     let queued = stop_and_read_queue(&mut server);
-    assert!(queued.is_empty(), "nothing may be queued, found {}", queued.len());
+    assert!(
+        queued.is_empty(),
+        "nothing may be queued, found {}",
+        queued.len()
+    );
 }
 
 #[test]
@@ -357,7 +361,10 @@ fn bdat_bare_lf_in_an_early_chunk_is_refused_after_the_last() {
     client.send_raw(format!("BDAT {}\r\n", first.len()).as_bytes());
     client.send_raw(first);
     let reply = client.read_reply();
-    assert!(reply.starts_with("250"), "a chunk that is not the last: {reply:?}");
+    assert!(
+        reply.starts_with("250"),
+        "a chunk that is not the last: {reply:?}"
+    );
     let last = b"\nSubject: x\r\n\r\nbody\r\n";
     client.send_raw(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
     client.send_raw(last);
@@ -374,5 +381,9 @@ fn bdat_bare_lf_in_an_early_chunk_is_refused_after_the_last() {
     client.expect("QUIT", "221");
     let queued = stop_and_read_queue(&mut server);
     assert_eq!(queued.len(), 1, "only the clean message");
-    assert!(queued[0].body.ends_with("Subject: x\r\n\r\nok\r\n"), "{:?}", queued[0].body);
+    assert!(
+        queued[0].body.ends_with("Subject: x\r\n\r\nok\r\n"),
+        "{:?}",
+        queued[0].body
+    );
 }

@@ -392,10 +392,16 @@ mod tests {
             assert_eq!(&message[end..], b"\r\nbody");
             let kept = String::from_utf8(kept).unwrap();
             assert!(!kept.contains("Authentication-Results"), "{kept:?}");
-            assert!(kept.starts_with("X-Foo: a") && kept.ends_with("Subject: hi\r\n"), "{kept:?}");
+            assert!(
+                kept.starts_with("X-Foo: a") && kept.ends_with("Subject: hi\r\n"),
+                "{kept:?}"
+            );
         }
         let message = b"Subject: hi\n\nAuthentication-Results: mx.test; in the body\n";
-        assert!(strip_forged(message, "mx.test").is_none(), "an LF LF ends the header");
+        assert!(
+            strip_forged(message, "mx.test").is_none(),
+            "an LF LF ends the header"
+        );
     }
 
     #[test]

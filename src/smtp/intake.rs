@@ -449,7 +449,10 @@ mod tests {
 
     /// What a whole message comes to over DATA (dot-stuffed, as a client
     /// sends it) and over BDAT cut at `cuts`: (outcome, octets stored).
-    fn by_data_and_by_bdat(body: &[u8], cuts: &[usize]) -> ((Outcome, Vec<u8>), (Outcome, Vec<u8>)) {
+    fn by_data_and_by_bdat(
+        body: &[u8],
+        cuts: &[usize],
+    ) -> ((Outcome, Vec<u8>), (Outcome, Vec<u8>)) {
         let limits = IntakeLimits {
             max_size: 1 << 20,
             max_hops: 100,

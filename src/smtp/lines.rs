@@ -146,9 +146,9 @@ impl LineBreaker {
                 .iter()
                 .rposition(|&byte| matches!(byte, b' ' | b'\t'))
                 .filter(|&at| {
-                    self.line
-                        .get(value_start..at)
-                        .is_some_and(|value| value.iter().any(|&byte| !matches!(byte, b' ' | b'\t')))
+                    self.line.get(value_start..at).is_some_and(|value| {
+                        value.iter().any(|&byte| !matches!(byte, b' ' | b'\t'))
+                    })
                 });
             match fold {
                 Some(at) => {
@@ -283,9 +283,19 @@ mod tests {
     fn short_lines_pass_untouched() {
         let message = b"Subject: hi\r\nTo: a@b\r\n\r\nbody\r\nmore\r\n";
         assert_eq!(break_pieces(&[message]), (message.to_vec(), 0));
-        let exact = [b"Subject: ".as_slice(), &[b'x'; MAX_LINE - 9], b"\r\n\r\n", &[b'y'; MAX_LINE], b"\r\n"]
-            .concat();
-        assert_eq!(break_pieces(&[&exact]), (exact.clone(), 0), "998 octets is allowed");
+        let exact = [
+            b"Subject: ".as_slice(),
+            &[b'x'; MAX_LINE - 9],
+            b"\r\n\r\n",
+            &[b'y'; MAX_LINE],
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(
+            break_pieces(&[&exact]),
+            (exact.clone(), 0),
+            "998 octets is allowed"
+        );
     }
 
     #[test]
@@ -309,7 +319,10 @@ mod tests {
         assert_eq!(broken, 1);
         assert!(longest_line(&stored) <= MAX_LINE);
         let stored = String::from_utf8(stored).unwrap();
-        assert!(!stored.contains("\r\n  "), "folded in front of a space, none added");
+        assert!(
+            !stored.contains("\r\n  "),
+            "folded in front of a space, none added"
+        );
         // RFC 5322 §2.2.3: unfolding is removing the CRLF.
         assert_eq!(stored.replace("\r\n ", " "), message);
         assert!(stored.lines().nth(1).unwrap().starts_with(' '));
@@ -324,7 +337,13 @@ mod tests {
         assert!(longest_line(&stored) <= MAX_LINE);
         assert_eq!(join(&stored), message.as_bytes());
         let stored = String::from_utf8(stored).unwrap();
-        assert!(stored.lines().skip(1).take(2).all(|line| line.starts_with(' ')));
+        assert!(
+            stored
+                .lines()
+                .skip(1)
+                .take(2)
+                .all(|line| line.starts_with(' '))
+        );
     }
 
     #[test]

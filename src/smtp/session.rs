@@ -637,7 +637,10 @@ impl Session {
         Some(Action::Close(vec![Reply::new(
             421,
             code(4, 7, 0),
-            format!("{} Error: too many junk commands, closing", self.config.hostname),
+            format!(
+                "{} Error: too many junk commands, closing",
+                self.config.hostname
+            ),
         )]))
     }
 
