@@ -234,10 +234,24 @@ struct Chunked<'a> {
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
+    scan: Scan,
+}
+
+/// What looks at, and reshapes, a message's octets on their way to the body.
+struct Scan {
     /// Finds the Message-ID for the log.
     message_id: MessageIdScanner,
     /// Breaks lines over 998 octets before they are signed and stored.
     lines: LineBreaker,
+}
+
+impl Scan {
+    fn new() -> Scan {
+        Scan {
+            message_id: MessageIdScanner::new(),
+            lines: LineBreaker::new(),
+        }
+    }
 }
 
 struct Connection<'a, S> {
@@ -415,8 +429,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
-        let mut message_id = MessageIdScanner::new();
-        let mut lines = LineBreaker::new();
+        let mut scan = Scan::new();
         let mut broken = Vec::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
@@ -433,9 +446,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                let stored = lines.feed(&decoded, &mut broken);
+                let stored = scan.lines.feed(&decoded, &mut broken);
                 storage_failed |= write_body(&mut body, stored).await;
-                message_id.feed(stored);
+                scan.message_id.feed(stored);
                 if let Some(signing) = signing.as_mut() {
                     signing.write(stored);
                 }
@@ -449,15 +462,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.fill(left, false).await?;
         };
         Ok(self
-            .finish(
-                session,
-                outcome,
-                body,
-                signing,
-                storage_failed,
-                &mut message_id,
-                lines,
-            )
+            .finish(session, outcome, body, signing, storage_failed, scan)
             .await)
     }
 
@@ -486,8 +491,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
-                    message_id: MessageIdScanner::new(),
-                    lines: LineBreaker::new(),
+                    scan: Scan::new(),
                 }
             }
         };
@@ -501,9 +505,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if chunked.intake.is_refused() {
                 chunked.body = None;
             } else if !chunk.is_empty() {
-                let stored = chunked.lines.feed(&chunk, &mut broken);
+                let stored = chunked.scan.lines.feed(&chunk, &mut broken);
                 chunked.storage_failed |= write_body(&mut chunked.body, stored).await;
-                chunked.message_id.feed(stored);
+                chunked.scan.message_id.feed(stored);
                 if let Some(signing) = chunked.signing.as_mut() {
                     signing.write(stored);
                 }
@@ -520,7 +524,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             outcome => outcome,
         };
-        let mut message_id = chunked.message_id;
         let outcome = self
             .finish(
                 session,
@@ -528,8 +531,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body,
                 chunked.signing,
                 chunked.storage_failed,
-                &mut message_id,
-                chunked.lines,
+                chunked.scan,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -560,8 +562,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: Option<BodyWriter>,
         mut signing: Option<SigningStream<'_>>,
         storage_failed: bool,
-        message_id: &mut MessageIdScanner,
-        mut lines: LineBreaker,
+        mut scan: Scan,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
@@ -572,13 +573,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Some(body) if !storage_failed => {
                     // What the breaker still holds (a last header line with
                     // no line end) goes in too.
-                    let rest = lines.finish();
+                    let rest = scan.lines.finish();
                     let mut body = Some(body);
                     if !rest.is_empty() {
                         if write_body(&mut body, &rest).await {
                             return MessageOutcome::StorageFailed;
                         }
-                        message_id.feed(&rest);
+                        scan.message_id.feed(&rest);
                         if let Some(signing) = signing.as_mut() {
                             signing.write(&rest);
                         }
@@ -592,8 +593,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets, message_id.finish(), lines.broken())
-                        .await
+                    let broken_lines = scan.lines.broken();
+                    self.commit(
+                        session,
+                        body,
+                        octets,
+                        scan.message_id.finish(),
+                        broken_lines,
+                    )
+                    .await
                 }
                 _ => MessageOutcome::StorageFailed,
             },
