@@ -26,6 +26,7 @@ use crate::auth::dkim::{Signer, SigningStream};
 use crate::auth::verify::{Verifier, strip_forged};
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
+use crate::server::milters;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
@@ -560,7 +561,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         outcome: Outcome,
         body: Option<BodyWriter>,
-        mut signing: Option<SigningStream<'_>>,
+        mut signing: Option<SigningStream<'a>>,
         storage_failed: bool,
         mut scan: Scan,
     ) -> MessageOutcome {
@@ -587,6 +588,19 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     let Some(mut body) = body else {
                         return MessageOutcome::StorageFailed;
                     };
+                    let ctx = &self.shared.ctx;
+                    let held = match milters::run(
+                        ctx,
+                        &self.shared.dkim,
+                        session,
+                        &mut body,
+                        &mut signing,
+                    )
+                    .await
+                    {
+                        Ok(held) => held,
+                        Err(outcome) => return outcome,
+                    };
                     if let Err(outcome) = self.sign(session, &mut body, signing).await {
                         return outcome;
                     }
@@ -600,6 +614,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         octets,
                         scan.message_id.finish(),
                         broken_lines,
+                        held,
                     )
                     .await
                 }
@@ -734,6 +749,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         octets: u64,
         message_id: Option<&str>,
         broken_lines: u64,
+        held: bool,
     ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
         let Some(envelope) = session.envelope() else {
@@ -742,7 +758,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         let size = body.len();
-        match ctx.queue.commit(envelope, body).await {
+        let committed = if held {
+            ctx.queue.commit_held(envelope, body).await
+        } else {
+            ctx.queue.commit(envelope, body).await
+        };
+        match committed {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
                 ctx.metrics.message_size_bytes.observe(octets as f64);
@@ -757,6 +778,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     protocol = %session.protocol(),
                     user = %session.user().unwrap_or("-"),
                     broken_lines,
+                    held,
                     "message accepted"
                 );
                 MessageOutcome::Queued(id.to_string())
