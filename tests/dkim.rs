@@ -274,3 +274,31 @@ fn a_message_sent_in_bdat_chunks_is_signed_too() {
     assert!(stored.starts_with("DKIM-Signature: "), "{stored}");
     assert_eq!(dkimpy_verify(&dns, stored.as_bytes()), [true], "{stored}");
 }
+
+#[test]
+fn a_message_with_long_lines_is_broken_before_signing_and_verifies() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (ed_key, ed_txt) = keygen(keys.path(), "example.org", "ed", "ed25519");
+    let dns = DnsServer::start();
+    dns.txt("ed._domainkey.example.org", &ed_txt);
+    let sluice = Sluice::start(&format!(
+        "{}\n{NO_DELIVERY}",
+        dkim_entry("example.org", "ed", &ed_key)
+    ));
+    let words: Vec<String> = (0..150).map(|n| format!("w{n:08}")).collect();
+    let message = format!(
+        "From: Alice <alice@example.org>\r\nTo: bob@dest.test\r\nSubject: {}\r\n\r\n{}\r\n",
+        words.join(" "),
+        "y".repeat(5000)
+    );
+    let stored = send_and_read(sluice, &message);
+    assert!(
+        stored.lines().all(|line| line.len() <= 998),
+        "no stored line over 998 octets"
+    );
+    assert_eq!(
+        dkimpy_verify(&dns, stored.as_bytes()),
+        [true],
+        "the signature covers the broken lines:\n{stored}"
+    );
+}

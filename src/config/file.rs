@@ -211,6 +211,7 @@ impl Default for LimitsFile {
             max_errors: 20,
             shutdown_grace: Duration::from_secs(30),
             max_hops: 50,
+            max_junk_commands: 100,
         }
     }
 }

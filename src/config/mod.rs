@@ -354,6 +354,7 @@ mod tests {
             "limits.max_auth_failures",
             "limits.max_errors",
             "limits.max_hops",
+            "limits.max_junk_commands",
             "delivery.concurrency",
             "delivery.per_domain_concurrency",
         ] {

@@ -30,6 +30,7 @@ use crate::server::milters;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
+use crate::smtp::lines::LineBreaker;
 use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, LogReply, MessageOutcome, Session, SessionConfig, log_address};
@@ -238,8 +239,24 @@ struct Chunked<'a> {
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
+    scan: Scan,
+}
+
+/// What looks at, and reshapes, a message's octets on their way to the body.
+struct Scan {
     /// Finds the Message-ID for the log.
     message_id: MessageIdScanner,
+    /// Breaks lines over 998 octets before they are signed and stored.
+    lines: LineBreaker,
+}
+
+impl Scan {
+    fn new() -> Scan {
+        Scan {
+            message_id: MessageIdScanner::new(),
+            lines: LineBreaker::new(),
+        }
+    }
 }
 
 struct Connection<'a, S> {
@@ -430,7 +447,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
-        let mut message_id = MessageIdScanner::new();
+        let mut scan = Scan::new();
+        let mut broken = Vec::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
@@ -446,10 +464,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                storage_failed |= write_body(&mut body, &decoded).await;
-                message_id.feed(&decoded);
+                let stored = scan.lines.feed(&decoded, &mut broken);
+                storage_failed |= write_body(&mut body, stored).await;
+                scan.message_id.feed(stored);
                 if let Some(signing) = signing.as_mut() {
-                    signing.write(&decoded);
+                    signing.write(stored);
                 }
             }
             decoded.clear();
@@ -461,14 +480,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.fill(left, false).await?;
         };
         Ok(self
-            .finish(
-                session,
-                outcome,
-                body,
-                signing,
-                storage_failed,
-                &mut message_id,
-            )
+            .finish(session, outcome, body, signing, storage_failed, scan)
             .await)
     }
 
@@ -497,12 +509,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
-                    message_id: MessageIdScanner::new(),
+                    scan: Scan::new(),
                 }
             }
         };
         chunked.intake.start_chunk(size, last);
         let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut broken = Vec::new();
         loop {
             let take = chunked.intake.feed(&self.input);
             let chunk = self.input.split_to(take);
@@ -510,10 +523,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if chunked.intake.is_refused() {
                 chunked.body = None;
             } else if !chunk.is_empty() {
-                chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
-                chunked.message_id.feed(&chunk);
+                let stored = chunked.scan.lines.feed(&chunk, &mut broken);
+                chunked.storage_failed |= write_body(&mut chunked.body, stored).await;
+                chunked.scan.message_id.feed(stored);
                 if let Some(signing) = chunked.signing.as_mut() {
-                    signing.write(&chunk);
+                    signing.write(stored);
                 }
             }
             if chunked.intake.remaining() == 0 {
@@ -528,7 +542,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             outcome => outcome,
         };
-        let mut message_id = chunked.message_id;
         let outcome = self
             .finish(
                 session,
@@ -536,7 +549,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body,
                 chunked.signing,
                 chunked.storage_failed,
-                &mut message_id,
+                chunked.scan,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -567,7 +580,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: Option<BodyWriter>,
         mut signing: Option<SigningStream<'a>>,
         storage_failed: bool,
-        message_id: &mut MessageIdScanner,
+        mut scan: Scan,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
@@ -575,7 +588,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
-                Some(mut body) if !storage_failed => {
+                Some(body) if !storage_failed => {
+                    // What the breaker still holds (a last header line with
+                    // no line end) goes in too.
+                    let rest = scan.lines.finish();
+                    let mut body = Some(body);
+                    if !rest.is_empty() {
+                        if write_body(&mut body, &rest).await {
+                            return MessageOutcome::StorageFailed;
+                        }
+                        scan.message_id.feed(&rest);
+                        if let Some(signing) = signing.as_mut() {
+                            signing.write(&rest);
+                        }
+                    }
+                    let Some(mut body) = body else {
+                        return MessageOutcome::StorageFailed;
+                    };
                     let ctx = &self.shared.ctx;
                     let held = match milters::run(
                         ctx,
@@ -595,8 +624,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets, message_id.finish(), held)
-                        .await
+                    let broken_lines = scan.lines.broken();
+                    self.commit(
+                        session,
+                        body,
+                        octets,
+                        scan.message_id.finish(),
+                        broken_lines,
+                        held,
+                    )
+                    .await
                 }
                 _ => MessageOutcome::StorageFailed,
             },
@@ -728,6 +765,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
         octets: u64,
         message_id: Option<&str>,
+        broken_lines: u64,
         held: bool,
     ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
@@ -755,6 +793,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     nrcpt = recipients,
                     protocol = %session.protocol(),
                     user = %session.user().unwrap_or("-"),
+                    broken_lines,
                     held,
                     "message accepted"
                 );
@@ -957,6 +996,7 @@ mod tests {
             max_message_size: 1 << 20,
             max_recipients: 10,
             max_errors: 20,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,

@@ -328,6 +328,7 @@ fn inbound(
         max_message_size: config.limits.max_message_size,
         max_recipients: config.limits.max_recipients.get(),
         max_errors: config.limits.max_errors.get(),
+        max_junk_commands: config.limits.max_junk_commands.get(),
         max_auth_failures: config.limits.max_auth_failures.get(),
         tls_available: tls.is_some(),
         auth_required: false,

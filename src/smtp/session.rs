@@ -67,6 +67,8 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Protocol errors after which the connection is closed.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY and HELP allowed; the next gets `421 4.7.0`.
+    pub max_junk_commands: u32,
     /// Failed AUTH attempts after which the connection is closed.
     pub max_auth_failures: u32,
     /// A certificate is configured: STARTTLS may be offered.
@@ -203,6 +205,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     auth: AuthStep,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP so far (commands that move no mail).
+    junk: u32,
     auth_failures: u32,
     /// The commands so far, by verb, for the disconnect log line.
     commands: CommandCounts,
@@ -236,6 +240,7 @@ impl Session {
             transaction: None,
             auth: AuthStep::None,
             errors: 0,
+            junk: 0,
             auth_failures: 0,
             commands: CommandCounts::default(),
             refusal_reason: None,
@@ -557,6 +562,13 @@ impl Session {
     }
 
     fn handle(&mut self, command: Command) -> Action {
+        if matches!(
+            command,
+            Command::Rset | Command::Noop | Command::Vrfy | Command::Help
+        ) && let Some(close) = self.junk_command()
+        {
+            return close;
+        }
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
@@ -642,6 +654,26 @@ impl Session {
             ]);
         }
         Action::Reply(reply)
+    }
+
+    /// Counts a command that moves no mail; past `max_junk_commands` the
+    /// connection is closed with `421 4.7.0` (as Postfix's
+    /// `smtpd_junk_command_limit`), so a client cannot hold a session open
+    /// with NOOPs.
+    fn junk_command(&mut self) -> Option<Action> {
+        self.junk += 1;
+        if self.junk <= self.config.max_junk_commands {
+            return None;
+        }
+        tracing::info!(client = %self.client, commands = self.junk, "too many junk commands, closing");
+        Some(Action::Close(vec![Reply::new(
+            421,
+            code(4, 7, 0),
+            format!(
+                "{} Error: too many junk commands, closing",
+                self.config.hostname
+            ),
+        )]))
     }
 
     fn bad_sequence(&mut self, text: &'static str) -> Action {
@@ -1125,6 +1157,7 @@ mod tests {
 
     fn config() -> SessionConfig {
         SessionConfig {
+            max_junk_commands: 100,
             hostname: "mx.test".into(),
             max_message_size: 1000,
             max_recipients: 3,
@@ -1439,6 +1472,29 @@ mod tests {
             panic!("the fifth error closes");
         };
         assert_eq!(replies.last().unwrap().code(), 421);
+    }
+
+    #[test]
+    fn junk_commands_past_the_limit_close_with_421_4_7_0() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        for command in ["NOOP", "RSET", "VRFY x", "HELP"].iter().cycle().take(100) {
+            assert!(
+                matches!(session.handle_line(command.as_bytes()), Action::Reply(_)),
+                "{command}"
+            );
+        }
+        // Mail commands are not junk and do not count.
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let Action::Close(replies) = session.handle_line(b"NOOP") else {
+            panic!("the 101st junk command closes");
+        };
+        assert_eq!(replies.len(), 1);
+        assert!(
+            replies[0].to_wire().starts_with("421 4.7.0 "),
+            "{:?}",
+            replies[0].to_wire()
+        );
     }
 
     #[test]
