@@ -71,7 +71,7 @@ pub async fn queue_reports(
         )
         .await?;
         ctx.queue.note_delay_notice(&message.id, now).await?;
-        for recipient in &delayed {
+        for recipient in &reports.delayed {
             let mut event = crate::events::Event::new("delayed", &ctx.config().cluster.node);
             event.queue_id = Some(message.id.to_string());
             event.sender = Some(message.sender.clone());
