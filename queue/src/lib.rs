@@ -91,6 +91,8 @@ mod side;
 mod stats;
 mod store;
 mod suspensions;
+mod usage;
+pub use usage::SpoolUsage;
 
 pub use body::{BodyReader, BodyWriter};
 pub use dsn::{
@@ -166,6 +168,25 @@ pub enum QueueError {
     /// The queue is shutting down and accepts no more writes.
     #[error("queue is closed")]
     Closed,
+}
+
+impl QueueError {
+    /// True when the filesystem was full (`ENOSPC`, or `EDQUOT` for a
+    /// quota): the client is told `452 4.3.1`, not `451 4.3.0`.
+    pub fn is_no_space(&self) -> bool {
+        let no_space = |error: &std::io::Error| {
+            error.kind() == std::io::ErrorKind::StorageFull
+                || error.kind() == std::io::ErrorKind::QuotaExceeded
+        };
+        match self {
+            QueueError::Spool { source, .. } | QueueError::Body { source, .. } => no_space(source),
+            // sled's errors come as text; its I/O errors carry the OS's.
+            QueueError::Storage(text) => {
+                text.contains("No space left on device") || text.contains("Disk quota exceeded")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Tunables for [`Queue::open`].
@@ -275,9 +296,23 @@ impl Queue {
     }
 
     fn open_with(path: &Path, options: QueueOptions, mode: Mode) -> Result<Queue, QueueError> {
-        let spool = Arc::new(Spool::new(path));
+        let usage = SpoolUsage::default();
+        let spool = Arc::new(Spool::new(path, usage.clone()));
+        let existing = path.ancestors().find(|dir| dir.exists()).map(Path::to_path_buf);
         for dir in [path, spool.bodies.as_path(), spool.tmp.as_path()] {
             std::fs::create_dir_all(dir).map_err(spool_error(dir))?;
+        }
+        // A spool created now must survive a power cut with its name: every
+        // directory that gained an entry is fsynced, from the one that
+        // existed down to the spool's parent (the spool's own entries are
+        // synced below, once sled created its files).
+        if let Some(existing) = existing.filter(|existing| existing != path) {
+            for dir in path.ancestors().skip(1) {
+                sync_dir(dir).map_err(spool_error(dir))?;
+                if dir == existing {
+                    break;
+                }
+            }
         }
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
@@ -291,7 +326,7 @@ impl Queue {
             Mode::Serve => Some(Index::rebuild_apart(&db_dir)?),
             Mode::Admin => None,
         };
-        let store = Store::open(&db_dir, options.cache_capacity)?;
+        let store = Store::open(&db_dir, options.cache_capacity)?.with_usage(usage.clone());
         let mut durability = store.durability(&db_dir)?;
         for dir in [path, db_dir.as_path()] {
             sync_dir(dir).map_err(spool_error(dir))?;
@@ -312,6 +347,11 @@ impl Queue {
                 // million messages) between allocations that stay: give the
                 // holes back.
                 memory::release_free();
+                if index.stats.messages > 0 {
+                    // Nothing in the database counts as reusable until the
+                    // queue has drained once.
+                    usage.set_live(database_bytes(&db_dir));
+                }
                 tracing::info!(spool = %path.display(), messages = index.stats.messages, "queue opened");
                 Some(index)
             }
@@ -796,6 +836,12 @@ impl Queue {
         Ok(stats)
     }
 
+    /// Messages in the queue, from the in-memory counters; `None` for an
+    /// administrative handle, which keeps none (see [`Queue::stats`]).
+    pub fn queued_messages(&self) -> Option<u64> {
+        self.inner.state().as_ref().map(|index| index.stats.messages)
+    }
+
     /// Why the storage failed, once a write or a flush of the database
     /// failed: sled then refuses every further write until the spool is
     /// opened again (by a new process), so the owner should stop and
@@ -803,6 +849,18 @@ impl Queue {
     /// ([`QueueError::Body`]) does not count.
     pub fn failure(&self) -> Option<String> {
         self.inner.store.failure().get()
+    }
+
+    /// What the queue writes, counted as it happens (for the free-space
+    /// reserve of the binary).
+    pub fn usage(&self) -> SpoolUsage {
+        self.inner.spool.usage.clone()
+    }
+
+    /// Bytes the database's file takes on disk: once the queue drained, all
+    /// but [`SpoolUsage::live`] of it is space sled reuses for new writes.
+    pub fn database_bytes(&self) -> u64 {
+        database_bytes(&self.inner.spool.root.join("db"))
     }
 
     /// Resolves once [`Queue::failure`] is set (at once if it already is).
@@ -1090,6 +1148,12 @@ fn clear_dir(dir: &Path) -> Result<(), QueueError> {
 
 /// Removes body files whose record is gone: a crash struck between writing
 /// the file and its record, or between removing the record and the file.
+/// Bytes allocated to sled's data file in `db_dir` (0 when unreadable).
+fn database_bytes(db_dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(db_dir.join("db")).map_or(0, |meta| meta.blocks() * 512)
+}
+
 fn remove_orphan_bodies(store: &Store, spool: &Spool) -> Result<(), QueueError> {
     let dir = &spool.bodies;
     for entry in std::fs::read_dir(dir).map_err(spool_error(dir))? {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 use crate::failure::Failure;
+use crate::usage::{self, SpoolUsage};
 use crate::model::{Message, QueueId, Sketch};
 
 /// Bytes per inline body chunk. sled writes any page bigger than an eighth
@@ -44,6 +45,17 @@ pub(crate) const CHUNK_SIZE: usize = 4 * 1024;
 /// and a removal. Leaves (17 entries at most in sled) stay far below sled's
 /// blob threshold (a quarter of its 512 KiB segment).
 pub(crate) const CHUNK_SLACK: usize = 1024;
+
+/// What a record is counted as in [`SpoolUsage::live`] (its encoded length
+/// is not at hand at its removal).
+const RECORD_ESTIMATE: usize = 1024;
+
+/// A message's share of the database's live data in [`SpoolUsage::live`]:
+/// its chunks, counted whole, and its record. The same at insertion and at
+/// removal, so that the estimate neither drifts up nor down.
+fn live_size(chunks: u32) -> u64 {
+    u64::from(chunks) * CHUNK_SIZE as u64 + RECORD_ESTIMATE as u64
+}
 
 /// The name of the sled tree holding the queue.
 const TREE: &str = "queue";
@@ -79,6 +91,8 @@ pub(crate) struct Store {
     tree: sled::Tree,
     /// Set by the first failed write: sled refuses every later one.
     failure: Failure,
+    /// Where every write is counted, for the free-space reserve.
+    usage: SpoolUsage,
 }
 
 impl Store {
@@ -127,7 +141,14 @@ impl Store {
             db,
             tree,
             failure: Failure::default(),
+            usage: SpoolUsage::default(),
         })
+    }
+
+    /// Counts this store's writes in `usage` from now on.
+    pub(crate) fn with_usage(mut self, usage: SpoolUsage) -> Store {
+        self.usage = usage;
+        self
     }
 
     /// The record of a failed write (or flush, reported by the group
@@ -236,7 +257,9 @@ impl Store {
             };
             self.insert(id, chunk_key(id, number), &inline_body[start..end])?;
         }
-        self.insert(id, record_key(id), &encode(record))?;
+        let encoded = encode(record);
+        self.usage.stored(live_size(chunks));
+        self.insert(id, record_key(id), &encoded)?;
         if has_chunks {
             self.unmark_interrupted(id)?;
         }
@@ -246,7 +269,9 @@ impl Store {
     /// Overwrites a message's record. Not durable until the next group flush.
     pub(crate) fn update(&self, record: &Record) -> Result<(), QueueError> {
         let id = &record.message.id;
-        self.written(id, self.tree.insert(record_key(id), encode(record)))
+        let encoded = encode(record);
+        self.usage.wrote(encoded.len() as u64);
+        self.written(id, self.tree.insert(record_key(id), encoded))
             .map(drop)
     }
 
@@ -261,6 +286,9 @@ impl Store {
         if chunks > 0 {
             self.mark_interrupted(id)?;
         }
+        self.usage
+            .wrote(u64::from(chunks + 1) * usage::WRITE_OVERHEAD);
+        self.usage.released(live_size(chunks));
         self.written(id, self.tree.remove(record_key(id)))?;
         for number in 0..chunks {
             self.written(id, self.tree.remove(chunk_key(id, number)))?;
@@ -295,6 +323,7 @@ impl Store {
     }
 
     fn insert(&self, id: &QueueId, key: Vec<u8>, value: &[u8]) -> Result<(), QueueError> {
+        self.usage.wrote((key.len() + value.len()) as u64);
         self.written(id, self.tree.insert(key, value)).map(drop)
     }
 
