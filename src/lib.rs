@@ -16,6 +16,7 @@ pub mod disk;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod recovery;
 pub mod reload;
 pub mod runfile;
 pub mod serve;

@@ -217,6 +217,7 @@ impl BodyWriter {
         };
         let file = file.take();
         let mut bytes = std::mem::take(pending);
+        let length = bytes.len() as u64;
         let id = self.id.clone();
         let path = self.spool.tmp.join(self.id.as_str());
         let (file, buffer) = tokio::task::spawn_blocking(move || -> io::Result<_> {
@@ -240,6 +241,12 @@ impl BodyWriter {
             // The buffer goes round again rather than a new one growing.
             *pending = buffer;
         }
+        // No longer held in memory but written to the filesystem: counted
+        // as written since the last sample, no longer as in flight.
+        let moved = length.min(self.counted);
+        self.counted -= moved;
+        self.spool.usage.received(moved);
+        self.spool.usage.wrote(length);
         Ok(())
     }
 

@@ -24,14 +24,15 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 use crate::failure::Failure;
-use crate::usage::{self, SpoolUsage};
 use crate::model::{Message, QueueId, Sketch};
+use crate::usage::{self, SpoolUsage};
 
 /// Bytes per inline body chunk. sled writes any page bigger than an eighth
 /// of its 512 KiB segment as a separate "blob" file that it never fsyncs; a
@@ -84,6 +85,40 @@ pub(crate) struct Record {
 /// How long [`Store::open`] waits for sled's lock left by a database this
 /// process has just closed.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where the open [`Store`] is kept, shared by the queue and the handles
+/// that outlive a reopening of the database ([`crate::SideTree`]); empty
+/// while the database is reopened. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StoreSlot(Arc<RwLock<Option<Arc<Store>>>>);
+
+impl StoreSlot {
+    pub(crate) fn new(store: Store) -> StoreSlot {
+        StoreSlot(Arc::new(RwLock::new(Some(Arc::new(store)))))
+    }
+
+    /// The open database, or an error while it is reopened.
+    pub(crate) fn get(&self) -> Result<Arc<Store>, QueueError> {
+        self.0
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or_else(|| QueueError::Storage("the spool's database is being reopened".into()))
+    }
+
+    /// Empties the slot, returning what it held.
+    pub(crate) fn take(&self) -> Option<Arc<Store>> {
+        self.0
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
+
+    /// Puts a (re)opened database in the slot.
+    pub(crate) fn put(&self, store: Store) {
+        *self.0.write().unwrap_or_else(|poison| poison.into_inner()) = Some(Arc::new(store));
+    }
+}
 
 /// The sled database and the queue tree inside it.
 pub(crate) struct Store {
@@ -145,16 +180,17 @@ impl Store {
         })
     }
 
+    /// Records this store's failed writes in `failure`, which outlives a
+    /// reopening of the database.
+    pub(crate) fn with_failure(mut self, failure: Failure) -> Store {
+        self.failure = failure;
+        self
+    }
+
     /// Counts this store's writes in `usage` from now on.
     pub(crate) fn with_usage(mut self, usage: SpoolUsage) -> Store {
         self.usage = usage;
         self
-    }
-
-    /// The record of a failed write (or flush, reported by the group
-    /// commit), shared with the queue's owner.
-    pub(crate) fn failure(&self) -> Failure {
-        self.failure.clone()
     }
 
     /// Turns a sled write error about `id` into a [`QueueError`] and records
@@ -168,13 +204,11 @@ impl Store {
     }
 
     /// The side tree `name` (see [`crate::SideTree`]); never the queue's.
-    pub(crate) fn side_tree(&self, name: &str) -> Result<crate::SideTree, QueueError> {
+    pub(crate) fn side_tree(&self, name: &str) -> Result<sled::Tree, QueueError> {
         let full = format!("side/{name}");
-        let tree = self
-            .db
+        self.db
             .open_tree(full.as_bytes())
-            .map_err(storage("opening a side tree"))?;
-        Ok(crate::SideTree::new(name, tree))
+            .map_err(storage("opening a side tree"))
     }
 
     /// Another tree of the same database (flushed by the same group

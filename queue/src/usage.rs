@@ -5,10 +5,9 @@
 //! written since and by what is being received.
 //!
 //! The counts are estimates that err on the side of more: every sled write
-//! counts its key and value plus a little for sled's own framing, and bytes
-//! being received count from their arrival until their transaction ends
-//! (committed or not), although a body spilled to `tmp/` is also in the
-//! next sample.
+//! counts its key and value plus a little for sled's own framing; bytes
+//! being received count as in flight from their arrival while they are
+//! held in memory, and as written once spilled to `tmp/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +24,8 @@ pub struct SpoolUsage {
 
 #[derive(Debug, Default)]
 struct Counters {
-    /// Bytes of message bodies being received, not yet committed or dropped.
+    /// Bytes of message bodies being received and held in memory, not yet
+    /// committed or dropped.
     in_flight: AtomicU64,
     /// Bytes written to the database since the queue was opened (monotonic).
     written: AtomicU64,
