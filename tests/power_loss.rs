@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use common::destination::{Destination, Options};
 use common::{Sluice, wait_for};
+
 use rand::{Rng, SeedableRng};
 
 /// Cuts per run.
@@ -144,7 +145,10 @@ impl LazyFs {
         drop(fifo);
         let mut line = String::new();
         self.completed.read_line(&mut line).unwrap();
-        assert!(line.contains("finished::clear-cache"), "LazyFS said {line:?}");
+        assert!(
+            line.contains("finished::clear-cache"),
+            "LazyFS said {line:?}"
+        );
     }
 
     fn unmount(mut self) {
@@ -211,7 +215,8 @@ fn load(
         let tag = format!("cut{cut}-client{client}-n{n}");
         n += 1;
         let message = body(&tag, rng.gen_bool(0.3));
-        let envelope = format!("MAIL FROM:<s@origin.test>\r\nRCPT TO:<{tag}@dest.test>\r\nDATA\r\n");
+        let envelope =
+            format!("MAIL FROM:<s@origin.test>\r\nRCPT TO:<{tag}@dest.test>\r\nDATA\r\n");
         if writer.write_all(envelope.as_bytes()).is_err() {
             return;
         }
@@ -294,7 +299,9 @@ fn every_acknowledged_message_survives_power_cuts() {
         server.wait_log(&["queue opened"]);
         assert!(server.is_running(), "the spool opens after cut {cut}");
         assert!(
-            !server.log_text().contains("empty/corrupt configuration file found"),
+            !server
+                .log_text()
+                .contains("empty/corrupt configuration file found"),
             "sled's conf file survives cut {cut}"
         );
     }
@@ -304,29 +311,34 @@ fn every_acknowledged_message_survives_power_cuts() {
     let (code, _, stderr) = server.cli(&["queue", "retry", "--all"]);
     assert_eq!(code, 0, "{stderr}");
     let tags: HashSet<&String> = acknowledged.keys().collect();
-    let delivered = wait_for(
-        "every acknowledged message delivered",
-        Duration::from_secs(60),
-        || {
-            let delivered = destination.delivered();
-            let found: HashSet<String> = delivered
-                .iter()
-                .flat_map(|transaction| transaction.recipients.iter())
-                .map(|recipient| {
-                    recipient
-                        .trim_matches(|c| c == '<' || c == '>')
-                        .trim_end_matches("@dest.test")
-                        .to_string()
-                })
-                .collect();
-            if tags.iter().all(|tag| found.contains(*tag)) {
-                Some(delivered)
-            } else {
-                std::thread::sleep(Duration::from_millis(200));
-                None
-            }
-        },
-    );
+    // Every acknowledged message is delivered (or the deadline says which
+    // were lost).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let delivered = destination.delivered();
+        let found: HashSet<String> = delivered
+            .iter()
+            .flat_map(|transaction| transaction.recipients.iter())
+            .map(|recipient| {
+                recipient
+                    .trim_matches(|c| c == '<' || c == '>')
+                    .trim_end_matches("@dest.test")
+                    .to_string()
+            })
+            .collect();
+        let lost: Vec<&&String> = tags.iter().filter(|tag| !found.contains(**tag)).collect();
+        if lost.is_empty() {
+            break delivered;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages lost in {CUTS} cuts, e.g. {:?}",
+            lost.len(),
+            tags.len(),
+            lost.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut corrupt = Vec::new();
     let mut found = HashSet::new();
     for transaction in &delivered {
@@ -347,7 +359,10 @@ fn every_acknowledged_message_survives_power_cuts() {
             corrupt.push(tag.to_string());
         }
     }
-    let big = acknowledged.values().filter(|body| body.len() > 64 << 10).count();
+    let big = acknowledged
+        .values()
+        .filter(|body| body.len() > 64 << 10)
+        .count();
     eprintln!(
         "{CUTS} cuts in {:?}: {} acknowledged ({big} over 64 KiB), {} found, {} corrupt",
         started.elapsed(),
@@ -356,7 +371,11 @@ fn every_acknowledged_message_survives_power_cuts() {
         corrupt.len()
     );
     assert!(corrupt.is_empty(), "corrupt bodies: {corrupt:?}");
-    assert!(acknowledged.len() >= CUTS * 10, "too little load: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= CUTS * 10,
+        "too little load: {}",
+        acknowledged.len()
+    );
     assert!(big > 0, "no body over 64 KiB was acknowledged");
     server.terminate();
     drop(server);
