@@ -43,10 +43,9 @@ impl Context {
     pub fn new(config: Arc<Config>, queue: Queue) -> Self {
         let resolver = crate::delivery::route::resolver(&config);
         let metrics = Arc::new(Metrics::new());
-        let disk = Arc::new(DiskReserve::new(
-            &config.spool.path,
-            metrics.spool_space.clone(),
-        ));
+        let disk = Arc::new(
+            DiskReserve::new(&config.spool.path, metrics.spool_space.clone()).watch(queue.clone()),
+        );
         let shaper = Arc::new(crate::delivery::shaping::Shaper::new(
             &config,
             &queue,

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod milter;
 pub mod policy;
+pub mod recovery;
 pub mod reload;
 pub mod runfile;
 pub mod serve;

@@ -189,16 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let spool = loaded.config.spool.path.clone();
             match runtime.block_on(sluice::serve::run(loaded.config, loaded.path))? {
                 sluice::serve::Stopped::Requested => Ok(0),
-                // A runtime error, exit 1 (DESIGN.md "Exit codes"): systemd's
-                // Restart=on-failure restarts the server, which reopens the
-                // spool from what is on disk.
-                sluice::serve::Stopped::StorageFailed => anyhow::bail!(
-                    "stopped after a storage failure of the spool {}; a restart reopens it",
-                    spool.display()
-                ),
             }
         }
         Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 use crate::model::{AttemptRecord, Message, RecipientStatus};
+use crate::store::StoreSlot;
 
 /// What happened to a recipient (or, for [`JournalKind::Note`], to no
 /// recipient: an entry the binary appended itself).
@@ -105,9 +106,9 @@ impl JournalEntry {
 
 /// The journal's trees and its sequence counter.
 pub(crate) struct Journal {
-    entries: sled::Tree,
-    cursors: sled::Tree,
-    notes: sled::Tree,
+    /// The database open now: the trees are looked up at each use, so the
+    /// journal follows a database that `Queue::recover` reopened.
+    slot: StoreSlot,
     next: AtomicU64,
     /// Entries are written only while a subscriber is configured: a relay
     /// without subscribers pays nothing.
@@ -129,21 +130,25 @@ fn seq_of(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(key)
 }
 
+const ENTRIES: &str = "journal";
+const CURSORS: &str = "journal_cursors";
+const NOTES: &str = "journal_notes";
+
 impl Journal {
-    pub(crate) fn open(
-        entries: sled::Tree,
-        cursors: sled::Tree,
-        notes: sled::Tree,
-    ) -> Result<Journal, QueueError> {
-        let last = entries
+    fn tree(&self, name: &str) -> Result<sled::Tree, QueueError> {
+        self.slot.get()?.named_tree(name)
+    }
+
+    pub(crate) fn open(slot: StoreSlot) -> Result<Journal, QueueError> {
+        let last = slot
+            .get()?
+            .named_tree(ENTRIES)?
             .last()
             .map_err(storage("open"))?
             .map(|(key, _)| seq_of(&key))
             .unwrap_or(0);
         Ok(Journal {
-            entries,
-            cursors,
-            notes,
+            slot,
             next: AtomicU64::new(last + 1),
             enabled: AtomicBool::new(false),
         })
@@ -163,7 +168,7 @@ impl Journal {
             let seq = self.next.fetch_add(1, Ordering::Relaxed);
             let value = serde_json::to_vec(entry)
                 .map_err(|error| QueueError::Storage(format!("journal entry encoding: {error}")))?;
-            self.entries
+            self.tree(ENTRIES)?
                 .insert(seq_key(seq), value)
                 .map_err(storage("write"))?;
         }
@@ -172,14 +177,15 @@ impl Journal {
 
     /// Keeps the message's Message-ID for its later entries.
     pub(crate) fn set_note(&self, queue_id: &str, message_id: &str) -> Result<(), QueueError> {
-        self.notes
+        self.tree(NOTES)?
             .insert(queue_id.as_bytes(), message_id.as_bytes())
             .map(|_| ())
             .map_err(storage("note"))
     }
 
     pub(crate) fn message_id(&self, queue_id: &str) -> Option<String> {
-        self.notes
+        self.tree(NOTES)
+            .ok()?
             .get(queue_id.as_bytes())
             .ok()
             .flatten()
@@ -187,7 +193,7 @@ impl Journal {
     }
 
     pub(crate) fn forget_note(&self, queue_id: &str) -> Result<(), QueueError> {
-        self.notes
+        self.tree(NOTES)?
             .remove(queue_id.as_bytes())
             .map(|_| ())
             .map_err(storage("note"))
@@ -196,7 +202,10 @@ impl Journal {
     /// Up to `max` entries after `after`, in order.
     pub(crate) fn read(&self, after: u64, max: usize) -> Result<Vec<JournalEntry>, QueueError> {
         let mut out = Vec::new();
-        for item in self.entries.range(seq_key(after.saturating_add(1))..) {
+        for item in self
+            .tree(ENTRIES)?
+            .range(seq_key(after.saturating_add(1))..)
+        {
             let (key, value) = item.map_err(storage("read"))?;
             let seq = seq_of(&key);
             match serde_json::from_slice::<JournalEntry>(&value) {
@@ -218,14 +227,14 @@ impl Journal {
     /// The last sequence number `subscriber` has taken (0: none).
     pub(crate) fn cursor(&self, subscriber: &str) -> Result<Option<u64>, QueueError> {
         Ok(self
-            .cursors
+            .tree(CURSORS)?
             .get(subscriber.as_bytes())
             .map_err(storage("cursor"))?
             .map(|value| seq_of(&value)))
     }
 
     pub(crate) fn set_cursor(&self, subscriber: &str, seq: u64) -> Result<(), QueueError> {
-        self.cursors
+        self.tree(CURSORS)?
             .insert(subscriber.as_bytes(), &seq_key(seq))
             .map(|_| ())
             .map_err(storage("cursor"))
@@ -245,21 +254,26 @@ impl Journal {
         // Entries are numbered without gaps between prunes: the difference
         // is the count (bounded by what is stored, for a cursor from before
         // the entries were pruned).
-        (last - after).min(self.entries.len() as u64)
+        let stored = self
+            .tree(ENTRIES)
+            .map(|tree| tree.len() as u64)
+            .unwrap_or(0);
+        (last - after).min(stored)
     }
 
     /// Removes entries up to `upto` (every subscriber has taken them).
     pub(crate) fn prune(&self, upto: u64) -> Result<usize, QueueError> {
         let mut removed = 0;
         let keys: Vec<_> = self
-            .entries
+            .tree(ENTRIES)?
             .range(..=seq_key(upto))
             .keys()
             .take(10_000)
             .collect::<Result<_, _>>()
             .map_err(storage("prune"))?;
+        let entries = self.tree(ENTRIES)?;
         for key in keys {
-            self.entries.remove(key).map_err(storage("prune"))?;
+            entries.remove(key).map_err(storage("prune"))?;
             removed += 1;
         }
         Ok(removed)

@@ -141,6 +141,21 @@ async fn queue_one(
         recipients,
         returned,
     })?;
+    // DESIGN.md "Faults": a notice may use part of the spool's reserve, not
+    // the last of it, which is left to the writes that free space
+    // (delivery results, removals). Below that floor the notice waits: the
+    // error leaves the outcomes unrecorded and the message queued, to be
+    // tried again after a pause.
+    let min_free = ctx.config().spool.min_free;
+    if !ctx.disk.notice_allowed(min_free, bytes.len() as u64) {
+        tracing::warn!(
+            queue_id = %message.id,
+            action = action.as_str(),
+            size = bytes.len(),
+            "notice postponed: the spool's free space is below the floor kept for delivery"
+        );
+        anyhow::bail!("spool free space below the notice floor: the notice is postponed");
+    }
     let dsn_id = ctx.queue.enqueue(envelope, &bytes).await?;
     let what = match action {
         Action::Failed => "bounce queued",

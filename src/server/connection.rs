@@ -336,7 +336,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
                         // Cached: at most one statvfs a second for the process.
-                        session.set_storage_low(self.shared.ctx.disk.is_low(min_free));
+                        session.set_storage_headroom(self.shared.ctx.disk.headroom(min_free));
                         let action = session.handle_line(&line);
                         if let Some(reply) = action.refusal()
                             && let Some(recipient) = crate::events::rcpt_address(&line)
@@ -589,6 +589,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             Outcome::Complete { octets } => match body {
                 Some(body) if !storage_failed => {
+                    if let Err(outcome) = self.within_reserve(session) {
+                        return outcome;
+                    }
                     // What the breaker still holds (a last header line with
                     // no line end) goes in too.
                     let rest = scan.lines.finish();
@@ -641,6 +644,24 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             // storing it failed; the intake never stops short.
             Outcome::ChunkAccepted { .. } | Outcome::NeedMore => MessageOutcome::StorageFailed,
         }
+    }
+
+    /// Refuses the message (`452 4.3.1`, nothing queued) when receiving it
+    /// took the spool's free space below `spool.min_free`: MAIL let it in
+    /// with the space there was, but a burst of sessions may have taken
+    /// more since (see [`crate::disk`]).
+    fn within_reserve(&self, session: &Session) -> Result<(), MessageOutcome> {
+        let ctx = &self.shared.ctx;
+        if ctx.disk.headroom(ctx.config().spool.min_free) != Some(0) {
+            return Ok(());
+        }
+        tracing::info!(
+            client = %session.client(),
+            reason = "spool free space below spool.min_free at the end of the message",
+            reply = "452 4.3.1",
+            "transaction refused"
+        );
+        Err(MessageOutcome::NoSpace)
     }
 
     /// The stream that signs the message, when it may be signed: it comes
@@ -807,7 +828,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     reason = "queue commit failed",
                     "transaction refused"
                 );
-                MessageOutcome::StorageFailed
+                if error.is_no_space() {
+                    MessageOutcome::NoSpace
+                } else {
+                    MessageOutcome::StorageFailed
+                }
             }
         }
     }

@@ -156,6 +156,9 @@ pub enum MessageOutcome {
     Milter(Reply),
     /// Accepted and dropped, as a milter said.
     Discarded,
+    /// Storing it would have taken the spool below its reserve, or the
+    /// disk was full (`452 4.3.1`, RFC 3463 §3.4).
+    NoSpace,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,9 +219,11 @@ pub struct Session {
     /// A local submission's sender process (`from userid 1001 (alice)`),
     /// named in the `Received:` field instead of an address.
     local_peer: Option<String>,
-    /// The spool's free space is below `spool.min_free`: MAIL gets
-    /// `452 4.3.1`. Set by the I/O shell ([`Session::set_storage_low`]).
-    storage_low: bool,
+    /// How many bytes new mail may still take from the spool before it
+    /// reaches `spool.min_free` (`None`: no limit). MAIL gets `452 4.3.1`
+    /// when it is 0 or below the `SIZE=` declared. Set by the I/O shell
+    /// ([`Session::set_storage_headroom`]).
+    storage_headroom: Option<u64>,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -244,7 +249,7 @@ impl Session {
             auth_failures: 0,
             commands: CommandCounts::default(),
             refusal_reason: None,
-            storage_low: false,
+            storage_headroom: None,
             local_peer: None,
         }
     }
@@ -265,7 +270,15 @@ impl Session {
     /// `452 4.3.1 Insufficient system storage` (RFC 3463 §3.4: mail system
     /// full) and the rest of the session goes on.
     pub fn set_storage_low(&mut self, low: bool) {
-        self.storage_low = low;
+        self.storage_headroom = low.then_some(0);
+    }
+
+    /// Tells the session how many bytes new mail may take before the
+    /// spool's free space reaches the reserve (`None`: unlimited). MAIL gets
+    /// `452 4.3.1` when nothing is left or its `SIZE=` declaration
+    /// (RFC 1870) is more than what is left.
+    pub fn set_storage_headroom(&mut self, headroom: Option<u64>) {
+        self.storage_headroom = headroom;
     }
 
     /// The commands of this connection so far, by verb.
@@ -557,6 +570,9 @@ impl Session {
                 code(4, 3, 0),
                 "Error: queue write error, try again later",
             ),
+            MessageOutcome::NoSpace => {
+                Reply::new(452, code(4, 3, 1), "Insufficient system storage")
+            }
         };
         Action::Reply(reply)
     }
@@ -763,8 +779,14 @@ impl Session {
                 "Error: message size exceeds fixed maximum message size",
             ));
         }
-        if self.storage_low {
-            self.refusal_reason = Some("spool free space below spool.min_free");
+        if let Some(headroom) = self.storage_headroom
+            && (headroom == 0 || parameters.size.is_some_and(|size| size > headroom))
+        {
+            self.refusal_reason = Some(if headroom == 0 {
+                "spool free space below spool.min_free"
+            } else {
+                "declared size over the spool's free space above spool.min_free"
+            });
             return Action::Reply(Reply::new(
                 452,
                 code(4, 3, 1),
@@ -1539,6 +1561,20 @@ mod tests {
         // A transaction already open goes on.
         session.set_storage_low(true);
         expect(&mut session, "RCPT TO:<r@x.test>", "250");
+    }
+
+    #[test]
+    fn a_declared_size_over_the_headroom_gets_452_4_3_1() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        session.set_storage_headroom(Some(100));
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=200", "452 4.3.1");
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=50", "250");
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RSET", "250");
+        session.set_storage_headroom(None);
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=200", "250");
     }
 
     #[test]
