@@ -136,6 +136,7 @@ impl Default for ConfigFile {
             listeners: vec![ListenerConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 2525)),
                 kind: ListenerKind::Relay,
+                proxy_protocol: false,
             }],
             tls: None,
             limits: LimitsFile::default(),

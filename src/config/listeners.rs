@@ -29,6 +29,10 @@ pub struct ListenerConfig {
     /// Relay unless given.
     #[serde(default = "default_listener_kind")]
     pub kind: ListenerKind,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (a
+    /// load balancer in front): its address is the client's.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_listener_kind() -> ListenerKind {

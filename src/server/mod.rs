@@ -3,6 +3,7 @@
 //! Modules, each depending only on those listed after it:
 //! - `listener`: accepts connections, applies the connection limits and the
 //!   shutdown rule, spawns one task per connection;
+//! - `proxy`: the PROXY protocol header of listeners behind a balancer;
 //! - `connection`: one connection's pump: reads bytes, feeds the session and
 //!   the message intake, writes replies, stores messages in the queue;
 //! - `sasl`: AUTH credential checks against `[[user]]`;
@@ -28,6 +29,7 @@ use crate::smtp::session::SessionConfig;
 pub mod connection;
 pub mod limits;
 pub mod listener;
+pub mod proxy;
 pub mod sasl;
 pub mod tls;
 
@@ -250,7 +252,10 @@ impl Server {
                     let Some(mut kept) = old.get_mut(index).and_then(Option::take) else {
                         continue; // `prepare` names each running listener once
                     };
-                    if kept.config.kind == config.kind && kept.accepting.is_some() {
+                    if kept.config.kind == config.kind
+                        && kept.config.proxy_protocol == config.proxy_protocol
+                        && kept.accepting.is_some()
+                    {
                         kept.config = config;
                         running.push(kept);
                         continue;
@@ -278,7 +283,7 @@ impl Server {
     fn accept(&self, running: &Running) -> AbortHandle {
         tokio::spawn(listener::accept_loop(
             running.socket.clone(),
-            running.config.kind,
+            running.config.clone(),
             self.inbound.clone(),
         ))
         .abort_handle()
