@@ -13,6 +13,9 @@ use super::admin::AdminConfig;
 use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
 use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
+use super::frontdoor::{
+    ClientLimitsConfig, FrontDoorConfig, GreylistingConfig, RecipientsConfig, ScreenConfig,
+};
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::log::{LogConfig, LogFormat};
@@ -48,6 +51,10 @@ pub(super) struct ConfigFile {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shaping: BTreeMap<String, ShapingFile>,
     pub cluster: ClusterFile,
+    pub recipients: RecipientsConfig,
+    pub screen: ScreenConfig,
+    pub client_limits: ClientLimitsConfig,
+    pub greylisting: GreylistingConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -81,6 +88,13 @@ impl ConfigFile {
         self.log.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
+        let front_door = FrontDoorConfig {
+            recipients: self.recipients,
+            screen: self.screen,
+            client_limits: self.client_limits,
+            greylisting: self.greylisting,
+        };
+        front_door.check(invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -97,6 +111,7 @@ impl ConfigFile {
             verify: self.verify,
             shaping,
             cluster,
+            front_door,
             admin: self.admin,
             log: self.log,
         })
@@ -122,6 +137,10 @@ impl From<&Config> for ConfigFile {
             verify: config.verify.clone(),
             shaping: config.shaping.to_file(),
             cluster: ClusterFile::from(&config.cluster),
+            recipients: config.front_door.recipients.clone(),
+            screen: config.front_door.screen.clone(),
+            client_limits: config.front_door.client_limits.clone(),
+            greylisting: config.front_door.greylisting.clone(),
             admin: config.admin.clone(),
             log: config.log.clone(),
         }
@@ -150,6 +169,10 @@ impl Default for ConfigFile {
             verify: VerifyConfig::default(),
             shaping: BTreeMap::new(),
             cluster: ClusterFile::default(),
+            recipients: RecipientsConfig::default(),
+            screen: ScreenConfig::default(),
+            client_limits: ClientLimitsConfig::default(),
+            greylisting: GreylistingConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
         }

@@ -93,6 +93,21 @@ fn admit(current: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, kind: Liste
     let span = tracing::info_span!("smtp", peer = %peer);
     shared.ctx.tasks.clone().spawn(
         async move {
+            let relay = kind == ListenerKind::Relay;
+            if let Some(refusal) = shared
+                .front_door
+                .at_connect(&stream, peer.ip(), relay)
+                .await
+            {
+                // Refused before the greeting, or gone during the pregreet wait.
+                tracing::info!(client = %peer.ip(), "connect");
+                if let Some(reply) = refusal {
+                    refuse(stream, reply).await;
+                }
+                tracing::info!(client = %peer.ip(), "disconnect {}", CommandCounts::default());
+                drop(slot);
+                return;
+            }
             let metrics = shared.ctx.metrics.clone();
             metrics.connections_active.inc();
             serve_counted(shared, stream, peer, config, implicit_tls).await;

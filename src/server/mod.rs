@@ -23,6 +23,8 @@ use crate::auth::dkim::Signer;
 
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::context::Context;
+use crate::frontdoor::recipients::RecipientList;
+use crate::frontdoor::{FrontDoor, Memory};
 use crate::policy::Policy;
 use crate::smtp::session::SessionConfig;
 
@@ -91,6 +93,8 @@ pub struct Server {
     running: Mutex<Vec<Running>>,
     /// AUTH failure delays, kept across reloads.
     auth_failures: Arc<limits::AuthFailures>,
+    /// What the front door learnt, kept across reloads.
+    memory: Arc<Memory>,
 }
 
 impl Server {
@@ -113,6 +117,7 @@ impl Server {
         listeners: Vec<BoundListener>,
         server_tls: Option<Arc<ServerConfig>>,
         dkim: Signer,
+        recipients: Arc<RecipientList>,
     ) -> Server {
         let config = ctx.config();
         let limits = Arc::new(limits::ConnectionLimits::new(
@@ -120,6 +125,7 @@ impl Server {
             config.limits.max_connections_per_ip.get(),
         ));
         let auth_failures = Arc::new(limits::AuthFailures::new());
+        let memory = Arc::new(Memory::default());
         let inbound = inbound(
             ctx,
             &config,
@@ -127,6 +133,7 @@ impl Server {
             dkim,
             limits,
             auth_failures.clone(),
+            FrontDoor::new(ctx, &config, recipients, memory.clone()),
         );
         let running = listeners
             .into_iter()
@@ -141,6 +148,7 @@ impl Server {
             inbound: Arc::new(ArcSwap::new(Arc::new(inbound))),
             running: Mutex::new(running),
             auth_failures,
+            memory,
         }
     }
 
@@ -198,10 +206,20 @@ impl Server {
         config: &Config,
         server_tls: Option<Arc<ServerConfig>>,
         dkim: Signer,
+        recipients: Arc<RecipientList>,
     ) -> Result<Prepared, (usize, std::io::Error)> {
         let limits = self.inbound.load().limits.clone();
         let auth_failures = self.auth_failures.clone();
-        let inbound = inbound(&self.ctx, config, server_tls, dkim, limits, auth_failures);
+        let front_door = FrontDoor::new(&self.ctx, config, recipients, self.memory.clone());
+        let inbound = inbound(
+            &self.ctx,
+            config,
+            server_tls,
+            dkim,
+            limits,
+            auth_failures,
+            front_door,
+        );
         let mut kept: Vec<(usize, ListenerConfig)> = self
             .running()
             .iter()
@@ -316,6 +334,7 @@ fn inbound(
     dkim: Signer,
     limits: Arc<limits::ConnectionLimits>,
     auth_failures: Arc<limits::AuthFailures>,
+    front_door: FrontDoor,
 ) -> Inbound {
     let tls = server_tls.map(TlsAcceptor::from);
     let session_config = SessionConfig {
@@ -340,6 +359,7 @@ fn inbound(
         auth_failures,
         dkim,
         verifier: crate::auth::verify::Verifier::new(config, ctx.resolver.clone()),
+        front_door: Arc::new(front_door),
     });
     Inbound { shared, limits }
 }
