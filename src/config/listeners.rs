@@ -31,8 +31,13 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Every connection starts with a PROXY protocol v1 or v2 header (a
     /// load balancer in front): its address is the client's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub proxy_protocol: bool,
+}
+
+/// `proxy_protocol = false` is not printed: it is what no key means.
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn default_listener_kind() -> ListenerKind {

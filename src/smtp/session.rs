@@ -1239,6 +1239,54 @@ mod tests {
         wire(&session.handle_line(line.as_bytes()))
     }
 
+    #[test]
+    fn with_a_front_door_mail_and_rcpt_wait_for_its_answer() {
+        let mut session = stranger();
+        session.set_front_door(true);
+        expect(&mut session, "EHLO c.test", "250");
+        let Action::Check(check) = session.handle_line(b"MAIL FROM:<a@b.test>") else {
+            panic!("MAIL asks the front door");
+        };
+        assert_eq!((check.sender.as_str(), check.recipient), ("a@b.test", None));
+        assert!(!check.trusted);
+        assert!(session.transaction().is_none(), "not before the answer");
+        let reply = Reply::new(452, code(4, 7, 0), "slow down");
+        assert!(matches!(
+            session.check_result(Some((reply, "message rate"))),
+            Action::Reply(reply) if reply.code() == 452
+        ));
+        assert!(session.transaction().is_none());
+        assert!(matches!(
+            session.handle_line(b"MAIL FROM:<a@b.test>"),
+            Action::Check(_)
+        ));
+        assert!(matches!(session.check_result(None), Action::Reply(reply) if reply.code() == 250));
+        // Relaying is refused before the front door is asked.
+        expect(&mut session, "RCPT TO:<x@elsewhere.test>", "554");
+        let Action::Check(check) = session.handle_line(b"RCPT TO:<u@example.org>") else {
+            panic!("RCPT asks the front door");
+        };
+        assert_eq!(check.recipient.as_deref(), Some("u@example.org"));
+        let reply = Reply::new(550, code(5, 1, 1), "unknown");
+        session.check_result(Some((reply, "unknown recipient")));
+        assert!(
+            session
+                .transaction()
+                .is_some_and(|t| t.recipients.is_empty())
+        );
+        session.handle_line(b"RCPT TO:<v@example.org>");
+        session.check_result(None);
+        assert_eq!(
+            session.transaction().map(|t| t.recipients.clone()),
+            Some(vec!["v@example.org".to_string()])
+        );
+        assert!(
+            session.commands().to_string().contains("rcpt=1/3"),
+            "{}",
+            session.commands()
+        );
+    }
+
     fn expect(session: &mut Session, line: &str, start: &str) -> String {
         let reply = send(session, line);
         assert!(
