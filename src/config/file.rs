@@ -19,6 +19,7 @@ use super::frontdoor::{
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::log::{LogConfig, LogFormat};
+use super::milter::{self, MilterFile};
 use super::policy::{self, PolicyConfig, UserConfig};
 use super::print;
 use super::shaping::{ClusterFile, Shaping, ShapingFile};
@@ -48,6 +49,8 @@ pub(super) struct ConfigFile {
     #[serde(rename = "dkim", skip_serializing_if = "Vec::is_empty")]
     pub dkim: Vec<DkimEntry>,
     pub verify: VerifyConfig,
+    #[serde(rename = "milter", skip_serializing_if = "Vec::is_empty")]
+    pub milters: Vec<MilterFile>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shaping: BTreeMap<String, ShapingFile>,
     pub cluster: ClusterFile,
@@ -95,6 +98,7 @@ impl ConfigFile {
             greylisting: self.greylisting,
         };
         front_door.check(invalid)?;
+        let milters = milter::into_settings(self.milters, invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -109,6 +113,7 @@ impl ConfigFile {
             routes,
             dkim: self.dkim,
             verify: self.verify,
+            milters,
             shaping,
             cluster,
             front_door,
@@ -135,6 +140,7 @@ impl From<&Config> for ConfigFile {
             routes: write_routes(&config.routes),
             dkim: config.dkim.clone(),
             verify: config.verify.clone(),
+            milters: config.milters.iter().map(MilterFile::from).collect(),
             shaping: config.shaping.to_file(),
             cluster: ClusterFile::from(&config.cluster),
             recipients: config.front_door.recipients.clone(),
@@ -167,6 +173,7 @@ impl Default for ConfigFile {
             routes: BTreeMap::new(),
             dkim: Vec::new(),
             verify: VerifyConfig::default(),
+            milters: Vec::new(),
             shaping: BTreeMap::new(),
             cluster: ClusterFile::default(),
             recipients: RecipientsConfig::default(),

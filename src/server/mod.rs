@@ -31,6 +31,7 @@ use crate::smtp::session::SessionConfig;
 pub mod connection;
 pub mod limits;
 pub mod listener;
+pub mod milters;
 pub mod proxy;
 pub mod sasl;
 pub mod tls;
