@@ -14,6 +14,7 @@ pub mod context;
 pub mod delivery;
 pub mod disk;
 pub mod events;
+pub mod frontdoor;
 pub mod local;
 pub mod logging;
 pub mod metrics;

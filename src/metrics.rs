@@ -46,6 +46,11 @@ pub struct Metrics {
     pub tls_sessions: Family<Vec<(String, String)>, Counter>,
     /// Configuration reloads (SIGHUP), by `result` (ok, failed).
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
+    /// Clients, commands and recipients refused by the front door
+    /// (`crate::frontdoor`), by `reason` (pregreet, dnsbl, connection_rate,
+    /// message_rate, recipient_rate, unknown_recipient,
+    /// unverified_recipient, greylisted).
+    pub front_door_refusals: Family<Vec<(String, String)>, Counter>,
     /// Traffic shaping per rule and destination (`delivery::shaping`).
     pub shaping: std::sync::Arc<crate::delivery::shaping::metrics::ShapingMetrics>,
     /// Delivery events per subscriber (`events::dispatch`).
@@ -78,6 +83,7 @@ impl Metrics {
             spool_space: crate::disk::SpaceGauges::default(),
             tls_sessions: Family::default(),
             config_reloads: Family::default(),
+            front_door_refusals: Family::default(),
             shaping: Default::default(),
             events: Default::default(),
             registry: Registry::default(),
@@ -131,6 +137,11 @@ impl Metrics {
             "queue_recipients",
             "Recipients in the queue by status",
             metrics.queue_recipients.clone(),
+        );
+        registry.register(
+            "frontdoor_refusals",
+            "Connections, commands and recipients refused by the front door, by reason",
+            metrics.front_door_refusals.clone(),
         );
         registry.register(
             "dkim_signatures",

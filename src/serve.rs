@@ -88,8 +88,15 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         server_tls,
         tls_clients,
         dkim,
+        recipients,
     } = files;
-    let server = Arc::new(Server::new(&ctx, smtp_sockets, server_tls, dkim));
+    let server = Arc::new(Server::new(
+        &ctx,
+        smtp_sockets,
+        server_tls,
+        dkim,
+        recipients,
+    ));
     let admin = Admin::new(&ctx, admin_socket);
     let dispatchers = crate::events::Dispatchers::start(
         &config,

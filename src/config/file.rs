@@ -14,6 +14,9 @@ use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
 use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
 use super::events::{self, BounceClassConfig, EventsConfig};
+use super::frontdoor::{
+    ClientLimitsConfig, FrontDoorConfig, GreylistingConfig, RecipientsConfig, ScreenConfig,
+};
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::local::{LocalConfig, ServerConfig};
@@ -53,6 +56,10 @@ pub(super) struct ConfigFile {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shaping: BTreeMap<String, ShapingFile>,
     pub cluster: ClusterFile,
+    pub recipients: RecipientsConfig,
+    pub screen: ScreenConfig,
+    pub client_limits: ClientLimitsConfig,
+    pub greylisting: GreylistingConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
     #[serde(rename = "events", skip_serializing_if = "Vec::is_empty")]
@@ -93,6 +100,13 @@ impl ConfigFile {
         self.server.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
+        let front_door = FrontDoorConfig {
+            recipients: self.recipients,
+            screen: self.screen,
+            client_limits: self.client_limits,
+            greylisting: self.greylisting,
+        };
+        front_door.check(invalid)?;
         let milters = milter::into_settings(self.milters, invalid)?;
         events::check(&self.events, &self.bounce_classes, invalid)?;
         Ok(Config {
@@ -112,6 +126,7 @@ impl ConfigFile {
             milters,
             shaping,
             cluster,
+            front_door,
             admin: self.admin,
             log: self.log,
             events: self.events,
@@ -142,6 +157,10 @@ impl From<&Config> for ConfigFile {
             milters: config.milters.iter().map(MilterFile::from).collect(),
             shaping: config.shaping.to_file(),
             cluster: ClusterFile::from(&config.cluster),
+            recipients: config.front_door.recipients.clone(),
+            screen: config.front_door.screen.clone(),
+            client_limits: config.front_door.client_limits.clone(),
+            greylisting: config.front_door.greylisting.clone(),
             admin: config.admin.clone(),
             log: config.log.clone(),
             events: config.events.clone(),
@@ -164,6 +183,7 @@ impl Default for ConfigFile {
             listeners: vec![ListenerConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 2525)),
                 kind: ListenerKind::Relay,
+                proxy_protocol: false,
             }],
             tls: None,
             limits: LimitsFile::default(),
@@ -178,6 +198,10 @@ impl Default for ConfigFile {
             milters: Vec::new(),
             shaping: BTreeMap::new(),
             cluster: ClusterFile::default(),
+            recipients: RecipientsConfig::default(),
+            screen: ScreenConfig::default(),
+            client_limits: ClientLimitsConfig::default(),
+            greylisting: GreylistingConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             events: Vec::new(),

@@ -9,7 +9,8 @@
 //!   `spool`, `listeners` (`[[listener]]`, `[tls]`), `limits`, `policy`
 //!   (`[policy]`, `[[user]]`), `delivery` (`[delivery]`, `[tls_policy]`,
 //!   `[routes]`), `dns`, `dkim` (`[[dkim]]`, `[verify]`), `shaping`
-//!   (`[shaping]`, `[cluster]`), `admin`, `log`;
+//!   (`[shaping]`, `[cluster]`), `frontdoor` (`[recipients]`, `[screen]`,
+//!   `[client_limits]`, `[greylisting]`), `admin`, `log`;
 //! - `next_hop`: the host-and-port values of `relay_host` and `[routes]`;
 //! - `units`: sizes and durations ("35MiB", "5d");
 //! - `print`: what `sluice check-config` prints, and its redaction.
@@ -20,6 +21,7 @@ mod dkim;
 mod dns;
 mod events;
 mod file;
+mod frontdoor;
 mod limits;
 mod listeners;
 mod local;
@@ -40,6 +42,10 @@ pub use delivery::{DeliveryConfig, RelayAuth, TlsPolicy};
 pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimEntry, VerifyConfig};
 pub use dns::DnsConfig;
 pub use events::{BOUNCE_CLASSES, BounceClassConfig, EVENT_TYPES, EventSink, EventsConfig};
+pub use frontdoor::{
+    ClientLimitsConfig, DnsList, FrontDoorConfig, GreylistingConfig, RecipientsConfig,
+    ScreenConfig, VerifyMode,
+};
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
 pub use local::{LocalConfig, ServerConfig};
@@ -148,6 +154,8 @@ pub struct Config {
     pub shaping: Shaping,
     /// `[cluster]`: limits shared through Redis.
     pub cluster: ClusterConfig,
+    /// `[recipients]`, `[screen]`, `[client_limits]`, `[greylisting]`.
+    pub front_door: FrontDoorConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// `[log]`.

@@ -63,6 +63,8 @@ pub struct Shared {
     pub dkim: Signer,
     /// Present when `[verify] enabled`.
     pub verifier: Option<Verifier>,
+    /// Screens, client limits, recipient validation, greylisting.
+    pub front_door: Arc<crate::frontdoor::FrontDoor>,
 }
 
 /// Why a connection ended early.
@@ -106,6 +108,7 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     tracing::info!(client = %peer.ip(), "connect");
     let mut session = Session::new(config, peer.ip(), implicit_tls);
+    session.set_front_door(shared.front_door.checks_commands());
     serve_session(&shared, stream, peer, &mut session, implicit_tls).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
@@ -403,6 +406,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
+                return Box::pin(self.act(session, next)).await;
+            }
+            Action::Check(check) => {
+                let refusal = self.shared.front_door.check(&check).await;
+                let next = session.check_result(refusal);
                 return Box::pin(self.act(session, next)).await;
             }
             Action::ReceiveData(reply) => {
@@ -1027,6 +1035,12 @@ mod tests {
             auth_required: false,
             policy: crate::policy::Policy::new(&ctx.config().policy),
         });
+        let front_door = Arc::new(crate::frontdoor::FrontDoor::new(
+            &ctx,
+            &ctx.config(),
+            Default::default(),
+            Default::default(),
+        ));
         let shared = Arc::new(Shared {
             ctx,
             relay_config: session_config.clone(),
@@ -1036,6 +1050,7 @@ mod tests {
             auth_failures: Arc::new(AuthFailures::new()),
             dkim: Signer::empty(),
             verifier: None,
+            front_door,
         });
         (shared, session_config, queue)
     }

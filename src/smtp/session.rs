@@ -123,6 +123,35 @@ pub enum Action {
     StartTls(Reply),
     /// Verify these credentials and call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Ask the front door (`crate::frontdoor`) whether this MAIL or RCPT
+    /// may go on, and call [`Session::check_result`].
+    Check(Check),
+}
+
+/// A MAIL or RCPT that the front door must allow first (client rates,
+/// recipient validation, greylisting). Only asked for when the I/O shell
+/// said a front door is in place ([`Session::set_front_door`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The client's address.
+    pub client: IpAddr,
+    /// From `relay_networks` or authenticated: exempt from greylisting.
+    pub trusted: bool,
+    /// The reverse path; empty for `<>`.
+    pub sender: String,
+    /// The forward path of a RCPT; `None` for MAIL.
+    pub recipient: Option<String>,
+}
+
+/// What a MAIL or RCPT waiting for [`Session::check_result`] does once
+/// allowed.
+#[derive(Debug, Clone)]
+enum Pending {
+    Mail(Transaction),
+    Rcpt {
+        address: String,
+        parameters: RcptParameters,
+    },
 }
 
 impl Action {
@@ -132,7 +161,7 @@ impl Action {
             Action::Reply(reply) | Action::ReceiveData(reply) | Action::StartTls(reply) => reply,
             Action::Close(replies) => replies.first()?,
             Action::ReceiveChunk { refusal, .. } => refusal.as_ref()?,
-            Action::Authenticate(_) => return None,
+            Action::Authenticate(_) | Action::Check(_) => return None,
         };
         (reply.code() >= 400).then_some(reply)
     }
@@ -224,6 +253,10 @@ pub struct Session {
     /// when it is 0 or below the `SIZE=` declared. Set by the I/O shell
     /// ([`Session::set_storage_headroom`]).
     storage_headroom: Option<u64>,
+    /// MAIL and RCPT end in [`Action::Check`] ([`Session::set_front_door`]).
+    front_door: bool,
+    /// The MAIL or RCPT waiting for [`Session::check_result`].
+    pending: Option<Pending>,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -251,6 +284,8 @@ impl Session {
             refusal_reason: None,
             storage_headroom: None,
             local_peer: None,
+            front_door: false,
+            pending: None,
         }
     }
 
@@ -263,6 +298,57 @@ impl Session {
             .filter(|c| c.is_ascii_graphic() && !"()\\".contains(*c))
             .collect();
         self.local_peer = Some(format!("from userid {uid} ({name})"));
+    }
+
+    /// Tells the session that a front door checks MAIL and RCPT: once
+    /// everything else allowed them, they end in [`Action::Check`].
+    pub fn set_front_door(&mut self, enabled: bool) {
+        self.front_door = enabled;
+    }
+
+    /// The front door's answer to the [`Action::Check`] asked: `None`
+    /// lets the MAIL or RCPT go on; a refusal is answered (and logged with
+    /// its reason) instead.
+    pub fn check_result(&mut self, refusal: Option<(Reply, &'static str)>) -> Action {
+        let pending = self.pending.take();
+        let verb = match pending {
+            Some(Pending::Mail(_)) => Verb::of(b"MAIL"),
+            _ => Verb::of(b"RCPT"),
+        };
+        match (refusal, pending) {
+            (Some((reply, reason)), _) => {
+                self.commands.refused_later(verb);
+                self.refusal_reason = Some(reason);
+                let action = if reply.code() >= 500 {
+                    self.error(reply)
+                } else {
+                    Action::Reply(reply)
+                };
+                self.log_refusal(verb, &action);
+                action
+            }
+            (None, Some(Pending::Mail(transaction))) => {
+                self.transaction = Some(transaction);
+                Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
+            }
+            (
+                None,
+                Some(Pending::Rcpt {
+                    address,
+                    parameters,
+                }),
+            ) => self.add_recipient(address, parameters),
+            (None, None) => self.bad_sequence("Error: nothing to check"),
+        }
+    }
+
+    fn check(&self, transaction: &Transaction, recipient: Option<String>) -> Action {
+        Action::Check(Check {
+            client: self.client,
+            trusted: self.relay_client || self.user.is_some(),
+            sender: transaction.sender.clone(),
+            recipient,
+        })
     }
 
     /// Tells the session whether the spool's free space is below the
@@ -793,7 +879,7 @@ impl Session {
                 "Insufficient system storage",
             ));
         }
-        self.transaction = Some(Transaction {
+        let transaction = Transaction {
             sender,
             recipients: Vec::new(),
             smtputf8: parameters.smtputf8,
@@ -806,7 +892,13 @@ impl Session {
                 },
                 recipients: Vec::new(),
             }),
-        });
+        };
+        if self.front_door {
+            let check = self.check(&transaction, None);
+            self.pending = Some(Pending::Mail(transaction));
+            return check;
+        }
+        self.transaction = Some(transaction);
         Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
     }
 
@@ -869,6 +961,19 @@ impl Session {
                 mailbox.to_string()
             }
         };
+        if self.front_door {
+            let check = self.check(transaction, Some(address.clone()));
+            self.pending = Some(Pending::Rcpt {
+                address,
+                parameters,
+            });
+            return check;
+        }
+        self.add_recipient(address, parameters)
+    }
+
+    /// Adds an accepted recipient to the transaction.
+    fn add_recipient(&mut self, address: String, parameters: RcptParameters) -> Action {
         if let Some(transaction) = self.transaction.as_mut() {
             // A repeated recipient is one recipient: stored twice it would
             // get the message twice (RFC 5321 §3.3 leaves this to us).
@@ -1219,6 +1324,54 @@ mod tests {
 
     fn send(session: &mut Session, line: &str) -> String {
         wire(&session.handle_line(line.as_bytes()))
+    }
+
+    #[test]
+    fn with_a_front_door_mail_and_rcpt_wait_for_its_answer() {
+        let mut session = stranger();
+        session.set_front_door(true);
+        expect(&mut session, "EHLO c.test", "250");
+        let Action::Check(check) = session.handle_line(b"MAIL FROM:<a@b.test>") else {
+            panic!("MAIL asks the front door");
+        };
+        assert_eq!((check.sender.as_str(), check.recipient), ("a@b.test", None));
+        assert!(!check.trusted);
+        assert!(session.transaction().is_none(), "not before the answer");
+        let reply = Reply::new(452, code(4, 7, 0), "slow down");
+        assert!(matches!(
+            session.check_result(Some((reply, "message rate"))),
+            Action::Reply(reply) if reply.code() == 452
+        ));
+        assert!(session.transaction().is_none());
+        assert!(matches!(
+            session.handle_line(b"MAIL FROM:<a@b.test>"),
+            Action::Check(_)
+        ));
+        assert!(matches!(session.check_result(None), Action::Reply(reply) if reply.code() == 250));
+        // Relaying is refused before the front door is asked.
+        expect(&mut session, "RCPT TO:<x@elsewhere.test>", "554");
+        let Action::Check(check) = session.handle_line(b"RCPT TO:<u@example.org>") else {
+            panic!("RCPT asks the front door");
+        };
+        assert_eq!(check.recipient.as_deref(), Some("u@example.org"));
+        let reply = Reply::new(550, code(5, 1, 1), "unknown");
+        session.check_result(Some((reply, "unknown recipient")));
+        assert!(
+            session
+                .transaction()
+                .is_some_and(|t| t.recipients.is_empty())
+        );
+        session.handle_line(b"RCPT TO:<v@example.org>");
+        session.check_result(None);
+        assert_eq!(
+            session.transaction().map(|t| t.recipients.clone()),
+            Some(vec!["v@example.org".to_string()])
+        );
+        assert!(
+            session.commands().to_string().contains("rcpt=1/3"),
+            "{}",
+            session.commands()
+        );
     }
 
     fn expect(session: &mut Session, line: &str, start: &str) -> String {

@@ -108,7 +108,7 @@ impl Maildrop {
         let ctx = Context::new(Arc::new(config), queue);
         let dkim = crate::auth::dkim::Signer::load(&ctx.config().dkim)
             .map_err(|error| broken(&format!("{}: {}", error.key(), error.message)))?;
-        let server = Server::new(&ctx, Vec::new(), None, dkim);
+        let server = Server::new(&ctx, Vec::new(), None, dkim, Default::default());
         drop(_entered);
         Ok(Maildrop {
             runtime,

@@ -17,7 +17,7 @@
 //! suspension ends ([`sluice_queue::Queue::postpone`]: only its ID stays
 //! in the due index), and then goes through the rate like any other.
 
-mod gcra;
+pub mod gcra;
 pub mod metrics;
 pub mod shared;
 
@@ -153,6 +153,12 @@ impl Shaper {
             metrics,
             queue: queue.clone(),
         }
+    }
+
+    /// The Redis side of the limits, with `[cluster] redis` (the client
+    /// limits of the front door share it).
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// Removes ended suspensions from the spool, then keeps the shared
