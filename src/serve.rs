@@ -94,7 +94,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         dkim,
     } = files;
     let server = Arc::new(Server::new(&ctx, smtp_sockets, server_tls, dkim));
-    let admin = Admin::new(&ctx, admin_socket);
+    let admin = Admin::new(&ctx, admin_socket)?;
     let scheduler = Scheduler::with_tls(&ctx, Arc::new(SystemClock), tls_clients);
     let smtp_addresses: Vec<String> = server
         .local_addrs()
@@ -113,6 +113,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_socket = %admin.socket_path().display(),
+        admin_token_file = %admin.token_file().map(|p| p.display().to_string()).unwrap_or_default(),
         spool = %config.spool.path.display(),
         "sluice started"
     );

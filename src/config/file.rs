@@ -233,6 +233,7 @@ impl Default for AdminConfig {
         AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 8025)),
             token: None,
+            socket: None,
         }
     }
 }
