@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::dkim::{Signer, SigningStream};
 use crate::auth::verify::{Verifier, strip_forged};
+use crate::config::Config;
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::sasl::Authenticator;
@@ -123,7 +124,8 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = Session::new(config, peer.ip(), false);
     let greeting = session.greeting();
     // Without STARTTLS on offer, the session can only end closed.
-    let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;
+    let settings = shared.ctx.config();
+    let _ = serve_over(shared, &settings, stream, &mut session, Some(greeting)).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
 
@@ -136,7 +138,11 @@ async fn serve_session(
     session: &mut Session,
     implicit_tls: bool,
 ) {
-    let timeout = shared.ctx.config().limits.command_timeout;
+    // One snapshot of the settings for the whole connection, STARTTLS
+    // included: a reload meanwhile applies to the next connection, never to
+    // half of this one.
+    let settings = shared.ctx.config();
+    let timeout = settings.limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
             tracing::error!(client = %peer.ip(), "implicit TLS listener without [tls]");
@@ -146,11 +152,11 @@ async fn serve_session(
             return;
         };
         let greeting = session.greeting();
-        serve_over(shared, stream, session, Some(greeting)).await;
+        serve_over(shared, &settings, stream, session, Some(greeting)).await;
         return;
     }
     let greeting = session.greeting();
-    let Some(stream) = serve_over(shared, stream, session, Some(greeting)).await else {
+    let Some(stream) = serve_over(shared, &settings, stream, session, Some(greeting)).await else {
         return;
     };
     let Some(acceptor) = shared.tls.clone() else {
@@ -160,7 +166,7 @@ async fn serve_session(
         return;
     };
     session.tls_started();
-    serve_over(shared, stream, session, None).await;
+    serve_over(shared, &settings, stream, session, None).await;
 }
 
 /// Runs `session` over `stream`, first sending `greeting` if given, and
@@ -169,11 +175,12 @@ async fn serve_session(
 /// with the plaintext connection's buffers.
 async fn serve_over<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
+    settings: &Arc<Config>,
     stream: S,
     session: &mut Session,
     greeting: Option<Reply>,
 ) -> Option<S> {
-    let mut connection = Connection::new(stream, shared);
+    let mut connection = Connection::new(stream, shared, settings.clone());
     if let Some(greeting) = greeting {
         connection.output_reply(&greeting);
     }
@@ -240,6 +247,9 @@ struct Chunked<'a> {
 struct Connection<'a, S> {
     stream: S,
     shared: &'a Shared,
+    /// The settings as they were when the connection opened, used to its
+    /// end (a reload does not change a session halfway).
+    settings: Arc<Config>,
     input: BytesMut,
     output: Vec<u8>,
     /// Splits the input into command lines, within their length limits.
@@ -248,10 +258,11 @@ struct Connection<'a, S> {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
-    fn new(stream: S, shared: &'a Shared) -> Connection<'a, S> {
+    fn new(stream: S, shared: &'a Shared, settings: Arc<Config>) -> Connection<'a, S> {
         Connection {
             stream,
             shared,
+            settings,
             input: BytesMut::with_capacity(4096),
             output: Vec::with_capacity(1024),
             lines: CommandLines::new(),
@@ -302,8 +313,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
-        let command_timeout = self.shared.ctx.config().limits.command_timeout;
-        let min_free = self.shared.ctx.config().spool.min_free;
+        let command_timeout = self.settings.limits.command_timeout;
+        let min_free = self.settings.spool.min_free;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -407,7 +418,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let limits = &self.shared.ctx.config().limits;
+        let settings = self.settings.clone();
+        let limits = &settings.limits;
         let mut signing = self.signing_stream(session);
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
@@ -484,7 +496,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
         };
         chunked.intake.start_chunk(size, last);
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
         loop {
             let take = chunked.intake.feed(&self.input);
             let chunk = self.input.split_to(take);
@@ -526,7 +538,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
@@ -738,7 +750,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// The limits every message is held to.
     fn intake_limits(&self) -> IntakeLimits {
-        let limits = &self.shared.ctx.config().limits;
+        let limits = &self.settings.limits;
         IntakeLimits {
             max_size: limits.max_message_size,
             max_hops: limits.max_hops.get(),
@@ -750,7 +762,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.shared.ctx.config().limits.command_timeout;
+        let timeout = self.settings.limits.command_timeout;
         let write = async {
             self.stream.write_all(&self.output).await?;
             self.stream.flush().await
@@ -934,7 +946,8 @@ mod tests {
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
             let greeting = session.greeting();
-            serve_over(&shared, server, &mut session, Some(greeting)).await;
+            let settings = shared.ctx.config();
+            serve_over(&shared, &settings, server, &mut session, Some(greeting)).await;
         });
         (BufReader::new(client), queue)
     }
@@ -1009,7 +1022,8 @@ mod tests {
             written: 0,
             offset: 0,
         };
-        let mut connection = Connection::new(stream, &shared);
+        let settings = shared.ctx.config();
+        let mut connection = Connection::new(stream, &shared, settings);
         // One poll runs the connection until its write blocks for good.
         assert!(connection.run(&mut session).now_or_never().is_none());
         assert_eq!(
