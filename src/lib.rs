@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod delivery;
 pub mod disk;
+pub mod keyfile;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

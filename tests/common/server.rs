@@ -93,6 +93,22 @@ pub fn generated_token(admin: SocketAddr) -> Option<String> {
         .map(|(_, token)| token.clone())
 }
 
+/// Writes a private key (or any file sluice must find private) with mode
+/// 0600: sluice refuses key files others can read.
+#[allow(dead_code)]
+pub fn write_private(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = path.as_ref();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_ref())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// The path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
