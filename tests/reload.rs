@@ -660,7 +660,7 @@ fn a_kept_listener_takes_a_changed_kind_on_its_socket() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (pem, key, _) = certificate();
     std::fs::write(&cert_path, pem).expect("write cert");
-    std::fs::write(&key_path, key).expect("write key");
+    common::server::write_private(&key_path, key).expect("write key");
     let tls = format!(
         "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         cert_path.display(),
