@@ -373,9 +373,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 return Ok(Some(End::StartTls));
             }
             Action::Authenticate(credentials) => {
+                // The back-off earned by earlier failures comes before the
+                // (bounded) argon2 work, so failing fast costs no hashes.
+                let failures = &self.shared.auth_failures;
+                tokio::time::sleep(failures.pending_delay(session.client())).await;
                 let user = self.shared.auth.verify(credentials).await;
                 if user.is_none() {
-                    let delay = self.shared.auth_failures.failure_delay(session.client());
+                    let delay = failures.failure_delay(session.client());
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
