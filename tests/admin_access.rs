@@ -48,13 +48,22 @@ impl LocalUser {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let status = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"])
+            .args([
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+            ])
             .arg(&name)
             .status()
             .expect("run useradd");
         assert!(status.success(), "useradd {name}: {status}");
         let id = |flag: &str| -> u32 {
-            let output = Command::new("id").arg(flag).arg(&name).output().expect("id");
+            let output = Command::new("id")
+                .arg(flag)
+                .arg(&name)
+                .output()
+                .expect("id");
             String::from_utf8_lossy(&output.stdout)
                 .trim()
                 .parse()
@@ -129,16 +138,36 @@ fn a_local_user_reads_nothing_through_the_api_or_the_admin_socket() {
         let (code, stdout, stderr) = user.run(
             "curl",
             &[
-                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "-H",
-                "X-Sluice-Request: 1", &url,
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+                "-H",
+                "X-Sluice-Request: 1",
+                &url,
             ],
         );
-        assert_eq!((code, stdout.as_str()), (0, "401"), "{method} {path} as {}: {stderr}", user.name);
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, "401"),
+            "{method} {path} as {}: {stderr}",
+            user.name
+        );
     }
     // /health and /metrics are open, and tell nothing of the messages.
     let (_, health, _) = user.run(
         "curl",
-        &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{admin}/health")],
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{admin}/health"),
+        ],
     );
     assert_eq!(health, "200");
 
@@ -147,8 +176,7 @@ fn a_local_user_reads_nothing_through_the_api_or_the_admin_socket() {
     let own = tempfile::tempdir().expect("temp dir");
     let config = readable_config(&sluice, own.path());
     let sluice_binary = common::binary();
-    let (code, stdout, stderr) =
-        user.run(sluice_binary, &["queue", "list", "--config", &config]);
+    let (code, stdout, stderr) = user.run(sluice_binary, &["queue", "list", "--config", &config]);
     assert_ne!(code, 0, "queue list as {}: {stdout}", user.name);
     assert!(!stdout.contains(&id), "the queue leaked: {stdout}");
     eprintln!("queue list as a plain user: exit {code}: {}", stderr.trim());
@@ -161,11 +189,21 @@ fn a_local_user_reads_nothing_through_the_api_or_the_admin_socket() {
     }
     let socket = spool.join("admin.sock");
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let (code, stdout, stderr) = user.run(sluice_binary, &["queue", "cat", &id, "--config", &config]);
+    let (code, stdout, stderr) =
+        user.run(sluice_binary, &["queue", "cat", &id, "--config", &config]);
     assert_ne!(code, 0, "queue cat as {}: {stdout}", user.name);
-    assert!(!stdout.contains("the secret text"), "the message leaked: {stdout}");
-    sluice.wait_log(&["admin socket connection refused", &format!("uid={}", user.uid)]);
-    eprintln!("queue cat as a plain user, socket opened: exit {code}: {}", stderr.trim());
+    assert!(
+        !stdout.contains("the secret text"),
+        "the message leaked: {stdout}"
+    );
+    sluice.wait_log(&[
+        "admin socket connection refused",
+        &format!("uid={}", user.uid),
+    ]);
+    eprintln!(
+        "queue cat as a plain user, socket opened: exit {code}: {}",
+        stderr.trim()
+    );
 
     // Root goes through the socket, without a token.
     let (code, stdout, stderr) = sluice.cli(&["queue", "list"]);
@@ -238,28 +276,46 @@ fn no_reload_makes_the_api_answer_without_a_token() {
     let admin = sluice.admin;
     let id = queue_one(&sluice);
     assert_eq!(http_anonymous("GET", admin, "/v1/queue").status, 401);
-    assert_eq!(http("GET", admin, "/v1/queue", Some("first-token")).status, 200);
+    assert_eq!(
+        http("GET", admin, "/v1/queue", Some("first-token")).status,
+        200
+    );
 
     // The token removed and the address changed (which needs a restart):
     // the socket stays where it is bound, and still needs a token.
-    let reloaded = text
-        .replace("token = \"first-token\"\n", "")
-        .replace("[admin]\naddress = \"127.0.0.1:0\"", "[admin]\naddress = \"127.0.0.2:0\"");
+    let reloaded = text.replace("token = \"first-token\"\n", "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.2:0\"",
+    );
     reload(&sluice, &reloaded);
     for (method, path) in [
         ("GET", "/v1/queue".to_string()),
         ("POST", "/v1/queue/retry".to_string()),
         ("GET", format!("/v1/queue/{id}/message")),
     ] {
-        assert_eq!(http_anonymous(method, admin, path.as_str()).status, 401, "{method} {path}");
-        assert_eq!(http(method, admin, &path, Some("first-token")).status, 401, "{method} {path}");
+        assert_eq!(
+            http_anonymous(method, admin, path.as_str()).status,
+            401,
+            "{method} {path}"
+        );
+        assert_eq!(
+            http(method, admin, &path, Some("first-token")).status,
+            401,
+            "{method} {path}"
+        );
     }
     // The token in force is now the generated one, in a private file.
     let file = sluice.dir.path().join("spool/admin.token");
-    let mode = std::fs::metadata(&file).expect("the token file").permissions().mode();
+    let mode = std::fs::metadata(&file)
+        .expect("the token file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let generated = std::fs::read_to_string(&file).expect("read the token");
-    assert_eq!(http("GET", admin, "/v1/queue", Some(generated.trim())).status, 200);
+    assert_eq!(
+        http("GET", admin, "/v1/queue", Some(generated.trim())).status,
+        200
+    );
     // The command line needs none: it uses the socket.
     let (code, stdout, stderr) = sluice.cli(&["queue", "list"]);
     assert_eq!(code, 0, "{stderr}");
@@ -274,8 +330,14 @@ fn a_reload_in_the_middle_of_a_transaction_keeps_its_size_limit() {
     let sluice = Sluice::start_with(dir, &text);
     let line = format!("{}\r\n", "x".repeat(998));
     let half: String = line.repeat(150); // ~150 KB
-    let lowered = text.replace("max_message_size = \"1MiB\"", "max_message_size = \"200KiB\"");
-    let lowest = text.replace("max_message_size = \"1MiB\"", "max_message_size = \"100KiB\"");
+    let lowered = text.replace(
+        "max_message_size = \"1MiB\"",
+        "max_message_size = \"200KiB\"",
+    );
+    let lowest = text.replace(
+        "max_message_size = \"1MiB\"",
+        "max_message_size = \"100KiB\"",
+    );
 
     let mut client = sluice.connect();
     client.expect("EHLO client.test", "250");
@@ -306,5 +368,8 @@ fn a_reload_in_the_middle_of_a_transaction_keeps_its_size_limit() {
     client.send_raw(half.as_bytes());
     client.send_raw(b".\r\n");
     let reply = client.read_reply();
-    assert!(reply.starts_with("552"), "a new connection has the new limit: {reply}");
+    assert!(
+        reply.starts_with("552"),
+        "a new connection has the new limit: {reply}"
+    );
 }

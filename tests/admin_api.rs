@@ -314,7 +314,10 @@ fn bearer_token_is_required_on_every_endpoint_but_health() {
     }
     // DESIGN.md: `/health` and `/metrics` are the only routes open to all.
     assert_eq!(http("GET", admin, "/health", None).status, 200);
-    assert_eq!(common::admin::http_anonymous("GET", admin, "/metrics").status, 200);
+    assert_eq!(
+        common::admin::http_anonymous("GET", admin, "/metrics").status,
+        200
+    );
     assert_eq!(http("GET", admin, &show, Some("s3cret-token")).status, 200);
     // Nothing was deleted by the refused DELETE.
     assert_eq!(http("GET", admin, &show, Some("s3cret-token")).status, 200);

@@ -592,7 +592,10 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
         !cookie.contains(TOKEN) && !cookie.contains(&hex_token),
         "the cookie holds a session ID, never the token: {cookie}"
     );
-    assert!(set_cookie.contains("Max-Age="), "the session expires: {set_cookie}");
+    assert!(
+        set_cookie.contains("Max-Age="),
+        "the session expires: {set_cookie}"
+    );
 
     // The cookie opens the API and the dashboard's data.
     let get = |path: &str, cookie: Option<&str>| {

@@ -25,11 +25,11 @@ use super::bulk::{self, Action};
 use super::content;
 use super::dashboard;
 use super::error::AdminError;
-use super::token::AdminToken;
 use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
 use super::summary;
 use super::suspensions;
+use super::token::AdminToken;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
 

@@ -36,10 +36,14 @@ pub struct SocketPeer {
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|error| {
-                anyhow::anyhow!("cannot remove the old admin socket {}: {error}", path.display())
-            })?,
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot remove the old admin socket {}: {error}",
+                    path.display()
+                )
+            })?
+        }
         Ok(_) => anyhow::bail!(
             "{} exists and is not a socket: remove it or set [admin] socket elsewhere",
             path.display()
@@ -47,10 +51,16 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(|error| {
-        anyhow::anyhow!("cannot listen on {} (admin socket): {error}", path.display())
+        anyhow::anyhow!(
+            "cannot listen on {} (admin socket): {error}",
+            path.display()
+        )
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|error| {
-        anyhow::anyhow!("cannot set the mode of the admin socket {}: {error}", path.display())
+        anyhow::anyhow!(
+            "cannot set the mode of the admin socket {}: {error}",
+            path.display()
+        )
     })?;
     Ok(listener)
 }
@@ -102,9 +112,7 @@ pub async fn serve(
             tracing::warn!(uid, "admin socket connection limit reached; closed");
             continue;
         };
-        let router = router
-            .clone()
-            .layer(axum::Extension(SocketPeer { uid }));
+        let router = router.clone().layer(axum::Extension(SocketPeer { uid }));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let peer = format!("uid {uid}");

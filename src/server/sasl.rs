@@ -10,7 +10,6 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use crate::config::UserConfig;
 use crate::smtp::session::Credentials;
 
-
 /// Password checks (argon2) running at once, server-wide.
 pub const MAX_CONCURRENT_HASHES: usize = 4;
 

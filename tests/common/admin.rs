@@ -48,7 +48,8 @@ pub fn try_http(
 /// One HTTP request with no `Authorization` at all.
 #[allow(dead_code)]
 pub fn http_anonymous(method: &str, admin: SocketAddr, path: &str) -> HttpReply {
-    try_http_as(method, admin, path, None).unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    try_http_as(method, admin, path, None)
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
 }
 
 fn try_http_as(
