@@ -515,6 +515,9 @@ mod tests {
     fn key_file(dir: &tempfile::TempDir, name: &str, pem: &str) -> std::path::PathBuf {
         let path = dir.path().join(name);
         std::fs::write(&path, pem).expect("write key");
+        // Keys others can read are refused (`keyfile`).
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         path
     }
 
