@@ -16,6 +16,7 @@ pub mod disk;
 pub mod keyfile;
 pub mod logging;
 pub mod metrics;
+pub mod milter;
 pub mod policy;
 pub mod reload;
 pub mod runfile;
