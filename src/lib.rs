@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod disk;
 pub mod events;
 pub mod frontdoor;
+pub mod keyfile;
 pub mod local;
 pub mod logging;
 pub mod metrics;

@@ -165,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "tls_sessions",
-            "Outbound TLS sessions by recipient domain, policy and result",
+            "Outbound TLS sessions by policy and result",
             metrics.tls_sessions.clone(),
         );
         registry.register(

@@ -97,7 +97,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         dkim,
         recipients,
     ));
-    let admin = Admin::new(&ctx, admin_socket);
+    let admin = Admin::new(&ctx, admin_socket)?;
     let dispatchers = crate::events::Dispatchers::start(
         &config,
         &queue,
@@ -124,6 +124,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_socket = %admin.socket_path().display(),
+        admin_token_file = %admin.token_file().map(|p| p.display().to_string()).unwrap_or_default(),
         spool = %config.spool.path.display(),
         "sluice started"
     );

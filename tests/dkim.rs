@@ -214,7 +214,7 @@ fn check_config_refuses_a_key_that_cannot_sign_naming_the_entry() {
         use rsa::pkcs8::EncodePrivateKey as _;
         let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).expect("rsa 1024");
         let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).expect("pem");
-        std::fs::write(&weak, pem.as_bytes()).expect("write key");
+        common::server::write_private(&weak, pem.as_bytes()).expect("write key");
     }
     let config = |entries: &str| {
         let text = common::config_text(dir.path(), "", entries);

@@ -33,11 +33,9 @@ pub fn run(command: EventsCommand, loaded: &Loaded) -> anyhow::Result<u8> {
     ) {
         Ok(queue) => status_offline(config, &queue),
         Err(QueueError::Locked { .. }) => {
-            let Some(address) = crate::cli::queue::admin_address(config) else {
-                anyhow::bail!("the spool is in use and no admin address is known");
-            };
-            let remote =
-                crate::cli::queue::remote::Remote::new(address, config.admin.token.clone());
+            let remote = crate::cli::queue::remote::Remote::new(
+                config.admin.socket_path(&config.spool.path),
+            );
             serde_json::from_value(remote.get_json("/v1/events")?)?
         }
         Err(error) => return Err(error.into()),

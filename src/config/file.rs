@@ -291,6 +291,7 @@ impl Default for AdminConfig {
         AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 8025)),
             token: None,
+            socket: None,
         }
     }
 }

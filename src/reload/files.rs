@@ -42,9 +42,10 @@ pub fn load(config: &Config, path: Option<&Path>) -> Result<Files, ConfigError> 
             let key = match &error {
                 TlsError::Read { path, .. } if *path == settings.certificate => "tls.certificate",
                 TlsError::NoCertificate { .. } => "tls.certificate",
-                TlsError::Read { .. } | TlsError::NoKey { .. } | TlsError::Rejected { .. } => {
-                    "tls.private_key"
-                }
+                TlsError::Read { .. }
+                | TlsError::NoKey { .. }
+                | TlsError::KeyTooOpen(_)
+                | TlsError::Rejected { .. } => "tls.private_key",
             };
             invalid(key, error.to_string())
         })?),

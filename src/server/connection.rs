@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::dkim::{Signer, SigningStream};
 use crate::auth::verify::{Verifier, strip_forged};
+use crate::config::Config;
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::milters;
@@ -132,7 +133,8 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let greeting = session.greeting();
     // Without STARTTLS on offer, the session can only end closed.
-    let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;
+    let settings = shared.ctx.config();
+    let _ = serve_over(shared, &settings, stream, &mut session, Some(greeting)).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
 
@@ -145,7 +147,11 @@ async fn serve_session(
     session: &mut Session,
     implicit_tls: bool,
 ) {
-    let timeout = shared.ctx.config().limits.command_timeout;
+    // One snapshot of the settings for the whole connection, STARTTLS
+    // included: a reload meanwhile applies to the next connection, never to
+    // half of this one.
+    let settings = shared.ctx.config();
+    let timeout = settings.limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
             tracing::error!(client = %peer.ip(), "implicit TLS listener without [tls]");
@@ -155,11 +161,11 @@ async fn serve_session(
             return;
         };
         let greeting = session.greeting();
-        serve_over(shared, stream, session, Some(greeting)).await;
+        serve_over(shared, &settings, stream, session, Some(greeting)).await;
         return;
     }
     let greeting = session.greeting();
-    let Some(stream) = serve_over(shared, stream, session, Some(greeting)).await else {
+    let Some(stream) = serve_over(shared, &settings, stream, session, Some(greeting)).await else {
         return;
     };
     let Some(acceptor) = shared.tls.clone() else {
@@ -169,7 +175,7 @@ async fn serve_session(
         return;
     };
     session.tls_started();
-    serve_over(shared, stream, session, None).await;
+    serve_over(shared, &settings, stream, session, None).await;
 }
 
 /// Runs `session` over `stream`, first sending `greeting` if given, and
@@ -178,11 +184,12 @@ async fn serve_session(
 /// with the plaintext connection's buffers.
 async fn serve_over<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
+    settings: &Arc<Config>,
     stream: S,
     session: &mut Session,
     greeting: Option<Reply>,
 ) -> Option<S> {
-    let mut connection = Connection::new(stream, shared);
+    let mut connection = Connection::new(stream, shared, settings.clone());
     if let Some(greeting) = greeting {
         connection.output_reply(&greeting);
     }
@@ -265,6 +272,9 @@ impl Scan {
 struct Connection<'a, S> {
     stream: S,
     shared: &'a Shared,
+    /// The settings as they were when the connection opened, used to its
+    /// end (a reload does not change a session halfway).
+    settings: Arc<Config>,
     input: BytesMut,
     output: Vec<u8>,
     /// Splits the input into command lines, within their length limits.
@@ -273,10 +283,11 @@ struct Connection<'a, S> {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
-    fn new(stream: S, shared: &'a Shared) -> Connection<'a, S> {
+    fn new(stream: S, shared: &'a Shared, settings: Arc<Config>) -> Connection<'a, S> {
         Connection {
             stream,
             shared,
+            settings,
             input: BytesMut::with_capacity(4096),
             output: Vec::with_capacity(1024),
             lines: CommandLines::new(),
@@ -327,8 +338,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
-        let command_timeout = self.shared.ctx.config().limits.command_timeout;
-        let min_free = self.shared.ctx.config().spool.min_free;
+        let command_timeout = self.settings.limits.command_timeout;
+        let min_free = self.settings.spool.min_free;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -400,9 +411,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 return Ok(Some(End::StartTls));
             }
             Action::Authenticate(credentials) => {
+                // The back-off earned by earlier failures comes before the
+                // (bounded) argon2 work, so failing fast costs no hashes.
+                let failures = &self.shared.auth_failures;
+                tokio::time::sleep(failures.pending_delay(session.client())).await;
                 let user = self.shared.auth.verify(credentials).await;
                 if user.is_none() {
-                    let delay = self.shared.auth_failures.failure_delay(session.client());
+                    let delay = failures.failure_delay(session.client());
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
@@ -450,7 +465,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let limits = &self.shared.ctx.config().limits;
+        let settings = self.settings.clone();
+        let limits = &settings.limits;
         let mut signing = self.signing_stream(session);
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
@@ -522,7 +538,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
         };
         chunked.intake.start_chunk(size, last);
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
         let mut broken = Vec::new();
         loop {
             let take = chunked.intake.feed(&self.input);
@@ -565,7 +581,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
@@ -847,7 +863,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// The limits every message is held to.
     fn intake_limits(&self) -> IntakeLimits {
-        let limits = &self.shared.ctx.config().limits;
+        let limits = &self.settings.limits;
         IntakeLimits {
             max_size: limits.max_message_size,
             max_hops: limits.max_hops.get(),
@@ -859,7 +875,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.shared.ctx.config().limits.command_timeout;
+        let timeout = self.settings.limits.command_timeout;
         let write = async {
             self.stream.write_all(&self.output).await?;
             self.stream.flush().await
@@ -1063,7 +1079,8 @@ mod tests {
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
             let greeting = session.greeting();
-            serve_over(&shared, server, &mut session, Some(greeting)).await;
+            let settings = shared.ctx.config();
+            serve_over(&shared, &settings, server, &mut session, Some(greeting)).await;
         });
         (BufReader::new(client), queue)
     }
@@ -1138,7 +1155,8 @@ mod tests {
             written: 0,
             offset: 0,
         };
-        let mut connection = Connection::new(stream, &shared);
+        let settings = shared.ctx.config();
+        let mut connection = Connection::new(stream, &shared, settings);
         // One poll runs the connection until its write blocks for good.
         assert!(connection.run(&mut session).now_or_never().is_none());
         assert_eq!(
