@@ -553,6 +553,7 @@ mod tests {
         let listeners = [ListenerConfig {
             address: address(9),
             kind: ListenerKind::Relay,
+            proxy_protocol: false,
         }];
         let mut walk = HostWalk::new("loop.test", NextHopKind::Mx, 2, &[0], &listeners, None);
         look_up(walk.step());
@@ -571,6 +572,7 @@ mod tests {
         let listeners = [ListenerConfig {
             address: address(9),
             kind: ListenerKind::Relay,
+            proxy_protocol: false,
         }];
         let mut walk = HostWalk::new("d.test", NextHopKind::Mx, 3, &[0], &listeners, None);
         look_up(walk.step());
