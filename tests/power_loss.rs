@@ -262,7 +262,17 @@ fn every_acknowledged_message_survives_power_cuts() {
     let dir = tempfile::tempdir().unwrap();
     // On a LazyFS mount statvfs made the reserve refuse every message: the
     // reserve is off (it is not what this test is about).
-    let text = common::routed_config_text(dir.path(), destination.addr, "", "")
+    // FUSE (LazyFS) has no UNIX sockets: the admin and submission sockets
+    // live beside the mount.
+    let sockets = format!(
+        "socket = \"{}\"",
+        dir.path().join("admin.sock").display()
+    );
+    let local = format!(
+        "[local]\nsubmit_socket = \"{}\"\n",
+        dir.path().join("submit.sock").display()
+    );
+    let text = common::routed_config_text(dir.path(), destination.addr, &sockets, &local)
         .replace(
             &format!("path = \"{}\"", dir.path().join("spool").display()),
             &format!("path = \"{}\"", mount.join("spool").display()),
