@@ -264,10 +264,7 @@ fn every_acknowledged_message_survives_power_cuts() {
     // reserve is off (it is not what this test is about).
     // FUSE (LazyFS) has no UNIX sockets: the admin and submission sockets
     // live beside the mount.
-    let sockets = format!(
-        "socket = \"{}\"",
-        dir.path().join("admin.sock").display()
-    );
+    let sockets = format!("socket = \"{}\"", dir.path().join("admin.sock").display());
     let local = format!(
         "[local]\nsubmit_socket = \"{}\"\n",
         dir.path().join("submit.sock").display()
