@@ -27,7 +27,12 @@ pub fn may_write_spool(config: &Config) -> bool {
     match std::fs::metadata(&config.spool.path) {
         // SAFETY: geteuid has no preconditions and cannot fail.
         Ok(metadata) => metadata.uid() == unsafe { libc::geteuid() },
-        Err(_) => true,
+        // No spool yet: this process may create it (the first offline
+        // submission of a fresh install by its owner).
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+        // A spool this user may not even look at (under /var/lib/sluice,
+        // 0750) is someone else's: the helper's job.
+        Err(_) => false,
     }
 }
 
