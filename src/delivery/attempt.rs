@@ -14,7 +14,7 @@ use super::client::{Body, ClientError, Connection, server_name};
 use super::dsn::Diagnostic;
 use super::loops;
 use super::pool::PoolKey;
-use super::route::{Host, NextHop, NextHopKind, RouteError};
+use super::route::{Host, NextHop, NextHopKind, RouteError, Transport};
 use super::secure::{self, HostPolicy};
 use super::tls::TlsMode;
 use crate::smtp::client::Envelope;
@@ -286,7 +286,13 @@ pub async fn deliver_domain(
             tried = true;
             continue;
         }
-        let addresses = match engine.router.addresses(&hop, host).await {
+        // An LMTP UNIX socket has no address to look up (see open_session).
+        let unix = matches!(hop.transport, Transport::LmtpUnix(_));
+        let addresses = match unix {
+            true => Ok(vec![std::net::IpAddr::from([0, 0, 0, 0])]),
+            false => engine.router.addresses(&hop, host).await,
+        };
+        let addresses = match addresses {
             Ok(addresses) => addresses,
             Err(error) => {
                 let mut failure = Failure::from_route(&error);
@@ -302,14 +308,21 @@ pub async fn deliver_domain(
                 continue;
             }
         };
-        let mode = host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+        let mut mode =
+            host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+        if unix {
+            mode = TlsMode::Disabled;
+        }
         for ip in addresses {
             if connections >= MAX_ADDRESSES {
                 tracing::debug!(domain, "address limit reached for this attempt");
                 return finish(settled, &open, &last_failure);
             }
             let address = SocketAddr::new(ip, host.port);
-            let relay = format!("{}[{}]:{}", host.name, ip, host.port);
+            let mut relay = format!("{}[{}]:{}", host.name, ip, host.port);
+            if unix {
+                relay = host.name.clone();
+            }
             if loops::loops_back(&engine.ctx.config().listeners, hop.kind, address) {
                 // RFC 5321 §5.1: ourselves and anything after us is out.
                 tracing::warn!(domain, %relay, "next hop is this server: mail loop");
@@ -444,13 +457,19 @@ async fn open_session(
 ) -> Result<Connection, ClientError> {
     let config = engine.ctx.config();
     let hostname = config.hostname.as_str();
-    let mut connection = Connection::connect(address, engine.timeouts).await?;
+    let mut connection = match &hop.transport {
+        Transport::LmtpUnix(path) => {
+            Connection::connect_unix(path, address, engine.timeouts).await?
+        }
+        _ => Connection::connect(address, engine.timeouts).await?,
+    };
+    let lmtp = hop.transport.is_lmtp();
     if mode == TlsMode::Implicit {
         connection = connection
             .start_implicit_tls(&engine.tls.verified, server_name(&host.name)?)
             .await?;
     }
-    connection.open(hostname).await?;
+    connection.open_as(hostname, lmtp).await?;
     match mode {
         TlsMode::Disabled | TlsMode::Implicit => {}
         TlsMode::Required | TlsMode::Dane => {
@@ -481,7 +500,7 @@ async fn open_session(
                         Ok(upgraded) => upgraded,
                         Err(
                             error @ (ClientError::TlsHandshake(_) | ClientError::Timeout { .. }),
-                        ) => plaintext_fallback(engine, host, address, &error).await?,
+                        ) => plaintext_fallback(engine, host, address, lmtp, &error).await?,
                         Err(error) => return Err(error),
                     }
                 }
@@ -495,7 +514,7 @@ async fn open_session(
                 // connection cannot be trusted, a fresh plaintext one can.
                 Err(error @ ClientError::TlsInjection) => {
                     drop(connection);
-                    plaintext_fallback(engine, host, address, &error).await?
+                    plaintext_fallback(engine, host, address, lmtp, &error).await?
                 }
                 Err(error) => return Err(error),
             };
@@ -522,6 +541,7 @@ async fn plaintext_fallback(
     engine: &Arc<Engine>,
     host: &Host,
     address: SocketAddr,
+    lmtp: bool,
     error: &ClientError,
 ) -> Result<Connection, ClientError> {
     tracing::info!(
@@ -530,7 +550,9 @@ async fn plaintext_fallback(
         "opportunistic TLS failed; retrying in plaintext"
     );
     let mut connection = Connection::connect(address, engine.timeouts).await?;
-    connection.open(&engine.ctx.config().hostname).await?;
+    connection
+        .open_as(&engine.ctx.config().hostname, lmtp)
+        .await?;
     Ok(connection)
 }
 
@@ -663,6 +685,8 @@ async fn transaction(
         smtputf8: message.smtputf8 && capabilities.smtputf8,
         message_dsn: message.dsn.as_ref(),
         recipient_dsn: &recipient_dsn,
+        chunking: engine.ctx.config().delivery.chunking,
+        requiretls: false,
     };
     // A follow-up transaction (too many recipients) sends the body again.
     let mut first = Some(body);
