@@ -996,11 +996,379 @@ mod tests {
                     wire.push("<body>".into());
                     transaction.body_sent()
                 }
+                Step::SendChunk => unreachable!("chunking is off"),
                 Step::Done(outcome) => {
                     assert!(replies.next().is_none(), "replies left over");
                     return (wire, outcome);
                 }
             };
+        }
+    }
+
+    /// Like `drive`, on a session offering `offered`, with BDAT asked for
+    /// when `chunking`, the body given as `chunks`: a chunk's command and
+    /// bytes show on the wire as one entry, DATA's body as "<body>".
+    fn drive_on(
+        offered: &Capabilities,
+        chunking: bool,
+        chunks: &[&[u8]],
+        recipients: &[&str],
+        replies: &[&str],
+    ) -> (Vec<Vec<u8>>, Outcome) {
+        let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+        let envelope = Envelope {
+            sender: "s@origin.test",
+            recipients: &recipients,
+            size: Some(10),
+            eight_bit: false,
+            smtputf8: false,
+            message_dsn: None,
+            recipient_dsn: &[],
+            chunking,
+            requiretls: false,
+        };
+        let mut out = Vec::new();
+        let mut wire = Vec::new();
+        let (mut transaction, mut step) = Transaction::start(envelope, offered, &mut out);
+        let mut replies = replies.iter();
+        let mut pending: Vec<&[u8]> = Vec::new();
+        loop {
+            if !out.is_empty() {
+                wire.push(std::mem::take(&mut out));
+            }
+            step = match step {
+                Step::Read(_) => match replies.next() {
+                    Some(text) => transaction.receive(reply(text), &mut out),
+                    None => Step::Done(transaction.interrupted()),
+                },
+                Step::SendBody => {
+                    wire.push(b"<body>".to_vec());
+                    transaction.body_sent()
+                }
+                Step::SendChunk => {
+                    if pending.is_empty() {
+                        pending = chunks.iter().rev().copied().collect();
+                    }
+                    let chunk = pending.pop().unwrap_or_default();
+                    let last = pending.is_empty();
+                    transaction.chunk(chunk.len(), last, &mut out);
+                    out.extend_from_slice(chunk);
+                    wire.push(std::mem::take(&mut out));
+                    match replies.next() {
+                        Some(text) => transaction.receive(reply(text), &mut out),
+                        None => Step::Done(transaction.interrupted()),
+                    }
+                }
+                Step::Done(outcome) => {
+                    assert!(replies.next().is_none(), "replies left over");
+                    return (wire, outcome);
+                }
+            };
+        }
+    }
+
+    fn lmtp(pipelining: bool) -> Capabilities {
+        Capabilities {
+            lmtp: true,
+            ..capabilities(pipelining)
+        }
+    }
+
+    fn chunking(pipelining: bool) -> Capabilities {
+        Capabilities {
+            chunking: true,
+            ..capabilities(pipelining)
+        }
+    }
+
+    fn text(wire: &[Vec<u8>]) -> Vec<String> {
+        wire.iter()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn lmtp_gives_each_accepted_recipient_its_own_reply_after_the_data() {
+        for pipelining in [true, false] {
+            let (wire, outcome) = drive_on(
+                &lmtp(pipelining),
+                false,
+                &[],
+                &["a@d.test", "b@d.test", "c@d.test"],
+                &[
+                    "250 ok",
+                    "250 ok",
+                    "550 5.1.1 unknown",
+                    "250 ok",
+                    "354 go",
+                    "250 2.0.0 a saved",
+                    "452 4.2.2 c over quota",
+                ],
+            );
+            assert_eq!(
+                dispositions(&outcome),
+                [Some(Sent), Some(Failed), Some(Deferred)],
+                "{:?}",
+                text(&wire)
+            );
+            let verdicts: Vec<_> = outcome.verdicts.iter().flatten().collect();
+            assert_eq!(verdicts[0].reply.one_line(), "250 2.0.0 a saved");
+            assert_eq!(verdicts[2].stage, Stage::EndOfData);
+            assert_eq!(verdicts[2].status(), EnhancedCode(4, 2, 2));
+            assert!(outcome.reusable && outcome.broken.is_none());
+            assert_eq!(outcome.completed, 1);
+        }
+    }
+
+    #[test]
+    fn lmtp_421_among_the_replies_settles_only_the_rest() {
+        let (_, outcome) = drive_on(
+            &lmtp(true),
+            false,
+            &[],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "250 ok",
+                "354 go",
+                "250 a",
+                "421 4.3.0 bye",
+            ],
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Deferred)]);
+        assert!(!outcome.reusable);
+    }
+
+    #[test]
+    fn lmtp_opening_says_lhlo_and_never_helo() {
+        let (mut opening, _) = Opening::lmtp("me.test");
+        let mut out = Vec::new();
+        assert_eq!(
+            opening.receive(reply("220 lmtp"), &mut out),
+            OpeningStep::Read(Stage::Ehlo)
+        );
+        assert_eq!(out, b"LHLO me.test\r\n");
+        let mut ready = opening.clone();
+        match ready.receive(reply("250-lmtp\r\n250 CHUNKING"), &mut out) {
+            OpeningStep::Ready(offered) => assert!(offered.lmtp && offered.chunking),
+            other => panic!("{other:?}"),
+        }
+        out.clear();
+        assert!(matches!(
+            opening.receive(reply("500 what"), &mut out),
+            OpeningStep::Refused(Refusal {
+                stage: Stage::Ehlo,
+                ..
+            })
+        ));
+        assert!(out.is_empty(), "no HELO in LMTP");
+        let mut out = Vec::new();
+        Opening::after_starttls_as("me.test", true, &mut out);
+        assert_eq!(out, b"LHLO me.test\r\n");
+    }
+
+    #[test]
+    fn bdat_waits_for_the_rcpt_replies_and_sends_the_chunks_as_they_are() {
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"a\r\n.b", b"\r\n"],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "550 no",
+                "250 2.0.0 chunk",
+                "250 2.0.0 queued",
+            ],
+        );
+        assert_eq!(
+            text(&wire),
+            [
+                "MAIL FROM:<s@origin.test> SIZE=10\r\nRCPT TO:<a@d.test>\r\nRCPT TO:<b@d.test>\r\n",
+                "BDAT 5\r\na\r\n.b",
+                "BDAT 2 LAST\r\n\r\n",
+            ]
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Failed)]);
+        assert!(outcome.reusable);
+    }
+
+    #[test]
+    fn a_refused_chunk_fails_the_transaction_and_resets() {
+        let (wire, outcome) = drive_on(
+            &chunking(false),
+            true,
+            &[b"one", b"two"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "552 5.3.4 too big", "250 reset"],
+        );
+        assert_eq!(
+            text(&wire)[2..],
+            ["BDAT 3\r\none".to_string(), "RSET\r\n".to_string()]
+        );
+        assert_eq!(dispositions(&outcome), [Some(Failed)]);
+        assert_eq!(outcome.verdicts[0].as_ref().unwrap().stage, Stage::Data);
+    }
+
+    #[test]
+    fn bdat_with_nobody_accepted_sends_no_chunk() {
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "550 no", "250 reset"],
+        );
+        assert_eq!(text(&wire)[1], "RSET\r\n");
+        assert_eq!(dispositions(&outcome), [Some(Failed)]);
+        // A refused MAIL: only the RCPT replies are drained.
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["451 later", "503 no mail", "250 reset"],
+        );
+        assert_eq!(text(&wire)[1], "RSET\r\n");
+        assert_eq!(dispositions(&outcome), [Some(Deferred)]);
+        // An empty body is one empty LAST chunk.
+        let (wire, _) = drive_on(
+            &chunking(true),
+            true,
+            &[],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "250 queued"],
+        );
+        assert_eq!(text(&wire)[1], "BDAT 0 LAST\r\n");
+    }
+
+    #[test]
+    fn bdat_is_not_used_unless_asked_for_and_offered() {
+        let (wire, _) = drive_on(
+            &capabilities(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "354 go", "250 queued"],
+        );
+        assert!(text(&wire)[0].ends_with("DATA\r\n"));
+        let (wire, _) = drive_on(
+            &chunking(true),
+            false,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "354 go", "250 queued"],
+        );
+        assert_eq!(wire[1], b"<body>");
+    }
+
+    #[test]
+    fn lmtp_with_bdat_reads_one_reply_per_recipient_after_last() {
+        let offered = Capabilities {
+            chunking: true,
+            ..lmtp(true)
+        };
+        let (_, outcome) = drive_on(
+            &offered,
+            true,
+            &[b"body\r\n"],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "250 ok",
+                "250 a saved",
+                "451 4.2.0 b later",
+            ],
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Deferred)]);
+        assert!(outcome.reusable);
+    }
+
+    #[test]
+    fn requiretls_goes_on_mail_when_asked() {
+        let recipients = vec!["r@d.test".to_string()];
+        let envelope = Envelope {
+            sender: "s@o.test",
+            recipients: &recipients,
+            size: None,
+            eight_bit: false,
+            smtputf8: false,
+            message_dsn: None,
+            recipient_dsn: &[],
+            chunking: false,
+            requiretls: true,
+        };
+        let mut out = Vec::new();
+        Transaction::start(envelope, &Capabilities::default(), &mut out);
+        assert_eq!(out, b"MAIL FROM:<s@o.test> REQUIRETLS\r\n");
+    }
+
+    /// What a server receiving `wire` (BDAT commands and their bytes)
+    /// stores: the chunks, concatenated.
+    fn bdat_received(wire: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for entry in wire.iter().filter(|entry| entry.starts_with(b"BDAT ")) {
+            let end = entry.windows(2).position(|w| w == b"\r\n").unwrap();
+            match crate::smtp::command::Command::parse(&entry[..end]).unwrap() {
+                crate::smtp::command::Command::Bdat { size, .. } => {
+                    let chunk = &entry[end + 2..];
+                    assert_eq!(chunk.len() as u64, size);
+                    body.extend_from_slice(chunk);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        body
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bdat_and_data_deliver_byte_identical_messages(
+            lines in proptest::collection::vec("[.a-z \u{e9}]{0,12}", 0..20),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let mut body = Vec::new();
+            for line in &lines {
+                body.extend_from_slice(line.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&body[start..cut]);
+                start = cut;
+            }
+            chunks.push(&body[start..]);
+            // BDAT: the chunks as they are, reassembled by the receiver.
+            let (wire, outcome) = drive_on(
+                &chunking(true),
+                true,
+                &chunks,
+                &["a@d.test"],
+                &[&["250 ok", "250 ok"][..], &vec!["250 ok"; chunks.len()][..]].concat(),
+            );
+            proptest::prop_assert_eq!(dispositions(&outcome), [Some(Sent)]);
+            let by_bdat = bdat_received(&wire);
+            // DATA: dot-stuffed in the same pieces, decoded by the inbound
+            // decoder.
+            let mut stuffed = Vec::new();
+            let mut stuffer = crate::smtp::dot::DotStuffer::new();
+            for chunk in &chunks {
+                stuffer.encode(chunk, &mut stuffed);
+            }
+            stuffer.finish(&mut stuffed);
+            let mut decoder = crate::smtp::data::DataDecoder::new(u64::MAX);
+            let mut by_data = Vec::new();
+            let used = decoder.decode(&stuffed, &mut by_data);
+            proptest::prop_assert!(decoder.is_done() && decoder.problem().is_none());
+            proptest::prop_assert_eq!(used, stuffed.len());
+            proptest::prop_assert_eq!(&by_bdat, &body);
+            proptest::prop_assert_eq!(&by_data, &body);
         }
     }
 
@@ -1448,6 +1816,9 @@ mod tests {
         #[test]
         fn any_replies_finish_with_a_verdict_or_a_break(
             pipelining in proptest::bool::ANY,
+            chunking in proptest::bool::ANY,
+            lmtp in proptest::bool::ANY,
+            mut chunks_left in 0usize..3,
             count in 1usize..5,
             codes in proptest::collection::vec(
                 proptest::sample::select(vec![
@@ -1465,12 +1836,16 @@ mod tests {
                 smtputf8: false,
                 message_dsn: None,
                 recipient_dsn: &[],
-                chunking: false,
+                chunking,
                 requiretls: false,
             };
             let mut out = Vec::new();
-            let (mut transaction, mut step) =
-                Transaction::start(envelope, &capabilities(pipelining), &mut out);
+            let offered = Capabilities {
+                chunking: true,
+                lmtp,
+                ..capabilities(pipelining)
+            };
+            let (mut transaction, mut step) = Transaction::start(envelope, &offered, &mut out);
             let mut codes = codes.into_iter();
             let mut bodies = 0;
             let outcome = loop {
@@ -1482,6 +1857,16 @@ mod tests {
                     Step::SendBody => {
                         bodies += 1;
                         transaction.body_sent()
+                    }
+                    Step::SendChunk => {
+                        // One chunk, or the last of several.
+                        if chunks_left > 0 {
+                            chunks_left -= 1;
+                            Step::Read(transaction.chunk(3, false, &mut out))
+                        } else {
+                            bodies += 1;
+                            Step::Read(transaction.chunk(3, true, &mut out))
+                        }
                     }
                     Step::Done(outcome) => break outcome,
                 };
