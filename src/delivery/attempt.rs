@@ -14,6 +14,7 @@ use super::client::{Body, ClientError, Connection, server_name};
 use super::dsn::Diagnostic;
 use super::loops;
 use super::pool::PoolKey;
+use super::requiretls;
 use super::route::{Host, NextHop, NextHopKind, RouteError, Transport};
 use super::secure::{self, HostPolicy};
 use super::tls::TlsMode;
@@ -313,6 +314,22 @@ pub async fn deliver_domain(
         if unix {
             mode = TlsMode::Disabled;
         }
+        if message.requiretls {
+            match requiretls::host_rule(
+                hop.kind,
+                &host_policy,
+                mode,
+                security.mx_secure,
+                &host.name,
+            ) {
+                requiretls::HostRule::Tls(checked) => mode = checked,
+                requiretls::HostRule::Refused(reason) => {
+                    last_failure = Failure::local(true, requiretls::STATUS, reason);
+                    tried = true;
+                    continue;
+                }
+            }
+        }
         for ip in addresses {
             if connections >= MAX_ADDRESSES {
                 tracing::debug!(domain, "address limit reached for this attempt");
@@ -393,6 +410,11 @@ pub async fn deliver_domain(
                                 last_failure.reason = format!("{why}: {}", last_failure.reason);
                                 last_failure.reply = None;
                                 last_failure.tls_policy = Some(host_policy.label(mode, false));
+                            }
+                            if message.requiretls && matches!(error, ClientError::TlsNotOffered) {
+                                let reason = requiretls::session_rule(false, false, &host.name);
+                                let reason = reason.err().unwrap_or_default();
+                                last_failure = Failure::local(true, requiretls::STATUS, reason);
                             }
                             continue;
                         }
@@ -623,6 +645,16 @@ async fn transaction(
         )
     };
     let capabilities = connection.capabilities().clone();
+    if message.requiretls
+        && let Err(reason) = requiretls::session_rule(
+            connection.tls().is_some(),
+            capabilities.requiretls,
+            &session.host,
+        )
+    {
+        engine.pool.put(target.key.clone(), connection);
+        return Ok(local(Failure::local(true, requiretls::STATUS, reason)));
+    }
     // RFC 1870 §6.1: a declared limit below the message size is final.
     if capabilities.rejects_size(message.size) {
         engine.pool.put(target.key.clone(), connection);
@@ -686,7 +718,7 @@ async fn transaction(
         message_dsn: message.dsn.as_ref(),
         recipient_dsn: &recipient_dsn,
         chunking: engine.ctx.config().delivery.chunking,
-        requiretls: false,
+        requiretls: message.requiretls,
     };
     // A follow-up transaction (too many recipients) sends the body again.
     let mut first = Some(body);

@@ -236,7 +236,7 @@ async fn queue_one(
     if recipients.is_empty() {
         return Ok(());
     }
-    let (envelope, bytes) = dsn::build(&dsn::Report {
+    let (mut envelope, bytes) = dsn::build(&dsn::Report {
         action,
         reporting_mta: &ctx.config().hostname,
         queue_id: message.id.as_str(),
@@ -248,6 +248,8 @@ async fn queue_one(
         recipients,
         returned,
     })?;
+    // RFC 8689 §5: the report on a REQUIRETLS message asks for it too.
+    envelope.requiretls = message.requiretls;
     let dsn_id = ctx.queue.enqueue(envelope, &bytes).await?;
     let what = match action {
         Action::Failed => "bounce queued",
