@@ -52,6 +52,26 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Write the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// sluice(8), a page per command, and sluice.toml(5).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// bash, zsh and fish completion scripts.
+    Completions {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +195,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),
+        Command::Generate { what } => {
+            use clap::CommandFactory;
+            let command = Cli::command();
+            let (dir, written) = match what {
+                Generate::Man { out } => {
+                    let written = cli::generate::man_pages(&command, &out)?;
+                    (out, written)
+                }
+                Generate::Completions { out } => {
+                    let written = cli::generate::completions(&command, &out)?;
+                    (out, written)
+                }
+            };
+            println!("{} files written into {}", written.len(), dir.display());
+            Ok(0)
+        }
         Command::Dkim { command } => {
             cli::dkim::run(command)?;
             Ok(0)

@@ -503,6 +503,89 @@ fn the_dashboard_shows_the_queue_and_acts_on_it_in_a_real_browser() {
         assert!(held(&sluice, &carol), "held by filter");
         assert!(!held(&sluice, &evil), "only the filter's messages");
 
+        // Every view has an address: opened by URL, kept by a reload,
+        // reached again with back and forward.
+        let hidden = |id: &str| format!("return document.getElementById('{id}').hidden;");
+        client
+            .goto(&format!("{base}/#/messages"))
+            .await
+            .expect("open #/messages");
+        wait_js(&client, "the list by its address", &hidden("messages"), |v| {
+            v == &Value::Bool(false)
+        })
+        .await;
+        wait_js(
+            &client,
+            "the whole list at #/messages",
+            "return document.querySelectorAll('#message-list tbody tr[data-id]').length;",
+            |v| v == &json!(4),
+        )
+        .await;
+        assert_eq!(
+            client.execute(&hidden("overview"), vec![]).await.expect("overview"),
+            Value::Bool(true),
+            "#/messages shows the list, not the overview"
+        );
+        client
+            .goto(&format!("{base}/#/messages?domain=slow.test"))
+            .await
+            .expect("open a filtered list");
+        wait_js(
+            &client,
+            "the filtered list by its address",
+            "return Array.from(document.querySelectorAll('#message-list tbody tr[data-id]'), r => r.dataset.id);",
+            |v| v == &json!([carol]),
+        )
+        .await;
+        let typed = client
+            .execute("return document.getElementById('filter-domain').value;", vec![])
+            .await
+            .expect("filter field");
+        assert_eq!(typed, json!("slow.test"), "the address fills the filter");
+        click(&client, &format!("tr[data-id='{carol}'] button.link")).await;
+        wait_text(&client, "#detail-id", &carol).await;
+        let address = client.current_url().await.expect("url");
+        assert_eq!(
+            address.fragment(),
+            Some(format!("/messages/{carol}?domain=slow.test").as_str()),
+            "the detail's address keeps the list's filter"
+        );
+        client.refresh().await.expect("reload the detail");
+        wait_text(&client, "#detail-id", &carol).await;
+        wait_js(&client, "the detail after a reload", &hidden("detail"), |v| {
+            v == &Value::Bool(false)
+        })
+        .await;
+        client.back().await.expect("back");
+        wait_js(&client, "the detail closed by back", &hidden("detail"), |v| {
+            v == &Value::Bool(true)
+        })
+        .await;
+        client.forward().await.expect("forward");
+        wait_js(&client, "the detail again by forward", &hidden("detail"), |v| {
+            v == &Value::Bool(false)
+        })
+        .await;
+        wait_text(&client, "#detail-id", &carol).await;
+        client
+            .goto(&format!("{base}/#/overview?range=6"))
+            .await
+            .expect("open the overview over 6 hours");
+        wait_js(&client, "the overview by its address", &hidden("overview"), |v| {
+            v == &Value::Bool(false)
+        })
+        .await;
+        wait_text(&client, ".range-title", "last 6 hours").await;
+        click(&client, "[data-range='1']").await;
+        wait_js(&client, "the range in the address", "return location.hash;", |v| {
+            v == &json!("#/overview?range=1")
+        })
+        .await;
+        client.refresh().await.expect("reload the overview");
+        wait_text(&client, ".range-title", "last hour").await;
+        client.back().await.expect("back to 6 hours");
+        wait_text(&client, ".range-title", "last 6 hours").await;
+
         // Logging out forgets the token.
         click(&client, "#logout").await;
         wait_js(&client, "the login form again", "return !document.getElementById('login').hidden;", |v| {

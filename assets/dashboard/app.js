@@ -210,7 +210,86 @@
       return;
     }
     $('login').hidden = true;
-    show(view);
+    route();
+  }
+
+  // ---- addresses ----
+  // Every view has an address, so that it can be linked to, reloaded and
+  // reached with back and forward:
+  //   #/overview?range=6                      the overview, charts over 1, 6 or 24 hours
+  //   #/messages?status=…&domain=…&sender=…&older_than=…&page=2&after=CURSOR
+  //   #/messages/ID                           a message's detail (over the list)
+  // The page's controls change the address; the view follows the address.
+
+  const FILTERS = [['filter-status', 'status'], ['filter-domain', 'domain'], ['filter-sender', 'sender'], ['filter-older', 'older_than']];
+
+  function listAddress(pageIndex, after) {
+    const params = filterQuery();
+    if (pageIndex > 0 && after) {
+      params.set('page', String(pageIndex + 1));
+      params.set('after', after);
+    }
+    const query = params.toString();
+    return '#/messages' + (query ? '?' + query : '');
+  }
+
+  function overviewAddress() {
+    return '#/overview' + (rangeHours === 24 ? '' : '?range=' + rangeHours);
+  }
+
+  // Goes to `address`: a new history entry when it differs from the
+  // current one (hashchange then calls route), else the view is read again.
+  function navigate(address) {
+    if (location.hash === address) {
+      route();
+    } else {
+      location.hash = address;
+    }
+  }
+
+  function setRange(hours) {
+    rangeHours = [1, 6, 24].includes(hours) ? hours : 24;
+    for (const button of document.querySelectorAll('[data-range]')) {
+      button.classList.toggle('active', Number(button.dataset.range) === rangeHours);
+      if (Number(button.dataset.range) === rangeHours) {
+        for (const title of document.querySelectorAll('.range-title')) title.textContent = button.textContent;
+      }
+    }
+    if (lastHistory) renderHistory(lastHistory);
+  }
+
+  // Shows what the address names.
+  function route() {
+    if (!$('login').hidden) return;
+    const hash = location.hash.replace(/^#\/?/, '');
+    const [path, query] = hash.split('?', 2);
+    const params = new URLSearchParams(query || '');
+    const parts = path.split('/').filter((part) => part);
+    if (parts[0] === 'messages') {
+      for (const [id, key] of FILTERS) $(id).value = params.get(key) || '';
+      const wanted = Math.max(1, Number.parseInt(params.get('page') || '1', 10) || 1) - 1;
+      const after = params.get('after');
+      if (wanted > 0 && after) {
+        if (cursors[wanted] !== after) cursors = cursors.slice(0, wanted).concat([after]);
+        page = wanted;
+      } else {
+        cursors = [null];
+        page = 0;
+      }
+      const id = parts.length > 1 ? decodeURIComponent(parts.slice(1).join('/')) : null;
+      if (view !== 'messages' || listShown !== listAddress(page, cursors[page])) {
+        show('messages');
+      }
+      if (id) {
+        showDetail(id);
+      } else {
+        $('detail').hidden = true;
+        detailId = null;
+      }
+    } else {
+      setRange(Number.parseInt(params.get('range') || '24', 10));
+      show('overview');
+    }
   }
 
   // ---- overview ----
@@ -333,8 +412,7 @@
         const link = el('button', 'link', row.domain);
         link.type = 'button';
         link.addEventListener('click', () => {
-          $('filter-domain').value = row.domain;
-          show('messages');
+          navigate('#/messages?domain=' + encodeURIComponent(row.domain));
         });
         name.append(link);
         if (row.suspended || suspended.has(row.domain)) name.append(el('span', 'badge', 'suspended'));
@@ -409,7 +487,11 @@
     return parts.length ? 'matching ' + parts.join(', ') : 'in the queue (no filter: ALL messages)';
   }
 
+  // The address of the list on screen (see route).
+  let listShown = null;
+
   async function loadPage() {
+    listShown = listAddress(page, cursors[page]);
     const params = filterQuery();
     params.set('limit', String(PAGE_SIZE));
     if (cursors[page]) params.set('after', cursors[page]);
@@ -446,7 +528,7 @@
     const tries = recipients.reduce((most, r) => Math.max(most, r.attempts), 0);
     const id = el('button', 'link mono', message.id);
     id.type = 'button';
-    id.addEventListener('click', () => showDetail(message.id));
+    id.addEventListener('click', () => navigate(messageAddress(message.id)));
     const row = el('tr', message.held ? 'held' : null,
       el('td', null, id),
       el('td', 'num', since(message.received_at)),
@@ -508,6 +590,13 @@
 
   function envelopeEntry(list, term, value, className) {
     list.append(el('dt', null, term), el('dd', className || null, value));
+  }
+
+  // A message's address keeps the list it was opened from.
+  function messageAddress(id) {
+    const list = listAddress(page, cursors[page]);
+    const [, query] = list.split('?', 2);
+    return '#/messages/' + encodeURIComponent(id) + (query ? '?' + query : '');
   }
 
   async function showDetail(id) {
@@ -630,43 +719,36 @@
   document.addEventListener('DOMContentLoaded', () => {
     $('login-form').addEventListener('submit', login);
     $('logout').addEventListener('click', logout);
-    $('tab-overview').addEventListener('click', () => show('overview'));
-    $('tab-messages').addEventListener('click', () => show('messages'));
+    $('tab-overview').addEventListener('click', () => navigate(overviewAddress()));
+    $('tab-messages').addEventListener('click', () => navigate(listAddress(page, cursors[page])));
     $('filters').addEventListener('submit', (event) => {
       event.preventDefault();
-      cursors = [null];
-      page = 0;
-      $('detail').hidden = true;
-      loadPage();
+      listShown = null;
+      navigate(listAddress(0, null));
     });
     $('page-next').addEventListener('click', () => {
       if (!nextCursor) return;
       cursors[page + 1] = nextCursor;
-      page += 1;
-      loadPage();
+      navigate(listAddress(page + 1, nextCursor));
     });
     $('page-prev').addEventListener('click', () => {
-      if (page > 0) page -= 1;
-      loadPage();
+      // Reached by a link to a later page, the earlier cursors are unknown:
+      // back to the first page then.
+      const previous = page - 1;
+      navigate(previous > 0 && cursors[previous] ? listAddress(previous, cursors[previous]) : listAddress(0, null));
     });
     $('page-first').addEventListener('click', () => {
-      page = 0;
-      loadPage();
+      navigate(listAddress(0, null));
     });
+    window.addEventListener('hashchange', route);
     $('bulk-apply').addEventListener('click', bulk);
     for (const button of document.querySelectorAll('[data-range]')) {
       button.addEventListener('click', () => {
-        rangeHours = Number(button.dataset.range);
-        for (const other of document.querySelectorAll('[data-range]')) {
-          other.classList.toggle('active', other === button);
-        }
-        for (const title of document.querySelectorAll('.range-title')) {
-          title.textContent = button.textContent;
-        }
-        if (lastHistory) renderHistory(lastHistory);
+        setRange(Number(button.dataset.range));
+        navigate(overviewAddress());
       });
     }
-    $('detail-close').addEventListener('click', () => { $('detail').hidden = true; detailId = null; });
+    $('detail-close').addEventListener('click', () => navigate(listAddress(page, cursors[page])));
     for (const button of document.querySelectorAll('#detail [data-action]')) {
       button.addEventListener('click', () => act(button.dataset.action));
     }
