@@ -151,3 +151,62 @@ fn requiretls_to_a_plain_hop_bounces_at_once_and_the_bounce_requires_tls() {
     assert!(String::from_utf8_lossy(&bounce.body).contains("5.7.30"));
     assert!(plain.delivered().is_empty(), "nothing went in plaintext");
 }
+
+#[test]
+fn tls_required_no_delivers_where_the_policy_would_defer() {
+    let plain = Destination::start(Options::default());
+    let sluice = Sluice::start(&format!(
+        "[delivery]\nretry_initial = \"1h\"\n\n[tls_policy]\n\"dest.test\" = \"required\"\n\n\
+         [routes]\n\"*\" = \"{}\"\n",
+        plain.addr
+    ));
+    let mut client = sluice.connect();
+    let lifted = client.send_message(
+        "a@origin.test",
+        &["b@dest.test"],
+        "From: a@origin.test\r\nTLS-Required: No\r\nSubject: lifted\r\n\r\nAny way.\r\n",
+    );
+    let kept = client.send_message("a@origin.test", &["c@dest.test"], BODY);
+    let delivered = wait_delivered(&plain, 1).remove(0);
+    assert_eq!(delivered.recipients, ["b@dest.test"]);
+    assert!(
+        delivered.tls.is_none(),
+        "in plaintext, as the header allows"
+    );
+    sluice.wait_log(&[&format!("queue_id={lifted}"), "TLS-Required: No"]);
+    let line = sluice.wait_log(&[&format!("queue_id={kept}"), "recipient=c@dest.test"]);
+    assert!(
+        line.contains("status=deferred"),
+        "without the header, required TLS defers: {line}"
+    );
+    assert_eq!(plain.delivered().len(), 1);
+}
+
+#[test]
+fn tls_required_no_is_ignored_with_the_requiretls_parameter() {
+    let plain = Destination::start(Options::default());
+    let certs = TestCerts::new(&["127.0.0.1"]);
+    let inbox = tls_destination(&certs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs.write_ca(dir.path());
+    let (sluice, certificate) = sluice_with_tls(&format!(
+        "[delivery]\ntls_ca = \"{}\"\nretry_initial = \"1h\"\n\n\
+         [routes]\n\"dest.test\" = \"{}\"\n\"origin.test\" = \"{}\"\n",
+        ca.display(),
+        plain.addr,
+        inbox.addr
+    ));
+    let mut client = over_tls(&sluice, &certificate);
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@origin.test> REQUIRETLS", "250");
+    client.expect("RCPT TO:<b@dest.test>", "250");
+    client.expect("DATA", "354");
+    client.send_raw(b"From: a@origin.test\r\nTLS-Required: No\r\n\r\nx\r\n.\r\n");
+    let id = queue_id(&client.read_reply()).expect("queued");
+    let line = sluice.wait_log(&[&format!("queue_id={id}"), "recipient=b@dest.test"]);
+    assert!(
+        line.contains("status=bounced") && line.contains("5.7.30"),
+        "{line}"
+    );
+    assert!(plain.delivered().is_empty());
+}

@@ -276,8 +276,25 @@ pub async fn deliver_domain(
     // Hosts before ourselves in the list were tried (RFC 5321 §5.1).
     let mut tried = false;
     let mut connections = 0;
+    // RFC 8689 §5: `TLS-Required: No`, read once, only if a policy needs it.
+    let mut tls_optional: Option<bool> = None;
     for host in hop.hosts.iter().take(MAX_HOSTS) {
-        let host_policy = security.for_host(host).await;
+        let mut host_policy = security.for_host(host).await;
+        let mut policy = policy;
+        let chosen = host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+        if !message.requiretls && requiretls::is_mandatory(&host_policy, chosen) {
+            if tls_optional.is_none() {
+                let lifted = requiretls::header_says_no(&engine.ctx.queue, &message.id).await;
+                tls_optional = Some(lifted);
+            }
+            if tls_optional == Some(true) {
+                tracing::info!(queue_id = %message.id, domain, host = %host.name, "TLS-Required: No: TLS policies lifted for this message (RFC 8689)");
+                host_policy = HostPolicy::Static;
+                if policy == crate::config::TlsPolicy::Required {
+                    policy = crate::config::TlsPolicy::Opportunistic;
+                }
+            }
+        }
         if let HostPolicy::Refused { policy, reason } = &host_policy {
             tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
             secure::count_session(&engine.ctx.metrics, domain, policy, false);

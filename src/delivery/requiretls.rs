@@ -11,6 +11,11 @@
 //! DNS: a verified certificate for it is enough. Anything less, and the
 //! message is not sent: it fails at once with 5.7.30 (RFC 8689 §5), since
 //! waiting would not make the hop authenticated.
+//!
+//! RFC 8689 §5: the other way round, a `TLS-Required: No` header field on
+//! a message without the REQUIRETLS parameter asks that TLS policies
+//! (DANE, MTA-STS, `required`) not stop it: it goes as opportunistic mail.
+//! With the parameter, the header field is ignored.
 
 use crate::smtp::reply::EnhancedCode;
 
@@ -82,9 +87,75 @@ pub fn session_rule(tls: bool, offers_requiretls: bool, host: &str) -> Result<()
     Ok(())
 }
 
+/// True when `headers` (a header section) has a `TLS-Required: No`
+/// field (names and the value case-insensitive, RFC 8689 §5; folded
+/// white space around the value allowed).
+pub fn tls_required_no(headers: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(headers);
+    let mut fields: Vec<String> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        match fields.last_mut() {
+            Some(field) if line.starts_with([' ', '\t']) => field.push_str(line),
+            _ => fields.push(line.to_string()),
+        }
+    }
+    fields.iter().any(|field| {
+        field.split_once(':').is_some_and(|(name, value)| {
+            name.trim_end().eq_ignore_ascii_case("TLS-Required")
+                && value.trim().eq_ignore_ascii_case("No")
+        })
+    })
+}
+
+/// Reads the queued message's header section and looks for
+/// `TLS-Required: No` (a body file on the blocking pool). A header that
+/// cannot be read lifts nothing.
+pub async fn header_says_no(queue: &sluice_queue::Queue, id: &sluice_queue::QueueId) -> bool {
+    let Ok(reader) = queue.open_body(id) else {
+        return false;
+    };
+    let check = |reader| {
+        super::dsn::read_header_section(reader, 1024 * 1024)
+            .is_ok_and(|headers| tls_required_no(&headers))
+    };
+    if !reader.is_file() {
+        return check(reader);
+    }
+    tokio::task::spawn_blocking(move || check(reader))
+        .await
+        .unwrap_or(false)
+}
+
+/// True when the policy for a host would make TLS mandatory for a
+/// message: what `TLS-Required: No` lifts.
+pub fn is_mandatory(policy: &HostPolicy, mode: TlsMode) -> bool {
+    match policy {
+        HostPolicy::Dane(_) | HostPolicy::MtaStsEnforce | HostPolicy::Refused { .. } => true,
+        HostPolicy::MtaStsTesting | HostPolicy::Static => {
+            matches!(mode, TlsMode::Required | TlsMode::Dane)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_required_no_field() {
+        assert!(tls_required_no(
+            b"Subject: x\r\nTLS-Required: No\r\n\r\nbody"
+        ));
+        assert!(tls_required_no(b"tls-required :\r\n  no \r\n\r\n"));
+        assert!(!tls_required_no(b"TLS-Required: Yes\r\n\r\n"));
+        assert!(!tls_required_no(b"X-TLS-Required: No\r\n\r\n"));
+        assert!(!tls_required_no(b"Subject: x\r\n\r\nTLS-Required: No\r\n"));
+        assert!(!tls_required_no(b"Subject: TLS-Required: No\r\n\r\n"));
+    }
 
     #[test]
     fn only_authenticated_names_with_checked_certificates_qualify() {
