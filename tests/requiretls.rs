@@ -210,3 +210,30 @@ fn tls_required_no_is_ignored_with_the_requiretls_parameter() {
     );
     assert!(plain.delivered().is_empty());
 }
+
+#[test]
+fn sluice_route_says_what_a_requiretls_message_would_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = common::config_text(
+        dir.path(),
+        "",
+        "[tls_policy]\n\"plain.test\" = \"disabled\"\n\n\
+         [routes]\n\"plain.test\" = \"127.0.0.1:2526\"\n\"checked.test\" = \"127.0.0.1:2527\"\n\
+         \"box.test\" = \"lmtp:unix:/run/dovecot/lmtp\"\n\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\n",
+    );
+    let path = common::write_config(dir.path(), &text);
+    let out = common::cli_ok(&path, &["route", "plain.test"]);
+    assert!(
+        out.contains("requiretls: bounced at once (5.7.30)"),
+        "{out}"
+    );
+    let out = common::cli_ok(&path, &["route", "checked.test"]);
+    assert!(
+        out.contains("requiretls: delivered over required TLS"),
+        "{out}"
+    );
+    let out = common::cli_ok(&path, &["route", "box.test", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("route JSON");
+    assert_eq!(json["protocol"], "lmtp", "{out}");
+}
