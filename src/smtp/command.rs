@@ -622,7 +622,7 @@ mod tests {
     #[test]
     fn mail_from_with_parameters() {
         assert_eq!(
-            parse("MAIL FROM:<Alice@Example.ORG> SIZE=1000 BODY=8BITMIME SMTPUTF8"),
+            parse("MAIL FROM:<Alice@Example.ORG> SIZE=1000 BODY=8BITMIME SMTPUTF8 requiretls"),
             Ok(Command::Mail {
                 sender: ReversePath::Mailbox(mailbox("Alice", "example.org")),
                 parameters: MailParameters {
@@ -631,6 +631,7 @@ mod tests {
                     smtputf8: true,
                     ret: None,
                     envid: None,
+                    requiretls: true,
                 },
             })
         );
