@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod disk;
 pub mod logging;
 pub mod metrics;
+pub mod milter;
 pub mod policy;
 pub mod reload;
 pub mod runfile;

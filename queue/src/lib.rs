@@ -358,6 +358,27 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
+        self.commit_with(envelope, body, false).await
+    }
+
+    /// [`Queue::commit`] for a message that is held from the start (a
+    /// milter's quarantine): stored as durably, never due until released.
+    /// Held in the same record as it is stored, so no delivery can claim
+    /// it in between.
+    pub async fn commit_held(
+        &self,
+        envelope: Envelope,
+        body: BodyWriter,
+    ) -> Result<QueueId, QueueError> {
+        self.commit_with(envelope, body, true).await
+    }
+
+    async fn commit_with(
+        &self,
+        envelope: Envelope,
+        body: BodyWriter,
+        held: bool,
+    ) -> Result<QueueId, QueueError> {
         if self.inner.group.is_closed() {
             return Err(QueueError::Closed);
         }
@@ -375,7 +396,7 @@ impl Queue {
             sender: envelope.sender,
             size,
             received_at: now,
-            held: false,
+            held,
             smtputf8: envelope.smtputf8,
             body_8bit: envelope.body_8bit,
             requiretls: envelope.requiretls,

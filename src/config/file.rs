@@ -16,6 +16,7 @@ use super::dns::DnsConfig;
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
 use super::log::{LogConfig, LogFormat};
+use super::milter::{self, MilterFile};
 use super::policy::{self, PolicyConfig, UserConfig};
 use super::print;
 use super::shaping::{ClusterFile, Shaping, ShapingFile};
@@ -45,6 +46,8 @@ pub(super) struct ConfigFile {
     #[serde(rename = "dkim", skip_serializing_if = "Vec::is_empty")]
     pub dkim: Vec<DkimEntry>,
     pub verify: VerifyConfig,
+    #[serde(rename = "milter", skip_serializing_if = "Vec::is_empty")]
+    pub milters: Vec<MilterFile>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shaping: BTreeMap<String, ShapingFile>,
     pub cluster: ClusterFile,
@@ -81,6 +84,7 @@ impl ConfigFile {
         self.log.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
+        let milters = milter::into_settings(self.milters, invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -95,6 +99,7 @@ impl ConfigFile {
             routes,
             dkim: self.dkim,
             verify: self.verify,
+            milters,
             shaping,
             cluster,
             admin: self.admin,
@@ -120,6 +125,7 @@ impl From<&Config> for ConfigFile {
             routes: write_routes(&config.routes),
             dkim: config.dkim.clone(),
             verify: config.verify.clone(),
+            milters: config.milters.iter().map(MilterFile::from).collect(),
             shaping: config.shaping.to_file(),
             cluster: ClusterFile::from(&config.cluster),
             admin: config.admin.clone(),
@@ -147,6 +153,7 @@ impl Default for ConfigFile {
             routes: BTreeMap::new(),
             dkim: Vec::new(),
             verify: VerifyConfig::default(),
+            milters: Vec::new(),
             shaping: BTreeMap::new(),
             cluster: ClusterFile::default(),
             admin: AdminConfig::default(),

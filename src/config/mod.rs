@@ -22,6 +22,7 @@ mod file;
 mod limits;
 mod listeners;
 mod log;
+mod milter;
 mod next_hop;
 mod policy;
 mod print;
@@ -39,6 +40,7 @@ pub use dns::DnsConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
 pub use log::{LogConfig, LogFormat};
+pub use milter::{MilterAddress, MilterConfig, OnFailure};
 pub use next_hop::{HostName, NextHopAddress, Route};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
@@ -136,6 +138,8 @@ pub struct Config {
     pub dkim: Vec<DkimEntry>,
     /// `[verify]`.
     pub verify: VerifyConfig,
+    /// `[[milter]]`: content filters, in order.
+    pub milters: Vec<MilterConfig>,
     /// `[shaping."KEY"]`: traffic shaping per destination.
     pub shaping: Shaping,
     /// `[cluster]`: limits shared through Redis.

@@ -26,6 +26,7 @@ use crate::auth::dkim::{Signer, SigningStream};
 use crate::auth::verify::{Verifier, strip_forged};
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
+use crate::server::milters;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
@@ -547,7 +548,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         outcome: Outcome,
         body: Option<BodyWriter>,
-        signing: Option<SigningStream<'_>>,
+        mut signing: Option<SigningStream<'a>>,
         storage_failed: bool,
         message_id: &mut MessageIdScanner,
     ) -> MessageOutcome {
@@ -558,13 +559,26 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             Outcome::Complete { octets } => match body {
                 Some(mut body) if !storage_failed => {
+                    let ctx = &self.shared.ctx;
+                    let held = match milters::run(
+                        ctx,
+                        &self.shared.dkim,
+                        session,
+                        &mut body,
+                        &mut signing,
+                    )
+                    .await
+                    {
+                        Ok(held) => held,
+                        Err(outcome) => return outcome,
+                    };
                     if let Err(outcome) = self.sign(session, &mut body, signing).await {
                         return outcome;
                     }
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets, message_id.finish())
+                    self.commit(session, body, octets, message_id.finish(), held)
                         .await
                 }
                 _ => MessageOutcome::StorageFailed,
@@ -697,6 +711,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
         octets: u64,
         message_id: Option<&str>,
+        held: bool,
     ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
         let Some(envelope) = session.envelope() else {
@@ -705,7 +720,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         let size = body.len();
-        match ctx.queue.commit(envelope, body).await {
+        let committed = if held {
+            ctx.queue.commit_held(envelope, body).await
+        } else {
+            ctx.queue.commit(envelope, body).await
+        };
+        match committed {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
                 ctx.metrics.message_size_bytes.observe(octets as f64);
@@ -719,6 +739,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     nrcpt = recipients,
                     protocol = %session.protocol(),
                     user = %session.user().unwrap_or("-"),
+                    held,
                     "message accepted"
                 );
                 MessageOutcome::Queued(id.to_string())

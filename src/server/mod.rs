@@ -28,6 +28,7 @@ use crate::smtp::session::SessionConfig;
 pub mod connection;
 pub mod limits;
 pub mod listener;
+pub mod milters;
 pub mod sasl;
 pub mod tls;
 

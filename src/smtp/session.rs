@@ -150,6 +150,10 @@ pub enum MessageOutcome {
     Refused(Refusal),
     /// The queue could not store it.
     StorageFailed,
+    /// Refused by a milter, with its reply.
+    Milter(Reply),
+    /// Accepted and dropped, as a milter said.
+    Discarded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,7 +512,10 @@ impl Session {
     /// transaction ends either way.
     pub fn message_finished(&mut self, outcome: MessageOutcome) -> Action {
         if let Some(transaction) = self.transaction.take()
-            && !matches!(outcome, MessageOutcome::Queued(_))
+            && !matches!(
+                outcome,
+                MessageOutcome::Queued(_) | MessageOutcome::Discarded
+            )
         {
             self.commands
                 .refused_later(Verb::message(transaction.chunking));
@@ -518,6 +525,8 @@ impl Session {
                 Reply::new(250, code(2, 0, 0), format!("Ok: queued as {id}"))
             }
             MessageOutcome::Refused(refusal) => refusal.reply(),
+            MessageOutcome::Milter(reply) => reply,
+            MessageOutcome::Discarded => Reply::new(250, code(2, 0, 0), "Ok"),
             MessageOutcome::StorageFailed => Reply::new(
                 451,
                 code(4, 3, 0),
