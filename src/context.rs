@@ -33,6 +33,8 @@ pub struct Context {
     pub tasks: TaskTracker,
     /// Traffic shaping: limits per destination and suspensions.
     pub shaper: Arc<crate::delivery::shaping::Shaper>,
+    /// The event subscribers, once started (`serve`).
+    pub events: Arc<std::sync::OnceLock<Arc<crate::events::Dispatchers>>>,
 }
 
 impl Context {
@@ -41,10 +43,9 @@ impl Context {
     pub fn new(config: Arc<Config>, queue: Queue) -> Self {
         let resolver = crate::delivery::route::resolver(&config);
         let metrics = Arc::new(Metrics::new());
-        let disk = Arc::new(DiskReserve::new(
-            &config.spool.path,
-            metrics.spool_space.clone(),
-        ));
+        let disk = Arc::new(
+            DiskReserve::new(&config.spool.path, metrics.spool_space.clone()).watch(queue.clone()),
+        );
         let shaper = Arc::new(crate::delivery::shaping::Shaper::new(
             &config,
             &queue,
@@ -57,6 +58,7 @@ impl Context {
             metrics,
             disk,
             shaper,
+            events: Arc::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }

@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::queue::QueueCommand,
     },
+    /// Delivery events for applications ([[events]] subscribers).
+    Events {
+        #[command(subcommand)]
+        command: cli::events::EventsCommand,
+    },
     /// Show the next hops and TLS policy (DANE, MTA-STS, static) for a
     /// recipient domain, without sending anything.
     Route(cli::route::RouteArgs),
@@ -75,6 +80,8 @@ enum Generate {
 }
 
 fn main() -> ExitCode {
+    // The spool is 0700/0600 whatever the umask (DESIGN.md "Local access").
+    sluice::local::privilege::restrict_umask();
     // Installed as `sendmail` (a symlink to this binary): behave as
     // `sluice sendmail`, the configuration from SLUICE_CONFIG. As `mailq`:
     // `sluice sendmail -bp`, which is `sluice queue list`.
@@ -182,16 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let spool = loaded.config.spool.path.clone();
             match runtime.block_on(sluice::serve::run(loaded.config, loaded.path))? {
                 sluice::serve::Stopped::Requested => Ok(0),
-                // A runtime error, exit 1 (DESIGN.md "Exit codes"): systemd's
-                // Restart=on-failure restarts the server, which reopens the
-                // spool from what is on disk.
-                sluice::serve::Stopped::StorageFailed => anyhow::bail!(
-                    "stopped after a storage failure of the spool {}; a restart reopens it",
-                    spool.display()
-                ),
             }
         }
         Command::Sendmail { args } => sendmail(&args, cli.config.as_deref()),
@@ -215,12 +214,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             cli::dkim::run(command)?;
             Ok(0)
         }
+        Command::Events { command } => {
+            let loaded = Config::load(cli.config.as_deref())?;
+            cli::events::run(command, &loaded)
+        }
         Command::Route(args) => {
             let loaded = Config::load(cli.config.as_deref())?;
             cli::route::run(&args, &loaded.config)
         }
         Command::Queue { command } => {
             let loaded = Config::load(cli.config.as_deref())?;
+            // Root against a spool it does not own: as its owner, before
+            // opening anything.
+            sluice::local::privilege::become_spool_owner(&loaded.config.spool.path)?;
             let code = cli::queue::run(command, &loaded)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }

@@ -46,8 +46,15 @@ pub struct Metrics {
     pub tls_sessions: Family<Vec<(String, String)>, Counter>,
     /// Configuration reloads (SIGHUP), by `result` (ok, failed).
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
+    /// Clients, commands and recipients refused by the front door
+    /// (`crate::frontdoor`), by `reason` (pregreet, dnsbl, connection_rate,
+    /// message_rate, recipient_rate, unknown_recipient,
+    /// unverified_recipient, greylisted).
+    pub front_door_refusals: Family<Vec<(String, String)>, Counter>,
     /// Traffic shaping per rule and destination (`delivery::shaping`).
     pub shaping: std::sync::Arc<crate::delivery::shaping::metrics::ShapingMetrics>,
+    /// Delivery events per subscriber (`events::dispatch`).
+    pub events: std::sync::Arc<crate::events::EventMetrics>,
 }
 
 impl Default for Metrics {
@@ -76,7 +83,9 @@ impl Metrics {
             spool_space: crate::disk::SpaceGauges::default(),
             tls_sessions: Family::default(),
             config_reloads: Family::default(),
+            front_door_refusals: Family::default(),
             shaping: Default::default(),
+            events: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +139,11 @@ impl Metrics {
             metrics.queue_recipients.clone(),
         );
         registry.register(
+            "frontdoor_refusals",
+            "Connections, commands and recipients refused by the front door, by reason",
+            metrics.front_door_refusals.clone(),
+        );
+        registry.register(
             "dkim_signatures",
             "DKIM signatures added to accepted messages",
             metrics.dkim_signatures.clone(),
@@ -151,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "tls_sessions",
-            "Outbound TLS sessions by recipient domain, policy and result",
+            "Outbound TLS sessions by policy and result",
             metrics.tls_sessions.clone(),
         );
         registry.register(
@@ -166,6 +180,7 @@ impl Metrics {
                 .get_or_create(&vec![("result".to_string(), result.to_string())]);
         }
         metrics.shaping.register(&mut registry);
+        metrics.events.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -1,8 +1,9 @@
 //! Files the running server leaves in its spool directory for the operator
 //! commands: the addresses it actually bound, so `sluice queue` finds the
-//! admin API (`admin.address`) and `sluice sendmail` the SMTP listener
-//! (`smtp.address`) even when the configuration says port 0 or was edited
-//! since the server started.
+//! admin API (`admin.address`), and scripts the SMTP listeners
+//! (`smtp.address`; `sluice sendmail` uses the submit socket, never TCP),
+//! even when the configuration says port 0 or was edited since the server
+//! started.
 //!
 //! Each file is written atomically (a temporary file renamed over it) and
 //! removed when its [`RunFile`] is dropped, that is when the server stops.

@@ -1,9 +1,10 @@
 //! `sluice serve`: opens the queue, binds the listeners and the admin API,
 //! starts the scheduler, reports readiness, reloads the configuration on
 //! SIGHUP (see [`crate::reload`]), and shuts down on SIGTERM, SIGINT or
-//! SIGQUIT or when the spool can no longer be written (see
-//! [`Stopped::StorageFailed`]). Every way out removes the files it left in
-//! the spool (`admin.address`, `smtp.address`).
+//! SIGQUIT. A spool that can no longer be written (disk full, I/O error)
+//! does not stop it: [`crate::recovery`] reopens the database once writes
+//! can succeed. Every way out removes the files it left in the spool
+//! (`admin.address`, `smtp.address`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,13 +26,6 @@ use crate::server::Server;
 pub enum Stopped {
     /// SIGTERM, SIGINT or SIGQUIT: a clean stop.
     Requested,
-    /// A write to the spool's database failed (disk full, I/O error). sled
-    /// refuses every later write until the database is opened again, so the
-    /// server stopped the way it does on SIGTERM (new connections got
-    /// `421 4.3.0`, sessions in a transaction got their `451 4.3.0`) for its
-    /// supervisor to restart it; the restart reopens the spool from what is
-    /// on disk, which holds every acknowledged message.
-    StorageFailed,
 }
 
 /// How long `serve` waits at start for a spool another process holds (an
@@ -85,16 +79,33 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     // Listen first: a start that cannot bind must not create the spool.
     let smtp_sockets = Server::bind_sockets(&config).await?;
     let admin_socket = Admin::bind_socket(&config).await?;
+    crate::local::privilege_after_bind(&config)?;
     let queue = open_queue(spool, options).await?;
+    let submit_socket = crate::local::prepare_spool(&config)?;
     let ctx = Context::new(config.clone(), queue.clone());
 
     let crate::reload::files::Files {
         server_tls,
         tls_clients,
         dkim,
+        recipients,
     } = files;
-    let server = Arc::new(Server::new(&ctx, smtp_sockets, server_tls, dkim));
-    let admin = Admin::new(&ctx, admin_socket);
+    let server = Arc::new(Server::new(
+        &ctx,
+        smtp_sockets,
+        server_tls,
+        dkim,
+        recipients,
+    ));
+    let admin = Admin::new(&ctx, admin_socket)?;
+    let dispatchers = crate::events::Dispatchers::start(
+        &config,
+        &queue,
+        tls_clients.verified.clone(),
+        ctx.metrics.events.clone(),
+        ctx.shutdown.clone(),
+    );
+    let _ = ctx.events.set(dispatchers);
     let scheduler = Scheduler::with_tls(&ctx, Arc::new(SystemClock), tls_clients);
     let smtp_addresses: Vec<String> = server
         .local_addrs()
@@ -113,6 +124,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
         hostname = %config.hostname,
         smtp = %smtp_addresses.join(","),
         admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_socket = %admin.socket_path().display(),
+        admin_token_file = %admin.token_file().map(|p| p.display().to_string()).unwrap_or_default(),
         spool = %config.spool.path.display(),
         "sluice started"
     );
@@ -121,6 +134,13 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     server.start();
     parts.spawn(admin.run());
     parts.spawn(scheduler.run());
+    parts.spawn(submit_socket.run(ctx.clone(), server.clone()));
+    parts.spawn(crate::local::intake::run(
+        ctx.clone(),
+        server.clone(),
+        config.local.maildrop(&config.spool.path),
+    ));
+    parts.spawn(crate::recovery::run(ctx.clone()));
     // Readiness for systemd (Type=notify): listeners are bound.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -141,15 +161,6 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
                 }
                 Signal::Ignored(name) => tracing::info!(signal = name, "signal ignored"),
             },
-            reason = queue.failed() => {
-                tracing::error!(
-                    spool = %config.spool.path.display(),
-                    %reason,
-                    "the spool cannot be written (disk full or I/O error): stopping; \
-                     acknowledged mail is safe on disk and a restart resumes once writes succeed"
-                );
-                break Stopped::StorageFailed;
-            }
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -167,13 +178,13 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<Stoppe
     while parts.join_next().await.is_some() {}
     drop(reloader);
     let closed = queue.close().await;
-    if stopped == Stopped::StorageFailed {
-        // The final flush fails too; what it could not write was never
-        // acknowledged.
+    if let Some(reason) = queue.failure() {
+        // Stopped while the spool was failed: the final flush fails too;
+        // what it could not write was never acknowledged.
         if let Err(error) = closed {
-            tracing::warn!(%error, "final flush of the failed spool");
+            tracing::warn!(%error, %reason, "final flush of the failed spool");
         }
-        tracing::error!(spool = %config.spool.path.display(), "sluice stopped after a storage failure");
+        tracing::info!("sluice stopped");
         return Ok(stopped);
     }
     closed.context("flushing the queue")?;

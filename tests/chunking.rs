@@ -22,7 +22,9 @@ fn body(big: bool) -> String {
         "From: a@origin.test\r\nTo: b@dest.test\r\nSubject: chunks\r\n\r\n.one dot\r\n..two dots\r\n.\r\n",
     );
     if big {
-        let line = format!("{}\r\n", "x".repeat(998));
+        // Lines stay within 998 octets: longer ones are broken on the way in
+        // (DESIGN.md "Faults"), which is not what this test is about.
+        let line = format!("{}\r\n", "x".repeat(990));
         for index in 0..600 {
             body.push_str(&format!(".{index}"));
             body.push_str(&line);

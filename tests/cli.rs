@@ -23,7 +23,7 @@ fn example_config_is_valid() {
     std::fs::create_dir(&tls).unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["mx.example.org".into()]).unwrap();
     std::fs::write(tls.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+    common::server::write_private(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
     let path = dir.path().join("sluice.toml");
     let text = example.replace("/etc/sluice/tls/", &format!("{}/", tls.display()));
     std::fs::write(&path, text).unwrap();

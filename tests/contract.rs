@@ -189,7 +189,7 @@ fn every_documented_config_key_is_accepted_and_kept() {
     let certified = rcgen::generate_simple_self_signed(vec!["mx.example.org".into()]).unwrap();
     std::fs::write(tls.join("cert.pem"), certified.cert.pem()).unwrap();
     std::fs::write(tls.join("ca.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+    common::server::write_private(tls.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
     let (code, stdout, stderr) = run_in(
         dir.path(),
         None,
@@ -462,7 +462,7 @@ fn ehlo_offers_starttls_but_not_auth_before_tls() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, generated.cert.pem()).unwrap();
-    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    common::server::write_private(&key, generated.key_pair.serialize_pem()).unwrap();
     let text = config_text(
         dir.path(),
         "",

@@ -670,7 +670,15 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
         .next()
         .expect("name=value")
         .to_string();
-    assert!(!cookie.contains(TOKEN), "the token is encoded: {cookie}");
+    let hex_token: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !cookie.contains(TOKEN) && !cookie.contains(&hex_token),
+        "the cookie holds a session ID, never the token: {cookie}"
+    );
+    assert!(
+        set_cookie.contains("Max-Age="),
+        "the session expires: {set_cookie}"
+    );
 
     // The cookie opens the API and the dashboard's data.
     let get = |path: &str, cookie: Option<&str>| {
@@ -683,6 +691,8 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
     assert_eq!(get("/v1/queue", None).status(), 401);
     assert_eq!(get("/v1/queue", Some(&cookie)).status(), 200);
     assert_eq!(get("/v1/queue", Some("sluice_token=00")).status(), 401);
+    let forged = format!("sluice_session={}", "0".repeat(64));
+    assert_eq!(get("/v1/queue", Some(&forged)).status(), 401);
     let history: Value = get("/v1/dashboard/history", Some(&cookie))
         .into_json()
         .expect("history JSON");
@@ -724,7 +734,8 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
     let out = call(
         agent
             .post(&format!("{base}/logout"))
-            .set("X-Sluice-Request", "1"),
+            .set("X-Sluice-Request", "1")
+            .set("Cookie", &cookie),
         None,
     );
     assert_eq!(out.status(), 204);
@@ -733,13 +744,33 @@ fn the_login_cookie_is_http_only_strict_and_stands_for_the_token() {
             .is_some_and(|c| c.contains("Max-Age=0")),
         "logout expires the cookie"
     );
+    assert_eq!(
+        get("/v1/queue", Some(&cookie)).status(),
+        401,
+        "the session ended at logout"
+    );
+
+    // Logins are rate limited: after 5 wrong tokens in a minute (one above),
+    // even the right one is refused for a while.
+    for _ in 0..4 {
+        assert_eq!(login("wrong", &own).status(), 401);
+    }
+    let throttled = login(TOKEN, &own);
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.header("retry-after").is_some());
 }
 
 #[test]
-fn without_a_token_the_dashboard_follows_the_loopback_rule() {
+fn without_a_token_the_dashboard_needs_the_generated_one() {
     let sluice = quiet_server("");
     let session = http("GET", sluice.admin, "/v1/dashboard/session", None).json();
-    assert_eq!(session["token_required"], false);
+    assert_eq!(session["token_required"], true);
+    // Loopback is not trust.
+    assert_eq!(
+        common::admin::http_anonymous("GET", sluice.admin, "/v1/dashboard/state").status,
+        401
+    );
+    // `http` sends the token sluice generated into <spool>/admin.token.
     assert_eq!(
         http("GET", sluice.admin, "/v1/dashboard/state", None).status,
         200

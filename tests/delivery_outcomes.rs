@@ -363,6 +363,61 @@ fn a_recipient_refused_at_the_first_mx_is_not_offered_to_the_second() {
 }
 
 #[test]
+fn the_attempt_history_shows_each_host_tried_with_its_reply() {
+    // Issue 21: `attempts_log` shows every host of the attempt, not only
+    // the last, so an operator sees what each one said.
+    let (mx1, mx2, port) = two_hosts(43, 44, Options::default(), Options::default());
+    mx1.on_data_command(|_, _| Some(DROP.into()));
+    mx2.on_rcpt(|_, _| Some("451 4.3.0 try again later".into()));
+    let dns = two_mx(43, 44);
+    let inbox = inbox();
+    let (sluice, id) = start(
+        None,
+        &inbox,
+        &format!("port = {port}\n"),
+        &dns.config(),
+        &["ok@dest.test"],
+    );
+    assert_outcome(&sluice, &id, "ok@dest.test", "deferred", "451 4.3.0");
+    let shown: serde_json::Value = serde_json::from_str(&common::cli_ok(
+        &sluice.config_path,
+        &["queue", "show", &id, "--json"],
+    ))
+    .expect("JSON");
+    let log = shown["recipients"][0]["attempts_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("an attempts_log: {shown}"));
+    let relays: Vec<&str> = log
+        .iter()
+        .filter_map(|entry| entry["relay"].as_str())
+        .collect();
+    assert_eq!(
+        relays,
+        [
+            format!("mx1.dest.test[127.0.0.43]:{port}"),
+            format!("mx2.dest.test[127.0.0.44]:{port}")
+        ],
+        "{shown}"
+    );
+    assert!(
+        log[0]["reply"]
+            .as_str()
+            .is_some_and(|reply| reply.contains("mx1.dest.test")),
+        "the first host's failure: {shown}"
+    );
+    assert!(
+        log[1]["reply"]
+            .as_str()
+            .is_some_and(|reply| reply.contains("451 4.3.0")),
+        "the second host's reply: {shown}"
+    );
+    assert_eq!(
+        shown["recipients"][0]["attempts"], 1,
+        "one attempt: {shown}"
+    );
+}
+
+#[test]
 fn all_refused_at_the_first_mx_then_a_drop_tries_no_other_host() {
     let (mx1, mx2, port) = two_hosts(37, 38, Options::default(), Options::default());
     mx1.on_rcpt(|rcpt, _| Some(format!("550 5.1.1 <{rcpt}>: no such user")));

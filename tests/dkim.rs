@@ -214,7 +214,7 @@ fn check_config_refuses_a_key_that_cannot_sign_naming_the_entry() {
         use rsa::pkcs8::EncodePrivateKey as _;
         let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).expect("rsa 1024");
         let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).expect("pem");
-        std::fs::write(&weak, pem.as_bytes()).expect("write key");
+        common::server::write_private(&weak, pem.as_bytes()).expect("write key");
     }
     let config = |entries: &str| {
         let text = common::config_text(dir.path(), "", entries);
@@ -273,4 +273,32 @@ fn a_message_sent_in_bdat_chunks_is_signed_too() {
     let stored = stop_and_read_queue(&mut sluice)[0].body.clone();
     assert!(stored.starts_with("DKIM-Signature: "), "{stored}");
     assert_eq!(dkimpy_verify(&dns, stored.as_bytes()), [true], "{stored}");
+}
+
+#[test]
+fn a_message_with_long_lines_is_broken_before_signing_and_verifies() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (ed_key, ed_txt) = keygen(keys.path(), "example.org", "ed", "ed25519");
+    let dns = DnsServer::start();
+    dns.txt("ed._domainkey.example.org", &ed_txt);
+    let sluice = Sluice::start(&format!(
+        "{}\n{NO_DELIVERY}",
+        dkim_entry("example.org", "ed", &ed_key)
+    ));
+    let words: Vec<String> = (0..150).map(|n| format!("w{n:08}")).collect();
+    let message = format!(
+        "From: Alice <alice@example.org>\r\nTo: bob@dest.test\r\nSubject: {}\r\n\r\n{}\r\n",
+        words.join(" "),
+        "y".repeat(5000)
+    );
+    let stored = send_and_read(sluice, &message);
+    assert!(
+        stored.lines().all(|line| line.len() <= 998),
+        "no stored line over 998 octets"
+    );
+    assert_eq!(
+        dkimpy_verify(&dns, stored.as_bytes()),
+        [true],
+        "the signature covers the broken lines:\n{stored}"
+    );
 }

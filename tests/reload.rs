@@ -183,7 +183,7 @@ fn a_new_starttls_handshake_sees_the_new_certificate_after_hup() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (old_pem, old_key, old_der) = certificate();
     std::fs::write(&cert_path, old_pem).expect("write cert");
-    std::fs::write(&key_path, old_key).expect("write key");
+    common::server::write_private(&key_path, old_key).expect("write key");
     let text = routed(
         dir.path(),
         "127.0.0.1:9".parse().unwrap(),
@@ -202,7 +202,7 @@ fn a_new_starttls_handshake_sees_the_new_certificate_after_hup() {
     // The certificate is renewed in place (same paths, as certbot does).
     let (new_pem, new_key, new_der) = certificate();
     std::fs::write(&cert_path, new_pem).expect("write cert");
-    std::fs::write(&key_path, new_key).expect("write key");
+    common::server::write_private(&key_path, new_key).expect("write key");
     hup(&server, "ok");
     assert_eq!(
         starttls_certificate(server.smtp, &new_der),
@@ -309,7 +309,7 @@ fn a_file_that_does_not_load_is_refused_whole_and_the_old_settings_stay() {
     let busy_address = busy.local_addr().expect("address");
     let missing = server.dir.path().join("missing.pem");
     let garbage = server.dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "not a key\n").expect("write");
+    common::server::write_private(&garbage, "not a key\n").expect("write");
     let (cert_pem, _, _) = certificate();
     let cert_path = server.dir.path().join("cert.pem");
     std::fs::write(&cert_path, cert_pem).expect("write");
@@ -421,9 +421,9 @@ fn check_config_fails_where_a_start_would() {
     let (cert_pem, key_pem, _) = certificate();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    common::server::write_private(&key, key_pem).expect("write");
     let garbage = dir.path().join("garbage.pem");
-    std::fs::write(
+    common::server::write_private(
         &garbage,
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
@@ -660,7 +660,7 @@ fn a_kept_listener_takes_a_changed_kind_on_its_socket() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (pem, key, _) = certificate();
     std::fs::write(&cert_path, pem).expect("write cert");
-    std::fs::write(&key_path, key).expect("write key");
+    common::server::write_private(&key_path, key).expect("write key");
     let tls = format!(
         "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         cert_path.display(),

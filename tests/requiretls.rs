@@ -28,7 +28,8 @@ fn sluice_with_tls(extra: &str) -> (Sluice, rustls::pki_types::CertificateDer<'s
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+    common::server::write_private(&key_path, certified.key_pair.serialize_pem())
+        .expect("write key");
     let sluice = Sluice::start_in(
         dir,
         &format!(

@@ -571,9 +571,14 @@ fn http_raw(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
 }
 
 fn request(admin: SocketAddr, method: &str, target: &str) -> Vec<u8> {
+    // With the token sluice generated: what a bad request gets once past
+    // the token check (without it, every one gets 401).
+    let authorization = common::server::generated_token(admin)
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     format!(
         "{method} {target} HTTP/1.1\r\nHost: {admin}\r\nX-Sluice-Request: 1\r\n\
-         Connection: close\r\nContent-Length: 0\r\n\r\n"
+         {authorization}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )
     .into_bytes()
 }

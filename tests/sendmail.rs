@@ -11,7 +11,6 @@ mod common {
 }
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -19,9 +18,8 @@ use common::destination::{Destination, Options, Transaction, wait_delivered};
 use common::{Sluice, field};
 
 /// A server relaying everything to a destination, and a client config for
-/// `sluice sendmail` naming the server's listener (the server's own config
-/// says port 0; the client's says the port it got, as a wildcard address to
-/// check that a wildcard is reached on loopback).
+/// `sluice sendmail` naming the server's submit socket (and a relative
+/// spool, so that sendmail can only reach the server through the socket).
 struct Setup {
     destination: Destination,
     server: Sluice,
@@ -40,7 +38,10 @@ impl Setup {
             destination.addr
         ));
         let client_config = server.dir.path().join("client.toml");
-        write_client_config(&client_config, server.smtp.port());
+        write_client_config(
+            &client_config,
+            &server.dir.path().join("spool").join("submit.sock"),
+        );
         Setup {
             destination,
             server,
@@ -58,11 +59,12 @@ impl Setup {
     }
 }
 
-fn write_client_config(path: &Path, port: u16) {
+fn write_client_config(path: &Path, socket: &Path) {
     std::fs::write(
         path,
         format!(
-            "hostname = \"sluice.test\"\n\n[[listener]]\naddress = \"0.0.0.0:{port}\"\nkind = \"relay\"\n"
+            "hostname = \"sluice.test\"\n\n[local]\nsubmit_socket = \"{}\"\n",
+            socket.display()
         ),
     )
     .expect("write client config");
@@ -297,21 +299,19 @@ fn unqualified_sender_and_recipient_get_the_hostname() {
 }
 
 #[test]
-fn no_server_exits_1_with_a_clear_message() {
+fn no_server_exits_75_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let socket = dir.path().join("submit.sock");
     let config = dir.path().join("client.toml");
-    write_client_config(&config, port);
+    write_client_config(&config, &socket);
     let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: x\n\nx\n");
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 75, "{stderr}");
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "sluice: cannot submit: no server answers on 127.0.0.1:{port} (connection refused); \
-             is sluice serve running?"
+            "sluice: cannot submit: no server answers on {} (no such socket); \
+             is sluice serve running?",
+            socket.display()
         )
     );
 }
@@ -320,7 +320,7 @@ fn no_server_exits_1_with_a_clear_message() {
 fn unknown_flag_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("client.toml");
-    write_client_config(&config, 9);
+    write_client_config(&config, Path::new("/nonexistent/submit.sock"));
     for args in [
         &["-x", "b@dest.test"][..],
         &["-bi"],
@@ -344,7 +344,7 @@ fn unknown_flag_is_a_usage_error() {
 fn no_recipients_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("client.toml");
-    write_client_config(&config, 9);
+    write_client_config(&config, Path::new("/nonexistent/submit.sock"));
     let (code, _, stderr) = sendmail(&config, &["-f", "a@origin.test"], b"Subject: x\n\nx\n");
     assert_eq!(code, 2, "{stderr}");
     assert!(
@@ -361,7 +361,7 @@ fn no_recipients_is_a_usage_error() {
 fn help_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("client.toml");
-    write_client_config(&config, 9);
+    write_client_config(&config, Path::new("/nonexistent/submit.sock"));
     let (code, stdout, _) = sendmail(&config, &["--help"], b"");
     assert_eq!(code, 0);
     assert!(
@@ -563,72 +563,6 @@ fn listener_on_port_0_is_found_through_the_address_the_server_recorded() {
     drop(server);
 }
 
-#[test]
-fn a_stale_record_falls_back_to_the_configured_listener() {
-    let setup = Setup::new();
-    // A record left by a crashed server: its port answers no more.
-    let dead = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let spool = setup.server.dir.path().join("client-spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    std::fs::write(spool.join("smtp.address"), format!("relay {dead}\n")).unwrap();
-    let config = setup.server.dir.path().join("stale.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hostname = \"sluice.test\"\n[spool]\npath = \"{}\"\n\n[[listener]]\n\
-             address = \"127.0.0.1:{}\"\nkind = \"relay\"\n",
-            spool.display(),
-            setup.server.smtp.port()
-        ),
-    )
-    .unwrap();
-    let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: s\n\nx\n");
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(setup.delivered(1)[0].recipients, ["b@dest.test"]);
-}
-
-/// A server that refuses EHLO (502) and accepts HELO: sendmail falls back
-/// to HELO on the same session, and the message arrives. (It used to QUIT
-/// after the refused EHLO and then send HELO on the closed session.)
-#[test]
-fn a_refused_ehlo_falls_back_to_helo_on_the_same_session() {
-    let destination = Destination::start(Options {
-        ehlo: false,
-        ..Options::default()
-    });
-    // The test destination's usual final reply has no queue ID; a server
-    // sendmail submits to names one.
-    destination.on_data(|_, _| Some("250 2.0.0 Ok: queued as HeloFallback1".into()));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("client.toml");
-    write_client_config(&config, destination.addr.port());
-    let (code, stdout, stderr) = sendmail(
-        &config,
-        &["-v", "-f", "a@origin.test", "b@dest.test"],
-        b"Subject: helo\n\nx\n",
-    );
-    assert_eq!(code, 0, "sendmail after a refused EHLO: {stderr}");
-    assert_eq!(stdout.trim(), "queued as HeloFallback1");
-    let delivered = wait_delivered(&destination, 1);
-    assert_eq!(delivered[0].mail_from, "a@origin.test");
-    assert_eq!(delivered[0].recipients, ["b@dest.test"]);
-    assert!(text(&delivered[0].body).contains("Subject: helo\r\n"));
-    let commands = destination.commands();
-    let ehlo = commands.iter().position(|c| c.starts_with("EHLO "));
-    let helo = commands.iter().position(|c| c.starts_with("HELO "));
-    assert!(
-        matches!((ehlo, helo), (Some(e), Some(h)) if e < h),
-        "EHLO, then HELO: {commands:?}"
-    );
-    assert!(
-        !commands[..helo.unwrap_or(0)].iter().any(|c| c == "QUIT"),
-        "no QUIT before HELO: {commands:?}"
-    );
-}
-
 /// A config with an absolute spool in `dir`, a listener nothing answers
 /// on (port 0, recorded nowhere), mail routed to `route`, and `extra`.
 fn maildrop_config(dir: &Path, route: std::net::SocketAddr, extra: &str) -> PathBuf {
@@ -698,7 +632,8 @@ fn no_server_writes_into_the_spool_with_the_same_processing_and_the_server_deliv
         "{headers}"
     );
     assert!(
-        headers.contains("Received: from ") && headers.contains(&format!("id {id}")),
+        headers.contains("Received: by sluice.test (sluice, from userid ")
+            && headers.contains(&format!("id {id}")),
         "{headers}"
     );
     assert!(headers.contains("\r\nDate: "), "{headers}");
@@ -733,9 +668,9 @@ fn spawn_sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> std::process::C
 
 /// A spool held by another process (here the test, as a server that does
 /// not answer would) is waited for: released within the wait, the message
-/// is taken; held past it, sendmail exits 1 saying why.
+/// is taken; held past it, sendmail exits 75 (EX_TEMPFAIL) saying why.
 #[test]
-fn a_held_spool_is_waited_for_then_sendmail_exits_1() {
+fn a_held_spool_is_waited_for_then_sendmail_exits_75() {
     let destination = Destination::start(Options::default());
     let dir = tempfile::tempdir().unwrap();
     let config = maildrop_config(dir.path(), destination.addr, "");
@@ -760,11 +695,11 @@ fn a_held_spool_is_waited_for_then_sendmail_exits_1() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("queued as "));
 
-    // Held throughout: exit 1 after the bounded wait, nothing written.
+    // Held throughout: exit 75 after the bounded wait, nothing written.
     let queue = common::spool::open_spool(&spool);
     let started = std::time::Instant::now();
     let (code, _, stderr) = sendmail(&config, &["b@dest.test"], b"Subject: refused\n\nx\n");
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 75, "{stderr}");
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(9),
         "the wait is bounded but real: {:?}",

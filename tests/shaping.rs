@@ -16,7 +16,7 @@ mod common {
 }
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -382,5 +382,84 @@ fn an_mx_suffix_rule_limits_every_domain_behind_it_together() {
         destination.max_open(),
         1,
         "the three domains share the suffix rule's one connection"
+    );
+}
+
+/// Two destinations on the same free port at 127.0.0.`a` and 127.0.0.`b`
+/// (`delivery.port` gives every MX host the same port).
+fn two_hosts(a: u8, b: u8) -> (Destination, Destination, u16) {
+    for _ in 0..50 {
+        let second =
+            Destination::start_on(SocketAddr::from(([127, 0, 0, b], 0)), Options::default());
+        let port = second.addr.port();
+        if let Some(first) = Destination::try_start_at(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, a)),
+            port,
+            Options::default(),
+        ) {
+            return (first, second, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.{a} and 127.0.0.{b}");
+}
+
+#[test]
+fn a_throttle_from_the_first_mx_host_suspends_without_trying_the_second() {
+    // Issue 21: the first MX host throttles at RCPT; trying the second one
+    // right away is what the throttle asks not to do.
+    let (mx1, mx2, port) = two_hosts(41, 42);
+    mx1.on_rcpt(|_, _| Some("421 4.7.28 rate limited".into()));
+    let dns = DnsServer::start();
+    dns.mx("dest.test", &[(10, "mx1.dest.test"), (20, "mx2.dest.test")]);
+    dns.a("mx1.dest.test", &[Ipv4Addr::new(127, 0, 0, 41)]);
+    dns.a("mx2.dest.test", &[Ipv4Addr::new(127, 0, 0, 42)]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "{}[delivery]\ntls = \"disabled\"\nport = {port}\nretry_initial = \"1s\"\n\
+             retry_max = \"1s\"\nconnect_timeout = \"5s\"\n\n\
+             [shaping.\"dest.test\"]\nsuspend_on = [\"4.7.28\"]\nsuspend_for = \"1h\"\n",
+            dns.config()
+        ),
+    );
+    let ids = enqueue(dir.path(), "dest.test", 1);
+    let server = Sluice::start_with(dir, &text);
+    server.wait_log(&["destination suspended by its reply", "dest.test"]);
+    // Due again a second later, the message is put off, not attempted.
+    server.wait_log(&["destination suspended; delivery put off", &ids[0]]);
+
+    assert_eq!(mx2.connections(), 0, "the second MX host was contacted");
+    assert_eq!(
+        mx1.connections(),
+        1,
+        "the throttling host was contacted again"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&cli_ok(
+        &server.config_path,
+        &["queue", "summary", "--json"],
+    ))
+    .expect("JSON");
+    assert_eq!(summary["domains"][0]["suspended"], true, "{summary}");
+    let shown: serde_json::Value = serde_json::from_str(&cli_ok(
+        &server.config_path,
+        &["queue", "show", &ids[0], "--json"],
+    ))
+    .expect("JSON");
+    let log = shown["recipients"][0]["attempts_log"]
+        .as_array()
+        .expect("an attempts_log");
+    assert_eq!(log.len(), 1, "one host tried: {shown}");
+    assert_eq!(
+        log[0]["relay"],
+        format!("mx1.dest.test[127.0.0.41]:{port}"),
+        "{shown}"
+    );
+    assert!(
+        log[0]["reply"]
+            .as_str()
+            .is_some_and(|reply| reply.contains("421 4.7.28 rate limited")),
+        "the attempt history shows the throttle: {shown}"
     );
 }

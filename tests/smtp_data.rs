@@ -165,10 +165,11 @@ fn bdat_with_several_chunks_is_queued_byte_for_byte() {
     client.expect("EHLO client.test", "250");
     client.expect("MAIL FROM:<a@example.org> BODY=8BITMIME", "250");
     client.expect("RCPT TO:<b@example.net>", "250");
-    // Binary-safe: bare LF, a lone dot line and CRLF.CRLF are just octets.
+    // A lone dot line and CRLF.CRLF are just octets (a bare CR or LF is
+    // refused as over DATA: see the smuggling tests below).
     let chunks: [&[u8]; 3] = [
         b"Subject: chunks\r\n\r\n",
-        b"one\n.\r\n.\r\ntwo",
+        b"one\r\n.\r\n.\r\ntwo",
         b"\r\nthree\r\n",
     ];
     for chunk in &chunks[..2] {
@@ -186,7 +187,7 @@ fn bdat_with_several_chunks_is_queued_byte_for_byte() {
     assert!(
         queued[0]
             .body
-            .ends_with("Subject: chunks\r\n\r\none\n.\r\n.\r\ntwo\r\nthree\r\n"),
+            .ends_with("Subject: chunks\r\n\r\none\r\n.\r\n.\r\ntwo\r\nthree\r\n"),
         "{:?}",
         queued[0].body
     );
@@ -320,5 +321,69 @@ fn accepted_line_has_the_message_id_and_the_stored_size() {
     assert_eq!(
         common::field(&line, "size"),
         queued_size(&server, &without_id)
+    );
+}
+
+#[test]
+fn bdat_smuggling_with_bare_cr_is_refused_with_550_and_nothing_queued() {
+    let mut server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    let payload = b"A\r.\rMAIL FROM:<x@evil.test>\r\n";
+    client.send_raw(format!("BDAT {} LAST\r\n", payload.len()).as_bytes());
+    client.send_raw(payload);
+    let reply = client.read_reply();
+    assert!(
+        reply.starts_with("550 5.5.2"),
+        "expected 550 5.5.2 for a bare CR over BDAT, got {reply:?}"
+    );
+    server.wait_log(&["transaction refused", "bare CR or LF"]);
+    client.expect("NOOP", "250");
+    client.expect("QUIT", "221");
+    let queued = stop_and_read_queue(&mut server);
+    assert!(
+        queued.is_empty(),
+        "nothing may be queued, found {}",
+        queued.len()
+    );
+}
+
+#[test]
+fn bdat_bare_lf_in_an_early_chunk_is_refused_after_the_last() {
+    let mut server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    let first = b"X-Foo: a\nAuthentication-Results: x; dkim=pass\r";
+    client.send_raw(format!("BDAT {}\r\n", first.len()).as_bytes());
+    client.send_raw(first);
+    let reply = client.read_reply();
+    assert!(
+        reply.starts_with("250"),
+        "a chunk that is not the last: {reply:?}"
+    );
+    let last = b"\nSubject: x\r\n\r\nbody\r\n";
+    client.send_raw(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
+    client.send_raw(last);
+    let reply = client.read_reply();
+    assert!(reply.starts_with("550 5.5.2"), "{reply:?}");
+    // A CRLF split across two chunks is no bare line ending.
+    client.expect("MAIL FROM:<a@example.org>", "250");
+    client.expect("RCPT TO:<b@example.net>", "250");
+    client.send_raw(b"BDAT 11\r\nSubject: x\r");
+    assert!(client.read_reply().starts_with("250"));
+    client.send_raw(b"BDAT 7 LAST\r\n\n\r\nok\r\n");
+    let reply = client.read_reply();
+    assert!(queue_id(&reply).is_some(), "{reply:?}");
+    client.expect("QUIT", "221");
+    let queued = stop_and_read_queue(&mut server);
+    assert_eq!(queued.len(), 1, "only the clean message");
+    assert!(
+        queued[0].body.ends_with("Subject: x\r\n\r\nok\r\n"),
+        "{:?}",
+        queued[0].body
     );
 }

@@ -432,3 +432,36 @@ fn a_message_refused_at_its_end_logs_the_reply() {
         "{line}"
     );
 }
+
+#[test]
+fn the_101st_of_150_noops_gets_421_4_7_0_and_the_connection_closes() {
+    let server = Sluice::start_no_delivery("");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    // One at a time, so the server never closes with NOOPs unread.
+    for n in 1..=150 {
+        let reply = client.command("NOOP");
+        if n <= 100 {
+            assert!(reply.starts_with("250 "), "NOOP {n}: {reply:?}");
+        } else {
+            assert!(
+                reply.starts_with("421 4.7.0 "),
+                "expected 421 4.7.0 for NOOP {n}, got {reply:?}"
+            );
+            break;
+        }
+    }
+    assert_eq!(client.read_to_end(), "", "the server closed the connection");
+    server.wait_log(&["too many junk commands, closing"]);
+}
+
+#[test]
+fn max_junk_commands_is_configurable() {
+    let server = Sluice::start_no_delivery("[limits]\nmax_junk_commands = 2\n");
+    let mut client = server.connect();
+    client.expect("EHLO client.test", "250");
+    client.expect("RSET", "250");
+    client.expect("HELP", "214");
+    client.expect("VRFY someone", "421 4.7.0");
+    assert_eq!(client.read_to_end(), "");
+}

@@ -47,7 +47,8 @@ fn start_tls(policy: &str, limits: &str) -> TlsServer {
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+    common::server::write_private(&key_path, certified.key_pair.serialize_pem())
+        .expect("write key");
     let extra = format!(
         "[tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n\n\
@@ -348,7 +349,8 @@ fn hash_password_output_authenticates() {
     let certified =
         rcgen::generate_simple_self_signed(vec!["sluice.test".to_string()]).expect("certificate");
     std::fs::write(dir.path().join("c.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("k.pem"), certified.key_pair.serialize_pem()).unwrap();
+    common::server::write_private(dir.path().join("k.pem"), certified.key_pair.serialize_pem())
+        .unwrap();
     let extra = format!(
         "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[user]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n\n{NO_DELIVERY}",
         dir.path().join("c.pem").display(),

@@ -1,10 +1,11 @@
 //! Fuzzes the DATA decoder: decoding in two pieces gives what decoding at
 //! once gives, the output never exceeds the limit, and dot-stuffed clean
-//! bodies round-trip exactly.
+//! bodies round-trip exactly. And the BDAT line-ending check: cut anywhere,
+//! it finds a bare CR or LF exactly when one is there.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::smtp::data::DataDecoder;
+use sluice::smtp::data::{DataDecoder, LineEndingCheck};
 use sluice::smtp::dot::stuff;
 
 fn decode_all(
@@ -56,4 +57,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(problem, None);
     assert_eq!(consumed, wire.len());
     assert_eq!(out, body);
+
+    // BDAT: a bare CR or LF is found wherever the chunks are cut.
+    let bare = input.iter().enumerate().any(|(index, &byte)| match byte {
+        b'\r' => input.get(index + 1) != Some(&b'\n'),
+        b'\n' => index == 0 || input[index - 1] != b'\r',
+        _ => false,
+    });
+    let mut check = LineEndingCheck::new();
+    check.feed(&input[..at]);
+    check.feed(&input[at..]);
+    assert_eq!(check.found_bare(true), bare);
 });

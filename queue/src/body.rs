@@ -24,6 +24,7 @@ use std::sync::Arc;
 use crate::QueueError;
 use crate::model::QueueId;
 use crate::store::Store;
+use crate::usage::SpoolUsage;
 
 /// Bodies up to this size live in the sled tree; bigger ones in files.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
@@ -39,13 +40,19 @@ pub(crate) struct Spool {
     pub bodies: PathBuf,
     /// Body files being written, not yet committed; emptied at open.
     pub tmp: PathBuf,
+    /// Where bodies being received are counted (see [`SpoolUsage`]).
+    pub usage: SpoolUsage,
+    /// The spool directory itself.
+    pub root: PathBuf,
 }
 
 impl Spool {
-    pub(crate) fn new(root: &Path) -> Spool {
+    pub(crate) fn new(root: &Path, usage: SpoolUsage) -> Spool {
         Spool {
             bodies: root.join("bodies"),
             tmp: root.join("tmp"),
+            usage,
+            root: root.to_path_buf(),
         }
     }
 
@@ -65,6 +72,8 @@ pub struct BodyWriter {
     id: QueueId,
     spool: Arc<Spool>,
     len: u64,
+    /// Bytes counted in [`SpoolUsage::in_flight`], uncounted at drop.
+    counted: u64,
     state: WriterState,
 }
 
@@ -97,7 +106,7 @@ pub(crate) struct SpillFile {
 impl SpillFile {
     /// Creates `path`. Blocking.
     fn create(id: QueueId, path: PathBuf) -> io::Result<SpillFile> {
-        let file = File::create(&path)?;
+        let file = create_file(&path)?;
         Ok(SpillFile {
             id,
             path,
@@ -131,6 +140,7 @@ impl BodyWriter {
             id,
             spool,
             len: 0,
+            counted: 0,
             state: WriterState::Memory(Vec::new()),
         }
     }
@@ -165,6 +175,11 @@ impl BodyWriter {
     }
 
     async fn append_inner(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !matches!(self.state, WriterState::Taken) {
+            // Counted until the body is committed or dropped.
+            self.spool.usage.receiving(bytes.len() as u64);
+            self.counted += bytes.len() as u64;
+        }
         match &mut self.state {
             WriterState::Memory(buffer) if buffer.len() + bytes.len() <= INLINE_MAX => {
                 buffer.extend_from_slice(bytes);
@@ -202,6 +217,7 @@ impl BodyWriter {
         };
         let file = file.take();
         let mut bytes = std::mem::take(pending);
+        let length = bytes.len() as u64;
         let id = self.id.clone();
         let path = self.spool.tmp.join(self.id.as_str());
         let (file, buffer) = tokio::task::spawn_blocking(move || -> io::Result<_> {
@@ -225,6 +241,12 @@ impl BodyWriter {
             // The buffer goes round again rather than a new one growing.
             *pending = buffer;
         }
+        // No longer held in memory but written to the filesystem: counted
+        // as written since the last sample, no longer as in flight.
+        let moved = length.min(self.counted);
+        self.counted -= moved;
+        self.spool.usage.received(moved);
+        self.spool.usage.wrote(length);
         Ok(())
     }
 
@@ -281,9 +303,9 @@ impl BodyWriter {
                 let new_path = spill.path.with_extension("rewrite");
                 let spill = tokio::task::spawn_blocking(move || -> io::Result<SpillFile> {
                     let copy = (|| -> io::Result<File> {
-                        let mut old = File::open(&spill.path)?;
+                        let mut old = open_file(&spill.path)?;
                         io::Seek::seek(&mut old, io::SeekFrom::Start(length))?;
-                        let mut new = File::create(&new_path)?;
+                        let mut new = create_file(&new_path)?;
                         new.write_all(&replacement)?;
                         io::copy(&mut BufReader::with_capacity(FILE_BUFFER, old), &mut new)?;
                         std::fs::rename(&new_path, &spill.path)?;
@@ -332,7 +354,7 @@ impl BodyWriter {
         let capacity = usize::try_from(self.len).unwrap_or(0);
         tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut bytes = Vec::with_capacity(capacity);
-            File::open(&path)?.read_to_end(&mut bytes)?;
+            open_file(&path)?.read_to_end(&mut bytes)?;
             Ok(bytes)
         })
         .await
@@ -371,6 +393,7 @@ impl BodyWriter {
 
 impl Drop for BodyWriter {
     fn drop(&mut self) {
+        self.spool.usage.received(self.counted);
         self.discard();
     }
 }
@@ -504,7 +527,7 @@ impl Read for BodyReader {
                 let reader = match reader {
                     Some(reader) => reader,
                     None => {
-                        let file = File::open(&*path).map_err(|error| {
+                        let file = open_file(path).map_err(|error| {
                             io::Error::new(
                                 error.kind(),
                                 format!("queue {id}: body file {}: {error}", path.display()),
@@ -545,4 +568,25 @@ impl Read for BodyReader {
             }
         }
     }
+}
+
+/// Creates (or truncates) a body file, 0600, never through a symbolic link.
+fn create_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens a body file for reading, never through a symbolic link.
+fn open_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }

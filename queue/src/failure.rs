@@ -36,6 +36,11 @@ impl Failure {
         });
     }
 
+    /// Forgets the failure, once the database was opened again.
+    pub(crate) fn clear(&self) {
+        self.first.send_replace(None);
+    }
+
     /// The first failure, if any.
     pub(crate) fn get(&self) -> Option<String> {
         self.first.borrow().clone()

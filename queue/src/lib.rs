@@ -83,6 +83,8 @@ mod body;
 mod commit;
 mod dsn;
 mod failure;
+mod journal;
+pub use journal::{JournalEntry, JournalKind};
 mod memory;
 pub use memory::limit_heap_arenas;
 mod model;
@@ -91,6 +93,8 @@ mod side;
 mod stats;
 mod store;
 mod suspensions;
+mod usage;
+pub use usage::SpoolUsage;
 
 pub use body::{BodyReader, BodyWriter};
 pub use dsn::{
@@ -113,9 +117,10 @@ use tokio::sync::Notify;
 
 use crate::body::{FinishedBody, Spool, sync_dir};
 use crate::commit::GroupCommit;
+use crate::failure::Failure;
 use crate::model::IdGenerator;
 use crate::schedule::Schedule;
-use crate::store::{BodyPlace, Record, Store};
+use crate::store::{BodyPlace, Durability, Record, Store, StoreSlot};
 
 /// How long a delivery result may wait for a flush that another writer
 /// starts (see [`GroupCommit::durable_within`]) before it gets one of its
@@ -168,6 +173,25 @@ pub enum QueueError {
     Closed,
 }
 
+impl QueueError {
+    /// True when the filesystem was full (`ENOSPC`, or `EDQUOT` for a
+    /// quota): the client is told `452 4.3.1`, not `451 4.3.0`.
+    pub fn is_no_space(&self) -> bool {
+        let no_space = |error: &std::io::Error| {
+            error.kind() == std::io::ErrorKind::StorageFull
+                || error.kind() == std::io::ErrorKind::QuotaExceeded
+        };
+        match self {
+            QueueError::Spool { source, .. } | QueueError::Body { source, .. } => no_space(source),
+            // sled's errors come as text; its I/O errors carry the OS's.
+            QueueError::Storage(text) => {
+                text.contains("No space left on device") || text.contains("Disk quota exceeded")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Tunables for [`Queue::open`].
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
@@ -207,7 +231,15 @@ pub struct Queue {
 }
 
 struct Inner {
-    store: Store,
+    /// The open database; empty only while [`Queue::recover`] reopens it.
+    store: StoreSlot,
+    /// What the group commit flushes: the open database's files (`None`
+    /// while it is reopened).
+    durability: Arc<Mutex<Option<Durability>>>,
+    /// The first failed write or flush since the database was (re)opened.
+    failure: Failure,
+    /// The cache capacity the database is (re)opened with.
+    cache_capacity: u64,
     spool: Arc<Spool>,
     ids: IdGenerator,
     /// The in-memory index and counters (none in an administrative handle);
@@ -216,6 +248,8 @@ struct Inner {
     state: Mutex<State>,
     group: GroupCommit,
     changed: Arc<Notify>,
+    /// Every recipient's change of state, for delivery events.
+    journal: journal::Journal,
     /// Held (flock) for as long as the queue is open; declared last so that
     /// it is released only after sled closed its files.
     _lock: File,
@@ -275,9 +309,26 @@ impl Queue {
     }
 
     fn open_with(path: &Path, options: QueueOptions, mode: Mode) -> Result<Queue, QueueError> {
-        let spool = Arc::new(Spool::new(path));
+        let usage = SpoolUsage::default();
+        let spool = Arc::new(Spool::new(path, usage.clone()));
+        let existing = path
+            .ancestors()
+            .find(|dir| dir.exists())
+            .map(Path::to_path_buf);
         for dir in [path, spool.bodies.as_path(), spool.tmp.as_path()] {
             std::fs::create_dir_all(dir).map_err(spool_error(dir))?;
+        }
+        // A spool created now must survive a power cut with its name: every
+        // directory that gained an entry is fsynced, from the one that
+        // existed down to the spool's parent (the spool's own entries are
+        // synced below, once sled created its files).
+        if let Some(existing) = existing.filter(|existing| existing != path) {
+            for dir in path.ancestors().skip(1) {
+                sync_dir(dir).map_err(spool_error(dir))?;
+                if dir == existing {
+                    break;
+                }
+            }
         }
         let lock = lock_spool(path)?;
         let db_dir = path.join("db");
@@ -291,8 +342,11 @@ impl Queue {
             Mode::Serve => Some(Index::rebuild_apart(&db_dir)?),
             Mode::Admin => None,
         };
-        let store = Store::open(&db_dir, options.cache_capacity)?;
-        let mut durability = store.durability(&db_dir)?;
+        let failure = Failure::default();
+        let store = Store::open(&db_dir, options.cache_capacity)?
+            .with_usage(usage.clone())
+            .with_failure(failure.clone());
+        let durability = Arc::new(Mutex::new(Some(store.durability(&db_dir)?)));
         for dir in [path, db_dir.as_path()] {
             sync_dir(dir).map_err(spool_error(dir))?;
         }
@@ -312,6 +366,11 @@ impl Queue {
                 // million messages) between allocations that stay: give the
                 // holes back.
                 memory::release_free();
+                if index.stats.messages > 0 {
+                    // Nothing in the database counts as reusable until the
+                    // queue has drained once.
+                    usage.set_live(database_bytes(&db_dir));
+                }
                 tracing::info!(spool = %path.display(), messages = index.stats.messages, "queue opened");
                 Some(index)
             }
@@ -322,18 +381,32 @@ impl Queue {
         };
 
         let ids = IdGenerator::new(store.last_id()?.as_ref());
-        let failure = store.failure();
-        let group =
-            GroupCommit::start(move || durability.flush().inspect_err(|error| failure.set(error)))
-                .map_err(spool_error(path))?;
+        let group = GroupCommit::start({
+            let durability = durability.clone();
+            let failure = failure.clone();
+            move || {
+                let mut durability = durability.lock().unwrap_or_else(|p| p.into_inner());
+                match durability.as_mut() {
+                    Some(durability) => durability.flush().inspect_err(|error| failure.set(error)),
+                    None => Err("the spool's database is being reopened".to_string()),
+                }
+            }
+        })
+        .map_err(spool_error(path))?;
+        let slot = StoreSlot::new(store);
+        let journal = journal::Journal::open(slot.clone())?;
         Ok(Queue {
             inner: Arc::new(Inner {
-                store,
+                store: slot,
+                durability,
+                failure,
+                cache_capacity: options.cache_capacity,
                 spool,
                 ids,
                 state: Mutex::new(state),
                 group,
                 changed: Arc::new(Notify::new()),
+                journal,
                 _lock: lock,
             }),
         })
@@ -358,7 +431,7 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, false).await
+        self.commit_with(envelope, body, false, None).await
     }
 
     /// [`Queue::commit`] for a message that is held from the start (a
@@ -370,7 +443,19 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, true).await
+        self.commit_with(envelope, body, true, None).await
+    }
+
+    /// [`Queue::commit`] (held when `held`), with the message's Message-ID
+    /// for the journal's entries about it.
+    pub async fn commit_noted(
+        &self,
+        envelope: Envelope,
+        body: BodyWriter,
+        held: bool,
+        message_id: Option<String>,
+    ) -> Result<QueueId, QueueError> {
+        self.commit_with(envelope, body, held, message_id).await
     }
 
     async fn commit_with(
@@ -378,6 +463,7 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
         held: bool,
+        message_id: Option<String>,
     ) -> Result<QueueId, QueueError> {
         if self.inner.group.is_closed() {
             return Err(QueueError::Closed);
@@ -449,7 +535,27 @@ impl Queue {
         // a duplicate delivery after a crash, never a loss.
         let inserted = {
             let mut state = self.inner.state();
-            let inserted = self.inner.store.insert_new(&record, &inline);
+            // The journal's entries go into the log before the record (see
+            // journal.rs: why this ordering is safe).
+            let journaled = if self.inner.journal.enabled() {
+                let entries = self
+                    .inner
+                    .journal
+                    .received(&record.message, message_id.as_deref());
+                message_id
+                    .as_deref()
+                    .map_or(Ok(()), |message_id| {
+                        self.inner.journal.set_note(id.as_str(), message_id)
+                    })
+                    .and_then(|()| self.inner.journal.insert(&entries))
+            } else {
+                Ok(())
+            };
+            let inserted = journaled.and_then(|()| {
+                self.inner
+                    .store()
+                    .and_then(|store| store.insert_new(&record, &inline))
+            });
             if inserted.is_ok()
                 && let Some(index) = state.as_mut()
             {
@@ -490,7 +596,7 @@ impl Queue {
 
     /// The message with this ID, or `None`.
     pub fn get(&self, id: &QueueId) -> Result<Option<Message>, QueueError> {
-        Ok(self.inner.store.get(id)?.map(|record| record.message))
+        Ok(self.inner.store()?.get(id)?.map(|record| record.message))
     }
 
     /// Streams every queued message in ID order (which is arrival order),
@@ -499,16 +605,21 @@ impl Queue {
         &self,
         after: Option<&QueueId>,
     ) -> impl Iterator<Item = Result<Message, QueueError>> + '_ {
-        self.inner
-            .store
-            .records(after)
+        let (records, closed) = match self.inner.store() {
+            Ok(store) => (Some(store.records(after)), None),
+            Err(error) => (None, Some(Err(error))),
+        };
+        records
+            .into_iter()
+            .flatten()
+            .chain(closed)
             .map(|record| record.map(|record| record.message))
     }
 
     /// The named key-value tree beside the queue (e.g. `"mta-sts"`), for
     /// state that must survive a restart; the queue never reads it.
     pub fn side_tree(&self, name: &str) -> Result<SideTree, QueueError> {
-        self.inner.store.side_tree(name)
+        SideTree::new(name, self.inner.slot())
     }
 
     /// Opens the body of a queued message for reading. Does no file I/O: a
@@ -516,18 +627,14 @@ impl Queue {
     /// ([`BodyReader::is_file`]) blocks, so async code does that on the
     /// blocking pool.
     pub fn open_body(&self, id: &QueueId) -> Result<BodyReader, QueueError> {
-        let (size, place) = self
-            .inner
-            .store
+        let store = self.inner.store()?;
+        let (size, place) = store
             .body_place(id)?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
         match place {
-            BodyPlace::Inline { chunks } => Ok(BodyReader::inline(
-                self.inner.store.tree(),
-                id.clone(),
-                size,
-                chunks,
-            )),
+            BodyPlace::Inline { chunks } => {
+                Ok(BodyReader::inline(store.tree(), id.clone(), size, chunks))
+            }
             BodyPlace::File => Ok(BodyReader::file(self.inner.spool.body_path(id), id, size)),
         }
     }
@@ -552,7 +659,7 @@ impl Queue {
         };
         let mut claims = Vec::with_capacity(ids.len());
         for (position, id) in ids.iter().enumerate() {
-            match self.inner.store.get(id) {
+            match self.inner.store().and_then(|store| store.get(id)) {
                 Ok(Some(record)) => claims.push(Claim {
                     message: record.message,
                 }),
@@ -695,7 +802,7 @@ impl Queue {
 
     /// Every stored suspension, expired ones included (the caller decides).
     pub fn suspensions(&self) -> Result<Vec<Suspension>, QueueError> {
-        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let tree = self.inner.store()?.named_tree(suspensions::TREE)?;
         let mut found = Vec::new();
         for entry in tree.iter() {
             let (key, value) = entry
@@ -717,7 +824,7 @@ impl Queue {
         if self.inner.group.is_closed() {
             return Err(QueueError::Closed);
         }
-        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let tree = self.inner.store()?.named_tree(suspensions::TREE)?;
         let value = serde_json::to_vec(suspension)
             .map_err(|error| QueueError::Storage(format!("encoding a suspension: {error}")))?;
         tree.insert(suspension.destination.as_bytes(), value)
@@ -731,7 +838,7 @@ impl Queue {
         if self.inner.group.is_closed() {
             return Err(QueueError::Closed);
         }
-        let tree = self.inner.store.named_tree(suspensions::TREE)?;
+        let tree = self.inner.store()?.named_tree(suspensions::TREE)?;
         let removed = tree
             .remove(destination.as_bytes())
             .map_err(|error| QueueError::Storage(format!("removing a suspension: {error}")))?;
@@ -808,7 +915,7 @@ impl Queue {
             return Ok(index.stats.clone());
         }
         let mut stats = QueueStats::default();
-        for record in self.inner.store.records(None) {
+        for record in self.inner.store()?.records(None) {
             match record {
                 Ok(record) => stats.add(&record.message),
                 Err(QueueError::Corrupt { .. }) => {}
@@ -818,18 +925,95 @@ impl Queue {
         Ok(stats)
     }
 
+    /// Messages in the queue, from the in-memory counters; `None` for an
+    /// administrative handle, which keeps none (see [`Queue::stats`]).
+    pub fn queued_messages(&self) -> Option<u64> {
+        self.inner
+            .state()
+            .as_ref()
+            .map(|index| index.stats.messages)
+    }
+
     /// Why the storage failed, once a write or a flush of the database
     /// failed: sled then refuses every further write until the spool is
     /// opened again (by a new process), so the owner should stop and
     /// restart. `None` while healthy. A failed body file write
     /// ([`QueueError::Body`]) does not count.
     pub fn failure(&self) -> Option<String> {
-        self.inner.store.failure().get()
+        self.inner.failure.get()
+    }
+
+    /// What the queue writes, counted as it happens (for the free-space
+    /// reserve of the binary).
+    pub fn usage(&self) -> SpoolUsage {
+        self.inner.spool.usage.clone()
+    }
+
+    /// Bytes the database's file takes on disk: once the queue drained, all
+    /// but [`SpoolUsage::live`] of it is space sled reuses for new writes.
+    pub fn database_bytes(&self) -> u64 {
+        database_bytes(&self.inner.spool.root.join("db"))
     }
 
     /// Resolves once [`Queue::failure`] is set (at once if it already is).
     pub async fn failed(&self) -> String {
-        self.inner.store.failure().wait().await
+        self.inner.failure.wait().await
+    }
+
+    /// Opens the database again after a storage failure ([`Queue::failure`]),
+    /// in this process: sled refuses every write after an I/O error until
+    /// it is reopened. The reopened database holds exactly what was durable
+    /// (every change acknowledged so far; the changes whose writers got an
+    /// error are gone, as after a crash), so the due index and the counters
+    /// are rebuilt from it; leases are kept, so that deliveries in flight
+    /// are not handed out twice. Returns `Ok(false)` when nothing had
+    /// failed.
+    ///
+    /// Changes wait (on the state lock) while this runs; durable writes in
+    /// between fail as they did since the failure. Fails, leaving the
+    /// database closed and the failure in place for the next try, when sled
+    /// cannot be opened: still full, or a handle on the failed instance
+    /// (a body being read for a delivery) still holds sled's lock.
+    /// Blocking: call it on the blocking pool.
+    pub fn recover(&self) -> Result<bool, QueueError> {
+        let Some(reason) = self.inner.failure.get() else {
+            return Ok(false);
+        };
+        let db_dir = self.inner.spool.root.join("db");
+        let mut state = self.inner.state();
+        *self
+            .inner
+            .durability
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
+        drop(self.inner.store.take());
+        let store = Store::open(&db_dir, self.inner.cache_capacity)?
+            .with_usage(self.inner.spool.usage.clone())
+            .with_failure(self.inner.failure.clone());
+        store.recover_interrupted()?;
+        let durability = store.durability(&db_dir)?;
+        if let Some(index) = state.as_mut() {
+            let mut rebuilt = Index::rebuild(&store)?;
+            rebuilt.schedule.carry_claims(&index.schedule);
+            *index = rebuilt;
+            let live = if index.stats.messages > 0 {
+                database_bytes(&db_dir)
+            } else {
+                0
+            };
+            self.inner.spool.usage.set_live(live);
+        }
+        *self
+            .inner
+            .durability
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(durability);
+        self.inner.store.put(store);
+        self.inner.failure.clear();
+        drop(state);
+        self.inner.changed.notify_waiters();
+        tracing::info!(spool = %self.inner.spool.root.display(), failure = %reason, "queue database reopened after the storage failure: writing again");
+        Ok(true)
     }
 
     /// Number of group flushes (each one fsync) since the queue was opened,
@@ -866,6 +1050,64 @@ impl Queue {
 
     /// [`Queue::change`], made durable by a flush that starts within `delay`
     /// (see [`GroupCommit::durable_within`]).
+    /// Writes journal entries for every change from now on (`true`), or
+    /// none (`false`, the default: a relay without event subscribers pays
+    /// nothing).
+    pub fn set_journal(&self, on: bool) {
+        self.inner.journal.set_enabled(on);
+    }
+
+    /// Whether changes are journaled now ([`Queue::set_journal`]).
+    pub fn journal_enabled(&self) -> bool {
+        self.inner.journal.enabled()
+    }
+
+    /// Up to `max` journal entries after sequence number `after`, in order.
+    pub fn journal_read(&self, after: u64, max: usize) -> Result<Vec<JournalEntry>, QueueError> {
+        self.inner.journal.read(after, max)
+    }
+
+    /// The last sequence number `subscriber` took, `None` for a subscriber
+    /// never seen (which starts at the current end of the journal).
+    pub fn journal_cursor(&self, subscriber: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.journal.cursor(subscriber)
+    }
+
+    /// Records that `subscriber` took every entry up to `seq`; durable on
+    /// return (a crash before that re-sends them: at least once).
+    pub async fn journal_ack(&self, subscriber: &str, seq: u64) -> Result<(), QueueError> {
+        self.inner.journal.set_cursor(subscriber, seq)?;
+        self.inner.group.durable_within(RESULT_FLUSH_DELAY).await
+    }
+
+    /// The last sequence number written (0: none yet).
+    pub fn journal_last(&self) -> u64 {
+        self.inner.journal.last()
+    }
+
+    /// How many entries follow sequence number `after`.
+    pub fn journal_pending(&self, after: u64) -> u64 {
+        self.inner.journal.count_after(after)
+    }
+
+    /// Removes the entries up to `upto`, which every subscriber has taken.
+    pub fn journal_prune(&self, upto: u64) -> Result<usize, QueueError> {
+        self.inner.journal.prune(upto)
+    }
+
+    /// Appends entries that are about no change of a message (the binary's
+    /// own events); durable on return.
+    pub async fn journal_append(&self, entries: Vec<JournalEntry>) -> Result<(), QueueError> {
+        if !self.inner.journal.enabled() || entries.is_empty() {
+            return Ok(());
+        }
+        {
+            let _state = self.inner.state();
+            self.inner.journal.insert(&entries)?;
+        }
+        self.inner.group.durable_within(RESULT_FLUSH_DELAY).await
+    }
+
     async fn change_within(
         &self,
         id: &QueueId,
@@ -954,6 +1196,17 @@ impl Index {
 }
 
 impl Inner {
+    /// The open database, or an error while [`Queue::recover`] reopens it.
+    fn store(&self) -> Result<Arc<Store>, QueueError> {
+        self.store.get()
+    }
+
+    /// The slot holding the open database, for handles that outlive a
+    /// reopening ([`SideTree`]).
+    fn slot(&self) -> StoreSlot {
+        self.store.clone()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update of State is completed before anything that can panic
         // (sled writes come first), so a poisoned lock still holds a
@@ -979,7 +1232,14 @@ impl Inner {
         let id = &record.message.id;
         let mut state = self.state();
         // As it is now: a change may have come between commit and failure.
-        let current = match self.store.get(id) {
+        let store = match self.store() {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::warn!(queue_id = %id, %error, "could not remove a message whose commit failed");
+                return false;
+            }
+        };
+        let current = match store.get(id) {
             Ok(Some(current)) => current,
             Ok(None) => return false,
             Err(error) => {
@@ -987,7 +1247,7 @@ impl Inner {
                 return false;
             }
         };
-        match self.store.remove(&current) {
+        match store.remove(&current) {
             Ok(()) => {
                 if let Some(index) = state.as_mut() {
                     index.schedule.remove(id, current.message.due_at());
@@ -1033,13 +1293,22 @@ impl Inner {
             return Err(QueueError::Closed);
         }
         let mut state = self.state();
-        let Some(mut record) = self.store.get(id)? else {
+        let store = self.store()?;
+        let Some(mut record) = store.get(id)? else {
             return Err(QueueError::NotFound(id.to_string()));
         };
         let before = record.message.clone();
         let disposition = edit(&mut record.message);
-        if disposition == Disposition::Remove || record.message.is_finished() {
-            self.store.remove(&record)?;
+        let removing = disposition == Disposition::Remove || record.message.is_finished();
+        if self.journal.enabled() {
+            let entries = self.journal.changes(&before, &record.message, removing);
+            self.journal.insert(&entries)?;
+            if removing {
+                self.journal.forget_note(id.as_str())?;
+            }
+        }
+        if removing {
+            store.remove(&record)?;
             if let Some(index) = state.as_mut() {
                 index.schedule.remove(id, before.due_at());
                 index.stats.remove(&before);
@@ -1050,7 +1319,7 @@ impl Inner {
                 due: false,
             });
         }
-        self.store.update(&record)?;
+        store.update(&record)?;
         let due = record.message.due_at();
         let Some(index) = state.as_mut() else {
             return Ok(Changed {
@@ -1085,11 +1354,16 @@ impl Drop for Inner {
 
 /// Takes the spool's lock file, or reports who has it.
 fn lock_spool(root: &Path) -> Result<File, QueueError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = root.join("lock");
+    // Never through a symbolic link: the spool's owner could point one at
+    // a file of root's choosing (DESIGN.md "Local access and privileges").
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(spool_error(&path))?;
     match file.try_lock() {
@@ -1112,6 +1386,12 @@ fn clear_dir(dir: &Path) -> Result<(), QueueError> {
 
 /// Removes body files whose record is gone: a crash struck between writing
 /// the file and its record, or between removing the record and the file.
+/// Bytes allocated to sled's data file in `db_dir` (0 when unreadable).
+fn database_bytes(db_dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(db_dir.join("db")).map_or(0, |meta| meta.blocks() * 512)
+}
+
 fn remove_orphan_bodies(store: &Store, spool: &Spool) -> Result<(), QueueError> {
     let dir = &spool.bodies;
     for entry in std::fs::read_dir(dir).map_err(spool_error(dir))? {

@@ -12,7 +12,7 @@
 //! Leases (`claimed`, a few hundred entries at most) live only here, so a
 //! restart voids them and work in flight at a crash is due again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -217,6 +217,29 @@ impl Schedule {
     /// The earliest due time of an unleased, unheld message.
     pub(crate) fn next_due(&self) -> Option<DateTime<Utc>> {
         self.due.first().map(|(due, _)| from_millis(*due))
+    }
+
+    /// Leases again in this (rebuilt) index every message leased in `old`,
+    /// so that work in flight while the database was reopened is not
+    /// handed out a second time.
+    pub(crate) fn carry_claims(&mut self, old: &Schedule) {
+        let keys: HashSet<Key> = old
+            .claimed
+            .keys()
+            .filter_map(|key| old.id(key))
+            .filter_map(|id| self.key(&id))
+            .collect();
+        let mut moved = Vec::new();
+        self.due.retain(|(due, key)| {
+            let leased = keys.contains(key);
+            if leased {
+                moved.push((*key, *due));
+            }
+            !leased
+        });
+        for (key, due) in moved {
+            self.claimed.insert(key, Some(due));
+        }
     }
 
     /// True when the message is leased.

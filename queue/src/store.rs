@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::QueueError;
 use crate::failure::Failure;
 use crate::model::{Message, QueueId, Sketch};
+use crate::usage::{self, SpoolUsage};
 
 /// Bytes per inline body chunk. sled writes any page bigger than an eighth
 /// of its 512 KiB segment as a separate "blob" file that it never fsyncs; a
@@ -44,6 +46,17 @@ pub(crate) const CHUNK_SIZE: usize = 4 * 1024;
 /// and a removal. Leaves (17 entries at most in sled) stay far below sled's
 /// blob threshold (a quarter of its 512 KiB segment).
 pub(crate) const CHUNK_SLACK: usize = 1024;
+
+/// What a record is counted as in [`SpoolUsage::live`] (its encoded length
+/// is not at hand at its removal).
+const RECORD_ESTIMATE: usize = 1024;
+
+/// A message's share of the database's live data in [`SpoolUsage::live`]:
+/// its chunks, counted whole, and its record. The same at insertion and at
+/// removal, so that the estimate neither drifts up nor down.
+fn live_size(chunks: u32) -> u64 {
+    u64::from(chunks) * CHUNK_SIZE as u64 + RECORD_ESTIMATE as u64
+}
 
 /// The name of the sled tree holding the queue.
 const TREE: &str = "queue";
@@ -73,12 +86,48 @@ pub(crate) struct Record {
 /// process has just closed.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Where the open [`Store`] is kept, shared by the queue and the handles
+/// that outlive a reopening of the database ([`crate::SideTree`]); empty
+/// while the database is reopened. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StoreSlot(Arc<RwLock<Option<Arc<Store>>>>);
+
+impl StoreSlot {
+    pub(crate) fn new(store: Store) -> StoreSlot {
+        StoreSlot(Arc::new(RwLock::new(Some(Arc::new(store)))))
+    }
+
+    /// The open database, or an error while it is reopened.
+    pub(crate) fn get(&self) -> Result<Arc<Store>, QueueError> {
+        self.0
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or_else(|| QueueError::Storage("the spool's database is being reopened".into()))
+    }
+
+    /// Empties the slot, returning what it held.
+    pub(crate) fn take(&self) -> Option<Arc<Store>> {
+        self.0
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
+
+    /// Puts a (re)opened database in the slot.
+    pub(crate) fn put(&self, store: Store) {
+        *self.0.write().unwrap_or_else(|poison| poison.into_inner()) = Some(Arc::new(store));
+    }
+}
+
 /// The sled database and the queue tree inside it.
 pub(crate) struct Store {
     db: sled::Db,
     tree: sled::Tree,
     /// Set by the first failed write: sled refuses every later one.
     failure: Failure,
+    /// Where every write is counted, for the free-space reserve.
+    usage: SpoolUsage,
 }
 
 impl Store {
@@ -127,13 +176,21 @@ impl Store {
             db,
             tree,
             failure: Failure::default(),
+            usage: SpoolUsage::default(),
         })
     }
 
-    /// The record of a failed write (or flush, reported by the group
-    /// commit), shared with the queue's owner.
-    pub(crate) fn failure(&self) -> Failure {
-        self.failure.clone()
+    /// Records this store's failed writes in `failure`, which outlives a
+    /// reopening of the database.
+    pub(crate) fn with_failure(mut self, failure: Failure) -> Store {
+        self.failure = failure;
+        self
+    }
+
+    /// Counts this store's writes in `usage` from now on.
+    pub(crate) fn with_usage(mut self, usage: SpoolUsage) -> Store {
+        self.usage = usage;
+        self
     }
 
     /// Turns a sled write error about `id` into a [`QueueError`] and records
@@ -147,13 +204,11 @@ impl Store {
     }
 
     /// The side tree `name` (see [`crate::SideTree`]); never the queue's.
-    pub(crate) fn side_tree(&self, name: &str) -> Result<crate::SideTree, QueueError> {
+    pub(crate) fn side_tree(&self, name: &str) -> Result<sled::Tree, QueueError> {
         let full = format!("side/{name}");
-        let tree = self
-            .db
+        self.db
             .open_tree(full.as_bytes())
-            .map_err(storage("opening a side tree"))?;
-        Ok(crate::SideTree::new(name, tree))
+            .map_err(storage("opening a side tree"))
     }
 
     /// Another tree of the same database (flushed by the same group
@@ -236,7 +291,9 @@ impl Store {
             };
             self.insert(id, chunk_key(id, number), &inline_body[start..end])?;
         }
-        self.insert(id, record_key(id), &encode(record))?;
+        let encoded = encode(record);
+        self.usage.stored(live_size(chunks));
+        self.insert(id, record_key(id), &encoded)?;
         if has_chunks {
             self.unmark_interrupted(id)?;
         }
@@ -246,7 +303,9 @@ impl Store {
     /// Overwrites a message's record. Not durable until the next group flush.
     pub(crate) fn update(&self, record: &Record) -> Result<(), QueueError> {
         let id = &record.message.id;
-        self.written(id, self.tree.insert(record_key(id), encode(record)))
+        let encoded = encode(record);
+        self.usage.wrote(encoded.len() as u64);
+        self.written(id, self.tree.insert(record_key(id), encoded))
             .map(drop)
     }
 
@@ -261,6 +320,9 @@ impl Store {
         if chunks > 0 {
             self.mark_interrupted(id)?;
         }
+        self.usage
+            .wrote(u64::from(chunks + 1) * usage::WRITE_OVERHEAD);
+        self.usage.released(live_size(chunks));
         self.written(id, self.tree.remove(record_key(id)))?;
         for number in 0..chunks {
             self.written(id, self.tree.remove(chunk_key(id, number)))?;
@@ -295,6 +357,7 @@ impl Store {
     }
 
     fn insert(&self, id: &QueueId, key: Vec<u8>, value: &[u8]) -> Result<(), QueueError> {
+        self.usage.wrote((key.len() + value.len()) as u64);
         self.written(id, self.tree.insert(key, value)).map(drop)
     }
 

@@ -29,6 +29,7 @@ use super::http::{BODY_TIMEOUT, MAX_BODY_BYTES};
 use super::ops;
 use super::summary;
 use super::suspensions;
+use super::token::AdminToken;
 use super::view::{JsonArrayWriter, ListFilter, MessageView, StatusFilter};
 use crate::context::Context;
 
@@ -45,9 +46,10 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Every route of the admin API over `ctx`, and the dashboard's. Every route
-/// but `/health` and the dashboard's page, assets and login requires
-/// `Authorization: Bearer <token>` when `[admin] token` is set (the
-/// dashboard's login cookie stands for it: `dashboard::session`).
+/// but `/health`, `/metrics` and the dashboard's page, assets and login
+/// requires `Authorization: Bearer <token>` on `admin.address` (the
+/// dashboard's session cookie stands for it: `dashboard::session`); the
+/// admin socket needs none. Requests need an [`AdminToken`] extension.
 /// Every request is first checked against web pages (`browser::guard`:
 /// Host, Origin, custom header), then its body is limited (see
 /// [`limit_body`]).
@@ -66,22 +68,23 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/queue/:id/hold", post(hold_one))
         .route("/v1/queue/:id/release", post(release_one))
         .route("/v1/queue/:id/bounce", post(bounce_one))
+        .route("/v1/events", get(events_status))
         .route("/v1/suspensions", get(suspensions::list))
         .route(
             "/v1/suspensions/:destination",
             post(suspensions::suspend).delete(suspensions::resume),
         )
-        .route("/metrics", get(metrics))
         .merge(dashboard::protected_routes())
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+        .route_layer(middleware::from_fn(require_token));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(dashboard::public_routes())
         .merge(protected)
         .fallback(|| async { AdminError::NoEndpoint })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         // Inside the guard: the guard judges the request's own headers.
-        .layer(middleware::from_fn(dashboard::session::cookie_to_bearer))
+        .layer(middleware::from_fn(dashboard::session::cookie_session))
         .layer(middleware::from_fn(limit_body))
         .layer(middleware::from_fn(browser::guard))
         .with_state(ctx)
@@ -132,34 +135,45 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, AdminError> {
     Ok(Bytes::from(bytes))
 }
 
-async fn require_token(State(ctx): State<Context>, request: Request, next: Next) -> Response {
-    if let Some(token) = ctx.config().admin.token.as_deref() {
-        // RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme name is
-        // case-insensitive (RFC 7235 §2.1).
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, credentials)| credentials.trim());
-        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
-            tracing::warn!(path = %request.uri().path(), "admin API request without the right bearer token");
-            return AdminError::Unauthorized.into_response();
-        }
+/// The token rule of `admin.address` (see `admin::token`): a request needs
+/// `Authorization: Bearer <token>` (the dashboard's session cookie becomes
+/// one in `dashboard::session`). A request on the admin socket
+/// ([`super::socket::SocketPeer`]) passes: the socket served it only after
+/// checking the peer's uid.
+async fn require_token(request: Request, next: Next) -> Response {
+    let extensions = request.extensions();
+    if extensions.get::<super::socket::SocketPeer>().is_some()
+        || extensions.get::<dashboard::session::Session>().is_some()
+    {
+        return next.run(request).await;
+    }
+    let Some(token) = request.extensions().get::<AdminToken>().cloned() else {
+        return AdminError::Internal("the admin token rule is not set up".into()).into_response();
+    };
+    // RFC 6750 §2.1: `Authorization: Bearer <token>`; the scheme name is
+    // case-insensitive (RFC 7235 §2.1).
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim());
+    if !given.is_some_and(|given| token.accepts(given)) {
+        tracing::warn!(path = %request.uri().path(), "admin API request without the right bearer token");
+        return AdminError::Unauthorized.into_response();
     }
     next.run(request).await
 }
 
-/// Compares without stopping at the first difference, so response time does
-/// not tell how much of a guessed token was right.
-pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+/// `GET /v1/events`: each `[[events]]` subscriber's pending count, oldest
+/// entry, counters and last error (`sluice events status`).
+async fn events_status(State(ctx): State<Context>) -> Json<Vec<crate::events::SubscriberStatus>> {
+    let statuses = match ctx.events.get() {
+        Some(dispatchers) => dispatchers.statuses(),
+        None => Vec::new(),
+    };
+    Json(statuses)
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -609,6 +623,7 @@ mod tests {
 
     #[test]
     fn token_comparison_needs_every_byte() {
+        use crate::admin::token::same_secret;
         assert!(same_secret(b"s3cret", b"s3cret"));
         assert!(!same_secret(b"s3cres", b"s3cret"));
         assert!(!same_secret(b"s3cre", b"s3cret"));

@@ -38,8 +38,18 @@ pub const REQUEST_HEADER: &str = "x-sluice-request";
 pub struct LocalAddress(pub SocketAddr);
 
 /// Refuses requests that a web page could have sent (see the module doc).
-/// A request without [`LocalAddress`] (not from `http::serve`) is refused.
+/// A request without [`LocalAddress`] (not from `http::serve`) is refused;
+/// one from the admin socket (`socket::SocketPeer`) is let through.
 pub async fn guard(request: Request, next: Next) -> Response {
+    // The admin socket: no browser reaches a UNIX socket, and its peers were
+    // checked by uid.
+    if request
+        .extensions()
+        .get::<super::socket::SocketPeer>()
+        .is_some()
+    {
+        return next.run(request).await;
+    }
     let Some(LocalAddress(local)) = request.extensions().get::<LocalAddress>().copied() else {
         return AdminError::Internal("request without a connection address".into()).into_response();
     };

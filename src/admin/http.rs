@@ -135,6 +135,19 @@ async fn serve_connection(
             return;
         }
     };
+    serve_stream(stream, &peer, router, shutdown).await;
+}
+
+/// Serves HTTP/1.1 on one accepted stream (TCP or the admin socket) with
+/// the limits of this module, until the client closes or `shutdown`.
+pub(super) async fn serve_stream<S>(
+    stream: S,
+    peer: &(dyn std::fmt::Display + Sync),
+    router: Router,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT));
     let service = TowerToHyperService::new(router);
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -6,6 +6,10 @@
 //! the connections (limits and timeouts against hostile clients), `browser`
 //! the defences against web pages (DNS rebinding, cross-site requests).
 //!
+//! The same API is served on the admin socket (`socket`) to `sluice queue`;
+//! on the TCP address every route but `/health` and `/metrics` needs the
+//! token (`token`).
+//!
 //! Once bound, the server writes the address it listens on to
 //! `<spool>/admin.address` ([`ADDRESS_FILE`]), so `sluice queue` finds it even
 //! when `[admin] address` has port 0; the file is removed at shutdown.
@@ -18,8 +22,10 @@ pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod ops;
+pub mod socket;
 pub mod summary;
 pub mod suspensions;
+pub mod token;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -40,6 +46,10 @@ pub fn address_file(spool: &Path) -> PathBuf {
 pub struct Admin {
     ctx: Context,
     listener: tokio::net::TcpListener,
+    /// The admin socket and its path.
+    socket: (tokio::net::UnixListener, PathBuf),
+    /// The token rule of the TCP listener.
+    token: token::AdminToken,
     /// `<spool>/admin.address`, removed when the admin API stops.
     address_file: Option<RunFile>,
 }
@@ -64,12 +74,20 @@ impl Admin {
             .map_err(|error| anyhow::anyhow!("cannot listen on {address} (admin API): {error}"))
     }
 
-    /// The admin API over `listener` (from [`Admin::bind_socket`]); records
-    /// the bound address in the spool for `sluice queue`.
-    pub fn new(ctx: &Context, listener: tokio::net::TcpListener) -> Admin {
+    /// The admin API over `listener` (from [`Admin::bind_socket`]) and the
+    /// admin socket, bound now (the spool is open, its lock held); reads or
+    /// generates the token file when no token is configured; records the
+    /// bound address in the spool.
+    pub fn new(ctx: &Context, listener: tokio::net::TcpListener) -> anyhow::Result<Admin> {
+        let config = ctx.config();
+        let socket_path = config.admin.socket_path(&config.spool.path);
+        let socket = socket::bind(&socket_path)?;
+        let token = token::AdminToken::new(ctx)?;
         let mut admin = Admin {
             ctx: ctx.clone(),
             listener,
+            socket: (socket, socket_path),
+            token,
             address_file: None,
         };
         if let Some(bound) = admin.local_addr() {
@@ -83,7 +101,18 @@ impl Admin {
                 ),
             }
         }
-        admin
+        Ok(admin)
+    }
+
+    /// The token file, when the token in force comes from it (for the start
+    /// line).
+    pub fn token_file(&self) -> Option<PathBuf> {
+        self.token.file_in_use().map(Path::to_path_buf)
+    }
+
+    /// The admin socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket.1
     }
 
     /// The address actually bound.
@@ -95,8 +124,15 @@ impl Admin {
     /// address file is removed when this returns or is cancelled.
     pub async fn run(self) {
         let dashboard = dashboard::Dashboard::start(&self.ctx);
-        let router = api::router(self.ctx.clone()).layer(axum::Extension(dashboard));
-        http::serve(self.listener, router, self.ctx.shutdown.clone()).await;
+        let router = api::router(self.ctx.clone())
+            .layer(axum::Extension(dashboard))
+            .layer(axum::Extension(self.token.clone()))
+            .layer(axum::Extension(dashboard::session::Sessions::default()));
+        let (socket, socket_path) = self.socket;
+        tokio::join!(
+            http::serve(self.listener, router.clone(), self.ctx.shutdown.clone()),
+            socket::serve(socket, socket_path, router, self.ctx.shutdown.clone()),
+        );
         drop(self.address_file);
     }
 }
@@ -128,10 +164,10 @@ mod tests {
         };
         let ctx = Context::new(Arc::new(config), queue);
         match Admin::bind_socket(&ctx.config()).await {
-            Ok(listener) => {
-                Admin::new(&ctx, listener);
-                "bound".to_string()
-            }
+            Ok(listener) => match Admin::new(&ctx, listener) {
+                Ok(_) => "bound".to_string(),
+                Err(error) => error.to_string(),
+            },
             Err(error) => error.to_string(),
         }
     }

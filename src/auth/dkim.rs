@@ -307,6 +307,7 @@ pub fn from_domain(header_section: &[u8]) -> Option<String> {
 
 fn load_key(entry: &DkimEntry) -> Result<Key, String> {
     let path = &entry.private_key;
+    crate::keyfile::check_private(path).map_err(|error| error.to_string())?;
     let pem =
         std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let (key, _) = parse_key(&pem).map_err(|reason| format!("{}: {reason}", path.display()))?;
@@ -514,6 +515,9 @@ mod tests {
     fn key_file(dir: &tempfile::TempDir, name: &str, pem: &str) -> std::path::PathBuf {
         let path = dir.path().join(name);
         std::fs::write(&path, pem).expect("write key");
+        // Keys others can read are refused (`keyfile`).
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         path
     }
 

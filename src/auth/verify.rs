@@ -261,20 +261,31 @@ fn pvalue(value: &str) -> String {
 /// The header section of `message` without the `Authentication-Results`
 /// fields whose authserv-id is `hostname` (RFC 8601 §5): the length of the
 /// original header section and its replacement, or `None` when there is
-/// nothing to remove.
+/// nothing to remove. A lone CR or LF counts as a line end, as it does for
+/// Postfix, Dovecot and most mail readers, so a forged field hidden behind
+/// one is found too.
 pub fn strip_forged(message: &[u8], hostname: &str) -> Option<(usize, Vec<u8>)> {
-    let end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |at| at + 2);
+    // The header section ends with the first empty line (kept in the body).
+    let mut end = message.len();
+    let mut at = 0;
+    while let Some((line_end, length)) = next_line_end(message, at) {
+        at = line_end + length;
+        if line_end == 0 || next_line_end(message, at).is_some_and(|(next, _)| next == at) {
+            end = if line_end == 0 { 0 } else { at };
+            break;
+        }
+    }
     let section = &message[..end];
     let mut kept = Vec::with_capacity(section.len());
     let mut removed = false;
     let mut start = 0;
     while start < section.len() {
-        // A field runs to the CRLF not followed by a space or tab.
+        // A field runs to the line end not followed by a space or tab.
         let mut stop = start;
         loop {
-            match memchr::memmem::find(&section[stop..], b"\r\n") {
-                Some(at) => {
-                    stop += at + 2;
+            match next_line_end(section, stop) {
+                Some((line_end, length)) => {
+                    stop = line_end + length;
                     if !matches!(section.get(stop), Some(b' ' | b'\t')) {
                         break;
                     }
@@ -294,6 +305,18 @@ pub fn strip_forged(message: &[u8], hostname: &str) -> Option<(usize, Vec<u8>)> 
         start = stop;
     }
     removed.then_some((end, kept))
+}
+
+/// The next line end in `text` from `from`: where it starts and its length
+/// (2 for CRLF, 1 for a lone CR or LF).
+fn next_line_end(text: &[u8], from: usize) -> Option<(usize, usize)> {
+    let at = from + memchr::memchr2(b'\r', b'\n', text.get(from..)?)?;
+    let length = if text[at] == b'\r' && text.get(at + 1) == Some(&b'\n') {
+        2
+    } else {
+        1
+    };
+    Some((at, length))
 }
 
 /// True when `field` is an `Authentication-Results` field whose authserv-id
@@ -357,6 +380,28 @@ mod tests {
             "Received: from x\r\nAuthentication-Results: other.test;\r\n\tdkim=pass\r\nSubject: hi\r\n"
         );
         assert!(strip_forged(b"Subject: x\r\n\r\nbody", "mx.test").is_none());
+    }
+
+    #[test]
+    fn forged_fields_behind_a_lone_cr_or_lf_are_removed_too() {
+        for message in [
+            &b"X-Foo: a\nAuthentication-Results: mx.test; dkim=pass\r\nSubject: hi\r\n\r\nbody"[..],
+            b"X-Foo: a\rAuthentication-Results: mx.test; dkim=pass\r\nSubject: hi\r\n\r\nbody",
+        ] {
+            let (end, kept) = strip_forged(message, "mx.test").expect("the forged field is found");
+            assert_eq!(&message[end..], b"\r\nbody");
+            let kept = String::from_utf8(kept).unwrap();
+            assert!(!kept.contains("Authentication-Results"), "{kept:?}");
+            assert!(
+                kept.starts_with("X-Foo: a") && kept.ends_with("Subject: hi\r\n"),
+                "{kept:?}"
+            );
+        }
+        let message = b"Subject: hi\n\nAuthentication-Results: mx.test; in the body\n";
+        assert!(
+            strip_forged(message, "mx.test").is_none(),
+            "an LF LF ends the header"
+        );
     }
 
     #[test]

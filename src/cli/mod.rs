@@ -1,6 +1,7 @@
 //! Operator commands other than `serve`.
 
 pub mod dkim;
+pub mod events;
 pub mod generate;
 pub mod hash_password;
 pub mod queue;

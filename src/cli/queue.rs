@@ -1,19 +1,19 @@
 //! `sluice queue …`: through the admin API when a server runs, else on the
 //! spool directly.
 //!
-//! Which applies: when an admin address is known (`<spool>/admin.address`,
-//! written by the running server, if the spool path is absolute; else
-//! `[admin] address` unless its port is 0) and `GET /health` answers there, the API is used. Otherwise the spool is
-//! opened; sled lets only one process hold it, so if a server holds it but its
-//! API does not answer, the command says so and exits 1 without touching the
-//! spool.
+//! Which applies: when `GET /health` answers on the admin socket (`[admin]
+//! socket`, default `<spool>/admin.sock`), the API is used there, never over
+//! TCP (any user can bind a port while the server is down). Otherwise the
+//! spool is opened; sled lets only one process hold it, so if a server holds
+//! it but its socket does not answer, the command says so and exits 1
+//! without touching the spool.
 
 mod local;
 mod output;
-mod remote;
+pub(crate) mod remote;
+mod socket_http;
 
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::{Subcommand, ValueEnum};
 use sluice_queue::{QueueId, RecipientStatus};
@@ -22,7 +22,7 @@ pub use crate::admin::bulk::Action;
 use crate::admin::summary::Summary;
 use crate::admin::suspensions::{SuspensionList, SuspensionView};
 use crate::admin::view::{ListFilter, MessageView, StatusFilter};
-use crate::config::{Config, Loaded};
+use crate::config::Loaded;
 
 /// The `sluice queue` subcommands.
 #[derive(Debug, Subcommand)]
@@ -248,58 +248,23 @@ trait Access {
 /// "no such message", are returned and exit 1).
 pub fn run(command: QueueCommand, loaded: &Loaded) -> anyhow::Result<i32> {
     let config = &loaded.config;
-    let address = admin_address(config);
-    let mut reason = "no admin address is known (the [admin] address has port 0 and no server \
-                      recorded one)"
-        .to_string();
-    if let Some(address) = address {
-        let remote = remote::Remote::new(address, config.admin.token.clone());
-        match remote.ping() {
-            Ok(()) => return execute(command, Box::new(remote)),
-            Err(why) => reason = why,
-        }
-    }
+    let socket = config.admin.socket_path(&config.spool.path);
+    let remote = remote::Remote::new(socket.clone());
+    let reason = match remote.ping() {
+        Ok(()) => return execute(command, Box::new(remote)),
+        Err(why) => why,
+    };
     match local::Local::open(config) {
         Ok(local) => execute(command, Box::new(local)),
         Err(local::OpenError::Locked) => {
-            let api = address.map_or_else(|| "(unknown address)".to_string(), |a| a.to_string());
             anyhow::bail!(
-                "the spool {} is in use by another process (a running `sluice serve`?), but the \
-                 admin API at {api} does not answer ({reason}); not touching the spool",
+                "the spool {} is in use by another process (a running `sluice serve`?), but its \
+                 admin socket does not answer ({reason}); not touching the spool",
                 config.spool.path.display()
             )
         }
         Err(local::OpenError::Other(error)) => Err(error),
     }
-}
-
-/// Where the running server's API should be: the address it recorded in the
-/// spool, else `[admin] address` (port 0 means unknown). A wildcard address
-/// is reached on loopback.
-///
-/// The record is trusted only under an absolute spool path: a relative one
-/// (the embedded default `./spool`) depends on the working directory, which
-/// may be anyone's (`/tmp`), and whoever wrote a record there would receive
-/// the bearer token (as for `sluice sendmail`, see [`crate::runfile`]).
-fn admin_address(config: &Config) -> Option<SocketAddr> {
-    let recorded = config
-        .spool
-        .path
-        .is_absolute()
-        .then(|| std::fs::read_to_string(crate::admin::address_file(&config.spool.path)).ok())
-        .flatten()
-        .and_then(|text| text.trim().parse::<SocketAddr>().ok());
-    let mut address = recorded.or_else(|| {
-        let configured = config.admin.address;
-        (configured.port() != 0).then_some(configured)
-    })?;
-    if address.ip().is_unspecified() {
-        address.set_ip(match address.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
-    }
-    Some(address)
 }
 
 fn execute(command: QueueCommand, mut access: Box<dyn Access>) -> anyhow::Result<i32> {
@@ -622,39 +587,5 @@ mod tests {
     fn a_malformed_id_is_no_such_message() {
         let error = queue_id("not-an-id").unwrap_err().to_string();
         assert!(error.contains("no such message"), "{error}");
-    }
-
-    #[test]
-    fn wildcard_admin_address_is_reached_on_loopback() {
-        let mut config = Config::default();
-        config.spool.path = "/nonexistent/spool".into();
-        config.admin.address = "0.0.0.0:8025".parse().unwrap();
-        assert_eq!(
-            admin_address(&config),
-            Some("127.0.0.1:8025".parse().unwrap())
-        );
-        config.admin.address = "127.0.0.1:0".parse().unwrap();
-        assert_eq!(admin_address(&config), None);
-    }
-
-    #[test]
-    fn a_recorded_admin_address_is_trusted_only_under_an_absolute_spool_path() {
-        // Made under the working directory so that it has a relative name too.
-        let spool = tempfile::tempdir_in(".").unwrap();
-        std::fs::write(crate::admin::address_file(spool.path()), "127.0.0.9:4242\n").unwrap();
-        let mut config = Config::default();
-        config.admin.address = "127.0.0.1:8025".parse().unwrap();
-
-        config.spool.path = std::fs::canonicalize(spool.path()).unwrap();
-        assert_eq!(
-            admin_address(&config),
-            Some("127.0.0.9:4242".parse().unwrap())
-        );
-        config.spool.path = spool.path().file_name().unwrap().into();
-        assert!(config.spool.path.is_relative());
-        assert_eq!(
-            admin_address(&config),
-            Some("127.0.0.1:8025".parse().unwrap())
-        );
     }
 }

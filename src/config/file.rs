@@ -13,8 +13,13 @@ use super::admin::AdminConfig;
 use super::delivery::{DeliveryFile, TlsPolicy, parse_routes, write_routes};
 use super::dkim::{self, DkimEntry, VerifyConfig};
 use super::dns::DnsConfig;
+use super::events::{self, BounceClassConfig, EventsConfig};
+use super::frontdoor::{
+    ClientLimitsConfig, FrontDoorConfig, GreylistingConfig, RecipientsConfig, ScreenConfig,
+};
 use super::limits::LimitsFile;
 use super::listeners::{self, ListenerConfig, ListenerKind, TlsConfig};
+use super::local::{LocalConfig, ServerConfig};
 use super::log::{LogConfig, LogFormat};
 use super::milter::{self, MilterFile};
 use super::policy::{self, PolicyConfig, UserConfig};
@@ -51,8 +56,18 @@ pub(super) struct ConfigFile {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shaping: BTreeMap<String, ShapingFile>,
     pub cluster: ClusterFile,
+    pub recipients: RecipientsConfig,
+    pub screen: ScreenConfig,
+    pub client_limits: ClientLimitsConfig,
+    pub greylisting: GreylistingConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    #[serde(rename = "events", skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventsConfig>,
+    #[serde(rename = "bounce_class", skip_serializing_if = "Vec::is_empty")]
+    pub bounce_classes: Vec<BounceClassConfig>,
+    pub local: LocalConfig,
+    pub server: ServerConfig,
 }
 
 impl ConfigFile {
@@ -82,9 +97,18 @@ impl ConfigFile {
         dkim::check(&self.dkim, invalid)?;
         self.admin.check(invalid)?;
         self.log.check(invalid)?;
+        self.server.check(invalid)?;
         let shaping = Shaping::from_file(self.shaping, invalid)?;
         let cluster = self.cluster.into_settings(&self.hostname, invalid)?;
+        let front_door = FrontDoorConfig {
+            recipients: self.recipients,
+            screen: self.screen,
+            client_limits: self.client_limits,
+            greylisting: self.greylisting,
+        };
+        front_door.check(invalid)?;
         let milters = milter::into_settings(self.milters, invalid)?;
+        events::check(&self.events, &self.bounce_classes, invalid)?;
         Ok(Config {
             hostname: self.hostname,
             spool: self.spool,
@@ -102,8 +126,13 @@ impl ConfigFile {
             milters,
             shaping,
             cluster,
+            front_door,
             admin: self.admin,
             log: self.log,
+            events: self.events,
+            bounce_classes: self.bounce_classes,
+            local: self.local,
+            server: self.server,
         })
     }
 }
@@ -128,8 +157,20 @@ impl From<&Config> for ConfigFile {
             milters: config.milters.iter().map(MilterFile::from).collect(),
             shaping: config.shaping.to_file(),
             cluster: ClusterFile::from(&config.cluster),
+            recipients: config.front_door.recipients.clone(),
+            screen: config.front_door.screen.clone(),
+            client_limits: config.front_door.client_limits.clone(),
+            greylisting: config.front_door.greylisting.clone(),
             admin: config.admin.clone(),
             log: config.log.clone(),
+            events: config.events.clone(),
+            bounce_classes: config.bounce_classes.clone(),
+            // Printed resolved, so `check-config` shows where they are.
+            local: LocalConfig {
+                submit_socket: Some(config.local.submit_socket(&config.spool.path)),
+                maildrop: Some(config.local.maildrop(&config.spool.path)),
+            },
+            server: config.server.clone(),
         }
     }
 }
@@ -142,6 +183,7 @@ impl Default for ConfigFile {
             listeners: vec![ListenerConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 2525)),
                 kind: ListenerKind::Relay,
+                proxy_protocol: false,
             }],
             tls: None,
             limits: LimitsFile::default(),
@@ -156,8 +198,16 @@ impl Default for ConfigFile {
             milters: Vec::new(),
             shaping: BTreeMap::new(),
             cluster: ClusterFile::default(),
+            recipients: RecipientsConfig::default(),
+            screen: ScreenConfig::default(),
+            client_limits: ClientLimitsConfig::default(),
+            greylisting: GreylistingConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            events: Vec::new(),
+            bounce_classes: Vec::new(),
+            local: LocalConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -185,6 +235,7 @@ impl Default for LimitsFile {
             max_errors: 20,
             shutdown_grace: Duration::from_secs(30),
             max_hops: 50,
+            max_junk_commands: 100,
         }
     }
 }
@@ -241,6 +292,7 @@ impl Default for AdminConfig {
         AdminConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 8025)),
             token: None,
+            socket: None,
         }
     }
 }

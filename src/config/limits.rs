@@ -28,6 +28,7 @@ pub(super) struct LimitsFile {
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     pub max_hops: usize,
+    pub max_junk_commands: u32,
 }
 
 /// `[limits]`, validated.
@@ -56,6 +57,10 @@ pub struct LimitsConfig {
     /// refused with 554 5.4.6 (RFC 5321 §6.3 mail loop); as Postfix's
     /// `hopcount_limit`.
     pub max_hops: NonZeroUsize,
+    /// NOOP, RSET, VRFY and HELP a session may send; the next one gets
+    /// `421 4.7.0` and the connection is closed (as Postfix's
+    /// `smtpd_junk_command_limit`).
+    pub max_junk_commands: NonZeroU32,
 }
 
 impl LimitsFile {
@@ -79,6 +84,7 @@ impl LimitsFile {
             max_errors: count(invalid, "limits.max_errors", self.max_errors)?,
             shutdown_grace: self.shutdown_grace,
             max_hops: count(invalid, "limits.max_hops", self.max_hops)?,
+            max_junk_commands: count(invalid, "limits.max_junk_commands", self.max_junk_commands)?,
         })
     }
 }
@@ -96,6 +102,7 @@ impl From<&LimitsConfig> for LimitsFile {
             max_errors: limits.max_errors.get(),
             shutdown_grace: limits.shutdown_grace,
             max_hops: limits.max_hops.get(),
+            max_junk_commands: limits.max_junk_commands.get(),
         }
     }
 }

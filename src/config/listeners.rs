@@ -29,6 +29,15 @@ pub struct ListenerConfig {
     /// Relay unless given.
     #[serde(default = "default_listener_kind")]
     pub kind: ListenerKind,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (a
+    /// load balancer in front): its address is the client's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
+}
+
+/// `proxy_protocol = false` is not printed: it is what no key means.
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn default_listener_kind() -> ListenerKind {

@@ -9,7 +9,8 @@
 //!   `spool`, `listeners` (`[[listener]]`, `[tls]`), `limits`, `policy`
 //!   (`[policy]`, `[[user]]`), `delivery` (`[delivery]`, `[tls_policy]`,
 //!   `[routes]`), `dns`, `dkim` (`[[dkim]]`, `[verify]`), `shaping`
-//!   (`[shaping]`, `[cluster]`), `admin`, `log`;
+//!   (`[shaping]`, `[cluster]`), `frontdoor` (`[recipients]`, `[screen]`,
+//!   `[client_limits]`, `[greylisting]`), `admin`, `log`;
 //! - `next_hop`: the host-and-port values of `relay_host` and `[routes]`;
 //! - `units`: sizes and durations ("35MiB", "5d");
 //! - `print`: what `sluice check-config` prints, and its redaction.
@@ -18,9 +19,12 @@ mod admin;
 mod delivery;
 mod dkim;
 mod dns;
+mod events;
 mod file;
+mod frontdoor;
 mod limits;
 mod listeners;
+mod local;
 mod log;
 mod milter;
 mod next_hop;
@@ -37,8 +41,14 @@ pub use admin::AdminConfig;
 pub use delivery::{DeliveryConfig, RelayAuth, TlsPolicy};
 pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimEntry, VerifyConfig};
 pub use dns::DnsConfig;
+pub use events::{BOUNCE_CLASSES, BounceClassConfig, EVENT_TYPES, EventSink, EventsConfig};
+pub use frontdoor::{
+    ClientLimitsConfig, DnsList, FrontDoorConfig, GreylistingConfig, RecipientsConfig,
+    ScreenConfig, VerifyMode,
+};
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
+pub use local::{LocalConfig, ServerConfig};
 pub use log::{LogConfig, LogFormat};
 pub use milter::{MilterAddress, MilterConfig, OnFailure};
 pub use next_hop::{HostName, NextHopAddress, Route};
@@ -144,10 +154,20 @@ pub struct Config {
     pub shaping: Shaping,
     /// `[cluster]`: limits shared through Redis.
     pub cluster: ClusterConfig,
+    /// `[recipients]`, `[screen]`, `[client_limits]`, `[greylisting]`.
+    pub front_door: FrontDoorConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[[events]]`: delivery-event subscribers.
+    pub events: Vec<EventsConfig>,
+    /// `[[bounce_class]]`: the operator's classifier rules, before the built-in ones.
+    pub bounce_classes: Vec<BounceClassConfig>,
+    /// `[local]`.
+    pub local: LocalConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
 }
 
 /// The embedded defaults: what an empty file gives.
@@ -342,6 +362,7 @@ mod tests {
             "limits.max_auth_failures",
             "limits.max_errors",
             "limits.max_hops",
+            "limits.max_junk_commands",
             "delivery.concurrency",
             "delivery.per_domain_concurrency",
         ] {

@@ -33,6 +33,11 @@ impl Config {
         for user in &mut copy.users {
             user.password_hash = REDACTED.to_string();
         }
+        for subscriber in &mut copy.events {
+            if let Some(secret) = &mut subscriber.secret {
+                *secret = REDACTED.to_string();
+            }
+        }
         // redis://user:password@host: the password part.
         if let Some(url) = &mut copy.cluster.redis
             && let Some((scheme, rest)) = url.split_once("://")
@@ -56,6 +61,11 @@ pub(super) fn refuse_placeholders(file: &ConfigFile, invalid: Invalid) -> Result
     }
     for (index, user) in file.users.iter().enumerate() {
         secrets.push((format!("user[{index}].password_hash"), &user.password_hash));
+    }
+    for (index, subscriber) in file.events.iter().enumerate() {
+        if let Some(secret) = &subscriber.secret {
+            secrets.push((format!("events[{index}].secret"), secret));
+        }
     }
     match secrets.into_iter().find(|(_, value)| *value == REDACTED) {
         Some((key, _)) => Err(invalid.at(

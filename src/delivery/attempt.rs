@@ -1,6 +1,8 @@
 //! One delivery attempt for one domain's recipients of one message: find
-//! the next hop, open (or reuse) a session with the TLS and AUTH it needs,
-//! run the transaction, and turn what happened into a verdict per recipient.
+//! the next hop, walk its hosts as [`HostWalk`] says, open (or reuse) a
+//! session with the TLS and AUTH it needs, run the transaction, and hand
+//! what happened back to the walk. The decisions are the planners'
+//! (`delivery::plan`); this file does the I/O.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -11,498 +13,315 @@ use sluice_queue::{Message, QueueId};
 
 use super::Engine;
 use super::client::{Body, ClientError, Connection, server_name};
-use super::dsn::Diagnostic;
-use super::loops;
-use super::pool::PoolKey;
+use super::plan::walk::{
+    requiretls_refusal, requiretls_setup_failure, size_refusal, smtputf8_refusal,
+};
+use super::plan::{DeliveryError, Fallback, HostWalk, Ran, SessionFacts, Step};
+use super::pool::{PoolKey, Shaped};
 use super::requiretls;
-use super::route::{Host, NextHop, NextHopKind, RouteError, Transport};
+use super::route::{Host, NextHopKind, Transport};
 use super::secure::{self, HostPolicy};
 use super::tls::TlsMode;
+use crate::config::{Config, RelayAuth, ShapingRule};
 use crate::smtp::client::Envelope;
-use crate::smtp::reply::{EnhancedCode, Reply};
 
-/// What became of one recipient in one attempt: sent, deferred or failed,
-/// as `smtp::client::disposition` decides for server replies.
-pub use crate::smtp::client::Disposition as Verdict;
+pub use super::plan::{Attempt, Failure, MAX_ADDRESSES, MAX_HOSTS, Verdict, recipient_domain};
 
 /// Bodies up to this size are read into memory at once; larger ones stream
 /// from a reader thread in chunks of this size.
 const IN_MEMORY_BODY: u64 = 256 * 1024;
 
-/// One recipient's result, with everything the log line and a DSN need.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// Index in [`Message::recipients`].
-    pub index: usize,
-    /// Sent, deferred or failed.
-    pub verdict: Verdict,
-    /// The RFC 3463 status (the reply's, or ours).
-    pub status: EnhancedCode,
-    /// The remote reply, or our own reason, on one line (stored as
-    /// `last_reply`).
-    pub reply: String,
-    /// What a DSN reports as Diagnostic-Code.
-    pub diagnostic: Diagnostic,
-    /// The host that answered, for Remote-MTA.
-    pub remote_mta: Option<String>,
-    /// `host[ip]:port`, or "none" when no server was reached.
-    pub relay: String,
-    /// `TLSv1.3/CIPHER`, "plaintext", or "none".
-    pub tls: String,
-    /// Which TLS policy applied (the log line's `tls=`): dane, mta-sts,
-    /// required, opportunistic, plaintext, or "none" (no session).
-    pub tls_policy: &'static str,
-    /// The server that answered offers DSN (RFC 3461): a success report
-    /// for a sent recipient is then `delivered`, else `relayed`.
-    pub next_hop_dsn: bool,
+/// The shaping rule one attempt runs under.
+pub struct Shaping<'a> {
+    /// The rule: a reply matching its `suspend_on` ends the host walk.
+    pub rule: &'a ShapingRule,
+    /// What the connection pool counts against the destination.
+    pub pool: Shaped,
 }
 
-impl Attempt {
-    fn from_server(
-        index: usize,
-        verdict: &crate::smtp::client::Verdict,
-        session: &Session,
-    ) -> Attempt {
-        let reply = verdict.reply.one_line();
-        Attempt {
-            index,
-            verdict: verdict.disposition,
-            status: verdict.status(),
-            diagnostic: Diagnostic::Smtp(reply.clone()),
-            reply,
-            remote_mta: Some(session.host.clone()),
-            relay: session.relay.clone(),
-            tls: session.tls.clone(),
-            tls_policy: session.tls_policy,
-            next_hop_dsn: session.dsn,
-        }
-    }
-
-    /// A result decided here, not by a remote reply.
-    pub fn local(index: usize, failure: &Failure) -> Attempt {
-        let verdict = if failure.permanent {
-            Verdict::Failed
-        } else {
-            Verdict::Deferred
-        };
-        let (reply, diagnostic) = match &failure.reply {
-            Some(reply) => (reply.one_line(), Diagnostic::Smtp(reply.one_line())),
-            None => (
-                format!("{} {}", failure.status, failure.reason),
-                Diagnostic::Local(failure.reason.clone()),
-            ),
-        };
-        Attempt {
-            index,
-            verdict,
-            status: failure.status,
-            reply,
-            diagnostic,
-            remote_mta: failure.remote_mta.clone(),
-            relay: failure.relay.clone().unwrap_or_else(|| "none".into()),
-            tls: failure.tls.clone().unwrap_or_else(|| "none".into()),
-            tls_policy: failure.tls_policy.unwrap_or("none"),
-            next_hop_dsn: false,
-        }
-    }
-}
-
-/// Why a whole domain group could not be delivered in this attempt.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// True when retrying cannot help.
-    pub permanent: bool,
-    /// The RFC 3463 status to report.
-    pub status: EnhancedCode,
-    /// In words, naming the host or domain involved.
-    pub reason: String,
-    /// The server's reply, when one refused.
-    pub reply: Option<Reply>,
-    /// The host involved, when one was reached.
-    pub remote_mta: Option<String>,
-    /// `host[ip]:port`, when a connection was attempted.
-    pub relay: Option<String>,
-    /// The TLS state of the session, when one was open.
-    pub tls: Option<String>,
-    /// The TLS policy that applied, when a host was tried under one.
-    pub tls_policy: Option<&'static str>,
-}
-
-impl Failure {
-    /// A failure decided here (no remote involved).
-    pub fn local(permanent: bool, status: EnhancedCode, reason: impl Into<String>) -> Failure {
-        Failure {
-            permanent,
-            status,
-            reason: reason.into(),
-            reply: None,
-            remote_mta: None,
-            relay: None,
-            tls: None,
-            tls_policy: None,
-        }
-    }
-
-    /// The same failure, but worth another try later (class 4).
-    pub fn temporary(self) -> Failure {
-        Failure {
-            permanent: false,
-            status: self.status.with_class(4),
-            ..self
-        }
-    }
-
-    fn from_route(error: &RouteError) -> Failure {
-        Failure::local(error.is_permanent(), error.status(), error.to_string())
-    }
-
-    fn from_client(error: &ClientError, host: &str, relay: &str) -> Failure {
-        let status = match error {
-            ClientError::Rejected { reply, .. } => reply.status(),
-            ClientError::Connect(_) => EnhancedCode::new(4, 4, 1),
-            ClientError::Timeout { .. } => EnhancedCode::new(4, 4, 2),
-            ClientError::Io { .. } | ClientError::Closed { .. } => EnhancedCode::new(4, 4, 2),
-            ClientError::Protocol { .. } | ClientError::Unexpected { .. } => {
-                EnhancedCode::new(4, 5, 0)
-            }
-            ClientError::TlsHandshake(_) => EnhancedCode::new(4, 7, 5),
-            ClientError::TlsNotOffered => EnhancedCode::new(4, 7, 4),
-            ClientError::TlsInjection => EnhancedCode::new(4, 7, 0),
-            ClientError::AuthNotOffered => EnhancedCode::new(4, 7, 4),
-            ClientError::Body(_) => EnhancedCode::new(4, 3, 0),
-        };
-        // Whatever the server said, the session failed, not a recipient:
-        // a refusal of the session (smtp::client::disposition) or a
-        // transaction broken off before it settled them.
-        Failure {
-            permanent: false,
-            status: status.with_class(4),
-            reason: format!("{relay}: {error}"),
-            reply: error.reply().cloned(),
-            remote_mta: Some(host.to_string()),
-            relay: Some(relay.to_string()),
-            tls: None,
-            tls_policy: None,
-        }
-    }
-}
-
-/// Facts about the open session, for the log and the DSN.
-struct Session {
-    host: String,
-    relay: String,
-    tls: String,
-    /// The log line's `tls=`.
-    tls_policy: &'static str,
-    /// The server offers DSN (RFC 3461).
-    dsn: bool,
-}
-
-/// The recipient's domain, lower case; an address literal loses its
-/// brackets (RFC 5321 §4.1.3). `None` when there is no domain part.
-pub fn recipient_domain(address: &str) -> Option<String> {
-    let (_, domain) = address.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    if domain.is_empty() {
-        return None;
-    }
-    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        let literal = literal
-            .strip_prefix("IPv6:")
-            .or_else(|| literal.strip_prefix("ipv6:"))
-            .unwrap_or(literal);
-        return Some(literal.to_ascii_lowercase());
-    }
-    Some(domain.to_ascii_lowercase())
-}
-
-/// MX hosts looked at per attempt, at most: DNS answers come from the
-/// remote side too, and a thousand MX records must not keep one delivery
-/// busy for hours.
-pub const MAX_HOSTS: usize = 10;
-/// Addresses connected to per attempt, at most, over all hosts (as
-/// Postfix's `smtp_mx_address_limit`); the rest wait for the next attempt.
-pub const MAX_ADDRESSES: usize = 10;
-
-/// Delivers `indices` (recipients of `message` in `domain`): one pass over
-/// the next hop's hosts, in order, each host's addresses in turn (RFC 5321
-/// §5.1). A host that cannot be reached or will not talk to
-/// us passes the recipients on to the next one; so does a transaction that
-/// breaks off before the end of data, for the recipients it did not settle.
-/// A reply about a recipient (2xx, 4xx or 5xx at RCPT, DATA or the end of
-/// data) settles it for this attempt: it is never offered to another host.
+/// Delivers `indices` (recipients of `message` in `domain`): the next hop's
+/// hosts in the order [`HostWalk`] gives (RFC 5321 §5.1), under `shaping`
+/// when a rule applies.
 ///
 /// Every index gets exactly one [`Attempt`]. Recipients over a server's
 /// per-transaction limit go in follow-up transactions on the same session
-/// (RFC 5321 §4.5.3.1.10, see `smtp::client`).
+/// (RFC 5321 §4.5.3.1.10, see `smtp::client`). `config` is the attempt's
+/// one snapshot of the settings: it holds for the whole attempt, whatever a
+/// reload does meanwhile.
 pub async fn deliver_domain(
     engine: &Arc<Engine>,
+    config: &Config,
     message: &Message,
     domain: &str,
     indices: &[usize],
+    shaping: Option<&Shaping<'_>>,
 ) -> Vec<Attempt> {
-    let all = |failure: &Failure| -> Vec<Attempt> {
-        indices
-            .iter()
-            .map(|&index| Attempt::local(index, failure))
-            .collect()
-    };
     let hop = match engine.router.next_hop(domain).await {
         Ok(hop) => hop,
-        Err(error) => return all(&Failure::from_route(&error)),
+        Err(error) => {
+            let failure = Failure::from(DeliveryError::Route(error));
+            return indices
+                .iter()
+                .map(|&index| Attempt::local(index, &failure))
+                .collect();
+        }
     };
     let auth = match hop.kind {
-        NextHopKind::Smarthost => engine.ctx.config().delivery.relay_auth.clone(),
+        NextHopKind::Smarthost => config.delivery.relay_auth.as_ref(),
         _ => None,
     };
-    let policy = engine.ctx.config().tls_policy_for(domain);
+    let policy = config.tls_policy_for(domain);
+    let shaped = shaping.map(|shaping| &shaping.pool);
     // DANE and MTA-STS (delivery::secure) come before the static policy.
     let security = engine
         .secure
         .for_domain(domain, &hop, engine.router.resolver(), &engine.tls.verified)
         .await;
-    let mut last_failure = Failure::local(
-        false,
-        EnhancedCode::new(4, 4, 0),
-        format!("no usable host for {domain}"),
+    let mut walk = HostWalk::new(
+        domain,
+        hop.kind,
+        hop.hosts.len(),
+        indices,
+        &config.listeners,
+        shaping.map(|shaping| shaping.rule),
     );
-    // Recipients settled so far, and those still to be tried.
-    let mut settled: Vec<Attempt> = Vec::with_capacity(indices.len());
-    let mut open: Vec<usize> = indices.to_vec();
-    let finish = |mut settled: Vec<Attempt>, open: &[usize], failure: &Failure| {
-        settled.extend(open.iter().map(|&index| Attempt::local(index, failure)));
-        settled
-    };
-    // Hosts before ourselves in the list were tried (RFC 5321 §5.1).
-    let mut tried = false;
-    let mut connections = 0;
+    // An LMTP UNIX socket has no address to look up (see open_session).
+    let unix = matches!(hop.transport, Transport::LmtpUnix(_));
     // RFC 8689 §5: `TLS-Required: No`, read once, only if a policy needs it.
     let mut tls_optional: Option<bool> = None;
-    for host in hop.hosts.iter().take(MAX_HOSTS) {
-        let mut host_policy = security.for_host(host).await;
-        let mut policy = policy;
-        let chosen = host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
-        if !message.requiretls && requiretls::is_mandatory(&host_policy, chosen) {
-            if tls_optional.is_none() {
-                let lifted = requiretls::header_says_no(&engine.ctx.queue, &message.id).await;
-                tls_optional = Some(lifted);
-            }
-            if tls_optional == Some(true) {
-                tracing::info!(queue_id = %message.id, domain, host = %host.name, "TLS-Required: No: TLS policies lifted for this message (RFC 8689)");
-                host_policy = HostPolicy::Static;
-                if policy == crate::config::TlsPolicy::Required {
-                    policy = crate::config::TlsPolicy::Opportunistic;
+    // The TLS policy and mode of the host whose addresses are being tried.
+    let mut current: Option<(HostPolicy, TlsMode)> = None;
+    loop {
+        let (host, address) = match walk.step() {
+            Step::Done(attempts) => {
+                if let Some(reply) = walk.throttled() {
+                    tracing::info!(queue_id = %message.id, domain, reply, "throttled: no other host is tried in this attempt");
                 }
+                return attempts;
             }
-        }
-        if let HostPolicy::Refused { policy, reason } = &host_policy {
-            tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
-            secure::count_session(&engine.ctx.metrics, domain, policy, false);
-            let mut failure = Failure::local(false, EnhancedCode::new(4, 7, 5), reason.clone());
-            failure.tls_policy = Some(policy);
-            last_failure = failure;
-            tried = true;
-            continue;
-        }
-        // An LMTP UNIX socket has no address to look up (see open_session).
-        let unix = matches!(hop.transport, Transport::LmtpUnix(_));
-        let addresses = match unix {
-            true => Ok(vec![std::net::IpAddr::from([0, 0, 0, 0])]),
-            false => engine.router.addresses(&hop, host).await,
-        };
-        let addresses = match addresses {
-            Ok(addresses) => addresses,
-            Err(error) => {
-                let mut failure = Failure::from_route(&error);
-                // A missing MX host is the domain's DNS being broken, maybe
-                // for a while; only the implicit MX (the domain itself has no
-                // address) is final.
-                if hop.kind != NextHopKind::ImplicitMx {
-                    failure = failure.temporary();
+            Step::LookUp { host } => {
+                let host = &hop.hosts[host];
+                let mut host_policy = security.for_host(host).await;
+                let mut policy = policy;
+                let chosen =
+                    host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+                if !message.requiretls && requiretls::is_mandatory(&host_policy, chosen) {
+                    if tls_optional.is_none() {
+                        let lifted =
+                            requiretls::header_says_no(&engine.ctx.queue, &message.id).await;
+                        tls_optional = Some(lifted);
+                    }
+                    if tls_optional == Some(true) {
+                        tracing::info!(queue_id = %message.id, domain, host = %host.name, "TLS-Required: No: TLS policies lifted for this message (RFC 8689)");
+                        host_policy = HostPolicy::Static;
+                        if policy == crate::config::TlsPolicy::Required {
+                            policy = crate::config::TlsPolicy::Opportunistic;
+                        }
+                    }
                 }
-                tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
-                last_failure = failure;
-                tried = true;
-                continue;
-            }
-        };
-        let mut mode =
-            host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
-        if unix {
-            mode = TlsMode::Disabled;
-        }
-        if message.requiretls {
-            match requiretls::host_rule(
-                hop.kind,
-                &host_policy,
-                mode,
-                security.mx_secure,
-                &host.name,
-            ) {
-                requiretls::HostRule::Tls(checked) => mode = checked,
-                requiretls::HostRule::Refused(reason) => {
-                    last_failure = Failure::local(true, requiretls::STATUS, reason);
-                    tried = true;
+                if let HostPolicy::Refused { policy, reason } = &host_policy {
+                    tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
+                    secure::count_session(&engine.ctx.metrics, domain, policy, false);
+                    walk.refused(Failure {
+                        tls_policy: Some(policy),
+                        ..Failure::from(DeliveryError::HostRefused {
+                            reason: reason.clone(),
+                        })
+                    });
                     continue;
                 }
+                let mut mode =
+                    host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+                if unix {
+                    mode = TlsMode::Disabled;
+                }
+                if message.requiretls {
+                    match requiretls::host_rule(
+                        hop.kind,
+                        &host_policy,
+                        mode,
+                        security.mx_secure,
+                        &host.name,
+                    ) {
+                        requiretls::HostRule::Tls(checked) => mode = checked,
+                        requiretls::HostRule::Refused(reason) => {
+                            tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused for a REQUIRETLS message");
+                            walk.refused(Failure::from(DeliveryError::RequireTls { reason }));
+                            continue;
+                        }
+                    }
+                }
+                // An LMTP UNIX socket has no address: the walk gets one
+                // placeholder (port 0, which no listener has).
+                let addresses = match unix {
+                    true => Ok(vec![std::net::IpAddr::from([0, 0, 0, 0])]),
+                    false => engine.router.addresses(&hop, host).await,
+                };
+                match addresses {
+                    Ok(addresses) => walk.resolved(
+                        addresses
+                            .into_iter()
+                            .map(|ip| SocketAddr::new(ip, host.port)),
+                    ),
+                    Err(error) => {
+                        tracing::debug!(domain, host = %host.name, %error, "next hop has no address");
+                        walk.unresolved(error);
+                    }
+                }
+                current = Some((host_policy, mode));
+                continue;
+            }
+            Step::Connect { host, address } => (&hop.hosts[host], address),
+        };
+        let (host_policy, mode) = current
+            .as_ref()
+            .expect("a host is looked up before its addresses are tried");
+        let mode = *mode;
+        let mut relay = format!("{}[{}]:{}", host.name, address.ip(), address.port());
+        if unix {
+            relay = host.name.clone();
+        }
+        let key = PoolKey {
+            address,
+            host: host.name.clone(),
+            tls: mode,
+            auth_user: auth.map(|auth| auth.username.clone()),
+        };
+        let mut ran = None;
+        // A pooled connection may have been closed by the server while
+        // idle: on a failure before the transaction got going, open a
+        // fresh one and try again.
+        if let Some(connection) = engine.pool.take(&key) {
+            let target = Target {
+                host,
+                relay: &relay,
+                key: &key,
+                reused: true,
+                policy: host_policy,
+                shaped,
+            };
+            match transaction(engine, config, connection, &target, message, walk.open()).await {
+                Ok(result) => ran = Some(result),
+                Err(error) => {
+                    tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
+                }
             }
         }
-        for ip in addresses {
-            if connections >= MAX_ADDRESSES {
-                tracing::debug!(domain, "address limit reached for this attempt");
-                return finish(settled, &open, &last_failure);
-            }
-            let address = SocketAddr::new(ip, host.port);
-            let mut relay = format!("{}[{}]:{}", host.name, ip, host.port);
-            if unix {
-                relay = host.name.clone();
-            }
-            if loops::loops_back(&engine.ctx.config().listeners, hop.kind, address) {
-                // RFC 5321 §5.1: ourselves and anything after us is out.
-                tracing::warn!(domain, %relay, "next hop is this server: mail loop");
-                if tried {
-                    return finish(settled, &open, &last_failure);
-                }
-                let status = EnhancedCode::new(5, 4, 6);
-                return all(&Failure::local(true, status, loops::reason(domain)));
-            }
-            tried = true;
-            connections += 1;
-            let key = PoolKey {
-                address,
-                host: host.name.clone(),
-                tls: mode,
-                auth_user: auth.as_ref().map(|auth| auth.username.clone()),
-            };
-            let mut ran = None;
-            // A pooled connection may have been closed by the server while
-            // idle: on a failure before the transaction got going, open a
-            // fresh one and try again.
-            if let Some(connection) = engine.pool.take(&key) {
+        let ran = match ran {
+            Some(ran) => ran,
+            None => {
+                // A shaping rule's connection limit counts idle ones too.
+                engine.pool.make_room(shaped).await;
+                let (connector, observed) = secure::connector_for(host_policy, &engine.tls.roots);
+                let opened = open_session(
+                    engine,
+                    config,
+                    auth,
+                    host,
+                    address,
+                    mode,
+                    hop.kind,
+                    &hop.transport,
+                    connector.as_ref(),
+                )
+                .await;
+                secure::observe_session(
+                    engine,
+                    domain,
+                    &relay,
+                    host_policy,
+                    mode,
+                    &opened,
+                    observed.as_ref(),
+                );
+                let connection = match opened {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::debug!(domain, %relay, %error, "session setup failed");
+                        // A host that will not talk to us (5xx greeting,
+                        // EHLO or AUTH refused) says nothing about the
+                        // recipients: try the next host, and defer if
+                        // none works (as Postfix's smtp_skip_5xx_greeting
+                        // and smtp_sasl_auth_soft_bounce).
+                        let mut failure = Failure::from_client(&error, &host.name, &relay);
+                        // Name the policy that made TLS mandatory, so
+                        // `queue show` says why (DANE, MTA-STS).
+                        if let Some(why) = host_policy.describe(&security, host) {
+                            failure = Failure {
+                                reply: None,
+                                tls_policy: Some(host_policy.label(mode, false)),
+                                error: DeliveryError::MandatoryTls {
+                                    why,
+                                    source: Box::new(failure.error),
+                                },
+                                ..failure
+                            };
+                        }
+                        // RFC 8689 4.2: a REQUIRETLS message never goes
+                        // without TLS: no STARTTLS is final.
+                        if let Some(error) =
+                            requiretls_setup_failure(message.requiretls, &error, &host.name)
+                        {
+                            failure = Failure::from(error);
+                        }
+                        walk.failed(failure);
+                        continue;
+                    }
+                };
                 let target = Target {
                     host,
                     relay: &relay,
                     key: &key,
-                    reused: true,
-                    policy: &host_policy,
+                    reused: false,
+                    policy: host_policy,
+                    shaped,
                 };
-                match transaction(engine, connection, &target, message, &open).await {
-                    Ok(result) => ran = Some(result),
-                    Err(error) => {
-                        tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
-                    }
+                match transaction(engine, config, connection, &target, message, walk.open()).await {
+                    Ok(ran) => ran,
+                    Err(error) => Ran::BrokenOff {
+                        settled: Vec::new(),
+                        open: walk.open().to_vec(),
+                        failure: Failure::from_client(&error, &host.name, &relay),
+                    },
                 }
             }
-            let ran = match ran {
-                Some(ran) => ran,
-                None => {
-                    // A shaping rule's connection limit counts idle ones too.
-                    engine.pool.make_room().await;
-                    let (connector, observed) =
-                        secure::connector_for(&host_policy, &engine.tls.roots);
-                    let opened =
-                        open_session(engine, host, address, mode, &hop, connector.as_ref()).await;
-                    secure::observe_session(
-                        engine,
-                        domain,
-                        &relay,
-                        &host_policy,
-                        mode,
-                        &opened,
-                        observed.as_ref(),
-                    );
-                    let connection = match opened {
-                        Ok(connection) => connection,
-                        Err(error) => {
-                            tracing::debug!(domain, %relay, %error, "session setup failed");
-                            // A host that will not talk to us (5xx greeting,
-                            // EHLO or AUTH refused) says nothing about the
-                            // recipients: try the next host, and defer if
-                            // none works (as Postfix's smtp_skip_5xx_greeting
-                            // and smtp_sasl_auth_soft_bounce).
-                            last_failure = Failure::from_client(&error, &host.name, &relay);
-                            // Name the policy that made TLS mandatory, so
-                            // `queue show` says why (DANE, MTA-STS).
-                            if let Some(why) = host_policy.describe(&security, host) {
-                                last_failure.reason = format!("{why}: {}", last_failure.reason);
-                                last_failure.reply = None;
-                                last_failure.tls_policy = Some(host_policy.label(mode, false));
-                            }
-                            if message.requiretls && matches!(error, ClientError::TlsNotOffered) {
-                                let reason = requiretls::session_rule(false, false, &host.name);
-                                let reason = reason.err().unwrap_or_default();
-                                last_failure = Failure::local(true, requiretls::STATUS, reason);
-                            }
-                            continue;
-                        }
-                    };
-                    let target = Target {
-                        host,
-                        relay: &relay,
-                        key: &key,
-                        reused: false,
-                        policy: &host_policy,
-                    };
-                    match transaction(engine, connection, &target, message, &open).await {
-                        Ok(ran) => ran,
-                        Err(error) => Ran::BrokenOff {
-                            settled: Vec::new(),
-                            open: open.clone(),
-                            failure: Failure::from_client(&error, &host.name, &relay),
-                        },
-                    }
-                }
-            };
-            match ran {
-                Ran::Done(attempts) => {
-                    settled.extend(attempts);
-                    return settled;
-                }
-                Ran::BrokenOff {
-                    settled: now_settled,
-                    open: still_open,
-                    failure,
-                } => {
-                    tracing::debug!(
-                        queue_id = %message.id,
-                        domain,
-                        %relay,
-                        reason = %failure.reason,
-                        open = still_open.len(),
-                        "transaction broke off; trying the next host for the rest"
-                    );
-                    settled.extend(now_settled);
-                    if still_open.is_empty() {
-                        return settled;
-                    }
-                    open = still_open;
-                    last_failure = failure;
-                }
-            }
+        };
+        if let Ran::BrokenOff { open, failure, .. } = &ran {
+            tracing::debug!(
+                queue_id = %message.id,
+                domain,
+                %relay,
+                reason = %failure.error,
+                open = open.len(),
+                "transaction broke off; trying the next host for the rest"
+            );
         }
+        walk.ran(ran);
     }
-    finish(settled, &open, &last_failure)
 }
 
 /// Connects, reads the greeting, EHLO, then TLS and AUTH as `mode` and the
-/// smarthost settings say.
+/// smarthost settings (`auth`, for a `kind` smarthost) say.
+#[allow(clippy::too_many_arguments)]
 async fn open_session(
     engine: &Arc<Engine>,
+    config: &Config,
+    auth: Option<&RelayAuth>,
     host: &Host,
     address: SocketAddr,
     mode: TlsMode,
-    hop: &NextHop,
+    kind: NextHopKind,
+    transport: &Transport,
     connector: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<Connection, ClientError> {
-    let config = engine.ctx.config();
     let hostname = config.hostname.as_str();
-    let mut connection = match &hop.transport {
+    let mut connection = match transport {
         Transport::LmtpUnix(path) => {
             Connection::connect_unix(path, address, engine.timeouts).await?
         }
         _ => Connection::connect(address, engine.timeouts).await?,
     };
-    let lmtp = hop.transport.is_lmtp();
+    let lmtp = transport.is_lmtp();
     if mode == TlsMode::Implicit {
         connection = connection
             .start_implicit_tls(&engine.tls.verified, server_name(&host.name)?)
@@ -537,32 +356,31 @@ async fn open_session(
                         .await
                     {
                         Ok(upgraded) => upgraded,
-                        Err(
-                            error @ (ClientError::TlsHandshake(_) | ClientError::Timeout { .. }),
-                        ) => plaintext_fallback(engine, host, address, lmtp, &error).await?,
-                        Err(error) => return Err(error),
+                        Err(error) => match Fallback::after_handshake(&error) {
+                            Fallback::Reconnect => {
+                                plaintext_fallback(engine, hostname, host, address, lmtp, &error)
+                                    .await?
+                            }
+                            Fallback::Continue | Fallback::Fail => return Err(error),
+                        },
                     }
                 }
-                // STARTTLS refused: the session goes on in plaintext,
-                // unless the server is closing it (RFC 5321 §3.8).
-                Err(ClientError::Rejected { reply, .. }) if reply.code() != 421 => {
-                    tracing::debug!(%reply, "STARTTLS refused; continuing in plaintext");
-                    connection
-                }
-                // Plaintext arrived where the handshake should start: this
-                // connection cannot be trusted, a fresh plaintext one can.
-                Err(error @ ClientError::TlsInjection) => {
-                    drop(connection);
-                    plaintext_fallback(engine, host, address, lmtp, &error).await?
-                }
-                Err(error) => return Err(error),
+                Err(error) => match Fallback::after_starttls(&error) {
+                    Fallback::Continue => {
+                        tracing::debug!(%error, "STARTTLS refused; continuing in plaintext");
+                        connection
+                    }
+                    Fallback::Reconnect => {
+                        drop(connection);
+                        plaintext_fallback(engine, hostname, host, address, lmtp, &error).await?
+                    }
+                    Fallback::Fail => return Err(error),
+                },
             };
         }
         TlsMode::Opportunistic => {}
     }
-    if let (NextHopKind::Smarthost, Some(auth)) =
-        (hop.kind, &engine.ctx.config().delivery.relay_auth)
-    {
+    if let (NextHopKind::Smarthost, Some(auth)) = (kind, auth) {
         // Never send the password in clear.
         if connection.tls().is_none() {
             return Err(ClientError::TlsNotOffered);
@@ -578,6 +396,7 @@ async fn open_session(
 /// in plaintext, on a fresh connection that does not try STARTTLS.
 async fn plaintext_fallback(
     engine: &Arc<Engine>,
+    hostname: &str,
     host: &Host,
     address: SocketAddr,
     lmtp: bool,
@@ -589,9 +408,7 @@ async fn plaintext_fallback(
         "opportunistic TLS failed; retrying in plaintext"
     );
     let mut connection = Connection::connect(address, engine.timeouts).await?;
-    connection
-        .open_as(&engine.ctx.config().hostname, lmtp)
-        .await?;
+    connection.open_as(hostname, lmtp).await?;
     Ok(connection)
 }
 
@@ -604,20 +421,8 @@ struct Target<'a> {
     reused: bool,
     /// The host's TLS policy (for the log line's `tls=`).
     policy: &'a HostPolicy,
-}
-
-/// What a transaction on one host came to.
-enum Ran {
-    /// Every recipient has its attempt.
-    Done(Vec<Attempt>),
-    /// The transaction broke off before the end of data: `settled` got a
-    /// reply of their own before that, `open` may try the next host, and
-    /// `failure` is why they are still open.
-    BrokenOff {
-        settled: Vec<Attempt>,
-        open: Vec<usize>,
-        failure: Failure,
-    },
+    /// The shaping rule's hold on the pool, if any.
+    shaped: Option<&'a Shaped>,
 }
 
 /// Runs the transaction on an open session. `Err` only on a reused
@@ -626,12 +431,13 @@ enum Ran {
 /// a duplicate.
 async fn transaction(
     engine: &Arc<Engine>,
+    config: &Config,
     mut connection: Connection,
     target: &Target<'_>,
     message: &Message,
     indices: &[usize],
 ) -> Result<Ran, ClientError> {
-    let session = Session {
+    let session = SessionFacts {
         host: target.host.name.clone(),
         relay: target.relay.to_string(),
         tls: connection
@@ -643,17 +449,8 @@ async fn transaction(
             .label(target.key.tls, connection.tls().is_some()),
         dsn: connection.capabilities().dsn,
     };
-    let with_session = |failure: Failure| -> Failure {
-        Failure {
-            remote_mta: Some(session.host.clone()),
-            relay: Some(session.relay.clone()),
-            tls: Some(session.tls.clone()),
-            tls_policy: Some(session.tls_policy),
-            ..failure
-        }
-    };
-    let local = |failure: Failure| -> Ran {
-        let failure = with_session(failure);
+    let local = |error: DeliveryError| -> Ran {
+        let failure = Failure::from(error).on_session(&session);
         Ran::Done(
             indices
                 .iter()
@@ -662,56 +459,43 @@ async fn transaction(
         )
     };
     let capabilities = connection.capabilities().clone();
-    if message.requiretls
-        && let Err(reason) = requiretls::session_rule(
-            connection.tls().is_some(),
-            capabilities.requiretls,
-            &session.host,
-        )
-    {
-        engine.pool.put(target.key.clone(), connection);
-        return Ok(local(Failure::local(true, requiretls::STATUS, reason)));
+    if let Some(refusal) = requiretls_refusal(
+        message.requiretls,
+        connection.tls().is_some(),
+        &capabilities,
+        &session.host,
+    ) {
+        engine
+            .pool
+            .put(target.key.clone(), connection, target.shaped);
+        return Ok(local(refusal));
     }
-    // RFC 1870 §6.1: a declared limit below the message size is final.
-    if capabilities.rejects_size(message.size) {
-        engine.pool.put(target.key.clone(), connection);
-        return Ok(local(Failure::local(
-            true,
-            EnhancedCode::new(5, 3, 4),
-            format!(
-                "message size {} exceeds the limit of {} bytes at {}",
-                message.size,
-                capabilities.size.unwrap_or(0),
-                session.host
-            ),
-        )));
+    if let Some(refusal) = size_refusal(message.size, &capabilities, &session.host) {
+        engine
+            .pool
+            .put(target.key.clone(), connection, target.shaped);
+        return Ok(local(refusal));
     }
     let recipients: Vec<String> = indices
         .iter()
         .map(|&index| message.recipients[index].address.clone())
         .collect();
     let smtputf8_needed = message.smtputf8 && needs_smtputf8(engine, message, &recipients).await;
-    // RFC 6531 §3.4: no downgrade; the message cannot go to this server.
-    if smtputf8_needed && !capabilities.smtputf8 {
-        engine.pool.put(target.key.clone(), connection);
-        return Ok(local(Failure::local(
-            true,
-            EnhancedCode::new(5, 6, 7),
-            format!(
-                "{} does not support SMTPUTF8, which the message needs",
-                session.host
-            ),
-        )));
+    if let Some(refusal) = smtputf8_refusal(smtputf8_needed, &capabilities, &session.host) {
+        engine
+            .pool
+            .put(target.key.clone(), connection, target.shaped);
+        return Ok(local(refusal));
     }
     let body = match open_body(engine, &message.id, message.size) {
         Ok(body) => body,
         Err(error) => {
-            engine.pool.put(target.key.clone(), connection);
-            return Ok(local(Failure::local(
-                false,
-                EnhancedCode::new(4, 3, 0),
-                format!("cannot read the queued body: {error}"),
-            )));
+            engine
+                .pool
+                .put(target.key.clone(), connection, target.shaped);
+            return Ok(local(DeliveryError::Body {
+                reason: error.to_string(),
+            }));
         }
     };
     // Only messages that carry DSN parameters pay for copying them.
@@ -734,7 +518,7 @@ async fn transaction(
         smtputf8: message.smtputf8 && capabilities.smtputf8,
         message_dsn: message.dsn.as_ref(),
         recipient_dsn: &recipient_dsn,
-        chunking: engine.ctx.config().delivery.chunking,
+        chunking: config.delivery.chunking,
         requiretls: message.requiretls,
     };
     // A follow-up transaction (too many recipients) sends the body again.
@@ -749,7 +533,9 @@ async fn transaction(
     match result {
         Ok(verdicts) => {
             if connection.is_usable() && !engine.ctx.shutdown.is_cancelled() {
-                engine.pool.put(target.key.clone(), connection);
+                engine
+                    .pool
+                    .put(target.key.clone(), connection, target.shaped);
             } else {
                 connection.quit().await;
             }
@@ -768,33 +554,9 @@ async fn transaction(
             // The session is in an unknown state: close it (a 421 asked
             // for that anyway).
             drop(connection);
-            let failure = with_session(Failure::from_client(
-                &broken.error,
-                &session.host,
-                target.relay,
-            ));
-            // RFC 5321 §3.3: a recipient refused at RCPT keeps its own
-            // reply, whatever happened to the transaction afterwards.
-            let mut settled = Vec::new();
-            let mut open = Vec::new();
-            for (&index, verdict) in indices.iter().zip(broken.verdicts.iter()) {
-                match verdict {
-                    Some(verdict) => settled.push(Attempt::from_server(index, verdict, &session)),
-                    None => open.push(index),
-                }
-            }
-            // After the final dot the server may hold the message (RFC
-            // 5321 §6.1 and RFC 1047): no other host gets it in this
-            // attempt. A body we cannot read fails everywhere alike.
-            if broken.data_sent || matches!(broken.error, ClientError::Body(_)) {
-                settled.extend(open.iter().map(|&index| Attempt::local(index, &failure)));
-                return Ok(Ran::Done(settled));
-            }
-            Ok(Ran::BrokenOff {
-                settled,
-                open,
-                failure,
-            })
+            let failure = Failure::from_client(&broken.error, &session.host, target.relay)
+                .on_session(&session);
+            Ok(Ran::broken_off(indices, &broken, &session, failure))
         }
     }
 }
@@ -857,32 +619,4 @@ fn open_body(engine: &Arc<Engine>, id: &QueueId, size: u64) -> std::io::Result<B
         }
     });
     Ok(Body::Stream(receiver))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recipient_domains_are_lower_case_and_literals_unbracketed() {
-        assert_eq!(
-            recipient_domain("a@Example.NET"),
-            Some("example.net".into())
-        );
-        assert_eq!(recipient_domain("a@b@c.test"), Some("c.test".into()));
-        assert_eq!(recipient_domain("a@[127.0.0.1]"), Some("127.0.0.1".into()));
-        assert_eq!(recipient_domain("a@[IPv6:::1]"), Some("::1".into()));
-        assert_eq!(recipient_domain("postmaster"), None);
-        assert_eq!(recipient_domain("a@"), None);
-    }
-
-    #[test]
-    fn local_failures_read_like_status_and_reason() {
-        let failure = Failure::local(true, EnhancedCode::new(5, 1, 10), "null MX");
-        let attempt = Attempt::local(3, &failure);
-        assert_eq!(attempt.verdict, Verdict::Failed);
-        assert_eq!(attempt.reply, "5.1.10 null MX");
-        assert_eq!(attempt.relay, "none");
-        assert_eq!(attempt.diagnostic, Diagnostic::Local("null MX".into()));
-    }
 }

@@ -6,18 +6,30 @@ use sluice_queue::{AttemptRecord, LoggedAttempt};
 
 use super::attempt::Attempt;
 
-/// The history entries of `attempts`, all recorded at `at`.
+/// The history entries of `attempts`, all recorded at `at`: for each, the
+/// hosts tried before the one that gave its result, then that result.
 pub fn logged(attempts: &[Attempt], at: DateTime<Utc>) -> Vec<LoggedAttempt> {
     attempts
         .iter()
-        .map(|attempt| LoggedAttempt {
-            index: attempt.index,
-            attempt: AttemptRecord {
-                at,
-                relay: attempt.relay.clone(),
-                tls: attempt.tls.clone(),
-                reply: attempt.reply.clone(),
-            },
+        .flat_map(|attempt| {
+            let earlier = attempt.earlier.iter().map(move |tried| LoggedAttempt {
+                index: attempt.index,
+                attempt: AttemptRecord {
+                    at,
+                    relay: tried.relay.clone(),
+                    tls: tried.tls.clone(),
+                    reply: tried.reply.clone(),
+                },
+            });
+            earlier.chain(std::iter::once(LoggedAttempt {
+                index: attempt.index,
+                attempt: AttemptRecord {
+                    at,
+                    relay: attempt.relay.clone(),
+                    tls: attempt.tls.clone(),
+                    reply: attempt.reply.clone(),
+                },
+            }))
         })
         .collect()
 }

@@ -65,6 +65,7 @@ mod tests {
             .map(|address| ListenerConfig {
                 address: address.parse().expect("socket address"),
                 kind: ListenerKind::Relay,
+                proxy_protocol: false,
             })
             .collect()
     }

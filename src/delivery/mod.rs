@@ -24,6 +24,7 @@ pub mod history;
 pub mod loops;
 pub mod mta_sts;
 pub mod notices;
+pub mod plan;
 pub mod pool;
 pub mod requiretls;
 pub mod retry;
@@ -44,12 +45,12 @@ use crate::context::Context;
 
 use self::attempt::{Attempt, Failure};
 use self::client::Timeouts;
+use self::plan::DeliveryError;
 use self::pool::Pool;
 use self::retry::{Clock, RetryPolicy, SystemClock};
 use self::route::Router;
 use self::secure::Secure;
 use self::tls::TlsClients;
-use crate::smtp::reply::EnhancedCode;
 
 /// What every delivery task shares.
 pub struct Engine {
@@ -222,15 +223,13 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         .queue
         .get(id)?
         .ok_or_else(|| anyhow::anyhow!("no such message: {id}"))?;
-    let failure = Failure::local(
-        true,
-        EnhancedCode::new(5, 0, 0),
-        if reason.is_empty() {
+    let failure = Failure::from(DeliveryError::Operator {
+        reason: if reason.is_empty() {
             "bounced by the operator".to_string()
         } else {
             reason.to_string()
         },
-    );
+    });
     let attempts: Vec<Attempt> = message
         .recipients
         .iter()
@@ -244,7 +243,8 @@ pub async fn bounce(ctx: &Context, id: &QueueId, reason: &str) -> anyhow::Result
         .map(|(index, _)| Attempt::local(index, &failure))
         .collect();
     let now = chrono::Utc::now();
-    notices::queue_reports(ctx, &message, &attempts, now, None).await?;
+    let reports = plan::record::reports_owed(&message, &attempts, now, None, None);
+    notices::queue_reports(ctx, &message, &reports, now).await?;
     let updates = attempts
         .iter()
         .map(|attempt| RecipientUpdate {

@@ -1,8 +1,9 @@
-//! Which reports one delivery pass owes a message's sender, as the
-//! recipients' NOTIFY asks (RFC 3461 §4.1), and queuing them: failure,
-//! success (`delivered`, or `relayed` when the next hop does not offer
-//! DSN) and the one delay notice after `delivery.delay_warning`. The
-//! reports themselves are built by [`super::dsn`].
+//! Queuing the reports one delivery pass owes a message's sender (which
+//! ones is decided by [`super::plan::record::reports_owed`], as the
+//! recipients' NOTIFY asks, RFC 3461 §4.1): failure, success (`delivered`,
+//! or `relayed` when the next hop does not offer DSN) and the one delay
+//! notice after `delivery.delay_warning`. The reports themselves are built
+//! by [`super::dsn`].
 //!
 //! - Without NOTIFY: failure and delay reports only; NOTIFY=NEVER: none.
 //! - Recipients of one message that reach the same state in one pass share
@@ -16,54 +17,30 @@
 //!   here, unless something failed or a delay notice is due.
 
 use chrono::{DateTime, Utc};
-use sluice_queue::{Message, RecipientStatus, ReportKind, Ret, wants_report};
+use sluice_queue::{Message, Ret};
 
-use super::attempt::{Attempt, Verdict};
-use super::dsn::{self, Action, Diagnostic, ReportedRecipient, Returned};
+use super::dsn::{self, Action, ReportedRecipient, Returned};
+use super::plan::Reports;
 use crate::context::Context;
-use crate::smtp::reply::EnhancedCode;
 use crate::smtp::session::log_address;
 
-/// Queues the reports this pass owes: one per [`Action`] reached by a
-/// recipient that asked for it. When `will_retry_until` is given (the
-/// message's expiry) and the delay notice is due, that too, recorded as
-/// sent. Returns only once everything is durable.
+/// Queues `reports` (planned by [`super::plan::record::reports_owed`]): one
+/// per [`Action`], and the delay notice, recorded as sent. Nothing to the
+/// null sender (RFC 5321 §6.1). Returns only once everything is durable.
 pub async fn queue_reports(
     ctx: &Context,
     message: &Message,
-    attempts: &[Attempt],
+    reports: &Reports,
     now: DateTime<Utc>,
-    will_retry_until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
-    let mut failed = Vec::new();
-    let mut delivered = Vec::new();
-    let mut relayed = Vec::new();
-    for attempt in attempts {
-        let dsn = message.recipients[attempt.index].dsn.as_ref();
-        match attempt.verdict {
-            Verdict::Failed if wants_report(dsn, ReportKind::Failure) => failed.push(attempt),
-            Verdict::Sent if dsn.is_some() && wants_report(dsn, ReportKind::Success) => {
-                if attempt.next_hop_dsn {
-                    delivered.push(attempt);
-                } else {
-                    relayed.push(attempt);
-                }
-            }
-            _ => {}
-        }
-    }
-    let delayed = match will_retry_until {
-        Some(_) if delay_notice_due(ctx, message, now) => still_deferred(message, attempts, now),
-        _ => Vec::new(),
-    };
-    if failed.is_empty() && delivered.is_empty() && relayed.is_empty() && delayed.is_empty() {
+    if reports.is_empty() {
         return Ok(());
     }
     if message.sender.is_empty() {
-        if !failed.is_empty() {
+        if !reports.failed.is_empty() {
             tracing::warn!(
                 queue_id = %message.id,
-                recipients = failed.len(),
+                recipients = reports.failed.len(),
                 "not bouncing a message with a null sender; the failure notice is dropped"
             );
         }
@@ -74,120 +51,36 @@ pub async fn queue_reports(
         Original::Headers(bytes) => Returned::Headers(bytes),
         Original::Message(bytes) => Returned::Message(bytes),
     };
-    let reports = [
-        (Action::Failed, from_attempts(message, &failed, now)),
-        (Action::Delivered, from_attempts(message, &delivered, now)),
-        (Action::Relayed, from_attempts(message, &relayed, now)),
+    let each = [
+        (Action::Failed, &reports.failed),
+        (Action::Delivered, &reports.delivered),
+        (Action::Relayed, &reports.relayed),
     ];
-    for (action, recipients) in &reports {
-        queue_one(ctx, message, *action, recipients, now, None, returned).await?;
+    for (action, recipients) in each {
+        queue_one(ctx, message, action, recipients, now, None, returned).await?;
     }
-    if !delayed.is_empty() {
+    if !reports.delayed.is_empty() {
         queue_one(
             ctx,
             message,
             Action::Delayed,
-            &delayed,
+            &reports.delayed,
             now,
-            will_retry_until,
+            reports.will_retry_until,
             returned,
         )
         .await?;
         ctx.queue.note_delay_notice(&message.id, now).await?;
+        for recipient in &reports.delayed {
+            let mut event = crate::events::Event::new("delayed", &ctx.config().cluster.node);
+            event.queue_id = Some(message.id.to_string());
+            event.sender = Some(message.sender.clone());
+            event.recipient = Some(recipient.address.clone());
+            event.relay = recipient.remote_mta.clone();
+            crate::events::record(&ctx.queue, event);
+        }
     }
     Ok(())
-}
-
-/// True when the message has waited `delivery.delay_warning` and got no
-/// delay notice yet. A null sender never gets one.
-fn delay_notice_due(ctx: &Context, message: &Message, now: DateTime<Utc>) -> bool {
-    let Some(warning) = ctx.config().delivery.delay_warning else {
-        return false;
-    };
-    message.delay_notified_at.is_none()
-        && !message.sender.is_empty()
-        && chrono::Duration::from_std(warning)
-            .is_ok_and(|warning| now >= message.received_at + warning)
-}
-
-/// The recipients still deferred after this pass whose NOTIFY allows a
-/// delay notice, each with its last reply: this pass's, or the stored one
-/// for those not tried in it.
-fn still_deferred(
-    message: &Message,
-    attempts: &[Attempt],
-    now: DateTime<Utc>,
-) -> Vec<ReportedRecipient> {
-    let mut delayed = Vec::new();
-    for (index, recipient) in message.recipients.iter().enumerate() {
-        if !wants_report(recipient.dsn.as_ref(), ReportKind::Delay) {
-            continue;
-        }
-        match attempts.iter().find(|attempt| attempt.index == index) {
-            Some(attempt) if attempt.verdict == Verdict::Deferred => {
-                delayed.push(reported(message, attempt, now));
-            }
-            Some(_) => {}
-            None if recipient.status == RecipientStatus::Deferred => {
-                let reply = recipient.last_reply.clone().unwrap_or_default();
-                delayed.push(ReportedRecipient {
-                    address: recipient.address.clone(),
-                    original: recipient.dsn.as_ref().and_then(|dsn| dsn.orcpt.clone()),
-                    status: status_of(&reply),
-                    remote_mta: None,
-                    diagnostic: if reply.starts_with(|c: char| c.is_ascii_digit()) {
-                        Diagnostic::Smtp(reply)
-                    } else {
-                        Diagnostic::Local(reply)
-                    },
-                    last_attempt: now,
-                });
-            }
-            None => {}
-        }
-    }
-    delayed
-}
-
-/// The RFC 3463 status in a stored reply (`451 4.3.0 ...` or `4.4.1 ...`),
-/// else 4.0.0.
-fn status_of(reply: &str) -> EnhancedCode {
-    reply
-        .split_whitespace()
-        .take(2)
-        .find_map(|word| {
-            let mut parts = word.split('.').map(str::parse::<u16>);
-            match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some(Ok(4)), Some(Ok(subject)), Some(Ok(detail)), None) => {
-                    Some(EnhancedCode::new(4, subject, detail))
-                }
-                _ => None,
-            }
-        })
-        .unwrap_or(EnhancedCode::new(4, 0, 0))
-}
-
-fn reported(message: &Message, attempt: &Attempt, now: DateTime<Utc>) -> ReportedRecipient {
-    let recipient = &message.recipients[attempt.index];
-    ReportedRecipient {
-        address: recipient.address.clone(),
-        original: recipient.dsn.as_ref().and_then(|dsn| dsn.orcpt.clone()),
-        status: attempt.status,
-        remote_mta: attempt.remote_mta.clone(),
-        diagnostic: attempt.diagnostic.clone(),
-        last_attempt: now,
-    }
-}
-
-fn from_attempts(
-    message: &Message,
-    attempts: &[&Attempt],
-    now: DateTime<Utc>,
-) -> Vec<ReportedRecipient> {
-    attempts
-        .iter()
-        .map(|attempt| reported(message, attempt, now))
-        .collect()
 }
 
 /// What of the original a report returns.
@@ -250,6 +143,21 @@ async fn queue_one(
     })?;
     // RFC 8689 §5: the report on a REQUIRETLS message asks for it too.
     envelope.requiretls = message.requiretls;
+    // DESIGN.md "Faults": a notice may use part of the spool's reserve, not
+    // the last of it, which is left to the writes that free space
+    // (delivery results, removals). Below that floor the notice waits: the
+    // error leaves the outcomes unrecorded and the message queued, to be
+    // tried again after a pause.
+    let min_free = ctx.config().spool.min_free;
+    if !ctx.disk.notice_allowed(min_free, bytes.len() as u64) {
+        tracing::warn!(
+            queue_id = %message.id,
+            action = action.as_str(),
+            size = bytes.len(),
+            "notice postponed: the spool's free space is below the floor kept for delivery"
+        );
+        anyhow::bail!("spool free space below the notice floor: the notice is postponed");
+    }
     let dsn_id = ctx.queue.enqueue(envelope, &bytes).await?;
     let what = match action {
         Action::Failed => "bounce queued",
@@ -265,20 +173,4 @@ async fn queue_one(
         "{what}"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_replies_give_their_temporary_status() {
-        assert_eq!(status_of("451 4.3.0 try later"), EnhancedCode::new(4, 3, 0));
-        assert_eq!(
-            status_of("4.4.1 connection refused"),
-            EnhancedCode::new(4, 4, 1)
-        );
-        assert_eq!(status_of("451 try later"), EnhancedCode::new(4, 0, 0));
-        assert_eq!(status_of(""), EnhancedCode::new(4, 0, 0));
-    }
 }

@@ -6,7 +6,7 @@
 //! host name (TLS identity), TLS mode and AUTH user. It goes back to the pool
 //! only after a clean transaction, and is closed after `MAX_IDLE` or
 //! `MAX_TRANSACTIONS` (or a shaping rule's `messages_per_connection`, see
-//! [`shaped`]). Under a shaping rule, idle connections count against the
+//! [`Shaped`]). Under a shaping rule, idle connections count against the
 //! destination's connection limit: [`Pool::make_room`] closes one before a
 //! new connection would exceed it.
 
@@ -26,9 +26,8 @@ pub const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Transactions after which a connection is closed rather than reused.
 pub const MAX_TRANSACTIONS: u32 = 200;
 
-/// What a shaping rule asks of the connections one delivery uses: set
-/// around the delivery by the scheduler ([`shaped`]), read by
-/// [`Pool::put`] and [`Pool::make_room`].
+/// What a shaping rule asks of the connections one delivery uses: given
+/// by the attempt to [`Pool::put`] and [`Pool::make_room`].
 #[derive(Clone)]
 pub struct Shaped {
     /// Transactions after which a connection is closed (the rule's
@@ -40,18 +39,6 @@ pub struct Shaped {
     pub limit: usize,
     /// Its transactions in progress (permits taken of `limit`).
     pub in_use: Arc<Semaphore>,
-}
-
-tokio::task_local! {
-    static SHAPED: Shaped;
-}
-
-/// Runs `delivery` under a shaping rule (or none).
-pub async fn shaped<F: Future>(shaped: Option<Shaped>, delivery: F) -> F::Output {
-    match shaped {
-        Some(shaped) => SHAPED.scope(shaped, delivery).await,
-        None => delivery.await,
-    }
 }
 
 /// One idle connection.
@@ -133,14 +120,13 @@ impl Pool {
     /// Returns a connection after a clean transaction; closes it instead when
     /// it is not [usable](Connection::is_usable), has done enough, or the key
     /// already has enough idle ones.
-    pub fn put(&self, key: PoolKey, connection: Connection) {
-        let shaped = SHAPED.try_with(Clone::clone).ok();
+    /// `shaped` is the shaping rule the transaction ran under, if any.
+    pub fn put(&self, key: PoolKey, connection: Connection, shaped: Option<&Shaped>) {
         let limit = shaped
-            .as_ref()
             .and_then(|shaped| shaped.per_connection)
             .unwrap_or(MAX_TRANSACTIONS)
             .min(MAX_TRANSACTIONS);
-        let destination = shaped.map(|shaped| shaped.destination);
+        let destination = shaped.map(|shaped| shaped.destination.clone());
         if !connection.is_usable() || connection.transactions() >= limit {
             self.close(connection, destination);
             return;
@@ -166,8 +152,8 @@ impl Pool {
     /// the transactions in progress (this one included) would exceed the
     /// destination's connection limit, and waits for them to close. Does
     /// nothing outside a rule.
-    pub async fn make_room(&self) {
-        let Ok(shaped) = SHAPED.try_with(Clone::clone) else {
+    pub async fn make_room(&self, shaped: Option<&Shaped>) {
+        let Some(shaped) = shaped else {
             return;
         };
         let deadline = tokio::time::Instant::now() + CLOSING_WAIT;

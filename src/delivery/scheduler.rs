@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use sluice_queue::{Claim, Message, Outcome, RecipientStatus, RecipientUpdate};
+use sluice_queue::{Claim, Message, RecipientStatus};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Engine;
-use super::attempt::{Attempt, Failure, Verdict, deliver_domain, recipient_domain};
-use super::dsn::Diagnostic;
+use super::attempt::{Attempt, Failure, Shaping, Verdict, deliver_domain, recipient_domain};
 use super::notices;
-use crate::smtp::reply::EnhancedCode;
+use super::plan::{DeliveryError, record};
 use crate::smtp::session::log_address;
 
 /// Messages claimed per `claim_due` call.
@@ -180,18 +179,20 @@ async fn deliver_message(
             continue;
         }
         if expired {
-            attempts.push(expired_attempt(&engine, &message, index));
+            attempts.push(record::expired(
+                &message,
+                index,
+                engine.policy.max_queue_lifetime,
+            ));
             continue;
         }
         match recipient_domain(&recipient.address) {
             Some(domain) => groups.entry(domain).or_default().push(index),
             None => attempts.push(Attempt::local(
                 index,
-                &Failure::local(
-                    true,
-                    EnhancedCode::new(5, 1, 3),
-                    format!("{:?} has no domain part", recipient.address),
-                ),
+                &Failure::from(DeliveryError::NoDomain {
+                    address: recipient.address.clone(),
+                }),
             )),
         }
     }
@@ -230,6 +231,8 @@ async fn deliver_message(
         let engine = engine.clone();
         let id = &id;
         async move {
+            // The one settings snapshot of this domain's attempt: its
+            // shaping rule and the delivery see the same configuration.
             let config = engine.ctx.config();
             let shaper = engine.ctx.shaper.clone();
             let shaped = shaper
@@ -281,10 +284,15 @@ async fn deliver_message(
             if let Some(suspension) = shaper.suspended(domain, shaped.as_ref()) {
                 return Round::Postponed(indices.clone(), suspension);
             }
-            let scope = admission.as_ref().map(|admission| admission.pool_scope());
+            let shaping = shaped
+                .as_ref()
+                .zip(admission.as_ref())
+                .map(|(resolved, admission)| Shaping {
+                    rule: &resolved.rule,
+                    pool: admission.pool_scope(),
+                });
             let attempts =
-                super::pool::shaped(scope, deliver_domain(&engine, message, domain, indices))
-                    .await;
+                deliver_domain(&engine, &config, message, domain, indices, shaping.as_ref()).await;
             if let Some(resolved) = &shaped {
                 shaper.after(resolved, &attempts).await;
             }
@@ -441,90 +449,23 @@ fn left_the_queue(engine: &Engine, message: &Message) -> bool {
     }
 }
 
-/// The 4.4.7 failure of an open recipient of an expired message.
-fn expired_attempt(engine: &Engine, message: &Message, index: usize) -> Attempt {
-    let recipient = &message.recipients[index];
-    let lifetime = humantime::format_duration(engine.policy.max_queue_lifetime);
-    let mut reason = format!("message expired after {lifetime} in the queue");
-    if let Some(last) = &recipient.last_reply {
-        reason.push_str("; last reply: ");
-        reason.push_str(last);
-    }
-    Attempt::local(
-        index,
-        &Failure::local(true, EnhancedCode::new(4, 4, 7), reason),
-    )
-}
-
 /// Turns attempts into queue updates, queues the DSN, completes the claim,
 /// logs and counts.
-async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attempt>) {
+async fn record(engine: &Arc<Engine>, message: &Message, attempts: Vec<Attempt>) {
     let ctx = &engine.ctx;
     let now = engine.clock.now();
-    let expiry = engine.policy.expires_at(message.received_at);
-    // One next attempt per (message, domain), drawn once: see
-    // `RetryPolicy::next_attempts_by_domain`.
-    let domains: Vec<String> = attempts
-        .iter()
-        .map(|attempt| {
-            recipient_domain(&message.recipients[attempt.index].address).unwrap_or_default()
-        })
-        .collect();
-    let next_attempts = engine.policy.next_attempts_by_domain(
-        attempts
-            .iter()
-            .zip(&domains)
-            .filter(|(attempt, _)| attempt.verdict == Verdict::Deferred)
-            .map(|(attempt, domain)| (domain.as_str(), message.recipients[attempt.index].attempts)),
+    let plan = record::plan(
+        message,
+        attempts,
+        &engine.policy,
+        ctx.config().delivery.delay_warning,
         now,
-        message.received_at,
         &mut rand::thread_rng(),
     );
-    let mut updates = Vec::with_capacity(attempts.len());
-    for (attempt, domain) in attempts.iter_mut().zip(&domains) {
-        let outcome = match attempt.verdict {
-            Verdict::Sent => Outcome::Delivered {
-                reply: attempt.reply.clone(),
-            },
-            Verdict::Deferred if now >= expiry => {
-                // Deferred once more past the lifetime: give up now.
-                attempt.verdict = Verdict::Failed;
-                attempt.status = EnhancedCode::new(4, 4, 7);
-                let lifetime = humantime::format_duration(engine.policy.max_queue_lifetime);
-                attempt.diagnostic = match &attempt.diagnostic {
-                    Diagnostic::Smtp(reply) => Diagnostic::Smtp(reply.clone()),
-                    Diagnostic::Local(reason) => Diagnostic::Local(format!(
-                        "message expired after {lifetime} in the queue; last error: {reason}"
-                    )),
-                };
-                attempt.reply = format!(
-                    "4.4.7 message expired after {lifetime} in the queue; last reply: {}",
-                    attempt.reply
-                );
-                Outcome::Failed {
-                    reply: attempt.reply.clone(),
-                }
-            }
-            Verdict::Deferred => Outcome::Deferred {
-                reply: attempt.reply.clone(),
-                next_attempt_at: *next_attempts
-                    .get(domain.as_str())
-                    .expect("every deferred attempt's domain was given a next attempt"),
-            },
-            Verdict::Failed => Outcome::Failed {
-                reply: attempt.reply.clone(),
-            },
-        };
-        updates.push(RecipientUpdate {
-            index: attempt.index,
-            outcome,
-        });
-    }
-
     // Reports (bounces, success, the delay notice) are queued before the
     // outcomes are recorded: after a crash in between, the sender may get
     // one twice, never none.
-    if let Err(error) = notices::queue_reports(ctx, message, &attempts, now, Some(expiry)).await {
+    if let Err(error) = notices::queue_reports(ctx, message, &plan.reports, now).await {
         if left_the_queue(engine, message) {
             return;
         }
@@ -537,15 +478,12 @@ async fn record(engine: &Arc<Engine>, message: &Message, mut attempts: Vec<Attem
         return;
     }
 
-    let next_attempts: Vec<Option<DateTime<Utc>>> = updates
-        .iter()
-        .map(|update| match &update.outcome {
-            Outcome::Deferred {
-                next_attempt_at, ..
-            } => Some(*next_attempt_at),
-            _ => None,
-        })
-        .collect();
+    let record::RecordPlan {
+        attempts,
+        updates,
+        next_attempts,
+        ..
+    } = plan;
     let logged = super::history::logged(&attempts, now);
     if let Err(error) = ctx
         .queue

@@ -349,13 +349,13 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 }
 
-/// Counts one TLS session outcome for TLS-RPT (RFC 8460) later:
-/// `sluice_tls_sessions_total{domain, policy, result}`.
-pub fn count_session(metrics: &Metrics, domain: &str, policy: &str, success: bool) {
+/// Counts one TLS session outcome: `sluice_tls_sessions_total{policy,
+/// result}`. No recipient-domain label: the label set must not grow with
+/// every domain mail goes to (the domain is in the delivery log lines).
+pub fn count_session(metrics: &Metrics, _domain: &str, policy: &str, success: bool) {
     metrics
         .tls_sessions
         .get_or_create(&vec![
-            ("domain".to_string(), domain.to_string()),
             ("policy".to_string(), policy.to_string()),
             (
                 "result".to_string(),

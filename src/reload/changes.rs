@@ -22,13 +22,14 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 }
 
 /// Of `keys`, those that take effect only after a restart: the admin
-/// listener, the DNS resolver, the log format, the spool's cache and the
+/// listener and socket, the DNS resolver, the log format, the spool's cache and the
 /// Redis connection of `[cluster]` (a changed `spool.path` is refused
 /// before this is asked; `spool.min_free` applies at once).
 pub fn needing_restart(keys: &[String]) -> Vec<String> {
     keys.iter()
         .filter(|key| {
             key.starts_with("admin.address")
+                || key.starts_with("admin.socket")
                 || key.starts_with("dns.")
                 || key.starts_with("cluster.")
                 || *key == "spool.cache_capacity"

@@ -1,6 +1,6 @@
 //! Every file the configuration names, loaded the one way `serve`, a reload
 //! and `check-config` all use: the `[tls]` certificate and key, the
-//! `delivery.tls_ca` file, the `[[dkim]]` keys. A file that cannot be used
+//! `delivery.tls_ca` file, the `[[dkim]]` keys, the `[recipients]` files. A file that cannot be used
 //! is a [`ConfigError::Invalid`] naming the config file and the key that
 //! names it, so all three fail in the same place with the same words.
 
@@ -12,6 +12,7 @@ use rustls::ServerConfig;
 use crate::auth::dkim::Signer;
 use crate::config::{Config, ConfigError};
 use crate::delivery::tls::{TlsClients, TlsSetupError};
+use crate::frontdoor::recipients::RecipientList;
 use crate::server::tls::{self, TlsError};
 
 /// What the files named by one configuration hold, ready to use.
@@ -23,6 +24,8 @@ pub struct Files {
     pub tls_clients: TlsClients,
     /// The `[[dkim]]` signing keys.
     pub dkim: Signer,
+    /// The `[recipients] files`.
+    pub recipients: Arc<RecipientList>,
 }
 
 /// Loads every file `config` names; `path` is the config file (for the
@@ -39,9 +42,10 @@ pub fn load(config: &Config, path: Option<&Path>) -> Result<Files, ConfigError> 
             let key = match &error {
                 TlsError::Read { path, .. } if *path == settings.certificate => "tls.certificate",
                 TlsError::NoCertificate { .. } => "tls.certificate",
-                TlsError::Read { .. } | TlsError::NoKey { .. } | TlsError::Rejected { .. } => {
-                    "tls.private_key"
-                }
+                TlsError::Read { .. }
+                | TlsError::NoKey { .. }
+                | TlsError::KeyTooOpen(_)
+                | TlsError::Rejected { .. } => "tls.private_key",
             };
             invalid(key, error.to_string())
         })?),
@@ -55,9 +59,12 @@ pub fn load(config: &Config, path: Option<&Path>) -> Result<Files, ConfigError> 
         invalid(key, error.to_string())
     })?;
     let dkim = Signer::load(&config.dkim).map_err(|error| invalid(&error.key(), error.message))?;
+    let recipients = RecipientList::load(&config.front_door.recipients.files)
+        .map_err(|error| invalid("recipients.files", error.to_string()))?;
     Ok(Files {
         server_tls,
         tls_clients,
         dkim,
+        recipients: Arc::new(recipients),
     })
 }

@@ -97,18 +97,19 @@ impl Reloader {
             server_tls,
             tls_clients,
             dkim,
+            recipients,
         } = files;
-        let prepared =
-            self.server
-                .prepare(&new, server_tls, dkim)
-                .await
-                .map_err(|(index, error)| {
-                    let address = new.listeners[index].address;
-                    self.invalid(
-                        &format!("listener[{index}].address"),
-                        format!("cannot listen on {address}: {error}"),
-                    )
-                })?;
+        let prepared = self
+            .server
+            .prepare(&new, server_tls, dkim, recipients)
+            .await
+            .map_err(|(index, error)| {
+                let address = new.listeners[index].address;
+                self.invalid(
+                    &format!("listener[{index}].address"),
+                    format!("cannot listen on {address}: {error}"),
+                )
+            })?;
         let new = Arc::new(new);
         self.ctx.replace_config(new.clone());
         self.server.commit(prepared);

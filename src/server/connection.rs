@@ -24,12 +24,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::dkim::{Signer, SigningStream};
 use crate::auth::verify::{Verifier, strip_forged};
+use crate::config::Config;
 use crate::context::Context;
 use crate::server::limits::AuthFailures;
 use crate::server::milters;
 use crate::server::sasl::Authenticator;
 use crate::smtp::intake::{ChunkIntake, DataIntake, IntakeLimits, Outcome, Refusal};
 use crate::smtp::line::{CommandLines, Line};
+use crate::smtp::lines::LineBreaker;
 use crate::smtp::message_id::MessageIdScanner;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Action, LogReply, MessageOutcome, Session, SessionConfig, log_address};
@@ -62,6 +64,8 @@ pub struct Shared {
     pub dkim: Signer,
     /// Present when `[verify] enabled`.
     pub verifier: Option<Verifier>,
+    /// Screens, client limits, recipient validation, greylisting.
+    pub front_door: Arc<crate::frontdoor::FrontDoor>,
 }
 
 /// Why a connection ended early.
@@ -105,6 +109,7 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     tracing::info!(client = %peer.ip(), "connect");
     let mut session = Session::new(config, peer.ip(), implicit_tls);
+    session.set_front_door(shared.front_door.checks_commands());
     serve_session(&shared, stream, peer, &mut session, implicit_tls).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
@@ -119,12 +124,17 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     config: Arc<SessionConfig>,
+    local_peer: Option<(u32, &str)>,
 ) {
     tracing::info!(client = %peer.ip(), "connect");
     let mut session = Session::new(config, peer.ip(), false);
+    if let Some((uid, name)) = local_peer {
+        session.set_local_peer(uid, name);
+    }
     let greeting = session.greeting();
     // Without STARTTLS on offer, the session can only end closed.
-    let _ = serve_over(shared, stream, &mut session, Some(greeting)).await;
+    let settings = shared.ctx.config();
+    let _ = serve_over(shared, &settings, stream, &mut session, Some(greeting)).await;
     tracing::info!(client = %peer.ip(), "disconnect {}", session.commands());
 }
 
@@ -137,7 +147,11 @@ async fn serve_session(
     session: &mut Session,
     implicit_tls: bool,
 ) {
-    let timeout = shared.ctx.config().limits.command_timeout;
+    // One snapshot of the settings for the whole connection, STARTTLS
+    // included: a reload meanwhile applies to the next connection, never to
+    // half of this one.
+    let settings = shared.ctx.config();
+    let timeout = settings.limits.command_timeout;
     if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
             tracing::error!(client = %peer.ip(), "implicit TLS listener without [tls]");
@@ -147,11 +161,11 @@ async fn serve_session(
             return;
         };
         let greeting = session.greeting();
-        serve_over(shared, stream, session, Some(greeting)).await;
+        serve_over(shared, &settings, stream, session, Some(greeting)).await;
         return;
     }
     let greeting = session.greeting();
-    let Some(stream) = serve_over(shared, stream, session, Some(greeting)).await else {
+    let Some(stream) = serve_over(shared, &settings, stream, session, Some(greeting)).await else {
         return;
     };
     let Some(acceptor) = shared.tls.clone() else {
@@ -161,7 +175,7 @@ async fn serve_session(
         return;
     };
     session.tls_started();
-    serve_over(shared, stream, session, None).await;
+    serve_over(shared, &settings, stream, session, None).await;
 }
 
 /// Runs `session` over `stream`, first sending `greeting` if given, and
@@ -170,11 +184,12 @@ async fn serve_session(
 /// with the plaintext connection's buffers.
 async fn serve_over<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
+    settings: &Arc<Config>,
     stream: S,
     session: &mut Session,
     greeting: Option<Reply>,
 ) -> Option<S> {
-    let mut connection = Connection::new(stream, shared);
+    let mut connection = Connection::new(stream, shared, settings.clone());
     if let Some(greeting) = greeting {
         connection.output_reply(&greeting);
     }
@@ -234,13 +249,32 @@ struct Chunked<'a> {
     storage_failed: bool,
     /// Counts the chunks off and decides on the message.
     intake: ChunkIntake,
+    scan: Scan,
+}
+
+/// What looks at, and reshapes, a message's octets on their way to the body.
+struct Scan {
     /// Finds the Message-ID for the log.
     message_id: MessageIdScanner,
+    /// Breaks lines over 998 octets before they are signed and stored.
+    lines: LineBreaker,
+}
+
+impl Scan {
+    fn new() -> Scan {
+        Scan {
+            message_id: MessageIdScanner::new(),
+            lines: LineBreaker::new(),
+        }
+    }
 }
 
 struct Connection<'a, S> {
     stream: S,
     shared: &'a Shared,
+    /// The settings as they were when the connection opened, used to its
+    /// end (a reload does not change a session halfway).
+    settings: Arc<Config>,
     input: BytesMut,
     output: Vec<u8>,
     /// Splits the input into command lines, within their length limits.
@@ -249,10 +283,11 @@ struct Connection<'a, S> {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
-    fn new(stream: S, shared: &'a Shared) -> Connection<'a, S> {
+    fn new(stream: S, shared: &'a Shared, settings: Arc<Config>) -> Connection<'a, S> {
         Connection {
             stream,
             shared,
+            settings,
             input: BytesMut::with_capacity(4096),
             output: Vec::with_capacity(1024),
             lines: CommandLines::new(),
@@ -303,8 +338,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     async fn commands(&mut self, session: &mut Session) -> Result<End, ConnectionError> {
-        let command_timeout = self.shared.ctx.config().limits.command_timeout;
-        let min_free = self.shared.ctx.config().spool.min_free;
+        let command_timeout = self.settings.limits.command_timeout;
+        let min_free = self.settings.spool.min_free;
         // The timeout bounds the wait for a whole command line (RFC 5321
         // §4.5.3.2.7), not each read: a client trickling a byte at a time
         // cannot hold the connection open (slowloris).
@@ -315,8 +350,21 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     Line::Complete(line) => {
                         let was_chunking = session.transaction().is_some_and(|t| t.chunking);
                         // Cached: at most one statvfs a second for the process.
-                        session.set_storage_low(self.shared.ctx.disk.is_low(min_free));
+                        session.set_storage_headroom(self.shared.ctx.disk.headroom(min_free));
                         let action = session.handle_line(&line);
+                        if let Some(reply) = action.refusal()
+                            && let Some(recipient) = crate::events::rcpt_address(&line)
+                        {
+                            let ctx = &self.shared.ctx;
+                            crate::events::rejected(
+                                &ctx.queue,
+                                &ctx.config().cluster.node,
+                                session.client(),
+                                session.transaction().map(|t| t.sender.as_str()),
+                                &[recipient.as_str()],
+                                reply,
+                            );
+                        }
                         if !was_chunking {
                             // A new transaction (or none) starts from scratch.
                             self.chunked = None;
@@ -363,12 +411,21 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 return Ok(Some(End::StartTls));
             }
             Action::Authenticate(credentials) => {
+                // The back-off earned by earlier failures comes before the
+                // (bounded) argon2 work, so failing fast costs no hashes.
+                let failures = &self.shared.auth_failures;
+                tokio::time::sleep(failures.pending_delay(session.client())).await;
                 let user = self.shared.auth.verify(credentials).await;
                 if user.is_none() {
-                    let delay = self.shared.auth_failures.failure_delay(session.client());
+                    let delay = failures.failure_delay(session.client());
                     tokio::time::sleep(delay).await;
                 }
                 let next = session.auth_result(user);
+                return Box::pin(self.act(session, next)).await;
+            }
+            Action::Check(check) => {
+                let refusal = self.shared.front_door.check(&check).await;
+                let next = session.check_result(refusal);
                 return Box::pin(self.act(session, next)).await;
             }
             Action::ReceiveData(reply) => {
@@ -408,12 +465,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         session: &Session,
         body: BodyWriter,
     ) -> Result<MessageOutcome, ConnectionError> {
-        let limits = &self.shared.ctx.config().limits;
+        let settings = self.settings.clone();
+        let limits = &settings.limits;
         let mut signing = self.signing_stream(session);
         let (mut body, mut storage_failed) = start_body(session, body, signing.as_mut()).await;
         let mut intake = DataIntake::new(self.intake_limits());
         let mut decoded = Vec::with_capacity(READ_CHUNK);
-        let mut message_id = MessageIdScanner::new();
+        let mut scan = Scan::new();
+        let mut broken = Vec::new();
         // The data timeout bounds the wait for each line of the message, not
         // each read (as Postfix's smtpd_per_record_deadline): a client
         // trickling a byte at a time cannot hold the connection open.
@@ -429,10 +488,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Stop storing anything of it.
                 body = None;
             } else if !decoded.is_empty() {
-                storage_failed |= write_body(&mut body, &decoded).await;
-                message_id.feed(&decoded);
+                let stored = scan.lines.feed(&decoded, &mut broken);
+                storage_failed |= write_body(&mut body, stored).await;
+                scan.message_id.feed(stored);
                 if let Some(signing) = signing.as_mut() {
-                    signing.write(&decoded);
+                    signing.write(stored);
                 }
             }
             decoded.clear();
@@ -444,14 +504,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.fill(left, false).await?;
         };
         Ok(self
-            .finish(
-                session,
-                outcome,
-                body,
-                signing,
-                storage_failed,
-                &mut message_id,
-            )
+            .finish(session, outcome, body, signing, storage_failed, scan)
             .await)
     }
 
@@ -480,12 +533,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     signing,
                     storage_failed,
                     intake: ChunkIntake::new(self.intake_limits()),
-                    message_id: MessageIdScanner::new(),
+                    scan: Scan::new(),
                 }
             }
         };
         chunked.intake.start_chunk(size, last);
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
+        let mut broken = Vec::new();
         loop {
             let take = chunked.intake.feed(&self.input);
             let chunk = self.input.split_to(take);
@@ -493,10 +547,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if chunked.intake.is_refused() {
                 chunked.body = None;
             } else if !chunk.is_empty() {
-                chunked.storage_failed |= write_body(&mut chunked.body, &chunk).await;
-                chunked.message_id.feed(&chunk);
+                let stored = chunked.scan.lines.feed(&chunk, &mut broken);
+                chunked.storage_failed |= write_body(&mut chunked.body, stored).await;
+                chunked.scan.message_id.feed(stored);
                 if let Some(signing) = chunked.signing.as_mut() {
-                    signing.write(&chunk);
+                    signing.write(stored);
                 }
             }
             if chunked.intake.remaining() == 0 {
@@ -511,7 +566,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             outcome => outcome,
         };
-        let mut message_id = chunked.message_id;
         let outcome = self
             .finish(
                 session,
@@ -519,7 +573,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 chunked.body,
                 chunked.signing,
                 chunked.storage_failed,
-                &mut message_id,
+                chunked.scan,
             )
             .await;
         Ok(session.message_finished(outcome))
@@ -527,7 +581,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// Reads and drops `size` octets of a refused BDAT chunk.
     async fn skip_chunk(&mut self, size: u64) -> Result<(), ConnectionError> {
-        let mut deadline = ChunkDeadline::new(self.shared.ctx.config().limits.data_timeout);
+        let mut deadline = ChunkDeadline::new(self.settings.limits.data_timeout);
         let mut remaining = size;
         loop {
             let take = remaining.min(self.input.len() as u64) as usize;
@@ -550,15 +604,34 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: Option<BodyWriter>,
         mut signing: Option<SigningStream<'a>>,
         storage_failed: bool,
-        message_id: &mut MessageIdScanner,
+        mut scan: Scan,
     ) -> MessageOutcome {
         match outcome {
             Outcome::Refused(refusal) => {
-                log_refused(session, refusal);
+                log_refused(&self.shared.ctx, session, refusal);
                 MessageOutcome::Refused(refusal)
             }
             Outcome::Complete { octets } => match body {
-                Some(mut body) if !storage_failed => {
+                Some(body) if !storage_failed => {
+                    if let Err(outcome) = self.within_reserve(session) {
+                        return outcome;
+                    }
+                    // What the breaker still holds (a last header line with
+                    // no line end) goes in too.
+                    let rest = scan.lines.finish();
+                    let mut body = Some(body);
+                    if !rest.is_empty() {
+                        if write_body(&mut body, &rest).await {
+                            return MessageOutcome::StorageFailed;
+                        }
+                        scan.message_id.feed(&rest);
+                        if let Some(signing) = signing.as_mut() {
+                            signing.write(&rest);
+                        }
+                    }
+                    let Some(mut body) = body else {
+                        return MessageOutcome::StorageFailed;
+                    };
                     let ctx = &self.shared.ctx;
                     let held = match milters::run(
                         ctx,
@@ -578,8 +651,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     if let Err(outcome) = self.verify(session, &mut body).await {
                         return outcome;
                     }
-                    self.commit(session, body, octets, message_id.finish(), held)
-                        .await
+                    let broken_lines = scan.lines.broken();
+                    self.commit(
+                        session,
+                        body,
+                        octets,
+                        scan.message_id.finish(),
+                        broken_lines,
+                        held,
+                    )
+                    .await
                 }
                 _ => MessageOutcome::StorageFailed,
             },
@@ -587,6 +668,24 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             // storing it failed; the intake never stops short.
             Outcome::ChunkAccepted { .. } | Outcome::NeedMore => MessageOutcome::StorageFailed,
         }
+    }
+
+    /// Refuses the message (`452 4.3.1`, nothing queued) when receiving it
+    /// took the spool's free space below `spool.min_free`: MAIL let it in
+    /// with the space there was, but a burst of sessions may have taken
+    /// more since (see [`crate::disk`]).
+    fn within_reserve(&self, session: &Session) -> Result<(), MessageOutcome> {
+        let ctx = &self.shared.ctx;
+        if ctx.disk.headroom(ctx.config().spool.min_free) != Some(0) {
+            return Ok(());
+        }
+        tracing::info!(
+            client = %session.client(),
+            reason = "spool free space below spool.min_free at the end of the message",
+            reply = "452 4.3.1",
+            "transaction refused"
+        );
+        Err(MessageOutcome::NoSpace)
     }
 
     /// The stream that signs the message, when it may be signed: it comes
@@ -689,7 +788,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         tracing::info!(queue_id = %body.id(), client = %session.client(),
             results = %summary.join(","), "authentication checked");
         if verdict.reject {
-            log_refused(session, Refusal::DmarcReject);
+            log_refused(&self.shared.ctx, session, Refusal::DmarcReject);
             return Err(MessageOutcome::Refused(Refusal::DmarcReject));
         }
         let (length, mut replacement) =
@@ -711,6 +810,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         body: BodyWriter,
         octets: u64,
         message_id: Option<&str>,
+        broken_lines: u64,
         held: bool,
     ) -> MessageOutcome {
         let ctx = &self.shared.ctx;
@@ -720,11 +820,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let sender = display_sender(&envelope.sender);
         let recipients = envelope.recipients.len();
         let size = body.len();
-        let committed = if held {
-            ctx.queue.commit_held(envelope, body).await
-        } else {
-            ctx.queue.commit(envelope, body).await
-        };
+        let committed = ctx
+            .queue
+            .commit_noted(envelope, body, held, message_id.map(str::to_string))
+            .await;
         match committed {
             Ok(id) => {
                 ctx.metrics.messages_received.inc();
@@ -739,6 +838,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     nrcpt = recipients,
                     protocol = %session.protocol(),
                     user = %session.user().unwrap_or("-"),
+                    broken_lines,
                     held,
                     "message accepted"
                 );
@@ -752,14 +852,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     reason = "queue commit failed",
                     "transaction refused"
                 );
-                MessageOutcome::StorageFailed
+                if error.is_no_space() {
+                    MessageOutcome::NoSpace
+                } else {
+                    MessageOutcome::StorageFailed
+                }
             }
         }
     }
 
     /// The limits every message is held to.
     fn intake_limits(&self) -> IntakeLimits {
-        let limits = &self.shared.ctx.config().limits;
+        let limits = &self.settings.limits;
         IntakeLimits {
             max_size: limits.max_message_size,
             max_hops: limits.max_hops.get(),
@@ -771,7 +875,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.shared.ctx.config().limits.command_timeout;
+        let timeout = self.settings.limits.command_timeout;
         let write = async {
             self.stream.write_all(&self.output).await?;
             self.stream.flush().await
@@ -885,7 +989,19 @@ async fn write_body(body: &mut Option<BodyWriter>, bytes: &[u8]) -> bool {
 
 /// The `transaction refused` line for a message refused at its end, with
 /// the reply the client gets, as a refused command's line has.
-fn log_refused(session: &Session, refusal: Refusal) {
+fn log_refused(ctx: &crate::context::Context, session: &Session, refusal: Refusal) {
+    let recipients: Vec<&str> = session
+        .transaction()
+        .map(|t| t.recipients.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    crate::events::rejected(
+        &ctx.queue,
+        &ctx.config().cluster.node,
+        session.client(),
+        session.transaction().map(|t| t.sender.as_str()),
+        &recipients,
+        &refusal.reply(),
+    );
     let sender = session
         .transaction()
         .map(|t| display_sender(&t.sender))
@@ -929,11 +1045,18 @@ mod tests {
             max_message_size: 1 << 20,
             max_recipients: 10,
             max_errors: 20,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             tls_available: false,
             auth_required: false,
             policy: crate::policy::Policy::new(&ctx.config().policy),
         });
+        let front_door = Arc::new(crate::frontdoor::FrontDoor::new(
+            &ctx,
+            &ctx.config(),
+            Default::default(),
+            Default::default(),
+        ));
         let shared = Arc::new(Shared {
             ctx,
             relay_config: session_config.clone(),
@@ -943,6 +1066,7 @@ mod tests {
             auth_failures: Arc::new(AuthFailures::new()),
             dkim: Signer::empty(),
             verifier: None,
+            front_door,
         });
         (shared, session_config, queue)
     }
@@ -955,7 +1079,8 @@ mod tests {
         tokio::spawn(async move {
             let mut session = Session::new(session_config, "127.0.0.1".parse().expect("ip"), false);
             let greeting = session.greeting();
-            serve_over(&shared, server, &mut session, Some(greeting)).await;
+            let settings = shared.ctx.config();
+            serve_over(&shared, &settings, server, &mut session, Some(greeting)).await;
         });
         (BufReader::new(client), queue)
     }
@@ -1030,7 +1155,8 @@ mod tests {
             written: 0,
             offset: 0,
         };
-        let mut connection = Connection::new(stream, &shared);
+        let settings = shared.ctx.config();
+        let mut connection = Connection::new(stream, &shared, settings);
         // One poll runs the connection until its write blocks for good.
         assert!(connection.run(&mut session).now_or_never().is_none());
         assert_eq!(

@@ -124,6 +124,23 @@ impl AuthFailures {
         AuthFailures::default()
     }
 
+    /// How long `client` must wait before its next AUTH is even checked:
+    /// the delay its recent failures earned (none without any), so the
+    /// back-off comes before the argon2 work, not after it.
+    pub fn pending_delay(&self, client: IpAddr) -> Duration {
+        let client = client_key(client);
+        let Ok(failures) = self.failures.lock() else {
+            return MAX_DELAY;
+        };
+        match failures.get(&client) {
+            Some((count, last)) if last.elapsed() < FAILURE_MEMORY => {
+                let doublings = count.saturating_sub(1).min(16);
+                FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Records a failure from `client` and returns how long to wait before
     /// answering it: 200 ms, doubling per recent failure, at most 8 s. An
     /// IPv6 client counts by its /64 ([`client_key`]).
@@ -239,6 +256,17 @@ mod tests {
             failures.failure_delay("2001:db8:0:2::1".parse().unwrap()),
             first
         );
+    }
+
+    #[test]
+    fn the_pending_delay_follows_recorded_failures() {
+        let failures = AuthFailures::new();
+        let client = "192.0.2.7".parse().unwrap();
+        assert_eq!(failures.pending_delay(client), Duration::ZERO);
+        failures.failure_delay(client);
+        assert_eq!(failures.pending_delay(client), FIRST_DELAY);
+        failures.failure_delay(client);
+        assert_eq!(failures.pending_delay(client), FIRST_DELAY * 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Accepting connections: the connection limits of [`ConnectionLimits`]
 //! (answered `421 4.7.0` at connect), the shutdown rule (after shutdown
-//! starts, new connections get `421 4.3.2`), and one task per connection on
+//! starts, new connections get `421 4.3.2`), the PROXY header on listeners
+//! behind a load balancer (`proxy_protocol`), and one task per connection on
 //! the context's task tracker.
 
 use std::net::SocketAddr;
@@ -13,12 +14,16 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
-use crate::config::ListenerKind;
-use crate::server::Inbound;
+use crate::config::{ListenerConfig, ListenerKind};
 use crate::server::connection::{self, Shared, closing_reply};
+use crate::server::{Inbound, proxy};
 use crate::smtp::counts::CommandCounts;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{LogReply, Session};
+
+/// How long a `proxy_protocol` listener waits for the PROXY header: a load
+/// balancer sends it at once.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts on `listener` until the task is aborted. Each connection is
 /// served with the [`Inbound`] in force when it was accepted (a reload swaps
@@ -26,10 +31,10 @@ use crate::smtp::session::{LogReply, Session};
 /// (`421 4.3.0` after a storage failure) and closed.
 pub async fn accept_loop(
     listener: Arc<TcpListener>,
-    kind: ListenerKind,
+    settings: ListenerConfig,
     inbound: Arc<ArcSwap<Inbound>>,
 ) {
-    let implicit_tls = kind == ListenerKind::Submissions;
+    let kind = settings.kind;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -42,38 +47,75 @@ pub async fn accept_loop(
             }
         };
         let current = inbound.load_full();
-        let (shared, limits) = (&current.shared, &current.limits);
-        if shared.ctx.shutdown.is_cancelled() {
-            let reply = closing_reply(&shared.ctx);
-            log_refused_connection(peer, "shutting down, refused", &reply);
-            tokio::spawn(refuse(stream, reply));
+        if settings.proxy_protocol {
+            // The client is known only once the header is read: that, and
+            // everything decided by the client, happens in its own task.
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let peer = match proxy::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
+                    Ok(source) => source.unwrap_or(peer),
+                    Err(error) => {
+                        tracing::info!(balancer = %peer, %error, "PROXY header refused, closing");
+                        return;
+                    }
+                };
+                admit(current, stream, peer, kind);
+            });
             continue;
         }
-        let Some(slot) = limits.try_acquire(peer.ip()) else {
-            let reply = Session::too_many_connections(&shared.ctx.config().hostname);
-            log_refused_connection(peer, "too many connections, refused", &reply);
-            tokio::spawn(refuse(stream, reply));
-            continue;
-        };
-        let shared = shared.clone();
-        let config = match kind {
-            ListenerKind::Relay => shared.relay_config.clone(),
-            ListenerKind::Submission | ListenerKind::Submissions => {
-                shared.submission_config.clone()
-            }
-        };
-        let span = tracing::info_span!("smtp", peer = %peer);
-        shared.ctx.tasks.clone().spawn(
-            async move {
-                let metrics = shared.ctx.metrics.clone();
-                metrics.connections_active.inc();
-                serve_counted(shared, stream, peer, config, implicit_tls).await;
-                metrics.connections_active.dec();
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        admit(current, stream, peer, kind);
     }
+}
+
+/// Serves `stream` from `peer` (the client, from the PROXY header when the
+/// listener takes one) unless the shutdown rule or the connection limits
+/// refuse it.
+fn admit(current: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+    let implicit_tls = kind == ListenerKind::Submissions;
+    let (shared, limits) = (&current.shared, &current.limits);
+    if shared.ctx.shutdown.is_cancelled() {
+        let reply = closing_reply(&shared.ctx);
+        log_refused_connection(peer, "shutting down, refused", &reply);
+        tokio::spawn(refuse(stream, reply));
+        return;
+    }
+    let Some(slot) = limits.try_acquire(peer.ip()) else {
+        let reply = Session::too_many_connections(&shared.ctx.config().hostname);
+        log_refused_connection(peer, "too many connections, refused", &reply);
+        tokio::spawn(refuse(stream, reply));
+        return;
+    };
+    let shared = shared.clone();
+    let config = match kind {
+        ListenerKind::Relay => shared.relay_config.clone(),
+        ListenerKind::Submission | ListenerKind::Submissions => shared.submission_config.clone(),
+    };
+    let span = tracing::info_span!("smtp", peer = %peer);
+    shared.ctx.tasks.clone().spawn(
+        async move {
+            let relay = kind == ListenerKind::Relay;
+            if let Some(refusal) = shared
+                .front_door
+                .at_connect(&stream, peer.ip(), relay)
+                .await
+            {
+                // Refused before the greeting, or gone during the pregreet wait.
+                tracing::info!(client = %peer.ip(), "connect");
+                if let Some(reply) = refusal {
+                    refuse(stream, reply).await;
+                }
+                tracing::info!(client = %peer.ip(), "disconnect {}", CommandCounts::default());
+                drop(slot);
+                return;
+            }
+            let metrics = shared.ctx.metrics.clone();
+            metrics.connections_active.inc();
+            serve_counted(shared, stream, peer, config, implicit_tls).await;
+            metrics.connections_active.dec();
+            drop(slot);
+        }
+        .instrument(span),
+    );
 }
 
 async fn serve_counted(

@@ -3,6 +3,7 @@
 //! Modules, each depending only on those listed after it:
 //! - `listener`: accepts connections, applies the connection limits and the
 //!   shutdown rule, spawns one task per connection;
+//! - `proxy`: the PROXY protocol header of listeners behind a balancer;
 //! - `connection`: one connection's pump: reads bytes, feeds the session and
 //!   the message intake, writes replies, stores messages in the queue;
 //! - `sasl`: AUTH credential checks against `[[user]]`;
@@ -22,6 +23,8 @@ use crate::auth::dkim::Signer;
 
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::context::Context;
+use crate::frontdoor::recipients::RecipientList;
+use crate::frontdoor::{FrontDoor, Memory};
 use crate::policy::Policy;
 use crate::smtp::session::SessionConfig;
 
@@ -29,6 +32,7 @@ pub mod connection;
 pub mod limits;
 pub mod listener;
 pub mod milters;
+pub mod proxy;
 pub mod sasl;
 pub mod tls;
 
@@ -90,6 +94,8 @@ pub struct Server {
     running: Mutex<Vec<Running>>,
     /// AUTH failure delays, kept across reloads.
     auth_failures: Arc<limits::AuthFailures>,
+    /// What the front door learnt, kept across reloads.
+    memory: Arc<Memory>,
 }
 
 impl Server {
@@ -112,6 +118,7 @@ impl Server {
         listeners: Vec<BoundListener>,
         server_tls: Option<Arc<ServerConfig>>,
         dkim: Signer,
+        recipients: Arc<RecipientList>,
     ) -> Server {
         let config = ctx.config();
         let limits = Arc::new(limits::ConnectionLimits::new(
@@ -119,6 +126,7 @@ impl Server {
             config.limits.max_connections_per_ip.get(),
         ));
         let auth_failures = Arc::new(limits::AuthFailures::new());
+        let memory = Arc::new(Memory::default());
         let inbound = inbound(
             ctx,
             &config,
@@ -126,6 +134,7 @@ impl Server {
             dkim,
             limits,
             auth_failures.clone(),
+            FrontDoor::new(ctx, &config, recipients, memory.clone()),
         );
         let running = listeners
             .into_iter()
@@ -140,6 +149,7 @@ impl Server {
             inbound: Arc::new(ArcSwap::new(Arc::new(inbound))),
             running: Mutex::new(running),
             auth_failures,
+            memory,
         }
     }
 
@@ -160,13 +170,22 @@ impl Server {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.serve_local_from(stream, None).await;
+    }
+
+    /// [`Server::serve_local`] for a peer known by uid and user name (a
+    /// connection on `local.submit_socket`): the `Received:` field names it.
+    pub async fn serve_local_from<S>(&self, stream: S, peer: Option<(u32, &str)>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let current = self.inbound.load_full();
         let config = Arc::new(SessionConfig {
             tls_available: false,
             ..(*current.shared.relay_config).clone()
         });
         let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        connection::serve_stream(&current.shared, stream, loopback, config).await;
+        connection::serve_stream(&current.shared, stream, loopback, config, peer).await;
     }
 
     /// Starts accepting on every listener. Connection tasks are spawned on
@@ -197,10 +216,20 @@ impl Server {
         config: &Config,
         server_tls: Option<Arc<ServerConfig>>,
         dkim: Signer,
+        recipients: Arc<RecipientList>,
     ) -> Result<Prepared, (usize, std::io::Error)> {
         let limits = self.inbound.load().limits.clone();
         let auth_failures = self.auth_failures.clone();
-        let inbound = inbound(&self.ctx, config, server_tls, dkim, limits, auth_failures);
+        let front_door = FrontDoor::new(&self.ctx, config, recipients, self.memory.clone());
+        let inbound = inbound(
+            &self.ctx,
+            config,
+            server_tls,
+            dkim,
+            limits,
+            auth_failures,
+            front_door,
+        );
         let mut kept: Vec<(usize, ListenerConfig)> = self
             .running()
             .iter()
@@ -251,7 +280,10 @@ impl Server {
                     let Some(mut kept) = old.get_mut(index).and_then(Option::take) else {
                         continue; // `prepare` names each running listener once
                     };
-                    if kept.config.kind == config.kind && kept.accepting.is_some() {
+                    if kept.config.kind == config.kind
+                        && kept.config.proxy_protocol == config.proxy_protocol
+                        && kept.accepting.is_some()
+                    {
                         kept.config = config;
                         running.push(kept);
                         continue;
@@ -279,7 +311,7 @@ impl Server {
     fn accept(&self, running: &Running) -> AbortHandle {
         tokio::spawn(listener::accept_loop(
             running.socket.clone(),
-            running.config.kind,
+            running.config.clone(),
             self.inbound.clone(),
         ))
         .abort_handle()
@@ -312,6 +344,7 @@ fn inbound(
     dkim: Signer,
     limits: Arc<limits::ConnectionLimits>,
     auth_failures: Arc<limits::AuthFailures>,
+    front_door: FrontDoor,
 ) -> Inbound {
     let tls = server_tls.map(TlsAcceptor::from);
     let session_config = SessionConfig {
@@ -319,6 +352,7 @@ fn inbound(
         max_message_size: config.limits.max_message_size,
         max_recipients: config.limits.max_recipients.get(),
         max_errors: config.limits.max_errors.get(),
+        max_junk_commands: config.limits.max_junk_commands.get(),
         max_auth_failures: config.limits.max_auth_failures.get(),
         tls_available: tls.is_some(),
         auth_required: false,
@@ -336,6 +370,7 @@ fn inbound(
         auth_failures,
         dkim,
         verifier: crate::auth::verify::Verifier::new(config, ctx.resolver.clone()),
+        front_door: Arc::new(front_door),
     });
     Inbound { shared, limits }
 }

@@ -10,6 +10,13 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use crate::config::UserConfig;
 use crate::smtp::session::Credentials;
 
+/// Password checks (argon2) running at once, server-wide.
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+
+/// Bounds the argon2 work: a flood of bad AUTH cannot take every blocking
+/// thread or hundreds of MiB.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
+
 /// Checks credentials against the configured users.
 pub struct Authenticator {
     /// User name → PHC hash string.
@@ -33,7 +40,12 @@ impl Authenticator {
     /// work runs in `spawn_blocking`. An unknown user costs the same work as
     /// a known one (checked against another user's hash) so timing does not
     /// reveal which names exist.
+    ///
+    /// At most [`MAX_CONCURRENT_HASHES`] checks run at once across the
+    /// server (each holds ~19 MiB and a blocking thread body I/O shares);
+    /// the others wait their turn.
     pub async fn verify(&self, credentials: Credentials) -> Option<String> {
+        let _permit = HASHING.acquire().await.ok()?;
         let users = self.users.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let (hash, known) = match users.get(&credentials.username) {

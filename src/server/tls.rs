@@ -26,6 +26,9 @@ pub enum TlsError {
     /// The key file holds no PEM private key.
     #[error("tls: {path} contains no PEM private key")]
     NoKey { path: PathBuf },
+    /// The key file is readable by others.
+    #[error("tls: {0}")]
+    KeyTooOpen(#[from] crate::keyfile::KeyFileError),
     /// rustls refused the pair (e.g. the key does not match the certificate).
     #[error("tls: certificate {certificate} / key {key}: {source}")]
     Rejected {
@@ -79,6 +82,7 @@ fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    crate::keyfile::check_private(path)?;
     rustls_pemfile::private_key(&mut open(path)?)
         .map_err(|source| TlsError::Read {
             path: path.to_path_buf(),

@@ -156,6 +156,67 @@ impl DataDecoder {
     }
 }
 
+/// Checks octets that come as they are (BDAT chunks, RFC 3030) against
+/// the rule [`DataDecoder`] applies to DATA: CR and LF only together, as
+/// CRLF (RFC 5321 §2.3.8). A CRLF may be split across two chunks; a CR at
+/// the very end of the message is bare.
+#[derive(Debug, Clone, Default)]
+pub struct LineEndingCheck {
+    /// The last octet fed was a CR, whose LF may still come.
+    after_cr: bool,
+    /// A bare CR or LF was seen.
+    bare: bool,
+}
+
+impl LineEndingCheck {
+    /// A check at the start of a message.
+    pub fn new() -> LineEndingCheck {
+        LineEndingCheck::default()
+    }
+
+    /// Looks at the next octets of the message.
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.bare {
+            return;
+        }
+        let mut rest = input;
+        if self.after_cr {
+            match rest.first() {
+                None => return,
+                Some(b'\n') => rest = &rest[1..],
+                Some(_) => {
+                    self.bare = true;
+                    return;
+                }
+            }
+            self.after_cr = false;
+        }
+        while let Some(at) = memchr::memchr2(b'\r', b'\n', rest) {
+            if rest[at] == b'\n' {
+                self.bare = true;
+                return;
+            }
+            match rest.get(at + 1) {
+                Some(b'\n') => rest = &rest[at + 2..],
+                Some(_) => {
+                    self.bare = true;
+                    return;
+                }
+                None => {
+                    self.after_cr = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// True once a bare CR or LF was seen, or when `at_end` (the message
+    /// is complete) and the last octet was a CR.
+    pub fn found_bare(&self, at_end: bool) -> bool {
+        self.bare || (at_end && self.after_cr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +299,30 @@ mod tests {
             Some(DataProblem::BareLineEnding)
         );
         assert_eq!(decode(b"a\r\n.\r\n", 100).3, None);
+    }
+
+    #[test]
+    fn line_ending_check_finds_bare_cr_and_lf_across_chunks() {
+        let check = |pieces: &[&[u8]]| {
+            let mut check = LineEndingCheck::new();
+            for piece in pieces {
+                check.feed(piece);
+            }
+            check.found_bare(true)
+        };
+        assert!(!check(&[b"a\r\nb\r\n"]));
+        assert!(!check(&[b"a\r", b"\nb\r\n"]));
+        assert!(!check(&[b"a\r", b"", b"\n"]));
+        assert!(!check(&[]));
+        assert!(check(&[b"A\r.\rMAIL FROM:<x@evil.test>\r\n"]));
+        assert!(check(&[b"a\nb\r\n"]));
+        assert!(check(&[b"a\r", b"b\r\n"]));
+        assert!(check(&[b"a\r\r\n"]));
+        assert!(check(&[b"a\r\n\n"]));
+        assert!(check(&[b"a\r"]), "a CR at the very end is bare");
+        let mut open = LineEndingCheck::new();
+        open.feed(b"a\r");
+        assert!(!open.found_bare(false), "its LF may still come");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 /// Dot-stuffs a body while it streams (a line starting with "." gets one
 /// more "."), and ends it with `CRLF . CRLF`, adding the CRLF when the body
-/// does not end with one.
+/// does not end with one. A lone CR or LF counts as a line end here: a dot
+/// after one is doubled too, so a next hop that reads a bare CR or LF as a
+/// line end never sees `. CRLF` alone on a line (no smuggling through us).
 #[derive(Debug, Clone)]
 pub struct DotStuffer {
     at_line_start: bool,
@@ -33,18 +35,20 @@ impl DotStuffer {
         if self.at_line_start && input.first() == Some(&b'.') {
             output.push(b'.');
         }
-        // Every other line-leading dot follows an LF inside `input`; memmem
-        // finds them without a per-octet loop (a 4 KiB body usually has none).
+        // Every other line-leading dot follows a CR or LF inside `input`;
+        // memchr finds those without a per-octet loop.
         let mut start = 0;
-        for newline in memchr::memmem::find_iter(input, b"\n.") {
-            let dot = newline + 1;
-            output.extend_from_slice(&input[start..dot]);
-            output.push(b'.');
-            start = dot;
+        for end in memchr::memchr2_iter(b'\r', b'\n', input) {
+            let dot = end + 1;
+            if input.get(dot) == Some(&b'.') {
+                output.extend_from_slice(&input[start..dot]);
+                output.push(b'.');
+                start = dot;
+            }
         }
         output.extend_from_slice(&input[start..]);
         if let Some(&last) = input.last() {
-            self.at_line_start = last == b'\n';
+            self.at_line_start = matches!(last, b'\r' | b'\n');
         }
         match input {
             [] => {}
@@ -100,6 +104,17 @@ mod tests {
     }
 
     #[test]
+    fn a_dot_after_a_lone_cr_or_lf_is_doubled() {
+        assert_eq!(
+            stuff(b"A\r.\rMAIL FROM:<x@evil.test>\r\n"),
+            b"A\r..\rMAIL FROM:<x@evil.test>\r\n.\r\n"
+        );
+        assert_eq!(stuff(b"a\n.\r\n"), b"a\n..\r\n.\r\n");
+        assert_eq!(stuff_pieces(&[b"a\r", b".\r\n"]), b"a\r..\r\n.\r\n");
+        assert_eq!(stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+    }
+
+    #[test]
     fn missing_final_crlf_is_added() {
         assert_eq!(stuff_pieces(&[b"a"]), b"a\r\n.\r\n");
         assert_eq!(stuff_pieces(&[b"a\r"]), b"a\r\r\n.\r\n");
@@ -110,7 +125,7 @@ mod tests {
     }
 
     /// Stuffing octet by octet, as RFC 5321 §4.5.2 words it: a dot at the
-    /// start of the body or after any LF gets another dot.
+    /// start of the body or after any CR or LF gets another dot.
     fn stuff_bytewise(body: &[u8]) -> Vec<u8> {
         let mut output = Vec::new();
         let mut at_line_start = true;
@@ -119,7 +134,7 @@ mod tests {
                 output.push(b'.');
             }
             output.push(byte);
-            at_line_start = byte == b'\n';
+            at_line_start = matches!(byte, b'\r' | b'\n');
         }
         output
     }

@@ -11,7 +11,11 @@
 //!   command stream stays in sync.
 //! - BDAT (RFC 3030 §2): a chunk is exactly the octets its command
 //!   announced, stored as they are; [`ChunkIntake`] counts them off and
-//!   adds the chunks up into one message.
+//!   adds the chunks up into one message. The DATA rule on line endings
+//!   holds for them too ([`LineEndingCheck`]): a bare CR or LF anywhere in
+//!   the chunks gets `550 5.5.2` after the LAST chunk, as DATA gets it
+//!   after the end marker, so a next hop that reads a bare CR or LF as a
+//!   line end is never handed a second, smuggled message.
 //! - Size (RFC 1870 §6.3): past `max_size` octets of message nothing more
 //!   is stored and the message is refused with `552 5.3.4`.
 //! - Hops (RFC 5321 §6.3): a header with more than `max_hops` `Received:`
@@ -20,7 +24,7 @@
 //!   drops what it stored so far. When several rules are broken, the reply
 //!   names the size or the line ending before the hops.
 
-use crate::smtp::data::{DataDecoder, DataProblem};
+use crate::smtp::data::{DataDecoder, DataProblem, LineEndingCheck};
 use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::{EnhancedCode, Reply};
 
@@ -29,7 +33,7 @@ use crate::smtp::reply::{EnhancedCode, Reply};
 pub enum Refusal {
     /// Larger than `limits.max_message_size`: `552 5.3.4` (RFC 1870 §6.3).
     TooBig,
-    /// A bare CR or LF in DATA: `550 5.5.2` (RFC 5321 §2.3.8).
+    /// A bare CR or LF in DATA or BDAT: `550 5.5.2` (RFC 5321 §2.3.8).
     BareLineEnding,
     /// More `Received:` fields than `limits.max_hops`, a mail loop:
     /// `554 5.4.6` (RFC 5321 §6.3, RFC 3463 §3.5).
@@ -167,6 +171,8 @@ impl DataIntake {
 pub struct ChunkIntake {
     limits: IntakeLimits,
     hops: HopCounter,
+    /// Bare CR or LF anywhere in the chunks.
+    line_endings: LineEndingCheck,
     /// Message octets received so far, including any past the limit.
     size: u64,
     /// The size the current chunk's BDAT command announced.
@@ -183,6 +189,7 @@ impl ChunkIntake {
         ChunkIntake {
             limits,
             hops: HopCounter::new(),
+            line_endings: LineEndingCheck::new(),
             size: 0,
             chunk_size: 0,
             remaining: 0,
@@ -206,6 +213,7 @@ impl ChunkIntake {
         self.size = self.size.saturating_add(take as u64);
         if self.size <= self.limits.max_size {
             self.hops.feed(&input[..take]);
+            self.line_endings.feed(&input[..take]);
         }
         take
     }
@@ -218,7 +226,7 @@ impl ChunkIntake {
     /// True once the message is known to be refused: the caller drops
     /// whatever it stored of it.
     pub fn is_refused(&self) -> bool {
-        self.refusal().is_some()
+        self.refusal().is_some() || self.line_endings.found_bare(false)
     }
 
     /// [`Outcome::NeedMore`] until the current chunk is read in full; then
@@ -238,8 +246,13 @@ impl ChunkIntake {
     }
 
     fn refusal(&self) -> Option<Refusal> {
+        let complete = self.last && self.remaining == 0;
         if self.size > self.limits.max_size {
             Some(Refusal::TooBig)
+        } else if self.line_endings.found_bare(complete) {
+            // As with DATA, named only once the message is complete (and
+            // before the hops, as DATA names it).
+            complete.then_some(Refusal::BareLineEnding)
         } else if self.hops.exceeds(self.limits.max_hops) {
             Some(Refusal::TooManyHops)
         } else {
@@ -410,5 +423,107 @@ mod tests {
         let header = b"Received: a\r\nReceived: b\r\nReceived: c\r\n";
         let (_, outcome) = chunk(&mut intake, header.len() as u64, false, &[header]);
         assert_eq!(outcome, Outcome::Refused(Refusal::TooManyHops));
+    }
+
+    #[test]
+    fn bdat_with_a_bare_cr_is_refused_with_550_5_5_2_after_the_last_chunk() {
+        let mut intake = ChunkIntake::new(LIMITS);
+        let (stored, outcome) = chunk(&mut intake, 4, false, &[b"A\r.\r"]);
+        assert!(stored.is_empty(), "nothing of it is stored");
+        assert_eq!(outcome, Outcome::ChunkAccepted { octets: 4 });
+        let payload = b"MAIL FROM:<x@evil.test>\r\n";
+        let (_, outcome) = chunk(&mut intake, payload.len() as u64, true, &[payload]);
+        assert_eq!(outcome, Outcome::Refused(Refusal::BareLineEnding));
+    }
+
+    #[test]
+    fn bdat_crlf_split_across_chunks_is_no_bare_line_ending() {
+        let mut intake = ChunkIntake::new(LIMITS);
+        chunk(&mut intake, 2, false, &[b"a\r"]);
+        let (_, outcome) = chunk(&mut intake, 4, true, &[b"\nb\r\n"]);
+        assert_eq!(outcome, Outcome::Complete { octets: 6 });
+        let mut intake = ChunkIntake::new(LIMITS);
+        let (_, outcome) = chunk(&mut intake, 2, true, &[b"a\r"]);
+        assert_eq!(outcome, Outcome::Refused(Refusal::BareLineEnding));
+    }
+
+    /// What a whole message comes to over DATA (dot-stuffed, as a client
+    /// sends it) and over BDAT cut at `cuts`: (outcome, octets stored).
+    fn by_data_and_by_bdat(
+        body: &[u8],
+        cuts: &[usize],
+    ) -> ((Outcome, Vec<u8>), (Outcome, Vec<u8>)) {
+        let limits = IntakeLimits {
+            max_size: 1 << 20,
+            max_hops: 100,
+        };
+        let wire = crate::smtp::dot::stuff(body);
+        let mut intake = DataIntake::new(limits);
+        let mut stored = Vec::new();
+        intake.feed(&wire, &mut stored);
+        let by_data = (intake.outcome(), stored);
+
+        let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (body.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(body.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut intake = ChunkIntake::new(limits);
+        let mut stored = Vec::new();
+        let mut outcome = Outcome::NeedMore;
+        let pieces: Vec<&[u8]> = bounds.windows(2).map(|w| &body[w[0]..w[1]]).collect();
+        let pieces: Vec<&[u8]> = if pieces.is_empty() { vec![&[]] } else { pieces };
+        for (index, piece) in pieces.iter().enumerate() {
+            let last = index + 1 == pieces.len();
+            let (octets, chunk_outcome) = chunk(&mut intake, piece.len() as u64, last, &[piece]);
+            if intake.is_refused() {
+                stored.clear();
+            } else {
+                stored.extend_from_slice(&octets);
+            }
+            outcome = chunk_outcome;
+            if !matches!(outcome, Outcome::ChunkAccepted { .. }) {
+                break;
+            }
+        }
+        if matches!(outcome, Outcome::Refused(_)) {
+            stored.clear();
+        }
+        (by_data, (outcome, stored))
+    }
+
+    #[test]
+    fn the_smuggling_payload_gets_the_same_refusal_by_data_and_by_bdat() {
+        let (by_data, by_bdat) = by_data_and_by_bdat(b"A\r.\rMAIL FROM:<x@evil.test>\r\n", &[]);
+        assert_eq!(by_data.0, Outcome::Refused(Refusal::BareLineEnding));
+        assert_eq!(by_bdat.0, Outcome::Refused(Refusal::BareLineEnding));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_gives_the_outcome_data_gives(
+            mut body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'a'),
+                    proptest::strategy::Just(b' '),
+                ],
+                0..40,
+            ),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            // DATA always ends with CRLF; the same octets go over BDAT.
+            body.extend_from_slice(b"\r\n");
+            let (by_data, by_bdat) = by_data_and_by_bdat(&body, &cuts);
+            match by_data.0 {
+                Outcome::Complete { .. } => {
+                    proptest::prop_assert_eq!(&by_bdat.1, &body);
+                    proptest::prop_assert_eq!(by_data, by_bdat);
+                }
+                refused => proptest::prop_assert_eq!(refused, by_bdat.0),
+            }
+        }
     }
 }

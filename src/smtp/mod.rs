@@ -13,6 +13,7 @@ pub mod header_field;
 pub mod hops;
 pub mod intake;
 pub mod line;
+pub mod lines;
 pub mod message_id;
 pub mod reply;
 pub mod session;

@@ -67,6 +67,8 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Protocol errors after which the connection is closed.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY and HELP allowed; the next gets `421 4.7.0`.
+    pub max_junk_commands: u32,
     /// Failed AUTH attempts after which the connection is closed.
     pub max_auth_failures: u32,
     /// A certificate is configured: STARTTLS may be offered.
@@ -121,6 +123,35 @@ pub enum Action {
     StartTls(Reply),
     /// Verify these credentials and call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Ask the front door (`crate::frontdoor`) whether this MAIL or RCPT
+    /// may go on, and call [`Session::check_result`].
+    Check(Check),
+}
+
+/// A MAIL or RCPT that the front door must allow first (client rates,
+/// recipient validation, greylisting). Only asked for when the I/O shell
+/// said a front door is in place ([`Session::set_front_door`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The client's address.
+    pub client: IpAddr,
+    /// From `relay_networks` or authenticated: exempt from greylisting.
+    pub trusted: bool,
+    /// The reverse path; empty for `<>`.
+    pub sender: String,
+    /// The forward path of a RCPT; `None` for MAIL.
+    pub recipient: Option<String>,
+}
+
+/// What a MAIL or RCPT waiting for [`Session::check_result`] does once
+/// allowed.
+#[derive(Debug, Clone)]
+enum Pending {
+    Mail(Transaction),
+    Rcpt {
+        address: String,
+        parameters: RcptParameters,
+    },
 }
 
 impl Action {
@@ -130,7 +161,7 @@ impl Action {
             Action::Reply(reply) | Action::ReceiveData(reply) | Action::StartTls(reply) => reply,
             Action::Close(replies) => replies.first()?,
             Action::ReceiveChunk { refusal, .. } => refusal.as_ref()?,
-            Action::Authenticate(_) => return None,
+            Action::Authenticate(_) | Action::Check(_) => return None,
         };
         (reply.code() >= 400).then_some(reply)
     }
@@ -154,6 +185,9 @@ pub enum MessageOutcome {
     Milter(Reply),
     /// Accepted and dropped, as a milter said.
     Discarded,
+    /// Storing it would have taken the spool below its reserve, or the
+    /// disk was full (`452 4.3.1`, RFC 3463 §3.4).
+    NoSpace,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,15 +239,26 @@ pub struct Session {
     transaction: Option<Transaction>,
     auth: AuthStep,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP so far (commands that move no mail).
+    junk: u32,
     auth_failures: u32,
     /// The commands so far, by verb, for the disconnect log line.
     commands: CommandCounts,
     /// Why the command being handled was refused, when the refusal is a
     /// policy decision worth a `transaction refused` line.
     refusal_reason: Option<&'static str>,
-    /// The spool's free space is below `spool.min_free`: MAIL gets
-    /// `452 4.3.1`. Set by the I/O shell ([`Session::set_storage_low`]).
-    storage_low: bool,
+    /// A local submission's sender process (`from userid 1001 (alice)`),
+    /// named in the `Received:` field instead of an address.
+    local_peer: Option<String>,
+    /// How many bytes new mail may still take from the spool before it
+    /// reaches `spool.min_free` (`None`: no limit). MAIL gets `452 4.3.1`
+    /// when it is 0 or below the `SIZE=` declared. Set by the I/O shell
+    /// ([`Session::set_storage_headroom`]).
+    storage_headroom: Option<u64>,
+    /// MAIL and RCPT end in [`Action::Check`] ([`Session::set_front_door`]).
+    front_door: bool,
+    /// The MAIL or RCPT waiting for [`Session::check_result`].
+    pending: Option<Pending>,
 }
 
 const fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -235,11 +280,77 @@ impl Session {
             transaction: None,
             auth: AuthStep::None,
             errors: 0,
+            junk: 0,
             auth_failures: 0,
             commands: CommandCounts::default(),
             refusal_reason: None,
-            storage_low: false,
+            storage_headroom: None,
+            local_peer: None,
+            front_door: false,
+            pending: None,
         }
+    }
+
+    /// Marks the session as a local submission by user `name` (uid `uid`),
+    /// as told by the kernel (SO_PEERCRED): the `Received:` field names them
+    /// (`by host (sluice, from userid 1001 (alice))`, as Postfix does).
+    pub fn set_local_peer(&mut self, uid: u32, name: &str) {
+        let name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && !"()\\".contains(*c))
+            .collect();
+        self.local_peer = Some(format!("from userid {uid} ({name})"));
+    }
+
+    /// Tells the session that a front door checks MAIL and RCPT: once
+    /// everything else allowed them, they end in [`Action::Check`].
+    pub fn set_front_door(&mut self, enabled: bool) {
+        self.front_door = enabled;
+    }
+
+    /// The front door's answer to the [`Action::Check`] asked: `None`
+    /// lets the MAIL or RCPT go on; a refusal is answered (and logged with
+    /// its reason) instead.
+    pub fn check_result(&mut self, refusal: Option<(Reply, &'static str)>) -> Action {
+        let pending = self.pending.take();
+        let verb = match pending {
+            Some(Pending::Mail(_)) => Verb::of(b"MAIL"),
+            _ => Verb::of(b"RCPT"),
+        };
+        match (refusal, pending) {
+            (Some((reply, reason)), _) => {
+                self.commands.refused_later(verb);
+                self.refusal_reason = Some(reason);
+                let action = if reply.code() >= 500 {
+                    self.error(reply)
+                } else {
+                    Action::Reply(reply)
+                };
+                self.log_refusal(verb, &action);
+                action
+            }
+            (None, Some(Pending::Mail(transaction))) => {
+                self.transaction = Some(transaction);
+                Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
+            }
+            (
+                None,
+                Some(Pending::Rcpt {
+                    address,
+                    parameters,
+                }),
+            ) => self.add_recipient(address, parameters),
+            (None, None) => self.bad_sequence("Error: nothing to check"),
+        }
+    }
+
+    fn check(&self, transaction: &Transaction, recipient: Option<String>) -> Action {
+        Action::Check(Check {
+            client: self.client,
+            trusted: self.relay_client || self.user.is_some(),
+            sender: transaction.sender.clone(),
+            recipient,
+        })
     }
 
     /// Tells the session whether the spool's free space is below the
@@ -247,7 +358,15 @@ impl Session {
     /// `452 4.3.1 Insufficient system storage` (RFC 3463 §3.4: mail system
     /// full) and the rest of the session goes on.
     pub fn set_storage_low(&mut self, low: bool) {
-        self.storage_low = low;
+        self.storage_headroom = low.then_some(0);
+    }
+
+    /// Tells the session how many bytes new mail may take before the
+    /// spool's free space reaches the reserve (`None`: unlimited). MAIL gets
+    /// `452 4.3.1` when nothing is left or its `SIZE=` declaration
+    /// (RFC 1870) is more than what is left.
+    pub fn set_storage_headroom(&mut self, headroom: Option<u64>) {
+        self.storage_headroom = headroom;
     }
 
     /// The commands of this connection so far, by verb.
@@ -380,6 +499,14 @@ impl Session {
             Some([single]) => format!("\r\n\tfor <{single}>"),
             _ => String::new(),
         };
+        if let Some(peer) = &self.local_peer {
+            return format!(
+                "Received: by {host} (sluice, {peer})\r\n\twith {protocol} id {id}{recipient};\r\n\t{date}\r\n",
+                host = self.config.hostname,
+                protocol = self.protocol(),
+                date = now.to_rfc2822(),
+            );
+        }
         format!(
             "Received: from {helo} ({address})\r\n\tby {host} (sluice) with {protocol} id {id}{recipient};\r\n\t{date}\r\n",
             host = self.config.hostname,
@@ -532,11 +659,21 @@ impl Session {
                 code(4, 3, 0),
                 "Error: queue write error, try again later",
             ),
+            MessageOutcome::NoSpace => {
+                Reply::new(452, code(4, 3, 1), "Insufficient system storage")
+            }
         };
         Action::Reply(reply)
     }
 
     fn handle(&mut self, command: Command) -> Action {
+        if matches!(
+            command,
+            Command::Rset | Command::Noop | Command::Vrfy | Command::Help
+        ) && let Some(close) = self.junk_command()
+        {
+            return close;
+        }
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
@@ -622,6 +759,26 @@ impl Session {
             ]);
         }
         Action::Reply(reply)
+    }
+
+    /// Counts a command that moves no mail; past `max_junk_commands` the
+    /// connection is closed with `421 4.7.0` (as Postfix's
+    /// `smtpd_junk_command_limit`), so a client cannot hold a session open
+    /// with NOOPs.
+    fn junk_command(&mut self) -> Option<Action> {
+        self.junk += 1;
+        if self.junk <= self.config.max_junk_commands {
+            return None;
+        }
+        tracing::info!(client = %self.client, commands = self.junk, "too many junk commands, closing");
+        Some(Action::Close(vec![Reply::new(
+            421,
+            code(4, 7, 0),
+            format!(
+                "{} Error: too many junk commands, closing",
+                self.config.hostname
+            ),
+        )]))
     }
 
     fn bad_sequence(&mut self, text: &'static str) -> Action {
@@ -724,15 +881,21 @@ impl Session {
                 "Error: message size exceeds fixed maximum message size",
             ));
         }
-        if self.storage_low {
-            self.refusal_reason = Some("spool free space below spool.min_free");
+        if let Some(headroom) = self.storage_headroom
+            && (headroom == 0 || parameters.size.is_some_and(|size| size > headroom))
+        {
+            self.refusal_reason = Some(if headroom == 0 {
+                "spool free space below spool.min_free"
+            } else {
+                "declared size over the spool's free space above spool.min_free"
+            });
             return Action::Reply(Reply::new(
                 452,
                 code(4, 3, 1),
                 "Insufficient system storage",
             ));
         }
-        self.transaction = Some(Transaction {
+        let transaction = Transaction {
             sender,
             recipients: Vec::new(),
             smtputf8: parameters.smtputf8,
@@ -746,7 +909,13 @@ impl Session {
                 },
                 recipients: Vec::new(),
             }),
-        });
+        };
+        if self.front_door {
+            let check = self.check(&transaction, None);
+            self.pending = Some(Pending::Mail(transaction));
+            return check;
+        }
+        self.transaction = Some(transaction);
         Action::Reply(Reply::new(250, code(2, 1, 0), "Ok"))
     }
 
@@ -809,6 +978,19 @@ impl Session {
                 mailbox.to_string()
             }
         };
+        if self.front_door {
+            let check = self.check(transaction, Some(address.clone()));
+            self.pending = Some(Pending::Rcpt {
+                address,
+                parameters,
+            });
+            return check;
+        }
+        self.add_recipient(address, parameters)
+    }
+
+    /// Adds an accepted recipient to the transaction.
+    fn add_recipient(&mut self, address: String, parameters: RcptParameters) -> Action {
         if let Some(transaction) = self.transaction.as_mut() {
             // A repeated recipient is one recipient: stored twice it would
             // get the message twice (RFC 5321 §3.3 leaves this to us).
@@ -1119,6 +1301,7 @@ mod tests {
 
     fn config() -> SessionConfig {
         SessionConfig {
+            max_junk_commands: 100,
             hostname: "mx.test".into(),
             max_message_size: 1000,
             max_recipients: 3,
@@ -1158,6 +1341,54 @@ mod tests {
 
     fn send(session: &mut Session, line: &str) -> String {
         wire(&session.handle_line(line.as_bytes()))
+    }
+
+    #[test]
+    fn with_a_front_door_mail_and_rcpt_wait_for_its_answer() {
+        let mut session = stranger();
+        session.set_front_door(true);
+        expect(&mut session, "EHLO c.test", "250");
+        let Action::Check(check) = session.handle_line(b"MAIL FROM:<a@b.test>") else {
+            panic!("MAIL asks the front door");
+        };
+        assert_eq!((check.sender.as_str(), check.recipient), ("a@b.test", None));
+        assert!(!check.trusted);
+        assert!(session.transaction().is_none(), "not before the answer");
+        let reply = Reply::new(452, code(4, 7, 0), "slow down");
+        assert!(matches!(
+            session.check_result(Some((reply, "message rate"))),
+            Action::Reply(reply) if reply.code() == 452
+        ));
+        assert!(session.transaction().is_none());
+        assert!(matches!(
+            session.handle_line(b"MAIL FROM:<a@b.test>"),
+            Action::Check(_)
+        ));
+        assert!(matches!(session.check_result(None), Action::Reply(reply) if reply.code() == 250));
+        // Relaying is refused before the front door is asked.
+        expect(&mut session, "RCPT TO:<x@elsewhere.test>", "554");
+        let Action::Check(check) = session.handle_line(b"RCPT TO:<u@example.org>") else {
+            panic!("RCPT asks the front door");
+        };
+        assert_eq!(check.recipient.as_deref(), Some("u@example.org"));
+        let reply = Reply::new(550, code(5, 1, 1), "unknown");
+        session.check_result(Some((reply, "unknown recipient")));
+        assert!(
+            session
+                .transaction()
+                .is_some_and(|t| t.recipients.is_empty())
+        );
+        session.handle_line(b"RCPT TO:<v@example.org>");
+        session.check_result(None);
+        assert_eq!(
+            session.transaction().map(|t| t.recipients.clone()),
+            Some(vec!["v@example.org".to_string()])
+        );
+        assert!(
+            session.commands().to_string().contains("rcpt=1/3"),
+            "{}",
+            session.commands()
+        );
     }
 
     fn expect(session: &mut Session, line: &str, start: &str) -> String {
@@ -1251,6 +1482,22 @@ mod tests {
         let mut session = relay_session();
         expect(&mut session, "HELO c.test", "250");
         assert_eq!(session.protocol(), "SMTP");
+    }
+
+    #[test]
+    fn a_local_submission_names_the_peer_uid_in_received() {
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let mut session = relay_session();
+        session.set_local_peer(1001, "al(ic)e\r\n");
+        expect(&mut session, "EHLO c.test", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let header = session.received_header("Q", at);
+        assert!(
+            header.starts_with(
+                "Received: by mx.test (sluice, from userid 1001 (alice))\r\n\twith ESMTP id Q"
+            ),
+            "{header}"
+        );
     }
 
     #[test]
@@ -1420,6 +1667,29 @@ mod tests {
     }
 
     #[test]
+    fn junk_commands_past_the_limit_close_with_421_4_7_0() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        for command in ["NOOP", "RSET", "VRFY x", "HELP"].iter().cycle().take(100) {
+            assert!(
+                matches!(session.handle_line(command.as_bytes()), Action::Reply(_)),
+                "{command}"
+            );
+        }
+        // Mail commands are not junk and do not count.
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        let Action::Close(replies) = session.handle_line(b"NOOP") else {
+            panic!("the 101st junk command closes");
+        };
+        assert_eq!(replies.len(), 1);
+        assert!(
+            replies[0].to_wire().starts_with("421 4.7.0 "),
+            "{:?}",
+            replies[0].to_wire()
+        );
+    }
+
+    #[test]
     fn strangers_may_not_relay_but_may_send_to_accepted_domains() {
         let mut session = stranger();
         expect(&mut session, "EHLO c.test", "250");
@@ -1461,6 +1731,20 @@ mod tests {
         // A transaction already open goes on.
         session.set_storage_low(true);
         expect(&mut session, "RCPT TO:<r@x.test>", "250");
+    }
+
+    #[test]
+    fn a_declared_size_over_the_headroom_gets_452_4_3_1() {
+        let mut session = relay_session();
+        expect(&mut session, "EHLO c.test", "250");
+        session.set_storage_headroom(Some(100));
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=200", "452 4.3.1");
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=50", "250");
+        expect(&mut session, "RSET", "250");
+        expect(&mut session, "MAIL FROM:<a@b.test>", "250");
+        expect(&mut session, "RSET", "250");
+        session.set_storage_headroom(None);
+        expect(&mut session, "MAIL FROM:<a@b.test> SIZE=200", "250");
     }
 
     #[test]

@@ -26,7 +26,9 @@ impl HttpReply {
 }
 
 /// One HTTP request to the admin API at `admin` (panics when there is no
-/// answer).
+/// answer). `token` `None` sends the token sluice generated for a test
+/// server started without `[admin] token`, if any ([`http_anonymous`] sends
+/// none).
 pub fn http(method: &str, admin: SocketAddr, path: &str, token: Option<&str>) -> HttpReply {
     try_http(method, admin, path, token).unwrap_or_else(|error| panic!("{method} {path}: {error}"))
 }
@@ -34,6 +36,23 @@ pub fn http(method: &str, admin: SocketAddr, path: &str, token: Option<&str>) ->
 /// One HTTP request to the admin API at `admin`; any status is an answer,
 /// no answer (connection or transport failure) is an error.
 pub fn try_http(
+    method: &str,
+    admin: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<HttpReply, String> {
+    let generated = super::server::generated_token(admin);
+    try_http_as(method, admin, path, token.or(generated.as_deref()))
+}
+
+/// One HTTP request with no `Authorization` at all.
+#[allow(dead_code)]
+pub fn http_anonymous(method: &str, admin: SocketAddr, path: &str) -> HttpReply {
+    try_http_as(method, admin, path, None)
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+}
+
+fn try_http_as(
     method: &str,
     admin: SocketAddr,
     path: &str,

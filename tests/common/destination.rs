@@ -67,6 +67,10 @@ pub struct Options {
     pub chunking: bool,
     /// Advertise REQUIRETLS (RFC 8689), under TLS only.
     pub requiretls: bool,
+    /// Refuse a message with a line longer than this (CRLF not counted)
+    /// with `500 5.5.2 Line too long`, as RFC 5321 §4.5.3.1.6 allows and
+    /// aiosmtpd does.
+    pub max_line_length: Option<usize>,
 }
 
 impl Default for Options {
@@ -90,6 +94,7 @@ impl Default for Options {
             dsn: false,
             chunking: false,
             requiretls: false,
+            max_line_length: None,
         }
     }
 }
@@ -716,6 +721,7 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     conn.send("354 End data with <CR><LF>.<CR><LF>")?;
                 }
                 let mut body = Vec::new();
+                let mut too_long = false;
                 loop {
                     let Some(line) = conn.read_line()? else {
                         return Ok(());
@@ -723,6 +729,8 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     if line == b".\r\n" {
                         break;
                     }
+                    let content = line.strip_suffix(b"\r\n").unwrap_or(&line).len();
+                    too_long |= options.max_line_length.is_some_and(|max| content > max);
                     // RFC 5321 §4.5.2: remove one leading dot.
                     body.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
                 }
@@ -740,9 +748,12 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     state.data_seen
                 };
                 let rule = shared.rules.lock().expect("rules lock").data.clone();
-                let reply = rule
-                    .and_then(|rule| rule(&accepted[0], attempt))
-                    .unwrap_or_else(|| "250 2.0.0 Ok: queued".to_string());
+                let reply = if too_long {
+                    "500 5.5.2 Line too long".to_string()
+                } else {
+                    rule.and_then(|rule| rule(&accepted[0], attempt))
+                        .unwrap_or_else(|| "250 2.0.0 Ok: queued".to_string())
+                };
                 let mut state = shared.state.lock().expect("state lock");
                 state.transaction_times.push(std::time::Instant::now());
                 state.transactions.push(Transaction {

@@ -76,6 +76,39 @@ pub struct Sluice {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The admin token of each running test server whose token sluice
+/// generated (`<spool>/admin.token`, named in the start line), by admin
+/// address: what `admin::http` sends when a test gives no token.
+static GENERATED_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// The generated admin token of the server whose admin API is at `admin`.
+#[allow(dead_code)]
+pub fn generated_token(admin: SocketAddr) -> Option<String> {
+    GENERATED_TOKENS
+        .lock()
+        .expect("token lock")
+        .iter()
+        .rev()
+        .find(|(address, _)| *address == admin)
+        .map(|(_, token)| token.clone())
+}
+
+/// Writes a private key (or any file sluice must find private) with mode
+/// 0600: sluice refuses key files others can read.
+#[allow(dead_code)]
+pub fn write_private(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = path.as_ref();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_ref())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// The path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
@@ -209,6 +242,15 @@ impl Sluice {
         let admin = field(&started, "admin")
             .parse()
             .expect("admin address in start line");
+        let token_file = field(&started, "admin_token_file");
+        if !token_file.is_empty() {
+            let token = std::fs::read_to_string(&token_file)
+                .unwrap_or_else(|error| panic!("read {token_file}: {error}"));
+            GENERATED_TOKENS
+                .lock()
+                .expect("token lock")
+                .push((admin, token.trim().to_string()));
+        }
         Sluice {
             child: Some(child),
             dir,

@@ -1,8 +1,10 @@
-//! `sluice queue` through the running server's admin API (blocking HTTP/1.1
-//! with ureq; the listing is read and printed element by element).
+//! `sluice queue` through the running server's admin socket (blocking
+//! HTTP/1.1 over a UNIX socket, `socket_http`; the listing is read and
+//! printed element by element). Never over TCP: a port can be taken by
+//! any local user while the server is down, the socket's directory cannot.
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,15 +12,16 @@ use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use sluice_queue::QueueId;
 
 use super::Access;
+use super::socket_http::{self, Response};
 use crate::admin::bulk::Action;
 use crate::admin::error::ErrorBody;
 use crate::admin::summary::Summary;
 use crate::admin::suspensions::{SuspensionList, SuspensionView};
 use crate::admin::view::{ListFilter, MessageView};
 
-/// How long to wait for the admin API to accept a connection: it is local,
-/// so a server that does not answer within this is not going to.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for `/health`: the server is local, so one that does
+/// not answer within this is not going to.
+const PING_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// IDs sent per bulk request (each at most 64 characters, so the JSON stays
 /// under the API's 16 KiB body limit).
@@ -27,89 +30,57 @@ const IDS_PER_REQUEST: usize = 200;
 /// How long a single read may stall (bulk actions on a big queue take a while).
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A client of one running server's admin API.
+/// A client of one running server's admin socket.
 pub struct Remote {
-    agent: ureq::Agent,
-    address: SocketAddr,
-    token: Option<String>,
+    socket: PathBuf,
 }
 
 impl Remote {
-    /// A client for the API at `address`, sending `token` as a bearer token.
-    pub fn new(address: SocketAddr, token: Option<String>) -> Remote {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout_read(READ_TIMEOUT)
-            .build();
-        Remote {
-            agent,
-            address,
-            token,
-        }
+    /// A client for the API on the admin socket at `socket`.
+    pub fn new(socket: PathBuf) -> Remote {
+        Remote { socket }
     }
 
     /// Whether a server answers `GET /health`; the error says why not.
     pub fn ping(&self) -> Result<(), String> {
-        let request = self
-            .agent
-            .get(&self.url("/health"))
-            .timeout(CONNECT_TIMEOUT * 2);
-        match request.call() {
-            Ok(_) => Ok(()),
-            Err(ureq::Error::Status(code, _)) => Err(format!("/health answered HTTP {code}")),
-            Err(ureq::Error::Transport(error)) => Err(error.to_string()),
+        match socket_http::request(&self.socket, "GET", "/health", &[], None, PING_TIMEOUT) {
+            Ok(response) if response.status == 200 => Ok(()),
+            Ok(response) => Err(format!("/health answered HTTP {}", response.status)),
+            Err(error) => Err(format!("{}: {error}", self.socket.display())),
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+    /// `GET path`, its JSON answer (`sluice events status`).
+    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self.call("GET", path)?;
+        Ok(serde_json::from_reader(response.into_reader())?)
     }
 
-    fn call(&self, method: &str, path: &str) -> anyhow::Result<ureq::Response> {
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<Response> {
         self.call_with(method, path, None)
     }
 
     /// A request with an optional JSON body.
-    fn call_with(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> anyhow::Result<ureq::Response> {
+    fn call_with(&self, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Response> {
         // Shows the API this is no cross-site request (`admin::browser`).
-        let mut request = self
-            .agent
-            .request(method, &self.url(path))
-            .set(crate::admin::browser::REQUEST_HEADER, "1");
-        if let Some(token) = &self.token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
+        let mut headers = vec![(crate::admin::browser::REQUEST_HEADER, "1")];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
         }
-        let result = match body {
-            Some(body) => request
-                .set("Content-Type", "application/json")
-                .send_bytes(body),
-            None if method == "GET" => request.call(),
-            None => request.send_bytes(&[]),
-        };
-        match result {
-            Ok(response) => Ok(response),
-            Err(ureq::Error::Status(code, response)) => {
-                let message = response
-                    .into_json::<ErrorBody>()
-                    .map(|body| body.error)
-                    .unwrap_or_else(|_| format!("HTTP {code}"));
-                if code == 401 {
-                    anyhow::bail!(
-                        "admin API at {}: {message} (check [admin] token in the config)",
-                        self.address
-                    )
-                }
-                anyhow::bail!("{message}")
-            }
-            Err(ureq::Error::Transport(error)) => {
-                anyhow::bail!("admin API at {}: {error}", self.address)
-            }
+        let response =
+            socket_http::request(&self.socket, method, path, &headers, body, READ_TIMEOUT)
+                .map_err(|error| {
+                    anyhow::anyhow!("admin socket {}: {error}", self.socket.display())
+                })?;
+        if (200..300).contains(&response.status) {
+            return Ok(response);
         }
+        let code = response.status;
+        let message = response
+            .into_json::<ErrorBody>()
+            .map(|body| body.error)
+            .unwrap_or_else(|_| format!("HTTP {code}"));
+        anyhow::bail!("{message}")
     }
 
     fn list_path(filter: &ListFilter) -> String {
@@ -280,7 +251,7 @@ impl Access for Remote {
     }
 }
 
-fn count_field(response: ureq::Response, key: &str) -> anyhow::Result<u64> {
+fn count_field(response: Response, key: &str) -> anyhow::Result<u64> {
     let value: serde_json::Value = response
         .into_json()
         .context("reading the admin API's answer")?;

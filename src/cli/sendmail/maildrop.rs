@@ -42,6 +42,9 @@ pub struct Maildrop {
     runtime: tokio::runtime::Runtime,
     ctx: Context,
     server: Arc<Server>,
+    /// Who runs this command (uid, login), taken before becoming the
+    /// spool's owner: the `Received:` field names them.
+    submitter: (u32, String),
 }
 
 impl Maildrop {
@@ -58,6 +61,19 @@ impl Maildrop {
             return Err(refused);
         }
         let spool = config.spool.path.clone();
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let submitter = (
+            unsafe { libc::getuid() },
+            super::user::invoking_user().login,
+        );
+        // Root writes as the spool's owner (DESIGN.md "Local access"): no
+        // root-owned file in the spool, no link followed with root's rights.
+        if let Err(error) = crate::local::privilege::become_spool_owner(&spool) {
+            return Err(SendmailError::Spool {
+                path: spool,
+                reason: error.to_string(),
+            });
+        }
         let broken = |error: &dyn std::fmt::Display| SendmailError::Spool {
             path: spool.clone(),
             reason: format!(
@@ -92,12 +108,13 @@ impl Maildrop {
         let ctx = Context::new(Arc::new(config), queue);
         let dkim = crate::auth::dkim::Signer::load(&ctx.config().dkim)
             .map_err(|error| broken(&format!("{}: {}", error.key(), error.message)))?;
-        let server = Server::new(&ctx, Vec::new(), None, dkim);
+        let server = Server::new(&ctx, Vec::new(), None, dkim, Default::default());
         drop(_entered);
         Ok(Maildrop {
             runtime,
             ctx,
             server: Arc::new(server),
+            submitter,
         })
     }
 
@@ -132,8 +149,13 @@ impl Maildrop {
         S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let server = self.server.clone();
-        self.runtime
-            .spawn(async move { server.serve_local(stream).await })
+        // The invoking user, as the submit socket would name them.
+        let (uid, login) = self.submitter.clone();
+        self.runtime.spawn(async move {
+            server
+                .serve_local_from(stream, Some((uid, login.as_str())))
+                .await
+        })
     }
 
     /// Waits for `session` to end, then flushes and closes the spool.

@@ -1,6 +1,7 @@
 //! `sluice sendmail`: the sendmail(1)-compatible local submission command.
-//! It reads one message on stdin and submits it over SMTP to the running
-//! server, the way Postfix's and Exim's `sendmail` hand mail to their daemon.
+//! It reads one message on stdin and submits it over SMTP on the running
+//! server's UNIX socket (`local.submit_socket`, never TCP), the way
+//! Postfix's and Exim's `sendmail` hand mail to their daemon.
 //!
 //! ```text
 //! sluice sendmail [OPTIONS] [RECIPIENT...] < message
@@ -22,7 +23,9 @@
 //!   each once);
 //! - [`message`]: preparing the message (pure: header section, added and
 //!   removed headers, `-t` recipients, line endings);
-//! - [`submit`]: finding the running server and the SMTP submission;
+//! - [`submit`]: the submit socket and the SMTP submission;
+//! - [`helper`]: the setgid `sluice-maildrop` helper, for users who may not
+//!   write the spool;
 //! - [`maildrop`]: when no server answers, the server's own session run in
 //!   this process over the spool;
 //! - [`stdio`]: `-bs`, SMTP on stdin and stdout.
@@ -31,22 +34,23 @@
 //!
 //! - 0: the server accepted the message (a 250 after the data: it is on
 //!   disk), or, with no server answering, it was written into the spool
-//!   ([`maildrop`]). Nothing is printed unless `-v`.
-//! - 1: a runtime error, one line on stderr starting `sluice: `. No server
-//!   answering and a relative spool path (`sluice: cannot submit: no server
-//!   answers on 127.0.0.1:2525 (connection refused); is sluice serve
-//!   running?`), a spool this user cannot write, a 5xx reply (the server's
-//!   reply is printed; nothing was queued), a lost connection, an
-//!   unreadable stdin or configuration; a 4xx reply (printed; nothing was
-//!   queued), such as `452 4.3.1 Insufficient system storage`; or no server
-//!   answering and the spool still held by another process after
-//!   [`maildrop::LOCK_WAIT`]. (DESIGN.md's exit codes have no separate
-//!   status for "try again later", sysexits' `EX_TEMPFAIL`.)
+//!   ([`maildrop`]) or handed to the `sluice-maildrop` helper ([`helper`]).
+//!   Nothing is printed unless `-v`.
+//! - 75 (EX_TEMPFAIL, DESIGN.md "Exit codes"): not queued for a temporary
+//!   reason: a 4xx reply (printed), such as `452 4.3.1 Insufficient system
+//!   storage`; no server answering on `local.submit_socket` and no way into
+//!   the spool (a relative spool path, a helper that could not write); the
+//!   spool still held by another process after [`maildrop::LOCK_WAIT`].
+//! - 1: a runtime error, one line on stderr starting `sluice: `: a 5xx reply
+//!   (the server's reply is printed; nothing was queued), a lost
+//!   connection, an unreadable stdin or configuration, a spool that cannot
+//!   be written, a file the helper refused.
 //! - 2: a usage error: an unknown option, a missing option argument, an
 //!   invalid address, no recipients.
 
 pub mod args;
 pub mod envelope;
+pub mod helper;
 pub mod maildrop;
 pub mod message;
 pub mod stdio;
@@ -54,7 +58,6 @@ pub mod submit;
 pub mod user;
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cli::queue::{QueueCommand, Targets};
@@ -77,9 +80,21 @@ pub enum SendmailError {
     /// The configuration names no listener sendmail can use.
     #[error("cannot submit: {0}")]
     NoListener(String),
-    /// Nothing accepts connections at the listener address.
-    #[error("cannot submit: no server answers on {address} ({reason}); is sluice serve running?")]
-    Connect { address: SocketAddr, reason: String },
+    /// Nothing accepts connections on `local.submit_socket`.
+    #[error(
+        "cannot submit: no server answers on {} ({reason}); is sluice serve running?",
+        socket.display()
+    )]
+    Connect { socket: PathBuf, reason: String },
+    /// No server answered and the `sluice-maildrop` helper did not take
+    /// the message.
+    #[error("cannot write into the maildrop {}: {reason}", path.display())]
+    Maildrop {
+        path: PathBuf,
+        reason: String,
+        /// Worth trying again later (exit 75).
+        temporary: bool,
+    },
     /// The server answered a command with a 4xx or 5xx reply.
     #[error("cannot submit: the server refused {command}: {reply}")]
     Refused { command: String, reply: String },
@@ -127,8 +142,8 @@ impl SendmailError {
     /// 127.0.0.1:2525 (connection refused)".
     pub fn no_server_reason(&self) -> String {
         match self {
-            SendmailError::Connect { address, reason } => {
-                format!("no server answers on {address} ({reason})")
+            SendmailError::Connect { socket, reason } => {
+                format!("no server answers on {} ({reason})", socket.display())
             }
             SendmailError::NoListener(reason) => reason.clone(),
             other => other.to_string(),
@@ -139,8 +154,14 @@ impl SendmailError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SendmailError::Usage(_) => 2,
-            // DESIGN.md's exit codes: a refusal, temporary (a 4xx, a held
-            // spool) or not, is a runtime error.
+            // DESIGN.md "Exit codes": EX_TEMPFAIL when the message could not
+            // be queued for a temporary reason (a 4xx, a held spool, no
+            // server and no way into the spool).
+            SendmailError::SpoolBusy { .. } | SendmailError::Connect { .. } => 75,
+            SendmailError::Refused { reply, .. } if reply.starts_with('4') => 75,
+            SendmailError::Maildrop {
+                temporary: true, ..
+            } => 75,
             _ => 1,
         }
     }

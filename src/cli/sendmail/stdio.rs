@@ -18,7 +18,8 @@
 //! held by another process.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 
 use crate::config::Config;
 
@@ -32,7 +33,7 @@ pub fn run(config: &Config) -> Result<u8, SendmailError> {
         Ok((stream, address)) => {
             relay(stream).map_err(|error| SendmailError::Conversation {
                 what: "relaying the session",
-                server: format!("the server at {address}"),
+                server: format!("the server at {}", address.display()),
                 reason: error.to_string(),
             })?;
             return Ok(0);
@@ -50,7 +51,7 @@ pub fn run(config: &Config) -> Result<u8, SendmailError> {
 /// the server closes the connection (after QUIT, or its own timeout). The
 /// end of stdin is passed on as a half-close, so the server sees the
 /// client hang up.
-fn relay(stream: TcpStream) -> io::Result<()> {
+fn relay(stream: UnixStream) -> io::Result<()> {
     let mut upstream = stream.try_clone()?;
     std::thread::spawn(move || {
         let _ = io::copy(&mut io::stdin().lock(), &mut upstream);

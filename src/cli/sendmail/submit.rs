@@ -1,19 +1,16 @@
-//! Submitting the prepared message to the running server over SMTP, or,
-//! when none answers, to the same session run in this process over the
-//! spool ([`super::maildrop`]).
+//! Submitting the prepared message to the running server over SMTP on its
+//! UNIX socket, or, when none answers, to the same session run in this
+//! process over the spool ([`super::maildrop`]) or to the maildrop helper.
 //!
 //! # Where
 //!
-//! The message goes to the running server's first `relay`-kind listener
-//! (submission listeners require TLS and AUTH): the address the server
-//! recorded in `<spool>/smtp.address` when it started (so a listener on port
-//! 0, or a configuration edited since, is still found; only with an absolute
-//! spool path, since a relative one depends on the working directory, which
-//! may be anyone's), else the first relay `[[listener]]` of the
-//! configuration. When the recorded address does not answer (a stale file
-//! after a crash), the configured one is tried. A wildcard listener address
-//! (`0.0.0.0`, `::`) is reached on `127.0.0.1` / `::1`; loopback is in the
-//! default `relay_networks`, so no AUTH is needed.
+//! The message goes to the running server's `local.submit_socket` (default
+//! `<spool>/submit.sock`), never over TCP: while the server is down, any
+//! user may bind its TCP ports, and would get the message. The server
+//! serves the socket as a relay listener serves a loopback client and
+//! names the peer's uid in `Received:`. When nothing answers there, root and
+//! the spool's owner write the spool ([`super::maildrop`]); other users go
+//! through the setgid helper ([`super::helper`]).
 //!
 //! # How
 //!
@@ -34,12 +31,12 @@
 //! ID is taken from the `250 2.0.0 Ok: queued as <ID>` reply.
 
 use std::io::{self, BufWriter, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, ListenerKind};
-use crate::runfile;
+use crate::config::Config;
 use crate::smtp::client::{self, Envelope, Opening, OpeningStep, Stage, Step, Transaction};
 use crate::smtp::dot::DotStuffer;
 use crate::smtp::ehlo::Capabilities;
@@ -48,9 +45,6 @@ use crate::smtp::reply::{Reply, ReplyBuffer};
 use super::SendmailError;
 use super::maildrop::Maildrop;
 use super::message::WriteError;
-
-/// How long to wait for the connection to the local server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Submits one message to the running server: `write_message` writes it
 /// with CRLF line endings, not dot-stuffed. Returns the queue ID once the
@@ -69,12 +63,21 @@ pub fn submit(
 ) -> Result<String, SendmailError> {
     let refused = match connect_server(config) {
         Ok((stream, address)) => {
-            let mut connection =
-                Connection::over(stream, format!("the server at {address}"), config)?;
+            let mut connection = Connection::over(
+                stream,
+                format!("the server at {}", address.display()),
+                config,
+            )?;
             return connection.submit(config, sender, recipients, write_message);
         }
         Err(error) => error,
     };
+    if matches!(refused, SendmailError::Connect { .. })
+        && config.spool.path.is_absolute()
+        && !super::helper::may_write_spool(config)
+    {
+        return super::helper::drop_off(config, sender, recipients, write_message, &refused);
+    }
     let maildrop = Maildrop::open(config, refused)?;
     let (ours, theirs) = UnixStream::pair().map_err(|error| maildrop.failed(error))?;
     let session = maildrop
@@ -88,83 +91,22 @@ pub fn submit(
     submitted
 }
 
-/// Connects to the first of [`submission_addresses`] that answers; the
-/// error of the last one tried when none does.
-pub(super) fn connect_server(config: &Config) -> Result<(TcpStream, SocketAddr), SendmailError> {
-    let mut failure = None;
-    for address in submission_addresses(config)? {
-        match connect_to(address) {
-            Ok(stream) => return Ok((stream, address)),
-            Err(error) => failure = Some(error),
-        }
+/// Connects to the running server's `local.submit_socket` (never TCP: a
+/// process that took a TCP port while the server is down must get
+/// nothing), or [`SendmailError::Connect`].
+pub(super) fn connect_server(config: &Config) -> Result<(UnixStream, PathBuf), SendmailError> {
+    let path = config.local.submit_socket(&config.spool.path);
+    match UnixStream::connect(&path) {
+        Ok(stream) => Ok((stream, path)),
+        Err(error) => Err(SendmailError::Connect {
+            socket: path,
+            reason: match error.kind() {
+                io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                io::ErrorKind::NotFound => "no such socket".into(),
+                _ => error.to_string(),
+            },
+        }),
     }
-    Err(failure.expect("submission_addresses returns at least one address"))
-}
-
-/// A TCP connection to `address`, or [`SendmailError::Connect`].
-fn connect_to(address: SocketAddr) -> Result<TcpStream, SendmailError> {
-    TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(|error| SendmailError::Connect {
-        address,
-        reason: match error.kind() {
-            io::ErrorKind::ConnectionRefused => "connection refused".into(),
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "connection timed out".into(),
-            _ => error.to_string(),
-        },
-    })
-}
-
-/// Where to submit, in order: the first relay listener the running server
-/// recorded in the spool, then the first relay `[[listener]]` configured
-/// (when it differs and its port is known). Never empty.
-fn submission_addresses(config: &Config) -> Result<Vec<SocketAddr>, SendmailError> {
-    let recorded = runfile::read_listeners(&config.spool.path).and_then(|listeners| {
-        listeners
-            .into_iter()
-            .find(|(kind, _)| *kind == ListenerKind::Relay)
-            .map(|(_, address)| reachable(address))
-    });
-    match (recorded, listener_address(config)) {
-        (Some(recorded), Ok(configured)) if configured != recorded => {
-            Ok(vec![recorded, configured])
-        }
-        (Some(recorded), _) => Ok(vec![recorded]),
-        (None, configured) => configured.map(|address| vec![address]),
-    }
-}
-
-/// A wildcard address (`0.0.0.0`, `::`) as reached from this host.
-fn reachable(mut address: SocketAddr) -> SocketAddr {
-    match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => address.set_ip(Ipv4Addr::LOCALHOST.into()),
-        IpAddr::V6(ip) if ip.is_unspecified() => address.set_ip(Ipv6Addr::LOCALHOST.into()),
-        _ => {}
-    }
-    address
-}
-
-/// The address of the first configured relay listener, wildcards mapped to
-/// loopback.
-fn listener_address(config: &Config) -> Result<SocketAddr, SendmailError> {
-    let listener = config
-        .listeners
-        .iter()
-        .find(|listener| listener.kind == ListenerKind::Relay)
-        .ok_or_else(|| {
-            SendmailError::NoListener(
-                "the configuration has no relay-kind [[listener]] (submission listeners \
-                 require TLS and AUTH)"
-                    .into(),
-            )
-        })?;
-    let address = listener.address;
-    if address.port() == 0 {
-        return Err(SendmailError::NoListener(format!(
-            "the first relay [[listener]] address {address} has port 0 and no running server \
-             recorded its address in {}; is sluice serve running?",
-            runfile::smtp_address_file(&config.spool.path).display()
-        )));
-    }
-    Ok(reachable(address))
 }
 
 /// A blocking byte stream to an SMTP session: a TCP connection to the
@@ -495,54 +437,6 @@ fn queue_id(reply: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_listener_is_reached_on_loopback_and_port_0_refused() {
-        let mut config = Config::default();
-        config.listeners[0].address = "0.0.0.0:2525".parse().unwrap();
-        assert_eq!(
-            listener_address(&config).unwrap(),
-            "127.0.0.1:2525".parse().unwrap()
-        );
-        config.listeners[0].address = "[::]:2525".parse().unwrap();
-        assert_eq!(
-            listener_address(&config).unwrap(),
-            "[::1]:2525".parse().unwrap()
-        );
-        config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
-        assert!(listener_address(&config).is_err());
-    }
-
-    #[test]
-    fn recorded_relay_listener_comes_before_the_configured_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::default();
-        config.spool.path = dir.path().to_path_buf();
-        config.listeners[0].address = "127.0.0.1:2525".parse().unwrap();
-        let configured: SocketAddr = "127.0.0.1:2525".parse().unwrap();
-        assert_eq!(submission_addresses(&config).unwrap(), [configured]);
-
-        std::fs::write(
-            runfile::smtp_address_file(dir.path()),
-            "submission 127.0.0.1:587\nrelay 0.0.0.0:40001\n",
-        )
-        .unwrap();
-        let recorded: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(
-            submission_addresses(&config).unwrap(),
-            [recorded, configured]
-        );
-
-        config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
-        assert_eq!(submission_addresses(&config).unwrap(), [recorded]);
-
-        std::fs::remove_file(runfile::smtp_address_file(dir.path())).unwrap();
-        let error = submission_addresses(&config).unwrap_err().to_string();
-        assert!(
-            error.contains("port 0") && error.contains("smtp.address"),
-            "{error}"
-        );
-    }
 
     #[test]
     fn queue_id_is_read_from_the_final_reply() {

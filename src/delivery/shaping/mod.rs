@@ -17,7 +17,7 @@
 //! suspension ends ([`sluice_queue::Queue::postpone`]: only its ID stays
 //! in the due index), and then goes through the rate like any other.
 
-mod gcra;
+pub mod gcra;
 pub mod metrics;
 pub mod shared;
 
@@ -153,6 +153,12 @@ impl Shaper {
             metrics,
             queue: queue.clone(),
         }
+    }
+
+    /// The Redis side of the limits, with `[cluster] redis` (the client
+    /// limits of the front door share it).
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// Removes ended suspensions from the spool, then keeps the shared
@@ -577,6 +583,10 @@ impl Shaper {
             reason,
         };
         self.queue.suspend(&suspension).await?;
+        let mut event = crate::events::Event::new("suspended", "");
+        event.destination = Some(suspension.destination.clone());
+        event.reply = Some(crate::events::reply_object(&suspension.reason));
+        crate::events::record(&self.queue, event);
         lock(&self.suspensions).insert(suspension.destination.clone(), (suspension.clone(), false));
         self.metrics
             .suspended
@@ -608,6 +618,9 @@ impl Shaper {
             .set(0);
         let resumed = local || stored || shared_had;
         if resumed {
+            let mut event = crate::events::Event::new("resumed", "");
+            event.destination = Some(destination.clone());
+            crate::events::record(&self.queue, event);
             self.wake_postponed(&destination).await;
         }
         Ok(resumed)

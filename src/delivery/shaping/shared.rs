@@ -28,6 +28,10 @@ use crate::config::Rate;
 
 /// The longest a Redis call may take before the node falls back.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest wait for a rate token a Redis answer may impose: the
+/// answer is a number Redis sends, and a wrong one (a bug, a clock jump,
+/// a hostile server) must not park deliveries for ever.
+pub const MAX_ANSWERED_WAIT: Duration = Duration::from_secs(300);
 /// How long a connection lease lives without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often live leases are renewed.
@@ -221,7 +225,7 @@ impl Shared {
     /// taken); `None` when Redis is not in use.
     pub async fn rate_wait(&self, destination: &str, rule: &str, rate: Rate) -> Option<Duration> {
         let micros = self.admit(destination, rule, None, Some(rate)).await?;
-        Some(Duration::from_micros(micros.max(0).unsigned_abs()))
+        Some(answered_wait(micros))
     }
 
     /// Asks for one of `limit` connection leases to `destination` and, with
@@ -252,7 +256,7 @@ impl Shared {
                         shared: self.clone(),
                         number,
                     },
-                    rate.map(|_| Duration::from_micros(micros.unsigned_abs())),
+                    rate.map(|_| answered_wait(micros)),
                 )
             }
         }
@@ -482,6 +486,12 @@ impl Drop for Lease {
             });
         }
     }
+}
+
+/// The wait a Redis answer asks for, in microseconds, at most
+/// [`MAX_ANSWERED_WAIT`].
+fn answered_wait(micros: i64) -> Duration {
+    Duration::from_micros(micros.max(0).unsigned_abs()).min(MAX_ANSWERED_WAIT)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -677,6 +677,14 @@ impl Config {
         f.write_all(&*bytes)?;
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
+        // sluice: the file and its directory entry are made durable before
+        // sled goes on. Without this a power cut right after the first open
+        // left an empty `conf`, and every later open logged "empty/corrupt
+        // configuration file found" (and rewrote it from the defaults).
+        f.sync_all()?;
+        if let Some(dir) = self.config_path().parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
         io_fail!(self, "write_config post");
         Ok(())
     }
