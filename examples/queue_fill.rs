@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
                 ],
                 smtputf8: false,
                 body_8bit: false,
+                requiretls: false,
                 dsn: None,
             };
             let id = queue.enqueue(envelope, body.as_bytes()).await?;

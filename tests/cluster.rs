@@ -96,6 +96,7 @@ fn enqueue(dir: &Path, prefix: &str, count: usize) {
                 recipients: vec![format!("{prefix}{n}@dest.test")],
                 smtputf8: false,
                 body_8bit: false,
+                requiretls: false,
                 dsn: None,
             };
             runtime

@@ -57,6 +57,8 @@ fn plain(recipients: &[String], size: u64) -> Envelope<'_> {
         smtputf8: false,
         message_dsn: None,
         recipient_dsn: &[],
+        chunking: false,
+        requiretls: false,
     }
 }
 
@@ -92,6 +94,8 @@ async fn pipelined_transaction_delivers_body_bytes_intact() {
                 smtputf8: false,
                 message_dsn: None,
                 recipient_dsn: &[],
+                chunking: false,
+                requiretls: false,
             },
             &mut body(message),
         )
@@ -142,6 +146,8 @@ async fn each_recipient_gets_its_own_reply() {
                     smtputf8: false,
                     message_dsn: None,
                     recipient_dsn: &[],
+                    chunking: false,
+                    requiretls: false,
                 },
                 &mut body(b"again\r\n"),
             )

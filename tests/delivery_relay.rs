@@ -754,6 +754,7 @@ fn idle_queue_of_deferred_mail_costs_no_cpu() {
                         recipients: vec![format!("r{index}@dest.test")],
                         smtputf8: false,
                         body_8bit: false,
+                        requiretls: false,
                         dsn: None,
                     };
                     queue.enqueue(envelope, BODY).await.expect("enqueue")

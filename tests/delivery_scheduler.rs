@@ -38,6 +38,7 @@ fn envelope(sender: &str, recipients: &[&str]) -> Envelope {
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         body_8bit: false,
+        requiretls: false,
         dsn: None,
     }
 }

@@ -558,6 +558,10 @@ fn sluice_route_shows_hops_addresses_and_the_tls_policy_with_its_source() {
     );
     assert!(out.contains("tls: dane"), "{out}");
     assert!(
+        out.contains("requiretls: delivered over required TLS"),
+        "{out}"
+    );
+    assert!(
         out.contains(&format!("TLSA 3 1 1 {}", hex(&sha256(&certs.leaf_spki)))),
         "{out}"
     );
@@ -568,6 +572,10 @@ fn sluice_route_shows_hops_addresses_and_the_tls_policy_with_its_source() {
     assert_eq!(json["hosts"][0]["name"], "mx.sts.test", "{out}");
     assert_eq!(json["hosts"][0]["addresses"][0], "127.0.0.37", "{out}");
     assert_eq!(json["hosts"][0]["tls"]["policy"], "mta-sts", "{out}");
+    assert_eq!(
+        json["hosts"][0]["requiretls"]["outcome"], "deliver",
+        "{out}"
+    );
     assert_eq!(json["mta_sts"]["mode"], "enforce", "{out}");
     assert_eq!(json["mta_sts"]["id"], "one", "{out}");
     assert!(json["mta_sts"]["expires_at"].is_string(), "{out}");

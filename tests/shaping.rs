@@ -56,6 +56,7 @@ fn enqueue(dir: &Path, domain: &str, count: usize) -> Vec<String> {
                     recipients: vec![format!("rcpt{n}@{domain}")],
                     smtputf8: false,
                     body_8bit: false,
+                    requiretls: false,
                     dsn: None,
                 };
                 runtime

@@ -142,6 +142,7 @@ async fn run_round(
                         recipients: vec!["rcpt@example.com".into()],
                         smtputf8: false,
                         body_8bit: false,
+                        requiretls: false,
                         dsn: None,
                     };
                     queue

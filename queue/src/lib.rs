@@ -485,6 +485,7 @@ impl Queue {
             held,
             smtputf8: envelope.smtputf8,
             body_8bit: envelope.body_8bit,
+            requiretls: envelope.requiretls,
             recipients: envelope
                 .recipients
                 .into_iter()

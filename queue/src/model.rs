@@ -45,6 +45,10 @@ pub struct Envelope {
     /// (empty, or one entry per recipient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dsn: Option<EnvelopeDsn>,
+    /// The client gave REQUIRETLS (RFC 8689): only authenticated TLS, to
+    /// hops that offer REQUIRETLS. Absent in records written before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
 }
 
 /// The DSN parameters of one transaction (RFC 3461).
@@ -144,6 +148,9 @@ pub struct Message {
     /// When the delay notice went to the sender; at most one is ever sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_notified_at: Option<DateTime<Utc>>,
+    /// REQUIRETLS (RFC 8689), from the envelope; `false` in older records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
 }
 
 /// The result of one delivery attempt for one recipient.
@@ -394,6 +401,7 @@ mod tests {
             held: false,
             smtputf8: false,
             body_8bit: false,
+            requiretls: false,
             recipients: vec![
                 recipient(RecipientStatus::Delivered, None),
                 recipient(RecipientStatus::Deferred, Some(later)),

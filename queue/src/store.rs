@@ -761,6 +761,7 @@ mod tests {
                 held: false,
                 smtputf8: false,
                 body_8bit: false,
+                requiretls: false,
                 recipients: vec![Recipient {
                     address: "a@example.org".into(),
                     status: RecipientStatus::Pending,

@@ -68,6 +68,7 @@ fn crash_child_enqueues_until_killed() {
                             recipients: vec![recipient_for(seed)],
                             smtputf8: false,
                             body_8bit: false,
+                            requiretls: false,
                             dsn: None,
                         };
                         let id = queue

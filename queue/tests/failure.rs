@@ -20,6 +20,7 @@ fn envelope() -> Envelope {
         recipients: vec!["rcpt@example.net".into()],
         smtputf8: false,
         body_8bit: false,
+        requiretls: false,
         dsn: None,
     }
 }

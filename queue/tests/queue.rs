@@ -14,6 +14,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
         smtputf8: false,
         body_8bit: false,
+        requiretls: false,
         dsn: None,
     }
 }

@@ -26,6 +26,7 @@ fn envelope() -> Envelope {
         recipients: vec!["a@x.example".into()],
         smtputf8: false,
         body_8bit: false,
+        requiretls: false,
         dsn: None,
     }
 }

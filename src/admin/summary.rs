@@ -288,6 +288,7 @@ mod tests {
             held,
             smtputf8: false,
             body_8bit: false,
+            requiretls: false,
             recipients,
             dsn: None,
             delay_notified_at: None,

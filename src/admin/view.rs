@@ -386,6 +386,7 @@ mod tests {
             held: false,
             smtputf8: false,
             body_8bit: false,
+            requiretls: false,
             recipients: vec![
                 Recipient {
                     address: "b@example.net".into(),

@@ -11,6 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::delivery::requiretls;
 use crate::delivery::route::Router;
 use crate::delivery::secure::{HostPolicy, Secure};
 use crate::delivery::tls::{TlsClients, TlsMode};
@@ -116,11 +117,26 @@ async fn report(domain: &str, config: &Config) -> anyhow::Result<serde_json::Val
                 "source": static_source,
             }),
         };
+        // RFC 8689: what a REQUIRETLS message would do here.
+        let requiretls =
+            match requiretls::host_rule(hop.kind, &policy, mode, security.mx_secure, &host.name) {
+                requiretls::HostRule::Tls(mode) => json!({
+                    "outcome": "deliver",
+                    "tls": static_word(mode),
+                    "condition": "if the host offers REQUIRETLS and its certificate verifies",
+                }),
+                requiretls::HostRule::Refused(reason) => json!({
+                    "outcome": "bounce",
+                    "status": requiretls::STATUS.to_string(),
+                    "reason": reason,
+                }),
+            };
         hosts.push(json!({
             "name": host.name,
             "port": host.port,
             "addresses": addresses,
             "tls": tls,
+            "requiretls": requiretls,
         }));
     }
     let mta_sts = security.mta_sts.as_ref().map(|active| {
@@ -136,6 +152,7 @@ async fn report(domain: &str, config: &Config) -> anyhow::Result<serde_json::Val
         "domain": domain,
         "error": null,
         "kind": format!("{:?}", hop.kind).to_ascii_lowercase(),
+        "protocol": if hop.transport.is_lmtp() { "lmtp" } else { "smtp" },
         "hosts": hosts,
         "dane": {
             "enabled": secure.dane.enabled(),
@@ -165,7 +182,11 @@ fn text(report: &serde_json::Value) -> String {
         out.push_str(&format!("error: {}\n", string(&report["error"])));
         return out;
     }
-    out.push_str(&format!("next hop: {}\n", string(&report["kind"])));
+    out.push_str(&format!(
+        "next hop: {} ({})\n",
+        string(&report["kind"]),
+        string(&report["protocol"])
+    ));
     for (index, host) in report["hosts"].as_array().into_iter().flatten().enumerate() {
         let addresses = match host["addresses"].as_array() {
             Some(list) => list.iter().map(string).collect::<Vec<_>>().join(", "),
@@ -190,6 +211,20 @@ fn text(report: &serde_json::Value) -> String {
         out.push('\n');
         for record in tls["records"].as_array().into_iter().flatten() {
             out.push_str(&format!("       TLSA {}\n", string(record)));
+        }
+        let requiretls = &host["requiretls"];
+        if requiretls["outcome"] == "deliver" {
+            out.push_str(&format!(
+                "     requiretls: delivered over {} TLS {}\n",
+                string(&requiretls["tls"]),
+                string(&requiretls["condition"])
+            ));
+        } else {
+            out.push_str(&format!(
+                "     requiretls: bounced at once ({}): {}\n",
+                string(&requiretls["status"]),
+                string(&requiretls["reason"])
+            ));
         }
     }
     let dane = &report["dane"];

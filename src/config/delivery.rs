@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::next_hop::NextHopAddress;
+use super::next_hop::{NextHopAddress, Route};
 use super::units::{duration, duration_or_off};
 use super::{ConfigError, Invalid, count, positive};
 
@@ -60,6 +60,7 @@ pub(super) struct DeliveryFile {
     pub data_timeout: Duration,
     pub mta_sts: bool,
     pub dane: bool,
+    pub chunking: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +108,8 @@ pub struct DeliveryConfig {
     /// Use DNSSEC-authenticated TLSA records (RFC 7672) when every
     /// nameserver is on loopback.
     pub dane: bool,
+    /// Send bodies with BDAT (RFC 3030) to next hops offering CHUNKING.
+    pub chunking: bool,
 }
 
 impl DeliveryFile {
@@ -173,6 +176,7 @@ impl DeliveryFile {
             relay_auth: self.relay_auth,
             mta_sts: self.mta_sts,
             dane: self.dane,
+            chunking: self.chunking,
         })
     }
 }
@@ -197,19 +201,21 @@ impl From<&DeliveryConfig> for DeliveryFile {
             relay_auth: delivery.relay_auth.clone(),
             mta_sts: delivery.mta_sts,
             dane: delivery.dane,
+            chunking: delivery.chunking,
         }
     }
 }
 
-/// Parses `[routes]`: each value a next hop, the key named on error.
+/// Parses `[routes]`: each value a next hop (SMTP or LMTP), the key named
+/// on error.
 pub(super) fn parse_routes(
     routes: BTreeMap<String, String>,
     invalid: Invalid,
-) -> Result<BTreeMap<String, NextHopAddress>, ConfigError> {
+) -> Result<BTreeMap<String, Route>, ConfigError> {
     routes
         .into_iter()
         .map(|(domain, next_hop)| {
-            let address = NextHopAddress::parse(&next_hop)
+            let address = Route::parse(&next_hop)
                 .map_err(|message| invalid.at(format!("routes.\"{domain}\""), message))?;
             Ok((domain, address))
         })
@@ -217,7 +223,7 @@ pub(super) fn parse_routes(
 }
 
 /// `[routes]` written back as the file has it.
-pub(super) fn write_routes(routes: &BTreeMap<String, NextHopAddress>) -> BTreeMap<String, String> {
+pub(super) fn write_routes(routes: &BTreeMap<String, Route>) -> BTreeMap<String, String> {
     routes
         .iter()
         .map(|(domain, address)| (domain.clone(), address.to_string()))

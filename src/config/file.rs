@@ -270,6 +270,7 @@ impl Default for DeliveryFile {
             data_timeout: Duration::from_secs(10 * 60),
             mta_sts: true,
             dane: true,
+            chunking: true,
             tls_ca: None,
             relay_host: None,
             relay_auth: None,

@@ -51,7 +51,7 @@ pub use listeners::{ListenerConfig, ListenerKind, TlsConfig};
 pub use local::{LocalConfig, ServerConfig};
 pub use log::{LogConfig, LogFormat};
 pub use milter::{MilterAddress, MilterConfig, OnFailure};
-pub use next_hop::{HostName, NextHopAddress};
+pub use next_hop::{HostName, NextHopAddress, Route};
 pub use policy::{PolicyConfig, UserConfig};
 pub use print::REDACTED;
 pub use shaping::{ClusterConfig, DEFAULT_SUSPEND_FOR, Rate, Shaping, ShapingKey, ShapingRule};
@@ -143,7 +143,7 @@ pub struct Config {
     /// `[dns]`.
     pub dns: DnsConfig,
     /// Static next hops by recipient domain ("*" catches all), before MX.
-    pub routes: BTreeMap<String, NextHopAddress>,
+    pub routes: BTreeMap<String, Route>,
     /// `[[dkim]]`: signing keys by From: domain (loaded by `auth::dkim`).
     pub dkim: Vec<DkimEntry>,
     /// `[verify]`.
@@ -392,17 +392,21 @@ mod tests {
         let relay = config.delivery.relay_host.expect("relay_host");
         assert_eq!(relay.host, HostName::Domain("smart.example".into()));
         assert_eq!(relay.port, Some(587));
-        assert_eq!(
-            config.routes["a.test"].host,
-            HostName::Ip("::1".parse().unwrap())
-        );
-        assert_eq!(config.routes["b.test"].port, None);
+        let Route::Smtp(a) = &config.routes["a.test"] else {
+            panic!("an SMTP route")
+        };
+        assert_eq!(a.host, HostName::Ip("::1".parse().unwrap()));
+        assert_eq!(config.routes["b.test"].to_string(), "mx.b.test");
         for (text, key) in [
             (
                 "[delivery]\nrelay_host = \"smart:x\"\n",
                 "delivery.relay_host",
             ),
             ("[routes]\n\"a.test\" = \"a b\"\n", "routes.\"a.test\""),
+            (
+                "[routes]\n\"a.test\" = \"lmtp:127.0.0.1\"\n",
+                "routes.\"a.test\"",
+            ),
         ] {
             let error = parse(text).expect_err(text).to_string();
             assert!(

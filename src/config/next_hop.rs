@@ -1,9 +1,11 @@
 //! Next-hop addresses as configured (`delivery.relay_host`, `[routes]`
-//! values): a host, a domain name or an IP literal, and maybe a port.
+//! values): a host, a domain name or an IP literal, and maybe a port; for
+//! `[routes]`, also an LMTP server (RFC 2033) on TCP or a UNIX socket.
 //! Parsed once at load; written back in the same form by `check-config`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
 
 /// A configured host: a domain name (as written, without brackets) or an IP
 /// address literal.
@@ -42,7 +44,12 @@ impl NextHopAddress {
         let port = |digits: &str| digits.parse::<u16>().map_err(|_| bad());
         let host_name = |host: &str| match host.parse::<IpAddr>() {
             Ok(address) => Ok(HostName::Ip(address)),
-            Err(_) if host.is_empty() || host.contains(char::is_whitespace) => Err(bad()),
+            Err(_)
+                if host.is_empty()
+                    || host.contains(|c: char| c.is_whitespace() || "[]:/".contains(c)) =>
+            {
+                Err(bad())
+            }
             Err(_) => Ok(HostName::Domain(host.to_string())),
         };
         if let Some(rest) = text.strip_prefix('[') {
@@ -87,9 +94,95 @@ impl fmt::Display for NextHopAddress {
     }
 }
 
+/// A `[routes]` value: where mail for a domain goes, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `host:port`, `[addr]:port` (or a host alone: `delivery.port`): SMTP.
+    Smtp(NextHopAddress),
+    /// `lmtp:host:port` or `lmtp:[addr]:port`: LMTP over TCP (the port is
+    /// required, LMTP has no standard one).
+    LmtpTcp(NextHopAddress),
+    /// `lmtp:unix:/path`: LMTP on a UNIX socket (an absolute path).
+    LmtpUnix(PathBuf),
+}
+
+impl Route {
+    /// Parses the forms above; anything else is refused with a message
+    /// that lists them.
+    pub fn parse(text: &str) -> Result<Route, String> {
+        let forms = "host:port, [addr]:port, lmtp:host:port, lmtp:[addr]:port or lmtp:unix:/path";
+        let bad = || format!("{text:?} is not one of {forms}");
+        let Some(rest) = text.strip_prefix("lmtp:") else {
+            return NextHopAddress::parse(text)
+                .map(Route::Smtp)
+                .map_err(|_| bad());
+        };
+        if let Some(path) = rest.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!("{text:?}: the LMTP socket path must be absolute"));
+            }
+            return Ok(Route::LmtpUnix(path));
+        }
+        match NextHopAddress::parse(rest) {
+            Ok(address) if address.port.is_some() => Ok(Route::LmtpTcp(address)),
+            Ok(_) => Err(format!(
+                "{text:?}: an LMTP route needs a port (lmtp:host:port)"
+            )),
+            Err(_) => Err(bad()),
+        }
+    }
+
+    /// True for an LMTP route.
+    pub fn is_lmtp(&self) -> bool {
+        !matches!(self, Route::Smtp(_))
+    }
+}
+
+/// The form [`Route::parse`] reads back to the same value.
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Smtp(address) => address.fmt(f),
+            Route::LmtpTcp(address) => write!(f, "lmtp:{address}"),
+            Route::LmtpUnix(path) => write!(f, "lmtp:unix:{}", path.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_forms() {
+        for (text, lmtp) in [
+            ("127.0.0.1:2526", false),
+            ("[::1]:2526", false),
+            ("mx.b.test", false),
+            ("lmtp:127.0.0.1:24", true),
+            ("lmtp:[::1]:24", true),
+            ("lmtp:mail.test:24", true),
+            ("lmtp:unix:/run/dovecot/lmtp", true),
+        ] {
+            let route = Route::parse(text).expect(text);
+            assert_eq!(route.is_lmtp(), lmtp, "{text}");
+            assert_eq!(route.to_string(), text);
+            assert_eq!(Route::parse(&route.to_string()), Ok(route));
+        }
+        for bad in [
+            "lmtp:127.0.0.1",
+            "lmtp:unix:run/lmtp",
+            "lmtp:",
+            "lmtp:unix:",
+            "smtp:127.0.0.1:25",
+            "lmtp:a:b:24",
+            "unix:/run/lmtp",
+            "a/b:25",
+        ] {
+            assert!(Route::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     fn parse(text: &str) -> Result<NextHopAddress, String> {
         NextHopAddress::parse(text)

@@ -13,10 +13,13 @@ use sluice_queue::{Message, QueueId};
 
 use super::Engine;
 use super::client::{Body, ClientError, Connection, server_name};
-use super::plan::walk::{size_refusal, smtputf8_refusal};
+use super::plan::walk::{
+    requiretls_refusal, requiretls_setup_failure, size_refusal, smtputf8_refusal,
+};
 use super::plan::{DeliveryError, Fallback, HostWalk, Ran, SessionFacts, Step};
 use super::pool::{PoolKey, Shaped};
-use super::route::{Host, NextHopKind};
+use super::requiretls;
+use super::route::{Host, NextHopKind, Transport};
 use super::secure::{self, HostPolicy};
 use super::tls::TlsMode;
 use crate::config::{Config, RelayAuth, ShapingRule};
@@ -82,6 +85,10 @@ pub async fn deliver_domain(
         &config.listeners,
         shaping.map(|shaping| shaping.rule),
     );
+    // An LMTP UNIX socket has no address to look up (see open_session).
+    let unix = matches!(hop.transport, Transport::LmtpUnix(_));
+    // RFC 8689 §5: `TLS-Required: No`, read once, only if a policy needs it.
+    let mut tls_optional: Option<bool> = None;
     // The TLS policy and mode of the host whose addresses are being tried.
     let mut current: Option<(HostPolicy, TlsMode)> = None;
     loop {
@@ -94,7 +101,24 @@ pub async fn deliver_domain(
             }
             Step::LookUp { host } => {
                 let host = &hop.hosts[host];
-                let host_policy = security.for_host(host).await;
+                let mut host_policy = security.for_host(host).await;
+                let mut policy = policy;
+                let chosen =
+                    host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+                if !message.requiretls && requiretls::is_mandatory(&host_policy, chosen) {
+                    if tls_optional.is_none() {
+                        let lifted =
+                            requiretls::header_says_no(&engine.ctx.queue, &message.id).await;
+                        tls_optional = Some(lifted);
+                    }
+                    if tls_optional == Some(true) {
+                        tracing::info!(queue_id = %message.id, domain, host = %host.name, "TLS-Required: No: TLS policies lifted for this message (RFC 8689)");
+                        host_policy = HostPolicy::Static;
+                        if policy == crate::config::TlsPolicy::Required {
+                            policy = crate::config::TlsPolicy::Opportunistic;
+                        }
+                    }
+                }
                 if let HostPolicy::Refused { policy, reason } = &host_policy {
                     tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused by policy");
                     secure::count_session(&engine.ctx.metrics, domain, policy, false);
@@ -106,7 +130,34 @@ pub async fn deliver_domain(
                     });
                     continue;
                 }
-                match engine.router.addresses(&hop, host).await {
+                let mut mode =
+                    host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
+                if unix {
+                    mode = TlsMode::Disabled;
+                }
+                if message.requiretls {
+                    match requiretls::host_rule(
+                        hop.kind,
+                        &host_policy,
+                        mode,
+                        security.mx_secure,
+                        &host.name,
+                    ) {
+                        requiretls::HostRule::Tls(checked) => mode = checked,
+                        requiretls::HostRule::Refused(reason) => {
+                            tracing::info!(queue_id = %message.id, domain, host = %host.name, %reason, "host refused for a REQUIRETLS message");
+                            walk.refused(Failure::from(DeliveryError::RequireTls { reason }));
+                            continue;
+                        }
+                    }
+                }
+                // An LMTP UNIX socket has no address: the walk gets one
+                // placeholder (port 0, which no listener has).
+                let addresses = match unix {
+                    true => Ok(vec![std::net::IpAddr::from([0, 0, 0, 0])]),
+                    false => engine.router.addresses(&hop, host).await,
+                };
+                match addresses {
                     Ok(addresses) => walk.resolved(
                         addresses
                             .into_iter()
@@ -117,8 +168,6 @@ pub async fn deliver_domain(
                         walk.unresolved(error);
                     }
                 }
-                let mode =
-                    host_policy.mode(TlsMode::choose(policy, hop.kind, host.port, auth.is_some()));
                 current = Some((host_policy, mode));
                 continue;
             }
@@ -128,7 +177,10 @@ pub async fn deliver_domain(
             .as_ref()
             .expect("a host is looked up before its addresses are tried");
         let mode = *mode;
-        let relay = format!("{}[{}]:{}", host.name, address.ip(), address.port());
+        let mut relay = format!("{}[{}]:{}", host.name, address.ip(), address.port());
+        if unix {
+            relay = host.name.clone();
+        }
         let key = PoolKey {
             address,
             host: host.name.clone(),
@@ -148,7 +200,7 @@ pub async fn deliver_domain(
                 policy: host_policy,
                 shaped,
             };
-            match transaction(engine, connection, &target, message, walk.open()).await {
+            match transaction(engine, config, connection, &target, message, walk.open()).await {
                 Ok(result) => ran = Some(result),
                 Err(error) => {
                     tracing::debug!(%relay, %error, "reused connection failed; reconnecting");
@@ -169,6 +221,7 @@ pub async fn deliver_domain(
                     address,
                     mode,
                     hop.kind,
+                    &hop.transport,
                     connector.as_ref(),
                 )
                 .await;
@@ -204,6 +257,13 @@ pub async fn deliver_domain(
                                 ..failure
                             };
                         }
+                        // RFC 8689 4.2: a REQUIRETLS message never goes
+                        // without TLS: no STARTTLS is final.
+                        if let Some(error) =
+                            requiretls_setup_failure(message.requiretls, &error, &host.name)
+                        {
+                            failure = Failure::from(error);
+                        }
                         walk.failed(failure);
                         continue;
                     }
@@ -216,7 +276,7 @@ pub async fn deliver_domain(
                     policy: host_policy,
                     shaped,
                 };
-                match transaction(engine, connection, &target, message, walk.open()).await {
+                match transaction(engine, config, connection, &target, message, walk.open()).await {
                     Ok(ran) => ran,
                     Err(error) => Ran::BrokenOff {
                         settled: Vec::new(),
@@ -251,16 +311,23 @@ async fn open_session(
     address: SocketAddr,
     mode: TlsMode,
     kind: NextHopKind,
+    transport: &Transport,
     connector: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<Connection, ClientError> {
     let hostname = config.hostname.as_str();
-    let mut connection = Connection::connect(address, engine.timeouts).await?;
+    let mut connection = match transport {
+        Transport::LmtpUnix(path) => {
+            Connection::connect_unix(path, address, engine.timeouts).await?
+        }
+        _ => Connection::connect(address, engine.timeouts).await?,
+    };
+    let lmtp = transport.is_lmtp();
     if mode == TlsMode::Implicit {
         connection = connection
             .start_implicit_tls(&engine.tls.verified, server_name(&host.name)?)
             .await?;
     }
-    connection.open(hostname).await?;
+    connection.open_as(hostname, lmtp).await?;
     match mode {
         TlsMode::Disabled | TlsMode::Implicit => {}
         TlsMode::Required | TlsMode::Dane => {
@@ -291,7 +358,8 @@ async fn open_session(
                         Ok(upgraded) => upgraded,
                         Err(error) => match Fallback::after_handshake(&error) {
                             Fallback::Reconnect => {
-                                plaintext_fallback(engine, hostname, host, address, &error).await?
+                                plaintext_fallback(engine, hostname, host, address, lmtp, &error)
+                                    .await?
                             }
                             Fallback::Continue | Fallback::Fail => return Err(error),
                         },
@@ -304,7 +372,7 @@ async fn open_session(
                     }
                     Fallback::Reconnect => {
                         drop(connection);
-                        plaintext_fallback(engine, hostname, host, address, &error).await?
+                        plaintext_fallback(engine, hostname, host, address, lmtp, &error).await?
                     }
                     Fallback::Fail => return Err(error),
                 },
@@ -331,6 +399,7 @@ async fn plaintext_fallback(
     hostname: &str,
     host: &Host,
     address: SocketAddr,
+    lmtp: bool,
     error: &ClientError,
 ) -> Result<Connection, ClientError> {
     tracing::info!(
@@ -339,7 +408,7 @@ async fn plaintext_fallback(
         "opportunistic TLS failed; retrying in plaintext"
     );
     let mut connection = Connection::connect(address, engine.timeouts).await?;
-    connection.open(hostname).await?;
+    connection.open_as(hostname, lmtp).await?;
     Ok(connection)
 }
 
@@ -362,6 +431,7 @@ struct Target<'a> {
 /// a duplicate.
 async fn transaction(
     engine: &Arc<Engine>,
+    config: &Config,
     mut connection: Connection,
     target: &Target<'_>,
     message: &Message,
@@ -389,6 +459,17 @@ async fn transaction(
         )
     };
     let capabilities = connection.capabilities().clone();
+    if let Some(refusal) = requiretls_refusal(
+        message.requiretls,
+        connection.tls().is_some(),
+        &capabilities,
+        &session.host,
+    ) {
+        engine
+            .pool
+            .put(target.key.clone(), connection, target.shaped);
+        return Ok(local(refusal));
+    }
     if let Some(refusal) = size_refusal(message.size, &capabilities, &session.host) {
         engine
             .pool
@@ -437,6 +518,8 @@ async fn transaction(
         smtputf8: message.smtputf8 && capabilities.smtputf8,
         message_dsn: message.dsn.as_ref(),
         recipient_dsn: &recipient_dsn,
+        chunking: config.delivery.chunking,
+        requiretls: message.requiretls,
     };
     // A follow-up transaction (too many recipients) sends the body again.
     let mut first = Some(body);

@@ -185,6 +185,8 @@ pub struct TransactionError {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An LMTP server's UNIX socket (`lmtp:unix:/path`).
+    Unix(tokio::net::UnixStream),
 }
 
 impl AsyncRead for Stream {
@@ -196,6 +198,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Stream::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
@@ -209,6 +212,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Stream::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
@@ -216,6 +220,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Stream::Unix(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
 
@@ -223,6 +228,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Stream::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }
@@ -266,6 +272,39 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         Ok(Connection {
             stream: Stream::Plain(stream),
+            replies: ReplyBuffer::new(),
+            out: Vec::new(),
+            capabilities: Capabilities::default(),
+            tls: None,
+            timeouts,
+            peer,
+            transactions: 0,
+            usable: true,
+        })
+    }
+
+    /// Opens an LMTP server's UNIX socket at `path` (the greeting is not
+    /// read yet). `peer` is what the connection reports as its address
+    /// (nothing listens on it).
+    pub async fn connect_unix(
+        path: &std::path::Path,
+        peer: SocketAddr,
+        timeouts: Timeouts,
+    ) -> Result<Connection, ClientError> {
+        let stream =
+            match tokio::time::timeout(timeouts.connect, tokio::net::UnixStream::connect(path))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return Err(ClientError::Connect(error)),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        moment: Moment::Connecting,
+                    });
+                }
+            };
+        Ok(Connection {
+            stream: Stream::Unix(stream),
             replies: ReplyBuffer::new(),
             out: Vec::new(),
             capabilities: Capabilities::default(),
@@ -321,6 +360,17 @@ impl Connection {
         self.run_opening(opening, step, Vec::new()).await
     }
 
+    /// Like [`Connection::open`], or for an LMTP server (RFC 2033) with
+    /// LHLO when `lmtp`.
+    pub async fn open_as(&mut self, hostname: &str, lmtp: bool) -> Result<(), ClientError> {
+        let (opening, step) = if lmtp {
+            Opening::lmtp(hostname)
+        } else {
+            Opening::new(hostname)
+        };
+        self.run_opening(opening, step, Vec::new()).await
+    }
+
     async fn run_opening(
         &mut self,
         mut opening: Opening,
@@ -370,9 +420,10 @@ impl Connection {
         server_name: ServerName<'static>,
         hostname: &str,
     ) -> Result<Connection, ClientError> {
+        let lmtp = self.capabilities.lmtp;
         let mut connection = self.upgrade(connector, server_name).await?;
         let mut out = Vec::new();
-        let (opening, step) = Opening::after_starttls(hostname, &mut out);
+        let (opening, step) = Opening::after_starttls_as(hostname, lmtp, &mut out);
         connection.run_opening(opening, step, out).await?;
         Ok(connection)
     }
@@ -479,6 +530,7 @@ impl Connection {
                     transaction.receive(reply, &mut out)
                 }),
                 Step::SendBody => self.send_body(&mut out, &mut transaction, bodies).await,
+                Step::SendChunk => self.send_chunks(&mut out, &mut transaction, bodies).await,
                 Step::Done(outcome) => break outcome,
             };
             step = result.unwrap_or_else(|error| {
@@ -559,6 +611,48 @@ impl Connection {
         self.write(out, sending).await?;
         out.clear();
         Ok(step)
+    }
+
+    /// Sends the body with BDAT (RFC 3030), as stored: each chunk of the
+    /// body as one BDAT, its reply read before the next goes (the machine
+    /// decides on each), the last one marked LAST. One chunk is read ahead
+    /// to know which is the last; a body that ends in a read error never
+    /// gets its LAST.
+    async fn send_chunks(
+        &mut self,
+        out: &mut Vec<u8>,
+        transaction: &mut Transaction<'_>,
+        bodies: &mut Bodies<'_>,
+    ) -> Result<Step, ClientError> {
+        self.write(out, Moment::Sending(Stage::Rcpt)).await?;
+        out.clear();
+        let mut body = bodies().map_err(ClientError::Body)?;
+        let mut current = body
+            .next_chunk()
+            .await
+            .transpose()
+            .map_err(ClientError::Body)?;
+        loop {
+            let next = match current {
+                Some(_) => body
+                    .next_chunk()
+                    .await
+                    .transpose()
+                    .map_err(ClientError::Body)?,
+                None => None,
+            };
+            let chunk = current.take().unwrap_or_default();
+            let last = next.is_none();
+            let stage = transaction.chunk(chunk.len(), last, out);
+            out.extend_from_slice(&chunk);
+            let reply = self.exchange(out, stage).await?;
+            out.clear();
+            let step = transaction.receive(reply, out);
+            if last || step != Step::SendChunk {
+                return Ok(step);
+            }
+            current = next;
+        }
     }
 
     /// QUIT and close, without waiting long for the goodbye.

@@ -194,6 +194,7 @@ pub fn build(report: &Report<'_>) -> io::Result<(Envelope, Vec<u8>)> {
         recipients: vec![report.sender.to_string()],
         smtputf8: !report.sender.is_ascii(),
         body_8bit: !bytes.is_ascii(),
+        requiretls: false,
         dsn: None,
     };
     Ok((envelope, bytes))

@@ -12,6 +12,7 @@
 //!   discovery, fetch, cache);
 //! - `retry`: backoff and the clock; `dsn`: RFC 3464 bounces;
 //! - `loops`: never deliver to ourselves (RFC 5321 §5.1);
+//! - `requiretls`: which sessions may carry a REQUIRETLS message (RFC 8689);
 //! - `shaping`: limits per destination (`[shaping]`), suspensions, and
 //!   their sharing through Redis (`[cluster]`).
 
@@ -25,6 +26,7 @@ pub mod mta_sts;
 pub mod notices;
 pub mod plan;
 pub mod pool;
+pub mod requiretls;
 pub mod retry;
 pub mod route;
 pub mod scheduler;

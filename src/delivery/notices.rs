@@ -129,7 +129,7 @@ async fn queue_one(
     if recipients.is_empty() {
         return Ok(());
     }
-    let (envelope, bytes) = dsn::build(&dsn::Report {
+    let (mut envelope, bytes) = dsn::build(&dsn::Report {
         action,
         reporting_mta: &ctx.config().hostname,
         queue_id: message.id.as_str(),
@@ -141,6 +141,8 @@ async fn queue_one(
         recipients,
         returned,
     })?;
+    // RFC 8689 §5: the report on a REQUIRETLS message asks for it too.
+    envelope.requiretls = message.requiretls;
     // DESIGN.md "Faults": a notice may use part of the spool's reserve, not
     // the last of it, which is left to the writes that free space
     // (delivery results, removals). Below that floor the notice waits: the

@@ -32,7 +32,7 @@ use hickory_resolver::proto::rr::RData;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::config::{Config, NextHopAddress};
+use crate::config::{Config, NextHopAddress, Route};
 
 use crate::smtp::reply::EnhancedCode;
 
@@ -66,11 +66,32 @@ impl Host {
     }
 }
 
+/// The protocol a next hop speaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// SMTP (RFC 5321).
+    #[default]
+    Smtp,
+    /// LMTP (RFC 2033) over TCP: LHLO, one reply per recipient.
+    Lmtp,
+    /// LMTP on a UNIX socket: no DNS, no TLS.
+    LmtpUnix(std::path::PathBuf),
+}
+
+impl Transport {
+    /// True for LMTP, on TCP or a UNIX socket.
+    pub fn is_lmtp(&self) -> bool {
+        !matches!(self, Transport::Smtp)
+    }
+}
+
 /// Where to deliver mail for one domain: hosts in the order to try them.
 #[derive(Debug, Clone)]
 pub struct NextHop {
     /// How the hop was chosen.
     pub kind: NextHopKind,
+    /// SMTP, or LMTP for a `[routes]` entry that says so.
+    pub transport: Transport,
     /// Hosts in the order to try them (at least one).
     pub hosts: Vec<Host>,
     /// What is left of this attempt's DNS time for the domain; the address
@@ -181,8 +202,8 @@ impl RouteError {
 #[derive(Debug, Clone)]
 pub struct StaticRoutes {
     relay_host: Option<Host>,
-    /// Lower-case domain (or "*") to host.
-    routes: BTreeMap<String, Host>,
+    /// Lower-case domain (or "*") to host and protocol.
+    routes: BTreeMap<String, (Host, Transport)>,
     /// Port for MX and implicit-MX hosts.
     port: u16,
     /// `dns.timeout`: each attempt's DNS time for a domain.
@@ -207,7 +228,20 @@ impl StaticRoutes {
             routes: config
                 .routes
                 .iter()
-                .map(|(domain, hop)| (domain.to_ascii_lowercase(), to_host(hop, port)))
+                .map(|(domain, route)| {
+                    let target = match route {
+                        Route::Smtp(address) => (to_host(address, port), Transport::Smtp),
+                        Route::LmtpTcp(address) => (to_host(address, port), Transport::Lmtp),
+                        Route::LmtpUnix(path) => (
+                            Host {
+                                name: format!("unix:{}", path.display()),
+                                port: 0,
+                            },
+                            Transport::LmtpUnix(path.clone()),
+                        ),
+                    };
+                    (domain.to_ascii_lowercase(), target)
+                })
                 .collect(),
             port,
             dns_timeout: config.dns.timeout,
@@ -224,7 +258,10 @@ impl StaticRoutes {
         self.routes
             .get(&domain)
             .or_else(|| self.routes.get("*"))
-            .map(|host| self.hop(NextHopKind::Route, vec![host.clone()]))
+            .map(|(host, transport)| NextHop {
+                transport: transport.clone(),
+                ..self.hop(NextHopKind::Route, vec![host.clone()])
+            })
     }
 
     /// The port used for MX hosts.
@@ -240,6 +277,7 @@ impl StaticRoutes {
     fn hop(&self, kind: NextHopKind, hosts: Vec<Host>) -> NextHop {
         NextHop {
             kind,
+            transport: Transport::Smtp,
             hosts,
             dns: self.budget(),
         }
@@ -315,6 +353,7 @@ impl Router {
             // without brackets: deliver to it directly.
             return Ok(NextHop {
                 kind: NextHopKind::ImplicitMx,
+                transport: Transport::Smtp,
                 hosts: vec![Host {
                     name: domain.to_string(),
                     port,
@@ -342,6 +381,7 @@ impl Router {
                 let names = order_mx(domain, records, &mut rand::thread_rng())?;
                 Ok(NextHop {
                     kind: NextHopKind::Mx,
+                    transport: Transport::Smtp,
                     hosts: names.into_iter().map(|name| Host { name, port }).collect(),
                     dns,
                 })
@@ -469,6 +509,7 @@ pub fn resolver(config: &Config) -> TokioResolver {
 fn implicit_mx(domain: &str, port: u16, dns: DnsBudget) -> NextHop {
     NextHop {
         kind: NextHopKind::ImplicitMx,
+        transport: Transport::Smtp,
         hosts: vec![Host {
             name: domain.trim_end_matches('.').to_ascii_lowercase(),
             port,

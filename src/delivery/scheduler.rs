@@ -589,6 +589,7 @@ mod tests {
             held: false,
             smtputf8: false,
             body_8bit: false,
+            requiretls: false,
             recipients,
             dsn: None,
             delay_notified_at: None,

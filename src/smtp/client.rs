@@ -202,6 +202,8 @@ pub enum OpeningStep {
 pub struct Opening {
     hostname: String,
     stage: Stage,
+    /// LMTP (RFC 2033): LHLO instead of EHLO, and no HELO fallback.
+    lmtp: bool,
 }
 
 impl Opening {
@@ -211,19 +213,45 @@ impl Opening {
         let opening = Opening {
             hostname: hostname.to_string(),
             stage: Stage::Greeting,
+            lmtp: false,
         };
         (opening, OpeningStep::Read(Stage::Greeting))
+    }
+
+    /// Like [`Opening::new`] for an LMTP server (RFC 2033 §4.1): LHLO
+    /// follows the greeting, a refused LHLO ends the session (LMTP has no
+    /// HELO), and the capabilities say `lmtp`.
+    pub fn lmtp(hostname: &str) -> (Opening, OpeningStep) {
+        let (mut opening, step) = Opening::new(hostname);
+        opening.lmtp = true;
+        (opening, step)
     }
 
     /// EHLO again after the TLS handshake (RFC 3207 §4.2: everything learned
     /// before TLS is forgotten); EHLO is appended to `out`.
     pub fn after_starttls(hostname: &str, out: &mut Vec<u8>) -> (Opening, OpeningStep) {
+        Opening::after_starttls_as(hostname, false, out)
+    }
+
+    /// [`Opening::after_starttls`], with LHLO when `lmtp`.
+    pub fn after_starttls_as(
+        hostname: &str,
+        lmtp: bool,
+        out: &mut Vec<u8>,
+    ) -> (Opening, OpeningStep) {
         let opening = Opening {
             hostname: hostname.to_string(),
             stage: Stage::Ehlo,
+            lmtp,
         };
-        let _ = write!(out, "EHLO {hostname}\r\n");
+        opening.write_hello(out);
         (opening, OpeningStep::Read(Stage::Ehlo))
+    }
+
+    /// EHLO, or LHLO for LMTP (RFC 2033 §4.1).
+    fn write_hello(&self, out: &mut Vec<u8>) {
+        let verb = if self.lmtp { "LHLO" } else { "EHLO" };
+        let _ = write!(out, "{verb} {}\r\n", self.hostname);
     }
 
     /// Where the opening is (for naming an I/O failure).
@@ -236,13 +264,14 @@ impl Opening {
         match self.stage {
             Stage::Greeting if reply.code() == 220 => {
                 self.stage = Stage::Ehlo;
-                let _ = write!(out, "EHLO {}\r\n", self.hostname);
+                self.write_hello(out);
                 OpeningStep::Read(Stage::Ehlo)
             }
-            Stage::Ehlo if reply.is_positive() => {
-                OpeningStep::Ready(Capabilities::from_ehlo(&reply))
-            }
-            Stage::Ehlo if matches!(reply.code(), 500 | 501 | 502 | 504 | 550) => {
+            Stage::Ehlo if reply.is_positive() => OpeningStep::Ready(Capabilities {
+                lmtp: self.lmtp,
+                ..Capabilities::from_ehlo(&reply)
+            }),
+            Stage::Ehlo if !self.lmtp && matches!(reply.code(), 500 | 501 | 502 | 504 | 550) => {
                 self.stage = Stage::Helo;
                 let _ = write!(out, "HELO {}\r\n", self.hostname);
                 OpeningStep::Read(Stage::Helo)
@@ -363,6 +392,13 @@ pub struct Envelope<'a> {
     /// NOTIFY and ORCPT to carry on, one entry per recipient in the order
     /// of `recipients`; empty when no recipient has any.
     pub recipient_dsn: &'a [Option<RecipientDsn>],
+    /// Send the body with BDAT when the server offers CHUNKING (RFC 3030;
+    /// `delivery.chunking`).
+    pub chunking: bool,
+    /// Send the REQUIRETLS MAIL parameter (RFC 8689 §4.1); the caller
+    /// checked that the server offers it and that the session is under
+    /// authenticated TLS.
+    pub requiretls: bool,
 }
 
 /// What the pump does next during a transaction.
@@ -378,6 +414,14 @@ pub enum Step {
     /// be read must never get its final dot: call
     /// [`Transaction::interrupted`] and close the connection.
     SendBody,
+    /// BDAT (RFC 3030): write the output (if anything); then, for the next
+    /// chunk of the body as stored, call [`Transaction::chunk`] with its
+    /// length and whether it is the last one (an empty last chunk is
+    /// fine), write the command it appends followed by the chunk's bytes
+    /// as they are, and read the reply of the stage it returns. A body that
+    /// cannot be read must never get its LAST chunk: call
+    /// [`Transaction::interrupted`] and close the connection.
+    SendChunk,
     /// Finished: nothing more to send for this message.
     Done(Outcome),
 }
@@ -429,8 +473,11 @@ enum State {
     EmptyData,
     /// The pump is sending the body.
     Body,
-    /// Waiting for the reply to the final dot.
-    EndOfData,
+    /// Waiting for the reply to a BDAT chunk that is not the last one.
+    Chunk,
+    /// Waiting for the reply to the final dot (or the LAST chunk); `got`
+    /// replies read so far (LMTP: one per accepted recipient).
+    EndOfData { got: usize },
     /// Waiting for the reply to RSET.
     Rset,
     /// Finished.
@@ -448,6 +495,11 @@ pub struct Transaction<'a> {
     smtputf8_parameter: bool,
     /// The server offers DSN: RET, ENVID, NOTIFY and ORCPT go on.
     dsn_parameters: bool,
+    /// BDAT instead of DATA (RFC 3030).
+    chunking: bool,
+    /// LMTP (RFC 2033 §4.2): one reply per accepted recipient after the
+    /// data.
+    lmtp: bool,
     state: State,
     verdicts: Vec<Option<Verdict>>,
     /// The recipients (indices) of the current transaction.
@@ -480,6 +532,8 @@ impl<'a> Transaction<'a> {
             eight_bit_parameter: envelope.eight_bit && capabilities.eight_bit_mime,
             smtputf8_parameter: envelope.smtputf8 && capabilities.smtputf8,
             dsn_parameters: capabilities.dsn,
+            chunking: envelope.chunking && capabilities.chunking,
+            lmtp: capabilities.lmtp,
             state: State::Mail,
             verdicts: vec![None; count],
             round: (0..count).collect(),
@@ -515,8 +569,8 @@ impl<'a> Transaction<'a> {
             State::EmptyData => Stage::EndOfData,
             State::Draining { left, .. } if left > 1 => Stage::Rcpt,
             State::Draining { .. } => Stage::Data,
-            State::Body => Stage::Body,
-            State::EndOfData => Stage::EndOfData,
+            State::Body | State::Chunk => Stage::Body,
+            State::EndOfData { .. } => Stage::EndOfData,
             State::Rset | State::Done => Stage::Rset,
         }
     }
@@ -537,6 +591,10 @@ impl<'a> Transaction<'a> {
         if self.smtputf8_parameter {
             out.extend_from_slice(b" SMTPUTF8");
         }
+        // RFC 8689 §4.1: the caller decided the session qualifies.
+        if self.envelope.requiretls {
+            out.extend_from_slice(b" REQUIRETLS");
+        }
         // RFC 3461 §6.2.1: to a server that offers DSN, the sender's
         // parameters go on unchanged; to one that does not, none are sent.
         if self.dsn_parameters
@@ -551,7 +609,13 @@ impl<'a> Transaction<'a> {
             for position in 0..self.round.len() {
                 self.write_rcpt(position, out);
             }
-            out.extend_from_slice(b"DATA\r\n");
+            // RFC 3030 §4.2: BDAT needs no 354 and carries the body at
+            // once, so it waits for the RCPT replies instead of being
+            // pipelined after them (no body goes to a server that took
+            // nobody).
+            if !self.chunking {
+                out.extend_from_slice(b"DATA\r\n");
+            }
         }
         Step::Read(Stage::Mail)
     }
@@ -576,8 +640,9 @@ impl<'a> Transaction<'a> {
         // RFC 5321 §3.8: the server is closing the session.
         if reply.code() == 421 {
             return match self.state {
-                State::EndOfData => {
-                    self.settle_accepted(Stage::EndOfData, &reply);
+                State::EndOfData { got } => {
+                    // LMTP: those who got their reply keep it.
+                    self.settle_accepted_from(got, Stage::EndOfData, &reply);
                     self.completed += 1;
                     self.finish(false)
                 }
@@ -598,21 +663,43 @@ impl<'a> Transaction<'a> {
                 if left > 0 {
                     self.state = State::Draining { left };
                     Step::Read(self.stage())
-                } else if reply.code() == 354 {
+                } else if reply.code() == 354 && !self.chunking {
                     self.empty_data(out)
                 } else {
                     self.reset(out)
                 }
             }
             State::EmptyData => self.reset(out),
-            State::EndOfData => {
-                let usable = !reply.is_intermediate();
-                self.settle_accepted(Stage::EndOfData, &reply);
-                self.completed += 1;
-                if !usable {
+            State::EndOfData { got } => {
+                if reply.is_intermediate() {
+                    self.settle_accepted_from(got, Stage::EndOfData, &reply);
+                    self.completed += 1;
                     return self.finish(false);
                 }
+                if self.lmtp && got + 1 < self.accepted.len() {
+                    // RFC 2033 §4.2: one reply per accepted recipient, in
+                    // RCPT order; each settles its own recipient.
+                    let index = self.accepted[got];
+                    self.verdicts[index] = Some(Verdict::new(Stage::EndOfData, reply));
+                    self.state = State::EndOfData { got: got + 1 };
+                    return Step::Read(Stage::EndOfData);
+                }
+                self.settle_accepted_from(got, Stage::EndOfData, &reply);
+                self.completed += 1;
                 self.next_round(out)
+            }
+            State::Chunk => {
+                if reply.is_positive() {
+                    self.state = State::Body;
+                    return Step::SendChunk;
+                }
+                if reply.is_intermediate() {
+                    return self.broken_off(Some(reply));
+                }
+                // RFC 3030 §2: a refused chunk fails the transaction; no
+                // more chunks go, and RSET clears it.
+                self.settle_accepted(Stage::Data, &reply);
+                self.reset(out)
             }
             State::Rset => {
                 if reply.is_positive() {
@@ -643,8 +730,10 @@ impl<'a> Transaction<'a> {
         // The follow-ups would meet the same refusal.
         self.over.clear();
         if self.pipelining {
+            // Every RCPT, and DATA unless BDAT waits for them.
+            let data = usize::from(!self.chunking);
             self.state = State::Draining {
-                left: self.round.len() + 1,
+                left: self.round.len() + data,
             };
             Step::Read(self.stage())
         } else {
@@ -681,7 +770,13 @@ impl<'a> Transaction<'a> {
             }
             return Step::Read(Stage::Rcpt);
         }
-        if self.pipelining {
+        if self.chunking {
+            if self.accepted.is_empty() {
+                return self.reset(out);
+            }
+            self.state = State::Body;
+            Step::SendChunk
+        } else if self.pipelining {
             self.state = State::Data;
             Step::Read(Stage::Data)
         } else if self.accepted.is_empty() {
@@ -718,8 +813,25 @@ impl<'a> Transaction<'a> {
 
     /// Called once the body and its final dot were written.
     pub fn body_sent(&mut self) -> Step {
-        self.state = State::EndOfData;
+        self.state = State::EndOfData { got: 0 };
         Step::Read(Stage::EndOfData)
+    }
+
+    /// At [`Step::SendChunk`]: appends `BDAT <size>` (with `LAST` for the
+    /// last chunk, RFC 3030 §2) for the next `size` bytes of the body; the
+    /// pump writes them right after it, unchanged, then reads the reply of
+    /// the stage returned: [`Stage::Body`] for a chunk (command timeout),
+    /// [`Stage::EndOfData`] for the last (data timeout).
+    pub fn chunk(&mut self, size: usize, last: bool, out: &mut Vec<u8>) -> Stage {
+        if last {
+            let _ = write!(out, "BDAT {size} LAST\r\n");
+            self.state = State::EndOfData { got: 0 };
+            Stage::EndOfData
+        } else {
+            let _ = write!(out, "BDAT {size}\r\n");
+            self.state = State::Chunk;
+            Stage::Body
+        }
     }
 
     /// The pump's I/O failed (connection lost, timeout, unreadable reply,
@@ -752,7 +864,13 @@ impl<'a> Transaction<'a> {
     }
 
     fn settle_accepted(&mut self, stage: Stage, reply: &Reply) {
-        for &index in &self.accepted {
+        self.settle_accepted_from(0, stage, reply);
+    }
+
+    /// Settles the accepted recipients from position `from` on (LMTP: the
+    /// ones before it had their own reply).
+    fn settle_accepted_from(&mut self, from: usize, stage: Stage, reply: &Reply) {
+        for &index in &self.accepted[from.min(self.accepted.len())..] {
             self.verdicts[index] = Some(Verdict::new(stage, reply.clone()));
         }
         self.progress = true;
@@ -797,7 +915,12 @@ impl<'a> Transaction<'a> {
 
     fn broken_off(&mut self, reply: Option<Reply>) -> Step {
         let stage = self.stage();
-        let data_sent = matches!(self.state, State::Body | State::EndOfData);
+        // A BDAT chunk that is not the last cannot complete a message.
+        let data_sent = match self.state {
+            State::Body => !self.chunking,
+            State::EndOfData { .. } => true,
+            _ => false,
+        };
         let nothing_settled = self.verdicts.iter().all(Option::is_none)
             && self.over.is_empty()
             && self.completed == 0;
@@ -852,6 +975,8 @@ mod tests {
             smtputf8: false,
             message_dsn: None,
             recipient_dsn: &[],
+            chunking: false,
+            requiretls: false,
         };
         let mut out = Vec::new();
         let mut wire = Vec::new();
@@ -871,11 +996,379 @@ mod tests {
                     wire.push("<body>".into());
                     transaction.body_sent()
                 }
+                Step::SendChunk => unreachable!("chunking is off"),
                 Step::Done(outcome) => {
                     assert!(replies.next().is_none(), "replies left over");
                     return (wire, outcome);
                 }
             };
+        }
+    }
+
+    /// Like `drive`, on a session offering `offered`, with BDAT asked for
+    /// when `chunking`, the body given as `chunks`: a chunk's command and
+    /// bytes show on the wire as one entry, DATA's body as "<body>".
+    fn drive_on(
+        offered: &Capabilities,
+        chunking: bool,
+        chunks: &[&[u8]],
+        recipients: &[&str],
+        replies: &[&str],
+    ) -> (Vec<Vec<u8>>, Outcome) {
+        let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+        let envelope = Envelope {
+            sender: "s@origin.test",
+            recipients: &recipients,
+            size: Some(10),
+            eight_bit: false,
+            smtputf8: false,
+            message_dsn: None,
+            recipient_dsn: &[],
+            chunking,
+            requiretls: false,
+        };
+        let mut out = Vec::new();
+        let mut wire = Vec::new();
+        let (mut transaction, mut step) = Transaction::start(envelope, offered, &mut out);
+        let mut replies = replies.iter();
+        let mut pending: Vec<&[u8]> = Vec::new();
+        loop {
+            if !out.is_empty() {
+                wire.push(std::mem::take(&mut out));
+            }
+            step = match step {
+                Step::Read(_) => match replies.next() {
+                    Some(text) => transaction.receive(reply(text), &mut out),
+                    None => Step::Done(transaction.interrupted()),
+                },
+                Step::SendBody => {
+                    wire.push(b"<body>".to_vec());
+                    transaction.body_sent()
+                }
+                Step::SendChunk => {
+                    if pending.is_empty() {
+                        pending = chunks.iter().rev().copied().collect();
+                    }
+                    let chunk = pending.pop().unwrap_or_default();
+                    let last = pending.is_empty();
+                    transaction.chunk(chunk.len(), last, &mut out);
+                    out.extend_from_slice(chunk);
+                    wire.push(std::mem::take(&mut out));
+                    match replies.next() {
+                        Some(text) => transaction.receive(reply(text), &mut out),
+                        None => Step::Done(transaction.interrupted()),
+                    }
+                }
+                Step::Done(outcome) => {
+                    assert!(replies.next().is_none(), "replies left over");
+                    return (wire, outcome);
+                }
+            };
+        }
+    }
+
+    fn lmtp(pipelining: bool) -> Capabilities {
+        Capabilities {
+            lmtp: true,
+            ..capabilities(pipelining)
+        }
+    }
+
+    fn chunking(pipelining: bool) -> Capabilities {
+        Capabilities {
+            chunking: true,
+            ..capabilities(pipelining)
+        }
+    }
+
+    fn text(wire: &[Vec<u8>]) -> Vec<String> {
+        wire.iter()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn lmtp_gives_each_accepted_recipient_its_own_reply_after_the_data() {
+        for pipelining in [true, false] {
+            let (wire, outcome) = drive_on(
+                &lmtp(pipelining),
+                false,
+                &[],
+                &["a@d.test", "b@d.test", "c@d.test"],
+                &[
+                    "250 ok",
+                    "250 ok",
+                    "550 5.1.1 unknown",
+                    "250 ok",
+                    "354 go",
+                    "250 2.0.0 a saved",
+                    "452 4.2.2 c over quota",
+                ],
+            );
+            assert_eq!(
+                dispositions(&outcome),
+                [Some(Sent), Some(Failed), Some(Deferred)],
+                "{:?}",
+                text(&wire)
+            );
+            let verdicts: Vec<_> = outcome.verdicts.iter().flatten().collect();
+            assert_eq!(verdicts[0].reply.one_line(), "250 2.0.0 a saved");
+            assert_eq!(verdicts[2].stage, Stage::EndOfData);
+            assert_eq!(verdicts[2].status(), EnhancedCode(4, 2, 2));
+            assert!(outcome.reusable && outcome.broken.is_none());
+            assert_eq!(outcome.completed, 1);
+        }
+    }
+
+    #[test]
+    fn lmtp_421_among_the_replies_settles_only_the_rest() {
+        let (_, outcome) = drive_on(
+            &lmtp(true),
+            false,
+            &[],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "250 ok",
+                "354 go",
+                "250 a",
+                "421 4.3.0 bye",
+            ],
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Deferred)]);
+        assert!(!outcome.reusable);
+    }
+
+    #[test]
+    fn lmtp_opening_says_lhlo_and_never_helo() {
+        let (mut opening, _) = Opening::lmtp("me.test");
+        let mut out = Vec::new();
+        assert_eq!(
+            opening.receive(reply("220 lmtp"), &mut out),
+            OpeningStep::Read(Stage::Ehlo)
+        );
+        assert_eq!(out, b"LHLO me.test\r\n");
+        let mut ready = opening.clone();
+        match ready.receive(reply("250-lmtp\r\n250 CHUNKING"), &mut out) {
+            OpeningStep::Ready(offered) => assert!(offered.lmtp && offered.chunking),
+            other => panic!("{other:?}"),
+        }
+        out.clear();
+        assert!(matches!(
+            opening.receive(reply("500 what"), &mut out),
+            OpeningStep::Refused(Refusal {
+                stage: Stage::Ehlo,
+                ..
+            })
+        ));
+        assert!(out.is_empty(), "no HELO in LMTP");
+        let mut out = Vec::new();
+        Opening::after_starttls_as("me.test", true, &mut out);
+        assert_eq!(out, b"LHLO me.test\r\n");
+    }
+
+    #[test]
+    fn bdat_waits_for_the_rcpt_replies_and_sends_the_chunks_as_they_are() {
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"a\r\n.b", b"\r\n"],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "550 no",
+                "250 2.0.0 chunk",
+                "250 2.0.0 queued",
+            ],
+        );
+        assert_eq!(
+            text(&wire),
+            [
+                "MAIL FROM:<s@origin.test> SIZE=10\r\nRCPT TO:<a@d.test>\r\nRCPT TO:<b@d.test>\r\n",
+                "BDAT 5\r\na\r\n.b",
+                "BDAT 2 LAST\r\n\r\n",
+            ]
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Failed)]);
+        assert!(outcome.reusable);
+    }
+
+    #[test]
+    fn a_refused_chunk_fails_the_transaction_and_resets() {
+        let (wire, outcome) = drive_on(
+            &chunking(false),
+            true,
+            &[b"one", b"two"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "552 5.3.4 too big", "250 reset"],
+        );
+        assert_eq!(
+            text(&wire)[2..],
+            ["BDAT 3\r\none".to_string(), "RSET\r\n".to_string()]
+        );
+        assert_eq!(dispositions(&outcome), [Some(Failed)]);
+        assert_eq!(outcome.verdicts[0].as_ref().unwrap().stage, Stage::Data);
+    }
+
+    #[test]
+    fn bdat_with_nobody_accepted_sends_no_chunk() {
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "550 no", "250 reset"],
+        );
+        assert_eq!(text(&wire)[1], "RSET\r\n");
+        assert_eq!(dispositions(&outcome), [Some(Failed)]);
+        // A refused MAIL: only the RCPT replies are drained.
+        let (wire, outcome) = drive_on(
+            &chunking(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["451 later", "503 no mail", "250 reset"],
+        );
+        assert_eq!(text(&wire)[1], "RSET\r\n");
+        assert_eq!(dispositions(&outcome), [Some(Deferred)]);
+        // An empty body is one empty LAST chunk.
+        let (wire, _) = drive_on(
+            &chunking(true),
+            true,
+            &[],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "250 queued"],
+        );
+        assert_eq!(text(&wire)[1], "BDAT 0 LAST\r\n");
+    }
+
+    #[test]
+    fn bdat_is_not_used_unless_asked_for_and_offered() {
+        let (wire, _) = drive_on(
+            &capabilities(true),
+            true,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "354 go", "250 queued"],
+        );
+        assert!(text(&wire)[0].ends_with("DATA\r\n"));
+        let (wire, _) = drive_on(
+            &chunking(true),
+            false,
+            &[b"x"],
+            &["a@d.test"],
+            &["250 ok", "250 ok", "354 go", "250 queued"],
+        );
+        assert_eq!(wire[1], b"<body>");
+    }
+
+    #[test]
+    fn lmtp_with_bdat_reads_one_reply_per_recipient_after_last() {
+        let offered = Capabilities {
+            chunking: true,
+            ..lmtp(true)
+        };
+        let (_, outcome) = drive_on(
+            &offered,
+            true,
+            &[b"body\r\n"],
+            &["a@d.test", "b@d.test"],
+            &[
+                "250 ok",
+                "250 ok",
+                "250 ok",
+                "250 a saved",
+                "451 4.2.0 b later",
+            ],
+        );
+        assert_eq!(dispositions(&outcome), [Some(Sent), Some(Deferred)]);
+        assert!(outcome.reusable);
+    }
+
+    #[test]
+    fn requiretls_goes_on_mail_when_asked() {
+        let recipients = vec!["r@d.test".to_string()];
+        let envelope = Envelope {
+            sender: "s@o.test",
+            recipients: &recipients,
+            size: None,
+            eight_bit: false,
+            smtputf8: false,
+            message_dsn: None,
+            recipient_dsn: &[],
+            chunking: false,
+            requiretls: true,
+        };
+        let mut out = Vec::new();
+        Transaction::start(envelope, &Capabilities::default(), &mut out);
+        assert_eq!(out, b"MAIL FROM:<s@o.test> REQUIRETLS\r\n");
+    }
+
+    /// What a server receiving `wire` (BDAT commands and their bytes)
+    /// stores: the chunks, concatenated.
+    fn bdat_received(wire: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for entry in wire.iter().filter(|entry| entry.starts_with(b"BDAT ")) {
+            let end = entry.windows(2).position(|w| w == b"\r\n").unwrap();
+            match crate::smtp::command::Command::parse(&entry[..end]).unwrap() {
+                crate::smtp::command::Command::Bdat { size, .. } => {
+                    let chunk = &entry[end + 2..];
+                    assert_eq!(chunk.len() as u64, size);
+                    body.extend_from_slice(chunk);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        body
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bdat_and_data_deliver_byte_identical_messages(
+            lines in proptest::collection::vec("[.a-z \u{e9}]{0,12}", 0..20),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let mut body = Vec::new();
+            for line in &lines {
+                body.extend_from_slice(line.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&body[start..cut]);
+                start = cut;
+            }
+            chunks.push(&body[start..]);
+            // BDAT: the chunks as they are, reassembled by the receiver.
+            let (wire, outcome) = drive_on(
+                &chunking(true),
+                true,
+                &chunks,
+                &["a@d.test"],
+                &[&["250 ok", "250 ok"][..], &vec!["250 ok"; chunks.len()][..]].concat(),
+            );
+            proptest::prop_assert_eq!(dispositions(&outcome), [Some(Sent)]);
+            let by_bdat = bdat_received(&wire);
+            // DATA: dot-stuffed in the same pieces, decoded by the inbound
+            // decoder.
+            let mut stuffed = Vec::new();
+            let mut stuffer = crate::smtp::dot::DotStuffer::new();
+            for chunk in &chunks {
+                stuffer.encode(chunk, &mut stuffed);
+            }
+            stuffer.finish(&mut stuffed);
+            let mut decoder = crate::smtp::data::DataDecoder::new(u64::MAX);
+            let mut by_data = Vec::new();
+            let used = decoder.decode(&stuffed, &mut by_data);
+            proptest::prop_assert!(decoder.is_done() && decoder.problem().is_none());
+            proptest::prop_assert_eq!(used, stuffed.len());
+            proptest::prop_assert_eq!(&by_bdat, &body);
+            proptest::prop_assert_eq!(&by_data, &body);
         }
     }
 
@@ -1225,6 +1718,8 @@ mod tests {
             smtputf8: true,
             message_dsn: None,
             recipient_dsn: &[],
+            chunking: false,
+            requiretls: false,
         };
         let mut out = Vec::new();
         let offered = Capabilities {
@@ -1277,6 +1772,8 @@ mod tests {
             smtputf8: false,
             message_dsn: Some(&message_dsn),
             recipient_dsn: &recipient_dsn,
+            chunking: false,
+            requiretls: false,
         };
         let offered = Capabilities {
             pipelining: true,
@@ -1319,6 +1816,9 @@ mod tests {
         #[test]
         fn any_replies_finish_with_a_verdict_or_a_break(
             pipelining in proptest::bool::ANY,
+            chunking in proptest::bool::ANY,
+            lmtp in proptest::bool::ANY,
+            mut chunks_left in 0usize..3,
             count in 1usize..5,
             codes in proptest::collection::vec(
                 proptest::sample::select(vec![
@@ -1336,10 +1836,16 @@ mod tests {
                 smtputf8: false,
                 message_dsn: None,
                 recipient_dsn: &[],
+                chunking,
+                requiretls: false,
             };
             let mut out = Vec::new();
-            let (mut transaction, mut step) =
-                Transaction::start(envelope, &capabilities(pipelining), &mut out);
+            let offered = Capabilities {
+                chunking: true,
+                lmtp,
+                ..capabilities(pipelining)
+            };
+            let (mut transaction, mut step) = Transaction::start(envelope, &offered, &mut out);
             let mut codes = codes.into_iter();
             let mut bodies = 0;
             let outcome = loop {
@@ -1351,6 +1857,16 @@ mod tests {
                     Step::SendBody => {
                         bodies += 1;
                         transaction.body_sent()
+                    }
+                    Step::SendChunk => {
+                        // One chunk, or the last of several.
+                        if chunks_left > 0 {
+                            chunks_left -= 1;
+                            Step::Read(transaction.chunk(3, false, &mut out))
+                        } else {
+                            bodies += 1;
+                            Step::Read(transaction.chunk(3, true, &mut out))
+                        }
                     }
                     Step::Done(outcome) => break outcome,
                 };

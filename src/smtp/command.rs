@@ -132,6 +132,9 @@ pub struct MailParameters {
     pub ret: Option<Ret>,
     /// `ENVID=` (RFC 3461 §4.4), decoded from xtext.
     pub envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689 §4.1): the message must travel only over
+    /// authenticated TLS.
+    pub requiretls: bool,
 }
 
 /// The RCPT parameters we understand (RFC 3461 §4.1, §4.2).
@@ -470,6 +473,7 @@ fn parse_mail_parameters(text: &str) -> Result<MailParameters, CommandError> {
                 });
             }
             ("SMTPUTF8", None) if !parameters.smtputf8 => parameters.smtputf8 = true,
+            ("REQUIRETLS", None) if !parameters.requiretls => parameters.requiretls = true,
             // RFC 4954 §5: AUTH=<mailbox> may be sent to a server offering AUTH;
             // we accept and ignore it (the identity is the authenticated user).
             ("AUTH", Some(_)) if !seen_auth => seen_auth = true,
@@ -618,7 +622,7 @@ mod tests {
     #[test]
     fn mail_from_with_parameters() {
         assert_eq!(
-            parse("MAIL FROM:<Alice@Example.ORG> SIZE=1000 BODY=8BITMIME SMTPUTF8"),
+            parse("MAIL FROM:<Alice@Example.ORG> SIZE=1000 BODY=8BITMIME SMTPUTF8 requiretls"),
             Ok(Command::Mail {
                 sender: ReversePath::Mailbox(mailbox("Alice", "example.org")),
                 parameters: MailParameters {
@@ -627,6 +631,7 @@ mod tests {
                     smtputf8: true,
                     ret: None,
                     envid: None,
+                    requiretls: true,
                 },
             })
         );

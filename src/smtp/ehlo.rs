@@ -23,6 +23,13 @@ pub struct Capabilities {
     pub auth: Vec<String>,
     /// RFC 3461: DSN parameters (RET, ENVID, NOTIFY, ORCPT) may be sent.
     pub dsn: bool,
+    /// RFC 3030: BDAT may replace DATA.
+    pub chunking: bool,
+    /// RFC 8689: the REQUIRETLS MAIL parameter may be sent.
+    pub requiretls: bool,
+    /// Not a keyword: the session was opened with LHLO (RFC 2033), so the
+    /// end of data gets one reply per accepted recipient.
+    pub lmtp: bool,
 }
 
 impl Capabilities {
@@ -51,6 +58,8 @@ impl Capabilities {
                 "STARTTLS" => capabilities.starttls = true,
                 "ENHANCEDSTATUSCODES" => capabilities.enhanced_status_codes = true,
                 "DSN" => capabilities.dsn = true,
+                "CHUNKING" => capabilities.chunking = true,
+                "REQUIRETLS" => capabilities.requiretls = true,
                 "AUTH" => capabilities
                     .auth
                     .extend(words.map(|mechanism| mechanism.to_ascii_uppercase())),

@@ -218,6 +218,8 @@ pub struct Transaction {
     pub smtputf8: bool,
     /// `BODY=8BITMIME` was given on MAIL.
     pub body_8bit: bool,
+    /// `REQUIRETLS` was given on MAIL (RFC 8689).
+    pub requiretls: bool,
     /// A BDAT chunk was accepted: DATA and RCPT are out of sequence now.
     pub chunking: bool,
     /// DSN parameters (RFC 3461) of MAIL and of each RCPT; `None` until a
@@ -458,6 +460,7 @@ impl Session {
             smtputf8: transaction.smtputf8,
             body_8bit: transaction.body_8bit,
             dsn: transaction.dsn.clone(),
+            requiretls: transaction.requiretls,
         })
     }
 
@@ -807,6 +810,10 @@ impl Session {
         if self.tls && self.user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
+        // RFC 8689 §4: offered only where it can be honoured, under TLS.
+        if self.tls {
+            lines.push("REQUIRETLS".into());
+        }
         Action::Reply(Reply::plain(250, lines))
     }
 
@@ -843,6 +850,15 @@ impl Session {
                 555,
                 code(5, 5, 4),
                 "Error: MAIL parameters need EHLO, not HELO",
+            ));
+        }
+        // RFC 8689 §4.1: REQUIRETLS only on a session under TLS.
+        if parameters.requiretls && !self.tls {
+            self.refusal_reason = Some("REQUIRETLS without TLS");
+            return self.error(Reply::new(
+                530,
+                code(5, 7, 10),
+                "REQUIRETLS needs a TLS session",
             ));
         }
         let sender = match sender {
@@ -884,6 +900,7 @@ impl Session {
             recipients: Vec::new(),
             smtputf8: parameters.smtputf8,
             body_8bit: parameters.body == Some(BodyType::EightBitMime),
+            requiretls: parameters.requiretls,
             chunking: false,
             dsn: (parameters.ret.is_some() || parameters.envid.is_some()).then(|| EnvelopeDsn {
                 message: MessageDsn {

@@ -63,6 +63,10 @@ pub struct Options {
     pub starttls_reply: Option<String>,
     /// Advertise DSN (RFC 3461).
     pub dsn: bool,
+    /// Advertise CHUNKING and take BDAT (RFC 3030).
+    pub chunking: bool,
+    /// Advertise REQUIRETLS (RFC 8689), under TLS only.
+    pub requiretls: bool,
     /// Refuse a message with a line longer than this (CRLF not counted)
     /// with `500 5.5.2 Line too long`, as RFC 5321 §4.5.3.1.6 allows and
     /// aiosmtpd does.
@@ -88,6 +92,8 @@ impl Default for Options {
             ehlo_reply: None,
             starttls_reply: None,
             dsn: false,
+            chunking: false,
+            requiretls: false,
             max_line_length: None,
         }
     }
@@ -122,6 +128,8 @@ pub struct Transaction {
     pub auth: Option<String>,
     /// The reply to the end of data.
     pub final_reply: String,
+    /// The sizes of the BDAT chunks that carried the body; empty for DATA.
+    pub chunks: Vec<usize>,
 }
 
 impl Transaction {
@@ -376,6 +384,19 @@ impl Conn {
         }
     }
 
+    /// Exactly `size` bytes (a BDAT chunk); `None` when the client closes.
+    fn read_exact(&mut self, size: usize) -> std::io::Result<Option<Vec<u8>>> {
+        while self.buffer.len() < size {
+            let mut chunk = [0u8; 16 * 1024];
+            let read = self.stream.read(&mut chunk)?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+        Ok(Some(self.buffer.drain(..size).collect()))
+    }
+
     fn send(&mut self, line: &str) -> std::io::Result<()> {
         self.stream.write_all(line.as_bytes())?;
         self.stream.write_all(b"\r\n")?;
@@ -461,6 +482,8 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
     let mut accepted: Vec<String> = Vec::new();
     let mut rejected: Vec<String> = Vec::new();
     let mut rcpt_params: Vec<(String, Vec<String>)> = Vec::new();
+    let mut bdat_body: Vec<u8> = Vec::new();
+    let mut bdat_chunks: Vec<usize> = Vec::new();
     while let Some(line) = conn.read_line()? {
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         shared
@@ -507,6 +530,12 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                 lines.push("ENHANCEDSTATUSCODES".into());
                 if options.dsn {
                     lines.push("DSN".into());
+                }
+                if options.chunking {
+                    lines.push("CHUNKING".into());
+                }
+                if options.requiretls && conn.tls.is_some() {
+                    lines.push("REQUIRETLS".into());
                 }
                 let last = lines.len() - 1;
                 let mut reply = String::new();
@@ -739,6 +768,64 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
                     tls: conn.tls.clone(),
                     auth: authenticated.clone(),
                     final_reply: reply.clone(),
+                    chunks: Vec::new(),
+                });
+                drop(state);
+                mail = None;
+                if !conn.answer(&reply, &shared.stop)? {
+                    return Ok(());
+                }
+            }
+            "BDAT" if options.chunking => {
+                // RFC 3030 §2: BDAT <size> [LAST], then exactly <size> bytes.
+                let mut words = upper.split(' ').skip(1);
+                let size: Option<usize> = words.next().and_then(|size| size.parse().ok());
+                let last = words.next() == Some("LAST");
+                let Some(size) = size else {
+                    conn.send("501 5.5.4 bad BDAT")?;
+                    continue;
+                };
+                let Some(chunk) = conn.read_exact(size)? else {
+                    return Ok(());
+                };
+                bdat_body.extend_from_slice(&chunk);
+                bdat_chunks.push(size);
+                let Some((mail_from, mail_params)) = mail.clone() else {
+                    conn.send("503 5.5.1 need MAIL")?;
+                    continue;
+                };
+                if accepted.is_empty() {
+                    conn.send("554 5.5.1 no valid recipients")?;
+                    continue;
+                }
+                if !last {
+                    conn.send(&format!("250 2.0.0 {size} octets received"))?;
+                    continue;
+                }
+                let attempt = {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.data_seen += 1;
+                    state.data_seen
+                };
+                let rule = shared.rules.lock().expect("rules lock").data.clone();
+                let reply = rule
+                    .and_then(|rule| rule(&accepted[0], attempt))
+                    .unwrap_or_else(|| "250 2.0.0 Ok: queued".to_string());
+                let mut state = shared.state.lock().expect("state lock");
+                state.transaction_times.push(std::time::Instant::now());
+                state.transactions.push(Transaction {
+                    connection: number,
+                    helo: helo.clone(),
+                    mail_from,
+                    mail_params,
+                    recipients: std::mem::take(&mut accepted),
+                    rejected: std::mem::take(&mut rejected),
+                    rcpt_params: std::mem::take(&mut rcpt_params),
+                    body: std::mem::take(&mut bdat_body),
+                    tls: conn.tls.clone(),
+                    auth: authenticated.clone(),
+                    final_reply: reply.clone(),
+                    chunks: std::mem::take(&mut bdat_chunks),
                 });
                 drop(state);
                 mail = None;
@@ -748,6 +835,8 @@ fn serve(tcp: TcpStream, number: usize, shared: &Shared) -> std::io::Result<()> 
             }
             "RSET" => {
                 mail = None;
+                bdat_body.clear();
+                bdat_chunks.clear();
                 accepted.clear();
                 rejected.clear();
                 rcpt_params.clear();

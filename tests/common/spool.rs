@@ -43,6 +43,7 @@ pub fn enqueue_offline(spool: &Path, sender: &str, recipients: &[&str], body: &[
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
             body_8bit: !body.is_ascii(),
+            requiretls: false,
             dsn: None,
         };
         runtime
@@ -71,6 +72,7 @@ pub fn fill(spool: &Path, seeds: &[Seed]) -> Vec<String> {
                     recipients: seed.recipients.iter().map(|r| r.to_string()).collect(),
                     smtputf8: false,
                     body_8bit: false,
+                    requiretls: false,
                     dsn: None,
                 };
                 let body = format!(
@@ -106,6 +108,7 @@ pub fn fill_many_held(spool: &Path, count: usize) -> Vec<String> {
                         recipients: vec![format!("r{index}@example.net")],
                         smtputf8: false,
                         body_8bit: false,
+                        requiretls: false,
                         dsn: None,
                     };
                     let id = queue

@@ -144,6 +144,7 @@ mod tests {
             held: false,
             smtputf8: false,
             body_8bit: false,
+            requiretls: false,
             recipients: recipients
                 .iter()
                 .map(|(address, status, reply)| Recipient {

@@ -196,6 +196,8 @@ impl<S: Socket> Connection<S> {
             smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
             message_dsn: None,
             recipient_dsn: &[],
+            chunking: false,
+            requiretls: false,
         };
         let reply = self.transaction(
             &capabilities,
@@ -349,6 +351,10 @@ impl<S: Socket> Connection<S> {
                         .expect("a transaction with no refused RCPT asks for the body once");
                     self.send_body(write_message)?;
                     step = transaction.body_sent();
+                }
+                // The envelope above asks for DATA, never BDAT.
+                Step::SendChunk => {
+                    return Err(self.broken("sending the message", "BDAT was not asked for"));
                 }
                 Step::Done(_) => break,
             }

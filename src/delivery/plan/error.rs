@@ -57,6 +57,14 @@ pub enum DeliveryError {
     /// offer it; there is no downgrade.
     #[error("{host} does not support SMTPUTF8, which the message needs")]
     NoSmtputf8 { host: String },
+    /// RFC 8689 §4.2, §5: a REQUIRETLS message cannot go to the host (no
+    /// authenticated TLS, or REQUIRETLS not offered): final, 5.7.30,
+    /// since waiting would not make the hop authenticated.
+    #[error("{reason}")]
+    RequireTls {
+        /// In words, naming the host.
+        reason: String,
+    },
     /// RFC 5321 §5.1: the next hop is this server.
     #[error("{}", crate::delivery::loops::reason(domain))]
     Loop { domain: String },
@@ -93,6 +101,7 @@ impl DeliveryError {
             DeliveryError::Route(error) => error.is_permanent(),
             DeliveryError::TooBig { .. }
             | DeliveryError::NoSmtputf8 { .. }
+            | DeliveryError::RequireTls { .. }
             | DeliveryError::Loop { .. }
             | DeliveryError::NoDomain { .. }
             | DeliveryError::Expired { .. }
@@ -118,6 +127,7 @@ impl DeliveryError {
             DeliveryError::MandatoryTls { source, .. } => source.status(),
             DeliveryError::TooBig { .. } => EnhancedCode::new(5, 3, 4),
             DeliveryError::NoSmtputf8 { .. } => EnhancedCode::new(5, 6, 7),
+            DeliveryError::RequireTls { .. } => crate::delivery::requiretls::STATUS,
             DeliveryError::Loop { .. } => EnhancedCode::new(5, 4, 6),
             DeliveryError::NoUsableHost { .. } => EnhancedCode::new(4, 4, 0),
             DeliveryError::Body { .. } => EnhancedCode::new(4, 3, 0),
@@ -210,6 +220,13 @@ mod tests {
                     domain: "loop.test".into(),
                 },
                 EnhancedCode::new(5, 4, 6),
+            ),
+            // RFC 8689 §5.
+            (
+                DeliveryError::RequireTls {
+                    reason: "REQUIRETLS: mx.test does not offer REQUIRETLS".into(),
+                },
+                EnhancedCode::new(5, 7, 30),
             ),
         ];
         for (error, status) in cases {

@@ -328,6 +328,7 @@ mod tests {
             body_8bit: false,
             recipients: recipients.iter().map(|r| recipient(r)).collect(),
             dsn: None,
+            requiretls: false,
             delay_notified_at: None,
         }
     }

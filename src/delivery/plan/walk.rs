@@ -3,9 +3,10 @@
 //! address to connect to, and when every recipient has its result
 //! ([`HostWalk`]). Beside it, the rules applied on an open session before
 //! and after the transaction: the RFC 1870 size refusal, the RFC 6531
-//! no-downgrade rule ([`size_refusal`], [`smtputf8_refusal`]), what a
-//! broken transaction leaves open ([`Ran::broken_off`]) and the RFC 7435
-//! plaintext fallback ([`Fallback`]).
+//! no-downgrade rule ([`size_refusal`], [`smtputf8_refusal`]), the RFC 8689
+//! REQUIRETLS session rules ([`requiretls_refusal`],
+//! [`requiretls_setup_failure`]), what a broken transaction leaves open
+//! ([`Ran::broken_off`]) and the RFC 7435 plaintext fallback ([`Fallback`]).
 //!
 //! The rules, each tested below:
 //! - RFC 5321 §5.1: hosts in order, each host's addresses in turn; at most
@@ -30,6 +31,7 @@ use std::net::SocketAddr;
 use crate::config::{ListenerConfig, ShapingRule};
 use crate::delivery::client::{ClientError, TransactionError};
 use crate::delivery::loops;
+use crate::delivery::requiretls;
 use crate::delivery::route::{NextHopKind, RouteError};
 use crate::smtp::ehlo::Capabilities;
 
@@ -342,6 +344,37 @@ pub fn smtputf8_refusal(
     (needed && !capabilities.smtputf8).then(|| DeliveryError::NoSmtputf8 {
         host: host.to_string(),
     })
+}
+
+/// RFC 8689 §4.2.1: a REQUIRETLS message goes only on a session with TLS
+/// up whose server offers REQUIRETLS; anything else is final (5.7.30).
+pub fn requiretls_refusal(
+    requiretls: bool,
+    tls: bool,
+    capabilities: &Capabilities,
+    host: &str,
+) -> Option<DeliveryError> {
+    if !requiretls {
+        return None;
+    }
+    requiretls::session_rule(tls, capabilities.requiretls, host)
+        .err()
+        .map(|reason| DeliveryError::RequireTls { reason })
+}
+
+/// RFC 8689 §4.2: a REQUIRETLS message whose host did not offer STARTTLS
+/// fails for good, not as a temporary session failure.
+pub fn requiretls_setup_failure(
+    requiretls: bool,
+    error: &ClientError,
+    host: &str,
+) -> Option<DeliveryError> {
+    if !requiretls || !matches!(error, ClientError::TlsNotOffered) {
+        return None;
+    }
+    requiretls::session_rule(false, false, host)
+        .err()
+        .map(|reason| DeliveryError::RequireTls { reason })
 }
 
 /// What opportunistic TLS does when STARTTLS fails on a host (RFC 7435:
@@ -726,6 +759,34 @@ mod tests {
         walk.failed(refused_session(421, "4.3.2 busy"));
         assert_eq!(look_up(walk.step()), 1);
         assert_eq!(walk.throttled(), None);
+    }
+
+    #[test]
+    fn requiretls_needs_tls_and_the_extension_and_is_final() {
+        let offers = Capabilities {
+            requiretls: true,
+            ..Capabilities::default()
+        };
+        let silent = Capabilities::default();
+        assert_eq!(requiretls_refusal(false, false, &silent, "mx.test"), None);
+        assert_eq!(requiretls_refusal(true, true, &offers, "mx.test"), None);
+        for (tls, capabilities) in [(false, &offers), (true, &silent)] {
+            let error = requiretls_refusal(true, tls, capabilities, "mx.test")
+                .expect("a REQUIRETLS refusal");
+            assert!(error.is_permanent(), "{error}");
+            assert_eq!(error.status(), EnhancedCode::new(5, 7, 30));
+            assert!(error.to_string().contains("mx.test"), "{error}");
+        }
+        let error = requiretls_setup_failure(true, &ClientError::TlsNotOffered, "mx.test")
+            .expect("no STARTTLS is final");
+        assert!(error.is_permanent());
+        assert_eq!(error.status(), EnhancedCode::new(5, 7, 30));
+        assert_eq!(
+            requiretls_setup_failure(false, &ClientError::TlsNotOffered, "mx.test"),
+            None
+        );
+        let timeout = ClientError::TlsInjection;
+        assert_eq!(requiretls_setup_failure(true, &timeout, "mx.test"), None);
     }
 
     #[test]
