@@ -7,71 +7,27 @@
 mod common {
     pub mod admin;
     pub mod destination;
+    pub mod redis;
     pub mod server;
     pub mod smtp;
     pub mod spool;
     pub use {server::*, smtp::*};
 }
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::admin::http;
 use common::destination::{Destination, Options, wait_delivered};
+use common::redis::Redis;
 use common::spool::with_queue;
 use common::{DEADLINE, Sluice, config_text, wait_for};
 use sluice_queue::Envelope;
 
 const BODY: &[u8] = b"From: a@origin.test\r\nSubject: shared\r\n\r\nHello.\r\n";
-
-/// A `redis-server` of our own, without persistence; killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (Debian package redis-server)");
-        wait_for("redis-server to listen", DEADLINE, || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A node's config: routed to `destination`, the `[shaping]` tables, and
 /// `[cluster]` on `redis` as `node`.

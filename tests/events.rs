@@ -8,6 +8,7 @@
 mod common {
     pub mod admin;
     pub mod destination;
+    pub mod redis;
     pub mod server;
     pub mod smtp;
     pub mod spool;
@@ -17,12 +18,12 @@ mod common {
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::destination::{Destination, Options};
+use common::redis::Redis;
 use common::{DEADLINE, Sluice, routed_config_text, wait_for};
 use serde_json::Value;
 
@@ -337,39 +338,6 @@ fn events_survive_kill_9_during_a_burst_while_the_subscriber_is_down() {
         );
     }
     drop(sluice);
-}
-
-/// A `redis-server` of our own, without persistence; killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (Debian package redis-server)");
-        wait_for("redis-server to listen", DEADLINE, || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

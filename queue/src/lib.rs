@@ -431,7 +431,7 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, false, None).await
+        self.commit_noted(envelope, body, false, None).await
     }
 
     /// [`Queue::commit`] for a message that is held from the start (a
@@ -443,22 +443,12 @@ impl Queue {
         envelope: Envelope,
         body: BodyWriter,
     ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, true, None).await
+        self.commit_noted(envelope, body, true, None).await
     }
 
     /// [`Queue::commit`] (held when `held`), with the message's Message-ID
     /// for the journal's entries about it.
     pub async fn commit_noted(
-        &self,
-        envelope: Envelope,
-        body: BodyWriter,
-        held: bool,
-        message_id: Option<String>,
-    ) -> Result<QueueId, QueueError> {
-        self.commit_with(envelope, body, held, message_id).await
-    }
-
-    async fn commit_with(
         &self,
         envelope: Envelope,
         body: BodyWriter,
